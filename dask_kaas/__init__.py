@@ -1,0 +1,3 @@
+"""dask-kaas: Kernel-as-a-Service on Dask."""
+from . import config  # noqa: F401  (registers the kaas.* defaults)
+from .errors import DeviceMemoryError, KaasError, KernelError, RequestError, StoreError

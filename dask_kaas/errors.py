@@ -1,0 +1,28 @@
+"""The dask-kaas error hierarchy: everything the system raises on purpose is a KaasError."""
+
+
+class KaasError(Exception):
+    """Root of every error dask-kaas raises on purpose."""
+
+
+class RequestError(KaasError, ValueError):
+    """A request (or a call's inputs) breaks a rule of the request model."""
+
+
+class KernelError(KaasError):
+    """A kernel library or kernel cannot be found, compiled, loaded or run."""
+
+
+class DeviceMemoryError(KaasError, MemoryError):
+    """A request's pinned buffers cannot fit the device's capacity."""
+
+
+class StoreError(KaasError):
+    """The buffer store cannot serve a read or a write."""
+
+
+class StoreKeyError(StoreError, KeyError):
+    """A key is not in the store."""
+
+    def __str__(self):  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,75 @@
+"""Counters and phase timers for one worker's device, owned by one object.
+
+Everything that measures (the caches, the runtime) writes here; everything that
+reports (``worker_stats``, the scheduler extension) reads ``snapshot()``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+COUNTERS = (
+    "requests",
+    "kernel_launches",
+    "hits",
+    "compulsory_misses",
+    "capacity_misses",
+    "evictions",
+    "bytes_evicted",
+    "bytes_h2d",
+    "bytes_d2h",
+    "bytes_from_store",
+    "bytes_to_store",
+    "kernel_cache_hits",
+    "kernel_cache_misses",
+    "errors",
+)
+
+PHASES = ("validate", "load", "h2d", "allocate", "kernels", "d2h", "store_write", "total")
+
+
+class Counters:
+    """Monotonic counters plus accumulated seconds per phase, and per-tenant counters."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.tenants: defaultdict[str, dict[str, float]] = defaultdict(
+            lambda: {"requests": 0, "hits": 0, "misses": 0, "bytes_loaded": 0, "errors": 0, "seconds": 0.0}
+        )
+
+    def add(self, name: str, value: int = 1) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + value
+
+    def add_tenant(self, tenant: str | None, **values) -> None:
+        with self._lock:
+            row = self.tenants[tenant or "default"]
+            for name, value in values.items():
+                row[name] = row.get(name, 0) + value
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+
+    def hit_rate(self) -> float:
+        hits = self.counts["hits"]
+        total = hits + self.counts["compulsory_misses"] + self.counts["capacity_misses"]
+        return hits / total if total else 0.0
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            out = dict(self.counts)
+            out["seconds"] = dict(self.seconds)
+            out["tenants"] = {t: dict(row) for t, row in self.tenants.items()}
+        out["hit_rate"] = self.hit_rate()
+        return out
