@@ -1,0 +1,323 @@
+"""BufferStore over real local files (tmp_path) and fsspec's real memory:// filesystem."""
+import multiprocessing
+import os
+import pickle
+import threading
+import uuid
+
+import dask.config
+import numpy as np
+import pytest
+
+from dask_kaas import store as store_mod
+from dask_kaas.errors import StoreError, StoreKeyError
+from dask_kaas.store import BufferStore, open_store
+
+
+@pytest.fixture
+def fstore(tmp_path):
+    return BufferStore(f"file://{tmp_path}/store")
+
+
+@pytest.fixture
+def mstore():
+    return BufferStore(f"memory://kaas-test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture(params=["file", "memory"])
+def anystore(request, fstore, mstore):
+    return fstore if request.param == "file" else mstore
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [
+        ("float32", (3, 4)),
+        ("float64", (7,)),
+        ("float16", (2, 2, 2)),
+        ("int8", (2, 3, 4)),
+        ("uint16", (5, 1)),
+        ("int64", (1,)),
+        ("bool", (4, 4)),
+        ("complex64", (3,)),
+        ("float64", ()),
+        ("datetime64[s]", (3,)),
+    ],
+)
+def test_round_trip(anystore, dtype, shape):
+    rng = np.random.default_rng(0)
+    x = (rng.random(shape) * 100).astype(dtype)
+    anystore.put("w", x)
+    y = anystore.get("w")
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    np.testing.assert_array_equal(y, x)
+    assert anystore.info("w") == {"nbytes": x.nbytes, "dtype": x.dtype, "shape": x.shape}
+
+
+def test_non_contiguous_and_fortran_input(anystore):
+    x = np.arange(24, dtype="f4").reshape(4, 6)
+    anystore.put("t", x.T)
+    np.testing.assert_array_equal(anystore.get("t"), x.T)
+    anystore.put("s", x[:, ::2])
+    np.testing.assert_array_equal(anystore.get("s"), x[:, ::2])
+    assert anystore.get_bytes("s").tobytes() == np.ascontiguousarray(x[:, ::2]).tobytes()
+
+
+def test_big_endian_stored_by_value_in_native_order(anystore):
+    x = np.arange(6, dtype=">i4")
+    anystore.put("be", x)
+    y = anystore.get("be")
+    assert y.dtype == np.dtype("=i4")
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("value", [b"hello", bytearray(b"hello"), memoryview(b"hello")])
+def test_bytes_like_is_uint8(anystore, value):
+    anystore.put("b", value)
+    y = anystore.get("b")
+    assert y.dtype == np.uint8 and y.shape == (5,)
+    assert y.tobytes() == b"hello"
+
+
+@pytest.mark.parametrize(
+    "value", [np.zeros((0,)), np.zeros((3, 0)), np.array(["a", "b"], dtype=object), [1, 2], "text"]
+)
+def test_bad_values(fstore, value):
+    with pytest.raises(StoreError, match="'w'"):
+        fstore.put("w", value)
+    assert "w" not in fstore
+
+
+def test_all_zero_array_round_trips(fstore):
+    # zarr skips writing all-fill chunks by default; the store must not
+    fstore.put("z", np.zeros((3, 3)))
+    np.testing.assert_array_equal(fstore.get("z"), np.zeros((3, 3)))
+
+
+def test_overwrite_changes_dtype_and_shape(anystore):
+    anystore.put("w", np.ones((4, 4), dtype="f8"))
+    anystore.put("w", np.arange(10, dtype="i2"))
+    y = anystore.get("w")
+    assert y.dtype == np.int16 and y.shape == (10,)
+    np.testing.assert_array_equal(y, np.arange(10))
+    assert anystore.keys() == ["w"]
+
+
+def test_nested_keys_listing(anystore):
+    assert anystore.keys() == [] and len(anystore) == 0
+    for k in ["tenantB/x", "tenantA/W1", "tenantA/deep/W2", "top"]:
+        anystore.put(k, np.arange(3))
+    assert anystore.keys() == ["tenantA/W1", "tenantA/deep/W2", "tenantB/x", "top"]
+    assert len(anystore) == 4
+    assert "tenantA/W1" in anystore
+    assert "tenantA" not in anystore  # a folder, not a buffer
+    assert "nope" not in anystore
+    with pytest.raises(StoreKeyError):
+        anystore.get("tenantA")
+
+
+def test_folder_and_parent_conflicts(anystore):
+    anystore.put("a/b", np.arange(3))
+    with pytest.raises(StoreError, match="folder"):
+        anystore.put("a", np.arange(3))
+    np.testing.assert_array_equal(anystore.get("a/b"), np.arange(3))
+    with pytest.raises(StoreError, match="'a/b/c'"):
+        anystore.put("a/b/c", np.arange(3))
+    with pytest.raises(StoreError, match="'a/b/c/d'"):
+        anystore.put("a/b/c/d", np.arange(3))
+    np.testing.assert_array_equal(anystore.get("a/b"), np.arange(3))
+    # once the folder is empty, its name can hold a buffer
+    anystore.delete("a/b")
+    anystore.put("a", np.arange(2))
+    assert anystore.keys() == ["a"]
+
+
+def test_delete(anystore):
+    anystore.put("x/y", np.arange(3))
+    anystore.put("z", np.arange(3))
+    anystore.delete("x/y")
+    assert anystore.keys() == ["z"]
+    assert "x/y" not in anystore
+    with pytest.raises(StoreKeyError):
+        anystore.delete("x/y")
+
+
+@pytest.mark.parametrize("op", ["get", "get_bytes", "info", "delete"])
+def test_missing_key(anystore, op):
+    with pytest.raises(StoreKeyError) as ei:
+        getattr(anystore, op)("tenant/missing")
+    assert isinstance(ei.value, KeyError)
+    msg = str(ei.value)
+    assert "'tenant/missing'" in msg and anystore.url in msg
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "/a", "a/", "a//b", ".", "a/..", "../a", "a\\b", "zarr.json", "a/zarr.json", 3, None, b"a"],
+)
+@pytest.mark.parametrize("op", ["put", "get", "get_bytes", "info", "delete", "contains"])
+def test_bad_keys(fstore, key, op):
+    with pytest.raises(StoreError) as ei:
+        if op == "put":
+            fstore.put(key, np.arange(3))
+        elif op == "contains":
+            key in fstore  # noqa: B015
+        else:
+            getattr(fstore, op)(key)
+    assert not isinstance(ei.value, StoreKeyError)
+    assert repr(key) in str(ei.value)
+
+
+def test_get_bytes_ranges(anystore):
+    x = np.arange(12, dtype="<i4").reshape(3, 4)
+    raw = x.tobytes()
+    anystore.put("w", x)
+    for offset, size in [(0, None), (0, 48), (5, 10), (16, 16), (47, 1), (48, 0), (20, None)]:
+        got = anystore.get_bytes("w", offset, size)
+        assert got.dtype == np.uint8 and got.ndim == 1
+        end = None if size is None else offset + size
+        assert got.tobytes() == raw[offset:end], (offset, size)
+    for offset, size in [(0, 49), (40, 9), (49, None), (-1, 4), (4, -1)]:
+        with pytest.raises(StoreError, match="'w'") as ei:
+            anystore.get_bytes("w", offset, size)
+        assert anystore.url in str(ei.value)
+        assert not isinstance(ei.value, StoreKeyError)
+
+
+def test_multi_chunk_arrays(anystore, monkeypatch):
+    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 1000)
+    x = np.random.default_rng(1).random((101, 3)).astype("f8")  # 24-byte rows
+    anystore.put("big", x)
+    assert anystore._array("big").chunks == (41, 3)
+    np.testing.assert_array_equal(anystore.get("big"), x)
+    raw = x.tobytes()
+    for offset, size in [(0, None), (980, 30), (984, 984), (1, 2422), (2400, 24)]:
+        end = None if size is None else offset + size
+        assert anystore.get_bytes("big", offset, size).tobytes() == raw[offset:end]
+    # rows bigger than the chunk limit: one row per chunk
+    y = np.arange(4 * 300, dtype="f8").reshape(4, 300)
+    anystore.put("rows", y)
+    assert anystore._array("rows").chunks == (1, 300)
+    np.testing.assert_array_equal(anystore.get("rows"), y)
+
+
+def test_fast_local_read_matches_zarr(fstore, monkeypatch):
+    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 4096)
+    x = np.random.default_rng(2).random((1000, 7)).astype("f4")
+    fstore.put("w", x)
+    arr = fstore._array("w")
+    assert fstore._read_raw("w", arr, 0, x.nbytes) is not None  # the fast path applies
+    np.testing.assert_array_equal(fstore.get("w"), arr[...])
+
+
+def test_pickle_reopens(anystore):
+    anystore.put("t/w", np.arange(5))
+    anystore.keys()  # open the backend before pickling
+    data = pickle.dumps(anystore)
+    assert b"zarr" not in data
+    copy = pickle.loads(data)
+    assert copy == anystore and hash(copy) == hash(anystore) and copy is not anystore
+    np.testing.assert_array_equal(copy.get("t/w"), np.arange(5))
+    copy.put("t/v", np.arange(2))
+    assert anystore.keys() == ["t/v", "t/w"]
+
+
+def test_memory_shared_between_instances(mstore):
+    other = BufferStore(mstore.url)
+    mstore.put("w", np.arange(4))
+    np.testing.assert_array_equal(other.get("w"), np.arange(4))
+    other.delete("w")
+    assert "w" not in mstore
+
+
+def test_url_normalization_and_repr(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = BufferStore("rel/store")
+    b = BufferStore(f"file://{tmp_path}/rel/store/")
+    assert a.url == f"file://{tmp_path}/rel/store"
+    assert a == b and hash(a) == hash(b)
+    assert a != BufferStore("memory://rel/store")
+    assert BufferStore("memory://x/").url == "memory://x"
+    assert repr(a) == f"BufferStore('file://{tmp_path}/rel/store')"
+
+
+def test_open_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with dask.config.set({"kaas.store": None}):
+        assert open_store().url == f"file://{tmp_path}/stores/local"
+        assert open_store(None).url == f"file://{tmp_path}/stores/local"
+    with dask.config.set({"kaas.store": "memory://configured"}):
+        assert open_store().url == "memory://configured"
+    s = BufferStore("memory://abc")
+    assert open_store(s) is s
+    assert open_store("memory://abc") == s
+    with pytest.raises(StoreError):
+        open_store(42)
+
+
+def test_corrupt_metadata_is_store_error(fstore, tmp_path):
+    fstore.put("w", np.arange(3))
+    with open(tmp_path / "store" / "w" / "zarr.json", "w") as f:
+        f.write("{not json")
+    with pytest.raises(StoreError) as ei:
+        fstore.get("w")
+    assert not isinstance(ei.value, StoreKeyError)
+    assert "'w'" in str(ei.value) and fstore.url in str(ei.value)
+    assert ei.value.__cause__ is not None
+
+
+def test_truncated_chunk_is_store_error(fstore, tmp_path):
+    fstore.put("w", np.arange(100, dtype="f8"))
+    chunk = tmp_path / "store" / "w" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(StoreError, match="'w'"):
+        fstore.get("w")
+
+
+def test_unreachable_backend_is_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    s = BufferStore(f"file://{blocker}/store")  # a path below a regular file
+    with pytest.raises(StoreError) as ei:
+        s.put("w", np.arange(3))
+    assert s.url in str(ei.value) and ei.value.__cause__ is not None
+
+
+def test_threads_share_lazy_open(fstore):
+    BufferStore(fstore.url).put("w", np.arange(3))
+    errors, barrier = [], threading.Barrier(8)
+
+    def work(i):
+        try:
+            barrier.wait()
+            if i % 2:
+                assert fstore.keys() == ["w"]
+            else:
+                np.testing.assert_array_equal(fstore.get("w"), np.arange(3))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def _write_in_child(store, key):
+    store.put(key, np.arange(6, dtype="f4").reshape(2, 3) * 2)
+
+
+def test_write_in_another_process(fstore):
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_write_in_child, args=(fstore, "tenant/w"))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0
+    np.testing.assert_array_equal(
+        fstore.get("tenant/w"), np.arange(6, dtype="f4").reshape(2, 3) * 2
+    )
+    assert fstore.keys() == ["tenant/w"]
+    assert os.path.isdir(fstore.url[len("file://"):])
