@@ -1,0 +1,233 @@
+"""The demo workload: several tenants' MLP inference chains plus a Jacobi solve, checked against NumPy."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .request import BufferSpec, KernelSpec, Literal, Request
+
+F32 = 4
+
+
+def _grid(n: int, block: int, limit: int = 1024) -> int:
+    return max(1, min(limit, -(-n // block)))
+
+
+def mlp_request(prefix: str, *, batch: int, d_in: int, hidden: int, classes: int, tenant: str) -> Request:
+    """sgemm -> bias_relu -> sgemm -> softmax_rows with the tenant's const weights under ``prefix/``."""
+    x = BufferSpec("x", batch * d_in * F32, dtype="float32", shape=(batch, d_in), ephemeral=True)
+    w1 = BufferSpec("w1", d_in * hidden * F32, key=f"{prefix}/w1", const=True, dtype="float32")
+    b1 = BufferSpec("b1", hidden * F32, key=f"{prefix}/b1", const=True, dtype="float32")
+    w2 = BufferSpec("w2", hidden * classes * F32, key=f"{prefix}/w2", const=True, dtype="float32")
+    h = BufferSpec("h", batch * hidden * F32)
+    logits = BufferSpec("logits", batch * classes * F32)
+    y = BufferSpec("y", batch * classes * F32, dtype="float32", shape=(batch, classes), ephemeral=True)
+    tile = (16, 16)
+
+    def gemm_grid(m, n):
+        return (_grid(n, 16, 65535), _grid(m, 16, 65535))
+
+    kernels = [
+        KernelSpec("builtin", "sgemm", gemm_grid(batch, hidden), tile,
+                   literals=[Literal("i", batch), Literal("i", hidden), Literal("i", d_in)],
+                   arguments=[(x, "i"), (w1, "i"), (h, "t")]),
+        KernelSpec("builtin", "bias_relu", _grid(batch * hidden, 256), 256,
+                   literals=[Literal("i", batch), Literal("i", hidden)],
+                   arguments=[(b1, "i"), (h, "t")]),
+        KernelSpec("builtin", "sgemm", gemm_grid(batch, classes), tile,
+                   literals=[Literal("i", batch), Literal("i", classes), Literal("i", hidden)],
+                   arguments=[(h, "t"), (w2, "i"), (logits, "t")]),
+        KernelSpec("builtin", "softmax_rows", batch, 128,
+                   literals=[Literal("i", batch), Literal("i", classes)],
+                   arguments=[(logits, "t"), (y, "o")]),
+    ]
+    return Request(kernels, tenant=tenant)
+
+
+def mlp_reference(x, w1, b1, w2):
+    h = np.maximum(x @ w1 + b1, 0)
+    z = h @ w2
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def jacobi_request(key: str, n: int, sweeps: int, tenant: str) -> Request:
+    """``2 * sweeps`` Jacobi steps: x -> x_next -> x, repeated with ``n_iter``."""
+    a = BufferSpec("A", n * n * F32, key=key, const=True, dtype="float32", shape=(n, n))
+    b = BufferSpec("b", n * F32, dtype="float32", ephemeral=True)
+    x = BufferSpec("x", n * F32, dtype="float32", ephemeral=True)
+    x_next = BufferSpec("x_next", n * F32, dtype="float32")
+    grid, block = _grid(n, 128), 128
+    step = [Literal("i", n)]
+    return Request(
+        [
+            KernelSpec("builtin", "jacobi_step", grid, block, literals=step,
+                       arguments=[(a, "i"), (b, "i"), (x, "i"), (x_next, "t")]),
+            KernelSpec("builtin", "jacobi_step", grid, block, literals=step,
+                       arguments=[(a, "i"), (b, "i"), (x_next, "t"), (x, "o")]),
+        ],
+        n_iter=sweeps,
+        tenant=tenant,
+    )
+
+
+def jacobi_reference(a, b, x, steps):
+    d = np.diag(a)
+    r = a - np.diag(d)
+    for _ in range(steps):
+        x = (b - r @ x) / d
+    return x
+
+
+@dataclass
+class Job:
+    """One request of the workload with its inputs and the expected result."""
+
+    tenant: str
+    request: Request
+    inputs: dict
+    output: str
+    expected: np.ndarray
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    submitted: float = 0.0
+    latency: float = field(default=0.0)
+
+    def check(self, result: dict) -> bool:
+        got = result.get(self.output)
+        return got is not None and got.shape == self.expected.shape and bool(
+            np.allclose(got, self.expected, rtol=self.rtol, atol=self.atol)
+        )
+
+
+@dataclass
+class Workload:
+    consts: dict[str, np.ndarray]
+    jobs: list[Job]
+
+
+def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, seed: int = 0,
+                   batch: int = 32, d_in: int = 64, hidden: int = 256, classes: int = 10,
+                   jacobi_n: int = 256, sweeps: int = 25) -> Workload:
+    """Each tenant its own MLP weights; requests spread round-robin; plus ``jacobi`` solves."""
+    rng = np.random.default_rng(seed)
+    consts: dict[str, np.ndarray] = {}
+    tenant_reqs = {}
+    for t in range(tenants):
+        name = f"tenant-{t}"
+        prefix = f"demo/{name}"
+        w1 = (rng.standard_normal((d_in, hidden)) / np.sqrt(d_in)).astype(np.float32)
+        b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
+        w2 = (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
+        consts.update({f"{prefix}/w1": w1, f"{prefix}/b1": b1, f"{prefix}/w2": w2})
+        tenant_reqs[name] = (mlp_request(prefix, batch=batch, d_in=d_in, hidden=hidden, classes=classes,
+                                         tenant=name), (w1, b1, w2))
+    jobs = []
+    names = list(tenant_reqs)
+    for i in range(requests):
+        name = names[i % len(names)]
+        req, (w1, b1, w2) = tenant_reqs[name]
+        x = rng.standard_normal((batch, d_in)).astype(np.float32)
+        jobs.append(Job(name, req, {"x": x}, "y", mlp_reference(x, w1, b1, w2)))
+    if jacobi:
+        a = rng.uniform(-1, 1, (jacobi_n, jacobi_n)).astype(np.float32)
+        a[np.diag_indices(jacobi_n)] = np.abs(a).sum(axis=1) + 1.0  # strictly diagonally dominant: converges
+        consts["demo/jacobi/A"] = a
+        req = jacobi_request("demo/jacobi/A", jacobi_n, sweeps, "jacobi")
+        for _ in range(jacobi):
+            b = rng.standard_normal(jacobi_n).astype(np.float32)
+            x0 = np.zeros(jacobi_n, np.float32)
+            expected = jacobi_reference(a.astype(np.float64), b, x0, 2 * sweeps).astype(np.float32)
+            jobs.append(Job("jacobi", req, {"b": b, "x": x0}, "x", expected, rtol=1e-3, atol=1e-4))
+    order = rng.permutation(len(jobs))
+    return Workload(consts, [jobs[i] for i in order])
+
+
+def run_workload(client, store, workload: Workload, *, window: int = 8, progress: bool = True) -> dict:
+    """Seed the store, run every job with at most ``window`` in flight, check every result; return a report."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    for key, value in workload.consts.items():
+        store.put(key, value)
+    start = time.perf_counter()
+    pending = iter(workload.jobs)
+    futures = {}
+
+    def submit_next():
+        job = next(pending, None)
+        if job is not None:
+            job.submitted = time.perf_counter()
+            future = client.submit(job.request, pure=False, **job.inputs)
+            futures[future] = job
+            stream.add(future)
+
+    stream = as_completed()
+    for _ in range(window):  # a bounded window keeps latency about service, not about one long queue
+        submit_next()
+    wrong, failed = [], []
+    bar = tqdm(total=len(workload.jobs), desc="requests", unit="req", disable=not progress, leave=False)
+    for future in stream:
+        job = futures.pop(future)
+        job.latency = time.perf_counter() - job.submitted
+        submit_next()
+        try:
+            ok = job.check(future.result())
+        except Exception as e:  # a failed request is reported, never hidden
+            failed.append((job.tenant, repr(e)))
+            ok = None
+        if ok is False:
+            wrong.append(job.tenant)
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {"elapsed": elapsed, "wrong": wrong, "failed": failed, "jobs": workload.jobs}
+
+
+def summarize(report: dict, stats: dict[str, dict]) -> list[dict]:
+    """Per-tenant rows: requests, p50/p99 latency, throughput, hit rate and bytes loaded (from the workers)."""
+    per_tenant: dict[str, dict] = {}
+    for worker in stats.values():
+        for tenant, row in worker.get("tenants", {}).items():
+            acc = per_tenant.setdefault(tenant, {"hits": 0, "misses": 0, "bytes_loaded": 0})
+            for k in acc:
+                acc[k] += row.get(k, 0)
+    rows = []
+    by_tenant: dict[str, list[float]] = {}
+    for job in report["jobs"]:
+        by_tenant.setdefault(job.tenant, []).append(job.latency)
+    for tenant in sorted(by_tenant):
+        lat = np.array(by_tenant[tenant]) * 1e3
+        cache = per_tenant.get(tenant, {"hits": 0, "misses": 0, "bytes_loaded": 0})
+        lookups = cache["hits"] + cache["misses"]
+        rows.append({
+            "tenant": tenant,
+            "requests": len(lat),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "throughput": len(lat) / report["elapsed"],
+            "hit_rate": cache["hits"] / lookups if lookups else 0.0,
+            "bytes_loaded": int(cache["bytes_loaded"]),
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'tenant':<10} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'hit rate':>8} {'loaded':>10}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['tenant']:<10} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['throughput']:>8.1f} "
+            f"{r['hit_rate']:>8.1%} {_human(r['bytes_loaded']):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"

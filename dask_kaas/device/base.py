@@ -1,0 +1,70 @@
+"""The device protocol: what the runtime needs from a GPU (or its host stand-in).
+
+A device owns raw memory and launches kernels; it knows nothing of requests,
+caches or stores. Handles are opaque to every caller: the runtime only passes
+them back to the device that made them.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+
+Handle = Any
+
+
+class Device(ABC):
+    """One accelerator (or the host standing in for one).
+
+    Attributes: ``kind`` ("cuda" or "host"), ``name`` (human readable),
+    ``capacity`` (bytes the buffer cache may hold on it), ``arch`` (the
+    compile target, e.g. "sm_90"; None on the host).
+    """
+
+    kind: str
+    name: str
+    capacity: int
+    arch: str | None = None
+
+    @abstractmethod
+    def allocate(self, nbytes: int) -> Handle:
+        """Return a buffer of ``nbytes`` (contents undefined). Raises DeviceMemoryError when out of memory."""
+
+    @abstractmethod
+    def free(self, handle: Handle) -> None:
+        """Give a buffer back. Work already queued that uses it still completes correctly."""
+
+    @abstractmethod
+    def copy_in(self, handle: Handle, data: np.ndarray) -> None:
+        """Copy flat uint8 host bytes into the start of a buffer."""
+
+    @abstractmethod
+    def copy_out(self, handle: Handle) -> np.ndarray:
+        """Return the buffer's bytes as a new flat uint8 host array, after all queued work."""
+
+    @abstractmethod
+    def zero(self, handle: Handle) -> None:
+        """Set every byte of the buffer to zero."""
+
+    @abstractmethod
+    def load_module(self, library) -> Any:
+        """Load a kernel library for this device (compiling it if needed); raises KernelError."""
+
+    @abstractmethod
+    def launch(self, module, kernel: str, launch, literals: Sequence, buffers: Sequence[Handle]) -> None:
+        """Queue one kernel: ``literals`` (Literal objects) first, then ``buffers``; raises KernelError."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait for all queued work; raises KernelError if a kernel failed."""
+
+    @abstractmethod
+    def memory_info(self) -> dict:
+        """``{"total": bytes, "free": bytes, ...}`` as the device itself reports it."""
+
+    def close(self) -> None:
+        """Release the device's resources. The device is unusable afterwards."""
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "capacity": self.capacity, "arch": self.arch}

@@ -1,0 +1,81 @@
+"""The Dask WorkerPlugin that owns a worker's device, caches and runtime."""
+from __future__ import annotations
+
+import logging
+import os
+
+from distributed import WorkerPlugin, get_worker
+
+from .. import config
+from ..device import KINDS, make_device
+from ..runtime import Runtime, add_runtime_resolver
+from ..store import BufferStore, open_store
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "kaas"
+
+
+class KaasWorkerPlugin(WorkerPlugin):
+    """Give a worker a KaaS device and runtime; requests called on it run there.
+
+    Parameters
+    ----------
+    device: "auto" | "cuda" | "host"
+        Backend; "auto" picks CUDA where a GPU answers.
+    device_memory: int | str | None
+        Host device capacity, or the CUDA RMM pool size ("2GiB", "80%").
+        None: ``kaas.host.memory`` / ``kaas.cuda.pool-size``.
+    store: str | BufferStore | None
+        Where const buffers and keyed outputs live. None: ``kaas.store``.
+    device_index: int | None
+        Which visible CUDA device to use (default 0: one worker per GPU, each
+        started with its own ``CUDA_VISIBLE_DEVICES``).
+    """
+
+    name = PLUGIN_NAME
+    idempotent = False
+
+    def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None):
+        if device not in KINDS:
+            raise ValueError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
+        if device_memory is not None:
+            config.parse_size(device_memory, total=1, name="device_memory")  # fail here, not on the worker
+        if device_index is not None and (not isinstance(device_index, int) or device_index < 0):
+            raise ValueError(f"device_index must be a non-negative integer, got {device_index!r}")
+        self.device = device
+        self.device_memory = device_memory
+        self.store = store if isinstance(store, BufferStore) else open_store(store)
+        self.device_index = device_index
+        self.runtime: Runtime | None = None
+
+    async def setup(self, worker):
+        device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0)
+        self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
+        add_runtime_resolver(worker_runtime)
+        if "GPU" not in worker.state.total_resources:
+            await worker.set_resources(**{**worker.state.total_resources, "GPU": 1})
+        logger.info("dask-kaas: %s device %r, %d bytes, store %s (pid %d)", device.kind, device.name,
+                    device.capacity, self.store.url, os.getpid())
+
+    def teardown(self, worker):
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
+
+def worker_runtime() -> Runtime | None:
+    """The runtime of the Dask worker this thread runs in, or None outside a KaaS worker."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    return getattr(plugin, "runtime", None)
+
+
+def stats_on_worker(dask_worker) -> dict | None:
+    """Runs on a worker (through ``client.run``): its runtime's counters, or None without one."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    runtime = getattr(plugin, "runtime", None)
+    return None if runtime is None else runtime.stats()

@@ -1,0 +1,223 @@
+"""Execute one Request on one Device.
+
+The loop, for each request:
+  check inputs and that the pinned set fits the device (else fail before touching it)
+  pin cached const buffers (miss: read from the store, copy to the device)
+  copy call inputs in, read keyed non-const inputs from the store, zero the rest
+  launch the kernels in order, ``n_iter`` times over
+  copy outputs back, persist the non-ephemeral ones under their keys
+  release pins (consts stay cached; everything else is freed)
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .cache import BufferCache, KernelCache
+from .device import Device, make_device
+from .errors import KaasError, KernelError, RequestError
+from .library import LaunchConfig, resolve_library
+from .request import Request
+from .stats import Counters
+from .store import BufferStore, open_store
+
+
+def const_id(spec) -> tuple:
+    """Cache identity of a const buffer: where its bytes live in the store."""
+    return ("const", spec.store_key, spec.offset, spec.size)
+
+
+class Runtime:
+    """Owns a device's buffer cache and kernel cache, and runs requests on it one at a time."""
+
+    def __init__(self, device: Device, store: BufferStore | str | None = None, *, counters: Counters | None = None,
+                 kernel_cache_entries: int = 64):
+        self.device = device
+        self.store = open_store(store)
+        self.counters = counters or Counters()
+        self.cache = BufferCache(device.capacity, device.allocate, device.free, counters=self.counters)
+        self.kernels = KernelCache(self._load_module, max_entries=kernel_cache_entries, counters=self.counters)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.last_request: dict | None = None
+
+    def _load_module(self, library):
+        return self.device.load_module(library)
+
+    # ------------------------------------------------------------------ run
+    def run(self, request: Request, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Run ``request`` with ``inputs``; return its outputs by buffer name."""
+        if not isinstance(request, Request):
+            raise TypeError(f"expected a Request, got {type(request).__name__}")
+        counters = self.counters
+        with self._lock:
+            start = time.perf_counter()
+            before = dict(counters.counts)
+            try:
+                with counters.phase("total"):
+                    result = self._run(request, inputs or {})
+            except KaasError:
+                counters.add("errors")
+                counters.add_tenant(request.tenant, errors=1)
+                raise
+            finally:
+                self._account(request, before, time.perf_counter() - start)
+            return result
+
+    def _run(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        counters, device, cache = self.counters, self.device, self.cache
+        with counters.phase("validate"):
+            data = request.check_inputs(inputs)
+            cache.check_fits(request.footprint, f"{request!r} pins {request.footprint} bytes in "
+                                                f"{len(request.roles)} buffers")
+            self._check_stored_inputs(request, data)
+            modules = [self.kernels.get(resolve_library(k.library)) for k in request.kernels]
+        run_id = next(self._ids)
+        handles: dict[str, Any] = {}
+        held: list[tuple[Any, bool]] = []  # (cache id, keep cached afterwards)
+        try:
+            for name, role in request.roles.items():
+                spec = role.spec
+                if spec.const and name not in data:
+                    cid = const_id(spec)
+                    with counters.phase("load"):
+                        handle, _ = cache.acquire(cid, spec.size, const=True, fill=self._filler_from_store(spec))
+                    held.append((cid, True))
+                else:
+                    cid = ("run", run_id, name)
+                    with counters.phase("h2d" if name in data else "allocate"):
+                        handle, _ = cache.acquire(cid, spec.size, const=False,
+                                                  fill=self._filler(role, data.get(name)))
+                    held.append((cid, False))
+                handles[name] = handle
+
+            with counters.phase("kernels"):
+                for _ in range(request.n_iter):
+                    for kernel, module in zip(request.kernels, modules):
+                        launch = LaunchConfig(kernel.grid, kernel.block, kernel.shared)
+                        buffers = [handles[buf.name] for buf, _ in kernel.arguments]
+                        device.launch(module, kernel.kernel, launch, kernel.literals, buffers)
+                device.synchronize()
+            counters.add("kernel_launches", request.n_iter * len(request.kernels))
+
+            result = {}
+            with counters.phase("d2h"):
+                for name in request.outputs:
+                    raw = device.copy_out(handles[name])
+                    counters.add("bytes_d2h", raw.nbytes)
+                    result[name] = request.roles[name].spec.as_result(raw)
+            with counters.phase("store_write"):
+                for name in request.outputs:
+                    spec = request.roles[name].spec
+                    if not spec.ephemeral:
+                        self.store.put(spec.store_key, result[name])
+                        counters.add("bytes_to_store", spec.size)
+            return result
+        finally:
+            handles.clear()
+            for cid, keep in held:
+                cache.release(cid, keep=keep)
+
+    def _check_stored_inputs(self, request: Request, data: Mapping[str, np.ndarray]) -> None:
+        for name in request.inputs:
+            spec = request.roles[name].spec
+            if name not in data and not spec.const and spec.store_key not in self.store:
+                raise RequestError(
+                    f"missing input {name!r}: not passed in the call, and key {spec.store_key!r} is not in "
+                    f"store {self.store.url}"
+                )
+
+    def _filler_from_store(self, spec) -> Callable:
+        def fill(handle):
+            raw = self.store.get_bytes(spec.store_key, spec.offset, spec.size)
+            self.counters.add("bytes_from_store", raw.nbytes)
+            self.device.copy_in(handle, raw)
+            self.counters.add("bytes_h2d", raw.nbytes)
+
+        return fill
+
+    def _filler(self, role, raw: np.ndarray | None) -> Callable:
+        if raw is not None:
+            def fill(handle):
+                self.device.copy_in(handle, raw)
+                self.counters.add("bytes_h2d", raw.nbytes)
+            return fill
+        if role.reads_first and not role.temporary:
+            return self._filler_from_store(role.spec)
+        return self.device.zero  # outputs and temporaries start zeroed: no bytes of earlier tenants leak
+
+    def _account(self, request: Request, before: dict, seconds: float) -> None:
+        counts = self.counters.counts
+        delta = {k: counts.get(k, 0) - before.get(k, 0) for k in ("hits", "compulsory_misses", "capacity_misses",
+                                                                   "bytes_from_store")}
+        self.counters.add("requests")
+        self.counters.add_tenant(
+            request.tenant,
+            requests=1,
+            hits=delta["hits"],
+            misses=delta["compulsory_misses"] + delta["capacity_misses"],
+            bytes_loaded=delta["bytes_from_store"],
+            seconds=seconds,
+        )
+        self.last_request = {"tenant": request.tenant, "kernels": request.kernel_names, "seconds": seconds, **delta}
+
+    # ------------------------------------------------------------- reporting
+    def stats(self) -> dict:
+        """Counters plus device identity and memory figures."""
+        out = self.counters.snapshot()
+        out.update(
+            device=self.device.kind,
+            device_name=self.device.name,
+            capacity=self.cache.capacity,
+            used=self.cache.used,
+            pinned=self.cache.pinned_bytes,
+            cached_buffers=len(self.cache),
+            store=self.store.url,
+        )
+        return out
+
+    def cache_contents(self) -> list[dict]:
+        return self.cache.contents()
+
+    def close(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            self.kernels.clear()
+            self.device.close()
+
+
+# ------------------------------------------------------- the current runtime
+_resolvers: list[Callable[[], Runtime | None]] = []
+_local: Runtime | None = None
+_local_lock = threading.Lock()
+
+
+def add_runtime_resolver(resolver: Callable[[], Runtime | None]) -> None:
+    """Register a function that returns the runtime of the current context (e.g. the Dask worker's), or None."""
+    if resolver not in _resolvers:
+        _resolvers.append(resolver)
+
+
+def current_runtime() -> Runtime:
+    """The runtime a request called here should run on: the worker's, else a process-local one."""
+    for resolver in _resolvers:
+        runtime = resolver()
+        if runtime is not None:
+            return runtime
+    global _local
+    with _local_lock:
+        if _local is None:
+            _local = Runtime(make_device(), None)
+        return _local
+
+
+def run_request(request: Request, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Run a request on the current runtime (what ``request(**inputs)`` does)."""
+    return current_runtime().run(request, inputs or {})
+
+
+__all__ = ["Runtime", "current_runtime", "add_runtime_resolver", "run_request", "KernelError"]
