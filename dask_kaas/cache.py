@@ -1,0 +1,382 @@
+"""Device-side caches: buffers (bytes-bounded, pin-aware) and loaded kernel modules (count-bounded).
+
+Neither cache knows anything of CUDA or of Dask. They manage opaque handles through the
+callables they are given (``allocate``/``free``/``writeback`` for buffers, ``load``/``unload``
+for modules), which makes them easy to test with fakes and to reuse on any device backend.
+
+Both caches are thread-safe: every public method holds one re-entrant lock, including while
+it calls the user's callables (so ``fill`` and ``load`` run under the lock; keep them free of
+calls back into another thread that needs this cache).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .errors import DeviceMemoryError
+from .stats import Counters
+
+Handle = TypeVar("Handle")
+Module = TypeVar("Module")
+
+__all__ = ["BufferCache", "KernelCache"]
+
+
+def _fmt_bytes(n: int) -> str:
+    """``"512 B"``, ``"3145728 B (3.0 MiB)"``: exact bytes, plus a readable size when large."""
+    if n < 1024:
+        return f"{n} B"
+    value, unit = float(n), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{n} B ({value:.1f} {unit})"
+
+
+@dataclass
+class _Entry(Generic[Handle]):
+    key: Hashable
+    handle: Handle
+    nbytes: int
+    const: bool
+    pins: int = 0
+    dirty: bool = False
+    last_use: int = 0
+
+
+class BufferCache(Generic[Handle]):
+    """Device buffers keyed by any hashable id, never more than ``capacity`` bytes in total.
+
+    Each entry holds ``key, handle, nbytes, const, pins, dirty, last_use``. Pinned entries
+    (``pins > 0``) are in use by a running request and are never evicted or freed. Unpinned
+    entries stay resident (cached) until room is needed, then are evicted non-const first,
+    then const, least-recently-used first within each group. A dirty entry is written back
+    with ``writeback(key, handle)`` before it is freed.
+
+    Counters (when given): only ``const=True`` acquisitions count ``hits`` /
+    ``compulsory_misses`` (key never resident in this cache before) / ``capacity_misses``
+    (key resident before, since evicted, dropped or cleared); misses are counted once the
+    buffer is successfully inserted. Every entry evicted to make room (by ``acquire`` or
+    ``resize``) counts ``evictions`` and its size in ``bytes_evicted``; explicit frees
+    (``drop``, ``clear``, ``release(keep=False)``) are not evictions.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        allocate: Callable[[int], Handle],
+        free: Callable[[Handle], None],
+        *,
+        writeback: Callable[[Hashable, Handle], None] | None = None,
+        counters: Counters | None = None,
+    ):
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self._capacity = int(capacity)
+        self._allocate = allocate
+        self._free = free
+        self._writeback = writeback
+        self._counters = counters
+        self._lock = threading.RLock()
+        self._entries: OrderedDict[Hashable, _Entry[Handle]] = OrderedDict()  # LRU order, oldest first
+        self._seen: set[Hashable] = set()
+        self._used = 0
+        self._tick = itertools.count(1)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def capacity(self) -> int:
+        """Maximum total bytes of resident entries."""
+        return self._capacity
+
+    @property
+    def used(self) -> int:
+        """Total bytes of resident entries (pinned or not)."""
+        with self._lock:
+            return self._used
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Total bytes of pinned entries (those that cannot be evicted now)."""
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values() if e.pins)
+
+    @property
+    def free_bytes(self) -> int:
+        """``capacity - used``: bytes available without evicting anything."""
+        with self._lock:
+            return self._capacity - self._used
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def contents(self) -> list[dict[str, Any]]:
+        """A snapshot of the entries in LRU order (oldest first).
+
+        Each row: ``key, nbytes, const, pinned (bool), pins (int), dirty``.
+        """
+        with self._lock:
+            return [
+                {"key": e.key, "nbytes": e.nbytes, "const": e.const,
+                 "pinned": e.pins > 0, "pins": e.pins, "dirty": e.dirty}
+                for e in self._entries.values()
+            ]
+
+    # ------------------------------------------------------------------ fit checks
+    def can_fit(self, nbytes_total: int) -> bool:
+        """Whether new pinned buffers totalling ``nbytes_total`` bytes could fit once every
+        unpinned entry were evicted. Changes nothing."""
+        with self._lock:
+            return nbytes_total <= self._capacity - self.pinned_bytes
+
+    def check_fits(self, nbytes_total: int, what: str) -> None:
+        """Raise :class:`DeviceMemoryError` unless ``can_fit(nbytes_total)``.
+
+        ``what`` describes the demand in the message, e.g. ``"request r1 needs 3 buffers"``.
+        """
+        with self._lock:
+            pinned = self.pinned_bytes
+            if nbytes_total > self._capacity - pinned:
+                raise DeviceMemoryError(
+                    f"{what}: {_fmt_bytes(nbytes_total)} needed, but device capacity is "
+                    f"{_fmt_bytes(self._capacity)} with {_fmt_bytes(pinned)} pinned "
+                    f"({_fmt_bytes(self._capacity - pinned)} obtainable)"
+                )
+
+    # ------------------------------------------------------------------ acquire / release
+    def acquire(
+        self,
+        key: Hashable,
+        nbytes: int,
+        *,
+        const: bool = False,
+        fill: Callable[[Handle], None] | None = None,
+    ) -> tuple[Handle, bool]:
+        """Pin the buffer for ``key`` and return ``(handle, hit)``.
+
+        Hit: the key is resident with the same ``nbytes``; it is pinned once more, marked
+        most recently used, and ``(handle, True)`` returned (``fill`` is not called; the entry
+        keeps the ``const`` flag it was inserted with). A resident key with a different
+        ``nbytes`` raises ``ValueError`` and changes nothing.
+
+        Miss: unpinned entries are evicted (non-const first, then const, LRU first in each
+        group; only as many as needed), then ``allocate(nbytes)`` and ``fill(handle)`` (if
+        given) are called, and the entry is inserted with one pin; returns ``(handle, False)``.
+        If the buffer cannot fit even with every unpinned entry evicted, raises
+        :class:`DeviceMemoryError` before anything changes. If ``allocate`` or ``fill``
+        raises, the new allocation (if any) is freed, nothing is inserted and the error
+        propagates (entries already evicted stay evicted). If a ``writeback`` raises during
+        eviction, that entry stays resident and dirty and the error propagates.
+        """
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes} for key {key!r}")
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry.nbytes != nbytes:
+                    raise ValueError(
+                        f"buffer {key!r} is cached with {entry.nbytes} bytes but was "
+                        f"acquired with {nbytes} bytes"
+                    )
+                entry.pins += 1
+                self._touch(entry)
+                if const:
+                    self._count("hits")
+                return entry.handle, True
+
+            self.check_fits(nbytes, f"buffer {key!r}")
+            self._make_room(nbytes)
+            handle = self._allocate(nbytes)
+            if fill is not None:
+                try:
+                    fill(handle)
+                except BaseException:
+                    self._free(handle)
+                    raise
+            entry = _Entry(key=key, handle=handle, nbytes=nbytes, const=bool(const), pins=1)
+            self._entries[key] = entry
+            self._used += nbytes
+            self._touch(entry)
+            if const:
+                self._count("capacity_misses" if key in self._seen else "compulsory_misses")
+            self._seen.add(key)
+            return handle, False
+
+    def release(self, key: Hashable, *, keep: bool = True) -> None:
+        """Unpin ``key`` once. ``KeyError`` if absent, ``ValueError`` if not pinned.
+
+        With ``keep=False`` and no pins left, the entry is freed now (written back first if
+        dirty; if that writeback raises, the entry stays resident, unpinned and dirty).
+        """
+        with self._lock:
+            entry = self._get(key)
+            if entry.pins <= 0:
+                raise ValueError(f"buffer {key!r} is not pinned")
+            entry.pins -= 1
+            if not keep and entry.pins == 0:
+                self._remove(entry)
+
+    def mark_dirty(self, key: Hashable) -> None:
+        """Mark ``key`` as modified on the device: it will be written back before it is freed
+        and by :meth:`flush`. ``KeyError`` if absent; ``ValueError`` if this cache has no
+        ``writeback``."""
+        with self._lock:
+            entry = self._get(key)
+            if self._writeback is None:
+                raise ValueError(f"cannot mark {key!r} dirty: this cache has no writeback")
+            entry.dirty = True
+
+    def flush(self) -> None:
+        """Write back every dirty entry (pinned or not, LRU order) and mark it clean; frees
+        nothing. If a writeback raises, that entry and later ones stay dirty."""
+        with self._lock:
+            for entry in list(self._entries.values()):
+                self._write_back(entry)
+
+    def drop(self, key: Hashable) -> None:
+        """Free the unpinned entry ``key`` now (written back first if dirty).
+        ``KeyError`` if absent, ``ValueError`` if pinned."""
+        with self._lock:
+            entry = self._get(key)
+            if entry.pins:
+                raise ValueError(f"cannot drop buffer {key!r}: it is pinned ({entry.pins} pins)")
+            self._remove(entry)
+
+    def clear(self) -> None:
+        """Free every unpinned entry, LRU first, writing back dirty ones; pinned ones stay."""
+        with self._lock:
+            for entry in [e for e in self._entries.values() if not e.pins]:
+                self._remove(entry)
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, evicting unpinned entries (usual order) as needed.
+        :class:`DeviceMemoryError` (and no change) if the pinned bytes exceed it."""
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        with self._lock:
+            pinned = self.pinned_bytes
+            if pinned > capacity:
+                raise DeviceMemoryError(
+                    f"cannot resize to {_fmt_bytes(capacity)}: {_fmt_bytes(pinned)} are pinned"
+                )
+            self._make_room(0, capacity)
+            self._capacity = int(capacity)
+
+    # ------------------------------------------------------------------ internals
+    def _get(self, key: Hashable) -> _Entry[Handle]:
+        try:
+            return self._entries[key]
+        except KeyError:
+            raise KeyError(f"buffer {key!r} is not in the cache") from None
+
+    def _touch(self, entry: _Entry[Handle]) -> None:
+        entry.last_use = next(self._tick)
+        self._entries.move_to_end(entry.key)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self._counters is not None:
+            self._counters.add(name, n)
+
+    def _write_back(self, entry: _Entry[Handle]) -> None:
+        if entry.dirty:
+            self._writeback(entry.key, entry.handle)
+            entry.dirty = False
+
+    def _remove(self, entry: _Entry[Handle]) -> None:
+        """Write back (if dirty), unlink and free one entry."""
+        self._write_back(entry)
+        del self._entries[entry.key]
+        self._used -= entry.nbytes
+        self._free(entry.handle)
+
+    def _make_room(self, nbytes: int, capacity: int | None = None) -> None:
+        """Evict unpinned entries until ``nbytes`` more fit under ``capacity`` (default: the
+        current one). The caller has checked that this is feasible."""
+        capacity = self._capacity if capacity is None else capacity
+        if self._used + nbytes <= capacity:
+            return
+        victims = sorted((e for e in self._entries.values() if not e.pins), key=lambda e: e.const)
+        for entry in victims:  # sorted() is stable: LRU order within each group
+            if self._used + nbytes <= capacity:
+                break
+            self._remove(entry)
+            self._count("evictions")
+            self._count("bytes_evicted", entry.nbytes)
+
+
+class KernelCache(Generic[Module]):
+    """Loaded kernel modules keyed by any hashable id, at most ``max_entries``, LRU.
+
+    ``get`` counts ``kernel_cache_hits`` / ``kernel_cache_misses`` (a miss is counted
+    only once ``load`` succeeds).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[Hashable], Module],
+        *,
+        max_entries: int = 64,
+        unload: Callable[[Module], None] | None = None,
+        counters: Counters | None = None,
+    ):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._load = load
+        self._unload = unload
+        self._counters = counters
+        self.max_entries = int(max_entries)
+        self._lock = threading.RLock()
+        self._modules: OrderedDict[Hashable, Module] = OrderedDict()
+
+    def get(self, key: Hashable) -> Module:
+        """Return the module for ``key``, calling ``load(key)`` on a miss and then evicting
+        the least recently used modules beyond ``max_entries`` (calling ``unload`` on each).
+        If ``load`` raises, nothing is cached and the error propagates."""
+        with self._lock:
+            if key in self._modules:
+                self._modules.move_to_end(key)
+                self._count("kernel_cache_hits")
+                return self._modules[key]
+            module = self._load(key)
+            self._modules[key] = module
+            self._count("kernel_cache_misses")
+            while len(self._modules) > self.max_entries:
+                _, old = self._modules.popitem(last=False)
+                if self._unload is not None:
+                    self._unload(old)
+            return module
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._modules
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._modules)
+
+    def keys(self) -> list[Hashable]:
+        """Cached keys in LRU order (oldest first)."""
+        with self._lock:
+            return list(self._modules)
+
+    def clear(self) -> None:
+        """Unload and forget every module (LRU first)."""
+        with self._lock:
+            while self._modules:
+                _, module = self._modules.popitem(last=False)
+                if self._unload is not None:
+                    self._unload(module)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self._counters is not None:
+            self._counters.add(name, n)
