@@ -13,7 +13,7 @@ class KernelError(KaasError):
     """A kernel library or kernel cannot be found, compiled, loaded or run."""
 
 
-class DeviceMemoryError(KaasError, MemoryError):
+class DeviceMemoryError(KaasError):
     """A request's pinned buffers cannot fit the device's capacity."""
 
 

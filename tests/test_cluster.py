@@ -1,0 +1,194 @@
+"""End to end on real worker processes: LocalKaasCluster, a plain Client, and a plain LocalCluster + install()."""
+import os
+
+import dask
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import dask_kaas
+from dask_kaas import (BufferSpec, BufferStore, DeviceMemoryError, KaasError, KernelError, KernelSpec, Library,
+                       Literal, LocalKaasCluster, Request, RequestError, worker_stats)
+
+F = 4
+N = 64
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory):
+    return f"file://{tmp_path_factory.mktemp('store')}"
+
+
+@pytest.fixture(scope="module")
+def cluster(store_url):
+    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store_url,
+                          dashboard_address=":0") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def client(cluster):
+    with Client(cluster) as client:
+        yield client
+
+
+def matvec_request(key, n=N, tenant=None):
+    x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
+    a = BufferSpec("A", n * n * F, key=key, const=True)
+    y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
+    k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
+                   literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
+                   arguments=[(x, "i"), (a, "i"), (y, "o")])
+    return Request([k], tenant=tenant)
+
+
+def test_cluster_shape(cluster, client):
+    info = client.scheduler_info()["workers"]
+    assert len(info) == 2
+    for w in info.values():
+        assert w["nthreads"] == 1
+        assert w["resources"] == {"GPU": 1}
+    pids = client.run(os.getpid)
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert "kaas" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
+    assert cluster.dashboard_link
+
+
+def test_submit_gives_correct_results_and_hits(client, store_url):
+    store = BufferStore(store_url)
+    a = np.random.default_rng(1).standard_normal((N, N)).astype(np.float32)
+    store.put("e2e/A", a)
+    r = matvec_request("e2e/A", tenant="alice")
+    xs = [np.random.default_rng(i).standard_normal(N).astype(np.float32) for i in range(12)]
+    futures = [client.submit(r, x=x, pure=False) for x in xs]
+    for x, result in zip(xs, client.gather(futures)):
+        np.testing.assert_allclose(result["y"], x @ a, rtol=1e-4, atol=1e-5)
+    stats = worker_stats(client)
+    assert len(stats) == 2
+    for s in stats.values():
+        assert s["device"] == "host" and s["capacity"] == 64 * 2**20
+        assert s["used"] <= s["capacity"]
+    hits = sum(s["hits"] for s in stats.values())
+    misses = sum(s["compulsory_misses"] for s in stats.values())
+    assert misses <= 2 and hits + misses == 12 and hits >= 10
+    assert sum(s["tenants"].get("alice", {}).get("requests", 0) for s in stats.values()) == 12
+
+
+def test_scheduler_gives_kaas_tasks_the_gpu_restriction(client):
+    r = matvec_request("e2e/A")
+    future = client.submit(r, x=np.zeros(N, np.float32), pure=False)
+    plain = client.submit(np.add, 1, 2)
+    future.result(), plain.result()
+
+    def restrictions(dask_scheduler, keys):
+        return [dask_scheduler.tasks[k].resource_restrictions for k in keys]
+
+    got = client.run_on_scheduler(restrictions, keys=[future.key, plain.key])
+    assert got[0] == {"GPU": 1}
+    assert not got[1]
+    assert future.key.startswith("kaas-sgemm")
+
+
+def test_requests_in_a_dask_graph_between_host_tasks(client, store_url):
+    """host pre-processing -> KaaS request -> host post-processing, as one graph."""
+    a = BufferStore(store_url).get("e2e/A")
+    r = matvec_request("e2e/A")
+
+    @dask.delayed
+    def preprocess(i):
+        return np.full(N, float(i), np.float32)
+
+    @dask.delayed
+    def postprocess(out):
+        return float(out["y"].sum())
+
+    totals = dask.compute(*[postprocess(dask.delayed(r)(x=preprocess(i))) for i in range(4)])
+    for i, total in enumerate(totals):
+        assert total == pytest.approx(float((np.full(N, i, np.float32) @ a).sum()), rel=1e-4)
+
+
+def test_original_kaas_dict_runs(client):
+    d = {"kernels": [{
+        "library": "builtin", "kernel": "axpy",
+        "arguments": [{"name": "x", "size": 40, "ephemeral": True}, {"name": "y", "size": 40, "ephemeral": True}],
+        "type_list": ["i", "io"], "gridDim": [1, 1, 1], "blockDim": [32, 1, 1], "sharedSize": 0,
+        "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
+    }], "nIter": 2}
+    r = Request.from_dict(d)
+    x = np.arange(10, dtype=np.float32)
+    out = client.submit(r, x=x, y=np.ones(10, np.float32)).result()
+    np.testing.assert_allclose(out["y"].view(np.float32), 1 + 2 * 3.0 * x)
+
+
+def test_bad_requests_raise_on_the_client_and_workers_go_on(client):
+    pids = client.run(os.getpid)
+    r = matvec_request("e2e/A")
+    with pytest.raises(RequestError, match=r"input 'x': 8 bytes given"):
+        client.submit(r, x=np.zeros(2, np.float32)).result()
+    with pytest.raises(RequestError, match="missing input 'x'"):
+        client.submit(r).result()
+    with pytest.raises(KaasError, match="nosuch/key"):
+        client.submit(matvec_request("nosuch/key"), x=np.zeros(N, np.float32)).result()
+    lib = Library.from_source("faulty", 'extern "C" __global__ void k(int n, float* y) {}',
+                              twins={"k": _raise_in_twin})
+    bad = Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)],
+                              arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])])
+    with pytest.raises(KernelError, match="twin exploded"):
+        client.submit(bad).result()
+    # same worker processes, still serving correct results
+    assert client.run(os.getpid) == pids
+    out = client.submit(r, x=np.ones(N, np.float32), pure=False).result()
+    assert out["y"].shape == (N,)
+    for s in worker_stats(client).values():
+        assert s["pinned"] == 0
+
+
+def _raise_in_twin(launch, n, y):
+    raise RuntimeError("twin exploded")
+
+
+def test_capacity_below_working_set(store_url):
+    """Each worker can hold one of the three matrices: results stay correct, the cache evicts."""
+    n = 128
+    mat_bytes = n * n * F
+    store = BufferStore(store_url)
+    mats = [np.random.default_rng(10 + i).standard_normal((n, n)).astype(np.float32) for i in range(3)]
+    for i, m in enumerate(mats):
+        store.put(f"small/A{i}", m)
+    with LocalKaasCluster(n_workers=2, device="host", device_memory=mat_bytes + 4 * n * F, store=store_url,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+        futures, expected = [], []
+        for rep in range(4):
+            for i in range(3):
+                x = np.full(n, rep + i, np.float32)
+                futures.append(client.submit(matvec_request(f"small/A{i}", n=n), x=x, pure=False))
+                expected.append(x @ mats[i])
+        for want, got in zip(expected, client.gather(futures)):
+            np.testing.assert_allclose(got["y"], want, rtol=1e-4, atol=1e-4)
+        stats = worker_stats(client)
+        assert sum(s["capacity_misses"] for s in stats.values()) > 0
+        assert sum(s["evictions"] for s in stats.values()) > 0
+        assert all(s["used"] <= s["capacity"] for s in stats.values())
+        # a request that can never fit fails clearly, and the worker goes on
+        big = BufferSpec("big", 2 * mat_bytes, ephemeral=True)
+        too_big = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 1), Literal("f", 0.0)],
+                                      arguments=[(big, "o")])])
+        with pytest.raises(DeviceMemoryError, match="capacity"):
+            client.submit(too_big).result()
+        x = np.ones(n, np.float32)
+        np.testing.assert_allclose(client.submit(matvec_request("small/A0", n=n), x=x).result()["y"], x @ mats[0],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_plain_local_cluster_with_install(store_url):
+    """A plain distributed cluster becomes a KaaS cluster with install(); plain tasks keep working."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        dask_kaas.install(client, device="host", device_memory="32MiB", store=store_url)
+        r = Request([KernelSpec("builtin", "fill", 1, 64, literals=[Literal("i", 8), Literal("f", 2.5)],
+                                arguments=[(BufferSpec("y", 32, dtype="float32", ephemeral=True), "o")])])
+        np.testing.assert_array_equal(client.submit(r).result()["y"], np.full(8, 2.5, np.float32))
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        workers = client.scheduler_info()["workers"].values()
+        assert all(w["resources"].get("GPU") == 1 for w in workers)
+        assert list(worker_stats(client).values())[0]["requests"] == 1
