@@ -177,6 +177,7 @@ class Runtime:
             pinned=self.cache.pinned_bytes,
             cached_buffers=len(self.cache),
             store=self.store.url,
+            memory=self.device.memory_info(),
         )
         return out
 
