@@ -44,6 +44,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.last_request: dict | None = None
+        self.on_device_lost: Callable[[KernelError], None] | None = None
 
     def _load_module(self, library):
         return self.device.load_module(library)
@@ -60,9 +61,11 @@ class Runtime:
             try:
                 with counters.phase("total"):
                     result = self._run(request, inputs or {})
-            except KaasError:
+            except KaasError as e:
                 counters.add("errors")
                 counters.add_tenant(request.tenant, errors=1)
+                if isinstance(e, KernelError) and not getattr(self.device, "healthy", True) and self.on_device_lost:
+                    self.on_device_lost(e)
                 raise
             finally:
                 self._account(request, before, time.perf_counter() - start)

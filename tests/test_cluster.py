@@ -192,3 +192,37 @@ def test_plain_local_cluster_with_install(store_url):
         workers = client.scheduler_info()["workers"].values()
         assert all(w["resources"].get("GPU") == 1 for w in workers)
         assert list(worker_stats(client).values())[0]["requests"] == 1
+
+
+def _poison_device(launch, n, y):
+    """Host stand-in for a sticky CUDA fault: the device is marked lost, then the kernel fails."""
+    from dask_kaas.plugins import worker_runtime
+
+    worker_runtime().device.healthy = False
+    raise RuntimeError("illegal address (simulated)")
+
+
+def test_lost_device_restarts_the_worker(store_url):
+    import time
+
+    lib = Library.from_source("poison", 'extern "C" __global__ void k(int n, float* y) {}',
+                              twins={"k": _poison_device})
+    bad = Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)],
+                              arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])])
+    good = Request([KernelSpec("builtin", "fill", 1, 8, literals=[Literal("i", 2), Literal("f", 3.0)],
+                               arguments=[(BufferSpec("y", 8, dtype="float32", ephemeral=True), "o")])])
+    with LocalKaasCluster(n_workers=1, device="host", store=store_url, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        (pid_before,) = client.run(os.getpid).values()
+        with pytest.raises(KernelError, match="simulated"):
+            client.submit(bad).result()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            pids = list(client.run(os.getpid).values()) if client.scheduler_info()["workers"] else []
+            if pids and pids[0] != pid_before:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the worker was not restarted after its device was lost")
+        client.wait_for_workers(1)
+        np.testing.assert_array_equal(client.submit(good, pure=False).result()["y"], [3.0, 3.0])

@@ -111,7 +111,20 @@ class CudaDevice(Device):
     # -- kernels --------------------------------------------------------------
     def load_module(self, library):
         with self._errors(f"load library {library.name!r}"):
-            return self._cp.RawModule(path=library.binary_path(self.arch))
+            return self._cp.RawModule(path=library.binary_path(self.compile_target()))
+
+    def compile_target(self) -> str:
+        """This GPU's sm_XX, or PTX for the newest arch NVRTC knows when it predates the GPU (the driver JITs it)."""
+        from .. import nvrtc
+
+        cc = int(self.arch[3:])
+        supported = nvrtc.supported_archs()
+        if cc in supported:
+            return self.arch
+        older = [a for a in supported if a <= cc]
+        if not older:
+            raise KernelError(f"{self.name} ({self.arch}) is older than every arch NVRTC supports ({supported})")
+        return f"compute_{max(older)}"
 
     def launch(self, module, kernel, launch, literals, buffers) -> None:
         try:

@@ -14,6 +14,7 @@ from ..store import BufferStore, open_store
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "kaas"
+RESTART_DELAY = 1.0  # seconds for the erred task's report to reach the scheduler before the worker goes
 
 
 class KaasWorkerPlugin(WorkerPlugin):
@@ -52,6 +53,7 @@ class KaasWorkerPlugin(WorkerPlugin):
     async def setup(self, worker):
         device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0)
         self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
+        self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         add_runtime_resolver(worker_runtime)
         if "GPU" not in worker.state.total_resources:
             await worker.set_resources(**{**worker.state.total_resources, "GPU": 1})
@@ -62,6 +64,19 @@ class KaasWorkerPlugin(WorkerPlugin):
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
+
+
+def _restart_soon(worker, error) -> None:
+    """A sticky CUDA error poisons the context: let the failed task report first, then restart the worker.
+
+    Closing the worker but not its nanny makes the nanny start a fresh worker process.
+    """
+    logger.error("dask-kaas: device lost (%s); restarting worker %s", error, worker.address)
+
+    def close():
+        worker.loop.add_callback(worker.close, nanny=False, executor_wait=False, reason="kaas-device-lost")
+
+    worker.loop.add_callback(lambda: worker.loop.call_later(RESTART_DELAY, close))
 
 
 def worker_runtime() -> Runtime | None:
