@@ -540,6 +540,26 @@ def _derive_roles(kernels: Sequence[KernelSpec]) -> dict[str, BufferRole]:
     return roles
 
 
+_OWN_FIELDS = {"grid": "grid", "block": "block", "shared": "shared"}
+_KAAS_FIELDS = {"grid": "gridDim", "block": "blockDim", "shared": "sharedSize"}
+
+
+def _kernel_from_fields(k: Mapping, args: list, fields: Mapping[str, str]) -> KernelSpec:
+    """A KernelSpec from one kernel dict, whichever names (ours or the original KaaS's) it uses for launch fields."""
+    for required in ("library", "kernel", fields["grid"], fields["block"]):
+        if required not in k:
+            raise RequestError(f"kernel {k.get('kernel', '?')!r}: the kernel dict has no {required!r}")
+    return KernelSpec(
+        _library_from_dict(k["library"]),
+        k["kernel"],
+        k[fields["grid"]],
+        k[fields["block"]],
+        shared=k.get(fields["shared"], 0),
+        literals=[Literal.from_dict(lit) for lit in k.get("literals", ())],
+        arguments=args,
+    )
+
+
 def _kernels_from_dict(kernels, buffers) -> list[KernelSpec]:
     by_name = {}
     for b in buffers:
@@ -553,41 +573,20 @@ def _kernels_from_dict(kernels, buffers) -> list[KernelSpec]:
             if name not in by_name:
                 raise RequestError(f"kernel {k.get('kernel')!r}: argument {name!r} is not in the request's buffers")
             args.append((by_name[name], io))
-        out.append(
-            KernelSpec(
-                _library_from_dict(k["library"]),
-                k["kernel"],
-                k["grid"],
-                k["block"],
-                shared=k.get("shared", 0),
-                literals=[Literal.from_dict(lit) for lit in k.get("literals", ())],
-                arguments=args,
-            )
-        )
+        out.append(_kernel_from_fields(k, args, _OWN_FIELDS))
     return out
 
 
 def _kernel_from_kaas_dict(k: Mapping) -> KernelSpec:
     """One kernel in the original KaaS format (``gridDim``, ``type_list``, ...)."""
-    for required in ("library", "kernel", "gridDim", "blockDim"):
-        if required not in k:
-            raise RequestError(f"kernel {k.get('kernel', '?')!r}: the KaaS dict has no {required!r}")
     arguments = k.get("arguments", [])
     types = k.get("type_list", [])
     if len(types) != len(arguments):
         raise RequestError(
-            f"kernel {k['kernel']!r}: {len(arguments)} arguments but {len(types)} entries in type_list"
+            f"kernel {k.get('kernel', '?')!r}: {len(arguments)} arguments but {len(types)} entries in type_list"
         )
     args = [(BufferSpec.from_dict(b), io) for b, io in zip(arguments, types)]
-    return KernelSpec(
-        _library_from_dict(k["library"]),
-        k["kernel"],
-        k["gridDim"],
-        k["blockDim"],
-        shared=k.get("sharedSize", 0),
-        literals=[Literal.from_dict(lit) for lit in k.get("literals", ())],
-        arguments=args,
-    )
+    return _kernel_from_fields(k, args, _KAAS_FIELDS)
 
 
 def _library_from_dict(value):
