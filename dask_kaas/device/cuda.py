@@ -47,7 +47,9 @@ class CudaDevice(Device):
             pool_size if pool_size is not None else config.get("cuda.pool-size"), total=free, name="kaas.cuda.pool-size"
         )
         self.pool_bytes = pool_bytes
-        self.capacity = config.parse_size(capacity, total=pool_bytes, name="cache capacity") if capacity else pool_bytes
+        capacity = capacity if capacity is not None else config.get("cuda.cache-capacity")
+        self.capacity = config.parse_size(capacity, total=pool_bytes, name="kaas.cuda.cache-capacity") if capacity \
+            else pool_bytes
         if self.capacity > pool_bytes:
             raise ValueError(f"cache capacity {self.capacity} exceeds the RMM pool ({pool_bytes} bytes)")
         props = cp.cuda.runtime.getDeviceProperties(device_index)
