@@ -534,6 +534,10 @@ class Library:
                 self._binaries[arch] = data
         return data, kind
 
+    def compile(self, arch: str = "sm_90") -> bytes:
+        """The compiled (or prebuilt) bytes for ``arch``: :meth:`binary` without the kind."""
+        return self.binary(arch)[0]
+
     def _load_or_compile(self, arch: str, kind: str) -> bytes:
         path = self._cache_path(arch)
         try:

@@ -71,5 +71,6 @@ class Counters:
             out = dict(self.counts)
             out["seconds"] = dict(self.seconds)
             out["tenants"] = {t: dict(row) for t, row in self.tenants.items()}
+        out["misses"] = out["compulsory_misses"] + out["capacity_misses"]
         out["hit_rate"] = self.hit_rate()
         return out

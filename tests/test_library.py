@@ -411,3 +411,9 @@ def test_dict_round_trip(tmp_path):
     d["name"], d["hash"] = "tampered", "0" * 64
     with pytest.raises(RequestError, match="hash"):
         Library.from_dict(d)
+
+
+def test_compile_alias_gives_the_cubin_bytes():
+    import dask_kaas
+
+    assert dask_kaas.builtin.compile("sm_80").startswith(b"\x7fELF")
