@@ -104,24 +104,24 @@ class Job:
 
 @dataclass
 class Workload:
-    consts: dict[str, np.ndarray]
+    consts: dict[tuple[str, str], np.ndarray]  # (namespace, key) -> value
     jobs: list[Job]
 
 
 def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, seed: int = 0,
                    batch: int = 32, d_in: int = 64, hidden: int = 256, classes: int = 10,
                    jacobi_n: int = 256, sweeps: int = 25) -> Workload:
-    """Each tenant its own MLP weights; requests spread round-robin; plus ``jacobi`` solves."""
+    """Each tenant its own MLP weights, in its own store namespace; requests round-robin; plus ``jacobi`` solves."""
     rng = np.random.default_rng(seed)
-    consts: dict[str, np.ndarray] = {}
+    consts: dict[tuple[str, str], np.ndarray] = {}
     tenant_reqs = {}
     for t in range(tenants):
         name = f"tenant-{t}"
-        prefix = f"demo/{name}"
+        prefix = "demo/mlp"
         w1 = (rng.standard_normal((d_in, hidden)) / np.sqrt(d_in)).astype(np.float32)
         b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
         w2 = (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
-        consts.update({f"{prefix}/w1": w1, f"{prefix}/b1": b1, f"{prefix}/w2": w2})
+        consts.update({(name, f"{prefix}/w1"): w1, (name, f"{prefix}/b1"): b1, (name, f"{prefix}/w2"): w2})
         tenant_reqs[name] = (mlp_request(prefix, batch=batch, d_in=d_in, hidden=hidden, classes=classes,
                                          tenant=name), (w1, b1, w2))
     jobs = []
@@ -134,7 +134,7 @@ def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, se
     if jacobi:
         a = rng.uniform(-1, 1, (jacobi_n, jacobi_n)).astype(np.float32)
         a[np.diag_indices(jacobi_n)] = np.abs(a).sum(axis=1) + 1.0  # strictly diagonally dominant: converges
-        consts["demo/jacobi/A"] = a
+        consts[("jacobi", "demo/jacobi/A")] = a
         req = jacobi_request("demo/jacobi/A", jacobi_n, sweeps, "jacobi")
         for _ in range(jacobi):
             b = rng.standard_normal(jacobi_n).astype(np.float32)
@@ -150,8 +150,8 @@ def run_workload(client, store, workload: Workload, *, window: int = 8, progress
     from distributed import as_completed
     from tqdm import tqdm
 
-    for key, value in workload.consts.items():
-        store.put(key, value)
+    for (namespace, key), value in workload.consts.items():
+        store.put(key, value, namespace=namespace)
     start = time.perf_counter()
     pending = iter(workload.jobs)
     futures = {}

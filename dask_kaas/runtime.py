@@ -17,18 +17,19 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .access import plan_store_access
 from .cache import BufferCache, KernelCache
 from .device import Device, make_device
-from .errors import KaasError, KernelError, RequestError
+from .errors import KaasError, KernelError
 from .library import LaunchConfig, resolve_library
 from .request import Request
 from .stats import Counters
 from .store import BufferStore, open_store
 
 
-def const_id(spec) -> tuple:
-    """Cache identity of a const buffer: where its bytes live in the store."""
-    return ("const", spec.store_key, spec.offset, spec.size)
+def const_id(spec, version) -> tuple:
+    """Cache identity of a const buffer: which committed version of which key, and which bytes of it."""
+    return ("const", version.namespace, version.key, version.uid, spec.offset, spec.size)
 
 
 class Runtime:
@@ -77,7 +78,7 @@ class Runtime:
             data = request.check_inputs(inputs)
             cache.check_fits(request.footprint, f"{request!r} pins {request.footprint} bytes in "
                                                 f"{len(request.roles)} buffers")
-            self._check_stored_inputs(request, data)
+            plan = plan_store_access(self.store, request, data)
             modules = [self.kernels.get(resolve_library(k.library)) for k in request.kernels]
         run_id = next(self._ids)
         handles: dict[str, Any] = {}
@@ -86,15 +87,19 @@ class Runtime:
             for name, role in request.roles.items():
                 spec = role.spec
                 if spec.const and name not in data:
-                    cid = const_id(spec)
+                    version = plan.reads[name]
+                    cid = const_id(spec, version)
                     with counters.phase("load"):
-                        handle, _ = cache.acquire(cid, spec.size, const=True, fill=self._filler_from_store(spec))
+                        handle, hit = cache.acquire(cid, spec.size, const=True,
+                                                    fill=self._filler_from_store(spec, version))
+                    if not hit:
+                        self._drop_stale(cid)
                     held.append((cid, True))
                 else:
                     cid = ("run", run_id, name)
                     with counters.phase("h2d" if name in data else "allocate"):
                         handle, _ = cache.acquire(cid, spec.size, const=False,
-                                                  fill=self._filler(role, data.get(name)))
+                                                  fill=self._filler(role, data.get(name), plan.reads.get(name)))
                     held.append((cid, False))
                 handles[name] = handle
 
@@ -114,43 +119,39 @@ class Runtime:
                     counters.add("bytes_d2h", raw.nbytes)
                     result[name] = request.roles[name].spec.as_result(raw)
             with counters.phase("store_write"):
-                for name in request.outputs:
-                    spec = request.roles[name].spec
-                    if not spec.ephemeral:
-                        self.store.put(spec.store_key, result[name])
-                        counters.add("bytes_to_store", spec.size)
+                for name, (namespace, key) in plan.writes.items():
+                    self.store.put(key, result[name], namespace=namespace)
+                    counters.add("bytes_to_store", request.roles[name].spec.size)
             return result
         finally:
             handles.clear()
             for cid, keep in held:
                 cache.release(cid, keep=keep)
 
-    def _check_stored_inputs(self, request: Request, data: Mapping[str, np.ndarray]) -> None:
-        for name in request.inputs:
-            spec = request.roles[name].spec
-            if name not in data and not spec.const and spec.store_key not in self.store:
-                raise RequestError(
-                    f"missing input {name!r}: not passed in the call, and key {spec.store_key!r} is not in "
-                    f"store {self.store.url}"
-                )
+    def _drop_stale(self, cid: tuple) -> None:
+        """Free cached copies of other versions of the key just loaded: no later request can use them."""
+        for entry in self.cache.contents():
+            other = entry["key"]
+            if other[:3] == cid[:3] and other[3] != cid[3] and not entry["pinned"]:
+                self.cache.drop(other)
 
-    def _filler_from_store(self, spec) -> Callable:
+    def _filler_from_store(self, spec, version) -> Callable:
         def fill(handle):
-            raw = self.store.get_bytes(spec.store_key, spec.offset, spec.size)
+            raw = self.store.read(version, spec.offset, spec.size)
             self.counters.add("bytes_from_store", raw.nbytes)
             self.device.copy_in(handle, raw)
             self.counters.add("bytes_h2d", raw.nbytes)
 
         return fill
 
-    def _filler(self, role, raw: np.ndarray | None) -> Callable:
+    def _filler(self, role, raw: np.ndarray | None, version=None) -> Callable:
         if raw is not None:
             def fill(handle):
                 self.device.copy_in(handle, raw)
                 self.counters.add("bytes_h2d", raw.nbytes)
             return fill
-        if role.reads_first and not role.temporary:
-            return self._filler_from_store(role.spec)
+        if version is not None:
+            return self._filler_from_store(role.spec, version)
         return self.device.zero  # outputs and temporaries start zeroed: no bytes of earlier tenants leak
 
     def _account(self, request: Request, before: dict, seconds: float) -> None:

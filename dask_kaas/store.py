@@ -1,42 +1,79 @@
-"""Persistent buffers: one Zarr v3 array per key, under one fsspec URL.
+"""Persistent buffers: versioned Zarr v3 arrays in tenant namespaces, over any fsspec URL.
 
-A :class:`BufferStore` maps keys such as ``"W1"`` or ``"tenantA/W1"`` to
-numpy arrays kept as uncompressed Zarr v3 arrays. ``file://`` URLs (and plain
-local paths) use zarr's ``LocalStore``; every other scheme (``memory://``,
-``s3://``, ...) goes through zarr's ``FsspecStore``. fsspec's memory
-filesystem is process-global, so two stores on the same ``memory://`` URL
-share their data inside one process (but not across processes).
+Layout under the store's URL::
 
-Layout: each key is an array node whose path is the key, so ``"a/b"`` makes
-a group ``a`` holding array ``b``. Writes currently go straight to the
-array's final location (not atomic); every write passes through
-:meth:`BufferStore._write`, the single place where versioned or atomic writes
-can be added later.
+    <namespace>/refs/<key>.json     the commit pointer of a key: version, uid, dtype, shape, nbytes
+    <namespace>/data/<uid>/         one immutable Zarr v3 array per written version
+
+A write stores the new data under a fresh uid, then commits it in one step by
+replacing the key's pointer (an atomic rename on local files, a single PUT on
+object stores). A reader reads the pointer, then that version's data: it sees
+the old version or the new one, never a mix. A writer killed before its commit
+leaves the previous version in place and nothing visible under the key (its
+orphaned data is removed by :meth:`BufferStore.gc`). The previous version's
+data is kept one write longer, so readers that just read the old pointer finish.
+
+Keys live in namespaces, one per tenant (``"default"`` when none is given). A
+request reaches another namespace only with an explicit ``"namespace:key"``,
+and only to read a namespace the store lists in ``shared``.
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import os
-import sys
+import re
 import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Sequence
 
 import dask.config
+import fsspec
 import numpy as np
-import zarr
-import zarr.storage
-from zarr.codecs import BytesCodec
 
+from . import zarr_io
 from .errors import KaasError, StoreError, StoreKeyError
 
-__all__ = ["BufferStore", "open_store", "CHUNK_BYTES"]
+__all__ = ["BufferStore", "Version", "StoreAccessError", "open_store", "CHUNK_BYTES"]
 
-#: Largest chunk written, in bytes; bigger arrays are chunked along axis 0.
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = zarr_io.CHUNK_BYTES
+DEFAULT_NAMESPACE = "default"
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ORPHAN_AGE = 3600.0  # seconds before gc() treats unreferenced data as abandoned, not in flight
 
-# dtype kinds with a stable Zarr v3 representation: bool, ints, floats,
-# complex, datetime64, timedelta64.
-_KINDS = frozenset("biufcmM")
+
+class StoreAccessError(StoreError):
+    """A tenant named a key in a namespace it may not read (or write)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One committed version of a key: what its pointer says."""
+
+    namespace: str
+    key: str
+    version: int
+    uid: str
+    dtype: np.dtype
+    shape: tuple
+    nbytes: int
+    written: float
+
+    @property
+    def data_path(self) -> str:
+        return f"{self.namespace}/data/{self.uid}"
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "uid": self.uid, "dtype": self.dtype.str,
+                           "shape": list(self.shape), "nbytes": self.nbytes, "written": self.written})
+
+    @classmethod
+    def from_json(cls, namespace: str, key: str, text: bytes | str) -> "Version":
+        d = json.loads(text)
+        return cls(namespace, key, int(d["version"]), str(d["uid"]), np.dtype(d["dtype"]), tuple(d["shape"]),
+                   int(d["nbytes"]), float(d["written"]))
 
 
 def _normalize_url(url: str) -> str:
@@ -50,88 +87,66 @@ def _normalize_url(url: str) -> str:
     return f"{scheme}://{rest.rstrip('/')}"
 
 
-def _check_key(key) -> str:
+def check_key(key) -> str:
     """Return ``key`` if it is a valid store key, else raise StoreError."""
     if not isinstance(key, str) or not key:
         raise StoreError(f"store key must be a non-empty str, got {key!r}")
-    if "\\" in key:
-        raise StoreError(f"store key {key!r} must not contain a backslash")
+    if "\\" in key or ":" in key:
+        raise StoreError(f"store key {key!r} must not contain a backslash or ':'")
     for seg in key.split("/"):
-        if seg in ("", ".", "..", "zarr.json"):
+        if seg in ("", ".", "..") or seg.endswith(".json") or seg.startswith(".tmp"):
             raise StoreError(
-                f"store key {key!r}: segments separated by '/' must be non-empty "
-                "and not '.', '..' or 'zarr.json' (no leading or trailing '/')"
+                f"store key {key!r}: segments separated by '/' must be non-empty, not '.' or '..', "
+                "and not end in '.json' or start with '.tmp' (no leading or trailing '/')"
             )
     return key
 
 
-def _as_array(key: str, value) -> np.ndarray:
-    """The C-contiguous, native-byte-order numpy array that ``put`` stores."""
-    if isinstance(value, np.generic):
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        try:
-            value = np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
-        except TypeError as exc:
-            raise StoreError(
-                f"put {key!r}: expected a numpy array or bytes-like, got {type(value).__name__}"
-            ) from exc
-    if value.dtype.kind not in _KINDS:
-        raise StoreError(f"put {key!r}: dtype {value.dtype} cannot be stored")
-    if value.size == 0:
-        raise StoreError(f"put {key!r}: empty arrays (shape {value.shape}) cannot be stored")
-    if not value.dtype.isnative:
-        value = value.astype(value.dtype.newbyteorder("="))
-    # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
-    return np.require(value, requirements="C")
-
-
-def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    nbytes = math.prod(shape) * itemsize
-    if not shape or nbytes <= CHUNK_BYTES:
-        return shape
-    row_bytes = nbytes // shape[0]
-    return (max(1, CHUNK_BYTES // row_bytes), *shape[1:])
+def check_namespace(namespace) -> str:
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
+        raise StoreError(f"namespace must be letters, digits, '_', '.' or '-' (not first), got {namespace!r}")
+    return namespace
 
 
 class BufferStore:
-    """Numpy buffers kept under a URL, one Zarr v3 array per key.
+    """Numpy buffers kept under a URL: versioned, atomic, namespaced by tenant.
 
     Parameters
     ----------
     url:
-        ``file://`` URL or local path (made absolute), ``memory://name``, or
-        any fsspec URL zarr's ``FsspecStore`` accepts (``s3://`` with s3fs).
+        ``file://`` URL or local path (made absolute), ``memory://name``, or any
+        fsspec URL (``s3://bucket/prefix`` with s3fs).
     storage_options:
-        Passed to fsspec for non-``file://`` URLs.
+        Passed to fsspec for non-local URLs.
+    shared:
+        Namespaces every tenant may read (public model weights, say).
 
-    Contracts:
-
-    * Keys are non-empty strings of '/'-separated segments, none empty, '.',
-      '..' or 'zarr.json' (zarr's metadata file); no backslash. A bad key
-      raises :class:`StoreError`.
-    * A missing key raises :class:`StoreKeyError`; any backend failure
-      (unreachable, permission, corrupt metadata) raises :class:`StoreError`
-      naming key and URL, chained from the original exception.
-    * Instances pickle as ``(url, storage_options)`` and reopen lazily, so
-      they can travel to Dask workers. Equality and hash go by ``url``.
-    * Safe to call from several threads; the lazily opened zarr group is
-      guarded by a lock.
+    A missing key raises :class:`StoreKeyError`; a backend failure (unreachable,
+    permission, corrupt metadata) raises :class:`StoreError` naming the key and
+    the store. Instances pickle as ``(url, storage_options, shared)`` and reopen
+    lazily, so they travel to Dask workers; equality goes by URL.
     """
 
-    def __init__(self, url: str, *, storage_options: dict | None = None):
+    DEFAULT_NAMESPACE = DEFAULT_NAMESPACE
+
+    def __init__(self, url: str, *, storage_options: dict | None = None, shared: Sequence[str] = ()):
         self.url = _normalize_url(url)
         self.storage_options = dict(storage_options or {})
+        if isinstance(shared, str):
+            shared = (shared,)
+        self.shared = tuple(check_namespace(ns) for ns in shared)
+        self._local_root = self.url[len("file://"):] if self.url.startswith("file://") else None
         self._lock = threading.Lock()
-        self._root = None  # zarr.Group, opened on first use
-        self._local_root: str | None = None  # directory, for file:// stores
+        self._fs = None
+        self._root_path = None
+        self._zstore = None
 
-    # -- pickling, identity -------------------------------------------------
+    # -- identity and pickling ------------------------------------------------
     def __getstate__(self):
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "shared": self.shared}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], storage_options=state["storage_options"])
+        self.__init__(state["url"], storage_options=state["storage_options"], shared=state.get("shared", ()))
 
     def __repr__(self):
         return f"BufferStore({self.url!r})"
@@ -144,244 +159,248 @@ class BufferStore:
     def __hash__(self):
         return hash((BufferStore, self.url))
 
-    # -- backend --------------------------------------------------------------
-    def _group(self) -> zarr.Group:
-        root = self._root
-        if root is not None:
-            return root
-        with self._lock:
-            if self._root is None:
-                with self._errors("<root>", "open"):
-                    if self.url.startswith("file://"):
-                        path = self.url[len("file://"):]
-                        store = zarr.storage.LocalStore(path)
-                        self._local_root = path
-                    else:
-                        # Sync filesystems (memory://) get wrapped by zarr in
-                        # fsspec's AsyncFileSystemWrapper.
-                        store = zarr.storage.FsspecStore.from_url(
-                            self.url, storage_options=self.storage_options or None
-                        )
-                    self._root = zarr.open_group(store=store, mode="a", use_consolidated=False)
-            return self._root
+    # -- backend ----------------------------------------------------------------
+    def _backend(self):
+        if self._fs is None:
+            with self._lock:
+                if self._fs is None:
+                    with self._errors("<root>", "open"):
+                        if self._local_root is not None:
+                            os.makedirs(self._local_root, exist_ok=True)
+                            fs, root = fsspec.filesystem("file"), self._local_root
+                        else:
+                            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                        self._zstore = zarr_io.open_zarr_store(self.url, self._local_root, self.storage_options)
+                        self._root_path = root.rstrip("/")
+                        self._fs = fs
+        return self._fs, self._root_path
 
     @contextlib.contextmanager
-    def _errors(self, key: str, action: str):
-        """Re-raise anything that is not already a KaasError as StoreError."""
+    def _errors(self, key: str, action: str, namespace: str | None = None):
+        """Re-raise anything that is not already a KaasError as StoreError naming key and store."""
         try:
             yield
         except KaasError:
             raise
         except Exception as exc:
-            raise StoreError(
-                f"cannot {action} key {key!r} in store {self.url}: {type(exc).__name__}: {exc}"
-            ) from exc
+            where = f"key {key!r}" + (f" (namespace {namespace!r})" if namespace else "")
+            raise StoreError(f"cannot {action} {where} in store {self.url}: {type(exc).__name__}: {exc}") from exc
 
-    def _array(self, key: str) -> zarr.Array:
-        """The zarr array at ``key``; StoreKeyError if there is none."""
-        _check_key(key)
-        group = self._group()
-        with self._errors(key, "open"):
-            try:
-                node = group[key]
-            except KeyError:
-                node = None
-        if not isinstance(node, zarr.Array):
-            raise StoreKeyError(f"key {key!r} is not in store {self.url}")
-        return node
+    def _ref_path(self, namespace: str, key: str) -> str:
+        return f"{self._backend()[1]}/{namespace}/refs/{key}.json"
 
-    # -- writing --------------------------------------------------------------
-    def put(self, key: str, array) -> None:
-        """Store ``array`` under ``key``, replacing whatever buffer was there.
+    def _ns(self, namespace: str | None) -> str:
+        return DEFAULT_NAMESPACE if namespace is None else check_namespace(namespace)
 
-        Accepts any numpy array with size >= 1 and a bool, integer, float,
-        complex, datetime64 or timedelta64 dtype, or a bytes-like object
-        (stored as 1-D uint8). The data is stored as a C-contiguous copy in
-        native byte order; dtype and shape may differ from a previous value.
+    # -- namespaces and access ----------------------------------------------------
+    def namespace(self, name: str) -> "NamespaceView":
+        """The same store with every call bound to namespace ``name``."""
+        return NamespaceView(self, check_namespace(name))
 
-        Chunking: one chunk if the array is at most :data:`CHUNK_BYTES`
-        (64 MiB), else chunks of as many whole rows along axis 0 as fit in
-        64 MiB (at least one row). No compression.
+    @staticmethod
+    def tenant_namespace(tenant: str | None) -> str:
+        """The namespace a tenant's requests live in."""
+        return DEFAULT_NAMESPACE if tenant is None else check_namespace(tenant)
 
-        Raises StoreError for a bad key or value, for a key that names a
-        folder of other buffers, for a key below an existing buffer, or for
-        any backend failure.
+    def resolve(self, key: str, tenant: str | None, *, write: bool = False) -> tuple[str, str]:
+        """``(namespace, key)`` that a tenant's buffer key names, or StoreAccessError.
+
+        A plain key lives in the tenant's own namespace; ``"ns:key"`` names
+        namespace ``ns``, which a tenant may read only when it is its own or
+        listed in ``shared``, and write only when it is its own.
         """
-        _check_key(key)
-        data = _as_array(key, array)
-        group = self._group()
-        with self._errors(key, "write"):
-            # Checked before writing: zarr's overwrite deletes the target prefix
-            # first, and for "a/b/c" below array "a/b" that prefix holds a/b's
-            # chunk files ("a/b/c/0"), before zarr notices the array parent.
-            segments = key.split("/")
-            for depth in range(1, len(segments)):
-                parent = "/".join(segments[:depth])
-                try:
-                    node = group[parent]
-                except KeyError:
-                    break  # nothing deeper can exist either
-                if isinstance(node, zarr.Array):
-                    raise StoreError(
-                        f"cannot write key {key!r} in store {self.url}: "
-                        f"its parent {parent!r} is a buffer"
-                    )
-            try:
-                existing = group[key]
-            except KeyError:
-                existing = None
-            # zarr's overwrite would delete the whole subtree of a group.
-            if isinstance(existing, zarr.Group) and any(
-                isinstance(node, zarr.Array) for _, node in existing.members(max_depth=None)
-            ):
-                raise StoreError(
-                    f"cannot write key {key!r} in store {self.url}: it names a folder of buffers"
-                )
-            self._write(group, key, data)
-
-    def _write(self, group: zarr.Group, key: str, data: np.ndarray) -> None:
-        """Write ``data`` as the array at ``key`` (checked by ``put``); the hook
-        for atomic, versioned writes later."""
-        arr = group.create_array(
-            key,
-            shape=data.shape,
-            dtype=data.dtype,
-            chunks=_chunks(data.shape, data.dtype.itemsize),
-            compressors=None,
-            filters=None,
-            overwrite=True,
-            # keep every chunk on disk so reads never depend on fill values
-            config={"write_empty_chunks": True},
-        )
-        arr[...] = data
-
-    def delete(self, key: str) -> None:
-        """Remove the buffer at ``key``; StoreKeyError if there is none."""
-        self._array(key)
-        with self._errors(key, "delete"):
-            del self._group()[key]
-
-    # -- reading --------------------------------------------------------------
-    def info(self, key: str) -> dict:
-        """``dict(nbytes=, dtype=, shape=)`` of ``key``, from metadata only."""
-        arr = self._array(key)
-        dtype = np.dtype(arr.dtype)
-        shape = tuple(arr.shape)
-        return {"nbytes": math.prod(shape) * dtype.itemsize, "dtype": dtype, "shape": shape}
-
-    def get(self, key: str) -> np.ndarray:
-        """The buffer at ``key`` as a new C-contiguous array of its stored dtype and shape."""
-        arr = self._array(key)
-        dtype = np.dtype(arr.dtype)
-        shape = tuple(arr.shape)
-        nbytes = math.prod(shape) * dtype.itemsize
-        raw = self._read_raw(key, arr, 0, nbytes)
-        if raw is not None:
-            return raw.view(dtype).reshape(shape)
-        with self._errors(key, "read"):
-            return np.require(arr[...], requirements="C")
-
-    def get_bytes(self, key: str, offset: int = 0, size: int | None = None) -> np.ndarray:
-        """Bytes ``[offset, offset + size)`` of ``get(key)`` as a 1-D uint8 array.
-
-        ``size=None`` means up to the end. Raises StoreError if the range
-        does not lie within the stored bytes.
-        """
-        arr = self._array(key)
-        dtype = np.dtype(arr.dtype)
-        shape = tuple(arr.shape)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if size is None:
-            size = nbytes - offset
-        if offset < 0 or size < 0 or offset + size > nbytes:
-            raise StoreError(
-                f"byte range [{offset}, {offset + size}) of key {key!r} in store "
-                f"{self.url} exceeds its {nbytes} bytes"
+        own = self.tenant_namespace(tenant)
+        namespace, sep, plain = key.rpartition(":")
+        if not sep:
+            return own, check_key(key)
+        check_namespace(namespace)
+        check_key(plain)
+        if namespace != own and (write or namespace not in self.shared):
+            what = "write" if write else "read"
+            raise StoreAccessError(
+                f"tenant {tenant or DEFAULT_NAMESPACE!r} may not {what} key {plain!r} of namespace {namespace!r} "
+                f"in store {self.url}" + ("" if write else f" (shared namespaces: {list(self.shared) or 'none'})")
             )
-        raw = self._read_raw(key, arr, offset, size)
-        if raw is not None:
-            return raw
-        with self._errors(key, "read"):
-            if not shape:
-                data = np.asarray(arr[...])
-                start = 0
-            else:
-                # read only the rows that cover the range
-                row_bytes = nbytes // shape[0]
-                r0 = offset // row_bytes
-                r1 = -(-(offset + size) // row_bytes)
-                data = arr[r0:r1]
-                start = r0 * row_bytes
-            flat = np.require(data, requirements="C").reshape(-1).view(np.uint8)
-            return flat[offset - start:offset - start + size]
+        return namespace, plain
 
-    def _read_raw(self, key: str, arr: zarr.Array, offset: int, size: int) -> np.ndarray | None:
-        """Read bytes straight from a local store's chunk files into one buffer.
-
-        This skips zarr's decode-and-copy: the file bytes land directly in the
-        result. Returns None (caller falls back to zarr) unless the store is
-        local and the array has the layout ``put`` writes: a single native- or
-        no-endian ``bytes`` codec and chunks that split axis 0 only.
-        """
-        meta = arr.metadata
-        shape = tuple(arr.shape)
-        if self._local_root is None or getattr(meta, "zarr_format", None) != 3:
-            return None
-        codecs = meta.codecs
-        if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
-            return None
-        endian = codecs[0].endian
-        if endian is not None and endian.value != sys.byteorder:
-            return None
-        chunks = tuple(arr.chunks)
-        if chunks[1:] != shape[1:]:
-            return None
-        out = np.empty(size, dtype=np.uint8)
-        if size == 0:
-            return out
-        itemsize = np.dtype(arr.dtype).itemsize
-        # edge chunks are stored padded to full size, so chunk i starts at
-        # logical byte i * chunk_bytes and its valid part is a prefix
-        chunk_bytes = math.prod(chunks) * itemsize
-        buf = memoryview(out)
-        base = os.path.join(self._local_root, *key.split("/"))
-        pos, end = offset, offset + size
-        with self._errors(key, "read"):
-            while pos < end:
-                i = pos // chunk_bytes
-                stop = min(end, (i + 1) * chunk_bytes)
-                coords = (i,) + (0,) * (len(shape) - 1) if shape else ()
-                path = os.path.join(base, *meta.encode_chunk_key(coords).split("/"))
-                try:
-                    f = open(path, "rb", buffering=0)
-                except FileNotFoundError:
-                    return None  # chunk left at fill value by another writer
-                with f:
-                    f.seek(pos - i * chunk_bytes)
-                    view = buf[pos - offset:stop - offset]
-                    while len(view):
-                        n = f.readinto(view)
-                        if not n:
-                            raise StoreError(
-                                f"chunk file {path} of key {key!r} in store {self.url} is truncated"
-                            )
-                        view = view[n:]
-                pos = stop
-        return out
-
-    # -- listing --------------------------------------------------------------
-    def keys(self) -> list[str]:
-        """All buffer keys, recursively, sorted."""
-        group = self._group()
+    def namespaces(self) -> list[str]:
+        fs, root = self._backend()
         with self._errors("<all>", "list"):
-            return sorted(
-                path for path, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+            try:
+                entries = fs.ls(root, detail=True)
+            except FileNotFoundError:
+                return []
+        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+        return sorted(n for n in names if _NAMESPACE_RE.match(n))
+
+    # -- versions -------------------------------------------------------------------
+    def version(self, key: str, *, namespace: str | None = None) -> Version:
+        """The committed version of ``key`` (reads only its pointer); StoreKeyError if none."""
+        ns = self._ns(namespace)
+        check_key(key)
+        fs, _ = self._backend()
+        path = self._ref_path(ns, key)
+        with self._errors(key, "read", ns):
+            try:
+                text = fs.cat_file(path)
+            except FileNotFoundError:
+                text = None
+            except IsADirectoryError:
+                text = None
+        if text is None:
+            raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
+        with self._errors(key, "decode the pointer of", ns):
+            return Version.from_json(ns, key, text)
+
+    def _commit(self, ref_path: str, text: str) -> None:
+        """Replace a key's pointer in one step."""
+        fs, _ = self._backend()
+        if self._local_root is not None:
+            directory = os.path.dirname(ref_path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, ref_path)
+        else:
+            fs.pipe_file(ref_path, text.encode())
+
+    # -- writing ----------------------------------------------------------------------
+    def put(self, key: str, array, *, namespace: str | None = None) -> Version:
+        """Store ``array`` as the next version of ``key``; return the committed :class:`Version`.
+
+        Any numpy array with size >= 1 and a bool, integer, float, complex or
+        datetime dtype, or bytes (stored as 1-D uint8). The data is written
+        under a fresh uid, then the pointer is replaced in one step; the version
+        before the previous one is then deleted.
+        """
+        ns = self._ns(namespace)
+        check_key(key)
+        data = zarr_io.as_storable(key, array)
+        fs, _ = self._backend()
+        uid = f"{int(time.time() * 1e6):x}-{uuid.uuid4().hex[:12]}"
+        with self._errors(key, "write", ns):
+            zarr_io.write_array(self._zstore, f"{ns}/data/{uid}", data)
+            try:
+                old = self.version(key, namespace=ns)
+                old_text = fs.cat_file(self._ref_path(ns, key))
+                previous = json.loads(old_text).get("previous")
+            except StoreKeyError:
+                old, previous = None, None
+            new = Version(ns, key, (old.version + 1) if old else 1, uid, data.dtype, tuple(data.shape),
+                          int(data.nbytes), time.time())
+            record = json.loads(new.to_json())
+            record["previous"] = old.uid if old else None
+            self._commit(self._ref_path(ns, key), json.dumps(record))
+        if previous:
+            self._remove_data(ns, previous)
+        return new
+
+    def _remove_data(self, namespace: str, uid: str) -> None:
+        fs, root = self._backend()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            fs.rm(f"{root}/{namespace}/data/{uid}", recursive=True)
+
+    def delete(self, key: str, *, namespace: str | None = None) -> None:
+        """Remove ``key`` (its pointer first, then its data); StoreKeyError if absent."""
+        ns = self._ns(namespace)
+        current = self.version(key, namespace=ns)
+        fs, _ = self._backend()
+        path = self._ref_path(ns, key)
+        with self._errors(key, "delete", ns):
+            previous = json.loads(fs.cat_file(path)).get("previous")
+            fs.rm(path)
+        for uid in (current.uid, previous):
+            if uid:
+                self._remove_data(ns, uid)
+
+    def gc(self, *, older_than: float = _ORPHAN_AGE) -> int:
+        """Delete data no pointer references and older than ``older_than`` seconds; return how many."""
+        fs, root = self._backend()
+        removed = 0
+        for ns in self.namespaces():
+            live = set()
+            for key in self.keys(namespace=ns):
+                with contextlib.suppress(StoreKeyError):
+                    text = fs.cat_file(self._ref_path(ns, key))
+                    d = json.loads(text)
+                    live.update(u for u in (d.get("uid"), d.get("previous")) if u)
+            with contextlib.suppress(FileNotFoundError):
+                for entry in fs.ls(f"{root}/{ns}/data", detail=False):
+                    uid = entry.rstrip("/").rsplit("/", 1)[-1]
+                    born = _uid_time(uid)
+                    if uid not in live and born is not None and time.time() - born > older_than:
+                        self._remove_data(ns, uid)
+                        removed += 1
+        return removed
+
+    # -- reading ----------------------------------------------------------------------
+    def info(self, key: str, *, namespace: str | None = None) -> dict:
+        """``nbytes``, ``dtype``, ``shape``, ``version``, ``uid`` and ``written`` of ``key`` (pointer only)."""
+        v = self.version(key, namespace=namespace)
+        return {"nbytes": v.nbytes, "dtype": v.dtype, "shape": v.shape, "version": v.version, "uid": v.uid,
+                "written": v.written}
+
+    def get(self, key: str, *, namespace: str | None = None) -> np.ndarray:
+        """The current version of ``key`` as a new array of its stored dtype and shape."""
+        v = self.version(key, namespace=namespace)
+        return self.read(v).view(v.dtype).reshape(v.shape)
+
+    def get_bytes(self, key: str, offset: int = 0, size: int | None = None, *,
+                  namespace: str | None = None) -> np.ndarray:
+        """Bytes ``[offset, offset + size)`` of the current version as 1-D uint8 (``size=None``: to the end)."""
+        return self.read(self.version(key, namespace=namespace), offset, size)
+
+    def read(self, version: Version, offset: int = 0, size: int | None = None) -> np.ndarray:
+        """Bytes of one committed version (not necessarily the current one) as 1-D uint8."""
+        if size is None:
+            size = version.nbytes - offset
+        if offset < 0 or size < 0 or offset + size > version.nbytes:
+            raise StoreError(
+                f"byte range [{offset}, {offset + size}) of key {version.key!r} (namespace {version.namespace!r}) "
+                f"in store {self.url} exceeds its {version.nbytes} bytes"
             )
+        self._backend()
+        with self._errors(version.key, f"read version {version.version} of", version.namespace):
+            try:
+                return zarr_io.read_bytes(self._zstore, version.data_path, self._local_root, offset, size,
+                                          version.shape, version.dtype)
+            except FileNotFoundError as e:
+                raise StoreKeyError(
+                    f"version {version.version} of key {version.key!r} (namespace {version.namespace!r}) is gone "
+                    f"from store {self.url}: it was overwritten twice or deleted"
+                ) from e
+
+    # -- listing ----------------------------------------------------------------------
+    def keys(self, *, namespace: str | None = None) -> list[str]:
+        """Every committed key of a namespace, sorted."""
+        ns = self._ns(namespace)
+        fs, root = self._backend()
+        base = f"{root}/{ns}/refs"
+        with self._errors("<all>", "list", ns):
+            try:
+                found = fs.find(base)
+            except FileNotFoundError:
+                return []
+        out = []
+        for path in found:
+            rel = path[len(base):].lstrip("/") if path.startswith(base) else path.split("/refs/", 1)[-1]
+            name = rel.rsplit("/", 1)[-1]
+            if rel.endswith(".json") and not name.startswith(".tmp"):
+                out.append(rel[: -len(".json")])
+        return sorted(out)
 
     def __contains__(self, key) -> bool:
-        """Whether ``key`` names a buffer (StoreError for a malformed key)."""
+        """Whether ``key`` is committed in the default namespace."""
         try:
-            self._array(key)
+            self.version(key)
+        except StoreKeyError:
+            return False
+        return True
+
+    def exists(self, key: str, *, namespace: str | None = None) -> bool:
+        try:
+            self.version(key, namespace=namespace)
         except StoreKeyError:
             return False
         return True
@@ -390,18 +409,67 @@ class BufferStore:
         return len(self.keys())
 
 
-def open_store(store: BufferStore | str | None = None) -> BufferStore:
-    """A BufferStore from a store, a URL, or None.
+class NamespaceView:
+    """A :class:`BufferStore` with every call bound to one namespace."""
 
-    None means the ``kaas.store`` dask config value, and when that is null,
-    ``file://<cwd>/stores/local``.
-    """
+    def __init__(self, store: BufferStore, namespace: str):
+        self.store = store
+        self.name = namespace
+
+    def __repr__(self):
+        return f"{self.store!r}.namespace({self.name!r})"
+
+    def put(self, key, array) -> Version:
+        return self.store.put(key, array, namespace=self.name)
+
+    def get(self, key) -> np.ndarray:
+        return self.store.get(key, namespace=self.name)
+
+    def get_bytes(self, key, offset=0, size=None) -> np.ndarray:
+        return self.store.get_bytes(key, offset, size, namespace=self.name)
+
+    def version(self, key) -> Version:
+        return self.store.version(key, namespace=self.name)
+
+    def info(self, key) -> dict:
+        return self.store.info(key, namespace=self.name)
+
+    def delete(self, key) -> None:
+        self.store.delete(key, namespace=self.name)
+
+    def keys(self) -> list[str]:
+        return self.store.keys(namespace=self.name)
+
+    def __contains__(self, key) -> bool:
+        return self.store.exists(key, namespace=self.name)
+
+
+def _uid_time(uid: str) -> float | None:
+    try:
+        return int(uid.split("-", 1)[0], 16) / 1e6
+    except ValueError:
+        return None
+
+
+def open_store(store: BufferStore | str | None = None) -> BufferStore:
+    """A BufferStore from a store, a URL, a profile name (see ``stores/``), or None (``kaas.store``)."""
     if isinstance(store, BufferStore):
         return store
     if store is None:
         store = dask.config.get("kaas.store", default=None)
-        if store is None:
-            store = "file://" + os.path.abspath(os.path.join("stores", "local"))
+    if store is None:
+        try:
+            from .profiles import resolve_store
+        except ImportError:
+            resolve_store = None
+        if resolve_store is None:
+            return BufferStore("file://" + os.path.abspath(os.path.join("stores", "local")))
+        store = "local"
     if isinstance(store, str):
-        return BufferStore(store)
-    raise StoreError(f"expected a BufferStore, a URL or None, got {type(store).__name__}")
+        if "://" in store or os.sep in store:
+            return BufferStore(store, shared=dask.config.get("kaas.store-shared", default=None) or ())
+        from .profiles import resolve_store
+
+        url, options, shared = resolve_store(store)
+        return BufferStore(url, storage_options=options, shared=shared)
+    raise StoreError(f"expected a BufferStore, a URL, a profile name or None, got {type(store).__name__}")

@@ -58,6 +58,7 @@ def test_submit_gives_correct_results_and_hits(client, store_url):
     store = BufferStore(store_url)
     a = np.random.default_rng(1).standard_normal((N, N)).astype(np.float32)
     store.put("e2e/A", a)
+    store.put("e2e/A", a, namespace="alice")
     r = matvec_request("e2e/A", tenant="alice")
     xs = [np.random.default_rng(i).standard_normal(N).astype(np.float32) for i in range(12)]
     futures = [client.submit(r, x=x, pure=False) for x in xs]

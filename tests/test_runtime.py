@@ -65,7 +65,7 @@ def test_consts_come_from_the_store_and_are_cached(store):
     rt = make_runtime(store)
     m, k, n = 5, 7, 9
     w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
-    store.put("model/w", w)
+    store.put("model/w", w, namespace="alice")
     a = BufferSpec("a", m * k * F, dtype="float32", shape=(m, k), ephemeral=True)
     wb = BufferSpec("w", k * n * F, key="model/w", const=True)
     c = BufferSpec("c", m * n * F, dtype="float32", shape=(m, n), ephemeral=True)

@@ -9,7 +9,9 @@ import dask.config
 import numpy as np
 import pytest
 
-from dask_kaas import store as store_mod
+import zarr
+
+from dask_kaas import zarr_io
 from dask_kaas.errors import StoreError, StoreKeyError
 from dask_kaas.store import BufferStore, open_store
 
@@ -52,7 +54,9 @@ def test_round_trip(anystore, dtype, shape):
     assert y.dtype == x.dtype and y.shape == x.shape
     assert y.flags.c_contiguous
     np.testing.assert_array_equal(y, x)
-    assert anystore.info("w") == {"nbytes": x.nbytes, "dtype": x.dtype, "shape": x.shape}
+    info = anystore.info("w")
+    assert {k: info[k] for k in ("nbytes", "dtype", "shape", "version")} == {
+        "nbytes": x.nbytes, "dtype": x.dtype, "shape": x.shape, "version": 1}
 
 
 def test_non_contiguous_and_fortran_input(anystore):
@@ -117,20 +121,16 @@ def test_nested_keys_listing(anystore):
         anystore.get("tenantA")
 
 
-def test_folder_and_parent_conflicts(anystore):
+def test_a_key_and_keys_below_it_coexist(anystore):
+    """Keys are names, not folders: "a", "a/b" and "a/b/c" are three independent buffers."""
     anystore.put("a/b", np.arange(3))
-    with pytest.raises(StoreError, match="folder"):
-        anystore.put("a", np.arange(3))
-    np.testing.assert_array_equal(anystore.get("a/b"), np.arange(3))
-    with pytest.raises(StoreError, match="'a/b/c'"):
-        anystore.put("a/b/c", np.arange(3))
-    with pytest.raises(StoreError, match="'a/b/c/d'"):
-        anystore.put("a/b/c/d", np.arange(3))
-    np.testing.assert_array_equal(anystore.get("a/b"), np.arange(3))
-    # once the folder is empty, its name can hold a buffer
-    anystore.delete("a/b")
     anystore.put("a", np.arange(2))
-    assert anystore.keys() == ["a"]
+    anystore.put("a/b/c", np.arange(4))
+    assert anystore.keys() == ["a", "a/b", "a/b/c"]
+    np.testing.assert_array_equal(anystore.get("a/b"), np.arange(3))
+    anystore.delete("a/b")
+    assert anystore.keys() == ["a", "a/b/c"]
+    np.testing.assert_array_equal(anystore.get("a/b/c"), np.arange(4))
 
 
 def test_delete(anystore):
@@ -186,10 +186,10 @@ def test_get_bytes_ranges(anystore):
 
 
 def test_multi_chunk_arrays(anystore, monkeypatch):
-    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(zarr_io, "CHUNK_BYTES", 1000)
     x = np.random.default_rng(1).random((101, 3)).astype("f8")  # 24-byte rows
-    anystore.put("big", x)
-    assert anystore._array("big").chunks == (41, 3)
+    v = anystore.put("big", x)
+    assert zarr.open_array(store=anystore._zstore, path=v.data_path).chunks == (41, 3)
     np.testing.assert_array_equal(anystore.get("big"), x)
     raw = x.tobytes()
     for offset, size in [(0, None), (980, 30), (984, 984), (1, 2422), (2400, 24)]:
@@ -197,17 +197,17 @@ def test_multi_chunk_arrays(anystore, monkeypatch):
         assert anystore.get_bytes("big", offset, size).tobytes() == raw[offset:end]
     # rows bigger than the chunk limit: one row per chunk
     y = np.arange(4 * 300, dtype="f8").reshape(4, 300)
-    anystore.put("rows", y)
-    assert anystore._array("rows").chunks == (1, 300)
+    v = anystore.put("rows", y)
+    assert zarr.open_array(store=anystore._zstore, path=v.data_path).chunks == (1, 300)
     np.testing.assert_array_equal(anystore.get("rows"), y)
 
 
 def test_fast_local_read_matches_zarr(fstore, monkeypatch):
-    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(zarr_io, "CHUNK_BYTES", 4096)
     x = np.random.default_rng(2).random((1000, 7)).astype("f4")
-    fstore.put("w", x)
-    arr = fstore._array("w")
-    assert fstore._read_raw("w", arr, 0, x.nbytes) is not None  # the fast path applies
+    v = fstore.put("w", x)
+    arr = zarr.open_array(store=fstore._zstore, path=v.data_path)
+    assert zarr_io._read_local_chunks(arr, fstore._local_root, v.data_path, 0, x.nbytes) is not None  # fast path
     np.testing.assert_array_equal(fstore.get("w"), arr[...])
 
 
@@ -257,8 +257,8 @@ def test_open_store(tmp_path, monkeypatch):
 
 
 def test_corrupt_metadata_is_store_error(fstore, tmp_path):
-    fstore.put("w", np.arange(3))
-    with open(tmp_path / "store" / "w" / "zarr.json", "w") as f:
+    v = fstore.put("w", np.arange(3))
+    with open(tmp_path / "store" / "default" / "data" / v.uid / "zarr.json", "w") as f:
         f.write("{not json")
     with pytest.raises(StoreError) as ei:
         fstore.get("w")
@@ -268,8 +268,8 @@ def test_corrupt_metadata_is_store_error(fstore, tmp_path):
 
 
 def test_truncated_chunk_is_store_error(fstore, tmp_path):
-    fstore.put("w", np.arange(100, dtype="f8"))
-    chunk = tmp_path / "store" / "w" / "c" / "0"
+    v = fstore.put("w", np.arange(100, dtype="f8"))
+    chunk = tmp_path / "store" / "default" / "data" / v.uid / "c" / "0"
     chunk.write_bytes(chunk.read_bytes()[:10])
     with pytest.raises(StoreError, match="'w'"):
         fstore.get("w")

@@ -1,0 +1,137 @@
+"""Immutable Zarr v3 arrays: write one version of a buffer, read its bytes back fast.
+
+One array per stored version, never modified after it is written. Layout,
+chosen by measurement (see README "Store layout"): no compression, one chunk up
+to :data:`CHUNK_BYTES`, larger arrays chunked along axis 0.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.codecs import BytesCodec
+
+from .errors import StoreError
+
+#: Largest chunk written, in bytes; bigger arrays are chunked along axis 0.
+CHUNK_BYTES = 64 * 2**20
+
+# dtype kinds with a stable Zarr v3 representation: bool, ints, floats, complex, datetime64, timedelta64.
+_KINDS = frozenset("biufcmM")
+
+
+def as_storable(key: str, value) -> np.ndarray:
+    """The C-contiguous, native-byte-order numpy array that a write stores."""
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+        except TypeError as exc:
+            raise StoreError(f"put {key!r}: expected a numpy array or bytes-like, got {type(value).__name__}") from exc
+    if value.dtype.kind not in _KINDS:
+        raise StoreError(f"put {key!r}: dtype {value.dtype} cannot be stored")
+    if value.size == 0:
+        raise StoreError(f"put {key!r}: empty arrays (shape {value.shape}) cannot be stored")
+    if not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    return np.require(value, requirements="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+
+
+def chunks_for(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    nbytes = math.prod(shape) * itemsize
+    if not shape or nbytes <= CHUNK_BYTES:
+        return shape
+    row_bytes = nbytes // shape[0]
+    return (max(1, CHUNK_BYTES // row_bytes), *shape[1:])
+
+
+def open_zarr_store(url: str, local_root: str | None, storage_options: dict):
+    if local_root is not None:
+        return zarr.storage.LocalStore(local_root)
+    # Sync filesystems (memory://) are wrapped by zarr in fsspec's AsyncFileSystemWrapper.
+    return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or None)
+
+
+def write_array(zstore, path: str, data: np.ndarray) -> None:
+    """Write ``data`` as a new array at ``path`` (which must not exist yet)."""
+    arr = zarr.create_array(
+        store=zstore,
+        name=path,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks_for(data.shape, data.dtype.itemsize),
+        compressors=None,
+        filters=None,
+        overwrite=True,
+        config={"write_empty_chunks": True},  # every chunk on disk: reads never depend on fill values
+    )
+    arr[...] = data
+
+
+def read_bytes(zstore, path: str, local_root: str | None, offset: int, size: int, shape, dtype) -> np.ndarray:
+    """Bytes ``[offset, offset + size)`` of the array at ``path`` as a 1-D uint8 array."""
+    arr = zarr.open_array(store=zstore, path=path, mode="r")
+    raw = _read_local_chunks(arr, local_root, path, offset, size) if local_root is not None else None
+    if raw is not None:
+        return raw
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not shape:
+        data, start = np.asarray(arr[...]), 0
+    else:  # only the rows that cover the range
+        row_bytes = nbytes // shape[0]
+        r0, r1 = offset // row_bytes, -(-(offset + size) // row_bytes)
+        data, start = arr[r0:r1], r0 * row_bytes
+    flat = np.require(data, requirements="C").reshape(-1).view(np.uint8)
+    return flat[offset - start: offset - start + size]
+
+
+def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) -> np.ndarray | None:
+    """Read straight from a local store's chunk files into one buffer, skipping zarr's decode-and-copy.
+
+    Returns None (the caller falls back to zarr) unless the array has the
+    layout :func:`write_array` makes: a single native-endian ``bytes`` codec and
+    chunks that split axis 0 only.
+    """
+    meta = arr.metadata
+    shape = tuple(arr.shape)
+    codecs = getattr(meta, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+        return None
+    endian = codecs[0].endian
+    if endian is not None and endian.value != sys.byteorder:
+        return None
+    chunks = tuple(arr.chunks)
+    if chunks[1:] != shape[1:]:
+        return None
+    out = np.empty(size, dtype=np.uint8)
+    if size == 0:
+        return out
+    # edge chunks are stored padded to full size: chunk i starts at byte i * chunk_bytes
+    chunk_bytes = math.prod(chunks) * np.dtype(arr.dtype).itemsize
+    buf = memoryview(out)
+    base = os.path.join(local_root, *path.split("/"))
+    pos, end = offset, offset + size
+    while pos < end:
+        i = pos // chunk_bytes
+        stop = min(end, (i + 1) * chunk_bytes)
+        coords = (i,) + (0,) * (len(shape) - 1) if shape else ()
+        chunk_path = os.path.join(base, *meta.encode_chunk_key(coords).split("/"))
+        try:
+            f = open(chunk_path, "rb", buffering=0)
+        except FileNotFoundError:
+            return None
+        with f:
+            f.seek(pos - i * chunk_bytes)
+            view = buf[pos - offset: stop - offset]
+            while len(view):
+                n = f.readinto(view)
+                if not n:
+                    raise EOFError(f"chunk file {chunk_path} is truncated")
+                view = view[n:]
+        pos = stop
+    return out
