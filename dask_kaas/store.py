@@ -343,13 +343,24 @@ class BufferStore:
 
     def get(self, key: str, *, namespace: str | None = None) -> np.ndarray:
         """The current version of ``key`` as a new array of its stored dtype and shape."""
-        v = self.version(key, namespace=namespace)
-        return self.read(v).view(v.dtype).reshape(v.shape)
+        v, raw = self._read_current(key, namespace, 0, None)
+        return raw.view(v.dtype).reshape(v.shape)
 
     def get_bytes(self, key: str, offset: int = 0, size: int | None = None, *,
                   namespace: str | None = None) -> np.ndarray:
         """Bytes ``[offset, offset + size)`` of the current version as 1-D uint8 (``size=None``: to the end)."""
-        return self.read(self.version(key, namespace=namespace), offset, size)
+        return self._read_current(key, namespace, offset, size)[1]
+
+    def _read_current(self, key, namespace, offset, size, attempts: int = 5) -> tuple[Version, np.ndarray]:
+        """Read the current version; if writers replace it twice while we read, follow the pointer again."""
+        for attempt in range(attempts):
+            v = self.version(key, namespace=namespace)
+            try:
+                return v, self.read(v, offset, size)
+            except StoreKeyError:
+                if attempt == attempts - 1 or self.version(key, namespace=namespace).uid == v.uid:
+                    raise
+        raise AssertionError("unreachable")
 
     def read(self, version: Version, offset: int = 0, size: int | None = None) -> np.ndarray:
         """Bytes of one committed version (not necessarily the current one) as 1-D uint8."""

@@ -227,3 +227,28 @@ def test_lost_device_restarts_the_worker(store_url):
             pytest.fail("the worker was not restarted after its device was lost")
         client.wait_for_workers(1)
         np.testing.assert_array_equal(client.submit(good, pure=False).result()["y"], [3.0, 3.0])
+
+
+def test_new_version_reaches_every_worker(client, store_url):
+    """After a commit, no request started later is served the old bytes from any worker's cache."""
+    store = BufferStore(store_url)
+    store.put("versioned/A", np.eye(N, dtype=np.float32), namespace="carol")
+    r = matvec_request("versioned/A", tenant="carol")
+    workers = list(client.scheduler_info()["workers"])
+    x = np.arange(N, dtype=np.float32)
+    for _ in range(2):  # cache it everywhere
+        for w in workers:
+            np.testing.assert_allclose(client.submit(r, x=x, workers=[w], pure=False).result()["y"], x)
+    store.put("versioned/A", 2 * np.eye(N, dtype=np.float32), namespace="carol")
+    for w in workers:
+        np.testing.assert_allclose(client.submit(r, x=x, workers=[w], pure=False).result()["y"], 2 * x)
+
+
+def test_tenant_cannot_read_another_tenants_key_on_the_cluster(client, store_url):
+    BufferStore(store_url).put("secret/A", np.eye(N, dtype=np.float32), namespace="dave")
+    with pytest.raises(dask_kaas.StoreError, match="may not read key 'secret/A' of namespace 'dave'"):
+        client.submit(matvec_request("dave:secret/A", tenant="eve"), x=np.zeros(N, np.float32)).result()
+    with pytest.raises(dask_kaas.StoreError, match="namespace 'eve'"):
+        client.submit(matvec_request("secret/A", tenant="eve"), x=np.zeros(N, np.float32)).result()
+    out = client.submit(matvec_request("secret/A", tenant="dave"), x=np.ones(N, np.float32)).result()
+    np.testing.assert_allclose(out["y"], np.ones(N))
