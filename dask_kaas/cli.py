@@ -118,5 +118,212 @@ def load_request_file(path: str):
     return request, inputs
 
 
+# -- dask-kaas store ------------------------------------------------------------------------------------------------
+
+
+@main.group(name="store", help="Inspect and edit a buffer store: ls, put, get, rm (and the known profiles).")
+def store_group():
+    pass
+
+
+def _store_options(f):
+    f = click.option("--namespace", "-n", default=None, metavar="NS",
+                     help="Tenant namespace (default: the store's default namespace, \"default\").")(f)
+    f = click.option("--store", "-s", "store_spec", default=None, metavar="NAME_OR_URL",
+                     help="Store profile (stores/NAME.yaml) or URL (default: dask config kaas.store, "
+                          "else the profile \"local\").")(f)
+    return f
+
+
+def _fail(e) -> None:
+    click.echo(f"error: {type(e).__name__}: {e}", err=True)
+    sys.exit(2)
+
+
+def _open_cli_store(spec):
+    from .profiles import default_store_spec, resolve_store
+    from .store import BufferStore
+
+    url, storage_options, shared = resolve_store(spec if spec else default_store_spec())
+    return BufferStore(url, storage_options=storage_options, shared=shared)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _iso(written) -> str:
+    from datetime import datetime, timezone
+
+    if written is None:
+        return "-"
+    return datetime.fromtimestamp(float(written), tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _table(header, rows) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in (header, *rows)]
+    return "\n".join(lines)
+
+
+@store_group.command(name="ls", help="List the keys (under PREFIX) of a namespace, or of every namespace.")
+@click.argument("prefix", required=False, default="")
+@_store_options
+@click.option("--all-namespaces", "-A", is_flag=True, help="List every namespace.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def store_ls(prefix, store_spec, namespace, all_namespaces, as_json):
+    from .errors import KaasError, StoreKeyError
+
+    try:
+        store = _open_cli_store(store_spec)
+        default_ns = getattr(store, "DEFAULT_NAMESPACE", "default")
+        namespaces = store.namespaces() if all_namespaces else [namespace or default_ns]
+        rows = []
+        for ns in namespaces:
+            for key in store.keys(namespace=ns):
+                if prefix and not key.startswith(prefix):
+                    continue
+                try:
+                    info = store.info(key, namespace=ns)
+                except StoreKeyError:
+                    continue  # deleted since keys() listed it
+                rows.append((ns, key, info))
+    except KaasError as e:
+        _fail(e)
+    if as_json:
+        for ns, key, info in rows:
+            click.echo(json.dumps({
+                "namespace": ns, "key": key, "version": info.get("version"), "nbytes": int(info["nbytes"]),
+                "dtype": str(np.dtype(info["dtype"])), "shape": [int(d) for d in info["shape"]],
+                "uid": info.get("uid"), "written": info.get("written"),
+            }))
+        return
+    header = (["namespace"] if all_namespaces else []) + ["key", "version", "size", "dtype", "shape", "written"]
+    table = []
+    for ns, key, info in rows:
+        nbytes = int(info["nbytes"])
+        size = f"{nbytes}" if nbytes < 1024 else f"{nbytes} ({_human_bytes(nbytes)})"
+        table.append(([ns] if all_namespaces else []) + [
+            key, info.get("version", "-"), size, str(np.dtype(info["dtype"])), _shape_str(info["shape"]),
+            _iso(info.get("written")),
+        ])
+    where = "all namespaces" if all_namespaces else f"namespace {namespaces[0]!r}"
+    if not table:
+        click.echo(f"no keys{f' under {prefix!r}' if prefix else ''} in {where} of {store.url}")
+        return
+    click.echo(_table(header, table))
+    total = sum(int(info["nbytes"]) for _, _, info in rows)
+    click.echo(f"{len(rows)} keys, {_human_bytes(total)} in {where} of {store.url}")
+
+
+@store_group.command(name="put", help="Store FILE under KEY: a .npy array, or any other file's raw bytes "
+                                      "(as --dtype, default uint8). Prints the new version.")
+@click.argument("key")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@_store_options
+@click.option("--dtype", default=None, help="For raw (non-.npy) files: the element type, e.g. float32.")
+def store_put(key, file, store_spec, namespace, dtype):
+    from .errors import KaasError
+
+    array = _read_array_file(file, dtype)
+    try:
+        store = _open_cli_store(store_spec)
+        version = store.put(key, array, namespace=namespace)
+    except KaasError as e:
+        _fail(e)
+    ns = getattr(version, "namespace", None) or namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
+    number = getattr(version, "version", version)
+    click.echo(f"{ns}/{key} version {number}: {array.dtype} {_shape_str(array.shape)}, "
+               f"{_human_bytes(array.nbytes)} in {store.url}")
+
+
+def _read_array_file(path: str, dtype) -> np.ndarray:
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
+    if is_npy:
+        if dtype is not None:
+            raise click.BadParameter("only for raw files; a .npy file carries its own dtype", param_hint="--dtype")
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise click.BadParameter(f"{path}: cannot read as .npy: {e}", param_hint="FILE") from e
+    if path.endswith(".npy"):
+        raise click.BadParameter(f"{path}: not a .npy file (no NumPy header)", param_hint="FILE")
+    try:
+        dt = np.dtype(dtype or np.uint8)
+    except TypeError as e:
+        raise click.BadParameter(f"{dtype!r} is not a NumPy dtype", param_hint="--dtype") from e
+    raw = open(path, "rb").read()
+    if dt.itemsize == 0 or len(raw) % dt.itemsize:
+        raise click.BadParameter(f"{path}: {len(raw)} bytes is not a whole number of {dt} items "
+                                 f"({dt.itemsize} bytes each)", param_hint="--dtype")
+    return np.frombuffer(raw, dtype=dt).copy()
+
+
+@store_group.command(name="get", help="Show KEY's version, dtype, shape and values, or save it with -o OUT.npy.")
+@click.argument("key")
+@_store_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the array to this .npy file.")
+def store_get(key, store_spec, namespace, output):
+    from .errors import KaasError
+
+    try:
+        store = _open_cli_store(store_spec)
+        info = store.info(key, namespace=namespace)
+        array = store.get(key, namespace=namespace)
+    except KaasError as e:
+        _fail(e)
+    ns = namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
+    summary = (f"{ns}/{key} version {info.get('version', '-')}: {array.dtype} {_shape_str(array.shape)}, "
+               f"{_human_bytes(array.nbytes)}, written {_iso(info.get('written'))}")
+    if output:
+        np.save(output, array, allow_pickle=False)
+        click.echo(f"{summary} -> {output}")
+        return
+    click.echo(summary)
+    click.echo(np.array2string(array, threshold=20, precision=5))
+
+
+@store_group.command(name="rm", help="Delete KEY.")
+@click.argument("key")
+@_store_options
+def store_rm(key, store_spec, namespace):
+    from .errors import KaasError
+
+    try:
+        store = _open_cli_store(store_spec)
+        store.delete(key, namespace=namespace)
+    except KaasError as e:
+        _fail(e)
+    ns = namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
+    click.echo(f"removed {ns}/{key} from {store.url}")
+
+
+@store_group.command(name="profiles", help="List the store profiles and where they come from.")
+def store_profiles():
+    from .errors import KaasError
+    from .profiles import default_store_spec, list_profiles, load_profile, profile_dirs
+
+    default = default_store_spec()
+    rows = []
+    for name, path in list_profiles().items():
+        try:
+            url = load_profile(name)["url"]
+        except KaasError as e:
+            url = f"<error: {e}>"
+        rows.append(("*" if name == default else "", name, url, path))
+    click.echo(_table(["", "profile", "url", "file"], rows))
+    click.echo(f"searched: {', '.join(profile_dirs())}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -30,3 +30,20 @@ def _kernel_cache_in_tmp(tmp_path_factory, monkeypatch):
     os.makedirs(directory, exist_ok=True)
     with dask.config.set({"kaas.kernel-cache.directory": directory}):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """``(url, storage_options)`` of a bucket on a real S3-compatible HTTP server on 127.0.0.1.
+
+    moto's ThreadedMotoServer on a free port, with test credentials set in
+    this process's environment (worker processes inherit them); buckets
+    ``kaas-test`` (the yielded URL, ``s3://kaas-test``) and ``dask-kaas``
+    (the ``s3`` store profile's). Stopped at the end of the session.
+    """
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    import s3server
+
+    with s3server.aws_test_env(), s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint:
+        yield "s3://kaas-test", s3server.storage_options(endpoint)
