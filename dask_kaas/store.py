@@ -280,7 +280,7 @@ class BufferStore:
         fs, _ = self._backend()
         uid = f"{int(time.time() * 1e6):x}-{uuid.uuid4().hex[:12]}"
         with self._errors(key, "write", ns):
-            zarr_io.write_array(self._zstore, f"{ns}/data/{uid}", data)
+            zarr_io.write_array(self._zstore, f"{ns}/data/{uid}", data, self._local_root)
             try:
                 old = self.version(key, namespace=ns)
                 old_text = fs.cat_file(self._ref_path(ns, key))

@@ -234,9 +234,8 @@ def _killed_while_writing_chunks(url, marker):
     zarr_io.CHUNK_BYTES = 1 << 20
     original = zarr_io.write_array
 
-    def write_then_hang(zstore, path, data):
-        half = data.copy()
-        original(zstore, path, half[: len(half) // 2])  # some chunk files are on disk
+    def write_then_hang(zstore, path, data, local_root=None):
+        original(zstore, path, data[: len(data) // 2].copy(), local_root)  # some chunk files are on disk
         open(marker, "w").close()
         time.sleep(600)
 
