@@ -36,6 +36,11 @@ class LocalKaasCluster(LocalCluster):
             raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
         self.kaas_device = kind
         self.kaas_store = open_store(store)
+        if self.kaas_store.url.startswith("memory://"):
+            raise ValueError(
+                f"store {self.kaas_store.url} lives in one process's memory, which LocalKaasCluster's worker "
+                "processes cannot see; use a file:// or s3:// store (or a profile such as 'local')"
+            )
         self._gpus = gpus
         for fixed in ("threads_per_worker", "processes"):
             if fixed in kwargs and kwargs[fixed] != {"threads_per_worker": 1, "processes": True}[fixed]:

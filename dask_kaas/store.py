@@ -463,24 +463,15 @@ def _uid_time(uid: str) -> float | None:
 
 
 def open_store(store: BufferStore | str | None = None) -> BufferStore:
-    """A BufferStore from a store, a URL, a profile name (see ``stores/``), or None (``kaas.store``)."""
+    """A BufferStore from a store, a URL or local path, a profile name (``stores/<name>.yaml``), or None
+    (the ``kaas.store`` setting; null means the profile ``local``)."""
+    from .profiles import default_store_spec, resolve_store
+
     if isinstance(store, BufferStore):
         return store
     if store is None:
-        store = dask.config.get("kaas.store", default=None)
-    if store is None:
-        try:
-            from .profiles import resolve_store
-        except ImportError:
-            resolve_store = None
-        if resolve_store is None:
-            return BufferStore("file://" + os.path.abspath(os.path.join("stores", "local")))
-        store = "local"
+        store = default_store_spec()
     if isinstance(store, str):
-        if "://" in store or os.sep in store:
-            return BufferStore(store, shared=dask.config.get("kaas.store-shared", default=None) or ())
-        from .profiles import resolve_store
-
         url, options, shared = resolve_store(store)
         return BufferStore(url, storage_options=options, shared=shared)
     raise StoreError(f"expected a BufferStore, a URL, a profile name or None, got {type(store).__name__}")

@@ -252,3 +252,8 @@ def test_tenant_cannot_read_another_tenants_key_on_the_cluster(client, store_url
         client.submit(matvec_request("secret/A", tenant="eve"), x=np.zeros(N, np.float32)).result()
     out = client.submit(matvec_request("secret/A", tenant="dave"), x=np.ones(N, np.float32)).result()
     np.testing.assert_allclose(out["y"], np.ones(N))
+
+
+def test_memory_store_is_refused_for_worker_processes():
+    with pytest.raises(ValueError, match="memory://kaas-x.*worker processes"):
+        LocalKaasCluster(n_workers=1, device="host", store="memory://kaas-x", dashboard_address=":0")
