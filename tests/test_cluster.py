@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+from helpers import matvec_request
+
 import dask_kaas
 from dask_kaas import (BufferSpec, BufferStore, DeviceMemoryError, KaasError, KernelError, KernelSpec, Library,
                        Literal, LocalKaasCluster, Request, RequestError, worker_stats)
@@ -30,16 +32,6 @@ def cluster(store_url):
 def client(cluster):
     with Client(cluster) as client:
         yield client
-
-
-def matvec_request(key, n=N, tenant=None):
-    x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
-    a = BufferSpec("A", n * n * F, key=key, const=True)
-    y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
-                   literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
-                   arguments=[(x, "i"), (a, "i"), (y, "o")])
-    return Request([k], tenant=tenant)
 
 
 def test_cluster_shape(cluster, client):

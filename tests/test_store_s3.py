@@ -13,6 +13,7 @@ import pytest
 from dask_kaas import BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request
 from dask_kaas.errors import StoreError, StoreKeyError
 from dask_kaas.store import BufferStore
+from helpers import matvec_request
 
 F = 4
 
@@ -133,16 +134,6 @@ def test_unreachable_store_fails_fast_naming_it(s3_server):
         assert "s3://kaas-test/gone" in str(e.value)
         assert not isinstance(e.value, StoreKeyError)  # unreachable is not "missing"
     assert time.monotonic() - t0 < 10
-
-
-def matvec_request(key, n, tenant):
-    x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
-    a = BufferSpec("A", n * n * F, key=key, const=True)
-    y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
-                   literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
-                   arguments=[(x, "i"), (a, "i"), (y, "o")])
-    return Request([k], tenant=tenant)
 
 
 def test_cluster_reads_const_buffers_from_s3(s3_server):
