@@ -1,11 +1,12 @@
 """dask-kaas: Kernel-as-a-Service on Dask."""
 from . import config  # noqa: F401  (registers the kaas.* defaults)
-from .errors import DeviceMemoryError, KaasError, KernelError, RequestError, StoreError, StoreKeyError
+from .errors import (AdmissionRejected, DeviceMemoryError, KaasError, KernelError, RequestError, StoreError,
+                     StoreKeyError)
 from .library import Library, builtin, register_library, resolve_library
 from .request import BufferSpec, KernelSpec, Literal, Request
 from .store import BufferStore
 from .runtime import Runtime, run_request
-from .api import install, worker_stats
+from .api import cluster_state, install, set_policy, worker_stats
 from .cluster import LocalKaasCluster
 from .plugins import KaasWorkerPlugin
 from .scheduler_ext import KaasSchedulerPlugin
@@ -13,7 +14,7 @@ from .scheduler_ext import KaasSchedulerPlugin
 __version__ = "0.1.0"
 
 __all__ = [
-    "BufferSpec", "BufferStore", "DeviceMemoryError", "KaasError", "KaasSchedulerPlugin", "KaasWorkerPlugin",
+    "AdmissionRejected", "BufferSpec", "BufferStore", "cluster_state", "set_policy", "DeviceMemoryError", "KaasError", "KaasSchedulerPlugin", "KaasWorkerPlugin",
     "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster", "Request", "RequestError",
     "Runtime", "StoreError", "StoreKeyError", "builtin", "install", "register_library", "resolve_library",
     "run_request", "worker_stats",

@@ -1,7 +1,7 @@
-"""Client-side helpers: cluster-wide stats and installing KaaS on an existing cluster."""
+"""Client-side helpers: cluster-wide state, policy switching, installing KaaS on an existing cluster."""
 from __future__ import annotations
 
-from .plugins import KaasWorkerPlugin, stats_on_worker
+from .plugins import KaasWorkerPlugin, clear_cache_on_worker, set_exclusive_on_worker, stats_on_worker
 from .scheduler_ext import KaasSchedulerPlugin
 
 
@@ -11,11 +11,42 @@ def worker_stats(client) -> dict[str, dict]:
     return {addr: stats for addr, stats in results.items() if stats is not None}
 
 
-def install(client, *, device="auto", device_memory=None, store=None) -> None:
+def _scheduler_snapshot(dask_scheduler) -> dict:
+    plugin = dask_scheduler.plugins.get("kaas")
+    if plugin is None:
+        raise RuntimeError("the scheduler has no KaaS plugin: use LocalKaasCluster or dask_kaas.install(client)")
+    return plugin.snapshot()
+
+
+def cluster_state(client) -> dict:
+    """The scheduler's picture of the KaaS cluster, as of the last completed request on each worker.
+
+    ``{"policy", "workers": {address: {"cache": [{namespace, key, version, uid, bytes}], "capacity",
+    "used", "pinned", "free", "queue", "queued_seconds", "counters"}}, "tenants": {tenant: {"submitted",
+    "completed", "rejected", "failed", "gpu_seconds", "latency_p50", "latency_p99", "latency_mean"}}}``
+    (latencies in seconds, from submission to completion, seen by the scheduler).
+    """
+    return client.run_on_scheduler(_scheduler_snapshot)
+
+
+def _set_policy_on_scheduler(dask_scheduler, policy: str) -> str:
+    dask_scheduler.plugins["kaas"].set_policy(policy)
+    return policy
+
+
+def set_policy(client, policy: str, *, clear_caches: bool = False) -> None:
+    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``)."""
+    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy)
+    client.run(set_exclusive_on_worker, exclusive=(policy == "exclusive"))
+    if clear_caches:
+        client.run(clear_cache_on_worker)
+
+
+def install(client, *, device="auto", device_memory=None, store=None, policy=None) -> None:
     """Make the cluster behind ``client`` a KaaS cluster: scheduler plugin plus a worker plugin on every worker.
 
     Workers should run one thread each (``dask worker --nthreads 1``); the
     plugin adds the ``GPU`` resource to workers that do not advertise it.
     """
-    client.register_plugin(KaasSchedulerPlugin())
+    client.register_plugin(KaasSchedulerPlugin(policy=policy))
     client.register_plugin(KaasWorkerPlugin(device=device, device_memory=device_memory, store=store))

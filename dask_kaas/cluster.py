@@ -21,11 +21,12 @@ class LocalKaasCluster(LocalCluster):
     Each worker runs one thread, advertises ``resources={"GPU": 1}`` and carries
     the KaaS worker plugin; the scheduler carries the KaaS scheduler plugin.
     ``device_memory`` is each host device's capacity or each GPU's RMM pool
-    size; ``store`` defaults to a file store under ``./stores/local``. Other
+    size; ``store`` defaults to a file store under ``./stores/local``;
+    ``policy`` overrides ``kaas.scheduler.policy``. Other
     keyword arguments go to :class:`distributed.LocalCluster`.
     """
 
-    def __init__(self, n_workers=None, device="auto", device_memory=None, store=None, **kwargs):
+    def __init__(self, n_workers=None, device="auto", device_memory=None, store=None, *, policy=None, **kwargs):
         kind = resolve_kind(device)
         gpus = gpu_count() if kind == "cuda" else 0
         if kind == "cuda" and gpus == 0:
@@ -48,8 +49,8 @@ class LocalKaasCluster(LocalCluster):
             kwargs.pop(fixed, None)
         resources = {**kwargs.pop("resources", {}), "GPU": 1}
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
-        scheduler_kwargs["plugins"] = [*scheduler_kwargs.get("plugins", ()), KaasSchedulerPlugin()]
-        self._plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.kaas_store)
+        scheduler_kwargs["plugins"] = [*scheduler_kwargs.get("plugins", ()), KaasSchedulerPlugin(policy=policy)]
+        self._plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy)
         kwargs.setdefault("dashboard_address", ":8787")
         super().__init__(
             n_workers=0,

@@ -26,3 +26,20 @@ class StoreKeyError(StoreError, KeyError):
 
     def __str__(self):  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class AdmissionRejected(KaasError):
+    """The scheduler predicts the request cannot finish before its deadline, so it never starts.
+
+    ``predicted`` is the predicted latency in seconds (submission to completion),
+    ``deadline`` the request's deadline in seconds.
+    """
+
+    def __init__(self, message: str, predicted: float | None = None, deadline: float | None = None):
+        super().__init__(message, predicted, deadline)
+        self.message = message
+        self.predicted = predicted
+        self.deadline = deadline
+
+    def __str__(self):
+        return self.message

@@ -332,9 +332,10 @@ class Request:
     kernels: tuple[KernelSpec, ...]
     n_iter: int = 1
     tenant: str | None = None
+    deadline: float | None = None
     _roles: dict = field(default=None, compare=False, hash=False, repr=False)
 
-    def __init__(self, kernels, *, n_iter=1, tenant=None):
+    def __init__(self, kernels, *, n_iter=1, tenant=None, deadline=None):
         if isinstance(kernels, KernelSpec):
             kernels = (kernels,)
         try:
@@ -350,10 +351,14 @@ class Request:
             raise RequestError(f"n_iter must be an integer >= 1, got {n_iter!r}")
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise RequestError(f"tenant must be a non-empty string or None, got {tenant!r}")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
+                                     or not math.isfinite(deadline) or deadline <= 0):
+            raise RequestError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
         set_ = object.__setattr__
         set_(self, "kernels", kernels)
         set_(self, "n_iter", int(n_iter))
         set_(self, "tenant", tenant)
+        set_(self, "deadline", None if deadline is None else float(deadline))
         set_(self, "_roles", _derive_roles(kernels))
 
     # -- derived views --------------------------------------------------------
@@ -443,6 +448,8 @@ class Request:
         }
         if self.tenant is not None:
             d["tenant"] = self.tenant
+        if self.deadline is not None:
+            d["deadline"] = self.deadline
         return d
 
     def to_json(self, **kwargs) -> str:
@@ -458,13 +465,24 @@ class Request:
         if not isinstance(d, Mapping) or "kernels" not in d:
             raise RequestError("a request dict needs a 'kernels' list")
         n_iter = d.get("n_iter", d.get("nIter", 1))
-        tenant = d.get("tenant")
+        options = {"n_iter": n_iter, "tenant": d.get("tenant"), "deadline": d.get("deadline")}
         if "buffers" in d:
-            return cls(_kernels_from_dict(d["kernels"], d["buffers"]), n_iter=n_iter, tenant=tenant)
-        return cls([_kernel_from_kaas_dict(k) for k in d["kernels"]], n_iter=n_iter, tenant=tenant)
+            return cls(_kernels_from_dict(d["kernels"], d["buffers"]), **options)
+        return cls([_kernel_from_kaas_dict(k) for k in d["kernels"]], **options)
 
     def __dask_tokenize__(self):
         return ("dask_kaas.Request", self.token)
+
+    @cached_property
+    def shape_token(self) -> str:
+        """Identifies requests that cost the same: same kernels, launch shapes, literals, buffer sizes and n_iter
+        (not keys, names or tenant). The scheduler predicts runtimes per shape."""
+        parts = [self.n_iter]
+        for k in self.kernels:
+            lib = k.library if isinstance(k.library, str) else k.library.hash
+            parts.append([lib, k.kernel, k.grid, k.block, k.shared, [(lit.type, lit.value) for lit in k.literals],
+                          [(b.size, io) for b, io in k.arguments]])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     @cached_property
     def token(self) -> str:
@@ -485,15 +503,16 @@ class Request:
 
     def __reduce__(self):
         # Unpickling skips re-validation: a pickled request was valid when built.
-        return (_rebuild_request, (self.kernels, self.n_iter, self.tenant))
+        return (_rebuild_request, (self.kernels, self.n_iter, self.tenant, self.deadline))
 
 
-def _rebuild_request(kernels, n_iter, tenant):
+def _rebuild_request(kernels, n_iter, tenant, deadline=None):
     req = object.__new__(Request)
     set_ = object.__setattr__
     set_(req, "kernels", kernels)
     set_(req, "n_iter", n_iter)
     set_(req, "tenant", tenant)
+    set_(req, "deadline", deadline)
     set_(req, "_roles", _derive_roles(kernels))
     return req
 

@@ -28,8 +28,11 @@ from .store import BufferStore, open_store
 
 
 def const_id(spec, version) -> tuple:
-    """Cache identity of a const buffer: which committed version of which key, and which bytes of it."""
-    return ("const", version.namespace, version.key, version.uid, spec.offset, spec.size)
+    """Cache identity of a const buffer: which committed version of which key, and which bytes of it.
+
+    ``("const", namespace, key, uid, offset, size, version number)``; the uid alone identifies the version.
+    """
+    return ("const", version.namespace, version.key, version.uid, spec.offset, spec.size, version.version)
 
 
 class Runtime:
@@ -46,6 +49,9 @@ class Runtime:
         self._ids = itertools.count()
         self.last_request: dict | None = None
         self.on_device_lost: Callable[[KernelError], None] | None = None
+        self.on_report: Callable[[dict], None] | None = None  # called after every request with report()
+        self.exclusive = False  # a tenant switch empties the cache (the "exclusive GPU" baseline)
+        self._last_tenant: str | None = None
 
     def _load_module(self, library):
         return self.device.load_module(library)
@@ -57,11 +63,16 @@ class Runtime:
             raise TypeError(f"expected a Request, got {type(request).__name__}")
         counters = self.counters
         with self._lock:
+            if self.exclusive and request.tenant != self._last_tenant:
+                self.cache.clear()
+            self._last_tenant = request.tenant
             start = time.perf_counter()
             before = dict(counters.counts)
+            ok = False
             try:
                 with counters.phase("total"):
                     result = self._run(request, inputs or {})
+                ok = True
             except KaasError as e:
                 counters.add("errors")
                 counters.add_tenant(request.tenant, errors=1)
@@ -69,7 +80,10 @@ class Runtime:
                     self.on_device_lost(e)
                 raise
             finally:
-                self._account(request, before, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self._account(request, before, seconds)
+                if self.on_report is not None:
+                    self.on_report(self.report(request, seconds, ok))
             return result
 
     def _run(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -187,6 +201,26 @@ class Runtime:
 
     def cache_contents(self) -> list[dict]:
         return self.cache.contents()
+
+    def resident_consts(self) -> list[tuple]:
+        """``(namespace, key, uid, version, nbytes)`` of every const buffer the cache holds."""
+        return [(e["key"][1], e["key"][2], e["key"][3], e["key"][6], e["nbytes"])
+                for e in self.cache.contents() if e["key"][0] == "const"]
+
+    def report(self, request: Request, seconds: float, ok: bool) -> dict:
+        """What the scheduler learns after each request: the cache's contents and the request's cost."""
+        return {
+            "tenant": request.tenant,
+            "shape": request.shape_token,
+            "seconds": seconds,
+            "ok": ok,
+            "consts": self.resident_consts(),
+            "capacity": self.cache.capacity,
+            "used": self.cache.used,
+            "pinned": self.cache.pinned_bytes,
+            "counters": dict(self.counters.counts),
+            "load_seconds": self.counters.seconds["load"],
+        }
 
     def close(self) -> None:
         with self._lock:

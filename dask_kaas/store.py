@@ -108,6 +108,12 @@ def check_namespace(namespace) -> str:
     return namespace
 
 
+def split_key(key: str, tenant: str | None) -> tuple[str, str]:
+    """``(namespace, key)`` a tenant's buffer key names, without access checks: ``"ns:key"`` or its own namespace."""
+    namespace, sep, plain = key.rpartition(":")
+    return (namespace, plain) if sep else (DEFAULT_NAMESPACE if tenant is None else tenant, key)
+
+
 class BufferStore:
     """Numpy buffers kept under a URL: versioned, atomic, namespaced by tenant.
 

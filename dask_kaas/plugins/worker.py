@@ -32,12 +32,16 @@ class KaasWorkerPlugin(WorkerPlugin):
     device_index: int | None
         Which visible CUDA device to use (default 0: one worker per GPU, each
         started with its own ``CUDA_VISIBLE_DEVICES``).
+    policy: str | None
+        The scheduling policy (default ``kaas.scheduler.policy``); ``"exclusive"``
+        makes the worker empty its cache whenever the tenant changes.
     """
 
     name = PLUGIN_NAME
     idempotent = False
 
-    def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None):
+    def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None,
+                 policy: str | None = None):
         if device not in KINDS:
             raise ValueError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
         if device_memory is not None:
@@ -48,12 +52,16 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.device_memory = device_memory
         self.store = store if isinstance(store, BufferStore) else open_store(store)
         self.device_index = device_index
+        self.policy = policy
         self.runtime: Runtime | None = None
 
     async def setup(self, worker):
         device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0)
         self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
+        self.runtime.on_report = lambda report: worker.loop.add_callback(
+            worker.batched_send, {"op": "kaas-report", **report})
+        self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         add_runtime_resolver(worker_runtime)
         if "GPU" not in worker.state.total_resources:
             await worker.set_resources(**{**worker.state.total_resources, "GPU": 1})
@@ -94,3 +102,23 @@ def stats_on_worker(dask_worker) -> dict | None:
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
     runtime = getattr(plugin, "runtime", None)
     return None if runtime is None else runtime.stats()
+
+
+def set_exclusive_on_worker(dask_worker, exclusive: bool) -> bool:
+    """Runs on a worker (``client.run``): switch the exclusive-tenant baseline on or off."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    runtime = getattr(plugin, "runtime", None)
+    if runtime is None:
+        return False
+    runtime.exclusive = exclusive
+    return True
+
+
+def clear_cache_on_worker(dask_worker) -> int:
+    """Runs on a worker (``client.run``): drop every unpinned cached buffer; returns how many bytes remain."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    runtime = getattr(plugin, "runtime", None)
+    if runtime is None:
+        return 0
+    runtime.cache.clear()
+    return runtime.cache.used

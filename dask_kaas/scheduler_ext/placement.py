@@ -1,0 +1,60 @@
+"""The scheduler's picture of each worker's device cache, and what a request would have to load there."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+ConstRef = tuple[str, str]  # (namespace, key)
+
+
+@dataclass
+class WorkerView:
+    """One KaaS worker as the scheduler sees it, refreshed by the worker after every request."""
+
+    address: str
+    resident: dict[ConstRef, tuple[str, int, int]] = field(default_factory=dict)  # -> (uid, version, nbytes)
+    pending: Counter = field(default_factory=Counter)  # consts that tasks assigned here will load
+    queued_seconds: float = 0.0  # predicted work of the KaaS tasks assigned here and not finished
+    queued: int = 0
+    capacity: int = 0
+    used: int = 0
+    pinned: int = 0
+    counters: dict = field(default_factory=dict)
+    reports: int = 0
+
+    def update(self, report: dict) -> None:
+        self.resident = {(ns, key): (uid, version, nbytes) for ns, key, uid, version, nbytes in report["consts"]}
+        self.capacity = report["capacity"]
+        self.used = report["used"]
+        self.pinned = report["pinned"]
+        self.counters = report["counters"]
+        self.reports += 1
+
+    def missing_bytes(self, consts: tuple[tuple[ConstRef, int], ...]) -> int:
+        """Bytes of ``consts`` neither cached here nor about to be loaded by a task already assigned here."""
+        return sum(nbytes for ref, nbytes in consts if ref not in self.resident and not self.pending[ref])
+
+    def snapshot(self) -> dict:
+        return {
+            "cache": [{"namespace": ns, "key": key, "version": version, "uid": uid, "bytes": nbytes}
+                      for (ns, key), (uid, version, nbytes) in sorted(self.resident.items())],
+            "capacity": self.capacity,
+            "used": self.used,
+            "pinned": self.pinned,
+            "free": max(0, self.capacity - self.used),
+            "queue": self.queued,
+            "queued_seconds": self.queued_seconds,
+            "counters": dict(self.counters),
+            "reports": self.reports,
+        }
+
+
+class StaticAssignment:
+    """The paper's static baseline: each tenant pinned to one worker, round-robin in order of first appearance."""
+
+    def __init__(self):
+        self.tenants: dict[str, int] = {}
+
+    def worker_for(self, tenant: str, workers: list[str]) -> str:
+        index = self.tenants.setdefault(tenant, len(self.tenants))
+        return sorted(workers)[index % len(workers)]
