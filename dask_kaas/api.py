@@ -29,17 +29,17 @@ def cluster_state(client) -> dict:
     return client.run_on_scheduler(_scheduler_snapshot)
 
 
-def _set_policy_on_scheduler(dask_scheduler, policy: str) -> str:
-    dask_scheduler.plugins["kaas"].set_policy(policy)
+def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool = False) -> str:
+    dask_scheduler.plugins["kaas"].set_policy(policy, caches_cleared=caches_cleared)
     return policy
 
 
 def set_policy(client, policy: str, *, clear_caches: bool = False) -> None:
     """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``)."""
-    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy)
     client.run(set_exclusive_on_worker, exclusive=(policy == "exclusive"))
     if clear_caches:
         client.run(clear_cache_on_worker)
+    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy, caches_cleared=clear_caches)
 
 
 def install(client, *, device="auto", device_memory=None, store=None, policy=None) -> None:

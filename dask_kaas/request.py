@@ -503,10 +503,11 @@ class Request:
 
     def __reduce__(self):
         # Unpickling skips re-validation: a pickled request was valid when built.
-        return (_rebuild_request, (self.kernels, self.n_iter, self.tenant, self.deadline))
+        # The shape token travels too: the scheduler unpickles every task's request and needs it at once.
+        return (_rebuild_request, (self.kernels, self.n_iter, self.tenant, self.deadline, self.shape_token))
 
 
-def _rebuild_request(kernels, n_iter, tenant, deadline=None):
+def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
     req = object.__new__(Request)
     set_ = object.__setattr__
     set_(req, "kernels", kernels)
@@ -514,6 +515,8 @@ def _rebuild_request(kernels, n_iter, tenant, deadline=None):
     set_(req, "tenant", tenant)
     set_(req, "deadline", deadline)
     set_(req, "_roles", _derive_roles(kernels))
+    if shape_token is not None:
+        req.__dict__["shape_token"] = shape_token
     return req
 
 

@@ -1,9 +1,17 @@
 """What the scheduler predicts: a request's runtime (by shape), per-task overhead, and store load bandwidth."""
 from __future__ import annotations
 
+from collections import deque
+
+import numpy as np
+
 from .. import config
 
 ALPHA = 0.3  # weight of the newest observation in the moving averages
+CALIBRATION_WINDOW = 200
+CALIBRATION_MIN = 5
+CALIBRATION_PRIOR = 1.5  # until it has seen how its predictions fare, admission assumes they are optimistic
+CALIBRATION_QUANTILE = 0.98
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -17,12 +25,25 @@ class RuntimeModel:
         self.runtime: dict[str, float] = {}
         self.overhead: float = 0.0         # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
+        self.ratios: deque = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
+        self.calibration = CALIBRATION_PRIOR
 
     def observe(self, shape: str, seconds: float) -> None:
         self.runtime[shape] = _ewma(self.runtime.get(shape), seconds)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead = _ewma(self.overhead or None, max(0.0, seconds))
+
+    def observe_calibration(self, ratio: float) -> None:
+        """Learn how far predictions fall short of what admitted requests really took.
+
+        The calibration factor is a high quantile of recent observed/predicted
+        ratios (clamped to 0.5-5x), so that admitted requests meet their deadline
+        that often, not merely on average.
+        """
+        self.ratios.append(ratio)
+        if len(self.ratios) >= CALIBRATION_MIN:
+            self.calibration = min(5.0, max(0.5, float(np.quantile(self.ratios, CALIBRATION_QUANTILE))))
 
     def observe_load(self, nbytes: int, seconds: float) -> None:
         if nbytes > 0 and seconds > 0:

@@ -21,6 +21,9 @@ class WorkerView:
     pinned: int = 0
     counters: dict = field(default_factory=dict)
     reports: int = 0
+    service_interval: float | None = None  # seconds between completions while busy, as observed (contention included)
+    service_deviation: float = 0.0          # its mean absolute deviation
+    last_completion: float = 0.0
 
     def update(self, report: dict) -> None:
         self.resident = {(ns, key): (uid, version, nbytes) for ns, key, uid, version, nbytes in report["consts"]}
@@ -30,9 +33,35 @@ class WorkerView:
         self.counters = report["counters"]
         self.reports += 1
 
+    def completed(self, assigned: float, now: float, alpha: float = 0.3) -> None:
+        """A task assigned at ``assigned`` finished now: sample how long the worker took to serve it."""
+        sample = now - max(self.last_completion, assigned)
+        if self.service_interval is None:
+            self.service_interval = sample
+        else:
+            self.service_deviation = (1 - alpha) * self.service_deviation + alpha * abs(sample - self.service_interval)
+            self.service_interval = (1 - alpha) * self.service_interval + alpha * sample
+        self.last_completion = now
+
+    def expected_wait(self) -> float:
+        """Seconds until a task queued here now would start: queued tasks times the observed service interval
+        (plus its deviation, as TCP sizes its timeouts: service under contention varies)."""
+        if self.service_interval is not None:
+            per_task = self.service_interval + self.service_deviation
+            return self.queued * max(per_task, self.queued_seconds / max(self.queued, 1))
+        return self.queued_seconds
+
     def missing_bytes(self, consts: tuple[tuple[ConstRef, int], ...]) -> int:
         """Bytes of ``consts`` neither cached here nor about to be loaded by a task already assigned here."""
         return sum(nbytes for ref, nbytes in consts if ref not in self.resident and not self.pending[ref])
+
+    def placement_bytes(self, consts: tuple[tuple[ConstRef, int], ...]) -> int:
+        """Bytes placing the task here costs: its missing consts, plus the cached bytes their loading would
+        evict (someone will have to load those again)."""
+        missing = self.missing_bytes(consts)
+        if not missing or not self.capacity:
+            return missing
+        return missing + max(0, self.used + missing - self.capacity)
 
     def snapshot(self) -> dict:
         return {
@@ -44,6 +73,7 @@ class WorkerView:
             "free": max(0, self.capacity - self.used),
             "queue": self.queued,
             "queued_seconds": self.queued_seconds,
+            "service_interval": self.service_interval,
             "counters": dict(self.counters),
             "reports": self.reports,
         }

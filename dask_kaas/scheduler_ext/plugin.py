@@ -13,8 +13,10 @@ with ``client.submit(request, x=x)`` or ``dask.delayed(request)(x=x)``.
 - **Policies** (``kaas.scheduler.policy``): ``affinity``, ``balance`` (Dask's
   least-loaded), ``static`` and ``exclusive`` (tenants pinned to workers; with
   ``exclusive`` a worker also empties its cache when the tenant changes).
-- **Fair share**: the start tag of a start-time fair queue leads each KaaS
-  task's priority (see ``fairness.py``).
+- **Fair share**: every KaaS task waits on the scheduler in its tenant's queue
+  until the workers have room; the least-served tenant (by predicted GPU
+  seconds / weight) goes next (``dispatch.py``), and Dask's worker objective
+  then places the task.
 - **Admission**: a request with a ``deadline`` whose predicted completion is
   later is failed at once with :class:`~dask_kaas.AdmissionRejected`.
 - **State**: workers report their cache after every request (stream op
@@ -34,7 +36,7 @@ from .. import config
 from ..errors import AdmissionRejected
 from ..request import Request
 from ..store import split_key
-from .fairness import FairQueue
+from .dispatch import HELD, FairDispatcher
 from .model import RuntimeModel
 from .placement import StaticAssignment, WorkerView
 from .tenants import TenantStats
@@ -62,10 +64,11 @@ class KaasTask:
     shape: str
     consts: tuple  # ((namespace, key), nbytes) per const buffer
     estimate: float
-    start_tag: float
     submitted: float
     worker: str | None = None
     assigned: float = 0.0
+    predicted: float | None = None  # predicted latency, for requests with a deadline
+    pinned: str | None = None  # the worker of its tenant under the static and exclusive policies
 
 
 class KaasSchedulerPlugin(SchedulerPlugin):
@@ -81,8 +84,13 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.workers: dict[str, WorkerView] = {}
         self.tenants: dict[str, TenantStats] = {}
         self.model = RuntimeModel()
-        self.fair = FairQueue(weights if weights is not None else (config.get("scheduler.weights") or {}))
         self.static = StaticAssignment()
+        self.margin = float(config.get("scheduler.admission-margin") or 0.9)
+        # Moving a tenant also spreads its consts over more caches; make a move pay for that.
+        self.stickiness = float(config.get("scheduler.stickiness") or 1.0)
+        self.dispatcher = FairDispatcher(int(config.get("scheduler.queue-depth") or 2),
+                                         weights if weights is not None else (config.get("scheduler.weights") or {}))
+        self._dispatch_pending = False
         self._base_comm_cost = None
         self.decisions = 0  # placement objective evaluations, for the overhead benchmark
 
@@ -91,7 +99,6 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.extensions["kaas"] = self
         scheduler.stream_handlers["kaas-report"] = self.handle_report
-        scheduler.handlers["kaas_set_policy"] = self._handle_set_policy
         self._base_comm_cost = scheduler.get_comm_cost
         scheduler.get_comm_cost = self.get_comm_cost
         for ws in scheduler.workers.values():
@@ -105,19 +112,20 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         ws = scheduler.workers.get(worker)
         if ws is not None and ws.resources.get(RESOURCE):
             self.workers.setdefault(worker, WorkerView(worker))
+            self._schedule_dispatch()
 
     def remove_worker(self, scheduler, worker: str, **kwargs) -> None:
         self.workers.pop(worker, None)
 
-    def set_policy(self, policy: str) -> None:
+    def set_policy(self, policy: str, *, caches_cleared: bool = False) -> None:
+        """Switch policy; ``caches_cleared`` says the workers just emptied their caches."""
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
         self.static = StaticAssignment()
-
-    def _handle_set_policy(self, policy: str) -> str:
-        self.set_policy(policy)
-        return policy
+        if caches_cleared:
+            for view in self.workers.values():
+                view.resident.clear()
 
     # ------------------------------------------------------------- placement
     def get_comm_cost(self, ts, ws) -> float:
@@ -129,21 +137,34 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if task is None or view is None or not task.consts:
             return cost
         self.decisions += 1
-        return cost + view.missing_bytes(task.consts) / self.model.load_bandwidth()
+        return cost + self.stickiness * view.placement_bytes(task.consts) / self.model.load_bandwidth()
 
-    def _best_start(self, task: KaasTask) -> tuple[float, str | None]:
-        """Predicted queue wait + load time on the worker where the task would start soonest."""
-        best, where = None, None
-        for addr in self._candidates(task):
-            view = self.workers[addr]
-            wait = view.queued_seconds + view.missing_bytes(task.consts) / self.model.load_bandwidth()
-            if best is None or wait < best:
-                best, where = wait, addr
-        return (best if best is not None else 0.0), where
+    def _load_seconds(self, task: KaasTask) -> float:
+        """Load time on the worker that holds most of the task's consts (the one placement will prefer)."""
+        views = [self.workers[a] for a in self._candidates(task)]
+        if not views:
+            return 0.0
+        return min(v.missing_bytes(task.consts) for v in views) / self.model.load_bandwidth()
+
+    def _predicted_wait(self, task: KaasTask) -> float:
+        """Seconds until the task would start: the work ahead of it in the fair queue and on the workers,
+        served at the rate the workers have been observed to complete tasks, plus its const loads."""
+        views = [self.workers[a] for a in self._candidates(task)]
+        if not views:
+            return 0.0
+        fallback = task.estimate or self.model.estimate_or_mean(task.shape)
+        rate = sum(1.0 / max(v.service_interval + v.service_deviation, 1e-6) if v.service_interval else
+                   1.0 / max(fallback, 1e-6) for v in views)
+        # under fair share the tenant's own backlog is served at its weight's share of the cluster
+        own = self.dispatcher.held(task.tenant)
+        share = self.dispatcher.weight(task.tenant) / max(self.dispatcher.backlogged_weight(),
+                                                          self.dispatcher.weight(task.tenant))
+        ahead = min(own / share, len(self.dispatcher)) + sum(v.queued for v in views)
+        return ahead / rate + self._load_seconds(task)
 
     def _candidates(self, task: KaasTask) -> list[str]:
-        if self.policy in ("static", "exclusive") and self.workers:
-            return [self.static.worker_for(task.tenant, list(self.workers))]
+        if task.pinned is not None:
+            return [task.pinned] if task.pinned in self.workers else []
         return list(self.workers)
 
     # ------------------------------------------------------------- new tasks
@@ -161,31 +182,105 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             tenant = request.tenant or client
             consts = tuple((split_key(spec.store_key, request.tenant), spec.size) for spec in request.consts)
             estimate = self.model.estimate_or_mean(request.shape_token)
-            start_tag = self.fair.start_tag(tenant, estimate)
-            task = KaasTask(tenant, request.shape_token, consts, estimate, start_tag, now)
+            task = KaasTask(tenant, request.shape_token, consts, estimate, now)
             self.tasks[key] = task
             stats = self.tenants.setdefault(tenant, TenantStats())
             stats.submitted += 1
-            if ts.priority:
-                ts.priority = (ts.priority[0], start_tag, *ts.priority[1:])
             if self.policy in ("static", "exclusive") and self.workers:
-                ts.worker_restrictions = {self.static.worker_for(tenant, list(self.workers))}
-                ts.loose_restrictions = False
-            if request.deadline is not None:
-                self._admit(scheduler, ts, task, request)
+                task.pinned = self.static.worker_for(tenant, list(self.workers))
+            if request.deadline is not None and not self._admit(scheduler, ts, task, request):
+                continue
+            ts.worker_restrictions = {HELD}  # parked in no-worker until _dispatch releases it
+            ts.loose_restrictions = False
+            self.dispatcher.hold(tenant, key)
+        self._schedule_dispatch()
 
-    def _admit(self, scheduler, ts, task: KaasTask, request: Request) -> None:
+    # --------------------------------------------------------------- dispatch
+    def _schedule_dispatch(self) -> None:
+        if self.scheduler is not None and not self._dispatch_pending:
+            self._dispatch_pending = True
+            self.scheduler.loop.add_callback(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Fill free worker slots from the tenants' queues (see ``dispatch.py``)."""
+        self._dispatch_pending = False
+        scheduler = self.scheduler
+        stimulus_id = f"kaas-dispatch-{time.time()}"
+
+        def ready(key):
+            ts = scheduler.tasks.get(key)
+            if ts is None or key not in self.tasks or ts.state in ("memory", "erred", "forgotten", "released"):
+                return None
+            return ts.state == "no-worker"  # False: still waiting for its dependencies
+
+        def cost(key):
+            # priced now, not at submission: same shape, same charge, whoever submitted first
+            task = self.tasks[key]
+            task.estimate = self.model.estimate_or_mean(task.shape)
+            return task.estimate
+
+        while len(self.dispatcher):
+            for worker in sorted((free := self._free_slots()), key=free.get, reverse=True):
+                key = self.dispatcher.pick(ready, cost, self._fit_for(worker))
+                if key is not None:
+                    break
+            else:
+                return  # no free slot, or nothing that can use one
+            task = self.tasks[key]
+            ts = scheduler.tasks[key]
+            # Dask's worker objective chooses among all workers; the free one wins unless another
+            # holds the task's consts and starts it sooner.
+            ts.worker_restrictions = {task.pinned} if task.pinned else None
+            scheduler.transitions({key: "processing"}, stimulus_id)
+            if ts.state == "no-worker":  # nowhere to run it now: back to the head of its queue
+                ts.worker_restrictions = {HELD}
+                self.dispatcher.requeue(task.tenant, key)
+                return
+
+    def _fit_for(self, worker: str):
+        """How badly a held task suits a free slot on ``worker`` (None: it may not go there)."""
+        view = self.workers[worker]
+
+        def fit(key):
+            task = self.tasks[key]
+            if task.pinned is not None and task.pinned != worker:
+                return None
+            return view.missing_bytes(task.consts) if self.policy == "affinity" else 0.0
+
+        return fit
+
+    def _free_slots(self) -> dict[str, int]:
+        """Free KaaS slots per running GPU worker."""
+        depth = self.dispatcher.depth
+        free = {}
+        for ws in self.scheduler.workers.values():
+            if ws.resources.get(RESOURCE) and ws.status.name == "running":
+                self.workers.setdefault(ws.address, WorkerView(ws.address))  # e.g. GPU resource added late
+                room = depth - sum(1 for pts in ws.processing if pts.key in self.tasks)
+                if room > 0:
+                    free[ws.address] = room
+        return free
+
+    def _admit(self, scheduler, ts, task: KaasTask, request: Request) -> bool:
+        """Admit the request, or fail it at once when it cannot finish before its deadline."""
         runtime = self.model.estimate(task.shape)
         if runtime is None:
-            return  # nothing known about this shape yet: admit, and learn from it
-        wait, _ = self._best_start(task)
-        predicted = wait + runtime
-        if predicted <= request.deadline:
-            return
+            return True  # nothing known about this shape yet: admit, and learn from it
+        wait = self._predicted_wait(task)
+        intervals = [self.workers[a].service_interval for a in self._candidates(task)
+                     if self.workers[a].service_interval]
+        interval = min(intervals) if intervals else 0.0
+        raw = wait + max(runtime, interval)
+        predicted = raw * self.model.calibration
+        if predicted <= request.deadline * self.margin:
+            task.predicted = raw
+            return True
         self.tenants[task.tenant].rejected += 1
         error = AdmissionRejected(
-            f"{request!r} would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(runtime)}), "
-            f"after its deadline of {_ms(request.deadline)}",
+            f"{request!r} would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(max(runtime, interval))}"
+            f"{f' x {self.model.calibration:.2f} calibration' if self.model.calibration != 1 else ''}), "
+            f"too close to its deadline of {_ms(request.deadline)} (admission keeps a "
+            f"{1 - self.margin:.0%} margin for dispatch and result transfer)",
             predicted, request.deadline,
         )
         # Never dispatched: restricted to a worker that does not exist, it waits in no-worker
@@ -193,6 +288,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         ts.worker_restrictions = {REJECTED}
         ts.loose_restrictions = False
         scheduler.loop.add_callback(self._fail, ts.key, error)
+        return False
 
     def _fail(self, key, error: AdmissionRejected) -> None:
         scheduler = self.scheduler
@@ -221,7 +317,13 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 view.queued += 1
                 view.queued_seconds += task.estimate
                 view.pending.update(ref for ref, _ in task.consts)
+        elif finish == "no-worker" and self.dispatcher:
+            self._schedule_dispatch()  # its dependencies are done: it may go now
         elif start == "processing":
+            self._schedule_dispatch()  # a worker has room again
+            view = self.workers.get(task.worker) if task.worker else None
+            if view is not None and finish == "memory":
+                view.completed(task.assigned, time.time())
             self._leave_worker(task)
             if finish == "memory":
                 self._completed(task, kwargs.get("startstops") or ())
@@ -244,7 +346,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         stats = self.tenants[task.tenant]
         stats.completed += 1
         stats.latencies.append(now - task.submitted)
-        self.fair.completed(task.start_tag)
+        if task.predicted:
+            self.model.observe_calibration((now - task.submitted) / task.predicted)
         compute = [s for s in startstops if s.get("action") == "compute"]
         if compute:
             duration = compute[-1]["stop"] - compute[-1]["start"]
