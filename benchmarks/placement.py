@@ -26,7 +26,7 @@ sub-trace under ``affinity``'s actual placement (what eviction alone could
 reach given that placement).
 
 Scheduler cost: (1) inside the scheduler, the KaaS plugin's hooks
-(``update_graph``, ``transition``, the ``get_comm_cost`` extension minus
+(``update_graph``, ``transition``, the fair dispatch, the ``get_comm_cost`` extension minus
 Dask's own part, ``handle_report``) timed with ``perf_counter_ns`` wrappers
 (wrapper cost calibrated and subtracted) during one ``affinity`` run, divided by
 the number of KaaS tasks; (2) end to end, wall time of the trace under
@@ -124,7 +124,7 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
         return max(0.0, row[2 * clock] - row[1] * cal[clock])
 
     hooks = {}
-    for name in ("update_graph", "transition", "handle_report", "get_comm_cost"):
+    for name in ("update_graph", "transition", "dispatch", "handle_report", "get_comm_cost"):
         wall, cpu = net(name, 0), net(name, 1)
         if name == "get_comm_cost":  # the extension only: Dask's own part and its wrapper subtracted
             calls = timers["base_comm_cost"][1]
@@ -136,7 +136,8 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
     hooks["get_comm_cost_extension"]["dask_base_cpu_us"] = net("base_comm_cost", 1) / 1e3
     return {
         "method_in_scheduler": (
-            "wrappers around the KaaS plugin's update_graph, transition, handle_report and its get_comm_cost "
+            "wrappers around the KaaS plugin's update_graph, transition, fair dispatch, handle_report and its "
+            "get_comm_cost "
             "extension (Dask's own get_comm_cost timed separately and subtracted), accumulating perf_counter_ns "
             "(wall) and thread_time_ns (CPU of the scheduler's thread); wrapper cost calibrated on an empty "
             "function and subtracted per call; one affinity run of the trace. The scheduler shares its process "
@@ -153,11 +154,12 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
 def _install_timers(dask_scheduler) -> None:
     """Wrap the KaaS plugin's hooks (and Dask's own get_comm_cost, to subtract it) with timers."""
     plugin = dask_scheduler.plugins["kaas"]
-    acc = {name: [0, 0, 0] for name in ("update_graph", "transition", "get_comm_cost", "base_comm_cost",
-                                     "handle_report", "calibration")}
+    acc = {name: [0, 0, 0] for name in ("update_graph", "transition", "dispatch", "get_comm_cost",
+                                     "base_comm_cost", "handle_report", "calibration")}
     plugin._bench_timers = acc
     plugin.update_graph = _timed(acc, "update_graph", plugin.update_graph)
     plugin.transition = _timed(acc, "transition", plugin.transition)
+    plugin._dispatch = _timed(acc, "dispatch", plugin._dispatch)
     plugin._base_comm_cost = _timed(acc, "base_comm_cost", plugin._base_comm_cost)
     dask_scheduler.get_comm_cost = _timed(acc, "get_comm_cost", dask_scheduler.get_comm_cost)
     dask_scheduler.stream_handlers["kaas-report"] = _timed(acc, "handle_report",
@@ -179,7 +181,7 @@ def _read_timers(dask_scheduler) -> dict:
 
 def _remove_timers(dask_scheduler) -> None:
     plugin = dask_scheduler.plugins["kaas"]
-    for attr in ("update_graph", "transition"):
+    for attr in ("update_graph", "transition", "_dispatch"):
         vars(plugin).pop(attr, None)  # back to the class's methods
     plugin._base_comm_cost = plugin._base_comm_cost.__wrapped__
     dask_scheduler.get_comm_cost = dask_scheduler.get_comm_cost.__wrapped__

@@ -14,8 +14,8 @@ from .scheduler_ext import KaasSchedulerPlugin
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdmissionRejected", "BufferSpec", "BufferStore", "cluster_state", "set_policy", "DeviceMemoryError", "KaasError", "KaasSchedulerPlugin", "KaasWorkerPlugin",
-    "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster", "Request", "RequestError",
-    "Runtime", "StoreError", "StoreKeyError", "builtin", "install", "register_library", "resolve_library",
-    "run_request", "worker_stats",
+    "AdmissionRejected", "BufferSpec", "BufferStore", "DeviceMemoryError", "KaasError", "KaasSchedulerPlugin",
+    "KaasWorkerPlugin", "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster", "Request",
+    "RequestError", "Runtime", "StoreError", "StoreKeyError", "builtin", "cluster_state", "install",
+    "register_library", "resolve_library", "run_request", "set_policy", "worker_stats",
 ]

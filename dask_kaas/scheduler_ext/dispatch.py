@@ -99,11 +99,16 @@ class FairDispatcher:
         self._held += 1
 
     def _first_ready(self, queue: deque, ready: Callable):
-        for key in list(queue):
+        """The first runnable key of a queue, dropping gone ones on the way."""
+        i = 0
+        while i < len(queue):
+            key = queue[i]
             verdict = ready(key)
             if verdict is None:
-                queue.remove(key)
+                del queue[i]
                 self._held -= 1
             elif verdict:
                 return key
+            else:
+                i += 1
         return None

@@ -43,14 +43,6 @@ class WorkerView:
             self.service_interval = (1 - alpha) * self.service_interval + alpha * sample
         self.last_completion = now
 
-    def expected_wait(self) -> float:
-        """Seconds until a task queued here now would start: queued tasks times the observed service interval
-        (plus its deviation, as TCP sizes its timeouts: service under contention varies)."""
-        if self.service_interval is not None:
-            per_task = self.service_interval + self.service_deviation
-            return self.queued * max(per_task, self.queued_seconds / max(self.queued, 1))
-        return self.queued_seconds
-
     def missing_bytes(self, consts: tuple[tuple[ConstRef, int], ...]) -> int:
         """Bytes of ``consts`` neither cached here nor about to be loaded by a task already assigned here."""
         return sum(nbytes for ref, nbytes in consts if ref not in self.resident and not self.pending[ref])
