@@ -354,12 +354,7 @@ class Request:
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
                                      or not math.isfinite(deadline) or deadline <= 0):
             raise RequestError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
-        set_ = object.__setattr__
-        set_(self, "kernels", kernels)
-        set_(self, "n_iter", int(n_iter))
-        set_(self, "tenant", tenant)
-        set_(self, "deadline", None if deadline is None else float(deadline))
-        set_(self, "_roles", _derive_roles(kernels))
+        _set_request_fields(self, kernels, int(n_iter), tenant, None if deadline is None else float(deadline))
 
     # -- derived views --------------------------------------------------------
     @property
@@ -507,14 +502,18 @@ class Request:
         return (_rebuild_request, (self.kernels, self.n_iter, self.tenant, self.deadline, self.shape_token))
 
 
-def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
-    req = object.__new__(Request)
+def _set_request_fields(req: Request, kernels, n_iter, tenant, deadline) -> None:
     set_ = object.__setattr__
     set_(req, "kernels", kernels)
     set_(req, "n_iter", n_iter)
     set_(req, "tenant", tenant)
     set_(req, "deadline", deadline)
     set_(req, "_roles", _derive_roles(kernels))
+
+
+def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
+    req = object.__new__(Request)
+    _set_request_fields(req, kernels, n_iter, tenant, deadline)
     if shape_token is not None:
         req.__dict__["shape_token"] = shape_token
     return req

@@ -4,12 +4,12 @@ from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 F = 4
 
 
-def matvec_request(key, n=64, tenant=None):
-    """y = x @ A with A an n x n const read from the store under ``key``."""
+def matvec_request(key, n=64, tenant=None, *, n_iter=1, deadline=None):
+    """y = x @ A (``n_iter`` times over) with A an n x n const read from the store under ``key``."""
     x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
     a = BufferSpec("A", n * n * F, key=key, const=True)
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
     k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
                    literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
                    arguments=[(x, "i"), (a, "i"), (y, "o")])
-    return Request([k], tenant=tenant)
+    return Request([k], tenant=tenant, n_iter=n_iter, deadline=deadline)

@@ -5,9 +5,11 @@ from collections import Counter
 import dask
 import numpy as np
 import pytest
-from distributed import Client, as_completed
+from distributed import Client, as_completed, wait
 
 import dask_kaas
+from helpers import matvec_request
+
 from dask_kaas import (AdmissionRejected, BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request,
                        cluster_state, set_policy, worker_stats)
 
@@ -16,13 +18,7 @@ F = 4
 
 def gemm_request(tenant, n=128, n_iter=1, deadline=None, key="w"):
     """y = x @ W (n_iter times over): W is the tenant's n x n const."""
-    x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
-    w = BufferSpec("W", n * n * F, key=key, const=True)
-    y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
-                   literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
-                   arguments=[(x, "i"), (w, "i"), (y, "o")])
-    return Request([k], tenant=tenant, n_iter=n_iter, deadline=deadline)
+    return matvec_request(key, n, tenant, n_iter=n_iter, deadline=deadline)
 
 
 def busy_request(tenant, n=384, n_iter=16, deadline=None):
@@ -219,7 +215,7 @@ def test_admission_control_under_twice_the_sustainable_load(cluster, client):
     client.gather([client.submit(busy_request("slo", n_iter=40), pure=False) for _ in range(24)])
     sustainable = 24 / (time.perf_counter() - start)  # requests per second, both workers busy
     service = 2 / sustainable
-    deadline = 8 * service
+    deadline = 12 * service
     rate, duration = 2 * sustainable, 4.0
     t0 = time.perf_counter()
     submitted_at, finished_at = {}, {}
@@ -231,9 +227,12 @@ def test_admission_control_under_twice_the_sustainable_load(cluster, client):
         submitted_at[f] = time.perf_counter()
         f.add_done_callback(lambda fut: finished_at.setdefault(fut.key, time.perf_counter()))
         i += 1
+    # Wait for every completion before fetching any result: fetching in this thread while requests are
+    # still finishing would delay the client's own completion callbacks, and so the measured latencies.
+    wait(list(submitted_at))
     admitted_latency, rejected = [], []
-    for f in as_completed(list(submitted_at)):
-        latency = finished_at.get(f.key, time.perf_counter()) - submitted_at[f]
+    for f in submitted_at:
+        latency = finished_at[f.key] - submitted_at[f]
         try:
             f.result()
             admitted_latency.append(latency)
