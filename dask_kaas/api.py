@@ -23,8 +23,10 @@ def cluster_state(client) -> dict:
 
     ``{"policy", "workers": {address: {"cache": [{namespace, key, version, uid, bytes}], "capacity",
     "used", "pinned", "free", "queue", "queued_seconds", "counters"}}, "tenants": {tenant: {"submitted",
-    "completed", "rejected", "failed", "gpu_seconds", "latency_p50", "latency_p99", "latency_mean"}}}``
-    (latencies in seconds, from submission to completion, seen by the scheduler).
+    "completed", "rejected", "failed", "gpu_seconds", "latency_p50", "latency_p99", "latency_mean"}},
+    "recent": [{"time", "tenant", "kernels", "worker", "seconds", "hits", "misses", "bytes_loaded", "ok"}]}``
+    (latencies in seconds, from submission to completion, seen by the scheduler; ``recent`` holds the
+    latest requests, oldest first, as the workers reported them).
     """
     return client.run_on_scheduler(_scheduler_snapshot)
 

@@ -209,8 +209,13 @@ class Runtime:
 
     def report(self, request: Request, seconds: float, ok: bool) -> dict:
         """What the scheduler learns after each request: the cache's contents and the request's cost."""
+        last = self.last_request or {}
         return {
             "tenant": request.tenant,
+            "kernels": list(request.kernel_names),
+            "hits": last.get("hits", 0),
+            "misses": last.get("compulsory_misses", 0) + last.get("capacity_misses", 0),
+            "bytes_loaded": last.get("bytes_from_store", 0),
             "shape": request.shape_token,
             "seconds": seconds,
             "ok": ok,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from .tenants import TenantStats
 logger = logging.getLogger(__name__)
 
 RESOURCE = "GPU"
+RECENT_REQUESTS = 200
 POLICIES = ("affinity", "balance", "static", "exclusive")
 REJECTED = "kaas://admission-rejected"  # a worker that never exists: rejected tasks wait in no-worker
 
@@ -93,6 +95,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self._dispatch_pending = False
         self._base_comm_cost = None
         self.decisions = 0  # placement objective evaluations, for the overhead benchmark
+        self.recent: deque = deque(maxlen=RECENT_REQUESTS)  # the latest requests as workers reported them
 
     # ------------------------------------------------------------- lifecycle
     async def start(self, scheduler) -> None:
@@ -369,6 +372,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                                 report.get("load_seconds", 0.0) - load_before)
         if report.get("ok"):
             self.model.observe(report["shape"], report["seconds"])
+        self.recent.append({
+            "time": time.time(), "tenant": report.get("tenant") or "default", "kernels": report.get("kernels", []),
+            "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
+            "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
+            "ok": bool(report.get("ok")),
+        })
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
@@ -379,4 +388,5 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             "model": {"shapes": len(self.model.runtime), "overhead": self.model.overhead,
                       "load_bandwidth": self.model.load_bandwidth()},
             "decisions": self.decisions,
+            "recent": list(self.recent),
         }
