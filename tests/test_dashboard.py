@@ -1,0 +1,72 @@
+"""The /kaas dashboard page, rendered by a real headless Chromium."""
+import shutil
+import urllib.request
+
+import numpy as np
+import pytest
+from distributed import Client
+from helpers import matvec_request
+
+from dask_kaas import LocalKaasCluster, cluster_state
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalKaasCluster(n_workers=2, device="host", store=f"file://{tmp_path_factory.mktemp('dash-store')}",
+                          dashboard_address="127.0.0.1:0") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def ran(cluster):
+    """Requests of three tenants on both workers; returns (tenants, workers)."""
+    tenants = ["alice", "bob", "carol"]
+    with Client(cluster) as client:
+        for t in tenants:
+            cluster.store.put("A", np.eye(64, dtype=np.float32), namespace=t)
+        workers = sorted(client.scheduler_info()["workers"])
+        futures = [client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), workers=[w], pure=False)
+                   for t in tenants for w in workers for _ in range(3)]
+        client.gather(futures)
+        state = cluster_state(client)
+    assert set(state["workers"]) == set(workers)
+    return tenants, workers
+
+
+def page_url(cluster, route="kaas"):
+    return cluster.dashboard_link.rsplit("/", 1)[0] + "/" + route
+
+
+def test_page_is_listed_in_the_dashboard_navigation(cluster, ran):
+    status = urllib.request.urlopen(page_url(cluster, "status"), timeout=30).read().decode()
+    assert 'href="kaas"' in status
+    page = urllib.request.urlopen(page_url(cluster), timeout=30).read().decode()
+    assert "bokeh" in page.lower() and 'href="kaas"' in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_page_renders_workers_and_tenants_in_chromium(cluster, ran, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    tenants, workers = ran
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(page_url(cluster), wait_until="load", timeout=60_000)
+            # Bokeh renders into shadow roots; Playwright's selectors pierce them.
+            page.get_by_text(f"{len(workers)} GPU workers, {len(tenants)} tenants").wait_for(timeout=30_000)
+            for tenant in tenants:
+                page.get_by_text(tenant, exact=True).first.wait_for(timeout=30_000)
+            for worker in workers:  # the recent-requests table names the worker of each request
+                page.get_by_text(worker, exact=True).first.wait_for(timeout=30_000)
+            assert page.locator("canvas").count() >= 4  # the plots were drawn
+            page.wait_for_timeout(1500)  # a couple of refreshes, so the time series have points
+            shot = tmp_path / "kaas-dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 20_000
