@@ -106,6 +106,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         scheduler.get_comm_cost = self.get_comm_cost
         for ws in scheduler.workers.values():
             self.add_worker(scheduler, ws.address)
+        try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
+            from ..dashboard.metrics import register as register_metrics
+
+            register_metrics(self)
+        except ImportError:
+            logger.debug("dask-kaas Prometheus metrics not registered", exc_info=True)
 
     async def close(self) -> None:
         if self.scheduler is not None and self._base_comm_cost is not None:
@@ -348,7 +354,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         now = time.time()
         stats = self.tenants[task.tenant]
         stats.completed += 1
-        stats.latencies.append(now - task.submitted)
+        stats.observe(now - task.submitted)  # the latency window and the cumulative histogram
         if task.predicted:
             self.model.observe_calibration((now - task.submitted) / task.predicted)
         compute = [s for s in startstops if s.get("action") == "compute"]

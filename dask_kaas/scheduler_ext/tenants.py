@@ -1,12 +1,15 @@
 """Per-tenant accounting on the scheduler: submitted, completed, rejected, failed, latency percentiles."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 LATENCY_WINDOW = 2000  # most recent latencies kept per tenant
+# Upper bounds (seconds) of the cumulative latency histogram (Prometheus' dask_kaas_request_latency_seconds)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
@@ -17,6 +20,25 @@ class TenantStats:
     failed: int = 0
     gpu_seconds: float = 0.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    # since the start, unlike the window above: completions per bucket (the last one: above LATENCY_BUCKETS)
+    latency_buckets: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    def observe(self, latency: float) -> None:
+        """Record one completed request's latency (seconds): in the window and in the cumulative histogram."""
+        self.latencies.append(latency)
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1  # bucket i: latency <= LATENCY_BUCKETS[i]
+        self.latency_sum += latency
+        self.latency_count += 1
+
+    def histogram(self) -> list[tuple[float, int]]:
+        """``(upper bound, completions with latency <= it)`` per bucket, cumulative, ending with ``inf``."""
+        out, total = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.latency_buckets):
+            total += n
+            out.append((bound, total))
+        return out
 
     def snapshot(self) -> dict:
         lat = np.fromiter(self.latencies, dtype=float) if self.latencies else None
