@@ -96,6 +96,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self._base_comm_cost = None
         self.decisions = 0  # placement objective evaluations, for the overhead benchmark
         self.recent: deque = deque(maxlen=RECENT_REQUESTS)  # the latest requests as workers reported them
+        try:  # before the scheduler (and its dashboard) exists, where this plugin is created first
+            from ..dashboard import register_dashboard_page
+
+            register_dashboard_page()
+        except ImportError:  # no bokeh: no dashboard page, everything else works
+            logger.debug("dask-kaas dashboard page not registered", exc_info=True)
 
     # ------------------------------------------------------------- lifecycle
     async def start(self, scheduler) -> None:
