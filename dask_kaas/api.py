@@ -1,6 +1,7 @@
 """Client-side helpers: cluster-wide state, policy switching, installing KaaS on an existing cluster."""
 from __future__ import annotations
 
+from .jupyter import ClusterState
 from .plugins import KaasWorkerPlugin, clear_cache_on_worker, set_exclusive_on_worker, stats_on_worker
 from .scheduler_ext import KaasSchedulerPlugin
 
@@ -18,9 +19,10 @@ def _scheduler_snapshot(dask_scheduler) -> dict:
     return plugin.snapshot()
 
 
-def cluster_state(client) -> dict:
+def cluster_state(client) -> ClusterState:
     """The scheduler's picture of the KaaS cluster, as of the last completed request on each worker.
 
+    A plain dict (a :class:`~dask_kaas.jupyter.ClusterState`, which only adds an HTML view for notebooks):
     ``{"policy", "workers": {address: {"cache": [{namespace, key, version, uid, bytes}], "capacity",
     "used", "pinned", "free", "queue", "queued_seconds", "counters"}}, "tenants": {tenant: {"submitted",
     "completed", "rejected", "failed", "gpu_seconds", "latency_p50", "latency_p99", "latency_mean"}},
@@ -28,7 +30,7 @@ def cluster_state(client) -> dict:
     (latencies in seconds, from submission to completion, seen by the scheduler; ``recent`` holds the
     latest requests, oldest first, as the workers reported them).
     """
-    return client.run_on_scheduler(_scheduler_snapshot)
+    return ClusterState(client.run_on_scheduler(_scheduler_snapshot))
 
 
 def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool = False) -> str:

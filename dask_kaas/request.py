@@ -496,6 +496,18 @@ class Request:
         n_iter = f", n_iter={self.n_iter}" if self.n_iter != 1 else ""
         return f"Request({kernels}{n_iter}{tenant})"
 
+    # -- notebooks (dask_kaas.jupyter) ----------------------------------------
+    def _repr_html_(self) -> str:
+        from .jupyter import request_html
+
+        return request_html(self)
+
+    def visualize(self, filename=None, format=None):
+        """The kernel/buffer dataflow graph: a ``graphviz.Digraph`` where Graphviz works, else SVG."""
+        from .jupyter import visualize_request
+
+        return visualize_request(self, filename=filename, format=format)
+
     def __reduce__(self):
         # Unpickling skips re-validation: a pickled request was valid when built.
         # The shape token travels too: the scheduler unpickles every task's request and needs it at once.
