@@ -5,7 +5,7 @@ import xml.dom.minidom
 
 import numpy as np
 import pytest
-from distributed import Client, progress
+from distributed import wait, Client, progress
 
 from helpers import matvec_request
 
@@ -148,7 +148,8 @@ def test_progress_on_kaas_futures(client, capsys):
     xs = [np.random.default_rng(i).standard_normal(N).astype(np.float32) for i in range(12)]
     futures = [client.submit(matvec_request("A", tenant=("nb1", "nb2")[i % 2]), x=x, pure=False)
                for i, x in enumerate(xs)]
-    progress(futures, notebook=False)  # blocks until all are done
+    progress(futures, notebook=False)  # blocks until the scheduler has them all done
+    wait(futures)  # the client learns of each completion a moment later
     assert all(f.status == "finished" for f in futures)
     assert "100% Completed" in capsys.readouterr().out
     for x, result in zip(xs, client.gather(futures)):
