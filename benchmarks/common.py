@@ -58,3 +58,29 @@ def interleaved(fns: dict, *, repeat: int = 5) -> dict:
             fn()
             runs[name].append(time.perf_counter() - start)
     return {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": t} for name, t in runs.items()}
+
+
+class WrongResult(AssertionError):
+    """A benchmark computed a wrong result: the run fails (exit status 1), whatever its speed."""
+
+
+def spread(values) -> dict:
+    """Median, min, max and the raw values of repeated measurements."""
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def save_plot(path: str, draw) -> str | None:
+    """Call ``draw(plt)`` and save a PNG at ``path`` with matplotlib; None (and nothing written) without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig = draw(plt)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
