@@ -1,0 +1,365 @@
+"""Contention: T tenants on W workers (T > W), naive Dask tasks vs KaaS, on one seeded request trace.
+
+Every tenant owns one const ``w`` (``const_mib`` MiB, float32, 1024 x n) in its
+own store namespace; a request is ``y = x @ w`` with a small batch ``x``
+(8 x 1024) passed in the call, so per request the const is far larger than the
+call's data and than the compute's output. Each worker's device holds
+``per_worker`` consts (3) plus room for one request's call buffers, so the
+tenants' consts together do not fit one worker, and (at T = 12, W = 4) just fit
+the cluster.
+
+Systems, all on the same workers of one ``LocalKaasCluster``, same trace:
+
+- ``naive``: a plain Python function submitted with ``client.submit`` (an
+  ordinary Dask task, no KaaS) that opens the store, reads the tenant's ``w``
+  with ``BufferStore(url).get("w", namespace=tenant)`` on every call and
+  computes ``x @ w`` with NumPy; its bytes loaded are the bytes it read;
+- ``static``, ``kaas-balance``, ``kaas-affinity``: the ``Request`` under the
+  scheduler policy ``static`` / ``balance`` / ``affinity``, switched with
+  ``set_policy(client, policy, clear_caches=True)`` (caches emptied, and the
+  scheduler's picture of them, before each run); bytes loaded and hit rate are
+  deltas of ``worker_stats``.
+
+Trace: ``requests`` requests, tenants drawn i.i.d. from a Zipf-like law
+``p(rank r) ~ 1/r**0.8`` with ranks shuffled over tenants, seeded (the same
+trace generator as ``benchmarks.placement``). At most ``window`` (2 per worker,
+the KaaS queue depth) requests in flight. Every result is checked against NumPy
+in float64; a wrong or failed result raises ``WrongResult``. Systems run
+interleaved, ``repeat`` times; figures are medians with min/max.
+
+Fairness: Jain's index ``(sum x)^2 / (T * sum x^2)`` over the tenants'
+``x_t = 1 / p50 latency of tenant t`` (a tenant's "speed"; 1.0 = every tenant
+sees the same median latency, 1/T = one tenant gets everything). Throughput per
+tenant normalised by its submitted share is not used: with a closed trace every
+tenant completes exactly what it submitted, so that index is 1 by construction.
+
+    python -m benchmarks.contention [--quick] [--device host]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import RESULTS, WrongResult, save_plot, spread, timeit, write_result
+
+F32 = 4
+K = 1024
+BATCH = 8
+ZIPF = 0.8
+SYSTEMS = ("naive", "static", "kaas-balance", "kaas-affinity")
+POLICY = {"static": "static", "kaas-balance": "balance", "kaas-affinity": "affinity"}
+COUNTERS = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store", "requests")
+
+# one entry per configuration; the last of the 8 MiB ones is the headline. The 32 MiB one makes loading weigh
+# more against the fixed per-request cost of a Dask task, to show which way the ratio moves.
+FULL = [{"workers": 4, "tenants": 8, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+        {"workers": 4, "tenants": 12, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+        {"workers": 4, "tenants": 8, "requests": 240, "repeat": 3, "const_mib": 32, "per_worker": 3}]
+QUICK = [{"workers": 2, "tenants": 4, "requests": 120, "repeat": 3, "const_mib": 8, "per_worker": 3}]
+HEADLINE = {"full": 1, "quick": 0}
+
+_STORES: dict = {}
+
+
+# ------------------------------------------------------------------ the naive baseline (runs on a worker)
+def naive_matmul(url: str, tenant: str, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Plain Dask task: read the tenant's weights from the store on every call, then ``x @ w`` in NumPy."""
+    from dask_kaas.store import BufferStore
+
+    store = _STORES.get(url)
+    if store is None:  # the store object (not its data) is reused, as a long-lived service would
+        store = _STORES[url] = BufferStore(url)
+    w = store.get("w", namespace=tenant)
+    return np.matmul(x, w), int(w.nbytes)
+
+
+# ------------------------------------------------------------------ running a trace
+def jain(values) -> float:
+    values = np.asarray(list(values), dtype=float)
+    return float(values.sum() ** 2 / (len(values) * (values ** 2).sum())) if len(values) else float("nan")
+
+
+def _totals(client) -> dict:
+    from dask_kaas import worker_stats
+
+    return {addr: {k: s.get(k, 0) for k in COUNTERS} for addr, s in worker_stats(client).items()}
+
+
+def run_trace(client, jobs, system: str, *, window: int, url: str) -> dict:
+    """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result."""
+    from distributed import as_completed
+
+    before = _totals(client) if system != "naive" else None
+    n = len(jobs)
+    submitted, latencies = [0.0] * n, [0.0] * n
+    index, wrong, failed = {}, [], []
+    naive_bytes = 0
+    it = iter(range(n))
+    stream = as_completed()
+
+    def submit_next():
+        i = next(it, None)
+        if i is None:
+            return
+        tenant, request, x, _ = jobs[i]
+        submitted[i] = time.perf_counter()
+        if system == "naive":
+            future = client.submit(naive_matmul, url, tenant, x, pure=False)
+        else:
+            future = client.submit(request, pure=False, x=x)
+        index[future.key] = i
+        stream.add(future)
+
+    start = time.perf_counter()
+    for _ in range(window):
+        submit_next()
+    for future in stream:
+        i = index.pop(future.key)
+        latencies[i] = time.perf_counter() - submitted[i]
+        submit_next()
+        try:
+            out = future.result()
+            if system == "naive":
+                got, nbytes = out
+                naive_bytes += nbytes
+            else:
+                got = out["y"]
+            if got.shape != jobs[i][3].shape or not np.allclose(got, jobs[i][3], rtol=1e-3, atol=1e-3):
+                wrong.append(i)
+        except Exception as e:  # reported, and fails the run below
+            failed.append((i, repr(e)))
+    elapsed = time.perf_counter() - start
+    if wrong or failed:
+        raise WrongResult(f"{system}: {len(wrong)} wrong and {len(failed)} failed results of {n} "
+                          f"(first: {wrong[:3]} {failed[:3]})")
+
+    lat = np.array(latencies) * 1e3
+    tenants = sorted({j[0] for j in jobs})
+    per_tenant_p50 = {t: float(np.median([lat[i] for i in range(n) if jobs[i][0] == t])) for t in tenants}
+    result = {
+        "elapsed_s": elapsed,
+        "throughput_rps": n / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "per_tenant_p50_ms": per_tenant_p50,
+        "fairness_jain": jain(1.0 / v for v in per_tenant_p50.values()),
+    }
+    if system == "naive":
+        result.update(bytes_from_store=naive_bytes, hits=0, misses=n, hit_rate=0.0)
+    else:
+        after = _totals(client)
+        delta = {k: sum(after[a][k] - before.get(a, {}).get(k, 0) for a in after) for k in COUNTERS}
+        lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
+        result.update(bytes_from_store=int(delta["bytes_from_store"]), hits=int(delta["hits"]),
+                      misses=int(lookups - delta["hits"]), hit_rate=delta["hits"] / lookups if lookups else 0.0,
+                      requests_per_worker=sorted((after[a]["requests"] - before.get(a, {}).get("requests", 0)
+                                                  for a in after), reverse=True))
+    return result
+
+
+def _prepare(client, system: str) -> None:
+    """Set the system's policy and empty every cache (naive: too, so that no system inherits another's state)."""
+    from benchmarks.placement import reset
+
+    reset(client, POLICY.get(system, "balance"))
+
+
+# ------------------------------------------------------------------ one configuration
+def measure_config(*, device: str, workers: int, tenants: int, requests: int, repeat: int, const_mib: int,
+                   per_worker: int, seed: int = 0, log=print) -> dict:
+    from distributed import Client
+
+    from benchmarks.placement import make_trace, matmul_request
+    from dask_kaas import LocalKaasCluster
+    from dask_kaas.store import BufferStore
+
+    const_bytes = const_mib * 2**20
+    n = const_bytes // (K * F32)
+    call_bytes = 2 * BATCH * max(K, n) * F32
+    cap = per_worker * const_bytes + max(2**20, 4 * call_bytes)
+    window = 2 * workers
+    trace, popularity = make_trace(requests, tenants, ZIPF, seed)
+    rng = np.random.default_rng(seed + 1)
+    root = tempfile.mkdtemp(prefix="kaas-contention-")
+    try:
+        url = f"file://{root}/store"
+        store = BufferStore(url)
+        names = [f"tenant-{t:02d}" for t in range(tenants)]
+        weights, reqs = [], []
+        for name in names:
+            w = (rng.standard_normal((K, n)) / np.sqrt(K)).astype(np.float32)
+            store.put("w", w, namespace=name)
+            weights.append(w)
+            reqs.append(matmul_request(K, n, BATCH, name))
+        jobs = []
+        for t in trace:
+            x = rng.standard_normal((BATCH, K)).astype(np.float32)
+            jobs.append((names[t], reqs[t], x, (x.astype(np.float64) @ weights[t]).astype(np.float32)))
+
+        # what one request costs in this process, for reading the figures: a store load vs the compute
+        x0 = jobs[0][2]
+        local = {
+            "store_get_ms": timeit(lambda: store.get("w", namespace=names[0]), repeat=9)["median"] * 1e3,
+            "matmul_ms": timeit(lambda: np.matmul(x0, weights[0]), repeat=9)["median"] * 1e3,
+        }
+
+        runs = {s: [] for s in SYSTEMS}
+        with LocalKaasCluster(n_workers=workers, device=device, device_memory=cap, store=store,
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
+            # warm up (not counted): imports, kernel modules, the scheduler's runtime model
+            for system in SYSTEMS:
+                _prepare(client, system)
+                run_trace(client, jobs[: min(4 * window, len(jobs))], system, window=window, url=url)
+            for rep in range(repeat):
+                for system in SYSTEMS:
+                    _prepare(client, system)
+                    r = run_trace(client, jobs, system, window=window, url=url)
+                    runs[system].append(r)
+                    log(f"  W={workers} T={tenants} {system:<13} run {rep + 1}: {r['throughput_rps']:6.1f} req/s, "
+                        f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms, hit {r['hit_rate']:6.1%}, "
+                        f"loaded {r['bytes_from_store'] / 2**20:6.0f} MiB, Jain {r['fairness_jain']:.3f}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    keys = ("throughput_rps", "p50_ms", "p99_ms", "bytes_from_store", "hit_rate", "fairness_jain")
+    summary = {s: {k: spread(r[k] for r in rs) for k in keys} for s, rs in runs.items()}
+    aff, naive = summary["kaas-affinity"], summary["naive"]
+    ratios = {
+        "affinity_over_naive_throughput": aff["throughput_rps"]["median"] / naive["throughput_rps"]["median"],
+        "naive_over_affinity_p50": naive["p50_ms"]["median"] / aff["p50_ms"]["median"],
+        "naive_over_affinity_p99": naive["p99_ms"]["median"] / aff["p99_ms"]["median"],
+        "affinity_over_static_throughput": aff["throughput_rps"]["median"]
+        / summary["static"]["throughput_rps"]["median"],
+        "naive_over_affinity_bytes": (naive["bytes_from_store"]["median"] / aff["bytes_from_store"]["median"]
+                                      if aff["bytes_from_store"]["median"] else float("inf")),
+    }
+    return {
+        "parameters": {
+            "workers": workers, "tenants": tenants, "requests": requests, "repeat": repeat, "window": window,
+            "const_bytes": const_bytes, "consts_per_worker": per_worker, "capacity_bytes": cap,
+            "request": f"y({BATCH}x{n}) = x({BATCH}x{K}) @ w({K}x{n}) float32; KaaS: one builtin sgemm",
+            "trace": f"tenants i.i.d., p(rank r) ~ 1/r**{ZIPF}, ranks shuffled over tenants, seed {seed}",
+            "tenant_popularity": dict(zip(names, popularity)),
+            "store": "file:// BufferStore in a temp dir (page cache warm after the first read)",
+        },
+        "local_cost_per_request": local,
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratios,
+        "target_affinity_10x_naive_throughput": ratios["affinity_over_naive_throughput"] >= 10.0,
+    }
+
+
+# ------------------------------------------------------------------ suite entry points
+def _check_device(device: str) -> str:
+    from dask_kaas.device import gpu_count, resolve_kind
+
+    kind = resolve_kind(device)
+    if kind == "cuda" and gpu_count() == 0:
+        raise RuntimeError("--device cuda: no CUDA device answers here (is CuPy installed for this CUDA version?)")
+    return kind
+
+
+def _plot(configs: list[dict], path: str) -> str | None:
+    def draw(plt):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        width = 0.8 / len(configs)
+        xs = np.arange(len(SYSTEMS))
+        for j, c in enumerate(configs):
+            p = c["parameters"]
+            label = f"W={p['workers']} T={p['tenants']} {p['const_bytes'] >> 20} MiB"
+            for ax, key, scale in ((axes[0], "throughput_rps", 1), (axes[1], "p50_ms", 1),
+                                   (axes[2], "bytes_from_store", 2**-20)):
+                med = np.array([c["summary"][s][key]["median"] for s in SYSTEMS]) * scale
+                lo = med - np.array([c["summary"][s][key]["min"] for s in SYSTEMS]) * scale
+                hi = np.array([c["summary"][s][key]["max"] for s in SYSTEMS]) * scale - med
+                ax.bar(xs + (j - (len(configs) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=3, label=label)
+        for ax, title in zip(axes, ("throughput (req/s)", "p50 latency (ms)", "MiB loaded from the store")):
+            ax.set_xticks(xs, SYSTEMS, rotation=15)
+            ax.set_title(title)
+        axes[0].legend(fontsize=8)
+        return fig
+
+    return save_plot(path, draw)
+
+
+def run(device: str = "auto", quick: bool = False, log=print) -> dict:
+    kind = _check_device(device)
+    params = QUICK if quick else FULL
+    name = f"contention-{device}" + ("-quick" if quick else "")
+    started = time.perf_counter()
+    configs = [measure_config(device=device, log=log, **c) for c in params]
+    headline = configs[HEADLINE["quick" if quick else "full"]]
+    payload = {
+        "suite": "contention",
+        "device": kind,
+        "device_requested": device,
+        "quick": quick,
+        "parameters": {"configs": params, "systems": list(SYSTEMS), "zipf_s": ZIPF, "batch": BATCH,
+                       "fairness": "Jain's index over tenants of 1 / (tenant's p50 latency)"},
+        "configs": configs,
+        "headline": {
+            "config": {k: headline["parameters"][k] for k in ("workers", "tenants", "requests", "const_bytes")},
+            "table": {s: {k: headline["summary"][s][k]["median"] for k in headline["summary"][s]} for s in SYSTEMS},
+            "ratios": headline["ratios"],
+            "paper_claim": "up to 50x throughput and 16x lower latency than static GPU allocation "
+                           "(Pemberton et al., arXiv:2212.08146)",
+            "target_affinity_10x_naive_throughput": headline["target_affinity_10x_naive_throughput"],
+        },
+        "wall_s": time.perf_counter() - started,
+    }
+    png = os.path.join(RESULTS, f"{name}.png")
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    plotted = _plot(configs, png)
+    payload["plot"] = os.path.basename(plotted) if plotted else None
+    if plotted is None:
+        payload["plot_note"] = "matplotlib is not installed: no plot"
+    payload["path"] = write_result(name, payload)
+    return payload
+
+
+def _print_table(payload: dict) -> None:
+    for c in payload["configs"]:
+        p = c["parameters"]
+        print(f"\nW={p['workers']} T={p['tenants']} const {p['const_bytes'] >> 20} MiB ({p['requests']} requests, window {p['window']}, "
+              f"medians of {p['repeat']}); in-process: store get {c['local_cost_per_request']['store_get_ms']:.2f} ms, "
+              f"matmul {c['local_cost_per_request']['matmul_ms']:.2f} ms")
+        print(f"{'system':<14}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'loaded MiB':>12}{'hit rate':>10}{'Jain':>7}")
+        for s in SYSTEMS:
+            m = {k: v["median"] for k, v in c["summary"][s].items()}
+            print(f"{s:<14}{m['throughput_rps']:>8.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                  f"{m['bytes_from_store'] / 2**20:>12.0f}{m['hit_rate']:>10.1%}{m['fairness_jain']:>7.3f}")
+        r = c["ratios"]
+        print(f"affinity/naive throughput {r['affinity_over_naive_throughput']:.2f}x (target >= 10x: "
+              f"{'met' if c['target_affinity_10x_naive_throughput'] else 'MISSED'}), naive/affinity p50 "
+              f"{r['naive_over_affinity_p50']:.2f}x, p99 {r['naive_over_affinity_p99']:.2f}x; "
+              f"affinity/static throughput {r['affinity_over_static_throughput']:.2f}x")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="W=2, T=4, 120 requests")
+    parser.add_argument("--device", default="auto", choices=("auto", "host", "cuda"))
+    args = parser.parse_args(argv)
+    try:
+        payload = run(args.device, args.quick)
+    except WrongResult as e:
+        print(f"WRONG RESULT: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_table(payload)
+    print(f"written: {payload['path']}" + (f" and {payload['plot']}" if payload["plot"] else " (no plot)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
