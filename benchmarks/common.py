@@ -9,7 +9,34 @@ import statistics
 import time
 from importlib import metadata
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+RESULTS = os.path.join(os.path.dirname(__file__), "results")  # the default; KAAS_BENCH_RESULTS overrides it
+
+
+def results_dir() -> str:
+    """Where results go: ``$KAAS_BENCH_RESULTS`` when set (tests point it at a temporary directory), else RESULTS."""
+    path = os.environ.get("KAAS_BENCH_RESULTS") or RESULTS
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def result_name(suite: str, device: str, quick: bool) -> str:
+    """``<suite>-<device>[-quick]``: the file name (without extension) of a suite's JSON and plots."""
+    return f"{suite}-{device}" + ("-quick" if quick else "")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` where a GPU answers, else ``host``; ``cuda`` without a GPU fails clearly."""
+    from dask_kaas.device import gpu_count
+
+    if device not in ("auto", "host", "cuda"):
+        raise ValueError(f"--device must be auto, host or cuda, got {device!r}")
+    if device == "host":
+        return "host"
+    gpus = gpu_count()
+    if device == "cuda" and gpus == 0:
+        raise RuntimeError("--device cuda, but no CUDA GPU answers here (is CuPy installed for this CUDA "
+                           "version, and is a GPU visible?); use --device host or auto")
+    return "cuda" if gpus else "host"
 
 
 def machine() -> dict:
@@ -42,8 +69,7 @@ def timeit(fn, *, repeat: int = 5, setup=None) -> dict:
 
 
 def write_result(name: str, payload: dict) -> str:
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{name}.json")
+    path = os.path.join(results_dir(), f"{name}.json")
     with open(path, "w") as f:
         json.dump({"machine": machine(), **payload}, f, indent=2, default=str)
     return path
@@ -84,3 +110,36 @@ def save_plot(path: str, draw) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+class local_kaas_cluster:
+    """``with local_kaas_cluster(device) as (cluster, client):`` a LocalKaasCluster on a temporary file store.
+
+    host: 2 host-device workers; cuda: one worker per GPU. The store directory is removed afterwards.
+    """
+
+    def __init__(self, device: str, *, n_workers: int | None = None, **kwargs):
+        self.device, self.n_workers, self.kwargs = device, n_workers, kwargs
+
+    def __enter__(self):
+        import tempfile
+
+        from distributed import Client
+
+        from dask_kaas import LocalKaasCluster
+
+        self._root = tempfile.mkdtemp(prefix="kaas-bench-store-")
+        n = self.n_workers if self.n_workers is not None else (2 if self.device == "host" else None)
+        self.cluster = LocalKaasCluster(n_workers=n, device=self.device, dashboard_address=":0",
+                                        store=f"file://{self._root}", **self.kwargs)
+        self.client = Client(self.cluster)
+        return self.cluster, self.client
+
+    def __exit__(self, *exc):
+        import shutil
+
+        try:
+            self.client.close()
+            self.cluster.close()
+        finally:
+            shutil.rmtree(self._root, ignore_errors=True)

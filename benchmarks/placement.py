@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import results_dir, write_result
 from dask_kaas import (BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, cluster_state, set_policy,
                        worker_stats)
 from dask_kaas.store import BufferStore
@@ -528,7 +528,7 @@ def main(argv=None):
     results["source"] = _source()
     if args.note:
         results["note"] = args.note
-    png = os.path.join(RESULTS, f"{name}.png")
+    png = os.path.join(results_dir(), f"{name}.png")
     results["plot"] = plot(results, png) and os.path.basename(png)
     if results["plot"] is None:
         results["plot_note"] = "matplotlib is not installed: no plot"
