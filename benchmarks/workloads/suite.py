@@ -14,7 +14,8 @@ Per workload, on one LocalKaasCluster (host: 2 workers; cuda: one per GPU):
 
 ``KAAS_BENCH_CORRUPT=<workload>[,<workload>]`` stores a corrupted copy of one
 const of that workload (one element changed) after setup while the reference
-keeps the true value: the run must fail; the tests use it.
+keeps the true value (the smallest const, element 0 + 100): the run must fail;
+the tests use it.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def seed_store(store, w) -> None:
     for name, value in w.stored_consts().items():
         store.put(w.key(name), value, namespace=w.tenant)
     if w.name in corrupted():
-        name, value = next(iter(w.stored_consts().items()))
+        # the smallest const (mlp: the hidden bias b1, whose element 0 feeds every input's logits), element 0
+        name, value = min(w.stored_consts().items(), key=lambda kv: kv[1].size)
         bad = value.copy()
         bad.reshape(-1)[0] += np.float32(100.0)
         store.put(w.key(name), bad, namespace=w.tenant)
