@@ -150,6 +150,7 @@ def run_trace(client, jobs, system: str, *, window: int, url: str) -> dict:
         "p99_ms": float(np.percentile(lat, 99)),
         "per_tenant_p50_ms": per_tenant_p50,
         "fairness_jain": jain(1.0 / v for v in per_tenant_p50.values()),
+        "loadavg_1m_after": os.getloadavg()[0],
     }
     if system == "naive":
         result.update(bytes_from_store=naive_bytes, hits=0, misses=n, hit_rate=0.0)
@@ -297,6 +298,7 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
     started = time.perf_counter()
     configs = [measure_config(device=device, log=log, **c) for c in params]
     headline = configs[HEADLINE["quick" if quick else "full"]]
+    loads = [r["loadavg_1m_after"] for c in configs for rs in c["runs"].values() for r in rs]
     payload = {
         "suite": "contention",
         "device": kind,
@@ -314,6 +316,11 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
             "target_affinity_10x_naive_throughput": headline["target_affinity_10x_naive_throughput"],
         },
         "wall_s": time.perf_counter() - started,
+        "machine_load": {
+            "loadavg_1m_after_each_run": spread(loads),
+            "note": "this benchmark alone keeps both cores busy (W worker processes + scheduler and client); "
+                    "a 1-minute load average well above W + 1 means something else ran beside it, and its "
+                    "figures are noisier than their spread suggests"},
     }
     png = os.path.join(RESULTS, f"{name}.png")
     os.makedirs(os.path.dirname(png), exist_ok=True)
