@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import RESULTS, WrongResult, save_plot, spread, timeit, write_result
+from benchmarks.common import WrongResult, resolve_device, result_name, results_dir, save_plot, spread, timeit, write_result
 
 F32 = 4
 K = 1024
@@ -259,15 +259,6 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
 
 
 # ------------------------------------------------------------------ suite entry points
-def _check_device(device: str) -> str:
-    from dask_kaas.device import gpu_count, resolve_kind
-
-    kind = resolve_kind(device)
-    if kind == "cuda" and gpu_count() == 0:
-        raise RuntimeError("--device cuda: no CUDA device answers here (is CuPy installed for this CUDA version?)")
-    return kind
-
-
 def _plot(configs: list[dict], path: str) -> str | None:
     def draw(plt):
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -292,9 +283,9 @@ def _plot(configs: list[dict], path: str) -> str | None:
 
 
 def run(device: str = "auto", quick: bool = False, log=print) -> dict:
-    kind = _check_device(device)
+    kind = resolve_device(device)
     params = QUICK if quick else FULL
-    name = f"contention-{device}" + ("-quick" if quick else "")
+    name = result_name("contention", device, quick)
     started = time.perf_counter()
     configs = [measure_config(device=device, log=log, **c) for c in params]
     headline = configs[HEADLINE["quick" if quick else "full"]]
@@ -322,8 +313,7 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
                     "a 1-minute load average well above W + 1 means something else ran beside it, and its "
                     "figures are noisier than their spread suggests"},
     }
-    png = os.path.join(RESULTS, f"{name}.png")
-    os.makedirs(os.path.dirname(png), exist_ok=True)
+    png = os.path.join(results_dir(), f"{name}.png")  # beside the JSON (KAAS_BENCH_RESULTS when set)
     plotted = _plot(configs, png)
     payload["plot"] = os.path.basename(plotted) if plotted else None
     if plotted is None:

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import RESULTS, WrongResult, save_plot, spread, write_result
+from benchmarks.common import WrongResult, resolve_device, result_name, results_dir, save_plot, spread, write_result
 
 N = 256
 WINDOW = 16
@@ -176,15 +176,6 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
     return {"cells": cells, "plain_dask": plain}
 
 
-def _check_device(device: str) -> str:
-    from dask_kaas.device import gpu_count, resolve_kind
-
-    kind = resolve_kind(device)
-    if kind == "cuda" and gpu_count() == 0:
-        raise RuntimeError("--device cuda: no CUDA device answers here (is CuPy installed for this CUDA version?)")
-    return kind
-
-
 def _plot(result: dict, path: str) -> str | None:
     def draw(plt):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -209,9 +200,9 @@ def _plot(result: dict, path: str) -> str | None:
 
 
 def run(device: str = "auto", quick: bool = False, log=print) -> dict:
-    kind = _check_device(device)
+    kind = resolve_device(device)
     params = QUICK if quick else FULL
-    name = f"scale-{device}" + ("-quick" if quick else "")
+    name = result_name("scale", device, quick)
     started = time.perf_counter()
     result = measure(device=device, log=log, **params)
     payload = {
@@ -232,8 +223,7 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
                                                 for r in c["runs"]),
             "note": "a 1-minute load average well above W + 1 means something else ran beside the benchmark"},
     }
-    png = os.path.join(RESULTS, f"{name}.png")
-    os.makedirs(os.path.dirname(png), exist_ok=True)
+    png = os.path.join(results_dir(), f"{name}.png")  # beside the JSON (KAAS_BENCH_RESULTS when set)
     plotted = _plot(payload, png)
     payload["plot"] = os.path.basename(plotted) if plotted else None
     if plotted is None:
