@@ -51,6 +51,12 @@ class FairDispatcher:
         queue.append(key)
         self._held += 1
 
+    def charge(self, tenant: str, cost: float) -> None:
+        """Account a task dispatched without waiting in the queue."""
+        if not self.queues.get(tenant):
+            self.service[tenant] = max(self.service.get(tenant, 0.0), self._floor())
+        self.service[tenant] += max(cost, MIN_COST) / self.weight(tenant)
+
     def held(self, tenant: str) -> int:
         return len(self.queues.get(tenant, ()))
 

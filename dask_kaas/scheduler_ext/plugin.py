@@ -185,6 +185,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     # ------------------------------------------------------------- new tasks
     def update_graph(self, scheduler, *, client: str, tasks: list, **kwargs) -> None:
         now = time.time()
+        free: dict[str, int] = {}  # free slots per worker, read once the first task needs them
         for key in tasks:
             ts = scheduler.tasks.get(key)
             if ts is None or key in self.tasks:
@@ -205,10 +206,30 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 task.pinned = self.static.worker_for(tenant, list(self.workers))
             if request.deadline is not None and not self._admit(scheduler, ts, task, request):
                 continue
+            if self._dispatch_now(ts, task, free):
+                continue
             ts.worker_restrictions = {HELD}  # parked in no-worker until _dispatch releases it
             ts.loose_restrictions = False
             self.dispatcher.hold(tenant, key)
         self._schedule_dispatch()
+
+    def _dispatch_now(self, ts, task: KaasTask, free: dict) -> bool:
+        """With nothing held and a slot free, a task goes straight to Dask's own scheduling: holding it
+        would only add a round through the event loop, and with no backlog there is nothing to be fair about."""
+        if len(self.dispatcher) or ts.dependencies:
+            return False
+        if not free:
+            free.update(self._free_slots() or {"": 0})
+        targets = [task.pinned] if task.pinned else [a for a, n in free.items() if a and n > 0]
+        target = next((a for a in targets if free.get(a, 0) > 0), None)
+        if target is None:
+            return False
+        free[target] -= 1
+        self.dispatcher.charge(task.tenant, task.estimate)
+        if task.pinned:
+            ts.worker_restrictions = {task.pinned}
+            ts.loose_restrictions = False
+        return True
 
     # --------------------------------------------------------------- dispatch
     def _schedule_dispatch(self) -> None:
