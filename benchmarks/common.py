@@ -143,3 +143,25 @@ class local_kaas_cluster:
             self.cluster.close()
         finally:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def suite_main(doc: str, quick_help: str, run, print_table, argv=None) -> int:
+    """The stand-alone command of a suite: ``--quick``, ``--device``; exit 1 on a wrong result, 2 on an error."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--device", default="auto", choices=("auto", "host", "cuda"))
+    args = parser.parse_args(argv)
+    try:
+        payload = run(args.device, args.quick)
+    except WrongResult as e:
+        print(f"WRONG RESULT: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_table(payload)
+    print(f"written: {payload['path']}" + (f" and {payload['plot']}" if payload["plot"] else " (no plot)"))
+    return 0

@@ -37,17 +37,16 @@ tenant completes exactly what it submitted, so that index is 1 by construction.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import WrongResult, resolve_device, result_name, results_dir, save_plot, spread, timeit, write_result
+from benchmarks.common import (WrongResult, resolve_device, result_name, results_dir, save_plot, spread, suite_main,
+                               timeit, write_result)
 
 F32 = 4
 K = 1024
@@ -341,21 +340,7 @@ def _print_table(payload: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="W=2, T=4, 120 requests")
-    parser.add_argument("--device", default="auto", choices=("auto", "host", "cuda"))
-    args = parser.parse_args(argv)
-    try:
-        payload = run(args.device, args.quick)
-    except WrongResult as e:
-        print(f"WRONG RESULT: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _print_table(payload)
-    print(f"written: {payload['path']}" + (f" and {payload['plot']}" if payload["plot"] else " (no plot)"))
-    return 0
+    return suite_main(__doc__, "W=2, T=4, 120 requests", run, _print_table, argv)
 
 
 if __name__ == "__main__":

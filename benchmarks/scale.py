@@ -28,17 +28,16 @@ Each cell repeated ``repeat`` times (3): medians with min/max.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-from benchmarks.common import WrongResult, resolve_device, result_name, results_dir, save_plot, spread, write_result
+from benchmarks.common import (WrongResult, resolve_device, result_name, results_dir, save_plot, spread, suite_main,
+                               write_result)
 
 N = 256
 WINDOW = 16
@@ -244,21 +243,7 @@ def _print_table(payload: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="workers (1, 2) x tenants (1, 4), 120 requests")
-    parser.add_argument("--device", default="auto", choices=("auto", "host", "cuda"))
-    args = parser.parse_args(argv)
-    try:
-        payload = run(args.device, args.quick)
-    except WrongResult as e:
-        print(f"WRONG RESULT: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _print_table(payload)
-    print(f"written: {payload['path']}" + (f" and {payload['plot']}" if payload["plot"] else " (no plot)"))
-    return 0
+    return suite_main(__doc__, "workers (1, 2) x tenants (1, 4), 120 requests", run, _print_table, argv)
 
 
 if __name__ == "__main__":

@@ -245,7 +245,10 @@ def test_admission_control_under_twice_the_sustainable_load(cluster, client):
           f"{len(admitted_latency)} admitted, {len(rejected)} rejected, {met:.1%} of admitted met the deadline")
     assert rejected, "overload must lead to rejections"
     assert len(admitted_latency) >= 0.3 * i
-    assert met >= 0.95
+    order = sorted(submitted_at, key=submitted_at.get)
+    misses = [(order.index(f), round(finished_at[f.key] - submitted_at[f], 3)) for f in order
+              if f.status == "finished" and finished_at[f.key] - submitted_at[f] > deadline]
+    assert met >= 0.95, f"deadline {deadline:.3f} s; misses (submission index, latency): {misses}"
     assert np.median(rejected) < deadline  # rejected at once, not after queueing
     state = cluster_state(client)["tenants"]["slo"]
     assert state["rejected"] == len(rejected)

@@ -11,7 +11,7 @@ ALPHA = 0.3  # weight of the newest observation in the moving averages
 CALIBRATION_WINDOW = 200
 CALIBRATION_MIN = 5
 CALIBRATION_PRIOR = 1.5  # until it has seen how its predictions fare, admission assumes they are optimistic
-CALIBRATION_QUANTILE = 0.98
+CALIBRATION_QUANTILE = 0.99
 
 
 def _ewma(old: float | None, new: float) -> float:

@@ -87,7 +87,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.tenants: dict[str, TenantStats] = {}
         self.model = RuntimeModel()
         self.static = StaticAssignment()
-        self.margin = float(config.get("scheduler.admission-margin") or 0.9)
+        self.margin = float(config.get("scheduler.admission-margin") or 0.85)
         # Moving a tenant also spreads its consts over more caches; make a move pay for that.
         self.stickiness = float(config.get("scheduler.stickiness") or 1.0)
         self.dispatcher = FairDispatcher(int(config.get("scheduler.queue-depth") or 2),
