@@ -176,7 +176,7 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
                    per_worker: int, seed: int = 0, log=print) -> dict:
     from distributed import Client
 
-    from benchmarks.placement import make_trace, matmul_request
+    from benchmarks.placement import make_trace, seed_tenants
     from dask_kaas import LocalKaasCluster
     from dask_kaas.store import BufferStore
 
@@ -191,17 +191,7 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
     try:
         url = f"file://{root}/store"
         store = BufferStore(url)
-        names = [f"tenant-{t:02d}" for t in range(tenants)]
-        weights, reqs = [], []
-        for name in names:
-            w = (rng.standard_normal((K, n)) / np.sqrt(K)).astype(np.float32)
-            store.put("w", w, namespace=name)
-            weights.append(w)
-            reqs.append(matmul_request(K, n, BATCH, name))
-        jobs = []
-        for t in trace:
-            x = rng.standard_normal((BATCH, K)).astype(np.float32)
-            jobs.append((names[t], reqs[t], x, (x.astype(np.float64) @ weights[t]).astype(np.float32)))
+        names, weights, jobs = seed_tenants(store, rng, tenants, trace, K, n, BATCH)
 
         # what one request costs in this process, for reading the figures: a store load vs the compute
         x0 = jobs[0][2]

@@ -70,6 +70,23 @@ def matmul_request(k: int, n: int, batch: int, tenant: str) -> Request:
     return Request([kernel], tenant=tenant)
 
 
+def seed_tenants(store, rng, n_tenants: int, trace, k: int, n: int, batch: int):
+    """Each tenant's const ``w`` (k x n) in its namespace, and one job per trace entry:
+    ``(tenant, request, x, expected y)``. Returns ``(names, weights, jobs)``."""
+    names = [f"tenant-{t:02d}" for t in range(n_tenants)]
+    weights, requests = [], []
+    for name in names:
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        store.put("w", w, namespace=name)
+        weights.append(w)
+        requests.append(matmul_request(k, n, batch, name))
+    jobs = []
+    for t in trace:
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        jobs.append((names[t], requests[t], x, (x.astype(np.float64) @ weights[t]).astype(np.float32)))
+    return names, weights, jobs
+
+
 def make_trace(n_requests: int, n_tenants: int, zipf: float, seed: int) -> tuple[list[int], list[float]]:
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, n_tenants + 1) ** zipf
@@ -334,17 +351,7 @@ def measure(args) -> dict:
     root = tempfile.mkdtemp(prefix="kaas-placement-")
     try:
         store = BufferStore(f"file://{root}/store")
-        names = [f"tenant-{t:02d}" for t in range(args.tenants)]
-        weights, requests = [], []
-        for name in names:
-            w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-            store.put("w", w, namespace=name)
-            weights.append(w)
-            requests.append(matmul_request(k, n, batch, name))
-        jobs = []
-        for t in trace:
-            x = rng.standard_normal((batch, k)).astype(np.float32)
-            jobs.append((names[t], requests[t], x, (x.astype(np.float64) @ weights[t]).astype(np.float32)))
+        names, weights, jobs = seed_tenants(store, rng, args.tenants, trace, k, n, batch)
 
         from distributed import Client
 
