@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -47,6 +46,7 @@ import numpy as np
 
 from benchmarks.common import (WrongResult, resolve_device, result_name, results_dir, save_plot, spread, suite_main,
                                timeit, write_result)
+from dask_kaas.demo import run_windowed
 
 F32 = 4
 K = 1024
@@ -93,36 +93,21 @@ def _totals(client) -> dict:
 
 def run_trace(client, jobs, system: str, *, window: int, url: str) -> dict:
     """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result."""
-    from distributed import as_completed
-
     before = _totals(client) if system != "naive" else None
     n = len(jobs)
-    submitted, latencies = [0.0] * n, [0.0] * n
-    index, wrong, failed = {}, [], []
+    latencies = [0.0] * n
+    wrong, failed = [], []
     naive_bytes = 0
-    it = iter(range(n))
-    stream = as_completed()
 
-    def submit_next():
-        i = next(it, None)
-        if i is None:
-            return
+    def submit(i):
         tenant, request, x, _ = jobs[i]
-        submitted[i] = time.perf_counter()
         if system == "naive":
-            future = client.submit(naive_matmul, url, tenant, x, pure=False)
-        else:
-            future = client.submit(request, pure=False, x=x)
-        index[future.key] = i
-        stream.add(future)
+            return client.submit(naive_matmul, url, tenant, x, pure=False)
+        return client.submit(request, pure=False, x=x)
 
-    start = time.perf_counter()
-    for _ in range(window):
-        submit_next()
-    for future in stream:
-        i = index.pop(future.key)
-        latencies[i] = time.perf_counter() - submitted[i]
-        submit_next()
+    def done(i, future, latency):
+        nonlocal naive_bytes
+        latencies[i] = latency
         try:
             out = future.result()
             if system == "naive":
@@ -134,7 +119,8 @@ def run_trace(client, jobs, system: str, *, window: int, url: str) -> dict:
                 wrong.append(i)
         except Exception as e:  # reported, and fails the run below
             failed.append((i, repr(e)))
-    elapsed = time.perf_counter() - start
+
+    elapsed = run_windowed(client, n, submit, done, window=window)
     if wrong or failed:
         raise WrongResult(f"{system}: {len(wrong)} wrong and {len(failed)} failed results of {n} "
                           f"(first: {wrong[:3]} {failed[:3]})")

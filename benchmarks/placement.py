@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks.common import results_dir, write_result
 from dask_kaas import (BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, cluster_state, set_policy,
                        worker_stats)
+from dask_kaas.demo import run_windowed
 from dask_kaas.store import BufferStore
 
 F32 = 4
@@ -256,42 +257,26 @@ def _totals(stats: dict) -> dict:
 
 def run_trace(client, jobs, *, window: int, record_workers: bool = False) -> dict:
     """Submit ``jobs`` (tenant, request, x, expected) with at most ``window`` in flight; check every result."""
-    from distributed import as_completed
-
     before = _totals(worker_stats(client))
     latencies = [0.0] * len(jobs)
-    submitted = [0.0] * len(jobs)
     keep, wrong, failed = [], [], []
-    index = {}
-    it = iter(range(len(jobs)))
-    stream = as_completed()
 
-    def submit_next():
-        i = next(it, None)
-        if i is None:
-            return
-        tenant, request, x, _ = jobs[i]
-        submitted[i] = time.perf_counter()
-        future = client.submit(request, pure=False, x=x)
-        index[future.key] = i
-        stream.add(future)
+    def submit(i):
+        future = client.submit(jobs[i][1], pure=False, x=jobs[i][2])
         if record_workers:
             keep.append(future)
+        return future
 
-    start = time.perf_counter()
-    for _ in range(window):
-        submit_next()
-    for future in stream:
-        i = index[future.key]
-        latencies[i] = time.perf_counter() - submitted[i]
-        submit_next()
+    def done(i, future, latency):
+        latencies[i] = latency
         try:
             got = future.result()["y"]
             if not np.allclose(got, jobs[i][3], rtol=1e-3, atol=1e-3):
                 wrong.append(i)
         except Exception as e:  # reported, and fails the run below
             failed.append((i, repr(e)))
-    elapsed = time.perf_counter() - start
+
+    elapsed = run_windowed(client, len(jobs), submit, done, window=window)
     if wrong or failed:
         raise RuntimeError(f"{len(wrong)} wrong and {len(failed)} failed results (first: {wrong[:3]} {failed[:3]})")
     workers = None

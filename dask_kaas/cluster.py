@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import copy
-import os
 
-from distributed import LocalCluster, Nanny
+from distributed import LocalCluster
 
 from .device import resolve_kind
 from .device.cuda import gpu_count

@@ -92,7 +92,6 @@ class Job:
     expected: np.ndarray
     rtol: float = 1e-4
     atol: float = 1e-5
-    submitted: float = 0.0
     latency: float = field(default=0.0)
 
     def check(self, result: dict) -> bool:
@@ -145,34 +144,54 @@ def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, se
     return Workload(consts, [jobs[i] for i in order])
 
 
+def run_windowed(client, n: int, submit, on_done, *, window: int = 8) -> float:
+    """Run jobs ``0..n-1`` with at most ``window`` in flight; return the elapsed seconds.
+
+    ``submit(i)`` submits job ``i`` and returns its future; ``on_done(i, future, latency)`` is
+    called as each finishes (latency: submission to completion, seconds). A bounded window keeps
+    latency about service, not about one long queue.
+    """
+    from distributed import as_completed
+
+    jobs = iter(range(n))
+    index, submitted = {}, {}
+    stream = as_completed()
+
+    def submit_next():
+        i = next(jobs, None)
+        if i is not None:
+            submitted[i] = time.perf_counter()
+            future = submit(i)
+            index[future.key] = i
+            stream.add(future)
+
+    start = time.perf_counter()
+    for _ in range(window):
+        submit_next()
+    for future in stream:
+        i = index.pop(future.key)
+        latency = time.perf_counter() - submitted.pop(i)
+        submit_next()
+        on_done(i, future, latency)
+    return time.perf_counter() - start
+
+
 def run_workload(client, store, workload: Workload, *, window: int = 8, progress: bool = True) -> dict:
     """Seed the store, run every job with at most ``window`` in flight, check every result; return a report."""
-    from distributed import as_completed
     from tqdm import tqdm
 
     for (namespace, key), value in workload.consts.items():
         store.put(key, value, namespace=namespace)
-    start = time.perf_counter()
-    pending = iter(workload.jobs)
-    futures = {}
-
-    def submit_next():
-        job = next(pending, None)
-        if job is not None:
-            job.submitted = time.perf_counter()
-            future = client.submit(job.request, pure=False, **job.inputs)
-            futures[future] = job
-            stream.add(future)
-
-    stream = as_completed()
-    for _ in range(window):  # a bounded window keeps latency about service, not about one long queue
-        submit_next()
+    jobs = workload.jobs
     wrong, failed = [], []
-    bar = tqdm(total=len(workload.jobs), desc="requests", unit="req", disable=not progress, leave=False)
-    for future in stream:
-        job = futures.pop(future)
-        job.latency = time.perf_counter() - job.submitted
-        submit_next()
+    bar = tqdm(total=len(jobs), desc="requests", unit="req", disable=not progress, leave=False)
+
+    def submit(i):
+        return client.submit(jobs[i].request, pure=False, **jobs[i].inputs)
+
+    def done(i, future, latency):
+        job = jobs[i]
+        job.latency = latency
         try:
             ok = job.check(future.result())
         except Exception as e:  # a failed request is reported, never hidden
@@ -181,9 +200,10 @@ def run_workload(client, store, workload: Workload, *, window: int = 8, progress
         if ok is False:
             wrong.append(job.tenant)
         bar.update()
+
+    elapsed = run_windowed(client, len(jobs), submit, done, window=window)
     bar.close()
-    elapsed = time.perf_counter() - start
-    return {"elapsed": elapsed, "wrong": wrong, "failed": failed, "jobs": workload.jobs}
+    return {"elapsed": elapsed, "wrong": wrong, "failed": failed, "jobs": jobs}
 
 
 def summarize(report: dict, stats: dict[str, dict]) -> list[dict]:

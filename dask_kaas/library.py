@@ -491,7 +491,8 @@ class Library:
         constraints. The message names library, kernel and rule."""
         where = f"library {self.name!r} kernel {kernel!r}"
         try:
-            grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+            _dim3(grid, "grid")
+            block3 = _dim3(block, "block")
         except RequestError as e:
             raise RequestError(f"{where}: {e}") from None
         threads = block3[0] * block3[1] * block3[2]

@@ -29,7 +29,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
-import dask.config
 import fsspec
 import numpy as np
 

@@ -47,3 +47,19 @@ def s3_server():
 
     with s3server.aws_test_env(), s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint:
         yield "s3://kaas-test", s3server.storage_options(endpoint)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory):
+    """A file store of the test module's own."""
+    return f"file://{tmp_path_factory.mktemp('store')}"
+
+
+@pytest.fixture(scope="module")
+def cluster(store_url):
+    """Two host-device worker processes of 64 MiB each, shared by a test module."""
+    from dask_kaas import LocalKaasCluster
+
+    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store_url,
+                          dashboard_address=":0") as cluster:
+        yield cluster

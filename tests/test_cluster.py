@@ -16,18 +16,6 @@ F = 4
 N = 64
 
 
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory):
-    return f"file://{tmp_path_factory.mktemp('store')}"
-
-
-@pytest.fixture(scope="module")
-def cluster(store_url):
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store_url,
-                          dashboard_address=":0") as cluster:
-        yield cluster
-
-
 @pytest.fixture
 def client(cluster):
     with Client(cluster) as client:

@@ -10,7 +10,7 @@ from distributed import Client, as_completed, wait
 import dask_kaas
 from helpers import matvec_request
 
-from dask_kaas import (AdmissionRejected, BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request,
+from dask_kaas import (AdmissionRejected, BufferSpec, KernelSpec, Literal, Request,
                        cluster_state, set_policy, worker_stats)
 
 F = 4
@@ -40,18 +40,6 @@ def ran_on(client, futures):
     """The worker address each (finished, still referenced) future's result lives on."""
     who = client.who_has(futures)
     return [next(iter(who[f.key])) for f in futures]
-
-
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory):
-    return f"file://{tmp_path_factory.mktemp('sched-store')}"
-
-
-@pytest.fixture(scope="module")
-def cluster(store_url):
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store_url,
-                          dashboard_address=":0") as cluster:
-        yield cluster
 
 
 @pytest.fixture

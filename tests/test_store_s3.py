@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from dask_kaas import BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request
+from dask_kaas import LocalKaasCluster
 from dask_kaas.errors import StoreError, StoreKeyError
 from dask_kaas.store import BufferStore
 from helpers import matvec_request

@@ -184,7 +184,6 @@ def test_concurrent_writer_processes_leave_exactly_one_value(tmp_path):
 
 def _slow_put(url, key, marker):
     """Runs on a Dask worker: write a big buffer, but hang after the data, before the commit."""
-    from dask_kaas import store as store_mod
 
     store = BufferStore(url)
 
