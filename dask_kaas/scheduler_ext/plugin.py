@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from distributed import SchedulerPlugin
 from distributed.core import error_message
 
@@ -96,6 +97,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self._base_comm_cost = None
         self.decisions = 0  # placement objective evaluations, for the overhead benchmark
         self.recent: deque = deque(maxlen=RECENT_REQUESTS)  # the latest requests as workers reported them
+        self._admitted: dict = {}  # key -> KaasTask: admitted against a deadline and not finished yet
         try:  # before the scheduler (and its dashboard) exists, where this plugin is created first
             from ..dashboard import register_dashboard_page
 
@@ -307,14 +309,16 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                      if self.workers[a].service_interval]
         interval = min(intervals) if intervals else 0.0
         raw = wait + max(runtime, interval)
-        predicted = raw * self.model.calibration
+        calibration = max(self.model.calibration, self._running_late())
+        predicted = raw * calibration
         if predicted <= request.deadline * self.margin:
             task.predicted = raw
+            self._admitted[ts.key] = task
             return True
         self.tenants[task.tenant].rejected += 1
         error = AdmissionRejected(
             f"{request!r} would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(max(runtime, interval))}"
-            f"{f' x {self.model.calibration:.2f} calibration' if self.model.calibration != 1 else ''}), "
+            f"{f' x {calibration:.2f} calibration' if calibration != 1 else ''}), "
             f"too close to its deadline of {_ms(request.deadline)} (admission keeps a "
             f"{1 - self.margin:.0%} margin for dispatch and result transfer)",
             predicted, request.deadline,
@@ -325,6 +329,18 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         ts.loose_restrictions = False
         scheduler.loop.add_callback(self._fail, ts.key, error)
         return False
+
+    def _running_late(self) -> float:
+        """How far behind their predictions the admitted, unfinished requests already are: the 90th
+        percentile of elapsed / predicted (0 with fewer than a handful in flight).
+
+        Completed requests calibrate predictions only once they finish; when the workers slow down,
+        the requests still in flight show it first, so admission reacts before deadlines are missed.
+        """
+        if len(self._admitted) < 5:
+            return 0.0
+        now = time.time()
+        return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
 
     def _fail(self, key, error: AdmissionRejected) -> None:
         scheduler = self.scheduler
@@ -367,6 +383,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self.tenants[task.tenant].failed += 1
         if finish in ("memory", "erred", "forgotten"):
             self.tasks.pop(key, None)
+            self._admitted.pop(key, None)
 
     def _leave_worker(self, task: KaasTask) -> None:
         view = self.workers.get(task.worker) if task.worker else None
