@@ -80,16 +80,24 @@ def write_array(zstore, path: str, data: np.ndarray, local_root: str | None = No
         arr[...] = data
 
 
+def _raw_native_layout(meta, shape: tuple[int, ...], chunks: tuple[int, ...]) -> bool:
+    """Whether chunk files hold the array's raw native-endian bytes, chunked along axis 0 only.
+
+    That is the layout :func:`write_array` makes, and the one the local fast paths read and write.
+    """
+    codecs = getattr(meta, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or chunks[1:] != shape[1:]:
+        return False
+    endian = codecs[0].endian  # an Endian enum up to zarr 3.2, a plain string from zarr 3.3
+    return endian is None or getattr(endian, "value", endian) == sys.byteorder
+
+
 def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bool:
     """Write each chunk file of a freshly created local array from ``data``; False if the layout does not allow."""
     meta = arr.metadata
     shape = tuple(arr.shape)
     chunks = tuple(arr.chunks)
-    codecs = getattr(meta, "codecs", ())
-    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or chunks[1:] != shape[1:]:
-        return False
-    endian = codecs[0].endian
-    if endian is not None and endian.value != sys.byteorder:
+    if not _raw_native_layout(meta, shape, chunks):
         return False
     flat = memoryview(data.reshape(-1).view(np.uint8))
     chunk_bytes = math.prod(chunks) * data.dtype.itemsize
@@ -141,14 +149,8 @@ def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) 
     """
     meta = arr.metadata
     shape = tuple(arr.shape)
-    codecs = getattr(meta, "codecs", ())
-    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
-        return None
-    endian = codecs[0].endian
-    if endian is not None and endian.value != sys.byteorder:
-        return None
     chunks = tuple(arr.chunks)
-    if chunks[1:] != shape[1:]:
+    if not _raw_native_layout(meta, shape, chunks):
         return None
     out = np.empty(size, dtype=np.uint8)
     if size == 0:

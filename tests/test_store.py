@@ -211,6 +211,34 @@ def test_fast_local_read_matches_zarr(fstore, monkeypatch):
     np.testing.assert_array_equal(fstore.get("w"), arr[...])
 
 
+def test_fast_local_write_skips_zarrs_encoder(fstore, monkeypatch):
+    """Local writes go straight to the chunk files on every zarr release (zarr >= 3.3 made the endian a string)."""
+    def no_encode(self, *args, **kwargs):
+        raise AssertionError("zarr's own write path was used")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", no_encode)
+    x = np.arange(1000, dtype="f4").reshape(100, 10)
+    fstore.put("w", x)
+    np.testing.assert_array_equal(fstore.get("w"), x)
+
+
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_layout_check_reads_both_endian_forms(endian):
+    """The endian of zarr's bytes codec is an Endian enum up to zarr 3.2 and a plain string from 3.3."""
+    import sys
+    from types import SimpleNamespace
+
+    from zarr.codecs import BytesCodec
+
+    codec = BytesCodec(endian=endian)
+    as_string = BytesCodec(endian=endian)
+    object.__setattr__(as_string, "endian", endian)
+    for c in (codec, as_string):
+        meta = SimpleNamespace(codecs=(c,))
+        assert zarr_io._raw_native_layout(meta, (4, 3), (2, 3)) is (endian == sys.byteorder)
+        assert zarr_io._raw_native_layout(meta, (4, 3), (2, 1)) is False
+
+
 def test_pickle_reopens(anystore):
     anystore.put("t/w", np.arange(5))
     anystore.keys()  # open the backend before pickling
