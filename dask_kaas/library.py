@@ -511,14 +511,16 @@ class Library:
     # -- binaries ----------------------------------------------------------------------------
 
     def _cache_path(self, arch: str) -> str:
+        """``<hash>-<arch>-nvrtc<major>.<minor>.<cubin|ptx>``: a new NVRTC compiles afresh."""
         ext = "cubin" if arch.startswith("sm_") else "ptx"
-        return os.path.join(cache_directory(), f"{self.hash}-{arch}.{ext}")
+        major, minor = nvrtc.version()
+        return os.path.join(cache_directory(), f"{self.hash}-{arch}-nvrtc{major}.{minor}.{ext}")
 
     def binary(self, arch: str) -> tuple[bytes, str]:
         """``(bytes, kind)`` to load on a device of ``arch`` (e.g. ``"sm_90"``).
 
         Source libraries compile with NVRTC: ``sm_XX`` gives ``"cubin"``, ``compute_XX``
-        ``"ptx"``; results are cached on disk as ``<hash>-<arch>.<kind>`` in
+        ``"ptx"``; results are cached on disk as ``<hash>-<arch>-nvrtc<version>.<kind>`` in
         :func:`cache_directory` (written atomically) and in memory. Prebuilt libraries return
         their file's bytes and kind whatever ``arch``.
         """

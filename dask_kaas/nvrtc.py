@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -91,6 +92,32 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = restype
 
 
+def builtins_path(nvrtc_path: str, major: int, minor: int) -> str | None:
+    """The ``libnvrtc-builtins`` beside a libnvrtc of version ``major.minor``, if it is there."""
+    directory = os.path.dirname(os.path.realpath(nvrtc_path))
+    for name in (f"libnvrtc-builtins.so.{major}.{minor}", f"nvrtc-builtins64_{major}{minor}.dll"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _preload_builtins(lib: ctypes.CDLL, path: str) -> None:
+    """Load NVRTC's builtins library globally before the first compile.
+
+    libnvrtc opens ``libnvrtc-builtins.so.MAJOR.MINOR`` by name when it compiles. The
+    nvidia-cuda-nvrtc 13.0 wheels ship libnvrtc without a RUNPATH, so that lookup fails
+    (``NVRTC_ERROR_BUILTIN_OPERATION_FAILURE``) unless the sibling is already loaded, which is
+    what cuda-pathfinder does too. Where the sibling is missing, NVRTC's own lookup may still work.
+    """
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    if lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) != 0:
+        return
+    sibling = builtins_path(path, major.value, minor.value)
+    if sibling is not None:
+        ctypes.CDLL(sibling, mode=ctypes.RTLD_GLOBAL)
+
+
 def _load() -> ctypes.CDLL:
     global _lib, _load_error
     if _lib is not None:
@@ -108,6 +135,7 @@ def _load() -> ctypes.CDLL:
                 try:
                     lib = ctypes.CDLL(path)
                     _declare(lib)
+                    _preload_builtins(lib, path)
                 except (OSError, AttributeError) as e:
                     errors.append(f"{path}: {e}")
                     continue
@@ -223,3 +251,68 @@ def _log(lib: ctypes.CDLL, prog: ctypes.c_void_p) -> str:
     if lib.nvrtcGetProgramLog(prog, buf) != 0:
         return ""
     return buf.value.decode(errors="replace")
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+#: The PTX ISA version that each CUDA release reads and writes (its newest), per the PTX ISA
+#: release notes. A driver JIT-compiles PTX of its own ISA version or older only.
+PTX_ISA: dict[tuple[int, int], tuple[int, int]] = {
+    (11, 0): (7, 0), (11, 1): (7, 1), (11, 2): (7, 2), (11, 3): (7, 3), (11, 4): (7, 4),
+    (11, 5): (7, 5), (11, 6): (7, 6), (11, 7): (7, 7), (11, 8): (7, 8),
+    (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4),
+    (12, 5): (8, 5), (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8),
+    (13, 0): (9, 0), (13, 1): (9, 1), (13, 2): (9, 2), (13, 3): (9, 3), (13, 4): (9, 4),
+    (13, 5): (9, 5),
+}
+
+
+def cuda_version(encoded: int) -> tuple[int, int]:
+    """``(major, minor)`` from CUDA's integer encoding (``cudaDriverGetVersion``: 13000 -> (13, 0))."""
+    return encoded // 1000, (encoded % 1000) // 10
+
+
+def ptx_isa(cuda: tuple[int, int]) -> tuple[int, int] | None:
+    """The newest PTX ISA a driver of CUDA version ``cuda`` accepts; None when it is newer than
+    every release this table knows (then it accepts whatever this NVRTC writes)."""
+    if cuda > max(PTX_ISA):
+        return None
+    known = [v for v in PTX_ISA if v <= cuda]
+    return PTX_ISA[max(known)] if known else (0, 0)
+
+
+_PTX_VERSION = re.compile(rb"^([ \t]*\.version[ \t]+)(\d+)\.(\d+)", re.M)
+
+
+def ptx_version(ptx: bytes) -> tuple[int, int] | None:
+    """The ``.version`` directive of PTX text, or None if it has none."""
+    m = _PTX_VERSION.search(ptx)
+    return (int(m.group(2)), int(m.group(3))) if m else None
+
+
+def fit_ptx_to_driver(ptx: bytes, driver: tuple[int, int]) -> bytes:
+    """PTX whose ``.version`` a driver of CUDA version ``driver`` accepts.
+
+    NVRTC writes its own (newest) ISA version even when the code uses nothing new, and an older
+    driver refuses such PTX outright (``CUDA_ERROR_UNSUPPORTED_PTX_VERSION``). The directive is
+    lowered to the driver's ISA; code that really needs a newer instruction then fails to JIT
+    with the driver's own message, which names it.
+    """
+    have, most = ptx_version(ptx), ptx_isa(driver)
+    if have is None or most is None or have <= most:
+        return ptx
+    return _PTX_VERSION.sub(lambda m: m.group(1) + f"{most[0]}.{most[1]}".encode(), ptx, count=1)
+
+
+def choose_target(compute_capability: int, supported: Sequence[int]) -> str:
+    """What to compile for a GPU of ``compute_capability`` (e.g. 90) with an NVRTC that targets
+    ``supported``: its own ``sm_XX`` CUBIN when NVRTC knows the arch, else PTX for the newest
+    older arch NVRTC knows (the driver JIT-compiles it for the GPU)."""
+    if compute_capability in supported:
+        return f"sm_{compute_capability}"
+    older = [a for a in supported if a <= compute_capability]
+    if not older:
+        raise KernelError(f"GPU architecture sm_{compute_capability} is older than every architecture "
+                          f"this NVRTC {'.'.join(map(str, version()))} supports ({sorted(supported)}); "
+                          "install an older NVRTC (the cuda12 extra)")
+    return f"compute_{max(older)}"

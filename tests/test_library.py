@@ -145,7 +145,7 @@ def test_builtin_compiles_to_cubin(arch, cache_dir):
     assert data[:4] == b"\x7fELF"
     for name in BUILTIN_KERNELS:  # unmangled symbols in the ELF string table
         assert name.encode() + b"\0" in data
-    assert os.path.exists(cache_dir / f"{builtin.hash}-{arch}.cubin")
+    assert os.path.exists(cache_dir / cached_name(builtin, arch))
 
 
 @needs_nvrtc
@@ -155,7 +155,7 @@ def test_builtin_compiles_to_ptx(cache_dir):
     text = data.decode()
     for name in BUILTIN_KERNELS:
         assert f".entry {name}(" in text
-    assert builtin.binary_path("compute_80").endswith(f"{builtin.hash}-compute_80.ptx")
+    assert builtin.binary_path("compute_80").endswith(cached_name(builtin, "compute_80"))
 
 
 @needs_nvrtc
@@ -194,11 +194,40 @@ def test_missing_nvrtc_message(monkeypatch):
 # -- on-disk cache ----------------------------------------------------------------------------
 
 
+def cached_name(lib, arch):
+    major, minor = nvrtc.version()
+    return f"{lib.hash}-{arch}-nvrtc{major}.{minor}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
+
+
+@needs_nvrtc
+def test_binary_cache_is_keyed_by_nvrtc_version(cache_dir, monkeypatch):
+    """A cubin from another NVRTC is never reused: upgrading NVRTC recompiles."""
+    source = 'extern "C" __global__ void k(int n, float* y) { if (n) y[0] = 3.0f; }'
+    real_compile, calls = nvrtc.compile, []
+
+    def counting(*args, **kwargs):
+        calls.append(nvrtc.version())
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(nvrtc, "compile", counting)
+    Library.from_source("versioned", source).binary("sm_80")
+    Library.from_source("versioned", source).binary("sm_80")  # same NVRTC: from the disk cache
+    assert len(calls) == 1
+    real_version = nvrtc.version()
+    monkeypatch.setattr(nvrtc, "version", lambda: (real_version[0], real_version[1] + 1))
+    Library.from_source("versioned", source).binary("sm_80")
+    assert len(calls) == 2
+    names = sorted(p for p in os.listdir(cache_dir) if "-sm_80-" in p and p.startswith(
+        Library.from_source("versioned", source).hash))
+    assert [n.rsplit("-", 1)[1] for n in names] == [f"nvrtc{real_version[0]}.{real_version[1]}.cubin",
+                                                   f"nvrtc{real_version[0]}.{real_version[1] + 1}.cubin"]
+
+
 @needs_nvrtc
 def test_binary_cache_is_reused(cache_dir, monkeypatch):
     source = 'extern "C" __global__ void k(int n, float* y) { if (n) y[0] = 1.0f; }'
     first, kind = Library.from_source("cached", source).binary("sm_80")
-    path = cache_dir / f"{Library.from_source('cached', source).hash}-sm_80.cubin"
+    path = cache_dir / cached_name(Library.from_source("cached", source), "sm_80")
     assert path.exists() and path.read_bytes() == first
     mtime = path.stat().st_mtime_ns
     assert not [p for p in os.listdir(cache_dir) if p.startswith(".tmp")]
@@ -221,10 +250,10 @@ def test_corrupt_cache_entry_is_recompiled(cache_dir):
     source = 'extern "C" __global__ void k(float* y) { y[0] = 2.0f; }'
     lib = Library.from_source("corrupt", source)
     os.makedirs(cache_dir, exist_ok=True)
-    (cache_dir / f"{lib.hash}-sm_80.cubin").write_bytes(b"garbage")
+    (cache_dir / cached_name(lib, "sm_80")).write_bytes(b"garbage")
     data, _ = lib.binary("sm_80")
     assert data[:4] == b"\x7fELF"
-    assert (cache_dir / f"{lib.hash}-sm_80.cubin").read_bytes() == data
+    assert (cache_dir / cached_name(lib, "sm_80")).read_bytes() == data
 
 
 # -- libraries from files, identity, pickling -------------------------------------------------
