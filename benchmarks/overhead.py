@@ -28,7 +28,7 @@ rounds; least squares fit of the per-call medians: ``t(K) = a + b*K``. The
 launch itself is measured the same way without the runtime: on the host
 device ``HostDevice.launch`` of the same kernel (the host twin: the kernel's
 own compute there), on CUDA a raw CuPy launch of the same cubin
-(``builtin.binary_path(arch)`` + ``cupy.RawModule(path=...)``) K times plus a
+(``builtin.binary(arch)`` loaded with ``cupy.cuda.function.Module().load``) K times plus a
 stream synchronize, fitted the same way (``a_raw + b_raw*K``). Runtime
 overhead: per request ``a - a_raw``, per launch ``b - b_raw``.
 """
@@ -218,8 +218,10 @@ def raw_cupy(dev, lib, ks, rounds: int, batch: int) -> dict:
     """K raw CuPy launches of ``fill`` from the builtin cubin plus a stream synchronize, fitted a + b*K."""
     import cupy
 
-    path = lib.binary_path(dev.compile_target())
-    fn = cupy.RawModule(path=path).get_function("fill")
+    data, kind = lib.binary(dev.compile_target())  # the very bytes the runtime loads
+    module = cupy.cuda.function.Module()
+    module.load(bytes(data))
+    fn = module.get_function("fill")
     with cupy.cuda.Device(getattr(dev, "index", 0)):
         y = cupy.zeros(1, dtype=cupy.float32)
         stream = cupy.cuda.Stream(non_blocking=True)
@@ -242,7 +244,7 @@ def raw_cupy(dev, lib, ks, rounds: int, batch: int) -> dict:
         if float(y.get()[0]) != 1.0:
             raise WrongResult(f"overhead: the raw CuPy fill left {y.get()}")
     a, b = fit(ks, [statistics.median(runs[k]) for k in ks])
-    return {"a": a, "b": b, "runs": {str(k): spread(v) for k, v in runs.items()}, "cubin": path}
+    return {"a": a, "b": b, "runs": {str(k): spread(v) for k, v in runs.items()}, "binary": kind}
 
 
 # ------------------------------------------------------------------ suite

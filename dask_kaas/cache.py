@@ -171,7 +171,10 @@ class BufferCache(Generic[Handle]):
 
         Miss: unpinned entries are evicted (non-const first, then const, LRU first in each
         group; only as many as needed), then ``allocate(nbytes)`` and ``fill(handle)`` (if
-        given) are called, and the entry is inserted with one pin; returns ``(handle, False)``.
+        given) are called; if ``allocate`` raises :class:`DeviceMemoryError`, the next entry in
+        eviction order is evicted and the allocation retried (counted as
+        ``allocation_retries``) until it succeeds or nothing unpinned is left. The entry is
+        inserted with one pin; returns ``(handle, False)``.
         If the buffer cannot fit even with every unpinned entry evicted, raises
         :class:`DeviceMemoryError` before anything changes. If ``allocate`` or ``fill``
         raises, the new allocation (if any) is freed, nothing is inserted and the error
@@ -196,7 +199,7 @@ class BufferCache(Generic[Handle]):
 
             self.check_fits(nbytes, f"buffer {key!r}")
             self._make_room(nbytes)
-            handle = self._allocate(nbytes)
+            handle = self._allocate_evicting(nbytes)
             if fill is not None:
                 try:
                     fill(handle)
@@ -299,19 +302,39 @@ class BufferCache(Generic[Handle]):
         self._used -= entry.nbytes
         self._free(entry.handle)
 
+    def _victims(self) -> list[_Entry[Handle]]:
+        """Unpinned entries in eviction order: non-const before const, LRU first in each group."""
+        return sorted((e for e in self._entries.values() if not e.pins), key=lambda e: e.const)
+
+    def _evict(self, entry: _Entry[Handle]) -> None:
+        self._remove(entry)
+        self._count("evictions")
+        self._count("bytes_evicted", entry.nbytes)
+
     def _make_room(self, nbytes: int, capacity: int | None = None) -> None:
         """Evict unpinned entries until ``nbytes`` more fit under ``capacity`` (default: the
         current one). The caller has checked that this is feasible."""
         capacity = self._capacity if capacity is None else capacity
         if self._used + nbytes <= capacity:
             return
-        victims = sorted((e for e in self._entries.values() if not e.pins), key=lambda e: e.const)
-        for entry in victims:  # sorted() is stable: LRU order within each group
+        for entry in self._victims():  # sorted() is stable: LRU order within each group
             if self._used + nbytes <= capacity:
                 break
-            self._remove(entry)
-            self._count("evictions")
-            self._count("bytes_evicted", entry.nbytes)
+            self._evict(entry)
+
+    def _allocate_evicting(self, nbytes: int) -> Handle:
+        """``allocate(nbytes)``; when the device refuses (``DeviceMemoryError``: a pool's rounding
+        and fragmentation can refuse what the byte count says fits), evict the next victim and
+        try again, until nothing unpinned is left to evict."""
+        while True:
+            try:
+                return self._allocate(nbytes)
+            except DeviceMemoryError:
+                victims = self._victims()
+                if not victims:
+                    raise
+                self._evict(victims[0])
+                self._count("allocation_retries")
 
 
 class KernelCache(Generic[Module]):

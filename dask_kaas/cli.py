@@ -121,6 +121,26 @@ def load_request_file(path: str):
 # -- dask-kaas store ------------------------------------------------------------------------------------------------
 
 
+@main.command(help="Check this node before it joins a cluster: versions, NVRTC, every built-in kernel against "
+                   "NumPy, the memory pool, copy bandwidth and launch cost. Exits 1 naming the failing check.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default="auto", show_default=True)
+@click.option("--device-memory", default=None,
+              help="Pool (CUDA) or capacity (host) for the checks [default: 2GiB on CUDA, 1GiB on the host].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write every figure to this JSON file.")
+@click.option("--quick", is_flag=True, help="Fewer sizes and repeats, 64 MiB copies.")
+def doctor(device, device_memory, json_path, quick):
+    from .doctor import diagnose, format_report
+
+    report = diagnose(device, memory=device_memory, quick=quick)
+    click.echo(format_report(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    if not report["ok"]:
+        sys.exit(1)
+
+
 @main.group(name="store", help="Inspect and edit a buffer store: ls, put, get, rm (and the known profiles).")
 def store_group():
     pass

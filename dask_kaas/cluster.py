@@ -49,7 +49,9 @@ class LocalKaasCluster(LocalCluster):
         resources = {**kwargs.pop("resources", {}), "GPU": 1}
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
         scheduler_kwargs["plugins"] = [*scheduler_kwargs.get("plugins", ()), KaasSchedulerPlugin(policy=policy)]
-        self._plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy)
+        share = -(-n_workers // gpus) if gpus else None  # more workers than GPUs: they split each GPU's pool
+        self._plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy,
+                                        workers_per_device=share)
         kwargs.setdefault("dashboard_address", ":8787")
         super().__init__(
             n_workers=0,

@@ -284,6 +284,12 @@ class KernelSpec:
             raise RequestError(f"unknown kernel {self.kernel!r} in library {lib.name!r} (it has: {known})")
         sig = lib.signature(self.kernel)
         if sig is not None:
+            if not sig.scalars_first:
+                order = ", ".join(f"{p.ctype}{'*' if p.pointer else ''} {p.name}" for p in sig.params)
+                raise RequestError(
+                    f"{where}: declares a pointer before a scalar ({order}); KaaS passes literals first, "
+                    "then buffers, so every scalar parameter must come before every pointer"
+                )
             codes = tuple(lit.type for lit in self.literals)
             if codes != tuple(sig.literal_codes):
                 raise RequestError(

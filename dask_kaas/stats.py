@@ -18,6 +18,7 @@ COUNTERS = (
     "capacity_misses",
     "evictions",
     "bytes_evicted",
+    "allocation_retries",
     "bytes_h2d",
     "bytes_d2h",
     "bytes_from_store",

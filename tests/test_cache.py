@@ -5,7 +5,7 @@ import threading
 from collections import OrderedDict
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -592,3 +592,79 @@ def test_kernel_cache_load_failure_caches_nothing():
 def test_kernel_cache_rejects_bad_size():
     with pytest.raises(ValueError):
         KernelCache(lambda k: k, max_entries=0)
+
+
+# ------------------------------------------------------------- a device that refuses what fits
+class RoundingPool:
+    """A pool of ``size`` bytes whose blocks are rounded up to ``block``: like RMM's pool, it can
+    refuse an allocation that the cache's byte count says fits."""
+
+    def __init__(self, size, block):
+        self.size, self.block = size, block
+        self.live: dict[int, int] = {}
+        self.next_handle = 0
+
+    def cost(self, nbytes):
+        return -(-nbytes // self.block) * self.block
+
+    def allocate(self, nbytes):
+        if sum(self.live.values()) + self.cost(nbytes) > self.size:
+            raise DeviceMemoryError(f"pool: {nbytes} bytes do not fit")
+        self.next_handle += 1
+        self.live[self.next_handle] = self.cost(nbytes)
+        return self.next_handle
+
+    def free(self, handle):
+        del self.live[handle]
+
+
+def test_refused_allocation_evicts_and_retries():
+    pool = RoundingPool(100, 16)
+    counters = Counters()
+    cache = BufferCache(100, pool.allocate, pool.free, counters=counters)
+    for i in range(6):  # 60 bytes by the cache's count, 96 in the pool
+        cache.acquire(("w", i), 10, const=True)
+        cache.release(("w", i))
+    handle, hit = cache.acquire("x", 40)
+    assert not hit and handle in pool.live
+    assert counters.counts["allocation_retries"] == 3  # 96 - 3 * 16 + 48 <= 100
+    assert [r["key"] for r in cache.contents()] == [("w", 3), ("w", 4), ("w", 5), "x"]
+    assert counters.counts["evictions"] == 3 and len(pool.live) == len(cache)
+
+
+def test_refused_allocation_with_everything_pinned_fails_cleanly():
+    pool = RoundingPool(100, 16)
+    cache = BufferCache(100, pool.allocate, pool.free)
+    for i in range(6):
+        cache.acquire(("w", i), 10)  # all pinned
+    with pytest.raises(DeviceMemoryError, match="do not fit"):
+        cache.acquire("x", 40)
+    assert "x" not in cache and cache.used == 60 and len(pool.live) == 6
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 7), st.integers(1, 40)),
+                    max_size=40),
+       block=st.sampled_from([1, 8, 16, 32]))
+def test_rounding_pool_never_fails_a_request_that_eviction_could_serve(ops, block):
+    """Against a pool that rounds, an acquisition fails only when every other entry is pinned
+    (or the byte count cannot fit at all), and the pool never holds a block the cache forgot."""
+    pool = RoundingPool(128, block)
+    cache = BufferCache(128, pool.allocate, pool.free)
+    pins: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for op, key, nbytes in ops:
+        if op == "acquire":
+            nbytes = sizes.setdefault(key, nbytes)
+            try:
+                cache.acquire(key, nbytes)
+            except DeviceMemoryError:
+                unpinned = [r for r in cache.contents() if not r["pinned"]]
+                assert unpinned == [] or not cache.can_fit(nbytes)
+                assert key not in cache or pins.get(key)
+                continue
+            pins[key] = pins.get(key, 0) + 1
+        elif pins.get(key):
+            cache.release(key)
+            pins[key] -= 1
+        assert len(pool.live) == len(cache) and cache.used <= 128

@@ -218,6 +218,18 @@ def test_arguments_must_match_the_kernel_signature():
                    arguments=[(BufferSpec(n, 4), io) for n, io in (("A", "i"), ("B", "i"), ("C", "o"))])
 
 
+def test_pointer_before_scalar_is_rejected():
+    """On CUDA the int would land in the pointer's slot (literals go first): an illegal address."""
+    from dask_kaas import Library
+
+    lib = Library.from_source("ptrfirst", 'extern "C" __global__ void k(float* y, int n) { y[0] = n; }',
+                              twins={"k": lambda launch, n, y: None})
+    y = BufferSpec("y", 4)
+    with pytest.raises(RequestError, match=r"kernel 'k' of library 'ptrfirst'.*pointer before a scalar"
+                                           r".*float\* y, int n.*literals first"):
+        KernelSpec(lib, "k", 1, 1, literals=[("i", 1)], arguments=[(y, "o")])
+
+
 def test_const_buffer_cannot_be_written():
     w = BufferSpec("w", 4, const=True)
     with pytest.raises(RequestError, match=r"buffer 'w' is const but a kernel writes it"):

@@ -1,29 +1,31 @@
-"""The CUDA device: CuPy modules from NVRTC-compiled cubins, an RMM pool, one stream.
+"""The CUDA device: modules loaded from NVRTC-compiled cubins, an RMM pool, one stream.
 
-Memory comes from an RMM pool set as CuPy's allocator (sized by
-``kaas.cuda.pool-size``, default 80% of free memory); every copy and launch is
-queued on the worker's one non-blocking stream, so frees are stream-ordered.
+Memory comes from an RMM pool set as CuPy's allocator (sized as
+:mod:`.cuda_memory` decides), or from the RMM resource the worker already has.
+Every copy and launch is queued on the worker's one non-blocking stream, so
+frees are stream-ordered. The CUDA device is current per *thread*: every entry
+point binds this device first, because Dask builds the device on its event
+loop and runs tasks in its executor threads.
 """
 from __future__ import annotations
 
+import glob
 import logging
+import os
 
 import numpy as np
 
-from .. import config
+from .. import config, nvrtc
 from ..errors import DeviceMemoryError, KernelError
 from .base import Device
+from .cuda_errors import describe, is_out_of_memory, is_sticky
+from .cuda_memory import MemoryPlan, is_default_resource, plan_memory, resource_bytes
 
 logger = logging.getLogger(__name__)
 
-# CUDA errors after which the context is unusable: the worker must restart.
-STICKY_ERRORS = ("cudaErrorIllegalAddress", "cudaErrorLaunchFailure", "cudaErrorIllegalInstruction",
-                 "cudaErrorMisalignedAddress", "cudaErrorInvalidPc", "cudaErrorHardwareStackError",
-                 "cudaErrorAssert", "CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED")
-
 
 def gpu_count() -> int:
-    """How many CUDA devices answer in this process (0 without CuPy or a driver)."""
+    """How many CUDA devices CuPy can use in this process (0 without CuPy or a driver)."""
     try:
         import cupy
 
@@ -32,137 +34,257 @@ def gpu_count() -> int:
         return 0
 
 
+def gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU to this process, whether or not CuPy can use it.
+
+    ``CUDA_VISIBLE_DEVICES`` set to nothing (or ``-1``) hides every GPU.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if any(os.path.basename(p)[len("nvidia"):].isdigit() for p in glob.glob("/dev/nvidia[0-9]*")):
+        return True
+    try:
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return False
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CuPy cannot use a GPU here, or None when it can."""
+    try:
+        import cupy
+    except Exception as e:
+        return f"CuPy cannot be imported ({type(e).__name__}: {e}); install the cuda13 or cuda12 extra"
+    try:
+        n = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as e:
+        return f"the CUDA driver does not answer ({describe(e)})"
+    return None if n > 0 else "the CUDA driver reports no device"
+
+
+class CudaModule:
+    """One library loaded on one device, with its kernel functions looked up once each."""
+
+    def __init__(self, library, module, kind: str):
+        self.library = library
+        self.name = library.name
+        self.kind = kind
+        self._module = module
+        self._functions: dict[str, object] = {}
+
+    def function(self, kernel: str):
+        fn = self._functions.get(kernel)
+        if fn is None:
+            try:
+                fn = self._module.get_function(kernel)
+            except Exception as e:
+                raise KernelError(f"kernel {kernel!r} is not in library {self.name!r} "
+                                  f"(loaded as {self.kind}): {describe(e)}") from e
+            self._functions[kernel] = fn
+        return fn
+
+
 class CudaDevice(Device):
+    """One GPU, used by one KaaS worker (or ``share`` of them, splitting its memory).
+
+    Parameters
+    ----------
+    device_index: which visible CUDA device.
+    pool_size: the worker's RMM pool (bytes, "8GiB", or a share "80%" of the GPU's memory
+        split among ``share`` workers); default ``kaas.cuda.pool-size``.
+    capacity: the buffer cache's bytes, or a share of the pool; default
+        ``kaas.cuda.cache-capacity``.
+    use_rmm: allocate through RMM (else CuPy's own pool, limited to the pool size).
+    share: KaaS workers on this GPU; default ``kaas.cuda.workers-per-device``.
+    """
+
     kind = "cuda"
 
-    def __init__(self, device_index: int = 0, *, pool_size=None, capacity=None, use_rmm: bool = True):
+    def __init__(self, device_index: int = 0, *, pool_size=None, capacity=None, use_rmm: bool = True,
+                 share: int | None = None):
         import cupy as cp
 
         self._cp = cp
-        self.index = device_index
-        self._device = cp.cuda.Device(device_index)
-        self._device.use()
-        free, total = cp.cuda.runtime.memGetInfo()
-        pool_bytes = config.parse_size(
-            pool_size if pool_size is not None else config.get("cuda.pool-size"), total=free, name="kaas.cuda.pool-size"
-        )
-        self.pool_bytes = pool_bytes
-        capacity = capacity if capacity is not None else config.get("cuda.cache-capacity")
-        self.capacity = config.parse_size(capacity, total=pool_bytes, name="kaas.cuda.cache-capacity") if capacity \
-            else pool_bytes
-        if self.capacity > pool_bytes:
-            raise ValueError(f"cache capacity {self.capacity} exceeds the RMM pool ({pool_bytes} bytes)")
-        props = cp.cuda.runtime.getDeviceProperties(device_index)
+        self.index = int(device_index)
+        self.healthy = True
+        self._closed = False
+        with self._errors("open the device"):
+            self._bind()
+            device = cp.cuda.Device(self.index)
+            free, total = cp.cuda.runtime.memGetInfo()
+            props = cp.cuda.runtime.getDeviceProperties(self.index)
+            self.driver = nvrtc.cuda_version(int(cp.cuda.runtime.driverGetVersion()))
+            self.compute_capability = int(device.compute_capability)
         name = props["name"]
         self.name = name.decode() if isinstance(name, bytes) else str(name)
-        self.arch = f"sm_{self._device.compute_capability}"
+        self.arch = f"sm_{self.compute_capability}"
+        self.total_memory = int(total)
+        self._target: str | None = None
+        self._previous_allocator = cp.cuda.get_allocator()
+        self._previous_resource = None
+        self._installed_resource = False
+        self._cupy_pool_limit: int | None = None
         self._stats_mr = None
         self.rmm = False
-        if use_rmm:
-            self._setup_rmm(pool_bytes)
-        else:
-            cp.get_default_memory_pool().set_limit(size=pool_bytes)
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        self.healthy = True
+        self.plan = self._setup_memory(
+            total=int(total), free=int(free),
+            pool_size=pool_size if pool_size is not None else config.get("cuda.pool-size"),
+            cache_capacity=capacity if capacity is not None else config.get("cuda.cache-capacity"),
+            share=share if share is not None else int(config.get("cuda.workers-per-device") or 1),
+            use_rmm=use_rmm)
+        self.pool_bytes = self.plan.pool_bytes
+        self.capacity = self.plan.capacity
+        with self._errors("create a stream"):
+            self.stream = cp.cuda.Stream(non_blocking=True)
 
-    def _setup_rmm(self, pool_bytes: int) -> None:
-        try:
-            import rmm
-            from rmm.allocators.cupy import rmm_cupy_allocator
-        except ImportError:
-            logger.warning("RMM is not installed: using CuPy's memory pool (install the cuda13/cuda12 extra)")
-            self._cp.get_default_memory_pool().set_limit(size=pool_bytes)
-            return
-        # The pool's granularity rounds sizes up; keep it a multiple of 256 bytes.
-        pool_bytes -= pool_bytes % 256
-        pool = rmm.mr.PoolMemoryResource(
-            rmm.mr.CudaMemoryResource(), initial_pool_size=pool_bytes, maximum_pool_size=pool_bytes
-        )
-        self._stats_mr = rmm.mr.StatisticsResourceAdaptor(pool)
-        rmm.mr.set_current_device_resource(self._stats_mr)
-        self._cp.cuda.set_allocator(rmm_cupy_allocator)
+    # -- memory setup ---------------------------------------------------------
+    def _setup_memory(self, *, total, free, pool_size, cache_capacity, share, use_rmm) -> MemoryPlan:
+        cp = self._cp
+        rmm = None
+        if use_rmm:
+            try:
+                import rmm
+                import rmm.mr
+                from rmm.allocators.cupy import rmm_cupy_allocator
+            except ImportError:
+                logger.warning("RMM is not installed: using CuPy's memory pool (install the cuda13/cuda12 extra)")
+                rmm = None
+        if rmm is None:
+            plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
+                               share=share)
+            pool = cp.get_default_memory_pool()
+            self._cupy_pool_limit = pool.get_limit()
+            pool.set_limit(size=plan.pool_bytes)
+            return plan
+        current = rmm.mr.get_current_device_resource()
+        reuse = not is_default_resource(current)
+        plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
+                           share=share, existing_bytes=resource_bytes(current) if reuse else None, reuse=reuse)
+        with self._errors(f"set up an RMM pool of {plan.pool_bytes} bytes"):
+            upstream = current if reuse else rmm.mr.PoolMemoryResource(
+                rmm.mr.CudaMemoryResource(), initial_pool_size=plan.pool_bytes, maximum_pool_size=plan.pool_bytes)
+            self._stats_mr = rmm.mr.StatisticsResourceAdaptor(upstream)
+            self._previous_resource = current
+            rmm.mr.set_current_device_resource(self._stats_mr)
+            self._installed_resource = True
+            cp.cuda.set_allocator(rmm_cupy_allocator)
         self.rmm = True
+        return plan
+
+    # -- binding --------------------------------------------------------------
+    def _bind(self) -> None:
+        """Make this GPU current for the calling thread (a cheap check when it already is)."""
+        runtime = self._cp.cuda.runtime
+        if runtime.getDevice() != self.index:
+            runtime.setDevice(self.index)
+
+    def _errors(self, what: str):
+        return _CudaErrors(self, what)
 
     # -- memory ---------------------------------------------------------------
     def allocate(self, nbytes: int):
-        cp = self._cp
-        try:
+        with self._errors(f"allocate {nbytes} bytes"):
+            self._bind()
             with self.stream:
-                return cp.empty(nbytes, dtype=cp.uint8)
-        except (cp.cuda.memory.OutOfMemoryError, MemoryError) as e:
-            raise DeviceMemoryError(f"{self.name}: cannot allocate {nbytes} bytes ({e})") from e
+                return self._cp.empty(nbytes, dtype=self._cp.uint8)
 
     def free(self, handle) -> None:
         # The array's memory returns to the pool, ordered on the stream it was allocated on.
         del handle
 
     def copy_in(self, handle, data: np.ndarray) -> None:
-        with self._errors("copy to device"):
+        with self._errors("copy to the device"):
+            self._bind()
             handle[: data.nbytes].set(data, stream=self.stream)
 
     def copy_out(self, handle) -> np.ndarray:
-        with self._errors("copy from device"):
+        with self._errors("copy from the device"):
+            self._bind()
             out = handle.get(stream=self.stream)
             self.stream.synchronize()
             return out
 
     def zero(self, handle) -> None:
         with self._errors("memset"):
+            self._bind()
             self._cp.cuda.runtime.memsetAsync(handle.data.ptr, 0, handle.nbytes, self.stream.ptr)
 
     # -- kernels --------------------------------------------------------------
-    def load_module(self, library):
-        with self._errors(f"load library {library.name!r}"):
-            return self._cp.RawModule(path=library.binary_path(self.compile_target()))
-
     def compile_target(self) -> str:
-        """This GPU's sm_XX, or PTX for the newest arch NVRTC knows when it predates the GPU (the driver JITs it)."""
-        from .. import nvrtc
+        """This GPU's ``sm_XX`` (a CUBIN), or PTX for the newest arch NVRTC knows when NVRTC
+        predates the GPU (the driver JIT-compiles it)."""
+        if self._target is None:
+            self._target = nvrtc.choose_target(self.compute_capability, nvrtc.supported_archs())
+        return self._target
 
-        cc = int(self.arch[3:])
-        supported = nvrtc.supported_archs()
-        if cc in supported:
-            return self.arch
-        older = [a for a in supported if a <= cc]
-        if not older:
-            raise KernelError(f"{self.name} ({self.arch}) is older than every arch NVRTC supports ({supported})")
-        return f"compute_{max(older)}"
+    def load_module(self, library) -> CudaModule:
+        """Load ``library`` now, from its bytes: a bad image fails here, with the driver's error."""
+        data, kind = library.binary(self.compile_target())
+        if kind == "ptx":
+            data = nvrtc.fit_ptx_to_driver(data, self.driver)
+        with self._errors(f"load library {library.name!r} ({kind})"):
+            self._bind()
+            module = self._cp.cuda.function.Module()
+            module.load(bytes(data))
+        return CudaModule(library, module, kind)
 
-    def launch(self, module, kernel, launch, literals, buffers) -> None:
-        try:
-            fn = module.get_function(kernel)
-        except Exception as e:
-            raise KernelError(f"kernel {kernel!r} is not in the loaded module: {e}") from e
+    def launch(self, module: CudaModule, kernel, launch, literals, buffers) -> None:
+        fn = module.function(kernel)
         args = tuple(lit.numpy() for lit in literals) + tuple(buffers)
         with self._errors(f"launch {kernel!r}"):
-            with self.stream:
-                fn(launch.grid, launch.block, args, shared_mem=launch.shared)
+            self._bind()
+            fn(launch.grid, launch.block, args, shared_mem=launch.shared, stream=self.stream)
 
     def synchronize(self) -> None:
         with self._errors("synchronize"):
+            self._bind()
             self.stream.synchronize()
 
-    def _errors(self, what: str):
-        return _CudaErrors(self, what)
-
     def memory_info(self) -> dict:
-        free, total = self._cp.cuda.runtime.memGetInfo()
-        info = {"total": int(total), "free": int(free), "pool": self.pool_bytes, "rmm": self.rmm}
+        with self._errors("read memory figures"):
+            self._bind()
+            free, total = self._cp.cuda.runtime.memGetInfo()
+        info = {"total": int(total), "free": int(free), "pool": self.pool_bytes, "capacity": self.capacity,
+                "rmm": self.rmm, "reused_rmm_resource": self.plan.reuse, "plan": self.plan.note}
         if self._stats_mr is not None:
             counts = self._stats_mr.allocation_counts
             for field in ("current_bytes", "current_count", "peak_bytes", "peak_count", "total_bytes", "total_count"):
                 info[f"rmm_{field}"] = int(getattr(counts, field))
         return info
 
+    def describe(self) -> dict:
+        return {**super().describe(), "index": self.index, "driver": ".".join(map(str, self.driver)),
+                "pool": self.pool_bytes, "reused_rmm_resource": self.plan.reuse}
+
     def close(self) -> None:
+        """Wait for queued work, then give back the allocator and RMM resource found at start."""
+        if self._closed:
+            return
+        self._closed = True
         try:
+            self._bind()
             self.stream.synchronize()
         except Exception:
-            pass
+            pass  # a poisoned context cannot synchronize; the process is about to go anyway
+        try:
+            if self._installed_resource:
+                import rmm.mr
+
+                rmm.mr.set_current_device_resource(self._previous_resource)
+            if self._cupy_pool_limit is not None:
+                self._cp.get_default_memory_pool().set_limit(size=self._cupy_pool_limit)
+            self._cp.cuda.set_allocator(self._previous_allocator)
+        except Exception as e:
+            logger.warning("dask-kaas: could not restore the memory allocator on close: %s", describe(e))
+        self._stats_mr = None
 
 
 class _CudaErrors:
-    """Turns CUDA failures into KernelError, and marks the device unhealthy on sticky errors."""
+    """Turns CUDA failures into KaasErrors: out-of-memory into DeviceMemoryError, the rest into
+    KernelError; a sticky failure marks the device unhealthy (the worker then restarts)."""
+
+    __slots__ = ("device", "what")
 
     def __init__(self, device: CudaDevice, what: str):
         self.device = device
@@ -172,9 +294,13 @@ class _CudaErrors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, (KernelError, DeviceMemoryError)):
+        if exc is None or isinstance(exc, (KernelError, DeviceMemoryError)) or not isinstance(exc, Exception):
             return False
-        text = f"{exc_type.__name__}: {exc}"
-        if any(code in text for code in STICKY_ERRORS):
+        name = getattr(self.device, "name", f"GPU {self.device.index}")
+        if is_sticky(exc):
             self.device.healthy = False
-        raise KernelError(f"{self.device.name}: {self.what} failed: {text}") from exc
+            raise KernelError(f"{name}: {self.what} failed, and the GPU context is lost: {describe(exc)}") from exc
+        if is_out_of_memory(exc):
+            raise DeviceMemoryError(f"{name}: {self.what} failed: out of device memory ({describe(exc)})") from exc
+        raise KernelError(f"{name}: {self.what} failed: {describe(exc)}") from exc
+

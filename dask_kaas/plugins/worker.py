@@ -35,13 +35,16 @@ class KaasWorkerPlugin(WorkerPlugin):
     policy: str | None
         The scheduling policy (default ``kaas.scheduler.policy``); ``"exclusive"``
         makes the worker empty its cache whenever the tenant changes.
+    workers_per_device: int | None
+        How many KaaS workers share this worker's GPU; they split a percentage
+        pool size evenly (default ``kaas.cuda.workers-per-device``).
     """
 
     name = PLUGIN_NAME
     idempotent = False
 
     def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None,
-                 policy: str | None = None):
+                 policy: str | None = None, workers_per_device: int | None = None):
         if device not in KINDS:
             raise ValueError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
         if device_memory is not None:
@@ -51,12 +54,16 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.device = device
         self.device_memory = device_memory
         self.store = store if isinstance(store, BufferStore) else open_store(store)
+        if workers_per_device is not None and (not isinstance(workers_per_device, int) or workers_per_device < 1):
+            raise ValueError(f"workers_per_device must be a positive integer, got {workers_per_device!r}")
         self.device_index = device_index
+        self.workers_per_device = workers_per_device
         self.policy = policy
         self.runtime: Runtime | None = None
 
     async def setup(self, worker):
-        device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0)
+        device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0,
+                             share=self.workers_per_device)
         self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: worker.loop.add_callback(

@@ -1,0 +1,354 @@
+"""A small stand-in for the parts of CuPy and RMM that ``dask_kaas.device.cuda`` touches.
+
+It lets the CUDA backend's *logic* run on a machine without a GPU: which device is current
+in which thread, which errors poison the context, how the memory pool is sized, split,
+reused and given back, and that modules load eagerly from bytes. It is a unit-test double,
+not a claim that CUDA works: kernels are recorded, never executed. ``install(monkeypatch)``
+puts ``cupy``, ``rmm`` and their submodules in ``sys.modules`` and returns the fake machine.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from types import SimpleNamespace
+
+import numpy as np
+
+GiB = 2**30
+
+
+class CUDARuntimeError(RuntimeError):
+    """Like CuPy's: the CUDA status code in ``status``, the error's name in the message."""
+
+    NAMES = {2: "cudaErrorMemoryAllocation", 101: "cudaErrorInvalidDevice", 200: "cudaErrorInvalidKernelImage",
+             222: "cudaErrorUnsupportedPtxVersion", 400: "cudaErrorInvalidResourceHandle",
+             500: "cudaErrorNotFound", 700: "cudaErrorIllegalAddress", 716: "cudaErrorMisalignedAddress",
+             719: "cudaErrorLaunchFailure", 999: "cudaErrorUnknown"}
+
+    def __init__(self, status: int):
+        self.status = status
+        super().__init__(f"{self.NAMES.get(status, 'cudaError')}: fake CUDA error {status}")
+
+
+class OutOfMemoryError(MemoryError):
+    pass
+
+
+class GPU:
+    def __init__(self, index, total, cc):
+        self.index, self.total, self.free, self.cc = index, total, total, cc
+        self.poisoned: int | None = None  # a sticky status: every later call on this GPU fails with it
+        self.pending_fault: int | None = None  # raised at the next synchronize, then sticky
+        self.resource = None  # RMM's per-device resource (None: the default)
+
+    def check(self):
+        if self.poisoned is not None:
+            raise CUDARuntimeError(self.poisoned)
+
+
+class Machine:
+    """The fake GPUs and the per-thread CUDA state."""
+
+    def __init__(self, n_gpus=2, total=80 * GiB, cc=90, driver=13000):
+        self.gpus = [GPU(i, total, cc) for i in range(n_gpus)]
+        self.driver = driver
+        self.local = threading.local()
+        self.allocator = None  # None: CuPy's default pool
+        self.cupy_pool_limit = 0
+        self.loaded: list[bytes] = []
+        self.launches: list[tuple] = []
+        self.memsets: list[int] = []
+        self.cupy = self.rmm = None
+
+    # -- per-thread state ---------------------------------------------------------------
+    def current(self) -> GPU:
+        return self.gpus[getattr(self.local, "device", 0)]
+
+    def current_stream(self):
+        return getattr(self.local, "stream", None) or self.null_stream(self.current().index)
+
+    def null_stream(self, index):
+        return SimpleNamespace(ptr=0, device=index)
+
+    # -- memory -------------------------------------------------------------------------
+    def take(self, gpu: GPU, nbytes: int, error=OutOfMemoryError):
+        if nbytes > gpu.free:
+            raise error(f"out of memory allocating {nbytes} bytes")
+        gpu.free -= nbytes
+
+
+class FakeArray:
+    """A flat device buffer backed by host memory; frees its block when collected."""
+
+    def __init__(self, machine, gpu, nbytes, release, base=None, view=None):
+        self._machine, self._gpu, self._release = machine, gpu, release
+        self._host = view if view is not None else np.zeros(nbytes, np.uint8)
+        self._base = base
+        self.nbytes = self._host.nbytes
+        self.data = SimpleNamespace(ptr=id(self))
+
+    def __getitem__(self, item):
+        return FakeArray(self._machine, self._gpu, 0, None, base=self, view=self._host[item])
+
+    def set(self, data, stream=None):
+        self._gpu.check()
+        self._host[...] = np.asarray(data).reshape(-1).view(np.uint8)
+
+    def get(self, stream=None, out=None):
+        self._gpu.check()
+        if out is None:
+            return self._host.copy()
+        out[...] = self._host
+        return out
+
+    def __del__(self):
+        if self._release is not None:
+            self._release()
+
+
+def install(monkeypatch, **machine_kwargs) -> Machine:
+    m = Machine(**machine_kwargs)
+
+    # -- cupy.cuda.runtime -------------------------------------------------------------------
+    def getDevice():
+        return getattr(m.local, "device", 0)
+
+    def setDevice(i):
+        if not 0 <= i < len(m.gpus):
+            raise CUDARuntimeError(101)
+        m.local.device = i
+
+    def memGetInfo():
+        gpu = m.current()
+        gpu.check()
+        return gpu.free, gpu.total
+
+    def memsetAsync(ptr, value, nbytes, stream_ptr):
+        m.current().check()
+        m.memsets.append(nbytes)
+
+    runtime = types.ModuleType("cupy.cuda.runtime")
+    runtime.getDevice, runtime.setDevice, runtime.memGetInfo, runtime.memsetAsync = (
+        getDevice, setDevice, memGetInfo, memsetAsync)
+    runtime.getDeviceCount = lambda: len(m.gpus)
+    runtime.getDeviceProperties = lambda i: {"name": f"Fake GPU {i}".encode()}
+    runtime.driverGetVersion = lambda: m.driver
+    runtime.CUDARuntimeError = CUDARuntimeError
+
+    class Device:
+        def __init__(self, index=0):
+            if not 0 <= index < len(m.gpus):
+                raise CUDARuntimeError(101)
+            self.id = index
+            self.compute_capability = str(m.gpus[index].cc)
+
+        def use(self):
+            setDevice(self.id)
+
+    class Stream:
+        def __init__(self, null=False, non_blocking=False):
+            gpu = m.current()
+            gpu.check()
+            self.device = gpu.index  # a stream belongs to the device current when it was made
+            self.ptr = id(self)
+
+        def __enter__(self):
+            self._previous = getattr(m.local, "stream", None)
+            m.local.stream = self
+            return self
+
+        def __exit__(self, *exc):
+            m.local.stream = self._previous
+
+        def synchronize(self):
+            gpu = m.gpus[self.device]
+            if gpu.pending_fault is not None:
+                gpu.poisoned, gpu.pending_fault = gpu.pending_fault, None
+            gpu.check()
+
+    class Function:
+        def __init__(self, module, name):
+            self.module, self.name = module, name
+
+        def __call__(self, grid, block, args, shared_mem=0, stream=None):
+            gpu = m.current()
+            gpu.check()
+            if stream is not None and stream.device != gpu.index:
+                raise CUDARuntimeError(400)
+            m.launches.append((self.name, grid, block, args, shared_mem, stream))
+            if self.name == "fault":
+                gpu.pending_fault = 700
+
+    class Module:
+        def __init__(self):
+            self.data = None
+
+        def load(self, data: bytes):
+            m.current().check()
+            if data.startswith(b"\x7fELF"):
+                pass
+            elif b".version" in data:
+                version = data.split(b".version", 1)[1].split()[0]
+                major, minor = (int(x) for x in version.split(b"."))
+                driver = (m.driver // 1000, (m.driver % 1000) // 10)
+                if (major, minor) > (driver[0] - 4, driver[1]):
+                    raise CUDARuntimeError(222)
+            else:
+                raise CUDARuntimeError(200)
+            self.data = data
+            m.loaded.append(data)
+
+        def get_function(self, name):
+            if name.encode() not in self.data:
+                raise CUDARuntimeError(500)
+            return Function(self, name)
+
+    def default_allocator(nbytes):
+        gpu = m.current()
+        limit = m.cupy_pool_limit
+        used = getattr(gpu, "cupy_used", 0)
+        if limit and used + nbytes > limit:
+            raise OutOfMemoryError(f"CuPy pool limit {limit} exceeded by {nbytes} bytes")
+        m.take(gpu, nbytes)
+        gpu.cupy_used = used + nbytes
+
+        def release():
+            gpu.free += nbytes
+            gpu.cupy_used -= nbytes
+
+        return gpu, release
+
+    def empty(nbytes, dtype=np.uint8):
+        gpu = m.current()
+        gpu.check()
+        if m.current_stream().device != gpu.index:
+            raise CUDARuntimeError(400)  # what a stream of another device gives: invalid resource handle
+        gpu, release = (m.allocator or default_allocator)(int(nbytes))
+        return FakeArray(m, gpu, int(nbytes), release)
+
+    class CupyPool:
+        def get_limit(self):
+            return m.cupy_pool_limit
+
+        def set_limit(self, size=0):
+            m.cupy_pool_limit = size
+
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.runtime, cuda.Device, cuda.Stream = runtime, Device, Stream
+    cuda.function = SimpleNamespace(Module=Module, Function=Function)
+    cuda.memory = SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
+    cuda.get_allocator = lambda: m.allocator
+    cuda.set_allocator = lambda fn=None: setattr(m, "allocator", fn)
+    cuda.get_current_stream = m.current_stream
+    cuda.alloc_pinned_memory = bytearray
+    cupy = types.ModuleType("cupy")
+    cupy.cuda, cupy.uint8, cupy.empty = cuda, np.uint8, empty
+    cupy.get_default_memory_pool = CupyPool
+    m.cupy = cupy
+
+    # -- rmm ---------------------------------------------------------------------------------
+    class CudaMemoryResource:
+        def allocate(self, gpu, nbytes):
+            m.take(gpu, nbytes, MemoryError)
+
+            def release():
+                gpu.free += nbytes
+            return release
+
+    class PoolMemoryResource:
+        def __init__(self, upstream, initial_pool_size=None, maximum_pool_size=None):
+            self.upstream, self.size, self.used = upstream, int(initial_pool_size), 0
+            self.gpu = m.current()
+            m.take(self.gpu, self.size, MemoryError)
+
+        def pool_size(self):
+            return self.size
+
+        def get_upstream(self):
+            return self.upstream
+
+        def allocate(self, gpu, nbytes):
+            if self.used + nbytes > self.size:
+                raise MemoryError(f"std::bad_alloc: out_of_memory: RMM pool of {self.size} bytes exhausted")
+            self.used += nbytes
+
+            def release():
+                self.used -= nbytes
+            return release
+
+        def __del__(self):
+            self.gpu.free += self.size
+
+    class LimitingResourceAdaptor:
+        def __init__(self, upstream, allocation_limit):
+            self.upstream, self.limit = upstream, allocation_limit
+
+        def get_allocation_limit(self):
+            return self.limit
+
+        def get_upstream(self):
+            return self.upstream
+
+        def allocate(self, gpu, nbytes):
+            return self.upstream.allocate(gpu, nbytes)
+
+    class StatisticsResourceAdaptor:
+        def __init__(self, upstream):
+            self.upstream = upstream
+            self.allocation_counts = SimpleNamespace(current_bytes=0, current_count=0, peak_bytes=0, peak_count=0,
+                                                     total_bytes=0, total_count=0)
+
+        def get_upstream(self):
+            return self.upstream
+
+        def allocate(self, gpu, nbytes):
+            release = self.upstream.allocate(gpu, nbytes)
+            c = self.allocation_counts
+            c.current_bytes += nbytes
+            c.current_count += 1
+            c.total_bytes += nbytes
+            c.total_count += 1
+            c.peak_bytes, c.peak_count = max(c.peak_bytes, c.current_bytes), max(c.peak_count, c.current_count)
+
+            def stats_release():
+                release()
+                c.current_bytes -= nbytes
+                c.current_count -= 1
+            return stats_release
+
+    default_resource = CudaMemoryResource()
+
+    def get_current_device_resource():
+        return m.current().resource or default_resource
+
+    def set_current_device_resource(mr):
+        m.current().resource = mr
+
+    def rmm_cupy_allocator(nbytes):
+        gpu = m.current()
+        return gpu, get_current_device_resource().allocate(gpu, nbytes)
+
+    mr = types.ModuleType("rmm.mr")
+    mr.CudaMemoryResource, mr.PoolMemoryResource = CudaMemoryResource, PoolMemoryResource
+    mr.StatisticsResourceAdaptor, mr.LimitingResourceAdaptor = StatisticsResourceAdaptor, LimitingResourceAdaptor
+    mr.get_current_device_resource, mr.set_current_device_resource = (get_current_device_resource,
+                                                                      set_current_device_resource)
+    allocators = types.ModuleType("rmm.allocators")
+    allocators_cupy = types.ModuleType("rmm.allocators.cupy")
+    allocators_cupy.rmm_cupy_allocator = rmm_cupy_allocator
+    allocators.cupy = allocators_cupy
+    rmm = types.ModuleType("rmm")
+    rmm.mr, rmm.allocators = mr, allocators
+    m.rmm = rmm
+
+    for name, module in {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "rmm": rmm,
+                         "rmm.mr": mr, "rmm.allocators": allocators, "rmm.allocators.cupy": allocators_cupy}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return m
+
+
+def without_rmm(monkeypatch):
+    """Make ``import rmm`` fail, as where only CuPy is installed."""
+    for name in ("rmm", "rmm.mr", "rmm.allocators", "rmm.allocators.cupy"):
+        monkeypatch.setitem(sys.modules, name, None)
