@@ -150,7 +150,7 @@ def _per_call(fn, batch: int) -> float:
 def in_process(device: str, ks, rounds: int, batch: int) -> dict:
     from dask_kaas.device import make_device
     from dask_kaas.library import LaunchConfig, resolve_library
-    from dask_kaas.runtime import Runtime
+    from dask_kaas.runtime import Runtime, module_key
 
     root = tempfile.mkdtemp(prefix="kaas-bench-overhead-")
     dev = make_device(device, memory=64 * 2**20 if device == "host" else None)
@@ -161,7 +161,7 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
         if out.shape != (1,) or out[0] != np.float32(k):
             raise WrongResult(f"overhead: {k} fill kernels left y = {out}, expected [{k}.]")
     lib = resolve_library("builtin")
-    module = rt.kernels.get(lib)
+    module = rt.kernels.get(module_key(lib, None))
     handle = dev.allocate(F32)
     launch = LaunchConfig(1, 1, 0)
     literals = [Literal("i", 1), Literal("f", 1.0)]

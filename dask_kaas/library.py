@@ -7,8 +7,10 @@ Kernel parameters are passed *literals (scalars) first, then buffers (pointers)*
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import importlib
+import json
 import os
 import re
 import tempfile
@@ -22,6 +24,7 @@ import numpy as np
 from . import config
 from . import nvrtc
 from .errors import KernelError, RequestError
+from .names import show, text_problem
 
 # --------------------------------------------------------------------------------------------
 # Parameters and signatures
@@ -260,6 +263,7 @@ class LaunchConfig:
 # --------------------------------------------------------------------------------------------
 
 _KINDS = {".cu": "source", ".cubin": "cubin", ".ptx": "ptx", ".fatbin": "fatbin"}
+KINDS = tuple(_KINDS)  # file extensions a library may be loaded from
 _MAX_THREADS = 1024
 
 
@@ -296,9 +300,11 @@ class Library:
     to C parameter lists (``"int n, const float* a"``) and is how prebuilt binaries declare
     their kernels (for sources they override the parsed ones).
 
-    ``hash`` is the hex sha256 of the kind, the source or binary bytes and the options; two
-    libraries are equal iff their hashes are. Pickling carries the source text (or the
-    prebuilt binary's bytes), never compiled output.
+    ``content_hash`` is the hex sha256 of what compiles (the kind, the source or binary bytes
+    and the options) and names compiled binaries; ``hash`` covers everything that changes how a
+    kernel runs or is checked (also the constraints, signatures and host twins), and two
+    libraries are equal iff their hashes are. Pickling carries the source text (or the prebuilt
+    binary's bytes), never compiled output.
     """
 
     def __init__(self, name: str, *, source: str | None = None, path: str | None = None,
@@ -341,7 +347,11 @@ class Library:
         h = hashlib.sha256(self.kind.encode() + b"\0" + content)
         for opt in self.options:
             h.update(b"\0" + opt.encode())
-        self.hash = h.hexdigest()
+        self.content_hash = h.hexdigest()
+        behaviour = {"constraints": self.constraints, "signatures": self.signatures,
+                     "twins": {k: _twin_identity(fn) for k, fn in self.twins.items()}}
+        self.hash = hashlib.sha256(self.content_hash.encode() + json.dumps(
+            behaviour, sort_keys=True, default=list).encode()).hexdigest()
         self._init_caches()
 
     def _init_caches(self) -> None:
@@ -414,29 +424,58 @@ class Library:
             d["twins"] = {k: v for k, v in twins.items() if v}
         return d
 
+    DICT_FIELDS = ("name", "kind", "hash", "source", "data", "path", "options", "constraints", "signatures",
+                   "twins")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Library:
         """The library described by :meth:`to_dict` output (the registered one if a library
-        of that name and hash is registered)."""
+        of that name and hash is registered).
+
+        The dict is tenant input (it arrives inside request dicts), so it names no Python code
+        and no file: host twins are taken only from modules listed in
+        ``kaas.twins.allowed-modules`` (each a function defined in that module); NVRTC options
+        are limited to those that change code generation, not where files are read; sources may
+        ``#include`` only NVRTC's own headers; ``path`` is informational and never read.
+        Anything else is a :class:`RequestError`.
+        """
+        if not isinstance(d, Mapping):
+            raise RequestError(f"a kernel library must be an object, got {show(d)}")
+        unknown = [k for k in d if k not in cls.DICT_FIELDS]
+        if unknown:
+            raise RequestError(f"library: unknown field(s) {show(unknown)}; known: {', '.join(cls.DICT_FIELDS)}")
+        name = d.get("name")
+        problem = text_problem(name, "library name")
+        if problem is None and not _LIBRARY_NAME.match(name):
+            problem = f"library name must be letters, digits, '_', '.' or '-', got {show(name)}"
+        if problem:
+            raise RequestError(problem)
+        registered = registered_libraries().get(name)
+        if registered is not None and isinstance(d.get("hash"), str) and registered.hash == d["hash"]:
+            return registered
+        where = f"library {name!r}"
+        kind = d.get("kind", "source")
+        if kind not in _KINDS.values():
+            raise RequestError(f"{where}: unknown kind {show(kind)}; expected one of {', '.join(_KINDS.values())}")
+        common = dict(twins=_allowed_twins(d.get("twins"), where), constraints=_constraints(d.get("constraints"), where),
+                      options=_allowed_options(d.get("options", ()), where),
+                      signatures=_signatures(d.get("signatures"), where))
         try:
-            name, kind = d["name"], d.get("kind", "source")
-            registered = registered_libraries().get(name)
-            if registered is not None and registered.hash == d.get("hash"):
-                return registered
-            twins = {k: _import_object(v) for k, v in (d.get("twins") or {}).items()}
-            common = dict(twins=twins, constraints=d.get("constraints"),
-                          options=d.get("options", ()), signatures=d.get("signatures"))
             if kind == "source":
-                lib = cls(name, source=d["source"], **common)
+                source = d.get("source")
+                if not isinstance(source, str) or len(source) > MAX_SOURCE:
+                    raise RequestError(f"{where}: source must be CUDA C++ text of at most {MAX_SOURCE} "
+                                       f"characters, got {show(source)}")
+                _check_includes(source, where)
+                lib = cls(name, source=source, **common)
             else:
-                if kind not in _KINDS.values():
-                    raise KernelError(f"library {name!r}: unknown kind {kind!r}")
-                lib = cls._from_bytes(name, kind, base64.b64decode(d["data"]), d.get("path"),
-                                      **common)
-        except (KeyError, TypeError, ValueError) as e:
-            raise RequestError(f"cannot read a kernel library from {dict(d)!r}: {e!r}") from e
+                lib = cls._from_bytes(name, kind, _decode_binary(d.get("data"), where), None, **common)
+        except KernelError as e:
+            raise RequestError(f"{where}: {e}") from None
         if "hash" in d and d["hash"] != lib.hash:
-            raise RequestError(f"library {name!r}: content does not match its hash {d['hash']}")
+            raise RequestError(f"{where}: its content (source or binary, options, constraints, signatures, host "
+                               f"twins) does not match its hash {show(d['hash'])}; host twins that are not "
+                               "importable functions cannot travel in a dict: register the library on the workers")
         return lib
 
     @classmethod
@@ -514,7 +553,7 @@ class Library:
         """``<hash>-<arch>-nvrtc<major>.<minor>.<cubin|ptx>``: a new NVRTC compiles afresh."""
         ext = "cubin" if arch.startswith("sm_") else "ptx"
         major, minor = nvrtc.version()
-        return os.path.join(cache_directory(), f"{self.hash}-{arch}-nvrtc{major}.{minor}.{ext}")
+        return os.path.join(cache_directory(), f"{self.content_hash}-{arch}-nvrtc{major}.{minor}.{ext}")
 
     def binary(self, arch: str) -> tuple[bytes, str]:
         """``(bytes, kind)`` to load on a device of ``arch`` (e.g. ``"sm_90"``).
@@ -569,7 +608,7 @@ class Library:
             return path
         if self.path and _file_holds(self.path, self._data):
             return self.path
-        path = os.path.join(cache_directory(), f"{self.hash}.{self.kind}")
+        path = os.path.join(cache_directory(), f"{self.content_hash}.{self.kind}")
         if not os.path.exists(path):
             _write_atomic(path, self._data)  # type: ignore[arg-type]
         return path
@@ -606,6 +645,118 @@ class Library:
             literals = [_cast_literal(p, v) for p, v in zip(sig.literals, literals)]
             views = [_typed_view(b, p.dtype) for p, b in zip(sig.buffers, views)]
         fn(launch, *literals, *views)
+
+
+MAX_SOURCE = 4 * 2**20
+MAX_BINARY = 64 * 2**20
+_LIBRARY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# NVRTC options a tenant may pass: code generation only, nothing that names a file or directory.
+_SAFE_OPTIONS = re.compile(
+    r"^(-D[A-Za-z_]\w*(=[\w.+-]*)?|--define-macro=[A-Za-z_]\w*(=[\w.+-]*)?|-U[A-Za-z_]\w*|"
+    r"--use_fast_math|-use_fast_math|-lineinfo|--generate-line-info|-G|--device-debug|"
+    r"--(fmad|ftz|prec-div|prec-sqrt|extra-device-vectorization|restrict)(=(true|false))?|"
+    r"-(fmad|ftz|prec-div|prec-sqrt)=(true|false)|--std=c\+\+(11|14|17|20)|-std=c\+\+(11|14|17|20)|"
+    r"--maxrregcount=\d{1,3}|-maxrregcount=\d{1,3}|-default-device|--default-device)$")
+_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*(.*)$", re.M)
+_NVRTC_HEADER = re.compile(r"^<[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(\.h|\.hpp|\.cuh)?>\s*(//.*)?$")
+
+
+def _allowed_twins(value, where: str) -> dict[str, Callable]:
+    """Host twins named by ``"module:function"`` in a library dict, from allowed modules only."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > 1024:
+        raise RequestError(f"{where}: twins must map kernel names to 'module:function', got {show(value)}")
+    allowed = set(config.get("twins.allowed-modules") or ())
+    twins = {}
+    for kernel, spec in value.items():
+        problem = text_problem(kernel, "twin kernel name") or text_problem(spec, f"twin of {show(kernel)}")
+        if problem:
+            raise RequestError(f"{where}: {problem}")
+        module, sep, qualname = spec.partition(":")
+        if not sep or module not in allowed or not qualname.isidentifier() or qualname.startswith("_"):
+            raise RequestError(
+                f"{where}: host twin {show(spec)} of kernel {kernel!r} is not allowed: a request cannot name "
+                f"Python code. Register the library on the workers (dask_kaas.register_library), or list its "
+                f"module in kaas.twins.allowed-modules (now: {', '.join(sorted(allowed)) or 'none'})")
+        fn = getattr(importlib.import_module(module), qualname, None)
+        if not callable(fn) or getattr(fn, "__module__", None) != module:
+            raise RequestError(f"{where}: {show(spec)} is not a function defined in module {module!r}")
+        twins[kernel] = fn
+    return twins
+
+
+def _constraints(value, where: str):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(r, Mapping) and all(isinstance(n, str) for n in r)
+            for k, r in value.items()):
+        raise RequestError(f"{where}: constraints must map kernel names to {{'block': [x, y, z]}} or "
+                           f"{{'max_block': n}}, got {show(value)}")
+    for kernel, rules in value.items():
+        block, most = rules.get("block"), rules.get("max_block")
+        if block is not None:
+            try:
+                _dim3(block, "block constraint")
+            except RequestError as e:
+                raise RequestError(f"{where} kernel {show(kernel)}: {e}") from None
+        if most is not None and (not isinstance(most, int) or isinstance(most, bool) or most < 1):
+            raise RequestError(f"{where} kernel {show(kernel)}: max_block must be a positive int, got {show(most)}")
+    return value
+
+
+def _allowed_options(value, where: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > 32:
+        raise RequestError(f"{where}: options must be a list of at most 32 NVRTC options, got {show(value)}")
+    for option in value:
+        if not isinstance(option, str) or not _SAFE_OPTIONS.match(option):
+            raise RequestError(f"{where}: NVRTC option {show(option)} is not allowed in a request (only options "
+                               "that change code generation, such as -DNAME=1, --use_fast_math, -lineinfo, "
+                               "--std=c++17, --maxrregcount=N)")
+    return tuple(value)
+
+
+def _signatures(value, where: str):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or len(value) > 1024 or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= 4096 for k, v in value.items()):
+        raise RequestError(f"{where}: signatures must map kernel names to C parameter lists, got {show(value)}")
+    return value
+
+
+def _check_includes(source: str, where: str) -> None:
+    """A tenant's source may include NVRTC's own headers (``<cuda_fp16.h>``), never a file by path."""
+    for m in _INCLUDE.finditer(source):
+        if not _NVRTC_HEADER.match(m.group(1).strip()):
+            raise RequestError(f"{where}: #include {show(m.group(1).strip())} is not allowed in a request's source "
+                               "(only NVRTC's built-in headers, as <name.h>)")
+
+
+def _decode_binary(value, where: str) -> bytes:
+    if not isinstance(value, str) or len(value) > MAX_BINARY * 4 // 3 + 4:
+        raise RequestError(f"{where}: data must be base64 text of at most {MAX_BINARY} bytes, got {show(value)}")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{where}: data is not valid base64") from None
+    if not data:
+        raise RequestError(f"{where}: data is empty")
+    return data
+
+
+def _twin_identity(fn: Callable) -> str:
+    """What identifies a host twin in a library's hash: its import path, else its pickled bytes."""
+    path = _import_path(fn)
+    if path is not None:
+        return path
+    try:
+        import cloudpickle
+
+        return "pickle:" + hashlib.sha256(cloudpickle.dumps(fn)).hexdigest()
+    except Exception:  # noqa: BLE001 - unpicklable: unique to this object
+        return f"object:{type(fn).__qualname__}:{id(fn)}"
 
 
 def _import_path(fn: Callable) -> str | None:
@@ -693,6 +844,12 @@ def _ensure_builtin() -> None:
 
         with _registry_lock:
             _registry.setdefault("builtin", lib)
+
+
+def is_registered(lib: Library) -> bool:
+    """Whether ``lib`` is the library registered under its name (shared by every tenant)."""
+    registered = registered_libraries().get(lib.name)
+    return registered is not None and registered.hash == lib.hash
 
 
 def resolve_library(spec: Library | str | os.PathLike) -> Library:

@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import config
 from .errors import RequestError
+from .names import buffer_key_problem, identifier_problem, namespace_problem, show, text_problem
 
 IO_CODES = ("i", "o", "t", "io")
 LITERAL_TYPES = {
@@ -32,10 +34,38 @@ LITERAL_TYPES = {
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_BYTES = 2**48          # no buffer, offset or shared-memory size beyond 256 TiB
+MAX_DIMS = 32              # NumPy's own limit on a shape's dimensions
+MAX_LITERALS = 64
+MAX_ARGUMENTS = 256
+_DTYPE_KINDS = frozenset("biufc")  # bool, ints, floats, complex: what a kernel buffer can hold
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check(problem: str | None, where: str = "") -> None:
+    if problem is not None:
+        raise RequestError(f"{where}: {problem}" if where else problem)
+
+
+def _flag(value, what: str, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise RequestError(f"{where}: {what} must be true or false, got {show(value)}")
+    return bool(value)
+
+
+def _dtype(value, where: str) -> np.dtype:
+    if isinstance(value, str) and len(value) > 32:
+        raise RequestError(f"{where}: unknown dtype {show(value)}")
+    try:
+        np_dtype = np.dtype(value)
+    except (TypeError, ValueError, SyntaxError, RecursionError):
+        raise RequestError(f"{where}: unknown dtype {show(value)}") from None
+    if np_dtype.kind not in _DTYPE_KINDS or np_dtype.fields is not None or np_dtype.subdtype is not None:
+        raise RequestError(f"{where}: dtype {show(value)} is not a plain bool, integer, float or complex type")
+    return np_dtype
 
 
 # --------------------------------------------------------------------- buffers
@@ -60,34 +90,26 @@ class BufferSpec:
     shape: tuple[int, ...] | None = None
 
     def __init__(self, name, size, *, key=None, offset=0, ephemeral=False, const=False, dtype=None, shape=None):
+        _check(text_problem(name, "buffer name"))
         where = f"buffer {name!r}"
-        if not isinstance(name, str) or not name:
-            raise RequestError(f"buffer name must be a non-empty string, got {name!r}")
-        if not _is_int(size) or size <= 0:
-            raise RequestError(f"{where}: size must be a positive integer number of bytes, got {size!r}")
-        if key is not None and (not isinstance(key, str) or not key):
-            raise RequestError(f"{where}: key must be a non-empty string, got {key!r}")
-        if not _is_int(offset) or offset < 0:
-            raise RequestError(f"{where}: offset must be a non-negative integer, got {offset!r}")
+        if not _is_int(size) or not 0 < size <= MAX_BYTES:
+            raise RequestError(f"{where}: size must be a positive integer number of bytes (at most 2**48), "
+                               f"got {show(size)}")
+        if key is not None:
+            _check(buffer_key_problem(key), where)
+        if not _is_int(offset) or not 0 <= offset <= MAX_BYTES:
+            raise RequestError(f"{where}: offset must be a non-negative integer (at most 2**48), got {show(offset)}")
+        ephemeral, const = _flag(ephemeral, "ephemeral", where), _flag(const, "const", where)
         if const and ephemeral:
             raise RequestError(f"{where}: a buffer cannot be both const (cached across requests) and ephemeral")
-        np_dtype = None
-        if dtype is not None:
-            try:
-                np_dtype = np.dtype(dtype)
-            except TypeError as e:
-                raise RequestError(f"{where}: unknown dtype {dtype!r}") from e
-            if np_dtype.hasobject or np_dtype.itemsize == 0:
-                raise RequestError(f"{where}: dtype {dtype!r} has no fixed byte size")
+        np_dtype = None if dtype is None else _dtype(dtype, where)
         if shape is not None:
             if _is_int(shape):
                 shape = (shape,)
-            try:
-                shape = tuple(shape)
-            except TypeError as e:
-                raise RequestError(f"{where}: shape must be a tuple of integers, got {shape!r}") from e
-            if not all(_is_int(s) and s >= 0 for s in shape):
-                raise RequestError(f"{where}: shape must be a tuple of non-negative integers, got {shape!r}")
+            if not isinstance(shape, (tuple, list)) or len(shape) > MAX_DIMS:
+                raise RequestError(f"{where}: shape must be a tuple of at most {MAX_DIMS} integers, got {show(shape)}")
+            if not all(_is_int(s) and 0 <= s <= MAX_BYTES for s in shape):
+                raise RequestError(f"{where}: shape must be a tuple of non-negative integers, got {show(shape)}")
             shape = tuple(int(s) for s in shape)
             itemsize = np_dtype.itemsize if np_dtype is not None else 1
             if math.prod(shape) * itemsize != size:
@@ -133,23 +155,19 @@ class BufferSpec:
             d["shape"] = list(self.shape)
         return d
 
+    FIELDS = ("name", "size", "key", "offset", "ephemeral", "const", "dtype", "shape")
+
     @classmethod
     def from_dict(cls, d: Mapping) -> "BufferSpec":
+        """The buffer a :meth:`to_dict` mapping (or an original KaaS buffer dict) describes."""
         if not isinstance(d, Mapping) or "name" not in d or "size" not in d:
-            raise RequestError(f"a buffer must be a mapping with 'name' and 'size', got {d!r}")
-        unknown = set(d) - {"name", "size", "key", "offset", "ephemeral", "const", "dtype", "shape"}
+            raise RequestError(f"a buffer must be a mapping with 'name' and 'size', got {show(d)}")
+        unknown = [k for k in d if k not in cls.FIELDS]
         if unknown:
-            raise RequestError(f"buffer {d['name']!r}: unknown fields {sorted(unknown)}")
-        return cls(
-            d["name"],
-            d["size"],
-            key=d.get("key"),
-            offset=d.get("offset") or 0,
-            ephemeral=bool(d.get("ephemeral", False)),
-            const=bool(d.get("const", False)),
-            dtype=d.get("dtype"),
-            shape=d.get("shape"),
-        )
+            raise RequestError(f"buffer {show(d['name'])}: unknown fields {show(unknown)}")
+        return cls(d["name"], d["size"], key=d.get("key"), offset=d.get("offset", 0),
+                   ephemeral=d.get("ephemeral", False), const=d.get("const", False), dtype=d.get("dtype"),
+                   shape=d.get("shape"))
 
 
 # -------------------------------------------------------------------- literals
@@ -161,22 +179,22 @@ class Literal:
     value: int | float
 
     def __post_init__(self):
-        if self.type not in LITERAL_TYPES:
-            raise RequestError(f"unknown literal type {self.type!r}; expected one of {' '.join(LITERAL_TYPES)}")
+        if not isinstance(self.type, str) or self.type not in LITERAL_TYPES:
+            raise RequestError(f"unknown literal type {show(self.type)}; expected one of {' '.join(LITERAL_TYPES)}")
         np_type = LITERAL_TYPES[self.type]
         value = self.value
         if np.issubdtype(np_type, np.integer):
             if not _is_int(value):
-                raise RequestError(f"literal of type {self.type!r} needs an integer, got {value!r}")
+                raise RequestError(f"literal of type {self.type!r} needs an integer, got {show(value)}")
             info = np.iinfo(np_type)
             if not info.min <= int(value) <= info.max:
                 raise RequestError(
-                    f"literal {value} is out of range for type {self.type!r} ({info.min}..{info.max})"
+                    f"literal {show(value)} is out of range for type {self.type!r} ({info.min}..{info.max})"
                 )
             object.__setattr__(self, "value", int(value))
         else:
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise RequestError(f"literal of type {self.type!r} needs a number, got {value!r}")
+                raise RequestError(f"literal of type {self.type!r} needs a number, got {show(value)}")
             value = float(value)
             limit = float(np.finfo(np_type).max)
             if math.isfinite(value) and abs(value) > limit:
@@ -196,22 +214,19 @@ class Literal:
             return d
         if isinstance(d, Mapping):
             if "type" not in d or not ("value" in d or "val" in d):
-                raise RequestError(f"a literal needs 'type' and 'value' (or 'val'), got {d!r}")
+                raise RequestError(f"a literal needs 'type' and 'value' (or 'val'), got {show(d)}")
             return cls(d["type"], d["value"] if "value" in d else d["val"])
         if isinstance(d, (tuple, list)) and len(d) == 2:
             return cls(d[0], d[1])
-        raise RequestError(f"cannot read a literal from {d!r}; use Literal(type, value)")
+        raise RequestError(f"cannot read a literal from {show(d)}; use Literal(type, value)")
 
 
 # --------------------------------------------------------------------- kernels
 def _dims(value, what: str, where: str, limits: tuple[int, int, int]) -> tuple[int, int, int]:
     dims = (value,) if _is_int(value) else value
-    try:
-        dims = tuple(dims)
-    except TypeError:
-        raise RequestError(f"{where}: {what} must be 1 to 3 positive integers, got {value!r}") from None
-    if not 1 <= len(dims) <= 3 or not all(_is_int(d) and d > 0 for d in dims):
-        raise RequestError(f"{where}: {what} must be 1 to 3 positive integers, got {value!r}")
+    if not isinstance(dims, (tuple, list, np.ndarray)) or not 1 <= len(dims) <= 3 \
+            or not all(_is_int(d) and d > 0 for d in dims):
+        raise RequestError(f"{where}: {what} must be 1 to 3 positive integers, got {show(value)}")
     dims = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
     for axis, (d, limit) in enumerate(zip(dims, limits)):
         if d > limit:
@@ -240,16 +255,22 @@ class KernelSpec:
     arguments: tuple[tuple[BufferSpec, str], ...] = ()
 
     def __init__(self, library, kernel, grid, block, *, shared=0, literals=(), arguments=()):
-        if not isinstance(kernel, str) or not kernel:
-            raise RequestError(f"kernel name must be a non-empty string, got {kernel!r}")
+        _check(identifier_problem(kernel, "kernel name"))
         where = f"kernel {kernel!r}"
+        if isinstance(library, str):
+            _check(text_problem(library, "library", 4096), where)
         grid = _dims(grid, "grid", where, MAX_GRID)
         block = _dims(block, "block", where, MAX_BLOCK)
         threads = math.prod(block)
         if threads > MAX_THREADS_PER_BLOCK:
             raise RequestError(f"{where}: block {block} has {threads} threads, more than {MAX_THREADS_PER_BLOCK}")
-        if not _is_int(shared) or shared < 0:
-            raise RequestError(f"{where}: shared memory must be a non-negative integer of bytes, got {shared!r}")
+        if not _is_int(shared) or not 0 <= shared <= MAX_BYTES:
+            raise RequestError(f"{where}: shared memory must be a non-negative integer of bytes, got {show(shared)}")
+        if not isinstance(literals, (tuple, list)) or len(literals) > MAX_LITERALS:
+            raise RequestError(f"{where}: literals must be a list of at most {MAX_LITERALS}, got {show(literals)}")
+        if not isinstance(arguments, (tuple, list)) or len(arguments) > MAX_ARGUMENTS:
+            raise RequestError(f"{where}: arguments must be a list of at most {MAX_ARGUMENTS} (BufferSpec, io) "
+                               f"pairs, got {show(arguments)}")
         try:
             literals = tuple(Literal.from_dict(lit) for lit in literals)
         except RequestError as e:
@@ -257,11 +278,11 @@ class KernelSpec:
         args = []
         for arg in arguments:
             if not (isinstance(arg, (tuple, list)) and len(arg) == 2 and isinstance(arg[0], BufferSpec)):
-                raise RequestError(f"{where}: arguments must be (BufferSpec, io) pairs, got {arg!r}")
+                raise RequestError(f"{where}: arguments must be (BufferSpec, io) pairs, got {show(arg)}")
             buf, io = arg
-            if io not in IO_CODES:
+            if not isinstance(io, str) or io not in IO_CODES:
                 raise RequestError(
-                    f"{where}, buffer {buf.name!r}: unknown io code {io!r}; expected one of {', '.join(IO_CODES)}"
+                    f"{where}, buffer {buf.name!r}: unknown io code {show(io)}; expected one of {', '.join(IO_CODES)}"
                 )
             args.append((buf, io))
         set_ = object.__setattr__
@@ -344,22 +365,28 @@ class Request:
     def __init__(self, kernels, *, n_iter=1, tenant=None, deadline=None):
         if isinstance(kernels, KernelSpec):
             kernels = (kernels,)
-        try:
-            kernels = tuple(kernels)
-        except TypeError:
-            raise RequestError(f"kernels must be a sequence of KernelSpec, got {kernels!r}") from None
+        if not isinstance(kernels, (tuple, list)):
+            raise RequestError(f"kernels must be a sequence of KernelSpec, got {show(kernels)}")
+        kernels = tuple(kernels)
         if not kernels:
             raise RequestError("a request needs at least one kernel")
         for k in kernels:
             if not isinstance(k, KernelSpec):
-                raise RequestError(f"kernels must be KernelSpec objects, got {k!r}")
+                raise RequestError(f"kernels must be KernelSpec objects, got {show(k)}")
+        limits = config.get("limits")
+        if len(kernels) > limits["kernels"]:
+            raise RequestError(f"a request has {len(kernels)} kernels, more than kaas.limits.kernels "
+                               f"({limits['kernels']})")
         if not _is_int(n_iter) or n_iter < 1:
-            raise RequestError(f"n_iter must be an integer >= 1, got {n_iter!r}")
-        if tenant is not None and (not isinstance(tenant, str) or not tenant):
-            raise RequestError(f"tenant must be a non-empty string or None, got {tenant!r}")
+            raise RequestError(f"n_iter must be an integer >= 1, got {show(n_iter)}")
+        if n_iter > limits["n-iter"] or n_iter * len(kernels) > limits["launches"]:
+            raise RequestError(f"n_iter {n_iter} x {len(kernels)} kernels is beyond kaas.limits.n-iter "
+                               f"({limits['n-iter']}) or kaas.limits.launches ({limits['launches']})")
+        if tenant is not None:
+            _check(namespace_problem(tenant, "tenant"))
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
                                      or not math.isfinite(deadline) or deadline <= 0):
-            raise RequestError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
+            raise RequestError(f"deadline must be a positive number of seconds or None, got {show(deadline)}")
         _set_request_fields(self, kernels, int(n_iter), tenant, None if deadline is None else float(deadline))
 
     # -- derived views --------------------------------------------------------
@@ -410,18 +437,22 @@ class Request:
 
     # -- calling --------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Validate a call's inputs; return them as flat uint8 arrays by buffer name."""
+        """Validate a call's inputs; return them as flat uint8 arrays by buffer name.
+
+        An array must have the buffer's dtype when the buffer declares one (raw ``bytes`` and
+        uint8 arrays are taken as the buffer's bytes); lists and scalars are converted to it.
+        """
         out = {}
         for name, value in inputs.items():
-            role = self._roles.get(name)
+            role = self._roles.get(name) if isinstance(name, str) else None
             if role is None:
                 raise RequestError(
-                    f"input {name!r} is not a buffer of this request (buffers: {', '.join(self._roles)})"
+                    f"input {show(name)} is not a buffer of this request (buffers: {', '.join(self._roles)})"
                 )
             if not role.reads_first or role.temporary:
                 what = "a temporary" if role.temporary else "written before it is read (an output)"
                 raise RequestError(f"input {name!r}: buffer {name!r} is {what}, so it takes no input data")
-            raw = _as_bytes(value, name)
+            raw = _as_bytes(value, name, role.spec.dtype)
             if raw.nbytes != role.spec.size:
                 raise RequestError(
                     f"input {name!r}: {raw.nbytes} bytes given, buffer {name!r} is declared with size {role.spec.size}"
@@ -435,7 +466,10 @@ class Request:
                 )
         return out
 
-    def __call__(self, **inputs):
+    def __call__(self, *args, **inputs):
+        if args:
+            raise RequestError(f"{self!r} takes its inputs by buffer name ({', '.join(self.inputs) or 'none'}), "
+                               f"e.g. client.submit(request, x=...); got {len(args)} positional argument(s)")
         from .runtime import current_runtime
 
         return current_runtime().run(self, inputs)
@@ -458,18 +492,22 @@ class Request:
 
     @classmethod
     def from_json(cls, text: str) -> "Request":
-        return cls.from_dict(json.loads(text))
+        """:meth:`from_dict` of a JSON text."""
+        from .request_dict import request_from_json
+
+        return request_from_json(text)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Request":
-        """Build a request from :meth:`to_dict` output or from the original KaaS dict format."""
-        if not isinstance(d, Mapping) or "kernels" not in d:
-            raise RequestError("a request dict needs a 'kernels' list")
-        n_iter = d.get("n_iter", d.get("nIter", 1))
-        options = {"n_iter": n_iter, "tenant": d.get("tenant"), "deadline": d.get("deadline")}
-        if "buffers" in d:
-            return cls(_kernels_from_dict(d["kernels"], d["buffers"]), **options)
-        return cls([_kernel_from_kaas_dict(k) for k in d["kernels"]], **options)
+        """Build a request from :meth:`to_dict` output or from the original KaaS dict format.
+
+        The dict is read as hostile input (:mod:`dask_kaas.request_dict`): anything malformed
+        is a :class:`RequestError` naming the path of the bad field, and it can name no Python
+        code and no file outside ``kaas.library-paths``.
+        """
+        from .request_dict import request_from_dict
+
+        return request_from_dict(d)
 
     def __dask_tokenize__(self):
         return ("dask_kaas.Request", self.token)
@@ -537,16 +575,22 @@ def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
     return req
 
 
-def _as_bytes(value, name: str) -> np.ndarray:
+def _as_bytes(value, name: str, dtype: str | None = None) -> np.ndarray:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return np.frombuffer(value, dtype=np.uint8)
-    try:
-        arr = np.ascontiguousarray(value)
-    except Exception as e:
-        raise RequestError(f"input {name!r}: cannot be read as an array ({e})") from e
-    if arr.dtype.hasobject:
+    want = np.dtype(dtype) if dtype is not None else None
+    if not isinstance(value, np.ndarray):  # lists and scalars take the buffer's dtype (uint8 without one)
+        try:
+            value = np.asarray(value, dtype=want or np.uint8)
+        except (OverflowError, ValueError, TypeError) as e:
+            raise RequestError(f"input {name!r}: cannot be read as {want or 'uint8 (the buffer declares no dtype)'}"
+                               f" ({type(e).__name__}: {show(str(e), 100)})") from None
+    if value.dtype.hasobject:
         raise RequestError(f"input {name!r}: object arrays cannot be copied to a device")
-    return arr.reshape(-1).view(np.uint8)
+    if want is not None and value.dtype != want and value.dtype != np.uint8:
+        raise RequestError(f"input {name!r}: {value.dtype} data for a {want} buffer; convert it "
+                           f"(x.astype({want.name!r})) or pass its raw bytes")
+    return np.ascontiguousarray(value).reshape(-1).view(np.uint8)
 
 
 def _derive_roles(kernels: Sequence[KernelSpec]) -> dict[str, BufferRole]:
@@ -577,60 +621,3 @@ def _derive_roles(kernels: Sequence[KernelSpec]) -> dict[str, BufferRole]:
             )
         roles[name] = BufferRole(spec, ios[0], ios[0] in ("i", "io"), written, temporary)
     return roles
-
-
-_OWN_FIELDS = {"grid": "grid", "block": "block", "shared": "shared"}
-_KAAS_FIELDS = {"grid": "gridDim", "block": "blockDim", "shared": "sharedSize"}
-
-
-def _kernel_from_fields(k: Mapping, args: list, fields: Mapping[str, str]) -> KernelSpec:
-    """A KernelSpec from one kernel dict, whichever names (ours or the original KaaS's) it uses for launch fields."""
-    for required in ("library", "kernel", fields["grid"], fields["block"]):
-        if required not in k:
-            raise RequestError(f"kernel {k.get('kernel', '?')!r}: the kernel dict has no {required!r}")
-    return KernelSpec(
-        _library_from_dict(k["library"]),
-        k["kernel"],
-        k[fields["grid"]],
-        k[fields["block"]],
-        shared=k.get(fields["shared"], 0),
-        literals=[Literal.from_dict(lit) for lit in k.get("literals", ())],
-        arguments=args,
-    )
-
-
-def _kernels_from_dict(kernels, buffers) -> list[KernelSpec]:
-    by_name = {}
-    for b in buffers:
-        spec = BufferSpec.from_dict(b)
-        by_name[spec.name] = spec
-    out = []
-    for k in kernels:
-        args = []
-        for arg in k.get("arguments", ()):
-            name, io = arg
-            if name not in by_name:
-                raise RequestError(f"kernel {k.get('kernel')!r}: argument {name!r} is not in the request's buffers")
-            args.append((by_name[name], io))
-        out.append(_kernel_from_fields(k, args, _OWN_FIELDS))
-    return out
-
-
-def _kernel_from_kaas_dict(k: Mapping) -> KernelSpec:
-    """One kernel in the original KaaS format (``gridDim``, ``type_list``, ...)."""
-    arguments = k.get("arguments", [])
-    types = k.get("type_list", [])
-    if len(types) != len(arguments):
-        raise RequestError(
-            f"kernel {k.get('kernel', '?')!r}: {len(arguments)} arguments but {len(types)} entries in type_list"
-        )
-    args = [(BufferSpec.from_dict(b), io) for b, io in zip(arguments, types)]
-    return _kernel_from_fields(k, args, _KAAS_FIELDS)
-
-
-def _library_from_dict(value):
-    if isinstance(value, Mapping):
-        from .library import Library
-
-        return Library.from_dict(value)
-    return str(value)

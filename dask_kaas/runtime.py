@@ -21,10 +21,16 @@ from .access import plan_store_access
 from .cache import BufferCache, KernelCache
 from .device import Device, make_device
 from .errors import KaasError, KernelError
-from .library import LaunchConfig, resolve_library
+from .library import LaunchConfig, is_registered, resolve_library
 from .request import Request
 from .stats import Counters
 from .store import BufferStore, open_store
+
+
+def module_key(library, tenant: str | None) -> tuple:
+    """Kernel-cache key of a library: registered libraries are shared, a library a request brings
+    is loaded for its tenant alone (no tenant's request can reach another's loaded kernels)."""
+    return (None if is_registered(library) else (tenant or "default"), library)
 
 
 def const_id(spec, version) -> tuple:
@@ -53,8 +59,8 @@ class Runtime:
         self.exclusive = False  # a tenant switch empties the cache (the "exclusive GPU" baseline)
         self._last_tenant: str | None = None
 
-    def _load_module(self, library):
-        return self.device.load_module(library)
+    def _load_module(self, key):
+        return self.device.load_module(key[1])
 
     # ------------------------------------------------------------------ run
     def run(self, request: Request, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -93,7 +99,8 @@ class Runtime:
             cache.check_fits(request.footprint, f"{request!r} pins {request.footprint} bytes in "
                                                 f"{len(request.roles)} buffers")
             plan = plan_store_access(self.store, request, data)
-            modules = [self.kernels.get(resolve_library(k.library)) for k in request.kernels]
+            modules = [self.kernels.get(module_key(resolve_library(k.library), request.tenant))
+                       for k in request.kernels]
         run_id = next(self._ids)
         handles: dict[str, Any] = {}
         held: list[tuple[Any, bool]] = []  # (cache id, keep cached afterwards)

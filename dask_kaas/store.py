@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -32,15 +31,17 @@ from typing import Sequence
 import fsspec
 import numpy as np
 
-from . import zarr_io
+from . import config, zarr_io
 from .errors import KaasError, StoreError, StoreKeyError
+from .names import DEFAULT_NAMESPACE, NAMESPACE_RE, key_problem, namespace_problem, split_key  # noqa: F401
+from .pointers import Pointers, pointers_for
 
 __all__ = ["BufferStore", "Version", "StoreAccessError", "open_store", "CHUNK_BYTES"]
 
 CHUNK_BYTES = zarr_io.CHUNK_BYTES
-DEFAULT_NAMESPACE = "default"
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ORPHAN_AGE = 3600.0  # seconds before gc() treats unreferenced data as abandoned, not in flight
+COMMIT_ATTEMPTS = 64  # compare-and-swap retries before a put gives up on a key many writers race for
+MAX_RETIRED = 32      # superseded versions a pointer keeps alive for in-flight readers
 
 
 class StoreAccessError(StoreError):
@@ -88,29 +89,17 @@ def _normalize_url(url: str) -> str:
 
 def check_key(key) -> str:
     """Return ``key`` if it is a valid store key, else raise StoreError."""
-    if not isinstance(key, str) or not key:
-        raise StoreError(f"store key must be a non-empty str, got {key!r}")
-    if "\\" in key or ":" in key:
-        raise StoreError(f"store key {key!r} must not contain a backslash or ':'")
-    for seg in key.split("/"):
-        if seg in ("", ".", "..") or seg.endswith(".json") or seg.startswith(".tmp"):
-            raise StoreError(
-                f"store key {key!r}: segments separated by '/' must be non-empty, not '.' or '..', "
-                "and not end in '.json' or start with '.tmp' (no leading or trailing '/')"
-            )
+    problem = key_problem(key)
+    if problem is not None:
+        raise StoreError(problem)
     return key
 
 
 def check_namespace(namespace) -> str:
-    if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
-        raise StoreError(f"namespace must be letters, digits, '_', '.' or '-' (not first), got {namespace!r}")
+    problem = namespace_problem(namespace)
+    if problem is not None:
+        raise StoreError(problem)
     return namespace
-
-
-def split_key(key: str, tenant: str | None) -> tuple[str, str]:
-    """``(namespace, key)`` a tenant's buffer key names, without access checks: ``"ns:key"`` or its own namespace."""
-    namespace, sep, plain = key.rpartition(":")
-    return (namespace, plain) if sep else (DEFAULT_NAMESPACE if tenant is None else tenant, key)
 
 
 class BufferStore:
@@ -145,6 +134,7 @@ class BufferStore:
         self._fs = None
         self._root_path = None
         self._zstore = None
+        self._pointer_ops: Pointers | None = None
 
     # -- identity and pickling ------------------------------------------------
     def __getstate__(self):
@@ -230,13 +220,14 @@ class BufferStore:
 
     def namespaces(self) -> list[str]:
         fs, root = self._backend()
+        self._fresh_listings()
         with self._errors("<all>", "list"):
             try:
                 entries = fs.ls(root, detail=True)
             except FileNotFoundError:
                 return []
         names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
-        return sorted(n for n in names if _NAMESPACE_RE.match(n))
+        return sorted(n for n in names if NAMESPACE_RE.match(n))
 
     # -- versions -------------------------------------------------------------------
     def version(self, key: str, *, namespace: str | None = None) -> Version:
@@ -257,18 +248,11 @@ class BufferStore:
         with self._errors(key, "decode the pointer of", ns):
             return Version.from_json(ns, key, text)
 
-    def _commit(self, ref_path: str, text: str) -> None:
-        """Replace a key's pointer in one step."""
-        fs, _ = self._backend()
-        if self._local_root is not None:
-            directory = os.path.dirname(ref_path)
-            os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, ref_path)
-        else:
-            fs.pipe_file(ref_path, text.encode())
+    def _pointers(self) -> Pointers:
+        if self._pointer_ops is None:
+            fs, _ = self._backend()
+            self._pointer_ops = pointers_for(fs, self._local_root)
+        return self._pointer_ops
 
     # -- writing ----------------------------------------------------------------------
     def put(self, key: str, array, *, namespace: str | None = None) -> Version:
@@ -276,30 +260,34 @@ class BufferStore:
 
         Any numpy array with size >= 1 and a bool, integer, float, complex or
         datetime dtype, or bytes (stored as 1-D uint8). The data is written
-        under a fresh uid, then the pointer is replaced in one step; the version
-        before the previous one is then deleted.
+        under a fresh uid, then the pointer is swapped in one step, only if no
+        other writer committed in between (else the next number is taken): every
+        acknowledged put has its own version number. Data of superseded versions
+        is kept one write longer and at least ``kaas.store-retain-seconds``, so
+        readers that just read an older pointer finish; then it is deleted.
         """
         ns = self._ns(namespace)
         check_key(key)
         data = zarr_io.as_storable(key, array)
-        fs, _ = self._backend()
+        self._backend()
         uid = f"{int(time.time() * 1e6):x}-{uuid.uuid4().hex[:12]}"
+        path = self._ref_path(ns, key)
+        pointers = self._pointers()
         with self._errors(key, "write", ns):
             zarr_io.write_array(self._zstore, f"{ns}/data/{uid}", data, self._local_root)
-            try:
-                old = self.version(key, namespace=ns)
-                old_text = fs.cat_file(self._ref_path(ns, key))
-                previous = json.loads(old_text).get("previous")
-            except StoreKeyError:
-                old, previous = None, None
-            new = Version(ns, key, (old.version + 1) if old else 1, uid, data.dtype, tuple(data.shape),
-                          int(data.nbytes), time.time())
-            record = json.loads(new.to_json())
-            record["previous"] = old.uid if old else None
-            self._commit(self._ref_path(ns, key), json.dumps(record))
-        if previous:
-            self._remove_data(ns, previous)
-        return new
+            for _ in range(COMMIT_ATTEMPTS):
+                with pointers.lock(path):
+                    text, token = pointers.read(path)
+                    record, expired = _next_record(json.loads(text) if text else None, uid, data, time.time(),
+                                                   float(config.get("store-retain-seconds") or 0))
+                    if pointers.swap(path, json.dumps(record).encode(), token):
+                        break
+            else:
+                raise StoreError(f"cannot commit key {key!r} (namespace {ns!r}) in store {self.url}: "
+                                 f"{COMMIT_ATTEMPTS} other writers committed first")
+        for old_uid in expired:
+            self._remove_data(ns, old_uid)
+        return Version.from_json(ns, key, json.dumps(record))
 
     def _remove_data(self, namespace: str, uid: str) -> None:
         fs, root = self._backend()
@@ -309,27 +297,33 @@ class BufferStore:
     def delete(self, key: str, *, namespace: str | None = None) -> None:
         """Remove ``key`` (its pointer first, then its data); StoreKeyError if absent."""
         ns = self._ns(namespace)
-        current = self.version(key, namespace=ns)
-        fs, _ = self._backend()
+        check_key(key)
         path = self._ref_path(ns, key)
+        pointers = self._pointers()
         with self._errors(key, "delete", ns):
-            previous = json.loads(fs.cat_file(path)).get("previous")
-            fs.rm(path)
-        for uid in (current.uid, previous):
-            if uid:
-                self._remove_data(ns, uid)
+            with pointers.lock(path):
+                text, _ = pointers.read(path)
+                if text is None:
+                    raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
+                pointers.remove(path)
+        for uid in _referenced(json.loads(text), time.time(), retain=float("inf")):
+            self._remove_data(ns, uid)
 
     def gc(self, *, older_than: float = _ORPHAN_AGE) -> int:
-        """Delete data no pointer references and older than ``older_than`` seconds; return how many."""
+        """Delete data no pointer references any more and older than ``older_than`` seconds (left by
+        writers killed before their commit), and, on local stores, temporary files as old; return
+        how many data directories went."""
         fs, root = self._backend()
+        self._fresh_listings()
+        pointers = self._pointers()
+        retain = float(config.get("store-retain-seconds") or 0)
         removed = 0
         for ns in self.namespaces():
-            live = set()
+            live: set[str] = set()
             for key in self.keys(namespace=ns):
-                with contextlib.suppress(StoreKeyError):
-                    text = fs.cat_file(self._ref_path(ns, key))
-                    d = json.loads(text)
-                    live.update(u for u in (d.get("uid"), d.get("previous")) if u)
+                text, _ = pointers.read(self._ref_path(ns, key))
+                if text:
+                    live |= _referenced(json.loads(text), time.time(), retain)
             with contextlib.suppress(FileNotFoundError):
                 for entry in fs.ls(f"{root}/{ns}/data", detail=False):
                     uid = entry.rstrip("/").rsplit("/", 1)[-1]
@@ -337,7 +331,15 @@ class BufferStore:
                     if uid not in live and born is not None and time.time() - born > older_than:
                         self._remove_data(ns, uid)
                         removed += 1
+            if self._local_root is not None:
+                _remove_stale_temporaries(os.path.join(self._local_root, ns), older_than)
         return removed
+
+    def _fresh_listings(self) -> None:
+        """Forget cached directory listings (s3fs keeps them): listings must show what is there now."""
+        fs, _ = self._backend()
+        with contextlib.suppress(Exception):
+            fs.invalidate_cache()  # all of it: s3fs forgets a path and its parents, not the dirs below
 
     # -- reading ----------------------------------------------------------------------
     def info(self, key: str, *, namespace: str | None = None) -> dict:
@@ -379,8 +381,8 @@ class BufferStore:
         self._backend()
         with self._errors(version.key, f"read version {version.version} of", version.namespace):
             try:
-                return zarr_io.read_bytes(self._zstore, version.data_path, self._local_root, offset, size,
-                                          version.shape, version.dtype)
+                return zarr_io.read_bytes(self._zstore, version.data_path, offset, size, local_root=self._local_root,
+                                          fs=self._fs, root=self._root_path)
             except FileNotFoundError as e:
                 raise StoreKeyError(
                     f"version {version.version} of key {version.key!r} (namespace {version.namespace!r}) is gone "
@@ -392,6 +394,7 @@ class BufferStore:
         """Every committed key of a namespace, sorted."""
         ns = self._ns(namespace)
         fs, root = self._backend()
+        self._fresh_listings()
         base = f"{root}/{ns}/refs"
         with self._errors("<all>", "list", ns):
             try:
@@ -458,6 +461,43 @@ class NamespaceView:
 
     def __contains__(self, key) -> bool:
         return self.store.exists(key, namespace=self.name)
+
+
+def _next_record(old: dict | None, uid: str, data: np.ndarray, now: float, retain: float) -> tuple[dict, list[str]]:
+    """The pointer record that commits ``uid`` after ``old`` (None: a new key), and the uids of
+    superseded versions whose data may now go: the one just replaced stays (one write longer), and
+    older ones stay while retired for less than ``retain`` seconds (at most MAX_RETIRED of them)."""
+    record = {"version": 1, "uid": uid, "dtype": data.dtype.str, "shape": list(data.shape),
+              "nbytes": int(data.nbytes), "written": now, "previous": None, "retired": []}
+    if old is None:
+        return record, []
+    retired = [[str(u), float(t)] for u, t in old.get("retired", ()) if u]
+    if "retired" not in old and old.get("previous"):  # a pointer from before retirement times were kept
+        retired.append([old["previous"], 0.0])
+    retired.append([old["uid"], now])
+    keep = [e for e in retired if e[0] == old["uid"] or now - e[1] < retain][-MAX_RETIRED:]
+    kept = {u for u, _ in keep}
+    record.update(version=int(old["version"]) + 1, previous=old["uid"], retired=keep)
+    return record, [u for u, _ in retired if u not in kept]
+
+
+def _referenced(record: dict, now: float, retain: float) -> set[str]:
+    """The uids whose data a pointer record still needs."""
+    uids = {record.get("uid"), record.get("previous")}
+    uids.update(u for u, t in record.get("retired", ()) if now - t < retain)
+    return {u for u in uids if u}
+
+
+def _remove_stale_temporaries(directory: str, older_than: float) -> None:
+    """``.tmp-*`` pointers and zarr's ``*.partial`` files that a killed writer left behind."""
+    now = time.time()
+    for base, _, files in os.walk(directory):
+        for name in files:
+            if name.startswith(".tmp-") or name.endswith(".partial"):
+                path = os.path.join(base, name)
+                with contextlib.suppress(OSError):
+                    if now - os.path.getmtime(path) > older_than:
+                        os.unlink(path)
 
 
 def _uid_time(uid: str) -> float | None:

@@ -123,59 +123,83 @@ def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bo
     return True
 
 
-def read_bytes(zstore, path: str, local_root: str | None, offset: int, size: int, shape, dtype) -> np.ndarray:
-    """Bytes ``[offset, offset + size)`` of the array at ``path`` as a 1-D uint8 array."""
-    arr = zarr.open_array(store=zstore, path=path, mode="r")
-    raw = _read_local_chunks(arr, local_root, path, offset, size) if local_root is not None else None
-    if raw is not None:
-        return raw
-    nbytes = math.prod(shape) * dtype.itemsize
+def read_bytes(zstore, path: str, offset: int, size: int, *, local_root: str | None = None, fs=None,
+               root: str | None = None) -> np.ndarray:
+    """Bytes ``[offset, offset + size)`` of the array at ``path`` as a 1-D uint8 array.
+
+    Never zeros for data that is gone: zarr reads a missing chunk as its fill value, so the
+    chunks are read here (straight from the files of a local store, by byte range through
+    ``fs`` otherwise), where a missing one raises FileNotFoundError; arrays of another layout
+    go through zarr, and then every chunk must still exist once it has read them.
+    """
+    arr = zarr.open_array(store=zstore, path=path, mode="r")  # FileNotFoundError when the array is gone
+    meta, shape, chunks = arr.metadata, tuple(arr.shape), tuple(arr.chunks)
+    if _raw_native_layout(meta, shape, chunks):
+        if local_root is not None:
+            return _read_local_chunks(arr, local_root, path, offset, size)
+        if fs is not None:
+            return _read_remote_chunks(arr, fs, f"{root}/{path}", offset, size)
+    itemsize = np.dtype(arr.dtype).itemsize
+    nbytes = math.prod(shape) * itemsize
     if not shape:
         data, start = np.asarray(arr[...]), 0
     else:  # only the rows that cover the range
         row_bytes = nbytes // shape[0]
         r0, r1 = offset // row_bytes, -(-(offset + size) // row_bytes)
         data, start = arr[r0:r1], r0 * row_bytes
+    if arr.nchunks_initialized < arr.nchunks:
+        raise FileNotFoundError(f"chunks of {path} are gone ({arr.nchunks_initialized} of {arr.nchunks} left)")
     flat = np.require(data, requirements="C").reshape(-1).view(np.uint8)
     return flat[offset - start: offset - start + size]
 
 
-def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) -> np.ndarray | None:
-    """Read straight from a local store's chunk files into one buffer, skipping zarr's decode-and-copy.
-
-    Returns None (the caller falls back to zarr) unless the array has the
-    layout :func:`write_array` makes: a single native-endian ``bytes`` codec and
-    chunks that split axis 0 only.
-    """
-    meta = arr.metadata
-    shape = tuple(arr.shape)
-    chunks = tuple(arr.chunks)
-    if not _raw_native_layout(meta, shape, chunks):
-        return None
-    out = np.empty(size, dtype=np.uint8)
-    if size == 0:
-        return out
-    # edge chunks are stored padded to full size: chunk i starts at byte i * chunk_bytes
-    chunk_bytes = math.prod(chunks) * np.dtype(arr.dtype).itemsize
-    buf = memoryview(out)
-    base = os.path.join(local_root, *path.split("/"))
+def _chunk_spans(arr, offset: int, size: int):
+    """``(chunk key, start, stop)`` byte ranges inside each chunk file that ``[offset, offset + size)``
+    covers, for the :func:`_raw_native_layout` (edge chunks are stored padded to full size)."""
+    meta, shape = arr.metadata, tuple(arr.shape)
+    chunk_bytes = math.prod(arr.chunks) * np.dtype(arr.dtype).itemsize
     pos, end = offset, offset + size
     while pos < end:
         i = pos // chunk_bytes
         stop = min(end, (i + 1) * chunk_bytes)
         coords = (i,) + (0,) * (len(shape) - 1) if shape else ()
-        chunk_path = os.path.join(base, *meta.encode_chunk_key(coords).split("/"))
-        try:
-            f = open(chunk_path, "rb", buffering=0)
-        except FileNotFoundError:
-            return None
-        with f:
-            f.seek(pos - i * chunk_bytes)
-            view = buf[pos - offset: stop - offset]
+        yield meta.encode_chunk_key(coords), pos - i * chunk_bytes, stop - i * chunk_bytes
+        pos = stop
+
+
+def _read_remote_chunks(arr, fs, base: str, offset: int, size: int) -> np.ndarray:
+    """The bytes by range requests on the chunk objects (several at once where fsspec is async)."""
+    spans = list(_chunk_spans(arr, offset, size))
+    paths = [f"{base}/{key}" for key, _, _ in spans]
+    parts = fs.cat_ranges(paths, [a for _, a, _ in spans], [b for _, _, b in spans])
+    out = np.empty(size, dtype=np.uint8)
+    pos = 0
+    for path, (_, a, b), part in zip(paths, spans, parts):
+        if isinstance(part, BaseException):
+            raise part
+        if len(part) != b - a:
+            raise EOFError(f"chunk {path} is truncated: {len(part)} bytes where {b - a} were expected")
+        out[pos: pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+        pos += len(part)
+    return out
+
+
+def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) -> np.ndarray:
+    """Read straight from a local store's chunk files into one buffer, skipping zarr's decode-and-copy;
+    a missing chunk file raises FileNotFoundError."""
+    out = np.empty(size, dtype=np.uint8)
+    buf = memoryview(out)
+    base = os.path.join(local_root, *path.split("/"))
+    pos = 0
+    for key, a, b in _chunk_spans(arr, offset, size):
+        chunk_path = os.path.join(base, *key.split("/"))
+        with open(chunk_path, "rb", buffering=0) as f:
+            f.seek(a)
+            view = buf[pos: pos + b - a]
             while len(view):
                 n = f.readinto(view)
                 if not n:
                     raise EOFError(f"chunk file {chunk_path} is truncated")
                 view = view[n:]
-        pos = stop
+        pos += b - a
     return out

@@ -257,7 +257,15 @@ def test_check_inputs_accepts_right_sizes_and_bytes():
 def test_input_byte_size_differs():
     r = vadd_request()
     with pytest.raises(RequestError, match=r"input 'a': 800 bytes given, buffer 'a' is declared with size 400"):
-        r.check_inputs({"a": np.ones(N, np.float64)})
+        r.check_inputs({"a": np.ones(2 * N, np.float32)})
+
+
+def test_input_of_another_dtype_is_not_reinterpreted():
+    r = vadd_request()
+    with pytest.raises(RequestError, match=r"input 'a': float64 data for a float32 buffer.*astype\('float32'\)"):
+        r.check_inputs({"a": np.ones(N // 2, np.float64)})  # the right byte count, the wrong type
+    got = r.check_inputs({"a": np.ones(4 * N, np.uint8), "b": [1.5] * N})  # raw bytes; a list takes the dtype
+    assert got["b"].view(np.float32)[0] == 1.5 and got["a"].nbytes == 4 * N
 
 
 def test_input_that_is_not_a_buffer_or_not_an_input():

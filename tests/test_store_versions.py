@@ -22,9 +22,15 @@ def store(tmp_path):
 
 
 def test_versions_count_up_and_old_data_is_collected(store, tmp_path):
-    v1 = store.put("w", np.zeros(4))
-    v2 = store.put("w", np.ones(4))
-    v3 = store.put("w", np.full(4, 2.0))
+    import dask
+
+    def data_dirs():
+        return sorted(d for d in os.listdir(tmp_path / "store" / "default" / "data") if d != "zarr.json")
+
+    with dask.config.set({"kaas.store-retain-seconds": 0}):
+        v1 = store.put("w", np.zeros(4))
+        v2 = store.put("w", np.ones(4))
+        v3 = store.put("w", np.full(4, 2.0))
     assert (v1.version, v2.version, v3.version) == (1, 2, 3)
     assert len({v1.uid, v2.uid, v3.uid}) == 3
     assert store.version("w") == v3 and store.info("w")["version"] == 3
@@ -33,8 +39,18 @@ def test_versions_count_up_and_old_data_is_collected(store, tmp_path):
     np.testing.assert_array_equal(store.read(v2).view(np.float64), np.ones(4))
     with pytest.raises(StoreKeyError, match="gone"):
         store.read(v1)
-    data = [d for d in os.listdir(tmp_path / "store" / "default" / "data") if d != "zarr.json"]
-    assert sorted(data) == sorted([v2.uid, v3.uid])
+    assert data_dirs() == sorted([v2.uid, v3.uid])
+    # within kaas.store-retain-seconds, superseded versions stay readable however many writes follow
+    with dask.config.set({"kaas.store-retain-seconds": 60}):
+        later = [store.put("w", np.full(4, float(i))) for i in range(4)]
+    for i, v in enumerate(later):
+        np.testing.assert_array_equal(store.read(v).view(np.float64), np.full(4, float(i)))
+    np.testing.assert_array_equal(store.read(v2).view(np.float64), np.ones(4))
+    assert len(data_dirs()) == 6
+    with dask.config.set({"kaas.store-retain-seconds": 0}):  # once their time is up, the next write takes them
+        last = store.put("w", np.full(4, 9.0))
+    assert data_dirs() == sorted([later[-1].uid, last.uid])
+    assert store.gc(older_than=0) == 0  # nothing referenced went, nothing unreferenced stayed
 
 
 def test_uncommitted_data_is_invisible_and_gc_removes_it(store, tmp_path):
@@ -191,7 +207,7 @@ def _slow_put(url, key, marker):
         open(marker, "w").close()
         time.sleep(600)
 
-    store._commit = hang
+    store._pointers().swap = hang  # the commit
     store.put(key, np.full(4_000_000, 2.0))
     return "finished"
 

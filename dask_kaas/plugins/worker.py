@@ -66,8 +66,7 @@ class KaasWorkerPlugin(WorkerPlugin):
                              share=self.workers_per_device)
         self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
-        self.runtime.on_report = lambda report: worker.loop.add_callback(
-            worker.batched_send, {"op": "kaas-report", **report})
+        self.runtime.on_report = lambda report: _send_report(worker, report)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         add_runtime_resolver(worker_runtime)
         if "GPU" not in worker.state.total_resources:
@@ -79,6 +78,34 @@ class KaasWorkerPlugin(WorkerPlugin):
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
+
+
+def sendable(value):
+    """``value`` with every string made UTF-8 encodable (lone surrogates replaced).
+
+    A message the worker's stream cannot serialize closes that stream, and with it the worker;
+    nothing a tenant put in a request may do that.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {sendable(k): sendable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sendable(v) for v in value]
+    return value
+
+
+def _send_report(worker, report: dict) -> None:
+    try:
+        message = {"op": "kaas-report", **sendable(report)}
+    except Exception:  # noqa: BLE001 - a lost report costs the scheduler one update, never the worker
+        logger.exception("dask-kaas: could not prepare a report")
+        return
+    worker.loop.add_callback(worker.batched_send, message)
 
 
 def _restart_soon(worker, error) -> None:

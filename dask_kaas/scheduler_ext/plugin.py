@@ -35,9 +35,9 @@ from distributed import SchedulerPlugin
 from distributed.core import error_message
 
 from .. import config
-from ..errors import AdmissionRejected
+from ..errors import AdmissionRejected, RequestError
 from ..request import Request
-from ..store import split_key
+from ..names import namespace_problem, split_key
 from .dispatch import HELD, FairDispatcher
 from .model import RuntimeModel
 from .placement import StaticAssignment, WorkerView
@@ -195,6 +195,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             request = request_of(ts.run_spec)
             if request is None:
                 continue
+            problem = None if request.tenant is None else namespace_problem(request.tenant, "tenant")
+            if problem:  # only a request built around its own validation gets here; it goes no further
+                self._reject(scheduler, ts, RequestError(f"{request!r}: {problem}"))
+                continue
             if not ts.resource_restrictions or RESOURCE not in ts.resource_restrictions:
                 ts.resource_restrictions = {**(ts.resource_restrictions or {}), RESOURCE: 1}
             tenant = request.tenant or client
@@ -323,12 +327,15 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             f"{1 - self.margin:.0%} margin for dispatch and result transfer)",
             predicted, request.deadline,
         )
-        # Never dispatched: restricted to a worker that does not exist, it waits in no-worker
-        # until the callback below fails it, right after this graph update.
+        self._reject(scheduler, ts, error)
+        return False
+
+    def _reject(self, scheduler, ts, error: Exception) -> None:
+        """Fail a task at once, before any worker sees it: restricted to a worker that does not
+        exist, it waits in no-worker until the callback fails it, right after this graph update."""
         ts.worker_restrictions = {REJECTED}
         ts.loose_restrictions = False
         scheduler.loop.add_callback(self._fail, ts.key, error)
-        return False
 
     def _running_late(self) -> float:
         """How far behind their predictions the admitted, unfinished requests already are: the 90th
@@ -342,13 +349,13 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         now = time.time()
         return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
 
-    def _fail(self, key, error: AdmissionRejected) -> None:
+    def _fail(self, key, error: Exception) -> None:
         scheduler = self.scheduler
         ts = scheduler.tasks.get(key)
         if ts is None or ts.state != "no-worker":
             return
         msg = error_message(error)
-        stimulus_id = f"kaas-admission-rejected-{time.time()}"
+        stimulus_id = f"kaas-rejected-{time.time()}"
         recs, client_msgs, worker_msgs = scheduler._transition(
             key, "erred", stimulus_id, cause=key, exception=msg["exception"], traceback=msg["traceback"],
             exception_text=msg["exception_text"], traceback_text=msg["traceback_text"],

@@ -1,0 +1,167 @@
+"""Commit pointers with compare-and-swap, so concurrent writers never share a version number.
+
+A key's pointer (``<namespace>/refs/<key>.json``) is replaced by each commit. The writer reads
+the pointer, decides the next version from it, and swaps it in only if nobody committed in
+between; otherwise it reads again and retries. How that is made atomic depends on the backend:
+
+- local files: an exclusive ``flock`` on a lock file per key (``<namespace>/locks/``) around
+  read and replace, and the replace itself is an atomic rename;
+- S3 (s3fs): a conditional PUT, ``If-Match`` the ETag read (``If-None-Match: *`` for a new key),
+  as S3 offers since 2024;
+- ``memory://``: a lock in this process (the store lives in one process anyway);
+- any other fsspec backend: read and write without a guarantee (the last writer wins, and two
+  concurrent writers may commit the same number).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import threading
+import uuid
+
+_memory_locks: dict[str, threading.Lock] = {}
+_memory_locks_guard = threading.Lock()
+
+
+class Pointers:
+    """Unconditional pointers over any fsspec filesystem (the fallback)."""
+
+    atomic = False
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    @contextlib.contextmanager
+    def lock(self, path: str):
+        yield
+
+    def read(self, path: str) -> tuple[bytes | None, object]:
+        """The pointer's bytes (None if absent) and a token that :meth:`swap` checks against."""
+        try:
+            return self.fs.cat_file(path), None
+        except (FileNotFoundError, IsADirectoryError):
+            return None, None
+
+    def swap(self, path: str, data: bytes, token) -> bool:
+        """Write ``data`` if the pointer is still what :meth:`read` returned with ``token``; False if not."""
+        self.fs.pipe_file(path, data)
+        return True
+
+    def remove(self, path: str) -> None:
+        self.fs.rm(path)
+
+
+class LocalPointers(Pointers):
+    """Local files: flock around read and replace, and replace by rename."""
+
+    atomic = True
+
+    def __init__(self, fs, root: str):
+        super().__init__(fs)
+        self.root = root
+
+    @contextlib.contextmanager
+    def lock(self, path: str):
+        import fcntl
+
+        rel = os.path.relpath(path, self.root)
+        namespace = rel.split(os.sep, 1)[0]
+        directory = os.path.join(self.root, namespace, "locks")
+        os.makedirs(directory, exist_ok=True)
+        name = hashlib.sha256(rel.encode("utf-8")).hexdigest()[:40] + ".lock"
+        with open(os.path.join(directory, name), "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def read(self, path: str) -> tuple[bytes | None, object]:
+        try:
+            with open(path, "rb") as f:
+                return f.read(), None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None, None
+
+    def swap(self, path: str, data: bytes, token) -> bool:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return True
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+
+
+class MemoryPointers(Pointers):
+    """fsspec's memory filesystem: one process, so a lock per pointer path is enough."""
+
+    atomic = True
+
+    @contextlib.contextmanager
+    def lock(self, path: str):
+        with _memory_locks_guard:
+            lock = _memory_locks.setdefault(path, threading.Lock())
+        with lock:
+            yield
+
+
+class S3Pointers(Pointers):
+    """S3 through s3fs: conditional PUTs on the pointer's ETag."""
+
+    atomic = True
+
+    def read(self, path: str) -> tuple[bytes | None, object]:
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(path)
+
+        async def get():
+            try:
+                resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return None, None
+            try:
+                return await resp["Body"].read(), resp["ETag"]
+            finally:
+                resp["Body"].close()
+
+        return sync(self.fs.loop, get)
+
+    def swap(self, path: str, data: bytes, token) -> bool:
+        bucket, key, _ = self.fs.split_path(path)
+        condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except FileExistsError:  # If-None-Match: someone created it first
+            return False
+        except OSError as e:
+            # s3fs reports 412 PreconditionFailed (If-Match) as EINVAL; only a changed ETag makes it a lost race
+            if e.errno == errno.EINVAL and self.read(path)[1] != token:
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+        return True
+
+
+def pointers_for(fs, local_root: str | None) -> Pointers:
+    """The compare-and-swap the backend offers."""
+    if local_root is not None:
+        return LocalPointers(fs, local_root)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol == "memory":
+        return MemoryPointers(fs)
+    if protocol in ("s3", "s3a") and hasattr(fs, "_call_s3"):
+        return S3Pointers(fs)
+    return Pointers(fs)
