@@ -1,21 +1,31 @@
 """Client-side helpers: cluster-wide state, policy switching, installing KaaS on an existing cluster."""
 from __future__ import annotations
 
+from .errors import ConfigError, KaasError
 from .jupyter import ClusterState
 from .plugins import KaasWorkerPlugin, clear_cache_on_worker, set_exclusive_on_worker, stats_on_worker
+from .plugins.worker import NO_PLUGIN
 from .scheduler_ext import KaasSchedulerPlugin
+from .scheduler_ext.plugin import POLICIES
 
 
 def worker_stats(client) -> dict[str, dict]:
-    """Per KaaS worker address: cache counters, ``device``, ``capacity`` and ``used`` bytes, per-tenant rows."""
+    """Per KaaS worker address: cache counters, ``device``, ``capacity`` and ``used`` bytes, per-tenant rows.
+
+    Raises :class:`KaasError` when no worker of the cluster has the KaaS plugin.
+    """
     results = client.run(stats_on_worker)
-    return {addr: stats for addr, stats in results.items() if stats is not None}
+    stats = {addr: stats for addr, stats in results.items() if stats is not None}
+    if not stats:
+        raise KaasError(f"no worker of this cluster ({len(results)} workers) {NO_PLUGIN}")
+    return stats
 
 
 def _scheduler_snapshot(dask_scheduler) -> dict:
     plugin = dask_scheduler.plugins.get("kaas")
     if plugin is None:
-        raise RuntimeError("the scheduler has no KaaS plugin: use LocalKaasCluster or dask_kaas.install(client)")
+        raise KaasError("the scheduler has no KaaS plugin: use dask_kaas.LocalKaasCluster (or `dask kaas "
+                        "scheduler`), or dask_kaas.install(client)")
     return plugin.snapshot()
 
 
@@ -39,7 +49,13 @@ def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool =
 
 
 def set_policy(client, policy: str, *, clear_caches: bool = False) -> None:
-    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``)."""
+    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``).
+
+    An unknown policy is a :class:`~dask_kaas.errors.ConfigError` (also a ``ValueError``), raised before
+    anything changes.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     client.run(set_exclusive_on_worker, exclusive=(policy == "exclusive"))
     if clear_caches:
         client.run(clear_cache_on_worker)

@@ -18,7 +18,8 @@ def main():
 @click.option("--workers", "n_workers", type=int, default=None, help="Worker processes (default: one per GPU, or 2).")
 @click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default="auto", show_default=True)
 @click.option("--device-memory", default=None, help="Per-worker device capacity / RMM pool, e.g. 256MiB or 80%.")
-@click.option("--store", default=None, help="Store URL (default: a file store under ./stores/local).")
+@click.option("--store", default=None,
+              help="Store profile or URL (default: kaas.store, else the profile local: ~/.local/share/dask-kaas/store).")
 @click.option("--tenants", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--requests", "n_requests", type=click.IntRange(1), default=200, show_default=True,
               help="MLP inference requests, spread over the tenants.")
@@ -38,6 +39,7 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
     with LocalKaasCluster(n_workers=n_workers, device=device, device_memory=device_memory, store=store,
                           dashboard_address=dashboard_address) as cluster, Client(cluster) as client:
         click.echo(f"cluster: {len(cluster.workers)} {cluster.kaas_device} workers, store {cluster.store.url}")
+        click.echo(f"dashboard: {cluster.dashboard_link} (the /kaas page; live while the demo runs)")
         report = run_workload(client, cluster.store, workload, progress=not no_progress)
         stats = worker_stats(client)
         rows = summarize(report, stats)
@@ -50,7 +52,6 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
             f"cache hit rate {hits / max(lookups, 1):.1%}; "
             f"{sum(s['bytes_from_store'] for s in stats.values())} bytes loaded from the store"
         )
-        click.echo(f"dashboard: {cluster.dashboard_link}")
         for tenant, error in report["failed"]:
             click.echo(f"FAILED  {tenant}: {error}", err=True)
         if report["wrong"]:
@@ -65,7 +66,9 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
 @click.option("--scheduler", "address", required=True, help="Scheduler address, e.g. tcp://127.0.0.1:8786")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input buffer from a .npy file.")
 @click.option("--save", type=click.Path(file_okay=False), default=None, help="Also write each output as NAME.npy here.")
-def submit(file, address, inputs, save):
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to wait for the scheduler to answer.")
+def submit(file, address, inputs, save, timeout):
     from distributed import Client
 
     from .errors import KaasError
@@ -77,11 +80,22 @@ def submit(file, address, inputs, save):
             name, _, path = item.partition("=")
             if not name or not path:
                 raise click.BadParameter(f"expected NAME=FILE.npy, got {item!r}", param_hint="--input")
-            call_inputs[name] = np.load(path)
-        with Client(address, timeout=30) as client:
+            try:
+                call_inputs[name] = np.load(path)
+            except (OSError, ValueError) as e:
+                raise click.BadParameter(f"cannot read {path!r} as a .npy array: {e}", param_hint="--input")
+        try:
+            client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError) as e:
+            raise click.ClickException(f"cannot reach the scheduler at {address} within {timeout:g} s "
+                                       f"({type(e).__name__}: {e})") from None
+        with client:
             outputs = client.submit(request, pure=False, **call_inputs).result()
     except KaasError as e:
         click.echo(f"error: {type(e).__name__}: {e}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(2)
     assert isinstance(request, Request)
     for name, value in outputs.items():
@@ -102,20 +116,20 @@ def load_request_file(path: str):
     from .errors import RequestError
     from .request import Request
 
-    with open(path) as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise RequestError(f"{path}: not valid JSON ({e})") from e
-    body = doc.get("request", doc) if isinstance(doc, dict) else doc
+    with open(path, "rb") as f:
+        text = f.read()
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(doc, dict) and "request" in doc:
+        body, given = doc["request"], doc.get("inputs") or {}
+        if not isinstance(given, dict):
+            raise RequestError(f"{path}: 'inputs' must map buffer names to lists of numbers")
+    else:
+        body, given = doc, {}
     request = Request.from_dict(body)
-    inputs = {}
-    for name, value in (doc.get("inputs") or {}).items() if isinstance(doc, dict) else ():
-        spec = request.buffers.get(name)
-        if spec is None:
-            raise RequestError(f"{path}: input {name!r} is not a buffer of the request")
-        inputs[name] = np.asarray(value, dtype=spec.dtype or np.uint8)
-    return request, inputs
+    return request, request.check_inputs(given)
 
 
 # -- dask-kaas store ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import copy
 
 from distributed import LocalCluster
 
+from .errors import ConfigError
 from .device import resolve_kind
 from .device.cuda import gpu_count
 from .plugins import KaasWorkerPlugin
@@ -20,7 +21,8 @@ class LocalKaasCluster(LocalCluster):
     Each worker runs one thread, advertises ``resources={"GPU": 1}`` and carries
     the KaaS worker plugin; the scheduler carries the KaaS scheduler plugin.
     ``device_memory`` is each host device's capacity or each GPU's RMM pool
-    size; ``store`` defaults to a file store under ``./stores/local``;
+    size; ``store`` defaults to ``kaas.store``, else the profile ``local`` (a file store under
+    ``$XDG_DATA_HOME/dask-kaas/store``, by default ``~/.local/share/dask-kaas/store``);
     ``policy`` overrides ``kaas.scheduler.policy``. Other
     keyword arguments go to :class:`distributed.LocalCluster`.
     """
@@ -29,22 +31,22 @@ class LocalKaasCluster(LocalCluster):
         kind = resolve_kind(device)
         gpus = gpu_count() if kind == "cuda" else 0
         if kind == "cuda" and gpus == 0:
-            raise RuntimeError("device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version?)")
+            raise ConfigError("device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version?)")
         if n_workers is None:
             n_workers = gpus if kind == "cuda" else DEFAULT_HOST_WORKERS
         if not isinstance(n_workers, int) or n_workers < 1:
-            raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+            raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
         self.kaas_device = kind
         self.kaas_store = open_store(store)
         if self.kaas_store.url.startswith("memory://"):
-            raise ValueError(
+            raise ConfigError(
                 f"store {self.kaas_store.url} lives in one process's memory, which LocalKaasCluster's worker "
                 "processes cannot see; use a file:// or s3:// store (or a profile such as 'local')"
             )
         self._gpus = gpus
         for fixed in ("threads_per_worker", "processes"):
             if fixed in kwargs and kwargs[fixed] != {"threads_per_worker": 1, "processes": True}[fixed]:
-                raise ValueError(f"LocalKaasCluster runs one-thread worker processes; {fixed} cannot be changed")
+                raise ConfigError(f"LocalKaasCluster runs one-thread worker processes; {fixed} cannot be changed")
             kwargs.pop(fixed, None)
         resources = {**kwargs.pop("resources", {}), "GPU": 1}
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})

@@ -6,6 +6,8 @@ import os
 import dask.config
 import yaml
 
+from .errors import ConfigError
+
 _fn = os.path.join(os.path.dirname(__file__), "kaas.yaml")
 with open(_fn) as f:
     _defaults = yaml.safe_load(f)
@@ -27,26 +29,26 @@ def get(key: str, default=None):
 def parse_size(value, *, total: int | None = None, name: str = "size") -> int:
     """Bytes from an int, "2GiB", "512 MB" or "80%" (a share of ``total``)."""
     if isinstance(value, bool):
-        raise ValueError(f"{name}: expected a size, got {value!r}")
+        raise ConfigError(f"{name}: expected a size, got {value!r}")
     if isinstance(value, (int, float)):
         if value <= 0:
-            raise ValueError(f"{name}: must be positive, got {value!r}")
+            raise ConfigError(f"{name}: must be positive, got {value!r}")
         return int(value)
     if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a size such as '2GiB' or '80%', got {value!r}")
+        raise ConfigError(f"{name}: expected a size such as '2GiB' or '80%', got {value!r}")
     text = value.strip().lower().replace(" ", "")
     if text.endswith("%"):
         if total is None:
-            raise ValueError(f"{name}: a percentage ({value!r}) needs a known total")
+            raise ConfigError(f"{name}: a percentage ({value!r}) needs a known total")
         share = float(text[:-1]) / 100
         if not 0 < share <= 1:
-            raise ValueError(f"{name}: percentage must be in (0, 100], got {value!r}")
+            raise ConfigError(f"{name}: percentage must be in (0, 100], got {value!r}")
         return int(total * share)
     digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = text[len(digits):]
     if unit not in _UNITS or not digits:
-        raise ValueError(f"{name}: cannot read {value!r} as a size")
+        raise ConfigError(f"{name}: cannot read {value!r} as a size")
     size = int(float(digits) * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"{name}: must be positive, got {value!r}")
+        raise ConfigError(f"{name}: must be positive, got {value!r}")
     return size

@@ -9,6 +9,15 @@ class RequestError(KaasError, ValueError):
     """A request (or a call's inputs) breaks a rule of the request model."""
 
 
+class TenantError(KaasError):
+    """A request names a tenant its client may not act for (``kaas.scheduler.tenant-identity``)."""
+
+
+class ConfigError(KaasError, ValueError):
+    """A setting or option is not valid (an unknown policy or device, a size that cannot be read, ...),
+    or names something this machine does not have (device="cuda" without a GPU)."""
+
+
 class KernelError(KaasError):
     """A kernel library or kernel cannot be found, compiled, loaded or run."""
 

@@ -4,7 +4,7 @@ A profile names a store's URL, its fsspec ``storage_options`` and the
 namespaces every tenant may read (``shared``)::
 
     # stores/local.yaml
-    url: file://stores/local          # relative file paths resolve against the current directory
+    url: file://${XDG_DATA_HOME:-~/.local/share}/dask-kaas/store
     shared: [public]
     storage_options: {}
 
@@ -15,7 +15,8 @@ expansion are dropped, so ``endpoint_url: ${AWS_ENDPOINT_URL:-}`` means "let
 the client decide" when the variable is not set. ``$$`` is a literal ``$``.
 
 Profiles are searched in :func:`profile_dirs` order, the first file of a
-name wins. ``local`` (``file://stores/local``) and ``memory``
+name wins. ``local`` (``$XDG_DATA_HOME/dask-kaas/store``, by default
+``~/.local/share/dask-kaas/store``, the same whatever the current directory) and ``memory``
 (``memory://dask-kaas``) are built in, so they exist even without any
 profile file.
 """
@@ -39,7 +40,8 @@ DEFAULT_PROFILE = "local"
 
 #: Profiles that exist without a file (a file of the same name overrides them).
 BUILTIN_PROFILES = {
-    "local": {"url": "file://stores/local", "storage_options": {}, "shared": ["public"]},
+    "local": {"url": "file://${XDG_DATA_HOME:-~/.local/share}/dask-kaas/store", "storage_options": {},
+              "shared": ["public"]},
     "memory": {"url": "memory://dask-kaas", "storage_options": {}, "shared": ["public"]},
 }
 

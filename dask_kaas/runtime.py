@@ -227,6 +227,7 @@ class Runtime:
             "seconds": seconds,
             "ok": ok,
             "consts": self.resident_consts(),
+            "device": self.device.kind,
             "capacity": self.cache.capacity,
             "used": self.cache.used,
             "pinned": self.cache.pinned_bytes,

@@ -44,7 +44,7 @@ QUICKSTART = [
     new_code_cell("req.visualize()  # the dataflow graph: buffers -> kernels -> buffers"),
     new_markdown_cell(
         "## A cluster and its store\n\n"
-        "Two worker processes, each owning one host device. The store defaults to `./stores/local`; "
+        "Two worker processes, each owning one host device. The store defaults to a file store in your data directory (`~/.local/share/dask-kaas/store`); "
         "a request's keys live in its tenant's namespace."
     ),
     new_code_cell(

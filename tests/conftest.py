@@ -24,6 +24,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _default_store_in_tmp(tmp_path_factory):
+    """The default store (the profile "local", under $XDG_DATA_HOME) of every test and the worker
+    processes it starts is a session temporary directory, never the user's."""
+    old = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = old
+
+
 @pytest.fixture(autouse=True)
 def _kernel_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Compiled kernels go to a per-session temporary directory, never to the user's cache."""

@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +29,9 @@ def test_demo_runs_checks_and_reports(tmp_path):
     for tenant in ("tenant-0", "tenant-1", "tenant-2", "tenant-3", "jacobi"):
         assert tenant in out
     assert "p50 ms" in out and "hit rate" in out and "dashboard: http" in out
-    assert (tmp_path / "stores" / "local").is_dir()  # the default file store under ./stores
+    assert out.index("dashboard: http") < out.index("all results match")  # printed while the cluster is up
+    assert (Path(os.environ["XDG_DATA_HOME"]) / "dask-kaas" / "store").is_dir()  # the default store
+    assert not (tmp_path / "stores").exists()  # nothing in the current directory
 
 
 def test_demo_rejects_bad_options(tmp_path):
@@ -79,3 +83,31 @@ def test_submit_bad_request_names_the_error(cluster, tmp_path):
 def r_fill():
     return Request([KernelSpec("builtin", "fill", 1, 1, literals=[Literal("i", 1), Literal("f", 1.0)],
                                arguments=[(BufferSpec("y", 4, dtype="float32", ephemeral=True), "o")])])
+
+
+def test_submit_to_an_unreachable_scheduler_is_a_tidy_error(tmp_path):
+    path = tmp_path / "req.json"
+    path.write_text(r_fill().to_json())
+    start = time.time()
+    proc = run("dask-kaas", "submit", str(path), "--scheduler", "tcp://127.0.0.1:1", "--timeout", "2")
+    assert proc.returncode == 2
+    assert "error: cannot reach the scheduler at tcp://127.0.0.1:1 within 2 s" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.time() - start < 60
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"x": [1000, 2, 3, 4]}, "input 'x': cannot be read as uint8"),  # no dtype: bytes, and 1000 is no byte
+    ({"x": [[1], [2, 3]]}, "input 'x': cannot be read"),
+    ({"x": "abcd"}, "input 'x'"),
+    ([1, 2], "'inputs' must map buffer names"),
+])
+def test_submit_bad_inline_inputs(tmp_path, inputs, message):
+    x = BufferSpec("x", 4, ephemeral=True)
+    y = BufferSpec("y", 16, dtype="float32", ephemeral=True)
+    r = Request([KernelSpec("builtin", "vadd", 1, 1, literals=[Literal("i", 1)],
+                            arguments=[(x, "i"), (x, "i"), (y, "o")])])
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps({"request": r.to_dict(), "inputs": inputs}))
+    proc = run("dask-kaas", "submit", str(path), "--scheduler", "tcp://127.0.0.1:1", "--timeout", "1")
+    assert proc.returncode == 2 and "RequestError" in proc.stderr and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

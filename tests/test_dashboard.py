@@ -1,5 +1,6 @@
 """The /kaas dashboard page, rendered by a real headless Chromium."""
 import shutil
+import time
 import urllib.request
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_page_renders_workers_and_tenants_in_chromium(cluster, ran, tmp_path):
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(page_url(cluster), wait_until="load", timeout=60_000)
             # Bokeh renders into shadow roots; Playwright's selectors pierce them.
-            page.get_by_text(f"{len(workers)} GPU workers, {len(tenants)} tenants").wait_for(timeout=30_000)
+            page.get_by_text(f"{len(workers)} host workers, {len(tenants)} tenants").wait_for(timeout=30_000)
             for tenant in tenants:
                 page.get_by_text(tenant, exact=True).first.wait_for(timeout=30_000)
             for worker in workers:  # the recent-requests table names the worker of each request
@@ -70,3 +71,80 @@ def test_page_renders_workers_and_tenants_in_chromium(cluster, ran, tmp_path):
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def row_texts(page, first: str) -> list[str]:
+    """Texts of the DataTable rows whose first cell is ``first`` (Bokeh's SlickGrid rows)."""
+    return [r for r in page.locator(".slick-row").all_inner_texts() if r.split("\n", 1)[0] == first]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_tables_change_while_a_workload_runs(cluster, ran):
+    """The tenant table and the recent-requests table follow the workload after the page has loaded
+    (BokehJS redraws a DataTable only when its row count changes, unless told otherwise)."""
+    import threading
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    tenants, _ = ran
+    stop = threading.Event()
+
+    def workload():
+        with Client(cluster) as client:
+            while not stop.is_set():
+                client.gather([client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), pure=False)
+                               for t in tenants])
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(page_url(cluster), wait_until="load", timeout=60_000)
+            page.get_by_text("alice", exact=True).first.wait_for(timeout=30_000)
+
+            def snapshot():
+                """(alice's row, the newest recent request) once both are drawn (a redraw empties the grid briefly)."""
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    alice, rows = row_texts(page, "alice"), page.locator(".slick-row").all_inner_texts()
+                    if alice and len(rows) > len(tenants):
+                        return alice[0], rows[len(tenants)]
+                    page.wait_for_timeout(100)
+                raise AssertionError("the tables were not drawn")
+
+            page.wait_for_timeout(1000)
+            before, recent_before = snapshot()
+            thread = threading.Thread(target=workload)
+            thread.start()
+            try:
+                deadline = time.time() + 30
+                after, recent_after = snapshot()
+                while after == before and time.time() < deadline:
+                    page.wait_for_timeout(250)
+                    after, recent_after = snapshot()
+            finally:
+                stop.set()
+                thread.join()
+        finally:
+            browser.close()
+    assert after != before, "the tenant table stopped updating"
+    completed_before, completed_after = int(before.split("\n")[2]), int(after.split("\n")[2])
+    assert completed_after > completed_before
+    assert recent_after != recent_before, "the recent-requests table stopped updating"
+
+
+def test_rates_over_a_window_and_tables_that_redraw():
+    from collections import deque
+
+    from bokeh.models import ColumnDataSource, DataTable, TableColumn
+
+    from dask_kaas.dashboard.page import _rates, _set_table
+
+    window = deque()
+    assert _rates(window, 100.0, {"a": 10}, 5.0) == {"a": 0.0}
+    assert _rates(window, 101.0, {"a": 20}, 5.0) == {"a": 10.0}
+    assert _rates(window, 106.0, {"a": 70, "b": 6}, 5.0) == {"a": 10.0, "b": 1.2}  # 50 in the last 5 s
+    table = DataTable(source=ColumnDataSource(dict(x=[1, 2])), columns=[TableColumn(field="x")])
+    _set_table(table, dict(x=[3, 4]))  # the same number of rows: the table must still be told
+    assert table.source.data["x"] == [3, 4] and table.tags == [1]
+    _set_table(table, dict(x=[3, 4]))  # nothing new: no redraw
+    assert table.tags == [1]

@@ -50,10 +50,11 @@ def test_notebook_runs(name, tmp_path, kernel_manager_factory):
     assert "cluster.close()" in nb.cells[-1].source, "a notebook must end by closing its cluster"
     client = nbclient.NotebookClient(
         nb, km=kernel_manager_factory(), kernel_name="python3", timeout=300,
-        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's cwd: the default store lands here
+        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's cwd
     )
     client.execute()  # raises CellExecutionError on any cell error
-    assert (tmp_path / "stores" / "local").is_dir()
+    assert (Path(os.environ["XDG_DATA_HOME"]) / "dask-kaas" / "store").is_dir()  # the default store
+    assert not (tmp_path / "stores").exists()  # not under the notebook's directory
     displayed = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert any("text/html" in out.get("data", {}) for out in displayed)  # the request / cluster state views
 

@@ -10,7 +10,7 @@ from distributed import wait, Client, progress
 from helpers import matvec_request
 
 import dask_kaas
-from dask_kaas import BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, cluster_state, jupyter
+from dask_kaas import BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, RequestError, cluster_state, jupyter
 from dask_kaas.demo import jacobi_request, mlp_request
 
 N = 64
@@ -42,8 +42,13 @@ def test_repr_html_escapes_everything():
     evil = "<script>alert(1)</script>"
     x = BufferSpec("x&<b>", 4 * N, dtype="float32", ephemeral=True)
     y = BufferSpec("y", 4 * N, key="k/<i>", dtype="float32")
-    r = Request([KernelSpec("builtin", "vadd", 1, 64, literals=[Literal("i", N)],
-                            arguments=[(x, "i"), (x, "i"), (y, "o")])], tenant=evil, deadline=2.5)
+    valid = Request([KernelSpec("builtin", "vadd", 1, 64, literals=[Literal("i", N)],
+                                arguments=[(x, "i"), (x, "i"), (y, "o")])], deadline=2.5)
+    with pytest.raises(RequestError, match="tenant"):  # no constructor accepts such a tenant ...
+        Request(valid.kernels, tenant=evil)
+    from dask_kaas.request import _rebuild_request
+
+    r = _rebuild_request(valid.kernels, 1, evil, 2.5)  # ... but a pickle can carry one: still escaped
     page = r._repr_html_()
     assert evil not in page and "&lt;script&gt;" in page
     assert "x&<b>" not in page and "x&amp;&lt;b&gt;" in page and "k/&lt;i&gt;" in page

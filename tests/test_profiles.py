@@ -39,7 +39,8 @@ def test_repo_profiles_are_valid(cwd):
     for name in ("local", "memory", "s3"):
         assert profiles[name] == os.path.join(REPO_STORES, f"{name}.yaml")
     local = load_profile("local")
-    assert local == {"url": f"file://{cwd}/stores/local", "storage_options": {}, "shared": ["public"]}
+    assert local == {"url": f"file://{os.environ['XDG_DATA_HOME']}/dask-kaas/store", "storage_options": {},
+                     "shared": ["public"]}
     assert load_profile("memory")["url"] == "memory://dask-kaas"
 
 
@@ -75,7 +76,7 @@ def test_builtin_profiles_without_any_file(cwd, monkeypatch):
 
     monkeypatch.setattr(profiles, "profile_dirs", lambda: [str(cwd / "stores")])
     assert list_profiles() == {name: "<built-in>" for name in BUILTIN_PROFILES}
-    assert resolve_store("local") == (f"file://{cwd}/stores/local", {}, ("public",))
+    assert resolve_store("local") == (f"file://{os.environ['XDG_DATA_HOME']}/dask-kaas/store", {}, ("public",))
 
 
 def test_unknown_profile_names_it_and_the_dirs(cwd):

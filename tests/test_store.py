@@ -272,9 +272,16 @@ def test_url_normalization_and_repr(tmp_path, monkeypatch):
 
 def test_open_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     with dask.config.set({"kaas.store": None}):
-        assert open_store().url == f"file://{tmp_path}/stores/local"
-        assert open_store(None).url == f"file://{tmp_path}/stores/local"
+        assert open_store().url == f"file://{tmp_path}/data/dask-kaas/store"
+        assert open_store(None).url == f"file://{tmp_path}/data/dask-kaas/store"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # another directory, the same store
+    with dask.config.set({"kaas.store": None}):
+        assert open_store().url == f"file://{tmp_path}/home/.local/share/dask-kaas/store"
     with dask.config.set({"kaas.store": "memory://configured"}):
         assert open_store().url == "memory://configured"
     s = BufferStore("memory://abc")

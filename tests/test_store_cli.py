@@ -102,9 +102,9 @@ def test_by_profile_name_and_default_profile(tmp_path):
     assert (tmp_path / "data" / "mine").is_dir()
     assert "k" in ok(kaas("store", "ls", "--store", "mine", cwd=tmp_path))
     np.testing.assert_array_equal(BufferStore(f"file://{tmp_path}/data/mine").get("k"), np.arange(5))
-    # no --store: kaas.store, else the profile "local" (file://stores/local under the cwd)
-    ok(kaas("store", "put", "d", "a.npy", cwd=tmp_path))
-    assert BufferStore(f"file://{tmp_path}/stores/local").keys() == ["d"]
+    # no --store: kaas.store, else the profile "local" (the user's data directory, whatever the cwd)
+    ok(kaas("store", "put", "d", "a.npy", cwd=tmp_path, env={"XDG_DATA_HOME": str(tmp_path / "xdg")}))
+    assert BufferStore(f"file://{tmp_path}/xdg/dask-kaas/store").keys() == ["d"]
     ok(kaas("store", "put", "e", "a.npy", cwd=tmp_path, env={"DASK_KAAS__STORE": "mine"}))
     assert BufferStore(f"file://{tmp_path}/data/mine").keys() == ["e", "k"]
     out = ok(kaas("store", "profiles", cwd=tmp_path))

@@ -7,15 +7,19 @@ never disagree. It refreshes every half second.
 from __future__ import annotations
 
 import time
+from collections import Counter, deque
 from datetime import datetime
+from html import escape
 
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, DataTable, Div, HoverTool, NumeralTickFormatter, TableColumn
+from bokeh.models import (BasicTicker, ColumnDataSource, DataTable, Div, HoverTool, NumeralTickFormatter, Range1d,
+                          TableColumn)
 from bokeh.plotting import figure
 
 PALETTE = {"cached": "#1f77b4", "pinned": "#d62728", "free": "#c7c7c7"}
 HISTORY = 600  # points kept in the time series (5 minutes at 2 per second)
 RECENT_ROWS = 50
+RATE_WINDOW = 5.0  # seconds over which per-tenant throughput is averaged (bars and table alike)
 
 
 def _mib(n) -> float:
@@ -40,9 +44,10 @@ class KaasPage:
                                                   ("pinned MiB", "@pinned{0.0}"), ("free MiB", "@free{0.0}")]))
 
         self.queue_source = ColumnDataSource(dict(worker=[], queue=[]))
-        self.queue = figure(title="Requests in flight per worker", y_range=[], height=260,
+        self.queue = figure(title="Requests in flight per worker", y_range=[], x_range=Range1d(0, 2), height=260,
                             sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-queue")
         self.queue.hbar(y="worker", right="queue", height=0.7, source=self.queue_source, color="#ff7f0e")
+        self.queue.xaxis.ticker = BasicTicker(min_interval=1)  # requests come whole
 
         self.series = ColumnDataSource(dict(time=[], hit_rate=[], loaded=[]))
         self.hits = figure(title="Cache hit rate", x_axis_type="datetime", height=220, y_range=(0, 1.05),
@@ -56,7 +61,8 @@ class KaasPage:
 
         self.tenant_source = ColumnDataSource(dict(tenant=[], submitted=[], completed=[], throughput=[], p50=[],
                                                    p99=[], rejected=[], failed=[]))
-        self.throughput = figure(title="Throughput per tenant (requests/s)", x_range=[], height=240,
+        self.throughput = figure(title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)", x_range=[],
+                                 height=240,
                                  sizing_mode="stretch_width", tools="", toolbar_location=None,
                                  name="kaas-throughput")
         self.throughput.vbar(x="tenant", top="throughput", width=0.7, source=self.tenant_source, color="#17becf")
@@ -65,9 +71,9 @@ class KaasPage:
                                      TableColumn(field="tenant", title="tenant"),
                                      TableColumn(field="submitted", title="submitted"),
                                      TableColumn(field="completed", title="completed"),
-                                     TableColumn(field="throughput", title="req/s"),
-                                     TableColumn(field="p50", title="p50 ms"),
-                                     TableColumn(field="p99", title="p99 ms"),
+                                     TableColumn(field="throughput", title=f"req/s ({RATE_WINDOW:g} s)"),
+                                     TableColumn(field="p50", title="latency p50 (ms)"),
+                                     TableColumn(field="p99", title="latency p99 (ms)"),
                                      TableColumn(field="rejected", title="rejected"),
                                      TableColumn(field="failed", title="failed"),
                                  ])
@@ -78,7 +84,7 @@ class KaasPage:
                                     TableColumn(field="tenant", title="tenant"),
                                     TableColumn(field="kernels", title="kernels"),
                                     TableColumn(field="worker", title="worker"),
-                                    TableColumn(field="ms", title="ms"),
+                                    TableColumn(field="ms", title="on the worker (ms)"),
                                     TableColumn(field="cache", title="cache"),
                                 ])
         self.root = column(
@@ -90,7 +96,11 @@ class KaasPage:
             self.recent,
             sizing_mode="stretch_width",
         )
-        self._last: tuple[float, int, int, int, dict] | None = None
+        self._last: tuple[float, int, int, int] | None = None
+        self._completions: deque = deque()  # (time, {tenant: completed}) over the last RATE_WINDOW seconds
+
+    def _throughput(self, now: float, completed: dict) -> dict:
+        return _rates(self._completions, now, completed, RATE_WINDOW)
 
     def update(self) -> None:
         plugin = self.scheduler.plugins.get("kaas")
@@ -100,9 +110,11 @@ class KaasPage:
         state = plugin.snapshot()
         now = time.time()
         workers, tenants = state["workers"], state["tenants"]
+        kinds = Counter(w.get("device") or "unreported" for w in workers.values())
+        devices = " + ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "0"
         self.header.text = (
-            f"<h3>dask-kaas: {len(workers)} GPU workers, {len(tenants)} tenants, policy "
-            f"<code>{state['policy']}</code>, {plugin.dispatcher.__len__()} requests held for fair dispatch</h3>"
+            f"<h3>dask-kaas: {devices} workers, {len(tenants)} tenants, policy "
+            f"<code>{escape(state['policy'])}</code>, {len(plugin.dispatcher)} requests held for fair dispatch</h3>"
         )
         names = list(workers)
         self.memory.y_range.factors = names
@@ -114,22 +126,21 @@ class KaasPage:
             free=[_mib(w["free"]) for w in workers.values()],
         )
         self.queue_source.data = dict(worker=names, queue=[w["queue"] for w in workers.values()])
+        self.queue.x_range.end = max([2, *(w["queue"] + 1 for w in workers.values())])
 
         hits = sum(w["counters"].get("hits", 0) for w in workers.values())
         misses = sum(w["counters"].get("compulsory_misses", 0) + w["counters"].get("capacity_misses", 0)
                      for w in workers.values())
         loaded = sum(w["counters"].get("bytes_from_store", 0) for w in workers.values())
-        completed = {t: s["completed"] for t, s in tenants.items()}
-        throughput = {t: 0.0 for t in tenants}
         if self._last is not None:
-            then, hits0, misses0, loaded0, completed0 = self._last
+            then, hits0, misses0, loaded0 = self._last
             dt = max(now - then, 1e-3)
             lookups = (hits - hits0) + (misses - misses0)
             hit_rate = (hits - hits0) / lookups if lookups else (hits / (hits + misses) if hits + misses else 0)
             self.series.stream(dict(time=[datetime.fromtimestamp(now)], hit_rate=[hit_rate],
                                     loaded=[(loaded - loaded0) / dt]), rollover=HISTORY)
-            throughput = {t: (c - completed0.get(t, 0)) / dt for t, c in completed.items()}
-        self._last = (now, hits, misses, loaded, completed)
+        self._last = (now, hits, misses, loaded)
+        throughput = self._throughput(now, {t: s["completed"] for t, s in tenants.items()})
 
         tenant_names = sorted(tenants)
         self.throughput.x_range.factors = tenant_names
@@ -137,7 +148,7 @@ class KaasPage:
         def ms(v):
             return round(v * 1e3, 1) if v is not None else None
 
-        self.tenant_source.data = dict(
+        _set_table(self.tenants, dict(
             tenant=tenant_names,
             submitted=[tenants[t]["submitted"] for t in tenant_names],
             completed=[tenants[t]["completed"] for t in tenant_names],
@@ -146,16 +157,39 @@ class KaasPage:
             p99=[ms(tenants[t]["latency_p99"]) for t in tenant_names],
             rejected=[tenants[t]["rejected"] for t in tenant_names],
             failed=[tenants[t]["failed"] for t in tenant_names],
-        )
+        ))
         recent = state["recent"][-RECENT_ROWS:][::-1]
-        self.recent_source.data = dict(
+        _set_table(self.recent, dict(
             time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in recent],
             tenant=[r["tenant"] for r in recent],
             kernels=[" -> ".join(r["kernels"]) for r in recent],
             worker=[r["worker"] for r in recent],
             ms=[round(r["seconds"] * 1e3, 2) for r in recent],
             cache=[("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent],
-        )
+        ))
+
+
+def _rates(window: deque, now: float, completed: dict, seconds: float) -> dict:
+    """Requests per second per tenant over the last ``seconds``, from snapshots of completed counts."""
+    window.append((now, completed))
+    while len(window) > 2 and now - window[1][0] >= seconds:
+        window.popleft()
+    then, before = window[0]
+    dt = now - then
+    return {t: (c - before.get(t, 0)) / dt if dt > 0 else 0.0 for t, c in completed.items()}
+
+
+def _set_table(table: DataTable, data: dict) -> None:
+    """New rows for a DataTable, redrawn even when their number stays the same.
+
+    BokehJS redraws a DataTable when its CDSView's indices change; replacing the data with as
+    many rows leaves the indices equal, so the table would keep showing the old rows. Any change
+    of the table model itself makes it rerender, so the rows' version goes into its ``tags``.
+    """
+    if table.source.data == data:
+        return
+    table.source.data = data
+    table.tags = [(table.tags[0] if table.tags else 0) + 1]
 
 
 def kaas_doc(scheduler, extra, doc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from .. import config
+from ..errors import ConfigError
 from .base import Device
 from .cuda import cuda_unavailable_reason, gpu_count, gpu_present
 from .host import HostDevice
@@ -20,7 +21,7 @@ def resolve_kind(kind: str | None) -> str:
     """
     kind = kind or config.get("device") or "auto"
     if kind not in KINDS:
-        raise ValueError(f"device must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ConfigError(f"device must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "auto":
         if gpu_count() > 0:
             return "cuda"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import config
-from ..errors import DeviceMemoryError
+from ..errors import ConfigError, DeviceMemoryError
 
 #: Left free for the CUDA context itself (modules, stacks, driver bookkeeping).
 CONTEXT_RESERVE = 256 * 2**20
@@ -50,7 +50,7 @@ def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int 
     already set up, ``existing_bytes`` its size when known.
     """
     if not isinstance(share, int) or isinstance(share, bool) or share < 1:
-        raise ValueError(f"kaas.cuda.workers-per-device must be a positive integer, got {share!r}")
+        raise ConfigError(f"kaas.cuda.workers-per-device must be a positive integer, got {share!r}")
     if reuse and existing_bytes:
         pool, note = int(existing_bytes), f"the worker's RMM resource ({existing_bytes} bytes)"
     else:
@@ -73,7 +73,7 @@ def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int 
         raise DeviceMemoryError(f"no GPU memory for a pool: {free} of {total} bytes free ({note})")
     capacity = config.parse_size(cache_capacity, total=pool, name="kaas.cuda.cache-capacity")
     if capacity > pool:
-        raise ValueError(f"kaas.cuda.cache-capacity {cache_capacity} ({capacity} bytes) exceeds the pool "
+        raise ConfigError(f"kaas.cuda.cache-capacity {cache_capacity} ({capacity} bytes) exceeds the pool "
                          f"({pool} bytes, {note})")
     return MemoryPlan(pool_bytes=pool, capacity=capacity, reuse=reuse, note=note)
 

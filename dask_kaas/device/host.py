@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from ..errors import DeviceMemoryError, KernelError
+from ..errors import ConfigError, DeviceMemoryError, KernelError
 from .base import Device
 
 
@@ -20,7 +20,7 @@ class HostDevice(Device):
 
     def __init__(self, capacity: int, name: str = "host"):
         if capacity <= 0:
-            raise ValueError(f"host device capacity must be positive, got {capacity}")
+            raise ConfigError(f"host device capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
         self.name = name
         self._used = 0

@@ -7,6 +7,7 @@ import os
 from distributed import WorkerPlugin, get_worker
 
 from .. import config
+from ..errors import ConfigError, KaasError
 from ..device import KINDS, make_device
 from ..runtime import Runtime, add_runtime_resolver
 from ..store import BufferStore, open_store
@@ -46,16 +47,16 @@ class KaasWorkerPlugin(WorkerPlugin):
     def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None,
                  policy: str | None = None, workers_per_device: int | None = None):
         if device not in KINDS:
-            raise ValueError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
+            raise ConfigError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
         if device_memory is not None:
             config.parse_size(device_memory, total=1, name="device_memory")  # fail here, not on the worker
         if device_index is not None and (not isinstance(device_index, int) or device_index < 0):
-            raise ValueError(f"device_index must be a non-negative integer, got {device_index!r}")
+            raise ConfigError(f"device_index must be a non-negative integer, got {device_index!r}")
         self.device = device
         self.device_memory = device_memory
         self.store = store if isinstance(store, BufferStore) else open_store(store)
         if workers_per_device is not None and (not isinstance(workers_per_device, int) or workers_per_device < 1):
-            raise ValueError(f"workers_per_device must be a positive integer, got {workers_per_device!r}")
+            raise ConfigError(f"workers_per_device must be a positive integer, got {workers_per_device!r}")
         self.device_index = device_index
         self.workers_per_device = workers_per_device
         self.policy = policy
@@ -68,7 +69,6 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
-        add_runtime_resolver(worker_runtime)
         if "GPU" not in worker.state.total_resources:
             await worker.set_resources(**{**worker.state.total_resources, "GPU": 1})
         logger.info("dask-kaas: %s device %r, %d bytes, store %s (pid %d)", device.kind, device.name,
@@ -121,14 +121,27 @@ def _restart_soon(worker, error) -> None:
     worker.loop.add_callback(lambda: worker.loop.call_later(RESTART_DELAY, close))
 
 
+NO_PLUGIN = ("has no KaaS plugin, so it cannot run a Request: start the cluster with dask_kaas.LocalKaasCluster "
+             "(or `dask kaas worker`), or make an existing one a KaaS cluster with dask_kaas.install(client)")
+
+
 def worker_runtime() -> Runtime | None:
-    """The runtime of the Dask worker this thread runs in, or None outside a KaaS worker."""
+    """The runtime of the Dask worker this thread runs in; None outside a Dask worker.
+
+    A Request called on a Dask worker without the KaaS plugin is an error, not a run on some
+    process-local runtime against a store nobody configured.
+    """
     try:
         worker = get_worker()
     except ValueError:
         return None
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    return getattr(plugin, "runtime", None)
+    runtime = getattr(worker.plugins.get(PLUGIN_NAME), "runtime", None)
+    if runtime is None:
+        raise KaasError(f"Dask worker {worker.address} {NO_PLUGIN}")
+    return runtime
+
+
+add_runtime_resolver(worker_runtime)  # wherever dask_kaas is imported in a worker, requests find its runtime
 
 
 def stats_on_worker(dask_worker) -> dict | None:

@@ -20,6 +20,7 @@ class WorkerView:
     used: int = 0
     pinned: int = 0
     counters: dict = field(default_factory=dict)
+    device: str | None = None  # "cuda" or "host", once the worker has reported
     reports: int = 0
     service_interval: float | None = None  # seconds between completions while busy, as observed (contention included)
     service_deviation: float = 0.0          # its mean absolute deviation
@@ -31,6 +32,7 @@ class WorkerView:
         self.used = report["used"]
         self.pinned = report["pinned"]
         self.counters = report["counters"]
+        self.device = report.get("device", self.device)
         self.reports += 1
 
     def completed(self, assigned: float, now: float, alpha: float = 0.3) -> None:
@@ -67,6 +69,7 @@ class WorkerView:
             "queued_seconds": self.queued_seconds,
             "service_interval": self.service_interval,
             "counters": dict(self.counters),
+            "device": self.device,
             "reports": self.reports,
         }
 

@@ -35,7 +35,7 @@ from distributed import SchedulerPlugin
 from distributed.core import error_message
 
 from .. import config
-from ..errors import AdmissionRejected, RequestError
+from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
 from ..request import Request
 from ..names import namespace_problem, split_key
 from .dispatch import HELD, FairDispatcher
@@ -80,8 +80,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def __init__(self, policy: str | None = None, weights: dict[str, float] | None = None):
         policy = policy or config.get("scheduler.policy") or "affinity"
         if policy not in POLICIES:
-            raise ValueError(f"kaas.scheduler.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            raise ConfigError(f"kaas.scheduler.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
+        self.identity = config.get("scheduler.tenant-identity")
+        if self.identity not in (None, "tls"):
+            raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
+        self.tenant_map = dict(config.get("scheduler.tenant-map") or {})
         self.scheduler = None
         self.tasks: dict = {}
         self.workers: dict[str, WorkerView] = {}
@@ -137,7 +141,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def set_policy(self, policy: str, *, caches_cleared: bool = False) -> None:
         """Switch policy; ``caches_cleared`` says the workers just emptied their caches."""
         if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
         self.static = StaticAssignment()
         if caches_cleared:
@@ -199,6 +203,14 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             if problem:  # only a request built around its own validation gets here; it goes no further
                 self._reject(scheduler, ts, RequestError(f"{request!r}: {problem}"))
                 continue
+            if self.identity == "tls":
+                bound = self._tls_tenant(scheduler, client)
+                if bound is None or request.tenant != bound:
+                    self._reject(scheduler, ts, TenantError(
+                        f"{request!r}: this scheduler binds tenants to TLS client certificates, and "
+                        + (f"this client's certificate is tenant {bound!r}, not {request.tenant!r}" if bound
+                           else "this client presented no certificate with a common name")))
+                    continue
             if not ts.resource_restrictions or RESOURCE not in ts.resource_restrictions:
                 ts.resource_restrictions = {**(ts.resource_restrictions or {}), RESOURCE: 1}
             tenant = request.tenant or client
@@ -218,6 +230,14 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             ts.loose_restrictions = False
             self.dispatcher.hold(tenant, key)
         self._schedule_dispatch()
+
+    def _tls_tenant(self, scheduler, client: str) -> str | None:
+        """The tenant of a client's TLS certificate: its common name, through ``kaas.scheduler.tenant-map``."""
+        stream = scheduler.client_comms.get(client)
+        comm = getattr(stream, "comm", None)
+        cert = (comm.extra_info or {}).get("peercert") if comm is not None else None
+        names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
+        return self.tenant_map.get(names[0], names[0]) if names else None
 
     def _dispatch_now(self, ts, task: KaasTask, free: dict) -> bool:
         """With nothing held and a slot free, a task goes straight to Dask's own scheduling: holding it
