@@ -33,7 +33,9 @@ def plan_store_access(store: BufferStore, request: Request, passed: Collection[s
         spec = request.roles[name].spec
         namespace, key = store.resolve(spec.store_key, tenant)
         try:
-            version = store.version(key, namespace=namespace)
+            # consts: the version cache (exact locally, bounded staleness remotely); other inputs: the pointer
+            version = (store.cached_version(key, namespace=namespace) if spec.const
+                       else store.version(key, namespace=namespace))
         except StoreKeyError:
             if spec.const:
                 raise

@@ -628,23 +628,37 @@ class Library:
         not fill an element are left out), so the twin's writes land in place. Literals are
         cast to their parameter types. Without a known signature, buffers go in as uint8.
         """
+        self.prepare_twin(kernel, launch, literal_values)(buffers)
+
+    def prepare_twin(self, kernel: str, launch: LaunchConfig,
+                     literal_values: Sequence) -> Callable[[Sequence[np.ndarray]], None]:
+        """:meth:`run_twin` with everything but the buffers decided once: the twin, the checks
+        against the signature, the literals cast; returns ``call(buffers)``."""
         fn = self.twin(kernel)
         if fn is None:
             raise KernelError(f"kernel {kernel!r} of library {self.name!r} has no host twin, "
                               "it can only run on a CUDA device")
         sig = self.signature(kernel)
-        literals, views = list(literal_values), [_as_bytes(b) for b in buffers]
+        literals = list(literal_values)
+        where = f"library {self.name!r} kernel {kernel!r}"
+        dtypes = None
         if sig is not None:
-            where = f"library {self.name!r} kernel {kernel!r}"
             if len(literals) != len(sig.literals):
                 raise RequestError(f"{where}: takes {len(sig.literals)} literal(s), got "
                                    f"{len(literals)}")
-            if len(views) != len(sig.buffers):
-                raise RequestError(f"{where}: takes {len(sig.buffers)} buffer(s), got "
-                                   f"{len(views)}")
             literals = [_cast_literal(p, v) for p, v in zip(sig.literals, literals)]
-            views = [_typed_view(b, p.dtype) for p, b in zip(sig.buffers, views)]
-        fn(launch, *literals, *views)
+            dtypes = [p.dtype for p in sig.buffers]
+
+        def call(buffers: Sequence[np.ndarray]) -> None:
+            if dtypes is None:
+                views = [_as_bytes(b) for b in buffers]
+            elif len(buffers) != len(dtypes):
+                raise RequestError(f"{where}: takes {len(dtypes)} buffer(s), got {len(buffers)}")
+            else:
+                views = [_typed_view(_as_bytes(b), d) for b, d in zip(buffers, dtypes)]
+            fn(launch, *literals, *views)
+
+        return call
 
 
 MAX_SOURCE = 4 * 2**20

@@ -25,10 +25,21 @@ _memory_locks: dict[str, threading.Lock] = {}
 _memory_locks_guard = threading.Lock()
 
 
+MISSING = "missing"  # the signature of a pointer that does not exist
+
+
 class Pointers:
     """Unconditional pointers over any fsspec filesystem (the fallback)."""
 
     atomic = False
+    #: Whether a version read from this backend may be trusted for ``kaas.store-version-ttl`` seconds
+    #: without asking again (remote stores); local files have :meth:`signature` instead.
+    remote = True
+
+    def signature(self, path: str):
+        """A cheap fingerprint of the pointer that changes with every commit, or None where no
+        cheap one exists (then callers fall back to reading the pointer, or to a time to live)."""
+        return None
 
     def __init__(self, fs):
         self.fs = fs
@@ -57,6 +68,15 @@ class LocalPointers(Pointers):
     """Local files: flock around read and replace, and replace by rename."""
 
     atomic = True
+    remote = False
+
+    def signature(self, path: str):
+        """``(inode, mtime, size)``: every commit renames a new file into place, so the inode changes."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return MISSING
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def __init__(self, fs, root: str):
         super().__init__(fs)
@@ -107,6 +127,7 @@ class MemoryPointers(Pointers):
     """fsspec's memory filesystem: one process, so a lock per pointer path is enough."""
 
     atomic = True
+    remote = False  # reading the pointer is a dict lookup
 
     @contextlib.contextmanager
     def lock(self, path: str):

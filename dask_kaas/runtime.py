@@ -22,9 +22,13 @@ from .cache import BufferCache, KernelCache
 from .device import Device, make_device
 from .errors import KaasError, KernelError
 from .library import LaunchConfig, is_registered, resolve_library
+from .report import ReportBuilder
 from .request import Request
 from .stats import Counters
 from .store import BufferStore, open_store
+
+
+PREPARED_LAUNCHES = 4096  # distinct launches (kernel, shape, literals) kept prepared per worker
 
 
 def module_key(library, tenant: str | None) -> tuple:
@@ -58,6 +62,8 @@ class Runtime:
         self.on_report: Callable[[dict], None] | None = None  # called after every request with report()
         self.exclusive = False  # a tenant switch empties the cache (the "exclusive GPU" baseline)
         self._last_tenant: str | None = None
+        self._prepared: dict[tuple, tuple] = {}  # launch key -> (module, prepared launch), oldest first
+        self._reports = ReportBuilder()
 
     def _load_module(self, key):
         return self.device.load_module(key[1])
@@ -99,55 +105,71 @@ class Runtime:
             cache.check_fits(request.footprint, f"{request!r} pins {request.footprint} bytes in "
                                                 f"{len(request.roles)} buffers")
             plan = plan_store_access(self.store, request, data)
-            modules = [self.kernels.get(module_key(resolve_library(k.library), request.tenant))
-                       for k in request.kernels]
+            launches = self._launches(request)
         run_id = next(self._ids)
         handles: dict[str, Any] = {}
         held: list[tuple[Any, bool]] = []  # (cache id, keep cached afterwards)
         try:
-            for name, role in request.roles.items():
-                spec = role.spec
-                if spec.const and name not in data:
-                    version = plan.reads[name]
-                    cid = const_id(spec, version)
-                    with counters.phase("load"):
-                        handle, hit = cache.acquire(cid, spec.size, const=True,
-                                                    fill=self._filler_from_store(spec, version))
-                    if not hit:
-                        self._drop_stale(cid)
-                    held.append((cid, True))
-                else:
-                    cid = ("run", run_id, name)
-                    with counters.phase("h2d" if name in data else "allocate"):
-                        handle, _ = cache.acquire(cid, spec.size, const=False,
-                                                  fill=self._filler(role, data.get(name), plan.reads.get(name)))
-                    held.append((cid, False))
-                handles[name] = handle
+            with device.session():
+                for name, role in request.roles.items():
+                    spec = role.spec
+                    if spec.const and name not in data:
+                        version = plan.reads[name]
+                        cid = const_id(spec, version)
+                        with counters.phase("load"):
+                            handle, hit = cache.acquire(cid, spec.size, const=True,
+                                                        fill=self._filler_from_store(spec, version))
+                        if not hit:
+                            self._drop_stale(cid)
+                        held.append((cid, True))
+                    else:
+                        cid = ("run", run_id, name)
+                        with counters.phase("h2d" if name in data else "allocate"):
+                            handle, _ = cache.acquire(cid, spec.size, const=False,
+                                                      fill=self._filler(role, data.get(name), plan.reads.get(name)))
+                        held.append((cid, False))
+                    handles[name] = handle
 
-            with counters.phase("kernels"):
-                for _ in range(request.n_iter):
-                    for kernel, module in zip(request.kernels, modules):
-                        launch = LaunchConfig(kernel.grid, kernel.block, kernel.shared)
-                        buffers = [handles[buf.name] for buf, _ in kernel.arguments]
-                        device.launch(module, kernel.kernel, launch, kernel.literals, buffers)
-                device.synchronize()
-            counters.add("kernel_launches", request.n_iter * len(request.kernels))
+                with counters.phase("kernels"):  # queued; on a GPU they finish within d2h's one synchronize
+                    run = device.run
+                    for _ in range(request.n_iter):
+                        for prepared, names in launches:
+                            run(prepared, [handles[n] for n in names])
+                counters.add("kernel_launches", request.n_iter * len(launches))
 
+                with counters.phase("d2h"):
+                    raws = device.copy_out_many([handles[name] for name in request.outputs])
             result = {}
-            with counters.phase("d2h"):
-                for name in request.outputs:
-                    raw = device.copy_out(handles[name])
-                    counters.add("bytes_d2h", raw.nbytes)
-                    result[name] = request.roles[name].spec.as_result(raw)
+            for name, raw in zip(request.outputs, raws):
+                counters.add("bytes_d2h", raw.nbytes)
+                result[name] = request.roles[name].spec.as_result(raw)
             with counters.phase("store_write"):
                 for name, (namespace, key) in plan.writes.items():
-                    self.store.put(key, result[name], namespace=namespace)
+                    self.store.put(key, result[name], namespace=namespace, wait=False)
                     counters.add("bytes_to_store", request.roles[name].spec.size)
             return result
         finally:
             handles.clear()
             for cid, keep in held:
                 cache.release(cid, keep=keep)
+
+    def _launches(self, request: Request) -> list[tuple[Any, list[str]]]:
+        """``(prepared launch, buffer names)`` per kernel; launches that recur are prepared once."""
+        out = []
+        for kernel in request.kernels:
+            module = self.kernels.get(module_key(resolve_library(kernel.library), request.tenant))
+            key = (id(module), kernel.kernel, kernel.grid, kernel.block, kernel.shared,
+                   tuple((lit.type, lit.value) for lit in kernel.literals))
+            known = self._prepared.get(key)
+            if known is None or known[0] is not module:  # (an id can come back for another module)
+                known = (module, self.device.prepare(module, kernel.kernel,
+                                                     LaunchConfig(kernel.grid, kernel.block, kernel.shared),
+                                                     kernel.literals))
+                self._prepared[key] = known
+                if len(self._prepared) > PREPARED_LAUNCHES:
+                    self._prepared.pop(next(iter(self._prepared)))
+            out.append((known[1], [buf.name for buf, _ in kernel.arguments]))
+        return out
 
     def _drop_stale(self, cid: tuple) -> None:
         """Free cached copies of other versions of the key just loaded: no later request can use them."""
@@ -215,9 +237,10 @@ class Runtime:
                 for e in self.cache.contents() if e["key"][0] == "const"]
 
     def report(self, request: Request, seconds: float, ok: bool) -> dict:
-        """What the scheduler learns after each request: the cache's contents and the request's cost."""
+        """What the scheduler learns after each request (:mod:`dask_kaas.report`): the request's cost,
+        and what changed in the cache since the previous report."""
         last = self.last_request or {}
-        return {
+        fields = {
             "tenant": request.tenant,
             "kernels": list(request.kernel_names),
             "hits": last.get("hits", 0),
@@ -226,17 +249,17 @@ class Runtime:
             "shape": request.shape_token,
             "seconds": seconds,
             "ok": ok,
-            "consts": self.resident_consts(),
             "device": self.device.kind,
             "capacity": self.cache.capacity,
             "used": self.cache.used,
             "pinned": self.cache.pinned_bytes,
-            "counters": dict(self.counters.counts),
-            "load_seconds": self.counters.seconds["load"],
         }
+        return self._reports.build(fields, consts=self.resident_consts(), counters=self.counters.counts,
+                                   load_seconds=self.counters.seconds["load"])
 
     def close(self) -> None:
         with self._lock:
+            self._prepared.clear()
             self.cache.clear()
             self.kernels.clear()
             self.device.close()

@@ -42,6 +42,7 @@ CHUNK_BYTES = zarr_io.CHUNK_BYTES
 _ORPHAN_AGE = 3600.0  # seconds before gc() treats unreferenced data as abandoned, not in flight
 COMMIT_ATTEMPTS = 64  # compare-and-swap retries before a put gives up on a key many writers race for
 MAX_RETIRED = 32      # superseded versions a pointer keeps alive for in-flight readers
+VERSION_CACHE_ENTRIES = 4096
 
 
 class StoreAccessError(StoreError):
@@ -135,6 +136,7 @@ class BufferStore:
         self._root_path = None
         self._zstore = None
         self._pointer_ops: Pointers | None = None
+        self._versions: dict = {}  # (namespace, key) -> (Version, signature or time read): cached_version
 
     # -- identity and pickling ------------------------------------------------
     def __getstate__(self):
@@ -254,8 +256,42 @@ class BufferStore:
             self._pointer_ops = pointers_for(fs, self._local_root)
         return self._pointer_ops
 
+    def cached_version(self, key: str, *, namespace: str | None = None) -> Version:
+        """The committed version of ``key``, without a store round trip where that stays exact.
+
+        What a worker asks for every const of every request, so it must be cheap: on local files
+        the pointer is read again only when its ``stat`` changed (every commit renames a new file
+        into place); on object stores a version read is trusted for ``kaas.store-version-ttl``
+        seconds (``put`` waits that long before it returns, so a request submitted after ``put``
+        returned never sees the old bytes); ``memory://`` is read each time (a dict lookup).
+        """
+        ns = self._ns(namespace)
+        pointers = self._pointers()
+        path = self._ref_path(ns, key)
+        entry = self._versions.get((ns, key))
+        if pointers.remote:
+            ttl = float(config.get("store-version-ttl") or 0)
+            if entry is not None and time.monotonic() - entry[1] < ttl:
+                return entry[0]
+            version = self.version(key, namespace=ns)
+            self._remember(version, time.monotonic())
+            return version
+        signature = pointers.signature(path)
+        if signature is None:
+            return self.version(key, namespace=ns)
+        if entry is not None and entry[1] == signature:
+            return entry[0]
+        version = self.version(key, namespace=ns)
+        self._remember(version, signature)
+        return version
+
+    def _remember(self, version: Version, check) -> None:
+        self._versions[(version.namespace, version.key)] = (version, check)
+        if len(self._versions) > VERSION_CACHE_ENTRIES:
+            self._versions.pop(next(iter(self._versions)))
+
     # -- writing ----------------------------------------------------------------------
-    def put(self, key: str, array, *, namespace: str | None = None) -> Version:
+    def put(self, key: str, array, *, namespace: str | None = None, wait: bool = True) -> Version:
         """Store ``array`` as the next version of ``key``; return the committed :class:`Version`.
 
         Any numpy array with size >= 1 and a bool, integer, float, complex or
@@ -265,6 +301,10 @@ class BufferStore:
         acknowledged put has its own version number. Data of superseded versions
         is kept one write longer and at least ``kaas.store-retain-seconds``, so
         readers that just read an older pointer finish; then it is deleted.
+
+        On object stores, ``put`` returns only ``kaas.store-version-ttl`` seconds
+        after its commit (``wait=False``: at once), the time other processes may
+        still trust the version before (:meth:`cached_version`).
         """
         ns = self._ns(namespace)
         check_key(key)
@@ -287,7 +327,14 @@ class BufferStore:
                                  f"{COMMIT_ATTEMPTS} other writers committed first")
         for old_uid in expired:
             self._remove_data(ns, old_uid)
-        return Version.from_json(ns, key, json.dumps(record))
+        committed = Version.from_json(ns, key, json.dumps(record))
+        self._versions.pop((ns, key), None)
+        if pointers.remote:
+            self._remember(committed, time.monotonic())
+            ttl = float(config.get("store-version-ttl") or 0)
+            if wait and ttl > 0:
+                time.sleep(ttl)
+        return committed
 
     def _remove_data(self, namespace: str, uid: str) -> None:
         fs, root = self._backend()
@@ -306,6 +353,7 @@ class BufferStore:
                 if text is None:
                     raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
                 pointers.remove(path)
+        self._versions.pop((ns, key), None)
         for uid in _referenced(json.loads(text), time.time(), retain=float("inf")):
             self._remove_data(ns, uid)
 
@@ -438,8 +486,8 @@ class NamespaceView:
     def __repr__(self):
         return f"{self.store!r}.namespace({self.name!r})"
 
-    def put(self, key, array) -> Version:
-        return self.store.put(key, array, namespace=self.name)
+    def put(self, key, array, *, wait: bool = True) -> Version:
+        return self.store.put(key, array, namespace=self.name, wait=wait)
 
     def get(self, key) -> np.ndarray:
         return self.store.get(key, namespace=self.name)

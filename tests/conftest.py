@@ -61,7 +61,11 @@ def s3_server():
     pytest.importorskip("moto.server")
     import s3server
 
-    with s3server.aws_test_env(), s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint:
+    import dask.config
+
+    # puts wait kaas.store-version-ttl before they return on S3: short here, except where a test says otherwise
+    with s3server.aws_test_env(), s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint, \
+            dask.config.set({"kaas.store-version-ttl": 0.05}):
         yield "s3://kaas-test", s3server.storage_options(endpoint)
 
 

@@ -8,6 +8,7 @@ puts ``cupy``, ``rmm`` and their submodules in ``sys.modules`` and returns the f
 """
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import types
@@ -59,6 +60,8 @@ class Machine:
         self.loaded: list[bytes] = []
         self.launches: list[tuple] = []
         self.memsets: list[int] = []
+        self.copies: list[tuple[int, int]] = []  # (kind, bytes) of memcpyAsync
+        self.syncs = 0
         self.cupy = self.rmm = None
 
     # -- per-thread state ---------------------------------------------------------------
@@ -86,7 +89,7 @@ class FakeArray:
         self._host = view if view is not None else np.zeros(nbytes, np.uint8)
         self._base = base
         self.nbytes = self._host.nbytes
-        self.data = SimpleNamespace(ptr=id(self))
+        self.data = SimpleNamespace(ptr=self._host.ctypes.data)  # "device" pointers are host addresses here
 
     def __getitem__(self, item):
         return FakeArray(self._machine, self._gpu, 0, None, base=self, view=self._host[item])
@@ -126,11 +129,18 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
 
     def memsetAsync(ptr, value, nbytes, stream_ptr):
         m.current().check()
+        ctypes.memset(ptr, value, nbytes)
         m.memsets.append(nbytes)
+
+    def memcpyAsync(dst, src, nbytes, kind, stream_ptr):
+        m.current().check()
+        ctypes.memmove(dst, src, nbytes)
+        m.copies.append((kind, nbytes))
 
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.getDevice, runtime.setDevice, runtime.memGetInfo, runtime.memsetAsync = (
         getDevice, setDevice, memGetInfo, memsetAsync)
+    runtime.memcpyAsync, runtime.memcpyHostToDevice, runtime.memcpyDeviceToHost = memcpyAsync, 1, 2
     runtime.getDeviceCount = lambda: len(m.gpus)
     runtime.getDeviceProperties = lambda i: {"name": f"Fake GPU {i}".encode()}
     runtime.driverGetVersion = lambda: m.driver
@@ -162,6 +172,7 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
             m.local.stream = self._previous
 
         def synchronize(self):
+            m.syncs += 1
             gpu = m.gpus[self.device]
             if gpu.pending_fault is not None:
                 gpu.poisoned, gpu.pending_fault = gpu.pending_fault, None

@@ -328,3 +328,96 @@ def test_auto_says_why_it_falls_back_to_the_host(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="dask_kaas.device"):
         assert device.resolve_kind("auto") == "host"
     assert "NVIDIA GPU but CuPy cannot be imported" in caplog.text and "doctor" in caplog.text
+
+
+# ------------------------------------------------------------------ one request: staged copies, one synchronize
+def io_request(tmp_path, n=64):
+    """A request whose outputs are its inputs, written in place (the stand-in's kernels compute nothing)."""
+    lib = Library.from_file(kernel_file(tmp_path), signatures={"fill": "int n, float v, float* y"})
+    a = BufferSpec("a", 4 * n, dtype="float32", ephemeral=True)
+    b = BufferSpec("b", 4 * n, dtype="float32", ephemeral=True)
+    kernels = [KernelSpec(lib, "fill", 1, 1, literals=[Literal("i", 0), Literal("f", 0.0)], arguments=[(buf, "io")])
+               for buf in (a, b)]
+    return Request(kernels, n_iter=3)
+
+
+def test_a_request_is_staged_through_pinned_memory_with_one_synchronize(machine, tmp_path):
+    from dask_kaas.runtime import Runtime
+
+    runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
+    request = io_request(tmp_path)
+    a, b = np.arange(64, dtype=np.float32), -np.arange(64, dtype=np.float32)
+    syncs, copies = machine.syncs, len(machine.copies)
+    out = in_thread(lambda: runtime.run(request, {"a": a, "b": b}))
+    np.testing.assert_array_equal(out["a"], a)
+    np.testing.assert_array_equal(out["b"], b)
+    assert machine.syncs - syncs == 1  # kernels and both copies out: one wait
+    assert sorted(machine.copies[copies:]) == [(1, 256), (1, 256), (2, 256), (2, 256)]
+    assert len(machine.launches) == 6  # 2 kernels x n_iter 3, each function looked up once
+    staging = runtime.device._staging
+    chunks = list(staging.chunks)
+    out = runtime.run(request, {"a": b, "b": a})
+    np.testing.assert_array_equal(out["a"], b)
+    assert staging.chunks == chunks  # the same pinned memory serves the next request
+    runtime.close()
+
+
+def test_buffers_beyond_the_staging_limit_go_through_pageable_memory(machine, tmp_path):
+    import dask
+
+    from dask_kaas.runtime import Runtime
+
+    with dask.config.set({"kaas.cuda.staging-bytes": 300}):
+        runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
+    a, b = np.ones(64, np.float32), np.full(64, 2.0, np.float32)
+    out = runtime.run(io_request(tmp_path), {"a": a, "b": b})
+    np.testing.assert_array_equal(out["a"], a)
+    np.testing.assert_array_equal(out["b"], b)
+    assert runtime.device._staging.nbytes <= 300
+    runtime.close()
+
+
+def test_staging_is_safe_to_reuse_after_a_failed_request(machine, tmp_path):
+    from dask_kaas.runtime import Runtime
+
+    runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
+    request = io_request(tmp_path)
+    machine.gpus[0].pending_fault = None
+    real_run = runtime.device.run
+    calls = []
+
+    def failing_run(prepared, buffers):
+        calls.append(1)
+        raise KernelError("a launch failed before the synchronize")
+
+    runtime.device.run = failing_run
+    syncs = machine.syncs
+    with pytest.raises(KernelError):
+        runtime.run(request, {"a": np.ones(64, np.float32), "b": np.ones(64, np.float32)})
+    assert machine.syncs - syncs == 1 and not runtime.device._staged  # waited before handing staging back
+    runtime.device.run = real_run
+    assert runtime.cache.pinned_bytes == 0
+    runtime.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3 * 2**20), max_size=12), limit=st.integers(2**20, 16 * 2**20))
+def test_staging_slots_never_overlap_and_stay_under_the_limit(sizes, limit):
+    from types import SimpleNamespace
+
+    from dask_kaas.device.cuda import PinnedStaging
+
+    staging = PinnedStaging(SimpleNamespace(cuda=SimpleNamespace(alloc_pinned_memory=bytearray)), limit)
+    for _ in range(2):  # two requests: the second reuses the first's chunks
+        spans = []
+        for n in sizes:
+            slot = staging.take(n)
+            if slot is not None:
+                base = next(c.ctypes.data for c in staging.chunks
+                            if c.ctypes.data <= slot.ctypes.data < c.ctypes.data + c.nbytes)
+                assert slot.nbytes == n and (slot.ctypes.data - base) % 256 == 0  # aligned within its chunk
+                spans.append((slot.ctypes.data, slot.ctypes.data + n))
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+        assert staging.nbytes <= limit
+        staging.reset()

@@ -186,3 +186,57 @@ def test_gc_on_s3_sees_what_is_there_now(s3_server):
     assert gcer.gc(older_than=0) == 5
     assert sorted(gcer.keys()) == ["k", "k2"]
     np.testing.assert_array_equal(gcer.get("k2"), np.arange(2))
+
+
+# ------------------------------------------------------------------ the version cache
+def test_local_version_cache_reads_a_pointer_only_when_it_changed(tmp_path):
+    store = BufferStore(f"file://{tmp_path}/store")
+    other = BufferStore(store.url)  # another process's writes, as far as this cache can tell
+    store.put("w", np.zeros(4))
+    reads = []
+    real = store.version
+    store.version = lambda key, namespace=None: reads.append(key) or real(key, namespace=namespace)
+    first = store.cached_version("w")
+    assert [store.cached_version("w") for _ in range(50)] == [first] * 50 and len(reads) == 1
+    other.put("w", np.ones(4))
+    assert store.cached_version("w").version == 2 and len(reads) == 2
+    other.delete("w")
+    with pytest.raises(StoreKeyError):
+        store.cached_version("w")
+
+
+def test_s3_version_cache_is_stale_at_most_its_ttl_and_put_waits_it_out(s3_server):
+    url, options = s3_server
+    url = f"{url}/{uuid.uuid4().hex[:8]}"
+    reader, writer = BufferStore(url, storage_options=options), BufferStore(url, storage_options=options)
+    with dask.config.set({"kaas.store-version-ttl": 0.5}):
+        writer.put("w", np.zeros(4), wait=False)
+        assert reader.cached_version("w").version == 1
+        writer.put("w", np.ones(4), wait=False)
+        assert reader.cached_version("w").version == 1  # within the time to live: trusted, unasked
+        time.sleep(0.55)
+        assert reader.cached_version("w").version == 2
+        start = time.monotonic()
+        writer.put("w", np.full(4, 2.0))  # waits the ttl out: whatever reader cached before is stale now
+        assert time.monotonic() - start >= 0.5
+        assert reader.cached_version("w").version == 3
+
+
+def test_a_request_after_put_returned_never_sees_the_old_bytes_on_s3(s3_server):
+    from distributed import Client
+
+    from dask_kaas import LocalKaasCluster
+    from helpers import matvec_request
+
+    url, options = s3_server
+    url = f"{url}/{uuid.uuid4().hex[:8]}"
+    store = BufferStore(url, storage_options=options)
+    x = np.ones(64, np.float32)
+    with dask.config.set({"kaas.store-version-ttl": 0.3}), \
+            LocalKaasCluster(n_workers=1, device="host", store=store, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        for value in (1.0, 2.0, 3.0):
+            store.put("A", np.eye(64, dtype=np.float32) * value, namespace="t")
+            for _ in range(3):  # the second and third from the worker's cache
+                out = client.submit(matvec_request("A", tenant="t"), x=x, pure=False).result(timeout=60)
+                np.testing.assert_allclose(out["y"], x * value)

@@ -7,6 +7,7 @@ them back to the device that made them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,6 +55,28 @@ class Device(ABC):
     @abstractmethod
     def launch(self, module, kernel: str, launch, literals: Sequence, buffers: Sequence[Handle]) -> None:
         """Queue one kernel: ``literals`` (Literal objects) first, then ``buffers``; raises KernelError."""
+
+    def prepare(self, module, kernel: str, launch, literals: Sequence) -> Any:
+        """Everything about a launch but its buffers, decided once (the function looked up, the
+        literal values converted), for :meth:`run`. A runtime keeps it for launches that recur."""
+        return (module, kernel, launch, tuple(literals))
+
+    def run(self, prepared, buffers: Sequence[Handle]) -> None:
+        """Queue one prepared launch on ``buffers``; raises KernelError."""
+        module, kernel, launch, literals = prepared
+        self.launch(module, kernel, launch, literals, buffers)
+
+    @contextmanager
+    def session(self):
+        """Around one request: whatever a device sets up once per request rather than per call
+        (CUDA: making the GPU and its stream current; staging buffers handed back at the end)."""
+        yield
+
+    def copy_out_many(self, handles: Sequence[Handle]) -> list[np.ndarray]:
+        """:meth:`copy_out` of several buffers after all queued work, with one wait for it all;
+        raises KernelError if a queued kernel failed (even with no buffers)."""
+        self.synchronize()
+        return [self.copy_out(h) for h in handles]
 
     @abstractmethod
     def synchronize(self) -> None:

@@ -9,6 +9,7 @@ loop and runs tasks in its executor threads.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -137,6 +138,9 @@ class CudaDevice(Device):
         self.capacity = self.plan.capacity
         with self._errors("create a stream"):
             self.stream = cp.cuda.Stream(non_blocking=True)
+        self._in_session = False
+        self._staged = False  # async copies from staging memory queued since the last synchronize
+        self._staging = PinnedStaging(cp, config.parse_size(config.get("cuda.staging-bytes"), name="kaas.cuda.staging-bytes"))
 
     # -- memory setup ---------------------------------------------------------
     def _setup_memory(self, *, total, free, pool_size, cache_capacity, share, use_rmm) -> MemoryPlan:
@@ -182,6 +186,9 @@ class CudaDevice(Device):
     def _errors(self, what: str):
         return _CudaErrors(self, what)
 
+    def _translate(self, what: str, exc: BaseException) -> Exception:
+        return translate_error(self, what, exc)
+
     # -- memory ---------------------------------------------------------------
     def allocate(self, nbytes: int):
         with self._errors(f"allocate {nbytes} bytes"):
@@ -194,16 +201,41 @@ class CudaDevice(Device):
         del handle
 
     def copy_in(self, handle, data: np.ndarray) -> None:
+        """Within a session, through pinned staging and asynchronously; else a plain copy."""
         with self._errors("copy to the device"):
-            self._bind()
-            handle[: data.nbytes].set(data, stream=self.stream)
+            slot = self._staging.take(data.nbytes) if self._in_session else None
+            if slot is None:
+                self._bind()
+                handle[: data.nbytes].set(data, stream=self.stream)
+                return
+            np.copyto(slot, data.reshape(-1).view(np.uint8))
+            self._staged = True
+            runtime = self._cp.cuda.runtime
+            runtime.memcpyAsync(handle.data.ptr, slot.ctypes.data, data.nbytes, runtime.memcpyHostToDevice,
+                                self.stream.ptr)
 
     def copy_out(self, handle) -> np.ndarray:
+        return self.copy_out_many([handle])[0]
+
+    def copy_out_many(self, handles) -> list[np.ndarray]:
+        """Every buffer's bytes queued into pinned staging (within a session), one synchronize for
+        the request's kernels and copies together, then copied out of the staging memory."""
         with self._errors("copy from the device"):
-            self._bind()
-            out = handle.get(stream=self.stream)
-            self.stream.synchronize()
-            return out
+            if not self._in_session:
+                self._bind()
+            runtime = self._cp.cuda.runtime
+            slots = []
+            for handle in handles:
+                slot = self._staging.take(handle.nbytes) if self._in_session else None
+                staged = slot is not None
+                if slot is None:
+                    slot = np.empty(handle.nbytes, dtype=np.uint8)
+                runtime.memcpyAsync(slot.ctypes.data, handle.data.ptr, handle.nbytes, runtime.memcpyDeviceToHost,
+                                    self.stream.ptr)
+                slots.append((slot, staged))
+        self.synchronize()
+        self._staged = False
+        return [slot.copy() if staged else slot for slot, staged in slots]
 
     def zero(self, handle) -> None:
         with self._errors("memset"):
@@ -230,11 +262,37 @@ class CudaDevice(Device):
         return CudaModule(library, module, kind)
 
     def launch(self, module: CudaModule, kernel, launch, literals, buffers) -> None:
-        fn = module.function(kernel)
-        args = tuple(lit.numpy() for lit in literals) + tuple(buffers)
-        with self._errors(f"launch {kernel!r}"):
-            self._bind()
-            fn(launch.grid, launch.block, args, shared_mem=launch.shared, stream=self.stream)
+        self.run(self.prepare(module, kernel, launch, literals), buffers)
+
+    def prepare(self, module: CudaModule, kernel, launch, literals):
+        """The kernel's function, launch shape and literal values, ready for :meth:`run`."""
+        return (module.function(kernel), launch.grid, launch.block, launch.shared,
+                tuple(lit.numpy() for lit in literals), kernel)
+
+    def run(self, prepared, buffers) -> None:
+        fn, grid, block, shared, literals, kernel = prepared
+        try:
+            if not self._in_session:
+                self._bind()
+            fn(grid, block, literals + tuple(buffers), shared_mem=shared, stream=self.stream)
+        except Exception as e:  # noqa: BLE001 - translated, as _errors does, without an object per launch
+            raise self._translate(f"launch {kernel!r}", e) from e
+
+    @contextlib.contextmanager
+    def session(self):
+        """One request: the GPU made current once, copies staged through pinned memory; at the end
+        the staging memory is free again (after a synchronize if copies may still read it)."""
+        self._bind()
+        self._in_session = True
+        try:
+            yield
+        finally:
+            self._in_session = False
+            if self._staged:  # the request stopped between an async copy and its synchronize
+                with contextlib.suppress(Exception):
+                    self.stream.synchronize()
+                self._staged = False
+            self._staging.reset()
 
     def synchronize(self) -> None:
         with self._errors("synchronize"):
@@ -280,9 +338,67 @@ class CudaDevice(Device):
         self._stats_mr = None
 
 
+class PinnedStaging:
+    """Pinned host memory reused across requests, handed out by bumping an offset.
+
+    A request's inputs are copied into it and sent to the GPU asynchronously, and its outputs
+    land in it before the request's one synchronize; :meth:`reset` hands it all back once that
+    synchronize is done. Chunks are added as needed up to ``limit`` bytes in all; past that,
+    :meth:`take` answers None and the copy goes through pageable memory.
+    """
+
+    ALIGN = 256
+
+    def __init__(self, cupy, limit: int):
+        self._cp = cupy
+        self.limit = int(limit)
+        self.chunks: list[np.ndarray] = []
+        self._chunk = 0
+        self._offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
+
+    def reset(self) -> None:
+        self._chunk = self._offset = 0
+
+    def take(self, nbytes: int) -> np.ndarray | None:
+        step = -(-max(nbytes, 1) // self.ALIGN) * self.ALIGN
+        while self._chunk < len(self.chunks):
+            chunk = self.chunks[self._chunk]
+            if self._offset + nbytes <= chunk.nbytes:
+                slot = chunk[self._offset: self._offset + nbytes]
+                self._offset += step
+                return slot
+            self._chunk, self._offset = self._chunk + 1, 0
+        size = max(step, 2 * (self.chunks[-1].nbytes if self.chunks else 0), 2**20)
+        if self.nbytes + size > self.limit:
+            size = step
+            if self.nbytes + size > self.limit:
+                return None
+        memory = self._cp.cuda.alloc_pinned_memory(size)
+        self.chunks.append(np.frombuffer(memory, dtype=np.uint8, count=size))  # keeps ``memory`` alive
+        self._chunk, self._offset = len(self.chunks) - 1, step
+        return self.chunks[-1][:nbytes]
+
+
+def translate_error(device, what: str, exc: BaseException) -> Exception:
+    """The KaasError a CUDA failure becomes: DeviceMemoryError for out-of-memory, KernelError for
+    the rest; a sticky failure marks the device unhealthy (the worker then restarts)."""
+    if isinstance(exc, (KernelError, DeviceMemoryError)):
+        return exc
+    name = getattr(device, "name", f"GPU {device.index}")
+    if is_sticky(exc):
+        device.healthy = False
+        return KernelError(f"{name}: {what} failed, and the GPU context is lost: {describe(exc)}")
+    if is_out_of_memory(exc):
+        return DeviceMemoryError(f"{name}: {what} failed: out of device memory ({describe(exc)})")
+    return KernelError(f"{name}: {what} failed: {describe(exc)}")
+
+
 class _CudaErrors:
-    """Turns CUDA failures into KaasErrors: out-of-memory into DeviceMemoryError, the rest into
-    KernelError; a sticky failure marks the device unhealthy (the worker then restarts)."""
+    """Turns CUDA failures inside a ``with`` block into KaasErrors (:func:`translate_error`)."""
 
     __slots__ = ("device", "what")
 
@@ -296,11 +412,5 @@ class _CudaErrors:
     def __exit__(self, exc_type, exc, tb):
         if exc is None or isinstance(exc, (KernelError, DeviceMemoryError)) or not isinstance(exc, Exception):
             return False
-        name = getattr(self.device, "name", f"GPU {self.device.index}")
-        if is_sticky(exc):
-            self.device.healthy = False
-            raise KernelError(f"{name}: {self.what} failed, and the GPU context is lost: {describe(exc)}") from exc
-        if is_out_of_memory(exc):
-            raise DeviceMemoryError(f"{name}: {self.what} failed: out of device memory ({describe(exc)})") from exc
-        raise KernelError(f"{name}: {self.what} failed: {describe(exc)}") from exc
+        raise translate_error(self.device, self.what, exc) from exc
 

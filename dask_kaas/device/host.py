@@ -53,8 +53,15 @@ class HostDevice(Device):
         return library
 
     def launch(self, module, kernel, launch, literals, buffers) -> None:
+        self.run(self.prepare(module, kernel, launch, literals), buffers)
+
+    def prepare(self, module, kernel, launch, literals):
+        return module, kernel, module.prepare_twin(kernel, launch, [lit.numpy() for lit in literals])
+
+    def run(self, prepared, buffers) -> None:
+        module, kernel, call = prepared
         try:
-            module.run_twin(kernel, launch, [lit.numpy() for lit in literals], buffers)
+            call(buffers)
         except KernelError:
             raise
         except Exception as e:

@@ -6,7 +6,7 @@ import os
 
 from distributed import WorkerPlugin, get_worker
 
-from .. import config
+from .. import compat, config
 from ..errors import ConfigError, KaasError
 from ..device import KINDS, make_device
 from ..runtime import Runtime, add_runtime_resolver
@@ -100,12 +100,16 @@ def sendable(value):
 
 
 def _send_report(worker, report: dict) -> None:
+    """A successful request's report rides in its task-finished message (no message of its own:
+    the worker's batched stream would hold task-finished back for its send interval); a failed
+    one's goes over the stream now, ahead of the task-erred that carries no metadata."""
     try:
-        message = {"op": "kaas-report", **sendable(report)}
+        report = sendable(report)
+        if report.get("ok") and compat.set_task_metadata(worker, report):
+            return
+        worker.loop.add_callback(worker.batched_send, {"op": "kaas-report", **report})
     except Exception:  # noqa: BLE001 - a lost report costs the scheduler one update, never the worker
-        logger.exception("dask-kaas: could not prepare a report")
-        return
-    worker.loop.add_callback(worker.batched_send, message)
+        logger.exception("dask-kaas: could not deliver a report")
 
 
 def _restart_soon(worker, error) -> None:

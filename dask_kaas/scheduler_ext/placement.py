@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..report import CachePicture
+
 ConstRef = tuple[str, str]  # (namespace, key)
 
 
@@ -22,16 +24,18 @@ class WorkerView:
     counters: dict = field(default_factory=dict)
     device: str | None = None  # "cuda" or "host", once the worker has reported
     reports: int = 0
+    picture: CachePicture = field(default_factory=CachePicture)
     service_interval: float | None = None  # seconds between completions while busy, as observed (contention included)
     service_deviation: float = 0.0          # its mean absolute deviation
     last_completion: float = 0.0
 
     def update(self, report: dict) -> None:
-        self.resident = {(ns, key): (uid, version, nbytes) for ns, key, uid, version, nbytes in report["consts"]}
+        self.picture.apply(report)
+        self.resident = self.picture.resident
+        self.counters = self.picture.counters
         self.capacity = report["capacity"]
         self.used = report["used"]
         self.pinned = report["pinned"]
-        self.counters = report["counters"]
         self.device = report.get("device", self.device)
         self.reports += 1
 

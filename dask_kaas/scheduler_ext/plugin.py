@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 from distributed import SchedulerPlugin
-from distributed.core import error_message
 
-from .. import config
+from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
 from ..request import Request
 from ..names import namespace_problem, split_key
@@ -114,8 +113,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.extensions["kaas"] = self
         scheduler.stream_handlers["kaas-report"] = self.handle_report
-        self._base_comm_cost = scheduler.get_comm_cost
-        scheduler.get_comm_cost = self.get_comm_cost
+        self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
         for ws in scheduler.workers.values():
             self.add_worker(scheduler, ws.address)
         try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
@@ -127,7 +125,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     async def close(self) -> None:
         if self.scheduler is not None and self._base_comm_cost is not None:
-            self.scheduler.get_comm_cost = self._base_comm_cost
+            compat.restore_comm_cost(self.scheduler, self._base_comm_cost)
 
     def add_worker(self, scheduler, worker: str) -> None:
         ws = scheduler.workers.get(worker)
@@ -233,9 +231,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     def _tls_tenant(self, scheduler, client: str) -> str | None:
         """The tenant of a client's TLS certificate: its common name, through ``kaas.scheduler.tenant-map``."""
-        stream = scheduler.client_comms.get(client)
-        comm = getattr(stream, "comm", None)
-        cert = (comm.extra_info or {}).get("peercert") if comm is not None else None
+        cert = compat.client_certificate(scheduler, client)
         names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
         return self.tenant_map.get(names[0], names[0]) if names else None
 
@@ -370,24 +366,19 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
 
     def _fail(self, key, error: Exception) -> None:
-        scheduler = self.scheduler
-        ts = scheduler.tasks.get(key)
-        if ts is None or ts.state != "no-worker":
-            return
-        msg = error_message(error)
-        stimulus_id = f"kaas-rejected-{time.time()}"
-        recs, client_msgs, worker_msgs = scheduler._transition(
-            key, "erred", stimulus_id, cause=key, exception=msg["exception"], traceback=msg["traceback"],
-            exception_text=msg["exception_text"], traceback_text=msg["traceback_text"],
-        )
-        scheduler._transitions(recs, client_msgs, worker_msgs, stimulus_id)
-        scheduler.send_all(client_msgs, worker_msgs)
+        ts = self.scheduler.tasks.get(key)
+        if ts is not None and ts.state == "no-worker":
+            compat.fail_task(self.scheduler, key, error, f"kaas-rejected-{time.time()}")
 
     # ------------------------------------------------------------ transitions
     def transition(self, key, start, finish, *args, **kwargs) -> None:
         task = self.tasks.get(key)
         if task is None:
             return
+        if start == "processing" and finish == "memory":
+            report = compat.finished_metadata(kwargs)
+            if report is not None:
+                self.handle_report(kwargs.get("worker"), **report)
         if finish == "processing":
             ts = self.scheduler.tasks[key]
             view = self.workers.get(ts.processing_on.address) if ts.processing_on else None
@@ -442,11 +433,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if view is None:
             view = self.workers[worker] = WorkerView(worker)
         loaded_before = view.counters.get("bytes_from_store", 0)
-        load_before = view.counters.get("_load_seconds", 0.0)
+        load_before = view.picture.load_seconds
         view.update(report)
-        view.counters["_load_seconds"] = report.get("load_seconds", 0.0)
         self.model.observe_load(view.counters.get("bytes_from_store", 0) - loaded_before,
-                                report.get("load_seconds", 0.0) - load_before)
+                                view.picture.load_seconds - load_before)
         if report.get("ok"):
             self.model.observe(report["shape"], report["seconds"])
         self.recent.append({
