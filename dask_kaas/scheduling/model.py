@@ -5,8 +5,6 @@ from collections import deque
 
 import numpy as np
 
-from .. import config
-
 ALPHA = 0.3  # weight of the newest observation in the moving averages
 CALIBRATION_WINDOW = 200
 CALIBRATION_MIN = 5
@@ -19,9 +17,13 @@ def _ewma(old: float | None, new: float) -> float:
 
 
 class RuntimeModel:
-    """Moving averages of observed runtimes per request shape (same kernels and sizes)."""
+    """Moving averages of observed runtimes per request shape (same kernels and sizes).
 
-    def __init__(self):
+    ``default_bandwidth``: store -> device bytes per second assumed until loads are observed.
+    """
+
+    def __init__(self, default_bandwidth: float = 2**30):
+        self.default_bandwidth = float(default_bandwidth)
         self.runtime: dict[str, float] = {}
         self.overhead: float = 0.0         # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
@@ -61,6 +63,4 @@ class RuntimeModel:
         return (sum(self.runtime.values()) / len(self.runtime) + self.overhead) if self.runtime else 0.0
 
     def load_bandwidth(self) -> float:
-        if self.bandwidth:
-            return self.bandwidth
-        return float(config.parse_size(config.get("scheduler.load-bandwidth") or "1GiB", name="load-bandwidth"))
+        return self.bandwidth or self.default_bandwidth

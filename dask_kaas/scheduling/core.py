@@ -1,0 +1,347 @@
+"""The scheduling core: what the KaaS scheduler decides, as pure code driven by events.
+
+Nothing here knows Dask. The scheduler plugin (``dask_kaas.scheduler_ext``) turns Dask's hooks
+into these events and carries out the decisions; tests and a simulator drive the same code with
+their own clock. Events:
+
+- ``submit(task)``: admission (a deadline the request cannot meet: rejected at once), then either
+  a worker to run on now (nothing waits, a slot is free) or a place in its tenant's fair queue;
+- ``set_ready(key)``: a task held for its dependencies may now be dispatched;
+- ``dispatch()``: fill free slots from the fair queues, each task with the worker it goes to;
+- ``placed(key, worker)`` / ``unplaced(key)``: where it really went, or that it could not go;
+- ``finished(key, ok)`` / ``forget(key)``: it left its worker (a slot frees) or was withdrawn;
+- ``report(worker, report)``: what a worker said after a request (its cache, the request's cost);
+- ``add_worker`` / ``remove_worker`` / ``set_policy``.
+
+Costs: per task O(log tenants + log workers + consts), never a scan of all workers or tenants
+(only the ``static``/``exclusive`` baselines may look past many tenants whose workers are full).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .cluster import Cluster, Consts
+from .fair import MIN_COST, FairQueue
+from .model import RuntimeModel
+from .placement import PINNED, POLICIES, StaticAssignment, choose_worker, placement_cost
+from .tenants import TenantStats
+
+RECENT_REQUESTS = 200
+CANDIDATE_TENANTS = 8  # tenants within the slack that compete for a slot by locality (MQFQ-Sticky)
+
+
+@dataclass
+class Task:
+    key: Hashable
+    tenant: str
+    shape: str
+    consts: Consts = ()
+    submitted: float = 0.0
+    deadline: float | None = None
+    ready: bool = True
+    estimate: float = 0.0
+    pinned: str | None = None
+    state: str = "new"  # held | assigned
+    worker: str | None = None
+    assigned: float = 0.0
+    predicted: float | None = None  # predicted latency of an admitted request with a deadline
+
+
+class Decision(NamedTuple):
+    action: str  # "run" (on ``worker`` now), "hold" (in the fair queue) or "reject"
+    worker: str | None = None
+    message: str | None = None
+    predicted: float | None = None
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+class SchedulingCore:
+    def __init__(self, *, policy: str = "affinity", depth: int = 2, weights: dict | None = None,
+                 margin: float = 0.85, stickiness: float = 2.0, slack_tasks: float = 1.0,
+                 load_bandwidth: float = 2**30, clock: Callable[[], float] = time.time):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy = policy
+        self.margin = margin
+        self.stickiness = stickiness
+        self.slack_tasks = slack_tasks
+        self.clock = clock
+        self.cluster = Cluster(depth)
+        self.queue = FairQueue(weights)
+        self.model = RuntimeModel(load_bandwidth)
+        self.static = StaticAssignment()
+        self.tasks: dict[Hashable, Task] = {}
+        self.tenants: dict[str, TenantStats] = {}
+        self.recent: deque = deque(maxlen=RECENT_REQUESTS)
+        self._admitted: dict[Hashable, Task] = {}
+        self.decisions = 0  # worker choices made, for the overhead benchmark
+
+    # -- workers ----------------------------------------------------------------------------
+    def add_worker(self, address: str) -> None:
+        self.cluster.add(address)
+
+    def remove_worker(self, address: str) -> list[Hashable]:
+        """The worker is gone; returns the keys that were assigned to it (Dask reschedules them)."""
+        lost = [t.key for t in self.tasks.values() if t.state == "assigned" and t.worker == address]
+        for key in lost:
+            task = self.tasks[key]
+            task.state, task.worker = "new", None
+        self.cluster.remove(address)
+        return lost
+
+    def set_running(self, address: str, running: bool) -> None:
+        self.cluster.set_running(address, running)
+
+    def set_policy(self, policy: str, *, caches_cleared: bool = False) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy = policy
+        self.static = StaticAssignment()
+        if caches_cleared:
+            self.cluster.forget_caches()
+
+    # -- tasks ------------------------------------------------------------------------------
+    def submit(self, task: Task) -> Decision:
+        stats = self.tenants.setdefault(task.tenant, TenantStats())
+        stats.submitted += 1
+        task.estimate = self.model.estimate_or_mean(task.shape)
+        if self.policy in PINNED and self.cluster.views:
+            task.pinned = self.static.worker_for(task.tenant, self.cluster.views)
+        if task.deadline is not None:
+            rejection = self._admit(task)
+            if rejection is not None:
+                stats.rejected += 1
+                return rejection
+        self.tasks[task.key] = task
+        task.state = "held"
+        if not task.ready:
+            return Decision("hold")
+        if not len(self.queue):  # nothing waits: no one to be fair to, so straight to a worker
+            worker = self._choose(task)
+            if worker is not None:
+                self.queue.charge(task.tenant, task.estimate)
+                self._assign(task, worker)
+                return Decision("run", worker)
+        self.queue.push(task.tenant, task.key)
+        return Decision("hold")
+
+    def set_ready(self, key: Hashable) -> None:
+        """A held task's dependencies are done."""
+        task = self.tasks.get(key)
+        if task is not None and task.state == "held" and not task.ready:
+            task.ready = True
+            self.queue.push(task.tenant, key)
+
+    def dispatch(self) -> list[tuple[Hashable, str]]:
+        """Tasks to start now, each with its worker: free slots filled from the fair queues."""
+        out = []
+        while len(self.queue):
+            picked = self._pick()
+            if picked is None:
+                break
+            out.append(picked)
+        return out
+
+    def placed(self, key: Hashable, worker: str) -> None:
+        """Dask runs the task on ``worker`` (normally the one chosen; stealing may move it)."""
+        task = self.tasks.get(key)
+        if task is None or task.worker == worker:
+            return
+        if task.state == "assigned" and task.worker is not None:
+            self.cluster.release(task.worker, task.consts, task.estimate)
+        if worker in self.cluster:
+            self._assign(task, worker)
+
+    def unplaced(self, key: Hashable, *, ready: bool = True) -> None:
+        """A dispatched task could not go to its worker after all (or lost it): held again, at the
+        head of its queue when ``ready``, else until :meth:`set_ready`."""
+        task = self.tasks.get(key)
+        if task is None or task.state != "assigned":
+            return
+        self.cluster.release(task.worker, task.consts, task.estimate)
+        task.state, task.worker, task.ready = "held", None, ready
+        if ready:
+            self.queue.push_front(task.tenant, key)
+
+    def finished(self, key: Hashable, ok: bool, *, duration: float | None = None) -> None:
+        """The task left its worker: completed (``ok``) or failed. ``duration``: its compute seconds."""
+        task = self.tasks.pop(key, None)
+        self._admitted.pop(key, None)
+        if task is None:
+            return
+        now = self.clock()
+        if task.state == "assigned" and task.worker is not None:
+            if ok:
+                self.cluster.completed(task.worker, task.assigned, now)
+            self.cluster.release(task.worker, task.consts, task.estimate)
+        stats = self.tenants.setdefault(task.tenant, TenantStats())
+        if not ok:
+            stats.failed += 1
+            return
+        stats.completed += 1
+        stats.observe(now - task.submitted)
+        if task.predicted:
+            self.model.observe_calibration((now - task.submitted) / task.predicted)
+        if duration is not None:
+            stats.gpu_seconds += duration
+            runtime = self.model.runtime.get(task.shape)
+            if runtime is not None and task.assigned:
+                self.model.observe_overhead(duration - runtime)
+
+    def forget(self, key: Hashable) -> None:
+        """The task went away before it finished (cancelled, released, lost)."""
+        task = self.tasks.pop(key, None)
+        self._admitted.pop(key, None)
+        if task is None:
+            return
+        if task.state == "assigned" and task.worker is not None:
+            self.cluster.release(task.worker, task.consts, task.estimate)
+        elif task.state == "held" and task.ready:
+            self.queue.withdraw(key)
+
+    def report(self, worker: str, report: dict) -> None:
+        view = self.cluster.views.get(worker)
+        loaded_before = view.counters.get("bytes_from_store", 0) if view else 0
+        load_before = view.picture.load_seconds if view else 0.0
+        view = self.cluster.apply_report(worker, report)
+        self.model.observe_load(view.counters.get("bytes_from_store", 0) - loaded_before,
+                                view.picture.load_seconds - load_before)
+        if report.get("ok") and "shape" in report:
+            self.model.observe(report["shape"], report.get("seconds", 0.0))
+        self.recent.append({
+            "time": self.clock(), "tenant": report.get("tenant") or "default", "kernels": report.get("kernels", []),
+            "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
+            "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
+            "ok": bool(report.get("ok")),
+        })
+
+    # -- placement as Dask asks for it ----------------------------------------------------------
+    def comm_cost(self, key: Hashable, worker: str) -> float:
+        """Seconds beyond Dask's own that placing ``key`` on ``worker`` costs (stealing asks too)."""
+        task = self.tasks.get(key)
+        if task is None or self.policy != "affinity":
+            return 0.0
+        return placement_cost(self.cluster, worker, task.consts, stickiness=self.stickiness,
+                              bandwidth=self.model.load_bandwidth())
+
+    # -- internals --------------------------------------------------------------------------
+    def _choose(self, task: Task) -> str | None:
+        self.decisions += 1
+        return choose_worker(self.cluster, task.consts, self.policy, stickiness=self.stickiness,
+                             bandwidth=self.model.load_bandwidth(), pinned=task.pinned)
+
+    def _assign(self, task: Task, worker: str) -> None:
+        task.state, task.worker, task.assigned = "assigned", worker, self.clock()
+        self.cluster.assign(worker, task.consts, task.estimate)
+
+    def _pick(self) -> tuple[Hashable, str] | None:
+        """The next (task, worker): among the least-served tenants within one task of slack, the one
+        whose next task suits a free worker best (fewest bytes to load there)."""
+        queue = self.queue
+        limit = CANDIDATE_TENANTS
+        while True:
+            tenants = queue.least_served(limit)
+            if not tenants:
+                return None
+            least = tenants[0]
+            head = self.tasks[queue.head(least)]
+            head.estimate = self.model.estimate_or_mean(head.shape)  # priced now: same shape, same charge
+            slack = self.slack_tasks * max(head.estimate, MIN_COST) / queue.weight(least)
+            floor = queue.service[least]
+            best, best_rank = None, None
+            for tenant in tenants:
+                if queue.service[tenant] > floor + slack and best is not None:
+                    break
+                task = self.tasks[queue.head(tenant)]
+                worker = self._choose(task)
+                if worker is None:
+                    continue
+                view = self.cluster.views[worker]
+                rank = (view.missing_bytes(task.consts) if self.policy == "affinity" else 0, queue.service[tenant])
+                if best_rank is None or rank < best_rank:
+                    best, best_rank = (task, worker), rank
+            if best is not None:
+                task, worker = best
+                queue.pop(task.tenant)
+                task.estimate = self.model.estimate_or_mean(task.shape)
+                queue.charge(task.tenant, task.estimate)
+                self._assign(task, worker)
+                return task.key, worker
+            if self.policy not in PINNED or len(tenants) < limit or self.cluster.least_loaded() is None:
+                return None  # every slot taken (or, pinned, every tenant's worker full)
+            limit *= 4  # pinned baselines: look further down for a tenant whose worker has room
+
+    def _admit(self, task: Task) -> Decision | None:
+        """None to admit; else the rejection (its predicted latency is too close to the deadline)."""
+        runtime = self.model.estimate(task.shape)
+        if runtime is None:
+            return None  # nothing known about this shape yet: admit, and learn from it
+        wait, interval = self._predicted_wait(task)
+        raw = wait + max(runtime, interval)
+        calibration = max(self.model.calibration, self._running_late())
+        predicted = raw * calibration
+        if predicted <= task.deadline * self.margin:
+            task.predicted = raw
+            self._admitted[task.key] = task
+            return None
+        message = (f"would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(max(runtime, interval))}"
+                   f"{f' x {calibration:.2f} calibration' if calibration != 1 else ''}), too close to its "
+                   f"deadline of {_ms(task.deadline)} (admission keeps a {1 - self.margin:.0%} margin for "
+                   "dispatch and result transfer)")
+        return Decision("reject", message=message, predicted=predicted)
+
+    def _predicted_wait(self, task: Task) -> tuple[float, float]:
+        """Seconds until the task would start (the work ahead of it in its queue and on the workers,
+        served at the observed rate, plus its const loads), and the shortest observed service interval."""
+        cluster = self.cluster
+        if not cluster.views:
+            return 0.0, 0.0
+        fallback = task.estimate or self.model.estimate_or_mean(task.shape)
+        if task.pinned is not None and task.pinned in cluster.views:
+            views = [cluster.views[task.pinned]]
+            rate, queued = views[0].rate(fallback), views[0].queued
+        else:
+            near = cluster.holding(task.consts)
+            least = cluster.least_loaded()
+            views = [cluster.views[a] for a in (near | {least} if least else near) if a in cluster.views]
+            rate, queued = cluster.total_rate(fallback), cluster.queued
+        queue = self.queue
+        share = queue.weight(task.tenant) / max(queue.backlogged_weight(), queue.weight(task.tenant))
+        ahead = min(queue.held(task.tenant) / share, len(queue)) + queued
+        bandwidth = self.model.load_bandwidth()
+        total = sum(nbytes for _, nbytes in task.consts)
+        load = min((v.missing_bytes(task.consts) for v in views), default=total) / bandwidth
+        intervals = [v.service_interval for v in views if v.service_interval]
+        return ahead / max(rate, 1e-9) + load, min(intervals) if intervals else 0.0
+
+    def _running_late(self) -> float:
+        """How far behind their predictions the admitted, unfinished requests already are: the 90th
+        percentile of elapsed / predicted (0 with fewer than a handful in flight). Completed requests
+        calibrate predictions only once they finish; when the workers slow down, the requests still in
+        flight show it first, so admission reacts before deadlines are missed."""
+        if len(self._admitted) < 5:
+            return 0.0
+        now = self.clock()
+        return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
+
+    # -- state ------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {
+            "policy": self.policy,
+            "workers": {addr: view.snapshot() for addr, view in sorted(self.cluster.views.items())},
+            "tenants": {tenant: stats.snapshot() for tenant, stats in sorted(self.tenants.items())},
+            "model": {"shapes": len(self.model.runtime), "overhead": self.model.overhead,
+                      "load_bandwidth": self.model.load_bandwidth()},
+            "held": len(self.queue),
+            "decisions": self.decisions,
+            "recent": list(self.recent),
+        }
