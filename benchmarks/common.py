@@ -75,11 +75,15 @@ def write_result(name: str, payload: dict) -> str:
     return path
 
 
-def interleaved(fns: dict, *, repeat: int = 5) -> dict:
-    """Time several callables round-robin, so that baseline and candidate see the same machine state."""
+def interleaved(fns: dict, *, repeat: int = 5, gap: float = 0.0) -> dict:
+    """Time several callables round-robin, so that baseline and candidate see the same machine state;
+    ``gap`` seconds idle before each call (back-to-back Dask calls couple through the client's and
+    the workers' batched-send intervals, which an isolated request does not see)."""
     runs = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            if gap:
+                time.sleep(gap)
             start = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - start)

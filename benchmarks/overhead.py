@@ -4,8 +4,9 @@ Budgets (``DESIGN.md``, "Performance budgets"):
 
 1. host-side overhead of the runtime: < 100 us per request plus < 10 us per
    kernel launch over a raw CuPy launch;
-2. end-to-end warm latency of a small request within 1.2x of a no-op Dask
-   task round trip plus the kernels' own time.
+2. end-to-end warm latency of a small request within 1.15x of a no-op Dask
+   task round trip (issue 13; DESIGN's budget was 1.2x plus the kernels' own
+   time, also reported), with ``GAP`` idle before each call.
 
 End to end (one LocalKaasCluster; host: 2 workers), interleaved round-robin,
 ``repeat`` rounds, medians and spreads:
@@ -47,7 +48,8 @@ from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 
 N = 256
 F32 = 4
-BUDGET_REQUEST_US, BUDGET_LAUNCH_US, BUDGET_E2E_RATIO = 100.0, 10.0, 1.2
+BUDGET_REQUEST_US, BUDGET_LAUNCH_US, BUDGET_E2E_RATIO = 100.0, 10.0, 1.15
+GAP = 0.02  # seconds idle before each end-to-end call
 
 
 def tiny_request() -> Request:
@@ -105,7 +107,7 @@ def end_to_end(device: str, repeat: int) -> dict:
             "noop": lambda: client.submit(_noop, pure=False).result(),
             "echo": lambda: client.submit(_echo, x, pure=False).result(),
             "dask_numpy": lambda: client.submit(_add, x, wf, pure=False).result(),
-        }, repeat=repeat)
+        }, repeat=repeat, gap=GAP)
         after = worker_stats(client)
     for out in results:
         if not np.allclose(out["y"], x + w, rtol=1e-6, atol=1e-6):
@@ -126,11 +128,14 @@ def end_to_end(device: str, repeat: int) -> dict:
         "kernel_s_per_request": kernel_s,
         "runtime_total_s_per_request": runtime_total_s,
         "const_hits": hits, "const_misses": misses,
+        "gap_s": GAP,
         "ratio_kaas_over_noop_plus_kernels": kaas_med / (noop + kernel_s),
         "ratio_kaas_over_noop": kaas_med / noop,
         "ratio_kaas_over_dask_numpy": kaas_med / timing["dask_numpy"]["median"],
-        "budget": {"rule": f"kaas <= {BUDGET_E2E_RATIO} x (noop + kernels)", "bound_s": bound,
-                   "met": bool(kaas_med <= bound)},
+        "budget": {"rule": f"kaas <= {BUDGET_E2E_RATIO} x noop, calls interleaved with {GAP * 1e3:.0f} ms idle "
+                           "before each", "bound_s": BUDGET_E2E_RATIO * noop,
+                   "met": bool(kaas_med <= BUDGET_E2E_RATIO * noop),
+                   "with_kernels": {"bound_s": bound, "met": bool(kaas_med <= bound)}},
     }
 
 
@@ -293,8 +298,9 @@ def run(device: str = "auto", quick: bool = False) -> dict:
         "per_request_under_100us": {"measured_us": d["per_request_overhead_us"], "met": d["budget"]["per_request_met"]},
         "per_launch_under_10us": {"measured_us": d["per_launch_overhead_us"], "met": d["budget"]["per_launch_met"],
                                   "over": d["baseline"]},
+        "e2e_within_1.15x_noop": {"ratio": e["ratio_kaas_over_noop"], "met": e["budget"]["met"]},
         "e2e_within_1.2x_noop_plus_kernels": {"ratio": e["ratio_kaas_over_noop_plus_kernels"],
-                                              "met": e["budget"]["met"]},
+                                              "met": e["ratio_kaas_over_noop_plus_kernels"] <= 1.2},
     }
     name = result_name("overhead", device, quick)
     payload["machine"] = machine()
@@ -312,6 +318,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
           f"{mark(d['budget']['per_launch_met'])})")
     print(f"  end to end: kaas {t['kaas']['median'] * 1e3:.2f} ms, noop {t['noop']['median'] * 1e3:.2f} ms, echo "
           f"{t['echo']['median'] * 1e3:.2f} ms, dask+numpy {t['dask_numpy']['median'] * 1e3:.2f} ms, kernels "
-          f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels "
-          f"(budget <= {BUDGET_E2E_RATIO}: {mark(e['budget']['met'])})")
+          f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop']:.2f}x of noop "
+          f"(budget <= {BUDGET_E2E_RATIO}: {mark(e['budget']['met'])}), "
+          f"{e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels")
     return payload

@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 
+from benchmarks import schedcost
 from benchmarks.common import results_dir, write_result
 from dask_kaas import (BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, cluster_state, set_policy,
                        worker_stats)
@@ -114,97 +115,6 @@ def belady_hits(trace: list, capacity: int) -> int:
             del cache[max(cache, key=cache.__getitem__)]
         cache[item] = next_use[i]
     return hits
-
-
-# ----------------------------------------------------- scheduler-side timing
-def _timed(store: dict, name: str, fn):
-    def wrapper(*args, **kwargs):
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
-            row = store[name]
-            row[0] += t1 - t0
-            row[1] += 1
-            row[2] += c1 - c0
-    wrapper.__wrapped__ = fn
-    return wrapper
-
-
-def scheduler_cost(timers: dict, n_tasks: int) -> dict:
-    """Per hook and per task: wall time (perf_counter) and the scheduler thread's CPU time (thread_time)."""
-    cal_calls = max(1, timers["calibration"][1])
-    cal = (timers["calibration"][0] / cal_calls, timers["calibration"][2] / cal_calls)  # per wrapper call
-
-    def net(name, clock):  # clock 0: wall, 1: cpu
-        row = timers[name]
-        return max(0.0, row[2 * clock] - row[1] * cal[clock])
-
-    hooks = {}
-    for name in ("update_graph", "transition", "dispatch", "handle_report", "get_comm_cost"):
-        wall, cpu = net(name, 0), net(name, 1)
-        if name == "get_comm_cost":  # the extension only: Dask's own part and its wrapper subtracted
-            calls = timers["base_comm_cost"][1]
-            wall -= net("base_comm_cost", 0) + calls * cal[0]
-            cpu -= net("base_comm_cost", 1) + calls * cal[1]
-            name = "get_comm_cost_extension"
-        hooks[name] = {"calls": timers[name if name in timers else "get_comm_cost"][1],
-                       "wall_us": max(0.0, wall) / 1e3, "cpu_us": max(0.0, cpu) / 1e3}
-    hooks["get_comm_cost_extension"]["dask_base_cpu_us"] = net("base_comm_cost", 1) / 1e3
-    return {
-        "method_in_scheduler": (
-            "wrappers around the KaaS plugin's update_graph, transition, fair dispatch, handle_report and its "
-            "get_comm_cost "
-            "extension (Dask's own get_comm_cost timed separately and subtracted), accumulating perf_counter_ns "
-            "(wall) and thread_time_ns (CPU of the scheduler's thread); wrapper cost calibrated on an empty "
-            "function and subtracted per call; one affinity run of the trace. The scheduler shares its process "
-            "(and GIL) with the benchmark's client in a LocalCluster, so wall time includes GIL waits; CPU time "
-            "is the plugin's own cost"),
-        "wrapper_cost_ns": {"wall": cal[0], "cpu": cal[1]},
-        "kaas_tasks": n_tasks,
-        "hooks": hooks,
-        "plugin_cpu_us_per_task": sum(h["cpu_us"] for h in hooks.values()) / n_tasks,
-        "plugin_wall_us_per_task": sum(h["wall_us"] for h in hooks.values()) / n_tasks,
-    }
-
-
-def _install_timers(dask_scheduler) -> None:
-    """Wrap the KaaS plugin's hooks (and Dask's own get_comm_cost, to subtract it) with timers."""
-    plugin = dask_scheduler.plugins["kaas"]
-    acc = {name: [0, 0, 0] for name in ("update_graph", "transition", "dispatch", "get_comm_cost",
-                                     "base_comm_cost", "handle_report", "calibration")}
-    plugin._bench_timers = acc
-    plugin.update_graph = _timed(acc, "update_graph", plugin.update_graph)
-    plugin.transition = _timed(acc, "transition", plugin.transition)
-    plugin._dispatch = _timed(acc, "dispatch", plugin._dispatch)
-    plugin._base_comm_cost = _timed(acc, "base_comm_cost", plugin._base_comm_cost)
-    dask_scheduler.get_comm_cost = _timed(acc, "get_comm_cost", dask_scheduler.get_comm_cost)
-    dask_scheduler.stream_handlers["kaas-report"] = _timed(acc, "handle_report",
-                                                           dask_scheduler.stream_handlers["kaas-report"])
-    calibrate = _timed(acc, "calibration", lambda: None)
-    for _ in range(20000):
-        calibrate()
-
-
-def _reset_timers(dask_scheduler) -> None:
-    for name, row in dask_scheduler.plugins["kaas"]._bench_timers.items():
-        if name != "calibration":
-            row[:] = [0, 0, 0]
-
-
-def _read_timers(dask_scheduler) -> dict:
-    return {name: list(row) for name, row in dask_scheduler.plugins["kaas"]._bench_timers.items()}
-
-
-def _remove_timers(dask_scheduler) -> None:
-    plugin = dask_scheduler.plugins["kaas"]
-    for attr in ("update_graph", "transition", "_dispatch"):
-        vars(plugin).pop(attr, None)  # back to the class's methods
-    plugin._base_comm_cost = plugin._base_comm_cost.__wrapped__
-    dask_scheduler.get_comm_cost = dask_scheduler.get_comm_cost.__wrapped__
-    dask_scheduler.stream_handlers["kaas-report"] = dask_scheduler.stream_handlers["kaas-report"].__wrapped__
-    del plugin._bench_timers
 
 
 def _forget_caches(dask_scheduler) -> None:
@@ -375,15 +285,15 @@ def measure(args) -> dict:
 
             # scheduler cost (1): the plugin's hooks timed inside the scheduler, one affinity run
             reset(client, "affinity")
-            client.run_on_scheduler(_install_timers)
+            client.run_on_scheduler(schedcost.install)
             try:
-                client.run_on_scheduler(_reset_timers)
+                client.run_on_scheduler(schedcost.reset)
                 run_trace(client, jobs, window=args.window)
-                timers = client.run_on_scheduler(_read_timers)
+                timers = client.run_on_scheduler(schedcost.read)
                 model = cluster_state(client)["model"]
             finally:
-                client.run_on_scheduler(_remove_timers)
-            overhead = scheduler_cost(timers, len(jobs))
+                client.run_on_scheduler(schedcost.remove)
+            overhead = schedcost.scheduler_cost(timers, len(jobs))
             overhead["scheduler_model_after_affinity_run"] = model
 
             # scheduler cost (2): end to end with the hooks enabled vs disabled, same trace, balance, interleaved

@@ -1,48 +1,52 @@
-"""Scale: requests per second through one scheduler as workers and tenants grow, and its CPU per request.
+"""Scale: the scheduler's CPU per KaaS task as workers and tenants grow, against Dask's own per task.
 
-Grid: workers W in (1, 2, 4) x tenants T in (1, 4, 16) (``--quick``: W in
-(1, 2) x T in (1, 4)), bounded by what a 2-core machine can host (the
-scheduler, the client and W worker processes share the cores). One
-``LocalKaasCluster`` per W, policy ``affinity``; tenants switched within it.
+Grid: workers W in (4, 16, 64, 100) x tenants T in (1, 8, 64) (``--quick``: W in (4, 16) x T in
+(1, 8)). The scheduler (with the KaaS plugin) runs in this process on its own event loop thread;
+the client connects by address and runs its own loop thread; the W workers are lightweight: all
+in one other process (``benchmarks.worker_pool``), one thread and a 16 MiB host device each, so
+that 100 of them fit a small machine. What is measured is the scheduler, not the workers.
 
-Request: tiny on purpose, so that the scheduler's path dominates: ``y = x + w``
-(builtin ``vadd``, n = 256 float32: 1 KiB), ``x`` passed in the call, ``w`` the
-tenant's const in its namespace (cached after the first request on a worker).
-Tenants take turns round-robin over ``requests`` requests; at most ``window``
-(16, whatever W) in flight, so the same load is offered to every cell and the
-KaaS fair queue on the scheduler holds what the workers' slots (2 per worker)
-do not. Every result is checked against NumPy (``WrongResult`` otherwise).
+Request: tiny on purpose, so that the scheduler's path dominates: ``y = x + w`` (builtin
+``vadd``, n = 256 float32), ``x`` passed in the call, ``w`` the tenant's const (cached after its
+first request on a worker). Tenants take turns round robin; ``window`` = min(2 W, 128) in flight.
+Every result is checked against NumPy (``WrongResult`` otherwise).
 
-Baseline per W: the same inputs through a plain Dask task (``x + w`` in a
-Python function, no KaaS), same window: what Dask's own path costs.
+Baseline per W: a no-op plain Dask task with the same ``GPU`` resource restriction, same window:
+what Dask itself spends per GPU-restricted task.
 
-Scheduler CPU: the client connects by address, so it runs its own event loop
-thread and the scheduler's event loop thread does only the scheduler's work;
-``client.run_on_scheduler`` reads ``time.thread_time()`` there (and
-``time.process_time()`` of the whole process, which also holds the client)
-before and after a run; per request = delta / requests (the two
-``run_on_scheduler`` calls themselves are included, a few hundred us over a run).
-Each cell repeated ``repeat`` times (3): medians with min/max.
+Figures per cell, each the median of ``repeat`` runs:
 
-    python -m benchmarks.scale [--quick] [--device host]
+- ``scheduler_cpu_us_per_task``: ``time.thread_time()`` of the scheduler's event loop thread,
+  delta over a run / tasks (read with ``run_on_scheduler``, whose own cost is included);
+- ``plugin_cpu_us_per_task``: the KaaS plugin's own code, from timers around its hooks inside the
+  scheduler (``benchmarks.schedcost``), the timers' own cost subtracted;
+- ``dask_cpu_us_per_task``: for the baseline, the scheduler's CPU less the plugin's (which also
+  sees plain tasks, and does next to nothing with them);
+- ``plugin_over_dask``: the plugin's CPU per KaaS task over Dask's own per GPU-restricted task
+  (target <= 10%, flat as W and T grow), and requests per second.
+
+    python -m benchmarks.scale [--quick]
 """
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-from benchmarks.common import (WrongResult, resolve_device, result_name, results_dir, save_plot, spread, suite_main,
-                               write_result)
+from benchmarks import schedcost
+from benchmarks.common import (WrongResult, machine, resolve_device, result_name, results_dir, save_plot, spread,
+                               suite_main, write_result)
 
 N = 256
-WINDOW = 16
-FULL = {"workers": (1, 2, 4), "tenants": (1, 4, 16), "requests": 300, "repeat": 3}
-QUICK = {"workers": (1, 2), "tenants": (1, 4), "requests": 120, "repeat": 3}
+FULL = {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "requests": 600, "repeat": 3}
+QUICK = {"workers": (4, 16), "tenants": (1, 8), "requests": 160, "repeat": 2}
+TARGET = 0.10
 
 
 def vadd_request(tenant: str):
@@ -55,85 +59,91 @@ def vadd_request(tenant: str):
                                arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=tenant)
 
 
-def plain_add(x: np.ndarray, w: np.ndarray) -> dict:
-    """The Dask baseline: an ordinary task doing the same arithmetic."""
-    return {"y": x + w}
+def noop() -> None:
+    return None
 
 
-def _cpu_clocks(dask_scheduler=None) -> tuple[float, float, int]:
-    return time.thread_time(), time.process_time(), threading.get_ident()
+def _clocks(dask_scheduler=None) -> tuple[float, int]:
+    return time.thread_time(), threading.get_ident()
 
 
-def run_cell(client, jobs, *, plain: bool) -> dict:
-    """Submit ``jobs`` [(request, x, w, expected)] with at most WINDOW in flight; verify every result."""
+def run_cell(client, jobs, *, window: int, plain: bool) -> dict:
+    """Submit ``jobs`` [(request, x, expected)] with at most ``window`` in flight; verify every result."""
     from distributed import as_completed
 
     n = len(jobs)
     it = iter(range(n))
-    index, wrong, failed = {}, [], []
-    submitted, latencies = [0.0] * n, [0.0] * n
+    index, wrong = {}, []
     stream = as_completed()
 
     def submit_next():
         i = next(it, None)
         if i is None:
             return
-        request, x, w, _ = jobs[i]
-        submitted[i] = time.perf_counter()
-        future = client.submit(plain_add, x, w, pure=False) if plain else client.submit(request, pure=False, x=x)
+        request, x, _ = jobs[i]
+        future = (client.submit(noop, pure=False, resources={"GPU": 1}) if plain
+                  else client.submit(request, pure=False, x=x))
         index[future.key] = i
         stream.add(future)
 
-    t0, p0, tid0 = client.run_on_scheduler(_cpu_clocks)
-    main0 = time.thread_time()
+    client.run_on_scheduler(schedcost.reset)
+    cpu0, tid0 = client.run_on_scheduler(_clocks)
     start = time.perf_counter()
-    for _ in range(WINDOW):
+    for _ in range(window):
         submit_next()
     for future in stream:
         i = index.pop(future.key)
-        latencies[i] = time.perf_counter() - submitted[i]
         submit_next()
-        try:
-            if not np.array_equal(future.result()["y"], jobs[i][3]):
-                wrong.append(i)
-        except Exception as e:  # reported, and fails the run below
-            failed.append((i, repr(e)))
+        out = future.result()
+        if not plain and not np.array_equal(out["y"], jobs[i][2]):
+            wrong.append(i)
     elapsed = time.perf_counter() - start
-    main1 = time.thread_time()
-    t1, p1, tid1 = client.run_on_scheduler(_cpu_clocks)
-    if wrong or failed:
-        raise WrongResult(f"{'plain' if plain else 'kaas'}: {len(wrong)} wrong and {len(failed)} failed of {n} "
-                          f"(first: {wrong[:3]} {failed[:3]})")
+    cpu1, tid1 = client.run_on_scheduler(_clocks)
+    timers = client.run_on_scheduler(schedcost.read)
+    if wrong:
+        raise WrongResult(f"scale: {len(wrong)} wrong results of {n} (first: {wrong[:3]})")
     if tid0 != tid1:
         raise RuntimeError("run_on_scheduler ran on two different threads: the CPU figures would be meaningless")
-    lat = np.array(latencies) * 1e3
+    plugin = schedcost.scheduler_cost(timers, n)
     return {
         "throughput_rps": n / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "scheduler_cpu_us_per_request": (t1 - t0) / n * 1e6,
-        "process_cpu_us_per_request": (p1 - p0) / n * 1e6,
-        "client_main_thread_cpu_us_per_request": (main1 - main0) / n * 1e6,
-        "scheduler_cpu_utilisation": (t1 - t0) / elapsed,
+        "scheduler_cpu_us_per_task": (cpu1 - cpu0) / n * 1e6,
+        "plugin_cpu_us_per_task": plugin["plugin_cpu_us_per_task"],
+        "plugin_hooks": plugin["hooks"],
         "loadavg_1m_after": os.getloadavg()[0],
     }
 
 
-KEYS = ("throughput_rps", "p50_ms", "p99_ms", "scheduler_cpu_us_per_request", "process_cpu_us_per_request",
-        "client_main_thread_cpu_us_per_request", "scheduler_cpu_utilisation")
+class WorkerPool:
+    """``n`` lightweight KaaS workers in one subprocess."""
+
+    def __init__(self, address: str, n: int, store: str, device: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker_pool", address, str(n), "--kaas",
+                                      "--device", device, "--store", store], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except Exception:  # noqa: BLE001 - a pool that will not stop is killed
+            self.proc.kill()
+            self.proc.wait()
 
 
 def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repeat: int, log=print) -> dict:
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
-    from dask_kaas import LocalKaasCluster
+    from dask_kaas import KaasSchedulerPlugin
     from dask_kaas.store import BufferStore
 
     rng = np.random.default_rng(0)
     root = tempfile.mkdtemp(prefix="kaas-scale-")
     cells, plain = [], []
     try:
-        store = BufferStore(f"file://{root}/store")
+        url = f"file://{root}/store"
+        store = BufferStore(url)
         names = [f"tenant-{t:02d}" for t in range(max(tenants))]
         weights = {}
         for name in names:
@@ -143,36 +153,58 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
         xs = [rng.standard_normal(N).astype(np.float32) for _ in range(requests)]
 
         def jobs_for(t: int):
-            return [(reqs[names[i % t]], xs[i], weights[names[i % t]], xs[i] + weights[names[i % t]])
-                    for i in range(requests)]
+            return [(reqs[names[i % t]], xs[i], xs[i] + weights[names[i % t]]) for i in range(requests)]
 
-        for w in workers:
-            with LocalKaasCluster(n_workers=w, device=device, device_memory="16MiB", store=store, policy="affinity",
-                                  dashboard_address=":0") as cluster, Client(cluster.scheduler_address) as client:
-                if client.loop is cluster.loop:
-                    raise RuntimeError("the client shares the scheduler's event loop: its CPU would be counted")
-                # warm up: every tenant's const on the workers, imports, the scheduler's runtime model
-                run_cell(client, jobs_for(max(tenants))[: max(4 * WINDOW, 2 * max(tenants) * w)], plain=False)
-                run_cell(client, jobs_for(1)[: 2 * WINDOW], plain=True)
-                runs = {t: [] for t in tenants}
-                base = []
-                for rep in range(repeat):
-                    base.append(run_cell(client, jobs_for(1), plain=True))
+        with LocalCluster(n_workers=0, processes=True, dashboard_address=":0",
+                          scheduler_kwargs={"plugins": [KaasSchedulerPlugin(policy="affinity")]}) as cluster, \
+                Client(cluster.scheduler_address) as client:
+            if client.loop is cluster.loop:
+                raise RuntimeError("the client shares the scheduler's event loop: its CPU would be counted")
+            client.run_on_scheduler(schedcost.install)
+            for w in workers:
+                pool = WorkerPool(cluster.scheduler_address, w, url, device)
+                try:
+                    client.wait_for_workers(w, timeout=300)
+                    window = min(2 * w, 128)
+                    # warm up: every tenant's const on workers, the runtime model, both paths
+                    run_cell(client, jobs_for(max(tenants))[: max(2 * window, 2 * max(tenants))], window=window,
+                             plain=False)
+                    run_cell(client, jobs_for(1)[: 2 * window], window=window, plain=True)
+                    runs = {t: [] for t in tenants}
+                    base = []
+                    for rep in range(repeat):
+                        base.append(run_cell(client, jobs_for(1), window=window, plain=True))
+                        b = base[-1]
+                        b["dask_cpu_us_per_task"] = b["scheduler_cpu_us_per_task"] - b["plugin_cpu_us_per_task"]
+                        log(f"  W={w:<3} plain GPU task  run {rep + 1}: {b['throughput_rps']:6.0f} tasks/s, scheduler "
+                            f"{b['scheduler_cpu_us_per_task']:5.0f} us CPU/task (Dask {b['dask_cpu_us_per_task']:.0f})")
+                        for t in tenants:
+                            r = run_cell(client, jobs_for(t), window=window, plain=False)
+                            r["plugin_over_dask"] = r["plugin_cpu_us_per_task"] / b["dask_cpu_us_per_task"]
+                            runs[t].append(r)
+                            log(f"  W={w:<3} T={t:<3} run {rep + 1}: {r['throughput_rps']:6.0f} req/s, scheduler "
+                                f"{r['scheduler_cpu_us_per_task']:5.0f} us CPU/task, plugin "
+                                f"{r['plugin_cpu_us_per_task']:5.1f} us ({r['plugin_over_dask']:.1%} of Dask's)")
+                    keys = ("throughput_rps", "scheduler_cpu_us_per_task", "plugin_cpu_us_per_task", "plugin_over_dask")
                     for t in tenants:
-                        runs[t].append(run_cell(client, jobs_for(t), plain=False))
-                        r = runs[t][-1]
-                        log(f"  W={w} T={t:<2} run {rep + 1}: {r['throughput_rps']:6.0f} req/s, p50 {r['p50_ms']:5.1f} ms, "
-                            f"scheduler {r['scheduler_cpu_us_per_request']:5.0f} us CPU/request "
-                            f"({r['scheduler_cpu_utilisation']:.0%} of a core)")
-                    log(f"  W={w} plain Dask run {rep + 1}: {base[-1]['throughput_rps']:6.0f} req/s, scheduler "
-                        f"{base[-1]['scheduler_cpu_us_per_request']:5.0f} us CPU/task")
-                for t in tenants:
-                    cells.append({"workers": w, "tenants": t, "runs": runs[t],
-                                  **{k: spread(r[k] for r in runs[t]) for k in KEYS}})
-                plain.append({"workers": w, "runs": base, **{k: spread(r[k] for r in base) for k in KEYS}})
+                        cells.append({"workers": w, "tenants": t, "window": window, "runs": runs[t],
+                                      **{k: spread(r[k] for r in runs[t]) for k in keys}})
+                    plain.append({"workers": w, "window": window, "runs": base,
+                                  **{k: spread(r[k] for r in base) for k in
+                                     ("throughput_rps", "scheduler_cpu_us_per_task", "plugin_cpu_us_per_task",
+                                      "dask_cpu_us_per_task")}})
+                finally:
+                    pool.close()
+                    deadline = time.time() + 60
+                    while client.scheduler_info()["workers"] and time.time() < deadline:
+                        time.sleep(0.2)
+            client.run_on_scheduler(schedcost.remove)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"cells": cells, "plain_dask": plain}
+    worst = max(c["plugin_over_dask"]["median"] for c in cells)
+    return {"cells": cells, "plain_dask": plain,
+            "target": {"rule": f"plugin CPU per KaaS task <= {TARGET:.0%} of Dask's own per GPU-restricted task, "
+                               "at every W and T", "worst": worst, "met": bool(worst <= TARGET)}}
 
 
 def _plot(result: dict, path: str) -> str | None:
@@ -181,18 +213,24 @@ def _plot(result: dict, path: str) -> str | None:
         for t in result["parameters"]["tenants"]:
             cells = [c for c in result["cells"] if c["tenants"] == t]
             ws = [c["workers"] for c in cells]
-            for ax, key in ((ax1, "throughput_rps"), (ax2, "scheduler_cpu_us_per_request")):
-                med = np.array([c[key]["median"] for c in cells])
-                err = [med - [c[key]["min"] for c in cells], np.array([c[key]["max"] for c in cells]) - med]
-                ax.errorbar(ws, med, yerr=err, marker="o", capsize=3, label=f"KaaS, {t} tenant(s)")
+            ax1.plot(ws, [c["plugin_cpu_us_per_task"]["median"] for c in cells], "o-", label=f"KaaS plugin, T={t}")
+            ax2.plot(ws, [c["throughput_rps"]["median"] for c in cells], "o-", label=f"KaaS, T={t}")
         ws = [c["workers"] for c in result["plain_dask"]]
-        for ax, key in ((ax1, "throughput_rps"), (ax2, "scheduler_cpu_us_per_request")):
-            ax.plot(ws, [c[key]["median"] for c in result["plain_dask"]], "k--", marker="s", label="plain Dask task")
+        ax1.plot(ws, [c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k--", marker="s",
+                 label="Dask, GPU-restricted no-op")
+        ax1.plot(ws, [TARGET * c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k:",
+                 label=f"{TARGET:.0%} of Dask")
+        ax2.plot(ws, [c["throughput_rps"]["median"] for c in result["plain_dask"]], "k--", marker="s",
+                 label="plain GPU-restricted no-op")
+        for ax in (ax1, ax2):
             ax.set_xlabel("workers")
-            ax.set_xticks(ws)
-        ax1.set_ylabel("requests / s")
-        ax2.set_ylabel("scheduler CPU per request (us)")
-        ax1.legend(fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xticks(ws, [str(w) for w in ws])
+        ax1.set_ylabel("scheduler CPU per task (us)")
+        ax1.set_yscale("log")
+        ax2.set_ylabel("tasks / s")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
         return fig
 
     return save_plot(path, draw)
@@ -203,47 +241,46 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
     params = QUICK if quick else FULL
     name = result_name("scale", device, quick)
     started = time.perf_counter()
-    result = measure(device=device, log=log, **params)
+    result = measure(device="host" if kind == "host" else kind, log=log, **params)
     payload = {
         "suite": "scale",
         "device": kind,
         "device_requested": device,
         "quick": quick,
-        "parameters": {**params, "window": WINDOW, "policy": "affinity",
+        "parameters": {**params, "window": "min(2 x workers, 128)", "policy": "affinity",
                        "request": f"y = x + w, builtin vadd, n = {N} float32; w the tenant's const",
-                       "tenant_order": "round-robin",
-                       "scheduler_cpu": "thread_time of the scheduler's event loop thread (the client runs its "
-                                        "own loop thread), delta over a run / requests",
-                       "process_cpu": "process_time of the scheduler's process, which also holds the client"},
+                       "workers_process": "all workers in one process (benchmarks.worker_pool), 16 MiB host "
+                                          "devices, one thread each",
+                       "tenant_order": "round-robin"},
+        "method": __doc__.split("\n\n", 1)[1],
         **result,
+        "machine": machine(),
         "wall_s": time.perf_counter() - started,
-        "machine_load": {
-            "loadavg_1m_after_each_run": spread(r["loadavg_1m_after"] for c in result["cells"] + result["plain_dask"]
-                                                for r in c["runs"]),
-            "note": "a 1-minute load average well above W + 1 means something else ran beside the benchmark"},
     }
-    png = os.path.join(results_dir(), f"{name}.png")  # beside the JSON (KAAS_BENCH_RESULTS when set)
+    png = os.path.join(results_dir(), f"{name}.png")
     plotted = _plot(payload, png)
     payload["plot"] = os.path.basename(plotted) if plotted else None
-    if plotted is None:
-        payload["plot_note"] = "matplotlib is not installed: no plot"
     payload["path"] = write_result(name, payload)
     return payload
 
 
 def _print_table(payload: dict) -> None:
-    print(f"\n{'W':>2} {'T':>3} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'sched us/req':>13} {'sched core':>11} "
-          f"{'process us/req':>15}")
-    rows = [(c["workers"], str(c["tenants"]), c) for c in payload["cells"]]
-    rows += [(c["workers"], "dask", c) for c in payload["plain_dask"]]
-    for w, t, c in sorted(rows, key=lambda r: (r[0], r[1] == "dask", r[1].zfill(3))):
-        print(f"{w:>2} {t:>4} {c['throughput_rps']['median']:>6.0f} {c['p50_ms']['median']:>7.1f} "
-              f"{c['p99_ms']['median']:>7.1f} {c['scheduler_cpu_us_per_request']['median']:>13.0f} "
-              f"{c['scheduler_cpu_utilisation']['median']:>11.0%} {c['process_cpu_us_per_request']['median']:>15.0f}")
+    print(f"\n{'W':>4} {'T':>4} {'req/s':>7} {'sched us':>9} {'plugin us':>10} {'of Dask':>8}")
+    dask = {c["workers"]: c for c in payload["plain_dask"]}
+    for c in payload["cells"]:
+        print(f"{c['workers']:>4} {c['tenants']:>4} {c['throughput_rps']['median']:>7.0f} "
+              f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {c['plugin_cpu_us_per_task']['median']:>10.1f} "
+              f"{c['plugin_over_dask']['median']:>8.1%}")
+    for w, c in dask.items():
+        print(f"{w:>4} dask {c['throughput_rps']['median']:>7.0f} {c['scheduler_cpu_us_per_task']['median']:>9.0f} "
+              f"{'':>10} (Dask's own {c['dask_cpu_us_per_task']['median']:.0f} us)")
+    t = payload["target"]
+    print(f"plugin CPU per task, worst cell: {t['worst']:.1%} of Dask's own (target <= {TARGET:.0%}: "
+          f"{'met' if t['met'] else 'MISSED'})")
 
 
 def main(argv=None) -> int:
-    return suite_main(__doc__, "workers (1, 2) x tenants (1, 4), 120 requests", run, _print_table, argv)
+    return suite_main(__doc__, "workers (4, 16) x tenants (1, 8), 160 requests", run, _print_table, argv)
 
 
 if __name__ == "__main__":

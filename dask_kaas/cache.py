@@ -86,6 +86,7 @@ class BufferCache(Generic[Handle]):
         self._entries: OrderedDict[Hashable, _Entry[Handle]] = OrderedDict()  # LRU order, oldest first
         self._seen: set[Hashable] = set()
         self._used = 0
+        self._pinned = 0  # bytes of entries with pins, kept as they change
         self._tick = itertools.count(1)
 
     # ------------------------------------------------------------------ properties
@@ -104,7 +105,7 @@ class BufferCache(Generic[Handle]):
     def pinned_bytes(self) -> int:
         """Total bytes of pinned entries (those that cannot be evicted now)."""
         with self._lock:
-            return sum(e.nbytes for e in self._entries.values() if e.pins)
+            return self._pinned
 
     @property
     def free_bytes(self) -> int:
@@ -139,14 +140,17 @@ class BufferCache(Generic[Handle]):
         with self._lock:
             return nbytes_total <= self._capacity - self.pinned_bytes
 
-    def check_fits(self, nbytes_total: int, what: str) -> None:
+    def check_fits(self, nbytes_total: int, what) -> None:
         """Raise :class:`DeviceMemoryError` unless ``can_fit(nbytes_total)``.
 
-        ``what`` describes the demand in the message, e.g. ``"request r1 needs 3 buffers"``.
+        ``what`` describes the demand in the message, e.g. ``"request r1 needs 3 buffers"`` (or a
+        callable that returns it, called only when the message is needed).
         """
         with self._lock:
             pinned = self.pinned_bytes
             if nbytes_total > self._capacity - pinned:
+                if callable(what):
+                    what = what()
                 raise DeviceMemoryError(
                     f"{what}: {_fmt_bytes(nbytes_total)} needed, but device capacity is "
                     f"{_fmt_bytes(self._capacity)} with {_fmt_bytes(pinned)} pinned "
@@ -191,6 +195,8 @@ class BufferCache(Generic[Handle]):
                         f"buffer {key!r} is cached with {entry.nbytes} bytes but was "
                         f"acquired with {nbytes} bytes"
                     )
+                if not entry.pins:
+                    self._pinned += entry.nbytes
                 entry.pins += 1
                 self._touch(entry)
                 if const:
@@ -207,6 +213,7 @@ class BufferCache(Generic[Handle]):
                     self._free(handle)
                     raise
             entry = _Entry(key=key, handle=handle, nbytes=nbytes, const=bool(const), pins=1)
+            self._pinned += nbytes
             self._entries[key] = entry
             self._used += nbytes
             self._touch(entry)
@@ -226,6 +233,8 @@ class BufferCache(Generic[Handle]):
             if entry.pins <= 0:
                 raise ValueError(f"buffer {key!r} is not pinned")
             entry.pins -= 1
+            if entry.pins == 0:
+                self._pinned -= entry.nbytes
             if not keep and entry.pins == 0:
                 self._remove(entry)
 

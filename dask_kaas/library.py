@@ -862,8 +862,9 @@ def _ensure_builtin() -> None:
 
 def is_registered(lib: Library) -> bool:
     """Whether ``lib`` is the library registered under its name (shared by every tenant)."""
-    registered = registered_libraries().get(lib.name)
-    return registered is not None and registered.hash == lib.hash
+    _ensure_builtin()
+    registered = _registry.get(lib.name)
+    return registered is lib or (registered is not None and registered.hash == lib.hash)
 
 
 def resolve_library(spec: Library | str | os.PathLike) -> Library:

@@ -14,6 +14,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -390,38 +391,39 @@ class Request:
         _set_request_fields(self, kernels, int(n_iter), tenant, None if deadline is None else float(deadline))
 
     # -- derived views --------------------------------------------------------
-    @property
+    @cached_property
     def buffers(self) -> dict[str, BufferSpec]:
         """Every buffer by name, in order of first use."""
         return {name: role.spec for name, role in self._roles.items()}
 
     @property
-    def roles(self) -> dict[str, BufferRole]:
-        return dict(self._roles)
+    def roles(self) -> Mapping[str, BufferRole]:
+        """How the request uses each buffer, by name (read only)."""
+        return MappingProxyType(self._roles)
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[str, ...]:
         """Buffers whose first use reads them: from the call, else the cache (const) or the store."""
         return tuple(n for n, r in self._roles.items() if r.reads_first and not r.temporary)
 
-    @property
+    @cached_property
     def outputs(self) -> tuple[str, ...]:
         """Buffers some kernel writes that are not temporaries: these come back to the caller."""
         return tuple(n for n, r in self._roles.items() if r.written and not r.temporary)
 
-    @property
+    @cached_property
     def temporaries(self) -> tuple[str, ...]:
         return tuple(n for n, r in self._roles.items() if r.temporary)
 
-    @property
+    @cached_property
     def consts(self) -> tuple[BufferSpec, ...]:
         return tuple(r.spec for r in self._roles.values() if r.spec.const)
 
-    @property
+    @cached_property
     def const_bytes(self) -> int:
         return sum(s.size for s in self.consts)
 
-    @property
+    @cached_property
     def footprint(self) -> int:
         """Device bytes the request pins while it runs."""
         return sum(r.spec.size for r in self._roles.values())
@@ -431,7 +433,7 @@ class Request:
         # Dask names tasks after their function: "kaas-sgemm-bias_relu-..." groups well on the dashboard.
         return "kaas-" + "-".join(dict.fromkeys(self.kernel_names))
 
-    @property
+    @cached_property
     def kernel_names(self) -> tuple[str, ...]:
         return tuple(k.kernel for k in self.kernels)
 

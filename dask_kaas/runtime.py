@@ -28,6 +28,7 @@ from .stats import Counters
 from .store import BufferStore, open_store
 
 
+_ACCOUNTED = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store")
 PREPARED_LAUNCHES = 4096  # distinct launches (kernel, shape, literals) kept prepared per worker
 
 
@@ -102,8 +103,8 @@ class Runtime:
         counters, device, cache = self.counters, self.device, self.cache
         with counters.phase("validate"):
             data = request.check_inputs(inputs)
-            cache.check_fits(request.footprint, f"{request!r} pins {request.footprint} bytes in "
-                                                f"{len(request.roles)} buffers")
+            cache.check_fits(request.footprint, lambda: f"{request!r} pins {request.footprint} bytes in "
+                                                        f"{len(request.roles)} buffers")
             plan = plan_store_access(self.store, request, data)
             launches = self._launches(request)
         run_id = next(self._ids)
@@ -199,8 +200,7 @@ class Runtime:
 
     def _account(self, request: Request, before: dict, seconds: float) -> None:
         counts = self.counters.counts
-        delta = {k: counts.get(k, 0) - before.get(k, 0) for k in ("hits", "compulsory_misses", "capacity_misses",
-                                                                   "bytes_from_store")}
+        delta = {k: counts[k] - before[k] for k in _ACCOUNTED}
         self.counters.add("requests")
         self.counters.add_tenant(
             request.tenant,

@@ -68,6 +68,11 @@ class Workload:
         return {}
 
 
-def run_numpy(fn, inputs: dict, consts: dict) -> np.ndarray:
-    """The plain-Dask baseline task: the same computation with NumPy on the worker."""
-    return fn(inputs, consts)
+def run_cached(fn, inputs: dict, url: str, tenant: str, keys: dict, capacity: int | None, device: str,
+               travelling: dict) -> np.ndarray:
+    """The fair baselines' task: the workload's consts from this worker's cache of the store
+    (``benchmarks.baselines``, bounded by ``capacity`` bytes or not), then the same computation."""
+    from benchmarks.baselines import to_host, weights
+
+    consts, _ = weights(url, tenant, keys, capacity, device)
+    return to_host(fn(inputs, {**travelling, **consts}))

@@ -1,14 +1,18 @@
-"""Run every workload as KaaS requests and as plain Dask tasks doing the NumPy work, side by side.
+"""Run every workload as KaaS requests and as the fair baselines, plain Dask tasks, side by side.
 
 Per workload, on one LocalKaasCluster (host: 2 workers; cuda: one per GPU):
 
+* the baselines (``benchmarks.baselines``): a plain Dask task computing the same
+  output with NumPy (CuPy on a GPU) from the workload's consts, read from the
+  same store into a worker-local cache keyed by version: ``dask-lru`` bounded by
+  the KaaS device's capacity, ``dask-dict`` unbounded (consts the store does not
+  hold travel with the task, as for KaaS);
 * setup: the consts go to the store in the workload's tenant namespace; one
-  warm-up request per case (consts cached on the devices afterwards, every
-  result checked) and the consts scattered to every worker for the baseline;
-* latency: one request at a time, submit -> result, KaaS and plain Dask
+  warm-up request per case and system (caches filled, every result checked);
+* latency: one request at a time, submit -> result, KaaS and the baselines
   interleaved (``common.interleaved``), ``repeat`` rounds;
-* throughput: ``batch`` requests submitted at once, then gathered; KaaS and
-  Dask alternated, ``rounds`` times; requests per second;
+* throughput: ``batch`` requests submitted at once, then gathered; the systems
+  alternated, ``rounds`` times; requests per second;
 * every KaaS result of every phase is checked against the NumPy reference
   (``WrongResult`` fails the run), and so are the baseline's.
 
@@ -28,7 +32,7 @@ import numpy as np
 from benchmarks.common import (WrongResult, interleaved, local_kaas_cluster, machine, resolve_device, result_name,
                                results_dir, save_plot, spread, write_result)
 
-from .base import run_numpy
+from .base import run_cached
 
 WORKLOADS = ("mlp", "sgemm", "jacobi", "cgemm")
 
@@ -48,34 +52,54 @@ def seed_store(store, w) -> None:
         store.put(w.key(name), bad, namespace=w.tenant)
 
 
+def worker_capacities(client) -> dict:
+    from dask_kaas import worker_stats
+
+    return {a: s["capacity"] for a, s in worker_stats(client).items()}
+
+
 def kernel_seconds(client) -> float:
     from dask_kaas import worker_stats
 
     return sum(s.get("seconds", {}).get("kernels", 0.0) for s in worker_stats(client).values())
 
 
-def measure(client, store, w, *, repeat: int, batch: int, rounds: int) -> dict:
+SYSTEMS = ("kaas", "dask-lru", "dask-dict")
+
+
+def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str) -> dict:
+    from benchmarks.baselines import clear
+
     seed_store(store, w)
-    consts = client.scatter(w.consts, broadcast=True)
+    client.run(clear)
+    keys = {name: w.key(name) for name in w.stored_consts()}
+    rest = {k: v for k, v in w.consts.items() if k not in keys}
+    travelling = client.scatter(rest, broadcast=True) if rest else {}
     outputs: dict[int, np.ndarray] = {}
 
     def kaas(i):
         return client.submit(w.request, pure=False, **w.cases[i])
 
-    def dask(i):
-        return client.submit(run_numpy, w.numpy_fn, w.cases[i], consts, pure=False)
+    def baseline(bound):
+        def submit(i):
+            return client.submit(run_cached, w.numpy_fn, w.cases[i], store.url, w.tenant, keys, bound, device,
+                                 travelling, pure=False)
+        return submit
 
-    # warm-up: every case once on KaaS (loads and caches the consts) and on Dask; all checked
+    submitters = {"kaas": kaas, "dask-lru": baseline(capacity), "dask-dict": baseline(None)}
+
+    # warm-up: every case once on each system (loads and caches the consts); all checked
     start = time.perf_counter()
     for i, f in enumerate(client.gather([kaas(i) for i in range(len(w.cases))])):
         outputs[i] = w.check(i, f)
     cold_s = time.perf_counter() - start
-    for i, f in enumerate(client.gather([dask(i) for i in range(len(w.cases))])):
-        w.check(i, f)
+    for name in ("dask-lru", "dask-dict"):
+        for i, f in enumerate(client.gather([submitters[name](i) for i in range(len(w.cases))])):
+            w.check(i, f)
 
     # latency, one at a time, interleaved
-    got = {"kaas": [], "dask": []}
-    counter = {"kaas": 0, "dask": 0}
+    got = {name: [] for name in SYSTEMS}
+    counter = {name: 0 for name in SYSTEMS}
 
     def one(kind, submit):
         def call():
@@ -85,7 +109,7 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int) -> dict:
         return call
 
     k0 = kernel_seconds(client)
-    lat = interleaved({"kaas": one("kaas", kaas), "dask": one("dask", dask)}, repeat=repeat)
+    lat = interleaved({name: one(name, submitters[name]) for name in SYSTEMS}, repeat=repeat, gap=0.01)
     kernels_per_request = (kernel_seconds(client) - k0) / repeat
     for kind in got:
         for i, result in got[kind]:
@@ -94,9 +118,9 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int) -> dict:
                 outputs[i] = out
 
     # throughput: a batch in flight at once
-    tput = {"kaas": [], "dask": []}
+    tput = {name: [] for name in SYSTEMS}
     for _ in range(rounds):
-        for kind, submit in (("kaas", kaas), ("dask", dask)):
+        for kind, submit in submitters.items():
             idx = [j % len(w.cases) for j in range(batch)]
             start = time.perf_counter()
             results = client.gather([submit(i) for i in idx])
@@ -106,17 +130,19 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int) -> dict:
                 out = w.check(i, result)
                 if kind == "kaas":
                     outputs[i] = out
-    client.cancel(list(consts.values()))
+    if travelling:
+        client.cancel(list(travelling.values()))
     figures = {
         "correct": True,
-        "requests_checked": len(w.cases) + repeat + rounds * batch,
+        "requests_checked": len(SYSTEMS) * (len(w.cases) + repeat + rounds * batch),
         "cold_first_pass_s": cold_s,
-        "latency_s": {"kaas": lat["kaas"], "dask_numpy": lat["dask"]},
-        "latency_ratio_kaas_over_dask": lat["kaas"]["median"] / lat["dask"]["median"],
+        "latency_s": {name: lat[name] for name in SYSTEMS},
         "kernel_s_per_request": kernels_per_request,
-        "throughput_rps": {"kaas": spread(tput["kaas"]), "dask_numpy": spread(tput["dask"])},
-        "throughput_ratio_kaas_over_dask": float(np.median(tput["kaas"]) / np.median(tput["dask"])),
+        "throughput_rps": {name: spread(tput[name]) for name in SYSTEMS},
     }
+    for name in ("dask-lru", "dask-dict"):
+        figures[f"latency_ratio_kaas_over_{name}"] = lat["kaas"]["median"] / lat[name]["median"]
+        figures[f"throughput_ratio_kaas_over_{name}"] = float(np.median(tput["kaas"]) / np.median(tput[name]))
     figures.update(w.summary(outputs))
     return figures
 
@@ -129,12 +155,13 @@ def plot(payload: dict, path: str):
         x = np.arange(len(names))
         for ax, key, label in ((axes[0], "latency_s", "latency, ms (median; bars min-max)"),
                                (axes[1], "throughput_rps", "throughput, requests/s")):
-            for off, kind, name in ((-0.2, "kaas", "KaaS"), (0.2, "dask_numpy", "plain Dask + NumPy")):
+            for off, kind, name in ((-0.27, "kaas", "KaaS"), (0, "dask-lru", "Dask + LRU cache"),
+                                    (0.27, "dask-dict", "Dask + dict cache")):
                 scale = 1e3 if key == "latency_s" else 1.0
                 med = [payload["workloads"][n][key][kind]["median"] * scale for n in names]
                 lo = [m - payload["workloads"][n][key][kind]["min"] * scale for m, n in zip(med, names)]
                 hi = [payload["workloads"][n][key][kind]["max"] * scale - m for m, n in zip(med, names)]
-                ax.bar(x + off, med, 0.4, yerr=[lo, hi], label=name, capsize=3)
+                ax.bar(x + off, med, 0.27, yerr=[lo, hi], label=name, capsize=3)
             ax.set_xticks(x, names)
             ax.set_title(label)
             ax.legend()
@@ -152,20 +179,23 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     payload = {"suite": "workloads", "device": device, "parameters": params, "workloads": {},
                "method": __doc__.split("\n\n", 1)[1]}
     with local_kaas_cluster(device) as (cluster, client):
+        capacity = next(iter(worker_capacities(client).values()))
+        params["device_capacity_bytes"] = capacity
         for name in WORKLOADS:
             w = importlib.import_module(f"benchmarks.workloads.{name}").setup(quick)
             try:
-                figures = measure(client, cluster.store, w, repeat=repeat, batch=batch, rounds=rounds)
+                figures = measure(client, cluster.store, w, repeat=repeat, batch=batch, rounds=rounds,
+                                  capacity=capacity, device=device)
             except WrongResult as e:
                 raise WrongResult(f"workload {name}: {e}") from e
             payload["workloads"][name] = {"parameters": w.parameters, **figures}
             lat = figures["latency_s"]
             extra = f", accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
-            print(f"  {name:<7} ok{extra}: latency {lat['kaas']['median'] * 1e3:.2f} ms "
-                  f"(dask+numpy {lat['dask_numpy']['median'] * 1e3:.2f} ms, {figures['latency_ratio_kaas_over_dask']:.2f}x)"
-                  f", throughput {figures['throughput_rps']['kaas']['median']:.0f} req/s "
-                  f"(dask+numpy {figures['throughput_rps']['dask_numpy']['median']:.0f}, "
-                  f"{figures['throughput_ratio_kaas_over_dask']:.2f}x)", flush=True)
+            tp = figures["throughput_rps"]
+            print(f"  {name:<7} ok{extra}: latency ms kaas {lat['kaas']['median'] * 1e3:.2f}, dask-lru "
+                  f"{lat['dask-lru']['median'] * 1e3:.2f}, dask-dict {lat['dask-dict']['median'] * 1e3:.2f}; "
+                  f"req/s kaas {tp['kaas']['median']:.0f}, dask-lru {tp['dask-lru']['median']:.0f}, dask-dict "
+                  f"{tp['dask-dict']['median']:.0f}", flush=True)
     name = result_name("workloads", device, quick)
     payload["machine"] = machine()
     png = plot(payload, os.path.join(results_dir(), f"{name}.png"))

@@ -36,6 +36,7 @@ class WorkerView:
     device: str | None = None
     reports: int = 0
     running: bool = True
+    entry: int = -1  # the sequence number of its current entry in the heap of open workers
     service_interval: float | None = None  # seconds between completions while busy, as observed
     service_deviation: float = 0.0
     last_completion: float = 0.0
@@ -208,18 +209,20 @@ class Cluster:
     def least_loaded(self) -> str | None:
         """The worker with a free slot and the least queued work; None when every slot is taken."""
         while self._open:
-            seconds, _, address = self._open[0]
-            view = self.views.get(address)
-            if view is not None and view.free > 0 and view.queued_seconds == seconds:
-                return address
+            if self._current(self._open[0]):
+                return self._open[0][2]
             heapq.heappop(self._open)
         return None
 
-    def holding(self, consts: Consts) -> set[str]:
-        """Workers holding (or about to load) any of ``consts``."""
+    def holding(self, consts: Consts, most: int = 8) -> set[str]:
+        """Up to ``most`` workers per const holding (or about to load) any of ``consts``: a const that
+        many workers hold costs nothing to load on any of them, so a few of them (and the least loaded
+        worker, which placement always weighs) stand for all, and no decision grows with the cluster."""
         out: set[str] = set()
         for ref, _ in consts:
-            out |= self.holders.get(ref, set())
+            holders = self.holders.get(ref)
+            if holders:
+                out.update(holders if len(holders) <= most else itertools.islice(holders, most))
         return out
 
     def total_rate(self, fallback: float) -> float:
@@ -240,15 +243,17 @@ class Cluster:
 
     # -- internals --------------------------------------------------------------------------
     def _reopen(self, view: WorkerView) -> None:
+        """The worker's entry in the heap of open workers, renewed (its older entries go stale)."""
+        view.entry = next(self._seq)
         if view.free > 0:
-            heapq.heappush(self._open, (view.queued_seconds, next(self._seq), view.address))
-            if len(self._open) > 4 * len(self.views) + 64:
+            heapq.heappush(self._open, (view.queued_seconds, view.entry, view.address))
+            if len(self._open) > 2 * len(self.views) + 64:  # at most one current entry per worker
                 self._open = [e for e in self._open if self._current(e)]
                 heapq.heapify(self._open)
 
     def _current(self, entry) -> bool:
         view = self.views.get(entry[2])
-        return view is not None and view.free > 0 and view.queued_seconds == entry[0]
+        return view is not None and view.entry == entry[1] and view.free > 0
 
     def _unhold(self, ref, address: str) -> None:
         workers = self.holders.get(ref)

@@ -29,6 +29,7 @@ class FairQueue:
         self._where: dict = {}  # key -> tenant, while queued
         self._held = 0
         self._backlogged_weight = 0.0
+        self._most = 0.0  # the largest service of any tenant (the floor when nobody is backlogged)
 
     # -- state ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class FairQueue:
         top = self._top()
         if top is not None:
             return self.service[top]
-        return max(self.service.values(), default=0.0)
+        return self._most
 
     # -- changes ----------------------------------------------------------------------------
     def push(self, tenant: str, key: Hashable) -> None:
@@ -74,6 +75,7 @@ class FairQueue:
         if not self.queues.get(tenant):
             self.service[tenant] = max(self.service.get(tenant, 0.0), self.floor())
         self.service[tenant] += max(cost, MIN_COST) / self.weight(tenant)
+        self._most = max(self._most, self.service[tenant])
         if self.queues.get(tenant):
             self._push_entry(tenant)
 
@@ -138,6 +140,7 @@ class FairQueue:
     def _join(self, tenant: str) -> None:
         """(Re)joining the backlog: no credit from idle time."""
         self.service[tenant] = max(self.service.get(tenant, 0.0), self.floor())
+        self._most = max(self._most, self.service[tenant])
         self._backlogged_weight += self.weight(tenant)
         self._push_entry(tenant)
 
