@@ -132,7 +132,7 @@ class CudaDevice(Device):
             total=int(total), free=int(free),
             pool_size=pool_size if pool_size is not None else config.get("cuda.pool-size"),
             cache_capacity=capacity if capacity is not None else config.get("cuda.cache-capacity"),
-            share=share if share is not None else int(config.get("cuda.workers-per-device") or 1),
+            share=share if share is not None else int(config.get("cuda.workers-per-device")),
             use_rmm=use_rmm)
         self.pool_bytes = self.plan.pool_bytes
         self.capacity = self.plan.capacity

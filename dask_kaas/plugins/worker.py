@@ -65,7 +65,7 @@ class KaasWorkerPlugin(WorkerPlugin):
     async def setup(self, worker):
         device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0,
                              share=self.workers_per_device)
-        self.runtime = Runtime(device, self.store, kernel_cache_entries=config.get("kernel-cache.modules") or 64)
+        self.runtime = Runtime(device, self.store, kernel_cache_entries=int(config.get("kernel-cache.modules")))
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
