@@ -44,7 +44,8 @@ class WeightCache:
             self.used -= old
 
 
-def _store(url: str):
+def store_for(url: str):
+    """This worker's BufferStore of ``url`` (one object per URL, kept as long as the worker)."""
     from dask_kaas.store import BufferStore
 
     store = _STORES.get(url)
@@ -55,7 +56,7 @@ def _store(url: str):
 
 def weights(url: str, namespace: str, keys: dict, capacity: int | None, device: str = "host") -> tuple[dict, int]:
     """``({name: array}, bytes loaded)``: the named keys of ``namespace``, from this worker's cache."""
-    store = _store(url)
+    store = store_for(url)
     cache = _CACHES.get(capacity)
     if cache is None:
         cache = _CACHES[capacity] = WeightCache(capacity)

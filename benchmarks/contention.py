@@ -27,7 +27,7 @@ Systems, all on the same workers of one ``LocalKaasCluster``, same trace:
 
 Trace: ``requests`` requests, tenants drawn i.i.d. from a Zipf-like law
 ``p(rank r) ~ 1/r**0.8`` with ranks shuffled over tenants, seeded (the same
-trace generator as ``benchmarks.placement``). At most ``window`` (2 per worker,
+trace generator as ``benchmarks.placement``: ``benchmarks.tenants``). At most ``window`` (2 per worker,
 the KaaS queue depth) requests in flight. Every result is checked against NumPy
 in float64; a wrong or failed result raises ``WrongResult``. Systems run
 interleaved, ``repeat`` times; figures are medians with min/max.
@@ -38,20 +38,19 @@ sees the same median latency, 1/T = one tenant gets everything). Throughput per
 tenant normalised by its submitted share is not used: with a closed trace every
 tenant completes exactly what it submitted, so that index is 1 by construction.
 
-    python -m benchmarks.contention [--quick] [--device host]
+    python -m benchmarks contention [--quick] [--device host]
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 
-from benchmarks.common import (WrongResult, resolve_device, result_name, results_dir, save_plot, spread, suite_main,
-                               timeit, write_result)
-from dask_kaas.demo import run_windowed
+from benchmarks.common import Suite, bars, main, met, spread, timeit
+from benchmarks.tenants import (counter_delta, counters, device_capacity, latency_figures, make_trace, reset,
+                                run_jobs, seed_tenants)
 
 F32 = 4
 K = 1024
@@ -60,28 +59,27 @@ ZIPF = 0.8
 SYSTEMS = ("naive", "dask-lru", "dask-dict", "static", "kaas-balance", "kaas-affinity")
 BASELINES = ("naive", "dask-lru", "dask-dict")  # plain Dask tasks
 POLICY = {"static": "static", "kaas-balance": "balance", "kaas-affinity": "affinity"}
-COUNTERS = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store", "requests")
 
 # one entry per configuration; the last of the 8 MiB ones is the headline. The 32 MiB one makes loading weigh
 # more against the fixed per-request cost of a Dask task, to show which way the ratio moves.
-FULL = [{"workers": 4, "tenants": 8, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
-        {"workers": 4, "tenants": 12, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
-        {"workers": 4, "tenants": 8, "requests": 240, "repeat": 3, "const_mib": 32, "per_worker": 3}]
-QUICK = [{"workers": 2, "tenants": 4, "requests": 120, "repeat": 3, "const_mib": 8, "per_worker": 3}]
-HEADLINE = {"full": 1, "quick": 0}
+SIZES = {
+    "full": {"configs": [{"workers": 4, "tenants": 8, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+                         {"workers": 4, "tenants": 12, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+                         {"workers": 4, "tenants": 8, "requests": 240, "repeat": 3, "const_mib": 32, "per_worker": 3}],
+             "headline": 1},
+    "quick": {"configs": [{"workers": 2, "tenants": 4, "requests": 120, "repeat": 3, "const_mib": 8, "per_worker": 3}],
+              "headline": 0},
+    "smoke": {"configs": [{"workers": 2, "tenants": 4, "requests": 12, "repeat": 1, "const_mib": 1, "per_worker": 3}],
+              "headline": 0},
+}
 
-_STORES: dict = {}
 
-
-# ------------------------------------------------------------------ the naive baseline (runs on a worker)
+# ------------------------------------------------------------------ the baselines (run on a worker)
 def naive_matmul(url: str, tenant: str, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Plain Dask task: read the tenant's weights from the store on every call, then ``x @ w`` in NumPy."""
-    from dask_kaas.store import BufferStore
+    from benchmarks.baselines import store_for
 
-    store = _STORES.get(url)
-    if store is None:  # the store object (not its data) is reused, as a long-lived service would
-        store = _STORES[url] = BufferStore(url)
-    w = store.get("w", namespace=tenant)
+    w = store_for(url).get("w", namespace=tenant)  # the store object (not its data) is reused
     return np.matmul(x, w), int(w.nbytes)
 
 
@@ -105,19 +103,11 @@ def jain(values) -> float:
     return float(values.sum() ** 2 / (len(values) * (values ** 2).sum())) if len(values) else float("nan")
 
 
-def _totals(client) -> dict:
-    from dask_kaas import worker_stats
-
-    return {addr: {k: s.get(k, 0) for k in COUNTERS} for addr, s in worker_stats(client).items()}
-
-
 def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int = 0, device: str = "host") -> dict:
     """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result."""
-    before = _totals(client) if system not in BASELINES else None
+    before = counters(client) if system not in BASELINES else None
     n = len(jobs)
-    latencies = [0.0] * n
-    wrong, failed = [], []
-    naive_bytes = naive_hits = 0
+    loaded = {"bytes": 0, "hits": 0}
 
     def submit(i):
         tenant, request, x, _ = jobs[i]
@@ -128,56 +118,39 @@ def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int
                                  pure=False)
         return client.submit(request, pure=False, x=x)
 
-    def done(i, future, latency):
-        nonlocal naive_bytes, naive_hits
-        latencies[i] = latency
-        try:
-            out = future.result()
-            if system in BASELINES:
-                got, nbytes = out
-                naive_bytes += nbytes
-                naive_hits += nbytes == 0
-            else:
-                got = out["y"]
-            if got.shape != jobs[i][3].shape or not np.allclose(got, jobs[i][3], rtol=1e-3, atol=1e-3):
-                wrong.append(i)
-        except Exception as e:  # reported, and fails the run below
-            failed.append((i, repr(e)))
+    def output(out):
+        if system not in BASELINES:
+            return out["y"]
+        got, nbytes = out
+        loaded["bytes"] += nbytes
+        loaded["hits"] += nbytes == 0
+        return got
 
-    elapsed = run_windowed(client, n, submit, done, window=window)
-    if wrong or failed:
-        raise WrongResult(f"{system}: {len(wrong)} wrong and {len(failed)} failed results of {n} "
-                          f"(first: {wrong[:3]} {failed[:3]})")
-
+    elapsed, latencies = run_jobs(client, jobs, submit, window=window, label=system, output=output)
     lat = np.array(latencies) * 1e3
     tenants = sorted({j[0] for j in jobs})
     per_tenant_p50 = {t: float(np.median([lat[i] for i in range(n) if jobs[i][0] == t])) for t in tenants}
     result = {
-        "elapsed_s": elapsed,
-        "throughput_rps": n / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
+        **latency_figures(elapsed, latencies),
         "per_tenant_p50_ms": per_tenant_p50,
         "fairness_jain": jain(1.0 / v for v in per_tenant_p50.values()),
         "loadavg_1m_after": os.getloadavg()[0],
     }
     if system in BASELINES:
-        result.update(bytes_from_store=naive_bytes, hits=naive_hits, misses=n - naive_hits, hit_rate=naive_hits / n)
+        result.update(bytes_from_store=loaded["bytes"], hits=loaded["hits"], misses=n - loaded["hits"],
+                      hit_rate=loaded["hits"] / n)
     else:
-        after = _totals(client)
-        delta = {k: sum(after[a][k] - before.get(a, {}).get(k, 0) for a in after) for k in COUNTERS}
+        delta, per_worker = counter_delta(before, counters(client))
         lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
         result.update(bytes_from_store=int(delta["bytes_from_store"]), hits=int(delta["hits"]),
                       misses=int(lookups - delta["hits"]), hit_rate=delta["hits"] / lookups if lookups else 0.0,
-                      requests_per_worker=sorted((after[a]["requests"] - before.get(a, {}).get("requests", 0)
-                                                  for a in after), reverse=True))
+                      requests_per_worker=per_worker)
     return result
 
 
 def _prepare(client, system: str) -> None:
     """Set the system's policy and empty every cache, KaaS's and the baselines' (no system inherits another's state)."""
     from benchmarks.baselines import clear
-    from benchmarks.placement import reset
 
     reset(client, POLICY.get(system, "balance"))
     client.run(clear)
@@ -188,14 +161,12 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
                    per_worker: int, seed: int = 0, log=print) -> dict:
     from distributed import Client
 
-    from benchmarks.placement import make_trace, seed_tenants
     from dask_kaas import LocalKaasCluster
     from dask_kaas.store import BufferStore
 
     const_bytes = const_mib * 2**20
     n = const_bytes // (K * F32)
-    call_bytes = 2 * BATCH * max(K, n) * F32
-    cap = per_worker * const_bytes + max(2**20, 4 * call_bytes)
+    cap = device_capacity(per_worker, const_bytes, K, n, BATCH)
     window = 2 * workers
     trace, popularity = make_trace(requests, tenants, ZIPF, seed)
     rng = np.random.default_rng(seed + 1)
@@ -268,44 +239,13 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
     }
 
 
-# ------------------------------------------------------------------ suite entry points
-def _plot(configs: list[dict], path: str) -> str | None:
-    def draw(plt):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-        width = 0.8 / len(configs)
-        xs = np.arange(len(SYSTEMS))
-        for j, c in enumerate(configs):
-            p = c["parameters"]
-            label = f"W={p['workers']} T={p['tenants']} {p['const_bytes'] >> 20} MiB"
-            for ax, key, scale in ((axes[0], "throughput_rps", 1), (axes[1], "p50_ms", 1),
-                                   (axes[2], "bytes_from_store", 2**-20)):
-                med = np.array([c["summary"][s][key]["median"] for s in SYSTEMS]) * scale
-                lo = med - np.array([c["summary"][s][key]["min"] for s in SYSTEMS]) * scale
-                hi = np.array([c["summary"][s][key]["max"] for s in SYSTEMS]) * scale - med
-                ax.bar(xs + (j - (len(configs) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=3, label=label)
-        for ax, title in zip(axes, ("throughput (req/s)", "p50 latency (ms)", "MiB loaded from the store")):
-            ax.set_xticks(xs, SYSTEMS, rotation=15)
-            ax.set_title(title)
-        axes[0].legend(fontsize=8)
-        return fig
-
-    return save_plot(path, draw)
-
-
-def run(device: str = "auto", quick: bool = False, log=print) -> dict:
-    kind = resolve_device(device)
-    params = QUICK if quick else FULL
-    name = result_name("contention", device, quick)
-    started = time.perf_counter()
-    configs = [measure_config(device=device, log=log, **c) for c in params]
-    headline = configs[HEADLINE["quick" if quick else "full"]]
+# ------------------------------------------------------------------ the suite
+def measure(config, p: dict) -> dict:
+    configs = [measure_config(device=config.device, log=config.log, **c) for c in p["configs"]]
+    headline = configs[p["headline"]]
     loads = [r["loadavg_1m_after"] for c in configs for rs in c["runs"].values() for r in rs]
-    payload = {
-        "suite": "contention",
-        "device": kind,
-        "device_requested": device,
-        "quick": quick,
-        "parameters": {"configs": params, "systems": list(SYSTEMS), "zipf_s": ZIPF, "batch": BATCH,
+    return {
+        "parameters": {"configs": p["configs"], "systems": list(SYSTEMS), "zipf_s": ZIPF, "batch": BATCH,
                        "fairness": "Jain's index over tenants of 1 / (tenant's p50 latency)"},
         "configs": configs,
         "headline": {
@@ -318,46 +258,57 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
             "naive_note": "naive re-reads the weights from the store on every call: a strawman kept for "
                           "reference; the comparisons that matter are against dask-lru and dask-dict",
         },
-        "wall_s": time.perf_counter() - started,
         "machine_load": {
             "loadavg_1m_after_each_run": spread(loads),
             "note": "this benchmark alone keeps both cores busy (W worker processes + scheduler and client); "
                     "a 1-minute load average well above W + 1 means something else ran beside it, and its "
                     "figures are noisier than their spread suggests"},
     }
-    png = os.path.join(results_dir(), f"{name}.png")  # beside the JSON (KAAS_BENCH_RESULTS when set)
-    plotted = _plot(configs, png)
-    payload["plot"] = os.path.basename(plotted) if plotted else None
-    if plotted is None:
-        payload["plot_note"] = "matplotlib is not installed: no plot"
-    payload["path"] = write_result(name, payload)
-    return payload
 
 
-def _print_table(payload: dict) -> None:
+def draw(payload: dict, plt):
+    configs = payload["configs"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    width = 0.8 / len(configs)
+    xs = np.arange(len(SYSTEMS))
+    for j, c in enumerate(configs):
+        p = c["parameters"]
+        label = f"W={p['workers']} T={p['tenants']} {p['const_bytes'] >> 20} MiB"
+        for ax, key, scale in ((axes[0], "throughput_rps", 1), (axes[1], "p50_ms", 1),
+                               (axes[2], "bytes_from_store", 2**-20)):
+            bars(ax, xs + (j - (len(configs) - 1) / 2) * width, (c["summary"][s][key] for s in SYSTEMS),
+                 scale=scale, width=width, label=label)
+    for ax, title in zip(axes, ("throughput (req/s)", "p50 latency (ms)", "MiB loaded from the store")):
+        ax.set_xticks(xs, SYSTEMS, rotation=15)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def report(payload: dict):
     for c in payload["configs"]:
         p = c["parameters"]
-        print(f"\nW={p['workers']} T={p['tenants']} const {p['const_bytes'] >> 20} MiB ({p['requests']} requests, window {p['window']}, "
-              f"medians of {p['repeat']}); in-process: store get {c['local_cost_per_request']['store_get_ms']:.2f} ms, "
-              f"matmul {c['local_cost_per_request']['matmul_ms']:.2f} ms")
-        print(f"{'system':<14}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'loaded MiB':>12}{'hit rate':>10}{'Jain':>7}")
+        yield (f"W={p['workers']} T={p['tenants']} const {p['const_bytes'] >> 20} MiB ({p['requests']} requests, "
+               f"window {p['window']}, medians of {p['repeat']}); in-process: store get "
+               f"{c['local_cost_per_request']['store_get_ms']:.2f} ms, matmul "
+               f"{c['local_cost_per_request']['matmul_ms']:.2f} ms")
+        yield f"{'system':<14}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'loaded MiB':>12}{'hit rate':>10}{'Jain':>7}"
         for s in SYSTEMS:
             m = {k: v["median"] for k, v in c["summary"][s].items()}
-            print(f"{s:<14}{m['throughput_rps']:>8.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
-                  f"{m['bytes_from_store'] / 2**20:>12.0f}{m['hit_rate']:>10.1%}{m['fairness_jain']:>7.3f}")
+            yield (f"{s:<14}{m['throughput_rps']:>8.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                   f"{m['bytes_from_store'] / 2**20:>12.0f}{m['hit_rate']:>10.1%}{m['fairness_jain']:>7.3f}")
         r, t = c["ratios"], c["targets"]
-        print(f"affinity/dask-lru throughput {r['affinity_over_dask_lru_throughput']:.2f}x (target >= 1.5x: "
-              f"{'met' if t['affinity_1.5x_dask_lru_throughput'] else 'MISSED'}), affinity/dask-dict "
-              f"{r['affinity_over_dask_dict_throughput']:.2f}x (target >= 1x: "
-              f"{'met' if t['affinity_at_least_dask_dict_throughput'] else 'MISSED'})")
-        print(f"affinity/naive throughput {r['affinity_over_naive_throughput']:.2f}x, naive/affinity p50 "
-              f"{r['naive_over_affinity_p50']:.2f}x, p99 {r['naive_over_affinity_p99']:.2f}x; "
-              f"affinity/static throughput {r['affinity_over_static_throughput']:.2f}x")
+        yield (f"affinity/dask-lru throughput {r['affinity_over_dask_lru_throughput']:.2f}x (target >= 1.5x: "
+               f"{met(t['affinity_1.5x_dask_lru_throughput'])}), affinity/dask-dict "
+               f"{r['affinity_over_dask_dict_throughput']:.2f}x (target >= 1x: "
+               f"{met(t['affinity_at_least_dask_dict_throughput'])})")
+        yield (f"affinity/naive throughput {r['affinity_over_naive_throughput']:.2f}x, naive/affinity p50 "
+               f"{r['naive_over_affinity_p50']:.2f}x, p99 {r['naive_over_affinity_p99']:.2f}x; "
+               f"affinity/static throughput {r['affinity_over_static_throughput']:.2f}x")
 
 
-def main(argv=None) -> int:
-    return suite_main(__doc__, "W=2, T=4, 120 requests", run, _print_table, argv)
+SUITE = Suite("contention", __doc__, measure, report, SIZES, draw=draw)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m benchmarks.contention ...: the same as python -m benchmarks contention ...
+    raise SystemExit(main(suite="contention"))

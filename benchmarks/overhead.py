@@ -35,15 +35,14 @@ overhead: per request ``a - a_raw``, per launch ``b - b_raw``.
 """
 from __future__ import annotations
 
-import os
+import shutil
 import statistics
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import (WrongResult, interleaved, local_kaas_cluster, machine, resolve_device, result_name,
-                               results_dir, save_plot, spread, write_result)
+from benchmarks.common import Suite, WrongResult, bars, interleaved, local_kaas_cluster, main, met, spread
 from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 
 N = 256
@@ -154,7 +153,7 @@ def _per_call(fn, batch: int) -> float:
 
 def in_process(device: str, ks, rounds: int, batch: int) -> dict:
     from dask_kaas.device import make_device
-    from dask_kaas.library import LaunchConfig, resolve_library
+    from dask_kaas.kernels import LaunchConfig, resolve_library
     from dask_kaas.runtime import Runtime, module_key
 
     root = tempfile.mkdtemp(prefix="kaas-bench-overhead-")
@@ -213,8 +212,6 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
                    "per_launch_met": bool(per_launch < BUDGET_LAUNCH_US)},
     })
     dev.close()
-    import shutil
-
     shutil.rmtree(root, ignore_errors=True)
     return out
 
@@ -253,47 +250,18 @@ def raw_cupy(dev, lib, ks, rounds: int, batch: int) -> dict:
 
 
 # ------------------------------------------------------------------ suite
-def plot(payload: dict, path: str):
-    d, e = payload["in_process"], payload["end_to_end"]
-
-    def draw(plt):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        ks = d["ks"]
-        for key, label in (("runtime_s", "Runtime.run"), ("device_launch_s", "device launches only"),
-                           ("raw_cupy_s", "raw CuPy launches")):
-            if key in d:
-                ax1.plot(ks, [d[key][str(k)]["median"] * 1e6 for k in ks], "o-", label=label)
-        a, b = d["fit_runtime"]["a_us"], d["fit_runtime"]["b_us"]
-        ax1.plot(ks, [a + b * k for k in ks], "k--", label=f"fit {a:.0f} + {b:.1f}*K us")
-        ax1.set_xlabel("kernels per request (K)")
-        ax1.set_ylabel("us per request")
-        ax1.set_title("in-process runtime cost")
-        ax1.legend()
-        names = ["kaas", "noop", "echo", "dask_numpy"]
-        med = [e["timing_s"][n]["median"] * 1e3 for n in names]
-        lo = [m - e["timing_s"][n]["min"] * 1e3 for m, n in zip(med, names)]
-        hi = [e["timing_s"][n]["max"] * 1e3 - m for m, n in zip(med, names)]
-        ax2.bar(names, med, yerr=[lo, hi], capsize=3)
-        ax2.axhline(e["budget"]["bound_s"] * 1e3, color="r", ls="--", label="budget: 1.2 x (noop + kernels)")
-        ax2.set_ylabel("ms, submit -> result (median; bars min-max)")
-        ax2.set_title("end to end, warm")
-        ax2.legend()
-        fig.suptitle(f"overhead on {payload['device']}")
-        return fig
-
-    return save_plot(path, draw)
+SIZES = {"full": {"repeat": 300, "ks": (1, 2, 4, 8, 16, 32, 64), "rounds": 15, "batch": 200},
+         "quick": {"repeat": 40, "ks": (1, 4, 16, 32), "rounds": 5, "batch": 50},
+         "smoke": {"repeat": 3, "ks": (1, 4), "rounds": 1, "batch": 5}}
 
 
-def run(device: str = "auto", quick: bool = False) -> dict:
-    device = resolve_device(device)
-    repeat = 40 if quick else 300
-    ks, rounds, batch = ((1, 4, 16, 32), 5, 50) if quick else ((1, 2, 4, 8, 16, 32, 64), 15, 200)
-    payload = {"suite": "overhead", "device": device,
-               "parameters": {"quick": quick, "repeat": repeat, "ks": list(ks), "rounds": rounds, "batch": batch,
-                              "tiny_request": f"vadd of {N} float32, x in the call, w a cached const"},
+def measure(config, p: dict) -> dict:
+    device = config.device
+    payload = {"parameters": {"quick": config.quick, "repeat": p["repeat"], "ks": list(p["ks"]), "rounds": p["rounds"],
+                              "batch": p["batch"], "tiny_request": f"vadd of {N} float32, x in the call, w a cached const"},
                "method": __doc__}
-    payload["in_process"] = d = in_process(device, ks, rounds, batch)
-    payload["end_to_end"] = e = end_to_end(device, repeat)
+    payload["in_process"] = d = in_process(device, p["ks"], p["rounds"], p["batch"])
+    payload["end_to_end"] = e = end_to_end(device, p["repeat"])
     payload["budgets"] = {
         "per_request_under_100us": {"measured_us": d["per_request_overhead_us"], "met": d["budget"]["per_request_met"]},
         "per_launch_under_10us": {"measured_us": d["per_launch_overhead_us"], "met": d["budget"]["per_launch_met"],
@@ -302,23 +270,49 @@ def run(device: str = "auto", quick: bool = False) -> dict:
         "e2e_within_1.2x_noop_plus_kernels": {"ratio": e["ratio_kaas_over_noop_plus_kernels"],
                                               "met": e["ratio_kaas_over_noop_plus_kernels"] <= 1.2},
     }
-    name = result_name("overhead", device, quick)
-    payload["machine"] = machine()
-    png = plot(payload, os.path.join(results_dir(), f"{name}.png"))
-    payload["plot"] = png and os.path.basename(png)
-    payload["path"] = write_result(name, payload)
-    t = e["timing_s"]
-
-    def mark(ok):
-        return "met" if ok else "MISSED"
-
-    print(f"  runtime in process: {d['per_request_overhead_us']:.1f} us/request (budget < {BUDGET_REQUEST_US:.0f}: "
-          f"{mark(d['budget']['per_request_met'])}), {d['per_launch_overhead_us']:.2f} us/launch over "
-          f"{'raw CuPy' if device == 'cuda' else 'the host twin'} (budget < {BUDGET_LAUNCH_US:.0f}: "
-          f"{mark(d['budget']['per_launch_met'])})")
-    print(f"  end to end: kaas {t['kaas']['median'] * 1e3:.2f} ms, noop {t['noop']['median'] * 1e3:.2f} ms, echo "
-          f"{t['echo']['median'] * 1e3:.2f} ms, dask+numpy {t['dask_numpy']['median'] * 1e3:.2f} ms, kernels "
-          f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop']:.2f}x of noop "
-          f"(budget <= {BUDGET_E2E_RATIO}: {mark(e['budget']['met'])}), "
-          f"{e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels")
     return payload
+
+
+def draw(payload: dict, plt):
+    d, e = payload["in_process"], payload["end_to_end"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ks = d["ks"]
+    for key, label in (("runtime_s", "Runtime.run"), ("device_launch_s", "device launches only"),
+                       ("raw_cupy_s", "raw CuPy launches")):
+        if key in d:
+            ax1.plot(ks, [d[key][str(k)]["median"] * 1e6 for k in ks], "o-", label=label)
+    a, b = d["fit_runtime"]["a_us"], d["fit_runtime"]["b_us"]
+    ax1.plot(ks, [a + b * k for k in ks], "k--", label=f"fit {a:.0f} + {b:.1f}*K us")
+    ax1.set_xlabel("kernels per request (K)")
+    ax1.set_ylabel("us per request")
+    ax1.set_title("in-process runtime cost")
+    ax1.legend()
+    names = ["kaas", "noop", "echo", "dask_numpy"]
+    bars(ax2, names, (e["timing_s"][n] for n in names), scale=1e3)
+    ax2.axhline(e["budget"]["bound_s"] * 1e3, color="r", ls="--", label=f"budget: {BUDGET_E2E_RATIO} x noop")
+    ax2.set_ylabel("ms, submit -> result (median; bars min-max)")
+    ax2.set_title("end to end, warm")
+    ax2.legend()
+    fig.suptitle(f"overhead on {payload['device']}")
+    return fig
+
+
+def report(payload: dict):
+    d, e = payload["in_process"], payload["end_to_end"]
+    t = e["timing_s"]
+    yield (f"runtime in process: {d['per_request_overhead_us']:.1f} us/request (budget < {BUDGET_REQUEST_US:.0f}: "
+           f"{met(d['budget']['per_request_met'])}), {d['per_launch_overhead_us']:.2f} us/launch over "
+           f"{'raw CuPy' if payload['device'] == 'cuda' else 'the host twin'} (budget < {BUDGET_LAUNCH_US:.0f}: "
+           f"{met(d['budget']['per_launch_met'])})")
+    yield (f"end to end: kaas {t['kaas']['median'] * 1e3:.2f} ms, noop {t['noop']['median'] * 1e3:.2f} ms, echo "
+           f"{t['echo']['median'] * 1e3:.2f} ms, dask+numpy {t['dask_numpy']['median'] * 1e3:.2f} ms, kernels "
+           f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop']:.2f}x of noop "
+           f"(budget <= {BUDGET_E2E_RATIO}: {met(e['budget']['met'])}), "
+           f"{e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels")
+
+
+SUITE = Suite("overhead", __doc__, measure, report, SIZES, draw=draw)
+
+
+if __name__ == "__main__":  # python -m benchmarks.overhead ...: the same as python -m benchmarks overhead ...
+    raise SystemExit(main(suite="overhead"))

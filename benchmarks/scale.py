@@ -25,7 +25,7 @@ Figures per cell, each the median of ``repeat`` runs:
 - ``plugin_over_dask``: the plugin's CPU per KaaS task over Dask's own per GPU-restricted task
   (target <= 10%, flat as W and T grow), and requests per second.
 
-    python -m benchmarks.scale [--quick]
+    python -m benchmarks scale [--quick]
 """
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ import time
 import numpy as np
 
 from benchmarks import schedcost
-from benchmarks.common import (WrongResult, machine, resolve_device, result_name, results_dir, save_plot, spread,
-                               suite_main, write_result)
+from benchmarks.common import Suite, WrongResult, main, met, spread
 
 N = 256
-FULL = {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "requests": 600, "repeat": 3}
-QUICK = {"workers": (4, 16), "tenants": (1, 8), "requests": 160, "repeat": 2}
+SIZES = {"full": {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "requests": 600, "repeat": 3},
+         "quick": {"workers": (4, 16), "tenants": (1, 8), "requests": 160, "repeat": 2},
+         "smoke": {"workers": (2,), "tenants": (1, 2), "requests": 8, "repeat": 1}}
 TARGET = 0.10
 
 
@@ -69,35 +69,24 @@ def _clocks(dask_scheduler=None) -> tuple[float, int]:
 
 def run_cell(client, jobs, *, window: int, plain: bool) -> dict:
     """Submit ``jobs`` [(request, x, expected)] with at most ``window`` in flight; verify every result."""
-    from distributed import as_completed
+    from dask_kaas.demo import run_windowed
 
     n = len(jobs)
-    it = iter(range(n))
-    index, wrong = {}, []
-    stream = as_completed()
+    wrong = []
 
-    def submit_next():
-        i = next(it, None)
-        if i is None:
-            return
+    def submit(i):
         request, x, _ = jobs[i]
-        future = (client.submit(noop, pure=False, resources={"GPU": 1}) if plain
-                  else client.submit(request, pure=False, x=x))
-        index[future.key] = i
-        stream.add(future)
+        return (client.submit(noop, pure=False, resources={"GPU": 1}) if plain
+                else client.submit(request, pure=False, x=x))
 
-    client.run_on_scheduler(schedcost.reset)
-    cpu0, tid0 = client.run_on_scheduler(_clocks)
-    start = time.perf_counter()
-    for _ in range(window):
-        submit_next()
-    for future in stream:
-        i = index.pop(future.key)
-        submit_next()
+    def done(i, future, latency):
         out = future.result()
         if not plain and not np.array_equal(out["y"], jobs[i][2]):
             wrong.append(i)
-    elapsed = time.perf_counter() - start
+
+    client.run_on_scheduler(schedcost.reset)
+    cpu0, tid0 = client.run_on_scheduler(_clocks)
+    elapsed = run_windowed(client, n, submit, done, window=window)
     cpu1, tid1 = client.run_on_scheduler(_clocks)
     timers = client.run_on_scheduler(schedcost.read)
     if wrong:
@@ -207,81 +196,60 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
                                "at every W and T", "worst": worst, "met": bool(worst <= TARGET)}}
 
 
-def _plot(result: dict, path: str) -> str | None:
-    def draw(plt):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for t in result["parameters"]["tenants"]:
-            cells = [c for c in result["cells"] if c["tenants"] == t]
-            ws = [c["workers"] for c in cells]
-            ax1.plot(ws, [c["plugin_cpu_us_per_task"]["median"] for c in cells], "o-", label=f"KaaS plugin, T={t}")
-            ax2.plot(ws, [c["throughput_rps"]["median"] for c in cells], "o-", label=f"KaaS, T={t}")
-        ws = [c["workers"] for c in result["plain_dask"]]
-        ax1.plot(ws, [c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k--", marker="s",
-                 label="Dask, GPU-restricted no-op")
-        ax1.plot(ws, [TARGET * c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k:",
-                 label=f"{TARGET:.0%} of Dask")
-        ax2.plot(ws, [c["throughput_rps"]["median"] for c in result["plain_dask"]], "k--", marker="s",
-                 label="plain GPU-restricted no-op")
-        for ax in (ax1, ax2):
-            ax.set_xlabel("workers")
-            ax.set_xscale("log")
-            ax.set_xticks(ws, [str(w) for w in ws])
-        ax1.set_ylabel("scheduler CPU per task (us)")
-        ax1.set_yscale("log")
-        ax2.set_ylabel("tasks / s")
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-        return fig
-
-    return save_plot(path, draw)
+def draw(result: dict, plt):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in result["parameters"]["tenants"]:
+        cells = [c for c in result["cells"] if c["tenants"] == t]
+        ws = [c["workers"] for c in cells]
+        ax1.plot(ws, [c["plugin_cpu_us_per_task"]["median"] for c in cells], "o-", label=f"KaaS plugin, T={t}")
+        ax2.plot(ws, [c["throughput_rps"]["median"] for c in cells], "o-", label=f"KaaS, T={t}")
+    ws = [c["workers"] for c in result["plain_dask"]]
+    ax1.plot(ws, [c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k--", marker="s",
+             label="Dask, GPU-restricted no-op")
+    ax1.plot(ws, [TARGET * c["dask_cpu_us_per_task"]["median"] for c in result["plain_dask"]], "k:",
+             label=f"{TARGET:.0%} of Dask")
+    ax2.plot(ws, [c["throughput_rps"]["median"] for c in result["plain_dask"]], "k--", marker="s",
+             label="plain GPU-restricted no-op")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("workers")
+        ax.set_xscale("log")
+        ax.set_xticks(ws, [str(w) for w in ws])
+    ax1.set_ylabel("scheduler CPU per task (us)")
+    ax1.set_yscale("log")
+    ax2.set_ylabel("tasks / s")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return fig
 
 
-def run(device: str = "auto", quick: bool = False, log=print) -> dict:
-    kind = resolve_device(device)
-    params = QUICK if quick else FULL
-    name = result_name("scale", device, quick)
-    started = time.perf_counter()
-    result = measure(device="host" if kind == "host" else kind, log=log, **params)
-    payload = {
-        "suite": "scale",
-        "device": kind,
-        "device_requested": device,
-        "quick": quick,
-        "parameters": {**params, "window": "min(2 x workers, 128)", "policy": "affinity",
+def report(payload: dict):
+    yield f"{'W':>4} {'T':>4} {'req/s':>7} {'sched us':>9} {'plugin us':>10} {'of Dask':>8}"
+    for c in payload["cells"]:
+        yield (f"{c['workers']:>4} {c['tenants']:>4} {c['throughput_rps']['median']:>7.0f} "
+               f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {c['plugin_cpu_us_per_task']['median']:>10.1f} "
+               f"{c['plugin_over_dask']['median']:>8.1%}")
+    for c in payload["plain_dask"]:
+        yield (f"{c['workers']:>4} dask {c['throughput_rps']['median']:>7.0f} "
+               f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {'':>10} "
+               f"(Dask's own {c['dask_cpu_us_per_task']['median']:.0f} us)")
+    t = payload["target"]
+    yield f"plugin CPU per task, worst cell: {t['worst']:.1%} of Dask's own (target <= {TARGET:.0%}: {met(t['met'])})"
+
+
+def measure_suite(config, p: dict) -> dict:
+    return {
+        "parameters": {**p, "window": "min(2 x workers, 128)", "policy": "affinity",
                        "request": f"y = x + w, builtin vadd, n = {N} float32; w the tenant's const",
                        "workers_process": "all workers in one process (benchmarks.worker_pool), 16 MiB host "
                                           "devices, one thread each",
                        "tenant_order": "round-robin"},
         "method": __doc__.split("\n\n", 1)[1],
-        **result,
-        "machine": machine(),
-        "wall_s": time.perf_counter() - started,
+        **measure(device=config.device, log=config.log, **p),
     }
-    png = os.path.join(results_dir(), f"{name}.png")
-    plotted = _plot(payload, png)
-    payload["plot"] = os.path.basename(plotted) if plotted else None
-    payload["path"] = write_result(name, payload)
-    return payload
 
 
-def _print_table(payload: dict) -> None:
-    print(f"\n{'W':>4} {'T':>4} {'req/s':>7} {'sched us':>9} {'plugin us':>10} {'of Dask':>8}")
-    dask = {c["workers"]: c for c in payload["plain_dask"]}
-    for c in payload["cells"]:
-        print(f"{c['workers']:>4} {c['tenants']:>4} {c['throughput_rps']['median']:>7.0f} "
-              f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {c['plugin_cpu_us_per_task']['median']:>10.1f} "
-              f"{c['plugin_over_dask']['median']:>8.1%}")
-    for w, c in dask.items():
-        print(f"{w:>4} dask {c['throughput_rps']['median']:>7.0f} {c['scheduler_cpu_us_per_task']['median']:>9.0f} "
-              f"{'':>10} (Dask's own {c['dask_cpu_us_per_task']['median']:.0f} us)")
-    t = payload["target"]
-    print(f"plugin CPU per task, worst cell: {t['worst']:.1%} of Dask's own (target <= {TARGET:.0%}: "
-          f"{'met' if t['met'] else 'MISSED'})")
+SUITE = Suite("scale", __doc__, measure_suite, report, SIZES, draw=draw)
 
 
-def main(argv=None) -> int:
-    return suite_main(__doc__, "workers (4, 16) x tenants (1, 8), 160 requests", run, _print_table, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m benchmarks.scale ...: the same as python -m benchmarks scale ...
+    raise SystemExit(main(suite="scale"))

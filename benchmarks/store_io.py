@@ -4,23 +4,26 @@ Targets (issue: persistent buffers): read <= 1.5x ``numpy.fromfile`` of the same
 bytes, write likewise against ``ndarray.tofile``, measured side by side here.
 Also measures the layout choices (chunk size, compression) that the store uses.
 
-    python -m benchmarks.store_io [--mib 256] [--repeat 5] [--quick]
+    python -m benchmarks store_io [--mib 256] [--repeat 9] [--quick]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 
 import numpy as np
 
-from benchmarks.common import interleaved, timeit, write_result
-from dask_kaas import zarr_io
-from dask_kaas.store import BufferStore
+from benchmarks.common import Option, Suite, WrongResult, interleaved, main, timeit
+
+# smoke clips the layouts' chunks to the array (a chunk is written whole, padding and all)
+SIZES = {"full": {"mib": 256, "repeat": 9}, "quick": {"mib": 32, "repeat": 3},
+         "smoke": {"mib": 4, "repeat": 1, "clip_chunks": True}}
 
 
-def measure(mib: int, repeat: int) -> dict:
+def measure(mib: int, repeat: int, clip_chunks: bool = False) -> dict:
+    from dask_kaas.store import BufferStore
+
     rng = np.random.default_rng(0)
     data = rng.standard_normal(mib * 2**20 // 4).astype(np.float32)
     root = tempfile.mkdtemp(prefix="kaas-bench-")
@@ -30,11 +33,9 @@ def measure(mib: int, repeat: int) -> dict:
         data.tofile(raw)
         store.put("w", data)
 
-        def check_read():
-            got = store.get("w")
-            assert got.nbytes == data.nbytes and got[123] == data[123]
-
-        check_read()
+        got = store.get("w")
+        if got.nbytes != data.nbytes or got[123] != data[123]:
+            raise WrongResult("store_io: BufferStore.get returned other bytes than were put")
         results = {
             "bytes": data.nbytes,
             "read": interleaved({
@@ -49,14 +50,15 @@ def measure(mib: int, repeat: int) -> dict:
         }
         results["read_ratio"] = results["read"]["BufferStore.get"]["median"] / results["read"]["numpy.fromfile"]["median"]
         results["write_ratio"] = results["write"]["BufferStore.put"]["median"] / results["write"]["ndarray.tofile"]["median"]
-        results["layouts"] = layouts(root, data, repeat=max(2, repeat // 2))
+        results["layouts"] = layouts(root, data, repeat=max(2, repeat // 2), clip_chunks=clip_chunks)
         return results
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def layouts(root: str, data: np.ndarray, repeat: int) -> list[dict]:
-    """Chunk size and compression alternatives, timed through zarr itself."""
+def layouts(root: str, data: np.ndarray, repeat: int, clip_chunks: bool = False) -> list[dict]:
+    """Chunk size and compression alternatives, timed through zarr itself (``clip_chunks``: none larger than
+    ``data``)."""
     import zarr
     from zarr.codecs import BloscCodec
 
@@ -73,6 +75,8 @@ def layouts(root: str, data: np.ndarray, repeat: int) -> list[dict]:
             path = os.path.join(root, f"layout-{chunk_mib}-{len(rows)}")
             zstore = zarr.storage.LocalStore(path)
             chunks = (max(1, chunk_mib * 2**20 // 4),)
+            if clip_chunks:
+                chunks = (min(chunks[0], arr.size),)
 
             def write():
                 z = zarr.create_array(store=zstore, shape=arr.shape, dtype=arr.dtype, chunks=chunks,
@@ -88,25 +92,24 @@ def layouts(root: str, data: np.ndarray, repeat: int) -> list[dict]:
     return rows
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=9)
-    parser.add_argument("--quick", action="store_true", help="32 MiB, 3 repeats")
-    parser.add_argument("--name", default="store_io")
-    args = parser.parse_args(argv)
-    mib, repeat = (32, 3) if args.quick else (args.mib, args.repeat)
-    results = measure(mib, repeat)
-    results["chunk_bytes"] = zarr_io.CHUNK_BYTES
-    path = write_result(args.name, {"suite": "store_io", "parameters": {"mib": mib, "repeat": repeat}, **results})
-    print(f"read  {results['read_ratio']:.2f}x numpy.fromfile   (target <= 1.5x)")
-    print(f"write {results['write_ratio']:.2f}x ndarray.tofile   (target <= 1.5x)")
+def measure_suite(config, p: dict) -> dict:
+    from dask_kaas.store import zarr_io
+
+    results = measure(p["mib"], p["repeat"], p.get("clip_chunks", False))
+    return {"parameters": p, **results, "chunk_bytes": zarr_io.CHUNK_BYTES}
+
+
+def report(results: dict):
+    yield f"read  {results['read_ratio']:.2f}x numpy.fromfile   (target <= 1.5x)"
+    yield f"write {results['write_ratio']:.2f}x ndarray.tofile   (target <= 1.5x)"
     for row in results["layouts"]:
-        print(f"  {row['layout']:<18} {row['data']:<7} write {row['write_s']:.3f}s read {row['read_s']:.3f}s "
-              f"disk {row['disk_ratio']:.2f}")
-    print(f"written: {path}")
-    return 0
+        yield (f"  {row['layout']:<18} {row['data']:<7} write {row['write_s']:.3f}s read {row['read_s']:.3f}s "
+               f"disk {row['disk_ratio']:.2f}")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+SUITE = Suite("store_io", __doc__, measure_suite, report, SIZES, host_only=True, per_device_files=False,
+              options=(Option("--mib", int, "MiB of the const"), Option("--repeat", int, "timed runs of each")))
+
+
+if __name__ == "__main__":  # python -m benchmarks.store_io ...: the same as python -m benchmarks store_io ...
+    raise SystemExit(main(suite="store_io"))

@@ -20,7 +20,7 @@ async def run(address: str, n: int, kaas: bool, device: str, memory: str, store:
     for i in range(n):
         plugins = []
         if kaas:
-            from dask_kaas.plugins import KaasWorkerPlugin
+            from dask_kaas.plugins.worker import KaasWorkerPlugin
 
             plugins.append(KaasWorkerPlugin(device=device, device_memory=memory, store=store))
         workers.append(Worker(address, nthreads=1, resources={"GPU": 1}, plugins=plugins, name=f"pool-{i}",

@@ -7,6 +7,9 @@ import sys
 import click
 import numpy as np
 
+from .text import exact_bytes, format_bytes
+from .text import table as text_table
+
 
 @click.group(name="kaas", help="Kernel-as-a-Service on Dask.")
 @click.version_option(package_name="dask-kaas")
@@ -16,7 +19,8 @@ def main():
 
 @main.command(help="Run a multi-tenant GPU-kernel workload on an embedded local cluster and check every result.")
 @click.option("--workers", "n_workers", type=int, default=None, help="Worker processes (default: one per GPU, or 2).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default=None,
+              help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].")
 @click.option("--device-memory", default=None, help="Per-worker device capacity / RMM pool, e.g. 256MiB or 80%.")
 @click.option("--store", default=None,
               help="Store profile or URL (default: kaas.store, else the profile local: ~/.local/share/dask-kaas/store).")
@@ -137,7 +141,8 @@ def load_request_file(path: str):
 
 @main.command(help="Check this node before it joins a cluster: versions, NVRTC, every built-in kernel against "
                    "NumPy, the memory pool, copy bandwidth and launch cost. Exits 1 naming the failing check.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default=None,
+              help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].")
 @click.option("--device-memory", default=None,
               help="Pool (CUDA) or capacity (host) for the checks [default: 2GiB on CUDA, 1GiB on the host].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -175,19 +180,10 @@ def _fail(e) -> None:
 
 
 def _open_cli_store(spec):
-    from .profiles import default_store_spec, resolve_store
-    from .store import BufferStore
+    from .store import BufferStore, default_store_spec, resolve_store
 
     url, storage_options, shared = resolve_store(spec if spec else default_store_spec())
     return BufferStore(url, storage_options=storage_options, shared=shared)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 def _iso(written) -> str:
@@ -200,12 +196,6 @@ def _iso(written) -> str:
 
 def _shape_str(shape) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _table(header, rows) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in (header, *rows)]
-    return "\n".join(lines)
 
 
 @store_group.command(name="ls", help="List the keys (under PREFIX) of a namespace, or of every namespace.")
@@ -244,7 +234,7 @@ def store_ls(prefix, store_spec, namespace, all_namespaces, as_json):
     table = []
     for ns, key, info in rows:
         nbytes = int(info["nbytes"])
-        size = f"{nbytes}" if nbytes < 1024 else f"{nbytes} ({_human_bytes(nbytes)})"
+        size = exact_bytes(nbytes)
         table.append(([ns] if all_namespaces else []) + [
             key, info.get("version", "-"), size, str(np.dtype(info["dtype"])), _shape_str(info["shape"]),
             _iso(info.get("written")),
@@ -253,9 +243,9 @@ def store_ls(prefix, store_spec, namespace, all_namespaces, as_json):
     if not table:
         click.echo(f"no keys{f' under {prefix!r}' if prefix else ''} in {where} of {store.url}")
         return
-    click.echo(_table(header, table))
+    click.echo(text_table(header, table))
     total = sum(int(info["nbytes"]) for _, _, info in rows)
-    click.echo(f"{len(rows)} keys, {_human_bytes(total)} in {where} of {store.url}")
+    click.echo(f"{len(rows)} keys, {format_bytes(total)} in {where} of {store.url}")
 
 
 @store_group.command(name="put", help="Store FILE under KEY: a .npy array, or any other file's raw bytes "
@@ -276,7 +266,7 @@ def store_put(key, file, store_spec, namespace, dtype):
     ns = getattr(version, "namespace", None) or namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
     number = getattr(version, "version", version)
     click.echo(f"{ns}/{key} version {number}: {array.dtype} {_shape_str(array.shape)}, "
-               f"{_human_bytes(array.nbytes)} in {store.url}")
+               f"{format_bytes(array.nbytes)} in {store.url}")
 
 
 def _read_array_file(path: str, dtype) -> np.ndarray:
@@ -318,7 +308,7 @@ def store_get(key, store_spec, namespace, output):
         _fail(e)
     ns = namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
     summary = (f"{ns}/{key} version {info.get('version', '-')}: {array.dtype} {_shape_str(array.shape)}, "
-               f"{_human_bytes(array.nbytes)}, written {_iso(info.get('written'))}")
+               f"{format_bytes(array.nbytes)}, written {_iso(info.get('written'))}")
     if output:
         np.save(output, array, allow_pickle=False)
         click.echo(f"{summary} -> {output}")
@@ -345,7 +335,7 @@ def store_rm(key, store_spec, namespace):
 @store_group.command(name="profiles", help="List the store profiles and where they come from.")
 def store_profiles():
     from .errors import KaasError
-    from .profiles import default_store_spec, list_profiles, load_profile, profile_dirs
+    from .store import default_store_spec, list_profiles, load_profile, profile_dirs
 
     default = default_store_spec()
     rows = []
@@ -355,7 +345,7 @@ def store_profiles():
         except KaasError as e:
             url = f"<error: {e}>"
         rows.append(("*" if name == default else "", name, url, path))
-    click.echo(_table(["", "profile", "url", "file"], rows))
+    click.echo(text_table(["", "profile", "url", "file"], rows))
     click.echo(f"searched: {', '.join(profile_dirs())}")
 
 

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Any
 
 from distributed import LocalCluster
 
 from .errors import ConfigError
 from .device import resolve_kind
 from .device.cuda import gpu_count
-from .plugins import KaasWorkerPlugin
-from .scheduler_ext import KaasSchedulerPlugin
+from .plugins.scheduler import KaasSchedulerPlugin
+from .plugins.worker import KaasWorkerPlugin
 from .store import open_store
+
+if TYPE_CHECKING:  # annotations only
+    from .store import BufferStore
 
 DEFAULT_HOST_WORKERS = 2
 
@@ -25,9 +29,80 @@ class LocalKaasCluster(LocalCluster):
     ``$XDG_DATA_HOME/dask-kaas/store``, by default ``~/.local/share/dask-kaas/store``);
     ``policy`` overrides ``kaas.scheduler.policy``. Other
     keyword arguments go to :class:`distributed.LocalCluster`.
+
+    With CUDA, each worker sees every GPU, its own first (``CUDA_VISIBLE_DEVICES``
+    rotated); with more workers than GPUs, the workers on one GPU split a percentage
+    pool size among them. Unless ``asynchronous=True``, the constructor returns when
+    all the workers have joined (waiting at most 120 s).
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Worker processes; default: one per GPU with CUDA, else 2.
+    device : {"auto", "cuda", "host"}, optional
+        The workers' device; ``"auto"`` is CUDA where a GPU answers, else the host device.
+        Default from ``kaas.device``.
+        None: ``kaas.device``.
+    device_memory : int or str, optional
+        Each host device's capacity, or each GPU's RMM pool size (bytes, ``"2GiB"``, ``"80%"``).
+        Default from ``kaas.host.memory`` / ``kaas.cuda.pool-size``.
+    store : BufferStore or str, optional
+        The store every worker reads consts from and writes outputs to: a store, a URL, a
+        local path or a profile name (:func:`~dask_kaas.store.open_store`). Default from
+        ``kaas.store``, else the profile ``local``. Not ``memory://``, which worker processes
+        cannot see.
+    policy : {"affinity", "balance", "static", "exclusive"}, optional
+        The scheduler's placement policy; default from ``kaas.scheduler.policy``.
+    **kwargs
+        Passed to :class:`distributed.LocalCluster` (``dashboard_address`` defaults to
+        ``":8787"``; ``resources`` gain ``GPU: 1``; the KaaS plugin joins any scheduler
+        ``plugins``). ``threads_per_worker`` and ``processes`` are fixed at 1 and True.
+
+    Attributes
+    ----------
+    store : BufferStore
+        The cluster's store (also ``kaas_store``), to put consts into before requests run.
+    kaas_device : str
+        ``"cuda"`` or ``"host"``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown device or policy, ``device="cuda"`` where no GPU answers, a
+        ``n_workers`` that is not a positive integer, an unreadable ``device_memory``, a
+        ``memory://`` store, or ``threads_per_worker``/``processes`` other than 1/True.
+    StoreError
+        When ``store`` names no usable store (an unknown profile, say).
+
+    See Also
+    --------
+    dask_kaas.install : make an existing cluster a KaaS cluster.
+    dask_kaas.worker_stats, dask_kaas.cluster_state
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from distributed import Client
+    >>> from dask_kaas import BufferSpec, KernelSpec, Literal, LocalKaasCluster, Request, worker_stats
+    >>> n = 1024
+    >>> x = BufferSpec("x", 4 * n, dtype="float32", ephemeral=True)
+    >>> w = BufferSpec("w", 4 * n, key="model/w", const=True)
+    >>> y = BufferSpec("y", 4 * n, dtype="float32", ephemeral=True)
+    >>> req = Request([KernelSpec("builtin", "vadd", grid=8, block=128, literals=[Literal("i", n)],
+    ...                           arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant="alice")
+    >>> cluster = LocalKaasCluster(n_workers=2, device="host", device_memory="256MiB")  # doctest: +SKIP
+    >>> client = Client(cluster)  # doctest: +SKIP
+    >>> _ = cluster.store.put("model/w", np.ones(n, np.float32), namespace="alice")  # doctest: +SKIP
+    >>> client.submit(req, x=np.arange(n, dtype=np.float32)).result()["y"][:4]  # doctest: +SKIP
+    array([1., 2., 3., 4.], dtype=float32)
+    >>> {stats["device"] for stats in worker_stats(client).values()}  # doctest: +SKIP
+    {'host'}
+    >>> client.close(); cluster.close()  # doctest: +SKIP
     """
 
-    def __init__(self, n_workers=None, device="auto", device_memory=None, store=None, *, policy=None, **kwargs):
+    def __init__(self, n_workers: int | None = None, device: str | None = None,
+                 device_memory: int | str | None = None, store: BufferStore | str | None = None, *,
+                 policy: str | None = None, **kwargs: Any) -> None:
         kind = resolve_kind(device)
         gpus = gpu_count() if kind == "cuda" else 0
         if kind == "cuda" and gpus == 0:
@@ -90,7 +165,8 @@ class LocalKaasCluster(LocalCluster):
         return len(self.worker_spec) % self._gpus
 
     @property
-    def store(self):
+    def store(self) -> BufferStore:
+        """The cluster's :class:`~dask_kaas.BufferStore` (what every worker reads and writes)."""
         return self.kaas_store
 
     def __repr__(self):

@@ -1,14 +1,15 @@
 """Every use of distributed's internals, in one place.
 
-dask-kaas extends Dask through its public hooks (scheduler and worker plugins, stream handlers,
-the dashboard's application registry) wherever they reach; where they do not, it uses the
-attributes and methods below, and nothing else of distributed's private API. Each was read in
-the distributed version the pyproject allows, and ``tests/test_compat.py`` fails loudly when one
-disappears or changes its signature.
+dask-kaas extends Dask through its public hooks (scheduler and worker plugins, their
+``transition``/``update_graph`` callbacks, ``client.run``) wherever they reach; where they do not,
+it uses the functions below, and nothing else of distributed's private or undocumented API. Each
+was read in the distributed versions the pyproject allows (``distributed>=2025.1,<2027``), and
+``tests/test_compat.py`` fails loudly when an attribute one relies on disappears or changes its
+signature. No other module of dask_kaas touches a private attribute of distributed.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 TASK_METADATA_KEY = "kaas"
 
@@ -29,11 +30,49 @@ def set_task_metadata(worker, value: Any) -> bool:
     return True
 
 
-# -- scheduler ---------------------------------------------------------------------------------
-def finished_metadata(kwargs: dict) -> Any:
-    """What a worker attached with :func:`set_task_metadata`, from the keyword arguments a
-    ``SchedulerPlugin.transition`` receives for ``processing -> memory``."""
-    return (kwargs.get("metadata") or {}).get(TASK_METADATA_KEY)
+def send_to_scheduler(worker, msg: dict) -> None:
+    """Queue ``msg`` (``{"op": ..., ...}``) on the worker's batched stream to the scheduler, from any thread."""
+    worker.loop.add_callback(worker.batched_send, msg)
+
+
+async def ensure_worker_resource(worker, name: str, amount: float) -> None:
+    """Give ``worker`` the resource ``name`` (keeping the others) unless it already advertises it."""
+    total = dict(worker.state.total_resources)
+    if name not in total:
+        await worker.set_resources(**{**total, name: amount})
+
+
+# -- scheduler: one task -----------------------------------------------------------------------
+def task_function(ts) -> Any:
+    """What a scheduler-side task calls (``client.submit(f, ...)``: ``f``), or None."""
+    return getattr(ts.run_spec, "func", None)
+
+
+def require_resource(ts, name: str, amount: float = 1) -> None:
+    """Add a resource restriction to a task (as ``client.submit(..., resources={name: amount})`` does)."""
+    if not ts.resource_restrictions or name not in ts.resource_restrictions:
+        ts.resource_restrictions = {**(ts.resource_restrictions or {}), name: amount}
+
+
+def restrict_to(ts, workers) -> None:
+    """Let the task run only on ``workers`` (addresses). An address no worker has parks the task in
+    ``no-worker`` until :func:`restrict_to` names a real worker and :func:`start_processing` runs it."""
+    ts.worker_restrictions = set(workers)
+    ts.loose_restrictions = False
+
+
+def lift_restrictions(ts) -> None:
+    """Drop the worker restriction: the scheduler (and work stealing) may move the task again."""
+    ts.worker_restrictions = None
+
+
+def start_processing(scheduler, key, stimulus_id: str) -> str:
+    """Ask the scheduler to move a ``no-worker`` task to ``processing`` now (on the worker its
+    restrictions allow); returns the task's state afterwards (still ``no-worker`` if that worker
+    cannot take it)."""
+    scheduler.transitions({key: "processing"}, stimulus_id)
+    ts = scheduler.tasks.get(key)
+    return ts.state if ts is not None else "forgotten"
 
 
 def fail_task(scheduler, key, error: Exception, stimulus: str) -> None:
@@ -49,6 +88,40 @@ def fail_task(scheduler, key, error: Exception, stimulus: str) -> None:
     )
     scheduler._transitions(recs, client_msgs, worker_msgs, stimulus_id)
     scheduler.send_all(client_msgs, worker_msgs)
+
+
+def finished_metadata(kwargs: dict) -> Any:
+    """What a worker attached with :func:`set_task_metadata`, from the keyword arguments a
+    ``SchedulerPlugin.transition`` receives for ``processing -> memory``."""
+    return (kwargs.get("metadata") or {}).get(TASK_METADATA_KEY)
+
+
+def compute_seconds(kwargs: dict) -> float | None:
+    """How long the task's function ran on its worker, from a ``processing -> memory`` transition."""
+    compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
+    return compute[-1]["stop"] - compute[-1]["start"] if compute else None
+
+
+# -- scheduler: its state ----------------------------------------------------------------------
+def add_stream_handler(scheduler, op: str, handler: Callable) -> None:
+    """Call ``handler(worker=..., **msg)`` for each ``{"op": op, ...}`` a worker sends on its stream."""
+    scheduler.stream_handlers[op] = handler
+
+
+def workers_with_resource(scheduler, name: str) -> dict[str, float]:
+    """``{worker address: amount}`` of the workers advertising resource ``name``."""
+    return dict(scheduler.resources.get(name, {}))
+
+
+def worker_is_running(scheduler, address: str) -> bool | None:
+    """Whether the worker takes new tasks (status ``running``); None when the scheduler does not know it."""
+    ws = scheduler.workers.get(address)
+    return None if ws is None else ws.status.name == "running"
+
+
+def processing_on(ts) -> str | None:
+    """The address of the worker a ``processing`` task was sent to, or None."""
+    return ts.processing_on.address if ts.processing_on is not None else None
 
 
 def client_certificate(scheduler, client: str) -> dict | None:
@@ -68,3 +141,48 @@ def replace_comm_cost(scheduler, cost):
 
 def restore_comm_cost(scheduler, base) -> None:
     scheduler.get_comm_cost = base
+
+
+# -- dashboard and metrics ---------------------------------------------------------------------
+def add_dashboard_page(route: str, make_document: Callable, label: str) -> None:
+    """Serve ``make_document(scheduler, extra, doc)`` at ``route`` of schedulers whose dashboard starts
+    afterwards, with ``label`` in the dashboard's navigation (after "system")."""
+    import distributed.dashboard.scheduler as dashboard
+
+    dashboard.applications[route] = make_document
+    base = dashboard.template_variables
+
+    def template_variables(scheduler):
+        variables = base(scheduler)
+        pages = variables["pages"]
+        if label not in pages:
+            pages.insert(pages.index("system") + 1 if "system" in pages else len(pages), label)
+        return variables
+
+    dashboard.template_variables = template_variables
+
+
+def style_dashboard_document(doc, component, extra: dict, title: str, interval_ms: int = 500) -> None:
+    """Show ``component.root`` in a Bokeh document with the look of distributed's own pages (template,
+    theme, navigation from ``extra``), calling ``component.update()`` every ``interval_ms`` (the
+    document holds the component weakly, as distributed's pages do)."""
+    from distributed.dashboard.components import add_periodic_callback
+    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+
+    add_periodic_callback(doc, component, interval_ms)
+    doc.title = title
+    doc.add_root(component.root)
+    doc.template = env.get_template("simple.html")
+    doc.template_variables.update(extra)
+    doc.theme = BOKEH_THEME
+
+
+def metrics_scheduler() -> Any:
+    """The scheduler whose ``/metrics`` distributed serves in this process, or None."""
+    try:
+        from distributed.http.scheduler.prometheus.core import PrometheusHandler
+
+        collectors = PrometheusHandler._collectors or ()
+        return collectors[0].server if collectors else None
+    except Exception:  # noqa: BLE001 - moved: the caller falls back to the latest plugin
+        return None

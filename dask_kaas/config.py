@@ -5,6 +5,7 @@ import os
 
 import dask.config
 import yaml
+from dask.utils import parse_bytes
 
 from .errors import ConfigError
 
@@ -13,42 +14,65 @@ with open(_fn) as f:
     _defaults = yaml.safe_load(f)
 dask.config.update_defaults(_defaults)
 
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    "k": 2**10, "m": 2**20, "g": 2**30,
-}
+def get(key: str):
+    """``kaas.<key>`` from dask.config; its default is in ``kaas.yaml`` (never in code)."""
+    return dask.config.get(f"kaas.{key}")
 
 
-def get(key: str, default=None):
-    """Read ``kaas.<key>`` from dask.config."""
-    return dask.config.get(f"kaas.{key}", default=default)
+def get_list(key: str) -> list:
+    """``kaas.<key>`` as a list (null: empty; one string: a list of it)."""
+    value = get(key)
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"kaas.{key}: expected a list, got {value!r}")
+    return list(value)
+
+
+def get_dict(key: str) -> dict:
+    """``kaas.<key>`` as a dict (null: empty)."""
+    value = get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"kaas.{key}: expected a mapping, got {value!r}")
+    return dict(value)
 
 
 def parse_size(value, *, total: int | None = None, name: str = "size") -> int:
-    """Bytes from an int, "2GiB", "512 MB" or "80%" (a share of ``total``)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a size, got {value!r}")
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ConfigError(f"{name}: must be positive, got {value!r}")
-        return int(value)
-    if not isinstance(value, str):
+    """Positive bytes from an int, a size Dask reads (``"2GiB"``, ``"512 MB"``: ``dask.utils.parse_bytes``)
+    or ``"80%"`` (a share of ``total``); a :class:`ConfigError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(f"{name}: expected a size such as '2GiB' or '80%', got {value!r}")
-    text = value.strip().lower().replace(" ", "")
-    if text.endswith("%"):
+    if isinstance(value, str) and value.strip().endswith("%"):
         if total is None:
             raise ConfigError(f"{name}: a percentage ({value!r}) needs a known total")
-        share = float(text[:-1]) / 100
+        try:
+            share = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ConfigError(f"{name}: cannot read {value!r} as a percentage") from None
         if not 0 < share <= 1:
             raise ConfigError(f"{name}: percentage must be in (0, 100], got {value!r}")
         return int(total * share)
-    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(digits):]
-    if unit not in _UNITS or not digits:
-        raise ConfigError(f"{name}: cannot read {value!r} as a size")
-    size = int(float(digits) * _UNITS[unit])
+    try:
+        size = parse_bytes(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(f"{name}: cannot read {value!r} as a size") from None
     if size <= 0:
         raise ConfigError(f"{name}: must be positive, got {value!r}")
     return size
+
+
+def scheduler_settings() -> dict:
+    """The scheduling core's tuning from ``kaas.scheduler.*``, as keyword arguments of
+    :class:`dask_kaas.scheduling.SchedulingCore` (all but ``policy``)."""
+    return {
+        "depth": int(get("scheduler.queue-depth")),
+        "weights": get_dict("scheduler.weights"),
+        "margin": float(get("scheduler.admission-margin")),
+        # moving a tenant also spreads its consts over more caches; a move must pay for that
+        "stickiness": float(get("scheduler.stickiness")),
+        "load_bandwidth": float(parse_size(get("scheduler.load-bandwidth"), name="kaas.scheduler.load-bandwidth")),
+    }

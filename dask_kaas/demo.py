@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .request import BufferSpec, KernelSpec, Literal, Request
+from .text import format_bytes, table
 
 F32 = 4
 
@@ -235,19 +236,8 @@ def summarize(report: dict, stats: dict[str, dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'tenant':<10} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'hit rate':>8} {'loaded':>10}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['tenant']:<10} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['throughput']:>8.1f} "
-            f"{r['hit_rate']:>8.1%} {_human(r['bytes_loaded']):>10}"
-        )
-    return "\n".join(lines)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
+    """The demo's per-tenant table."""
+    return table(["tenant", "requests", "p50 ms", "p99 ms", "req/s", "hit rate", "loaded"],
+                 ([r["tenant"], r["requests"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['throughput']:.1f}",
+                   f"{r['hit_rate']:.1%}", format_bytes(r["bytes_loaded"])] for r in rows),
+                 right=range(1, 7), rule=True)

@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import nvrtc
+from .kernels import nvrtc
 from .device import cuda_unavailable_reason, gpu_present, make_device, resolve_kind
 from .errors import DeviceMemoryError
+from .text import table
 
 MiB = 2**20
 EMPTY_SOURCE = 'extern "C" __global__ void empty(int n, float* y) {}\n'
@@ -91,7 +92,7 @@ def check_driver(device) -> Check:
 
 
 def check_compile(device) -> Check:
-    from . import builtin
+    from .kernels import builtin
 
     if not nvrtc.available():
         status = "fail" if device.kind == "cuda" else "skip"
@@ -109,7 +110,7 @@ def check_compile(device) -> Check:
 
 
 def check_kernels(runtime, sizes) -> Check:
-    from .kernels.selfcheck import cases, compare
+    from .selfcheck import cases, compare
 
     ran, problems = 0, []
     for n in sizes:
@@ -199,7 +200,7 @@ def check_bandwidth(device, nbytes: int, repeats: int) -> Check:
 def check_launch(runtime, launches: int, repeats: int) -> Check:
     """An empty kernel K times in one request through the runtime, against the same launches
     made directly (raw CuPy on CUDA, the host twin on the host device)."""
-    from .library import LaunchConfig, Library
+    from .kernels import LaunchConfig, Library
     from .request import BufferSpec, KernelSpec, Literal, Request
 
     lib = Library.from_source("doctor_empty", EMPTY_SOURCE, twins={"empty": lambda launch, n, y: None})
@@ -248,13 +249,14 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
         return Check(name, "fail", f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc()})
 
 
-def diagnose(device: str = "auto", *, memory=None, quick: bool = False) -> dict:
-    """Run every check on ``device`` ("auto", "cuda" or "host"); the report as a dict."""
+def diagnose(device: str | None = None, *, memory=None, quick: bool = False) -> dict:
+    """Run every check on ``device`` ("auto", "cuda" or "host"; default ``kaas.device``); the report as a dict."""
     import dask.config
 
     from .runtime import Runtime
     from .store import BufferStore
 
+    device = device or dask.config.get("kaas.device")
     started = datetime.now(timezone.utc)
     checks = [_guard("versions", check_versions)]
     try:
@@ -305,8 +307,7 @@ def _report(asked: str, dev, checks: list[Check], started: datetime) -> dict:
 def format_report(report: dict) -> str:
     rows = [(c["name"], c["status"].upper() if c["status"] == "fail" else c["status"], c["detail"])
             for c in report["checks"]]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{name.ljust(width)}  {status.ljust(4)}  {detail}" for name, status, detail in rows]
+    lines = table(["check", "status", "detail"], rows).split("\n")[1:]
     verdict = "ok" if report["ok"] else f"FAILED: {', '.join(report['failed'])}"
     lines.append(f"doctor: {verdict} ({report['seconds']:.1f} s)")
     return "\n".join(lines)

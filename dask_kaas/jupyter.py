@@ -16,6 +16,7 @@ import shutil
 import subprocess
 
 import numpy as np
+from dask.utils import format_bytes
 
 IO_ROLES = {"i": "input", "o": "output", "io": "input/output", "t": "temporary"}
 
@@ -35,15 +36,8 @@ def _e(value) -> str:
 
 
 def human_bytes(n) -> str:
-    """``1536 -> '1.5 KiB'`` (binary units; bytes below 1 KiB as an integer)."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1023.95 or unit == "TiB":  # so that 1023.99 KiB reads 1.0 MiB, not 1024.0 KiB
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    """``1536 -> '1.50 kiB'`` (Dask's ``format_bytes``); ``None -> '-'``."""
+    return "-" if n is None else format_bytes(int(n))
 
 
 def _dims(dims) -> str:

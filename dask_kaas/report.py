@@ -27,6 +27,12 @@ class ReportBuilder:
         self._consts: dict[ConstRef, tuple] = {}
         self._counters: dict[str, int] = {}
         self._load_seconds = 0.0
+        self._full_next = True
+
+    def reset(self) -> None:
+        """Send the whole picture next time: the cache changed outside a request (it was cleared, say),
+        and the scheduler may have forgotten what it knew."""
+        self._full_next = True
 
     def build(self, fields: dict, *, consts, counters: dict, load_seconds: float) -> dict:
         """The next report: ``fields`` (the request's own figures and the device's memory) plus the
@@ -34,7 +40,8 @@ class ReportBuilder:
         self.seq += 1
         now = {(ns, key): (uid, version, nbytes) for ns, key, uid, version, nbytes in consts}
         report = dict(fields, seq=self.seq)
-        if self.seq == 1 or self.seq % self.full_every == 0:
+        if self._full_next or self.seq % self.full_every == 0:
+            self._full_next = False
             report.update(consts=[[*ref, *v] for ref, v in now.items()], counters=dict(counters),
                           load_seconds=load_seconds)
         else:

@@ -1,8 +1,11 @@
-"""The benchmark harness: ``python -m benchmarks all --quick --device host`` succeeds and writes every
-suite's results; a wrong result makes the run fail."""
+"""The benchmark harness (``benchmarks.common``): its config, argv parsing, results writer and printer,
+and every suite once in its smallest (``smoke``) size; a wrong result fails a run. Nothing here asserts
+a timing: the figures of a smoke run mean nothing, only their presence, shape and sanity do."""
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,57 +17,145 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the benchmarks package lives at the repository root, not in the installed package
     sys.path.insert(0, ROOT)
 
+from benchmarks import common
+from benchmarks.common import Config, parse_args, print_result, run, write_result
 
-def bench(*args, env=None, timeout=400):
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def test_all_quick_host(tmp_path):
-    proc = bench("all", "--quick", "--device", "host", env={"KAAS_BENCH_RESULTS": str(tmp_path)})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "== summary" in proc.stdout
-
-    workloads = json.loads((tmp_path / "workloads-host-quick.json").read_text())
-    assert workloads["device"] == "host" and "machine" in workloads
-    assert set(workloads["workloads"]) == {"mlp", "sgemm", "jacobi", "cgemm"}
-    for row in workloads["workloads"].values():
-        assert row["correct"] is True
-        for system in ("kaas", "dask-lru", "dask-dict"):
-            assert row["latency_s"][system]["median"] > 0 and row["throughput_rps"][system]["median"] > 0
-        assert row["latency_ratio_kaas_over_dask-lru"] > 0 and row["throughput_ratio_kaas_over_dask-dict"] > 0
-    assert workloads["workloads"]["mlp"]["accuracy"] >= 0.9
-
-    overhead = json.loads((tmp_path / "overhead-host-quick.json").read_text())
-    d, e = overhead["in_process"], overhead["end_to_end"]
-    assert {"a_us", "b_us"} <= set(d["fit_runtime"])
-    assert isinstance(d["budget"]["per_request_met"], bool) and isinstance(d["budget"]["per_launch_met"], bool)
-    assert e["timing_s"]["kaas"]["median"] > 0 and e["timing_s"]["noop"]["median"] > 0
-    assert isinstance(e["budget"]["met"], bool)
-    assert set(overhead["budgets"]) == {"per_request_under_100us", "per_launch_under_10us", "e2e_within_1.15x_noop",
-                                        "e2e_within_1.2x_noop_plus_kernels"}
-    assert e["gap_s"] > 0  # calls measured with an idle gap before each
-
-    contention = json.loads((tmp_path / "contention-host-quick.json").read_text())
-    table = contention["headline"]["table"]
-    assert {"naive", "dask-lru", "dask-dict", "static", "kaas-balance", "kaas-affinity"} == set(table)
-    assert table["kaas-affinity"]["bytes_from_store"] < table["naive"]["bytes_from_store"]
-    assert isinstance(contention["headline"]["targets"]["affinity_1.5x_dask_lru_throughput"], bool)
-
-    scale = json.loads((tmp_path / "scale-host-quick.json").read_text())
-    assert {c["workers"] for c in scale["cells"]} == {4, 16}
-    for cell in scale["cells"]:
-        assert cell["plugin_cpu_us_per_task"]["median"] > 0 and cell["plugin_over_dask"]["median"] > 0
-    assert all(c["dask_cpu_us_per_task"]["median"] > 0 for c in scale["plain_dask"])
+RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
+            "scale": "scale-host", "store_io": "store_io", "placement": "placement"}
+# dicts whose keys are data (tenant names, K values, worker addresses), not fields
+DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
+             "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
 
 
-def test_corrupted_weight_fails_the_run(tmp_path):
-    proc = bench("workloads", "--quick", "--device", "host",
-                 env={"KAAS_BENCH_RESULTS": str(tmp_path), "KAAS_BENCH_CORRUPT": "mlp"}, timeout=200)
-    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "WRONG RESULT" in proc.stdout and "mlp" in proc.stdout
-    assert not (tmp_path / "workloads-host-quick.json").exists()
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def missing_fields(recorded, new, where="") -> list[str]:
+    """Fields of a recorded result (benchmarks/results) that a new result lacks, recursively; lists are
+    compared by their first elements."""
+    if isinstance(recorded, dict) and isinstance(new, dict):
+        out = [f"{where}.{k}" for k in recorded if k not in new]
+        for k in recorded:
+            if k in new and k not in DATA_KEYS:
+                out += missing_fields(recorded[k], new[k], f"{where}.{k}")
+        return out
+    if isinstance(recorded, list) and isinstance(new, list) and recorded and new:
+        return missing_fields(recorded[0], new[0], f"{where}[0]")
+    return []
+
+
+def smoke(suite: str, out) -> dict:
+    """Run ``suite`` once at its smoke size on the host; check what every result must have; the payload."""
+    payload = run(Config(suite, device="host", smoke=True, out=str(out), verbose=False))
+    name = common.get_suite(suite).file_name("host", "smoke")
+    assert payload["path"] == str(out / f"{name}.json")
+    written = json.loads((out / f"{name}.json").read_text())
+    assert list(written)[0] == "machine" and "path" not in written
+    assert written["suite"] == suite and written["device"] == "host" and written["smoke"] is True
+    assert positive(written["wall_s"]) and written["machine"]["cpus"] >= 1
+    with open(os.path.join(common.RESULTS, f"{RECORDED[suite]}.json")) as f:
+        assert missing_fields(json.load(f), written) == []  # the recorded results' fields, still all there
+    if written["plot"] is not None:
+        assert (out / written["plot"]).stat().st_size > 0
+    text = io.StringIO()
+    print_result(payload, file=text)
+    lines = text.getvalue().strip().split("\n")
+    assert lines[0] == f"{suite} on host (smoke)" and len(lines) >= 3
+    assert lines[-1].startswith(f"written: {payload['path']}")
+    return written
+
+
+# ------------------------------------------------------------------ the harness's pieces
+def test_config_names_sizes_and_directory(tmp_path, monkeypatch):
+    assert Config("overhead", device="host").file_name() == "overhead-host"
+    assert Config("contention", device="cuda", quick=True).file_name() == "contention-cuda-quick"
+    assert Config("scale", device="host", smoke=True).file_name() == "scale-host-smoke"
+    assert Config("placement", quick=True).file_name() == "placement_quick"
+    assert Config("store_io").file_name() == "store_io"
+    assert Config("placement", quick=True, name="mine").file_name() == "mine"
+    for name in common.SUITES:
+        suite = common.get_suite(name)
+        assert set(suite.sizes) == {"full", "quick", "smoke"}
+        assert set(suite.sizes["quick"]) <= set(suite.sizes["smoke"])
+    placement = Config("placement", quick=True, options={"requests": 30})
+    assert placement.params()["requests"] == 30 and placement.params()["repeat"] == 1
+    with pytest.raises(ValueError, match="unknown suite"):
+        Config("nosuch")
+    with pytest.raises(ValueError, match="--device"):
+        Config("overhead", device="tpu")
+
+    monkeypatch.setenv("KAAS_BENCH_RESULTS", str(tmp_path / "env"))
+    assert Config("overhead").results_dir() == str(tmp_path / "env") and (tmp_path / "env").is_dir()
+    assert Config("overhead", out=str(tmp_path / "out")).results_dir() == str(tmp_path / "out")
+    monkeypatch.delenv("KAAS_BENCH_RESULTS")
+    assert Config("overhead").results_dir() == os.path.abspath(common.RESULTS)
+
+
+def test_resolved_device():
+    config = Config("placement", device="host").resolved()
+    assert (config.device, config.device_requested) == ("host", "host")
+    assert config.resolved() is config
+    assert Config("store_io", device="auto").resolved().device == "host"  # host-only, whatever answers
+
+
+def test_parse_args(tmp_path):
+    [config] = parse_args(["placement", "--quick", "--requests", "30", "--zipf", "0.5", "--out", str(tmp_path),
+                           "--note", "abc"])
+    assert (config.suite, config.quick, config.smoke, config.device, config.out, config.note) == \
+        ("placement", True, False, "auto", str(tmp_path), "abc")
+    assert config.options == {"requests": 30, "zipf": 0.5}
+    assert config.params()["requests"] == 30 and config.params()["tenants"] == 12
+
+    configs = parse_args(["all", "--smoke", "--device", "host"])
+    assert [c.suite for c in configs] == list(common.ALL)
+    assert all(c.smoke and c.device == "host" and not c.options for c in configs)
+
+    [config] = parse_args(["--mib", "8"], suite="store_io")  # python -m benchmarks.store_io --mib 8
+    assert config.suite == "store_io" and config.params() == {"mib": 8, "repeat": 9}
+
+    for argv in (["nosuch"], ["overhead", "--tenants", "9"], ["placement", "--tenants", "20"],
+                 ["all", "--name", "x"], ["overhead", "--quick", "--smoke"], ["overhead", "--device", "tpu"]):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        assert e.value.code == 2, argv
+
+
+def test_write_result(tmp_path):
+    config = Config("store_io", out=str(tmp_path), name="tiny")
+    path = write_result(config, {"suite": "store_io", "ratio": float("inf"), "path": "not written"})
+    assert path == str(tmp_path / "tiny.json")
+    written = json.loads((tmp_path / "tiny.json").read_text())
+    assert list(written) == ["machine", "suite", "ratio"]
+    assert written["ratio"] == float("inf") and {"date", "python", "cpus", "versions"} <= set(written["machine"])
+
+
+def test_spread_and_interleaved():
+    assert common.spread([3, 1, 2]) == {"median": 2, "min": 1, "max": 3, "runs": [3, 1, 2]}
+    assert common.spread([3, 1, 2], runs=False) == {"median": 2, "min": 1, "max": 3}
+    calls = []
+    out = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3)
+    assert calls == ["a", "b"] * 3 and len(out["a"]["runs"]) == 3 and out["b"]["min"] <= out["b"]["median"]
+
+
+def test_belady_and_jain():
+    from benchmarks.contention import jain
+    from benchmarks.placement import belady_hits
+
+    assert belady_hits([1, 2, 1, 3, 1, 2], 2) == 2  # evicts 2 (used furthest ahead) for 3, keeps 1
+    assert belady_hits([1, 2, 3, 1, 2, 3], 3) == 3 and belady_hits([1, 2, 3, 1, 2, 3], 1) == 0
+    assert jain([2.0, 2.0, 2.0]) == pytest.approx(1.0) and jain([1.0, 0.0, 0.0]) == pytest.approx(1 / 3)
+
+
+def test_cuda_without_gpu_fails_clearly(capsys):
+    from dask_kaas.device import gpu_count
+
+    if gpu_count():
+        pytest.skip("a GPU answers here")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        common.resolve_device("cuda")
+    assert common.main(["overhead", "--device", "cuda", "--smoke"]) == 1
+    assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_check_functions_reject_wrong_outputs():
@@ -80,20 +171,93 @@ def test_check_functions_reject_wrong_outputs():
         next(iter(wrong.values())).reshape(-1)[0] += 1.0
         with pytest.raises(WrongResult):
             w.check(0, wrong)
-    # accuracy below 0.9 is a wrong result even when every probability matched some forward pass
-    w = mlp.setup(quick=True)
-    shuffled = {i: np.roll(e, 1, axis=1) for i, e in enumerate(w.expected)}
-    with pytest.raises(WrongResult):
-        w.summary(shuffled)
+        if module is mlp:  # accuracy below 0.9 is a wrong result even when every output matched a forward pass
+            with pytest.raises(WrongResult):
+                w.summary({i: np.roll(e, 1, axis=1) for i, e in enumerate(w.expected)})
 
 
-def test_cuda_without_gpu_fails_clearly(tmp_path):
-    from benchmarks.common import resolve_device
-    from dask_kaas.device import gpu_count
+# ------------------------------------------------------------------ the command line, end to end
+def test_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "store_io", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "store_io on host (smoke)" in proc.stdout and "== summary" in proc.stdout
+    written = json.loads((tmp_path / "store_io_smoke.json").read_text())
+    assert written["parameters"]["mib"] == 4 and positive(written["read_ratio"])
 
-    if gpu_count():
-        pytest.skip("a GPU answers here")
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        resolve_device("cuda")
-    proc = bench("overhead", "--device", "cuda", "--quick", env={"KAAS_BENCH_RESULTS": str(tmp_path)}, timeout=60)
-    assert proc.returncode == 1 and "no CUDA GPU" in proc.stderr
+
+@pytest.mark.slow
+def test_corrupted_weight_fails_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAAS_BENCH_CORRUPT", "mlp")
+    assert common.main(["workloads", "--smoke", "--device", "host", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "WRONG RESULT" in out and "mlp" in out
+    assert not (tmp_path / "workloads-host-smoke.json").exists()
+
+
+# ------------------------------------------------------------------ every suite, smallest size
+def test_store_io_smoke(tmp_path):
+    r = smoke("store_io", tmp_path)
+    assert r["bytes"] == 4 * 2**20 and positive(r["read_ratio"]) and positive(r["write_ratio"])
+    assert {"numpy.fromfile", "BufferStore.get", "BufferStore.get_bytes"} == set(r["read"])
+    assert len(r["layouts"]) == 7 and all(positive(row["disk_ratio"]) for row in r["layouts"])
+
+
+@pytest.mark.slow
+def test_overhead_smoke(tmp_path):
+    r = smoke("overhead", tmp_path)
+    d, e = r["in_process"], r["end_to_end"]
+    assert d["ks"] == [1, 4] and {"a_us", "b_us"} <= set(d["fit_runtime"])
+    assert isinstance(d["budget"]["per_request_met"], bool) and isinstance(d["budget"]["per_launch_met"], bool)
+    assert all(positive(e["timing_s"][s]["median"]) for s in ("kaas", "noop", "echo", "dask_numpy"))
+    assert positive(e["ratio_kaas_over_noop"]) and positive(e["ratio_kaas_over_dask_numpy"])
+    assert set(r["budgets"]) == {"per_request_under_100us", "per_launch_under_10us", "e2e_within_1.15x_noop",
+                                 "e2e_within_1.2x_noop_plus_kernels"}
+    assert e["gap_s"] > 0 and e["const_hits"] > 0  # an idle gap before each call; the const cached
+
+
+@pytest.mark.slow
+def test_workloads_smoke(tmp_path):
+    r = smoke("workloads", tmp_path)
+    assert set(r["workloads"]) == {"mlp", "sgemm", "jacobi", "cgemm"}
+    for row in r["workloads"].values():
+        assert row["correct"] is True and row["requests_checked"] > 0
+        for system in ("kaas", "dask-lru", "dask-dict"):
+            assert positive(row["latency_s"][system]["median"]) and positive(row["throughput_rps"][system]["median"])
+        assert positive(row["latency_ratio_kaas_over_dask-lru"]) and positive(row["throughput_ratio_kaas_over_dask-dict"])
+    assert r["workloads"]["mlp"]["accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_contention_smoke(tmp_path):
+    r = smoke("contention", tmp_path)
+    table = r["headline"]["table"]
+    assert set(table) == {"naive", "dask-lru", "dask-dict", "static", "kaas-balance", "kaas-affinity"}
+    assert table["kaas-affinity"]["bytes_from_store"] < table["naive"]["bytes_from_store"]
+    assert all(positive(v) for v in r["headline"]["ratios"].values())
+    assert isinstance(r["headline"]["targets"]["affinity_1.5x_dask_lru_throughput"], bool)
+    for runs in r["configs"][0]["runs"].values():
+        assert 0 < runs[0]["fairness_jain"] <= 1 and positive(runs[0]["throughput_rps"])
+
+
+@pytest.mark.slow
+def test_scale_smoke(tmp_path):
+    r = smoke("scale", tmp_path)
+    assert {(c["workers"], c["tenants"]) for c in r["cells"]} == {(2, 1), (2, 2)}
+    for cell in r["cells"]:
+        assert positive(cell["plugin_cpu_us_per_task"]["median"]) and positive(cell["plugin_over_dask"]["median"])
+    assert all(positive(c["dask_cpu_us_per_task"]["median"]) for c in r["plain_dask"])
+    assert isinstance(r["target"]["met"], bool)
+
+
+@pytest.mark.slow
+def test_placement_smoke(tmp_path):
+    r = smoke("placement", tmp_path)
+    requests = r["parameters"]["requests"]
+    for policy in ("affinity", "balance", "static"):
+        for run_ in r["runs"][policy]:
+            assert run_["hits"] + run_["compulsory_misses"] + run_["capacity_misses"] == requests
+            assert sum(run_["requests_per_worker"]) == requests and run_["bytes_from_store"] > 0
+    assert positive(r["ratios"]["balance_over_affinity_bytes"])
+    assert 0 < r["belady"]["global"]["hit_rate"] <= 1 and isinstance(r["targets"]["bytes_3x_fewer_than_balance"], bool)
+    assert r["scheduler_overhead"]["kaas_tasks"] == requests and positive(r["scheduler_overhead"]["plugin_cpu_us_per_task"])

@@ -1,4 +1,4 @@
-"""Tests for dask_kaas.cache: a model-based state machine for BufferCache, plus unit tests."""
+"""Tests for dask_kaas.runtime.cache: a model-based state machine for BufferCache, plus unit tests."""
 from __future__ import annotations
 
 import threading
@@ -9,16 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from dask_kaas.cache import BufferCache, KernelCache
+from dask_kaas.runtime.cache import BufferCache, KernelCache
 from dask_kaas.errors import DeviceMemoryError
-from dask_kaas.stats import Counters
+from dask_kaas.runtime.counters import Counters
 
 N_KEYS = 8
 COUNTED = ("hits", "compulsory_misses", "capacity_misses", "evictions", "bytes_evicted")
-
-
-class WritebackFailed(Exception):
-    pass
 
 
 class FillFailed(Exception):
@@ -36,8 +32,6 @@ class FakeDevice:
         self.live: dict[int, int] = {}  # handle -> nbytes
         self.next_handle = 0
         self.log: list[tuple] = []
-        self.modified: set[int] = set()  # handles written on the device and not yet written back
-        self.fail_writeback = False
         self.fail_alloc = False
 
     def allocate(self, nbytes):
@@ -51,18 +45,8 @@ class FakeDevice:
 
     def free(self, h):
         assert h in self.live, f"double free / unknown handle {h}"
-        assert h not in self.modified, f"handle {h} freed while dirty (not written back)"
         del self.live[h]
         self.log.append(("free", h))
-
-    def writeback(self, key, h):
-        assert h in self.live, f"writeback of freed handle {h}"
-        assert h in self.modified, f"redundant writeback of clean handle {h} ({key!r})"
-        if self.fail_writeback:
-            self.log.append(("writeback_failed", h))
-            raise WritebackFailed(key)
-        self.modified.discard(h)
-        self.log.append(("writeback", h))
 
 
 # ---------------------------------------------------------------------------- state machine
@@ -81,11 +65,11 @@ class BufferCacheMachine(RuleBasedStateMachine):
         self.dev = FakeDevice()
         self.counters = Counters()
         self.cache = BufferCache(
-            capacity, self.dev.allocate, self.dev.free, writeback=self.dev.writeback, counters=self.counters
+            capacity, self.dev.allocate, self.dev.free, counters=self.counters
         )
         self.capacity = capacity
         self.sizes = sizes
-        # model: key -> {nbytes, const, pins, dirty, handle}, in LRU order (oldest first)
+        # model: key -> {nbytes, const, pins, handle}, in LRU order (oldest first)
         self.model: OrderedDict[int, dict] = OrderedDict()
         self.seen: set[int] = set()
         self.counts = dict.fromkeys(COUNTED, 0)
@@ -99,17 +83,8 @@ class BufferCacheMachine(RuleBasedStateMachine):
         return sum(e["nbytes"] for e in self.model.values() if e["pins"])
 
     def _model_remove(self, key, events):
-        """Model of write-back-then-free. Returns the expected exception type or None."""
-        e = self.model[key]
-        if e["dirty"]:
-            if self.dev.fail_writeback:
-                events.append(("writeback_failed", key))
-                return WritebackFailed
-            events.append(("writeback", key))
-            e["dirty"] = False
         events.append(("free", key))
         del self.model[key]
-        return None
 
     def _model_make_room(self, nbytes, capacity, events):
         victims = [k for k, e in self.model.items() if not e["pins"] and not e["const"]]
@@ -118,13 +93,10 @@ class BufferCacheMachine(RuleBasedStateMachine):
             if self._used() + nbytes <= capacity:
                 break
             size = self.model[k]["nbytes"]
-            err = self._model_remove(k, events)
-            if err:
-                return err
+            self._model_remove(k, events)
             self.counts["evictions"] += 1
             self.counts["bytes_evicted"] += size
         assert self._used() + nbytes <= capacity
-        return None
 
     def _run(self, call, expected_events, expected_exc, current_key=None):
         """Call the cache; check the exception type and the exact sequence of device calls."""
@@ -161,16 +133,16 @@ class BufferCacheMachine(RuleBasedStateMachine):
         elif nbytes > self.capacity - self._pinned():
             exc = DeviceMemoryError
         else:
-            exc = self._model_make_room(nbytes, self.capacity, events)
-            if exc is None and alloc_fails:
+            self._model_make_room(nbytes, self.capacity, events)
+            if alloc_fails:
                 exc = AllocFailed
-            elif exc is None:
+            else:
                 events.append(("alloc", key))
                 if fill_fails:
                     events.append(("free", key))
                     exc = FillFailed
                 else:
-                    self.model[key] = {"nbytes": nbytes, "const": const, "pins": 1, "dirty": False, "handle": None}
+                    self.model[key] = {"nbytes": nbytes, "const": const, "pins": 1, "handle": None}
                     if const:
                         self.counts["capacity_misses" if key in self.seen else "compulsory_misses"] += 1
                     self.seen.add(key)
@@ -209,13 +181,11 @@ class BufferCacheMachine(RuleBasedStateMachine):
             key = pinned[(key + pick_pinned) % len(pinned)]
         self._release(key, keep)
 
-    @rule(key=st.integers(0, N_KEYS - 1), const=st.booleans(), dirty=st.booleans())
-    def use(self, key, const, dirty):
-        """A transient request: acquire, maybe write, release keeping the entry cached."""
+    @rule(key=st.integers(0, N_KEYS - 1), const=st.booleans())
+    def use(self, key, const):
+        """A transient request: acquire, then release keeping the entry cached."""
         self.acquire(key, const, fill_fails=False, alloc_fails=False)
         if key in self.model and self.model[key]["pins"]:
-            if dirty:
-                self.mark_dirty(key)
             self._release(key, True)
 
     def _release(self, key, keep):
@@ -228,18 +198,8 @@ class BufferCacheMachine(RuleBasedStateMachine):
         else:
             entry["pins"] -= 1
             if not keep and entry["pins"] == 0:
-                exc = self._model_remove(key, events)
+                self._model_remove(key, events)
         self._run(lambda: self.cache.release(key, keep=keep), events, exc)
-
-    @rule(key=st.integers(0, N_KEYS - 1))
-    def mark_dirty(self, key):
-        entry = self.model.get(key)
-        if entry is None:
-            self._run(lambda: self.cache.mark_dirty(key), [], KeyError)
-            return
-        entry["dirty"] = True
-        self.dev.modified.add(entry["handle"])
-        self._run(lambda: self.cache.mark_dirty(key), [], None)
 
     @rule(key=st.integers(0, N_KEYS - 1))
     def drop(self, key):
@@ -250,45 +210,15 @@ class BufferCacheMachine(RuleBasedStateMachine):
         elif entry["pins"]:
             exc = ValueError
         else:
-            exc = self._model_remove(key, events)
+            self._model_remove(key, events)
         self._run(lambda: self.cache.drop(key), events, exc)
 
     @rule()
-    def flush(self):
-        events, exc = [], None
-        for key, e in self.model.items():
-            if e["dirty"]:
-                if self.dev.fail_writeback:
-                    events.append(("writeback_failed", key))
-                    exc = WritebackFailed
-                    break
-                events.append(("writeback", key))
-                e["dirty"] = False
-        self._run(self.cache.flush, events, exc)
-
-    @rule()
     def clear(self):
-        events, exc = [], None
+        events = []
         for key in [k for k, e in self.model.items() if not e["pins"]]:
-            exc = self._model_remove(key, events)
-            if exc:
-                break
-        self._run(self.cache.clear, events, exc)
-
-    @rule(new_capacity=st.integers(0, 100))
-    def resize(self, new_capacity):
-        events, exc = [], None
-        if self._pinned() > new_capacity:
-            exc = DeviceMemoryError
-        else:
-            exc = self._model_make_room(0, new_capacity, events)
-            if exc is None:
-                self.capacity = new_capacity
-        self._run(lambda: self.cache.resize(new_capacity), events, exc)
-
-    @rule(fail=st.booleans())
-    def set_writeback_failure(self, fail):
-        self.dev.fail_writeback = fail
+            self._model_remove(key, events)
+        self._run(self.cache.clear, events, None)
 
     @rule(extra=st.integers(0, 60))
     def can_fit(self, extra):
@@ -312,7 +242,7 @@ class BufferCacheMachine(RuleBasedStateMachine):
             return
         expected = [
             {"key": k, "nbytes": e["nbytes"], "const": e["const"], "pinned": e["pins"] > 0,
-             "pins": e["pins"], "dirty": e["dirty"]}
+             "pins": e["pins"]}
             for k, e in self.model.items()
         ]
         assert self.cache.contents() == expected
@@ -334,7 +264,7 @@ TestBufferCacheStateful = BufferCacheMachine.TestCase
 def make_cache(capacity=100, **kw):
     dev = FakeDevice()
     counters = Counters()
-    cache = BufferCache(capacity, dev.allocate, dev.free, writeback=dev.writeback, counters=counters, **kw)
+    cache = BufferCache(capacity, dev.allocate, dev.free, counters=counters, **kw)
     return cache, dev, counters
 
 
@@ -426,37 +356,6 @@ def test_counters_hits_and_misses_only_for_const():
     assert counters.hit_rate() == pytest.approx(1 / 3)
 
 
-def test_dirty_written_back_once_on_release_drop_and_flush():
-    cache, dev, _ = make_cache()
-    h, _ = cache.acquire("out", 8)
-    cache.mark_dirty("out")
-    dev.modified.add(h)
-    cache.flush()
-    assert dev.log[-1] == ("writeback", h) and "out" in cache
-    assert cache.contents()[0]["dirty"] is False
-    cache.flush()  # clean: no second write back (the fake would assert)
-    cache.mark_dirty("out")
-    dev.modified.add(h)
-    cache.release("out", keep=False)
-    assert dev.log[-2:] == [("writeback", h), ("free", h)] and "out" not in cache
-
-
-def test_writeback_failure_keeps_entry():
-    cache, dev, _ = make_cache(capacity=10)
-    h, _ = cache.acquire("out", 10)
-    cache.mark_dirty("out")
-    dev.modified.add(h)
-    cache.release("out")
-    dev.fail_writeback = True
-    with pytest.raises(WritebackFailed):
-        cache.acquire("other", 5)
-    assert cache.contents() == [{"key": "out", "nbytes": 10, "const": False, "pinned": False, "pins": 0, "dirty": True}]
-    assert "other" not in cache
-    dev.fail_writeback = False
-    cache.acquire("other", 5)
-    assert "out" not in cache and dev.live == {1: 5}
-
-
 def test_misuse_errors():
     cache, _, _ = make_cache()
     with pytest.raises(KeyError, match="nope"):
@@ -471,10 +370,8 @@ def test_misuse_errors():
         cache.release("a")
     with pytest.raises(ValueError):
         cache.acquire("neg", -1)
-    no_wb = BufferCache(10, lambda n: object(), lambda h: None)
-    no_wb.acquire("k", 1)
-    with pytest.raises(ValueError, match="writeback"):
-        no_wb.mark_dirty("k")
+    with pytest.raises(KeyError, match="gone"):
+        cache.drop("gone")
 
 
 def test_multiple_pins():
@@ -496,22 +393,6 @@ def test_clear_keeps_pinned():
     cache.release("u")
     cache.clear()
     assert [r["key"] for r in cache.contents()] == ["p"] and cache.used == 10 and len(dev.live) == 1
-
-
-def test_resize():
-    cache, dev, counters = make_cache(capacity=100)
-    cache.acquire("p", 30)
-    for k in "abc":
-        cache.acquire(k, 20)
-        cache.release(k)
-    with pytest.raises(DeviceMemoryError):
-        cache.resize(20)
-    assert cache.capacity == 100 and len(cache) == 4
-    cache.resize(60)
-    assert cache.capacity == 60 and [r["key"] for r in cache.contents()] == ["p", "c"]
-    assert counters.counts["evictions"] == 2 and sum(dev.live.values()) == cache.used == 50
-    cache.resize(200)
-    assert cache.capacity == 200 and cache.free_bytes == 150
 
 
 def test_zero_byte_buffers():

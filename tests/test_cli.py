@@ -20,6 +20,7 @@ def run(*args, cwd=None, timeout=180):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_demo_runs_checks_and_reports(tmp_path):
     proc = run("dask-kaas", "demo", "--requests", "24", "--jacobi", "2", "--no-progress",
                "--dashboard-address", ":0", cwd=tmp_path)

@@ -9,8 +9,8 @@ from distributed import Client, LocalCluster
 from helpers import matvec_request
 
 import dask_kaas
-from dask_kaas import (BufferSpec, BufferStore, DeviceMemoryError, KaasError, KernelError, KernelSpec, Library,
-                       Literal, LocalKaasCluster, Request, RequestError, worker_stats)
+from dask_kaas import (BufferSpec, BufferStore, ConfigError, DeviceMemoryError, KaasError, KernelError, KernelSpec,
+                       Library, Literal, LocalKaasCluster, Request, RequestError, worker_stats)
 
 F = 4
 N = 64
@@ -175,14 +175,47 @@ def test_plain_local_cluster_with_install(store_url):
         assert list(worker_stats(client).values())[0]["requests"] == 1
 
 
+def _worker_exclusive(dask_worker):
+    return dask_worker.plugins["kaas"].runtime.exclusive
+
+
+def test_install_checks_everything_first_and_set_policy_needs_the_scheduler_plugin(store_url):
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        # nothing is installed: set_policy fails before any worker changes, worker_stats says why
+        with pytest.raises(KaasError, match="scheduler has no KaaS plugin"):
+            dask_kaas.set_policy(client, "balance", clear_caches=True)
+        with pytest.raises(KaasError, match="none of this cluster.s 1 workers has the KaaS plugin, so none can run"):
+            worker_stats(client)
+        # a bad worker option fails before the scheduler plugin is sent
+        with pytest.raises(ConfigError, match="device_memory"):
+            dask_kaas.install(client, device="host", device_memory="lots", store=store_url)
+        assert client.run_on_scheduler(lambda dask_scheduler: "kaas" in dask_scheduler.plugins) is False
+        # the policy reaches the workers too
+        dask_kaas.install(client, device="host", device_memory="32MiB", store=store_url, policy="exclusive")
+        assert set(client.run(_worker_exclusive).values()) == {True}
+        assert dask_kaas.cluster_state(client)["policy"] == "exclusive"
+
+
+def test_kaas_device_setting_is_the_default_everywhere():
+    from dask_kaas.device import make_device
+
+    with dask.config.set({"kaas.device": "host"}):
+        assert make_device(memory="1MiB").kind == "host"
+        assert dask_kaas.KaasWorkerPlugin().device is None  # resolved on the worker, from its kaas.device
+    with dask.config.set({"kaas.device": "tpu"}), pytest.raises(ConfigError, match="tpu"):
+        make_device(memory="1MiB")
+
+
 def _poison_device(launch, n, y):
     """Host stand-in for a sticky CUDA fault: the device is marked lost, then the kernel fails."""
-    from dask_kaas.plugins import worker_runtime
+    from dask_kaas.plugins.worker import worker_runtime
 
     worker_runtime().device.healthy = False
     raise RuntimeError("illegal address (simulated)")
 
 
+@pytest.mark.slow
 def test_lost_device_restarts_the_worker(store_url):
     import time
 
@@ -237,3 +270,19 @@ def test_tenant_cannot_read_another_tenants_key_on_the_cluster(client, store_url
 def test_memory_store_is_refused_for_worker_processes():
     with pytest.raises(ValueError, match="memory://kaas-x.*worker processes"):
         LocalKaasCluster(n_workers=1, device="host", store="memory://kaas-x", dashboard_address=":0")
+
+
+def test_plugins_travel_as_their_settings():
+    """install() pickles both plugins to the cluster: what travels is their settings, nothing that
+    Python 3.14 can no longer pickle (the scheduler plugin's core holds itertools counters)."""
+    import pickle
+    import warnings
+
+    from dask_kaas import KaasSchedulerPlugin, KaasWorkerPlugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler = pickle.loads(pickle.dumps(KaasSchedulerPlugin(policy="balance", weights={"a": 2.0})))
+        worker = pickle.loads(pickle.dumps(KaasWorkerPlugin(device="host", device_memory="8MiB")))
+    assert scheduler.policy == "balance" and scheduler.core.queue.weight("a") == 2.0
+    assert worker.runtime is None

@@ -1,46 +1,143 @@
 """Everything of distributed's internals that dask_kaas.compat relies on is still there, with the
-signature it was written against; an upgrade of distributed that moves one fails here, loudly."""
+signature it was written against; an upgrade of distributed that moves one fails here, loudly.
+
+Each test names the compat function whose assumptions it checks. The live checks run on the real
+scheduler and workers of a LocalKaasCluster (``client.run``/``run_on_scheduler``)."""
 import inspect
+import re
+import tomllib
+from pathlib import Path
 
 import distributed
 import pytest
-from distributed import Scheduler, Worker
+from distributed import Client, Scheduler, Worker
 from distributed.batched import BatchedSend
-from distributed.worker_state_machine import TaskFinishedMsg, TaskState
+from distributed.worker_state_machine import TaskFinishedMsg
+from distributed.worker_state_machine import TaskState as WorkerTaskState
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from dask_kaas import compat
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def params(fn) -> list[str]:
     return [p for p in inspect.signature(fn).parameters if p != "self"]
 
 
-def test_scheduler_internals():
+def slots(cls) -> set[str]:
+    """Attribute names instances of ``cls`` have: slots, annotations and properties."""
+    names = {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
+    names |= {name for klass in cls.__mro__ for name in getattr(klass, "__annotations__", {})}
+    return names | {name for name, value in inspect.getmembers(cls) if isinstance(value, property)}
+
+
+def test_scheduler_methods():
+    # fail_task
     assert params(Scheduler._transition)[:3] == ["key", "finish", "stimulus_id"]
     assert params(Scheduler._transitions) == ["recommendations", "client_msgs", "worker_msgs", "stimulus_id"]
     assert params(Scheduler.send_all) == ["client_msgs", "worker_msgs"]
+    from distributed.core import error_message
+
+    assert {"exception", "traceback", "exception_text", "traceback_text"} <= set(error_message(ValueError("x")))
+    # start_processing
+    assert params(Scheduler.transitions) == ["recommendations", "stimulus_id"]
+    # replace_comm_cost / restore_comm_cost
     assert params(Scheduler.get_comm_cost) == ["ts", "ws"]
-    assert "metadata" in params(Scheduler.stimulus_task_finished)  # task-finished metadata reaches transitions
+    # finished_metadata / compute_seconds: what SchedulerPlugin.transition receives for processing -> memory
+    # (a named parameter in newer releases; in older ones among the keyword arguments it passes on)
+    finished = inspect.signature(Scheduler.stimulus_task_finished).parameters
+    assert "metadata" in finished or any(p.kind is p.VAR_KEYWORD for p in finished.values())
+
+
+def test_scheduler_task_and_worker_state():
+    from distributed.scheduler import TaskState, WorkerState
+
+    # task_function, require_resource, restrict_to, lift_restrictions, processing_on
+    assert {"run_spec", "resource_restrictions", "worker_restrictions", "loose_restrictions", "processing_on",
+            "state", "dependencies", "key"} <= slots(TaskState)
+    # worker_is_running
+    assert {"status", "address"} <= slots(WorkerState)
 
 
 def test_worker_internals():
+    # set_task_metadata
     assert params(Worker.get_current_task) == []
-    assert "metadata" in TaskState.__dataclass_fields__  # what the worker sends in task-finished
+    assert "metadata" in WorkerTaskState.__dataclass_fields__
     assert "metadata" in TaskFinishedMsg.__annotations__
+    # send_to_scheduler
+    assert params(Worker.batched_send) == ["msg"]
+    # ensure_worker_resource
+    assert inspect.iscoroutinefunction(Worker.set_resources)
+    assert [p.kind for p in inspect.signature(Worker.set_resources).parameters.values()][-1] == \
+        inspect.Parameter.VAR_KEYWORD
 
 
 def test_comm_internals():
-    assert "comm" in inspect.signature(BatchedSend.start).parameters  # client_comms[c].comm is the client's comm
+    # client_certificate: client_comms[c] is a BatchedSend whose .comm has extra_info
+    assert "comm" in inspect.signature(BatchedSend.start).parameters
     from distributed.comm.core import Comm
 
     assert isinstance(inspect.getattr_static(Comm, "extra_info"), property)
 
 
+def test_dashboard_internals():
+    # add_dashboard_page
+    import distributed.dashboard.scheduler as dashboard
+
+    assert isinstance(dashboard.applications, dict) and "/status" in dashboard.applications
+    assert params(dashboard.template_variables) == ["scheduler"]
+    # style_dashboard_document
+    from distributed.dashboard.components import add_periodic_callback
+    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+
+    assert params(add_periodic_callback) == ["doc", "component", "interval"]
+    assert env.get_template("simple.html") is not None and BOKEH_THEME is not None
+    # metrics_scheduler
+    from distributed.http.scheduler.prometheus.core import PrometheusHandler
+
+    assert hasattr(PrometheusHandler, "_collectors")
+
+
+def _scheduler_state(dask_scheduler):
+    import distributed.dashboard.scheduler as dashboard
+
+    return {
+        "stream_handlers": isinstance(dask_scheduler.stream_handlers, dict),
+        "kaas-report": "kaas-report" in dask_scheduler.stream_handlers,
+        "resources": dict(dask_scheduler.resources.get("GPU", {})),
+        "workers_with_resource": compat.workers_with_resource(dask_scheduler, "GPU"),
+        "running": [compat.worker_is_running(dask_scheduler, a) for a in dask_scheduler.workers],
+        "unknown": compat.worker_is_running(dask_scheduler, "tcp://nowhere:1"),
+        "comm_cost": dask_scheduler.get_comm_cost.__self__.__class__.__name__,
+        "metrics": compat.metrics_scheduler() in (None, dask_scheduler),
+        "pages": dashboard.template_variables(dask_scheduler)["pages"],
+    }
+
+
+def _worker_state(dask_worker):
+    return {"total_resources": dict(dask_worker.state.total_resources), "tasks": hasattr(dask_worker.state, "tasks")}
+
+
+def test_the_fenced_calls_on_a_live_cluster(cluster):
+    with Client(cluster) as client:
+        state = client.run_on_scheduler(_scheduler_state)
+        workers = client.run(_worker_state)
+    assert state["stream_handlers"] and state["kaas-report"]
+    assert len(state["resources"]) == 2 and state["workers_with_resource"] == state["resources"]
+    assert state["running"] == [True, True] and state["unknown"] is None
+    assert state["comm_cost"] == "KaasSchedulerPlugin"  # replace_comm_cost took effect
+    assert state["metrics"] and "kaas" in state["pages"]
+    assert all(w["total_resources"].get("GPU") == 1 and w["tasks"] for w in workers.values())
+
+
 def test_a_rejected_task_fails_through_the_fenced_path(cluster):
     """compat.fail_task end to end: a request the scheduler refuses fails on the client at once."""
     import numpy as np
-    from distributed import Client
 
     from dask_kaas import RequestError
-    from dask_kaas.request import _rebuild_request
+    from dask_kaas.request.model import _rebuild_request
     from helpers import matvec_request
 
     bad = _rebuild_request(matvec_request("A").kernels, 1, "no/such tenant")
@@ -49,7 +146,16 @@ def test_a_rejected_task_fails_through_the_fenced_path(cluster):
             client.submit(bad, x=np.ones(64, np.float32), pure=False).result(timeout=30)
 
 
-def test_distributed_is_within_the_bounds_the_pyproject_allows():
-    from packaging.version import Version
+def _bounds(name: str) -> SpecifierSet:
+    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if re.match(rf"{name}\b", d))
+    return SpecifierSet(spec[len(name):])
 
-    assert Version("2025.1") <= Version(distributed.__version__)
+
+@pytest.mark.parametrize("name, module", [("distributed", distributed), ("dask", pytest.importorskip("dask"))])
+def test_installed_within_the_bounds_the_pyproject_allows(name, module):
+    """The pyproject bounds dask and distributed above, and what runs here is inside the bounds:
+    CI installs the newest release the bound admits, so the bound is what CI proved."""
+    bounds = _bounds(name)
+    assert any(s.operator in ("<", "<=") for s in bounds), f"{name} has no upper bound in pyproject.toml"
+    assert Version(module.__version__) in bounds, (module.__version__, str(bounds))

@@ -206,7 +206,7 @@ def test_ptx_is_fitted_to_the_driver(monkeypatch, tmp_path):
 
 
 def _launch():
-    from dask_kaas.library import LaunchConfig
+    from dask_kaas.kernels import LaunchConfig
 
     return LaunchConfig(1, 1)
 

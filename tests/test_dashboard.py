@@ -49,6 +49,7 @@ def test_page_is_listed_in_the_dashboard_navigation(cluster, ran):
     assert "bokeh" in page.lower() and 'href="kaas"' in page
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 def test_page_renders_workers_and_tenants_in_chromium(cluster, ran, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -78,6 +79,7 @@ def row_texts(page, first: str) -> list[str]:
     return [r for r in page.locator(".slick-row").all_inner_texts() if r.split("\n", 1)[0] == first]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 def test_tables_change_while_a_workload_runs(cluster, ran):
     """The tenant table and the recent-requests table follow the workload after the page has loaded

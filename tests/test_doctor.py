@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 import fakecuda
-from dask_kaas import builtin, doctor, nvrtc
+from dask_kaas import builtin, doctor
+from dask_kaas.kernels import nvrtc
 from dask_kaas.cli import main
 
 needs_nvrtc = pytest.mark.skipif(not nvrtc.available(), reason="NVRTC is not installed")

@@ -42,6 +42,7 @@ def kernel_manager_factory(tmp_path_factory):
     return make
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "pipeline.ipynb"])
 def test_notebook_runs(name, tmp_path, kernel_manager_factory):
     nb = nbformat.read(EXAMPLES / name, as_version=4)
@@ -59,6 +60,7 @@ def test_notebook_runs(name, tmp_path, kernel_manager_factory):
     assert any("text/html" in out.get("data", {}) for out in displayed)  # the request / cluster state views
 
 
+@pytest.mark.slow
 def test_jacobi_script(tmp_path):
     env = {**os.environ, "DASK_KAAS__KERNEL_CACHE__DIRECTORY": str(tmp_path / "kernel-cache")}
     proc = subprocess.run([sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "128", "--systems", "2"],
@@ -68,6 +70,7 @@ def test_jacobi_script(tmp_path):
     assert not any(tmp_path.iterdir()) or {p.name for p in tmp_path.iterdir()} <= {"kernel-cache", "dask-scratch-space"}
 
 
+@pytest.mark.slow
 def test_jacobi_script_fails_on_a_wrong_result(tmp_path):
     # one sweep cannot reach the tolerance: the script must say so with a non-zero exit
     proc = subprocess.run([sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "64", "--sweeps", "1",

@@ -27,7 +27,7 @@ def runtimes(tmp_path_factory):
 
 @pytest.mark.parametrize("n", [1, 17, 255, 1000, 4099])
 def test_every_builtin_kernel_matches_numpy_and_its_host_twin(runtimes, n):
-    from dask_kaas.kernels.selfcheck import cases, compare
+    from dask_kaas.selfcheck import cases, compare
 
     cuda, host = runtimes
     for case in cases(n, np.random.default_rng(n)):
@@ -43,7 +43,7 @@ def test_device_used_from_another_thread(runtimes):
     """Dask builds the device on its event loop and runs tasks in executor threads."""
     import threading
 
-    from dask_kaas.kernels.selfcheck import cases, compare
+    from dask_kaas.selfcheck import cases, compare
 
     cuda, _ = runtimes
     case = cases(100, np.random.default_rng(0))[1]

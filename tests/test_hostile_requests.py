@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dask_kaas import BufferSpec, KernelSpec, Library, Literal, Request, RequestError
-from dask_kaas.library import builtin
+from dask_kaas.kernels import builtin
 from dask_kaas.runtime import Runtime
 from dask_kaas.device import HostDevice
 from dask_kaas.store import BufferStore
@@ -44,10 +44,10 @@ def evil_library(twin):
 
 # ------------------------------------------------------------------ no Python code in a request
 @pytest.mark.parametrize("twin", ["sys:exit", "builtins:print", "os:system", "subprocess:run",
-                                  "dask_kaas.kernels.host:np",  # a module reached through an allowed one
-                                  "dask_kaas.kernels.host:_need",  # private
-                                  "dask_kaas.kernels.host:fill.__globals__",
-                                  "dask_kaas.kernels.host:nope", "no_such_module:x", "justaname"])
+                                  "dask_kaas.kernels.twins:np",  # a module reached through an allowed one
+                                  "dask_kaas.kernels.twins:_need",  # private
+                                  "dask_kaas.kernels.twins:fill.__globals__",
+                                  "dask_kaas.kernels.twins:nope", "no_such_module:x", "justaname"])
 def test_a_request_cannot_name_python_code(twin):
     with pytest.raises(RequestError, match=r"(not allowed|not a function defined)"):
         Library.from_dict(evil_library(twin))
@@ -59,13 +59,13 @@ def test_a_request_cannot_name_python_code(twin):
 
 
 def test_twins_from_an_allowed_module_are_taken():
-    lib = Library.from_dict(evil_library("dask_kaas.kernels.host:fill"))
+    lib = Library.from_dict(evil_library("dask_kaas.kernels.twins:fill"))
     assert lib.twin("k") is builtin.twin("fill")
     import dask
 
     with dask.config.set({"kaas.twins.allowed-modules": []}):
         with pytest.raises(RequestError, match="kaas.twins.allowed-modules"):
-            Library.from_dict(evil_library("dask_kaas.kernels.host:fill"))
+            Library.from_dict(evil_library("dask_kaas.kernels.twins:fill"))
 
 
 @pytest.mark.parametrize("options, ok", [
@@ -313,6 +313,7 @@ FUZZ = settings(max_examples=400, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), base=st.sampled_from(["ours", "kaas"]))
 def test_fuzzed_mutations_of_valid_requests(data, base):
@@ -327,6 +328,7 @@ def test_fuzzed_mutations_of_valid_requests(data, base):
 @FUZZ
 @given(d=st.dictionaries(st.sampled_from(["kernels", "buffers", "n_iter", "nIter", "tenant", "deadline"]),
                          json_value, max_size=5))
+@pytest.mark.slow
 def test_fuzzed_top_level_dicts(d):
     _assert_only_request_errors(d)
 
@@ -363,7 +365,7 @@ def test_a_request_built_around_validation_cannot_take_the_cluster_down(cluster)
 
     from distributed import Client
 
-    from dask_kaas.request import _rebuild_request
+    from dask_kaas.request.model import _rebuild_request
 
     good = Request.from_dict(valid_dict())
     bad = _rebuild_request(good.kernels, 1, "\ud800")

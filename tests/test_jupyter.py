@@ -46,7 +46,7 @@ def test_repr_html_escapes_everything():
                                 arguments=[(x, "i"), (x, "i"), (y, "o")])], deadline=2.5)
     with pytest.raises(RequestError, match="tenant"):  # no constructor accepts such a tenant ...
         Request(valid.kernels, tenant=evil)
-    from dask_kaas.request import _rebuild_request
+    from dask_kaas.request.model import _rebuild_request
 
     r = _rebuild_request(valid.kernels, 1, evil, 2.5)  # ... but a pickle can carry one: still escaped
     page = r._repr_html_()
@@ -134,7 +134,7 @@ def test_cluster_state_is_the_dict_with_an_html_view():
         assert addr in page
     assert "alice" in page and "&lt;bob&gt;" in page and "<bob>" not in page
     assert "12.0 ms" in page and "34.0 ms" in page  # p50 / p99
-    assert "alice:w v2" in page and "1.0 GiB" in page
+    assert "alice:w v2" in page and "1.00 GiB" in page
 
 
 @pytest.fixture(scope="module")

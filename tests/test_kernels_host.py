@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_kaas.library import LaunchConfig, builtin
+from dask_kaas.kernels import LaunchConfig, builtin
 
 LAUNCHES = [LaunchConfig(1, 1), LaunchConfig((3, 2), (7, 3)), LaunchConfig((4, 4), (16, 16))]
 SIZES = [0, 1, 15, 16, 17, 33, 100, 257]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import dask_kaas
-from dask_kaas import nvrtc
+from dask_kaas.kernels import nvrtc
 from dask_kaas.errors import KernelError, RequestError
-from dask_kaas.library import (
+from dask_kaas.kernels import (
     Library,
     LaunchConfig,
     Param,

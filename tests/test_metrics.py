@@ -121,6 +121,7 @@ def test_metrics_over_http(cluster):
         assert 0 < sums[tenant] < 60 * n
 
 
+@pytest.mark.slow
 def test_two_clusters_one_after_the_other(tmp_path):
     """The collector is registered once per process and follows the latest scheduler."""
     for i, runs in enumerate(({"first": 2}, {"second": 3})):
@@ -136,6 +137,7 @@ def test_two_clusters_one_after_the_other(tmp_path):
             assert set(by(samples, "dask_kaas_queue_length", "worker")) == {worker}
 
 
+@pytest.mark.slow
 def test_two_live_clusters_each_report_their_own(tmp_path):
     """With two schedulers alive in one process, each ``/metrics`` shows its own scheduler's figures."""
     with LocalKaasCluster(n_workers=1, device="host", device_memory="16MiB", store=f"file://{tmp_path / 'a'}",

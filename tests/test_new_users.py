@@ -17,7 +17,7 @@ def test_a_plain_dask_cluster_says_how_to_make_it_a_kaas_cluster():
         request = matvec_request("A")
         with pytest.raises(KaasError, match=r"has no KaaS plugin.*LocalKaasCluster.*install\(client\)"):
             client.submit(request, x=np.ones(64, np.float32)).result(timeout=60)
-        with pytest.raises(KaasError, match="no worker of this cluster .1 workers. has no KaaS plugin"):
+        with pytest.raises(KaasError, match="none of this cluster's 1 workers has the KaaS plugin, so none can run a Request"):
             worker_stats(client)
         with pytest.raises(KaasError, match="the scheduler has no KaaS plugin"):
             cluster_state(client)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dask_kaas import nvrtc
+from dask_kaas.kernels import nvrtc
 from dask_kaas.errors import KernelError
 
 needs_nvrtc = pytest.mark.skipif(not nvrtc.available(), reason="NVRTC is not installed")
@@ -25,7 +25,7 @@ def run_fresh(code: str) -> str:
 def test_builtins_are_loaded_with_nvrtc():
     """libnvrtc-builtins is loaded beside libnvrtc, so wheels without a RUNPATH compile too."""
     out = run_fresh(
-        "from dask_kaas import nvrtc\n"
+        "from dask_kaas.kernels import nvrtc\n"
         "nvrtc.available()\n"
         "print(any('libnvrtc-builtins' in line for line in open('/proc/self/maps')))\n"
     )
@@ -37,7 +37,7 @@ def test_builtin_library_compiles_in_a_fresh_process(tmp_path):
     out = run_fresh(
         "import dask.config\n"
         f"dask.config.set({{'kaas.kernel-cache.directory': {str(tmp_path)!r}}})\n"
-        "from dask_kaas import builtin, nvrtc\n"
+        "from dask_kaas import builtin\nfrom dask_kaas.kernels import nvrtc\n"
         "for arch in ('sm_80', 'sm_90', 'compute_90'):\n"
         "    data, kind = builtin.binary(arch)\n"
         "    print(arch, kind, len(data) > 1000)\n"

@@ -6,7 +6,7 @@ import dask.config
 import pytest
 
 from dask_kaas.errors import StoreError
-from dask_kaas.profiles import (BUILTIN_PROFILES, default_store_spec, expand_env, list_profiles, load_profile,
+from dask_kaas.store.profiles import (BUILTIN_PROFILES, default_store_spec, expand_env, list_profiles, load_profile,
                                 profile_dirs, resolve_store)
 
 REPO_STORES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stores")
@@ -72,7 +72,7 @@ def test_cwd_profile_overrides_checkout_and_config_dir_overrides_cwd(cwd, tmp_pa
 
 
 def test_builtin_profiles_without_any_file(cwd, monkeypatch):
-    import dask_kaas.profiles as profiles
+    import dask_kaas.store.profiles as profiles
 
     monkeypatch.setattr(profiles, "profile_dirs", lambda: [str(cwd / "stores")])
     assert list_profiles() == {name: "<built-in>" for name in BUILTIN_PROFILES}

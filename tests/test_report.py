@@ -43,6 +43,34 @@ def test_the_picture_follows_the_worker(states, full_every):
     assert picture.exact and picture.resident == canonical(consts) and picture.load_seconds == 1.5
 
 
+def test_a_cleared_cache_is_reported_whole():
+    """Caches cleared on a policy switch: the scheduler forgets its pictures and each worker's next
+    report is whole, so a const loaded again after the clear is seen (a delta would say nothing
+    changed since the report before the clear, and the picture would stay empty)."""
+    from dask_kaas.runtime import Runtime
+    from dask_kaas.device import HostDevice
+    from dask_kaas.scheduling.cluster import Cluster
+
+    builder, cluster = ReportBuilder(), Cluster()
+    cluster.add("w1")
+    w = [("t", "w", "u1", 1, 64)]
+    cluster.apply_report("w1", builder.build({}, consts=w, counters={}, load_seconds=0.0))
+    cluster.apply_report("w1", builder.build({}, consts=w, counters={}, load_seconds=0.0))
+    cluster.forget_caches()
+    assert cluster.holding([(("t", "w"), 64)]) == set()
+    builder.reset()
+    report = builder.build({}, consts=w, counters={}, load_seconds=0.0)
+    assert "consts" in report
+    cluster.apply_report("w1", report)
+    assert cluster.views["w1"].picture.resident == canonical(w)
+    assert cluster.holding([(("t", "w"), 64)]) == {"w1"}
+
+    runtime = Runtime(HostDevice(1 << 20), "memory://cleared-cache")
+    runtime._reports.build({}, consts=[], counters={}, load_seconds=0.0)
+    runtime.clear_cache()
+    assert "consts" in runtime._reports.build({}, consts=[], counters={}, load_seconds=0.0)
+
+
 def test_deltas_are_small():
     builder = ReportBuilder()
     consts = [("t", f"w{i}", "u", 1, 2**20) for i in range(100)]

@@ -84,17 +84,30 @@ def test_cluster_state_mirrors_the_workers(cluster, client):
         assert 0 < row["latency_p50"] <= row["latency_p99"] < 30
 
 
+def _paused_workers(dask_scheduler):
+    return sorted(dask_scheduler.extensions["kaas"]._paused)
+
+
 def _run_trace(client, trace, n):
-    """Run (tenant) requests in order with a small window in flight; return bytes loaded and where each ran."""
-    before = sum(s["bytes_from_store"] for s in worker_stats(client).values())
+    """Run (tenant) requests one after another; return bytes loaded, where each ran, and the
+    workers' counters before and after (for messages).
+
+    One at a time, so where each runs follows from the policy and the workers' reports alone: with
+    requests queued, work stealing moves some by how long the machine takes to run them, which a
+    loaded CI machine changes (the core's placement under load is tested on a virtual clock)."""
+    before = worker_stats(client)
     x = np.ones(n, np.float32)
     futures = []
-    for i in range(0, len(trace), 4):
-        batch = [client.submit(gemm_request(t, n=n), x=x, pure=False) for t in trace[i:i + 4]]
-        client.gather(batch)
-        futures += batch
-    loaded = sum(s["bytes_from_store"] for s in worker_stats(client).values()) - before
-    return loaded, ran_on(client, futures)
+    for tenant in trace:
+        future = client.submit(gemm_request(tenant, n=n), x=x, pure=False)
+        future.result()
+        futures.append(future)
+    after = worker_stats(client)
+    assert set(after) == set(before), "a worker left or restarted during the trace"
+    loaded = sum(after[w]["bytes_from_store"] - before[w]["bytes_from_store"] for w in after)
+    counters = {w: {k: (before[w][k], after[w][k]) for k in ("bytes_from_store", "hits", "compulsory_misses",
+                                                              "capacity_misses", "evictions")} for w in after}
+    return loaded, ran_on(client, futures), counters
 
 
 def test_affinity_loads_far_less_than_balance(cluster, client):
@@ -103,14 +116,19 @@ def test_affinity_loads_far_less_than_balance(cluster, client):
     tenants = [f"a{i}" for i in range(6)]
     put_weights(cluster, tenants, n, seed=1)
     trace = list(np.random.default_rng(7).choice(tenants, size=48))
-    loaded = {}
+    loaded, details = {}, {}
     for policy in ("balance", "affinity"):
         set_policy(client, policy, clear_caches=True)
-        loaded[policy], _ = _run_trace(client, trace, n)
-    print(f"bytes loaded: {loaded}")
+        assert cluster_state(client)["policy"] == policy
+        loaded[policy], where, counters = _run_trace(client, trace, n)
+        details[policy] = {"ran_on": [(str(t), w) for t, w in zip(trace, where)], "counters": counters,
+                           "workers": {w: {k: v for k, v in s.items() if k != "cache"}
+                                       for w, s in cluster_state(client)["workers"].items()},
+                           "paused": client.run_on_scheduler(_paused_workers)}
     compulsory = 6 * n * n * F  # each tenant's weights loaded once
-    assert loaded["affinity"] <= 0.6 * loaded["balance"], loaded
-    assert loaded["affinity"] <= 1.6 * compulsory, loaded
+    why = f"bytes loaded {loaded}, compulsory {compulsory}; {details}"
+    assert loaded["affinity"] <= 0.6 * loaded["balance"], why
+    assert loaded["affinity"] <= 1.2 * compulsory, why  # one request at a time: each tenant loaded once
 
 
 def test_stealing_and_queues_still_relieve_an_overloaded_worker(cluster, client):
@@ -161,6 +179,7 @@ def _jain(xs):
     return float(xs.sum() ** 2 / (len(xs) * (xs ** 2).sum()))
 
 
+@pytest.mark.slow
 def test_fair_share_under_a_skewed_load(cluster, client):
     """One tenant submits 10x more; while all are backlogged each gets its share of GPU time."""
     tenants = ["heavy", "l1", "l2", "l3"]

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coresim import Sim
+from dask_kaas import config
 from dask_kaas.scheduling import FairQueue, SchedulingCore, Task
+
+
+def make_core(**overrides) -> SchedulingCore:
+    """A core with the settings of ``kaas.yaml``, ``overrides`` over them."""
+    return SchedulingCore(**{"policy": "affinity", **config.scheduler_settings(), **overrides})
+
 
 MiB = 2**20
 
@@ -104,7 +111,7 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.core is None)
     def start(self, policy, depth):
         self.policy = policy
-        self.core = SchedulingCore(policy=policy, depth=depth, weights={"t0": 2.0}, clock=lambda: self.n * 0.01)
+        self.core = make_core(policy=policy, depth=depth, weights={"t0": 2.0}, clock=lambda: self.n * 0.01)
 
     @rule(worker=st.sampled_from(["a", "b", "c"]))
     @precondition(lambda self: self.core is not None)
@@ -213,7 +220,7 @@ TestCoreMachine.settings = settings(max_examples=150, stateful_step_count=60, de
 # ------------------------------------------------------------------ outcomes, on a virtual clock
 def test_fair_shares_while_everyone_is_backlogged():
     """One tenant submits 10x more, first; while all are backlogged each gets a quarter of the service."""
-    core = SchedulingCore(policy="affinity", depth=2)
+    core = make_core(policy="affinity", depth=2)
     sim = Sim(core, workers=2)
     tenants = ["heavy", "l1", "l2", "l3"]
     for t in tenants:  # learn the shape
@@ -233,7 +240,7 @@ def test_fair_shares_while_everyone_is_backlogged():
 
 
 def test_weighted_shares():
-    core = SchedulingCore(policy="balance", depth=1, weights={"gold": 3.0})
+    core = make_core(policy="balance", depth=1, weights={"gold": 3.0})
     sim = Sim(core, workers=1)
     for t in ("gold", "bronze"):
         sim.submit(("warm", t), t, 0.01)
@@ -250,7 +257,7 @@ def test_weighted_shares():
 def test_admission_under_twice_the_sustainable_load(seed):
     """Deadlines of 8 service times at 2x what the workers sustain: about half rejected at once, and
     the admitted meet their deadline (>= 95%)."""
-    core = SchedulingCore(policy="affinity", depth=2)
+    core = make_core(policy="affinity", depth=2)
     sim = Sim(core, workers=2)
     rng = np.random.default_rng(seed)
     service = 0.05
@@ -274,7 +281,7 @@ def test_admission_under_twice_the_sustainable_load(seed):
 def test_affinity_loads_each_const_about_once_and_balance_does_not():
     loaded = {}
     for policy in ("affinity", "balance"):
-        core = SchedulingCore(policy=policy, depth=2, load_bandwidth=1e9)
+        core = make_core(policy=policy, depth=2, load_bandwidth=1e9)
         sim = Sim(core, workers=4, capacity=64 * MiB, bandwidth=1e9)
         rng = np.random.default_rng(7)
         tenants = [f"t{i}" for i in range(12)]
@@ -308,3 +315,31 @@ def test_the_policy_code_imports_nothing_of_distributed():
             for name in names:
                 assert "distributed" not in name, f"{path.name} imports {name}"
                 assert not name.startswith("..") or name in ("..report",), f"{path.name} reaches out to {name}"
+
+
+def test_idle_workers_tie_exactly_whatever_the_durations():
+    """The running sum of a worker's queued seconds is exactly 0 once it is idle, so idle workers
+    tie and take turns; a float residue (0.1 + 0.2 - 0.1 - 0.2 > 0) once made balance send every
+    request to the same worker, and affinity every new tenant."""
+    from dask_kaas.scheduling.cluster import Cluster
+
+    cluster = Cluster(depth=2)
+    for w in ("a", "b"):
+        cluster.add(w)
+    cluster.assign("a", (), 0.1)
+    cluster.assign("a", (), 0.2)
+    cluster.release("a", (), 0.1)
+    cluster.release("a", (), 0.2)
+    assert cluster.views["a"].queued_seconds == 0.0
+
+    core = make_core(policy="balance", depth=1)
+    for w in ("w0", "w1"):
+        core.add_worker(w)
+    where = []
+    for i, seconds in enumerate([0.1, 0.2, 0.7, 0.3, 0.1, 0.6] * 4):
+        decision = core.submit(Task(i, "t", "s", estimate=seconds))
+        assert decision.action == "run"
+        core.placed(i, decision.worker)
+        where.append(decision.worker)
+        core.finished(i, True, duration=seconds)
+    assert Counter(where) == {"w0": 12, "w1": 12}, where

@@ -11,7 +11,7 @@ import pytest
 
 import zarr
 
-from dask_kaas import zarr_io
+from dask_kaas.store import zarr_io
 from dask_kaas.errors import StoreError, StoreKeyError
 from dask_kaas.store import BufferStore, open_store
 

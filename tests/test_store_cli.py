@@ -38,7 +38,7 @@ def test_put_ls_get_rm_round_trip(tmp_path, url):
 
     out = ok(kaas("store", "ls", "--store", url))
     line = next(line for line in out.splitlines() if line.startswith("model/w"))
-    assert line.split()[:5] == ["model/w", "2", "48", "float32", "(3,"]
+    assert line.split()[:6] == ["model/w", "2", "48", "B", "float32", "(3,"]
     assert "1 keys" in out
     (row,) = [json.loads(line) for line in ok(kaas("store", "ls", "--json", "--store", url)).splitlines()]
     assert row["key"] == "model/w" and row["version"] == 2 and row["nbytes"] == 48 and row["shape"] == [3, 4]
@@ -54,6 +54,7 @@ def test_put_ls_get_rm_round_trip(tmp_path, url):
     assert "no keys" in ok(kaas("store", "ls", "--store", url))
 
 
+@pytest.mark.slow
 def test_namespaces_prefix_and_all_namespaces(tmp_path, url):
     store = BufferStore(url)
     store.put("w1", np.ones(300, np.float64), namespace="alice")
@@ -62,7 +63,7 @@ def test_namespaces_prefix_and_all_namespaces(tmp_path, url):
     store.put("w1", np.zeros(1, np.float32))
     out = ok(kaas("store", "ls", "--store", url, "--namespace", "alice"))
     assert "w1" in out and "w2" in out and "other" not in out
-    assert "2400 (2.3 KiB)" in out  # bytes, human readable too
+    assert "2400 B (2.34 kiB)" in out  # bytes, human readable too
     assert "w2" not in ok(kaas("store", "ls", "w1", "--store", url, "-n", "alice"))  # PREFIX
     out = ok(kaas("store", "ls", "--all-namespaces", "--store", url))
     rows = {tuple(line.split()[:2]) for line in out.splitlines()}
@@ -90,6 +91,7 @@ def test_put_raw_bytes_with_dtype(tmp_path, url):
     assert proc.returncode == 2 and "not a whole number" in proc.stderr
 
 
+@pytest.mark.slow
 def test_by_profile_name_and_default_profile(tmp_path):
     (tmp_path / "stores").mkdir()
     (tmp_path / "stores" / "mine.yaml").write_text(textwrap.dedent("""\
@@ -111,6 +113,7 @@ def test_by_profile_name_and_default_profile(tmp_path):
     assert "mine" in out and str(tmp_path / "stores" / "mine.yaml") in out and "local" in out
 
 
+@pytest.mark.slow
 def test_errors_print_type_and_message_exit_2(tmp_path, url):
     proc = kaas("store", "get", "missing", "--store", url)
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -15,9 +15,9 @@ import dask
 import numpy as np
 import pytest
 
-from dask_kaas import zarr_io
+from dask_kaas.store import zarr_io
 from dask_kaas.errors import StoreKeyError
-from dask_kaas.pointers import S3Pointers
+from dask_kaas.store.pointers import S3Pointers
 from dask_kaas.store import BufferStore
 
 
@@ -112,6 +112,7 @@ def _reader(url, key, stop, out):
     out.put(versions)
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes_each_get_their_own_version(tmp_path):
     url = f"file://{tmp_path}/store"
     ctx = multiprocessing.get_context("spawn")
@@ -222,6 +223,7 @@ def test_s3_version_cache_is_stale_at_most_its_ttl_and_put_waits_it_out(s3_serve
         assert reader.cached_version("w").version == 3
 
 
+@pytest.mark.slow
 def test_a_request_after_put_returned_never_sees_the_old_bytes_on_s3(s3_server):
     from distributed import Client
 

@@ -104,8 +104,7 @@ def test_pickled_store_keeps_options(store):
 
 def test_s3_profile_with_endpoint_from_environment(s3_server, tmp_path, monkeypatch):
     """The repo's stores/s3.yaml: endpoint_url from ${AWS_ENDPOINT_URL}; bucket dask-kaas on the server."""
-    from dask_kaas.profiles import resolve_store
-    from dask_kaas.store import open_store
+    from dask_kaas.store import open_store, resolve_store
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server[1]["endpoint_url"])

@@ -3,6 +3,6 @@ requests on a LocalKaasCluster next to the same NumPy work as plain Dask tasks; 
 
     python -m benchmarks workloads [--device auto|host|cuda] [--quick]
 """
-from .suite import WORKLOADS, run
+from .suite import SUITE, WORKLOADS
 
-__all__ = ["WORKLOADS", "run"]
+__all__ = ["SUITE", "WORKLOADS"]

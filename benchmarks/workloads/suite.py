@@ -29,8 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (WrongResult, interleaved, local_kaas_cluster, machine, resolve_device, result_name,
-                               results_dir, save_plot, spread, write_result)
+from benchmarks.common import Suite, WrongResult, bars, interleaved, local_kaas_cluster, spread
 
 from .base import run_cached
 
@@ -147,58 +146,60 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
     return figures
 
 
-def plot(payload: dict, path: str):
-    names = list(payload["workloads"])
-
-    def draw(plt):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        x = np.arange(len(names))
-        for ax, key, label in ((axes[0], "latency_s", "latency, ms (median; bars min-max)"),
-                               (axes[1], "throughput_rps", "throughput, requests/s")):
-            for off, kind, name in ((-0.27, "kaas", "KaaS"), (0, "dask-lru", "Dask + LRU cache"),
-                                    (0.27, "dask-dict", "Dask + dict cache")):
-                scale = 1e3 if key == "latency_s" else 1.0
-                med = [payload["workloads"][n][key][kind]["median"] * scale for n in names]
-                lo = [m - payload["workloads"][n][key][kind]["min"] * scale for m, n in zip(med, names)]
-                hi = [payload["workloads"][n][key][kind]["max"] * scale - m for m, n in zip(med, names)]
-                ax.bar(x + off, med, 0.27, yerr=[lo, hi], label=name, capsize=3)
-            ax.set_xticks(x, names)
-            ax.set_title(label)
-            ax.legend()
-        fig.suptitle(f"workloads on {payload['device']} ({payload['machine']['cpus']} CPUs)")
-        return fig
-
-    return save_plot(path, draw)
+SIZES = {"full": {"repeat": 30, "batch": 32, "rounds": 3},
+         "quick": {"repeat": 4, "batch": 8, "rounds": 1},
+         "smoke": {"repeat": 1, "batch": 2, "rounds": 1}}
 
 
-def run(device: str = "auto", quick: bool = False) -> dict:
-    device = resolve_device(device)
-    repeat, batch, rounds = (4, 8, 1) if quick else (30, 32, 3)
-    params = {"repeat": repeat, "throughput_batch": batch, "throughput_rounds": rounds, "quick": quick,
-              "workers": "2 host devices" if device == "host" else "one per GPU"}
-    payload = {"suite": "workloads", "device": device, "parameters": params, "workloads": {},
-               "method": __doc__.split("\n\n", 1)[1]}
+def run_suite(config, p: dict) -> dict:
+    device = config.device
+    params = {"repeat": p["repeat"], "throughput_batch": p["batch"], "throughput_rounds": p["rounds"],
+              "quick": config.quick, "workers": "2 host devices" if device == "host" else "one per GPU"}
+    payload = {"parameters": params, "workloads": {}, "method": __doc__.split("\n\n", 1)[1]}
     with local_kaas_cluster(device) as (cluster, client):
         capacity = next(iter(worker_capacities(client).values()))
         params["device_capacity_bytes"] = capacity
         for name in WORKLOADS:
-            w = importlib.import_module(f"benchmarks.workloads.{name}").setup(quick)
+            w = importlib.import_module(f"benchmarks.workloads.{name}").setup(config.size != "full")
             try:
-                figures = measure(client, cluster.store, w, repeat=repeat, batch=batch, rounds=rounds,
+                figures = measure(client, cluster.store, w, repeat=p["repeat"], batch=p["batch"], rounds=p["rounds"],
                                   capacity=capacity, device=device)
             except WrongResult as e:
                 raise WrongResult(f"workload {name}: {e}") from e
             payload["workloads"][name] = {"parameters": w.parameters, **figures}
-            lat = figures["latency_s"]
+            lat, tp = figures["latency_s"], figures["throughput_rps"]
             extra = f", accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
-            tp = figures["throughput_rps"]
-            print(f"  {name:<7} ok{extra}: latency ms kaas {lat['kaas']['median'] * 1e3:.2f}, dask-lru "
-                  f"{lat['dask-lru']['median'] * 1e3:.2f}, dask-dict {lat['dask-dict']['median'] * 1e3:.2f}; "
-                  f"req/s kaas {tp['kaas']['median']:.0f}, dask-lru {tp['dask-lru']['median']:.0f}, dask-dict "
-                  f"{tp['dask-dict']['median']:.0f}", flush=True)
-    name = result_name("workloads", device, quick)
-    payload["machine"] = machine()
-    png = plot(payload, os.path.join(results_dir(), f"{name}.png"))
-    payload["plot"] = png and os.path.basename(png)
-    payload["path"] = write_result(name, payload)
+            config.log(f"  {name:<7} ok{extra}: latency ms kaas {lat['kaas']['median'] * 1e3:.2f}, dask-lru "
+                       f"{lat['dask-lru']['median'] * 1e3:.2f}, dask-dict {lat['dask-dict']['median'] * 1e3:.2f}; "
+                       f"req/s kaas {tp['kaas']['median']:.0f}, dask-lru {tp['dask-lru']['median']:.0f}, dask-dict "
+                       f"{tp['dask-dict']['median']:.0f}", flush=True)
     return payload
+
+
+def draw(payload: dict, plt):
+    names = list(payload["workloads"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(names))
+    for ax, key, label in ((axes[0], "latency_s", "latency, ms (median; bars min-max)"),
+                           (axes[1], "throughput_rps", "throughput, requests/s")):
+        for off, kind, name in ((-0.27, "kaas", "KaaS"), (0, "dask-lru", "Dask + LRU cache"),
+                                (0.27, "dask-dict", "Dask + dict cache")):
+            bars(ax, x + off, (payload["workloads"][n][key][kind] for n in names),
+                 scale=1e3 if key == "latency_s" else 1.0, width=0.27, label=name)
+        ax.set_xticks(x, names)
+        ax.set_title(label)
+        ax.legend()
+    fig.suptitle(f"workloads on {payload['device']} ({payload['machine']['cpus']} CPUs)")
+    return fig
+
+
+def report(payload: dict):
+    yield f"{'workload':<9}{'kaas ms':>9}{'lru ms':>9}{'dict ms':>9}{'kaas/s':>8}{'lru/s':>8}{'dict/s':>8}  checked"
+    for name, row in payload["workloads"].items():
+        lat, tp = row["latency_s"], row["throughput_rps"]
+        extra = f", accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
+        yield (f"{name:<9}" + "".join(f"{lat[s]['median'] * 1e3:>9.2f}" for s in SYSTEMS)
+               + "".join(f"{tp[s]['median']:>8.0f}" for s in SYSTEMS) + f"  {row['requests_checked']}{extra}")
+
+
+SUITE = Suite("workloads", __doc__, run_suite, report, SIZES, draw=draw)

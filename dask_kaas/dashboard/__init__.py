@@ -15,21 +15,10 @@ def register_dashboard_page() -> None:
     global _registered
     if _registered:
         return
-    import distributed.dashboard.scheduler as dashboard
-
+    from .. import compat
     from .page import kaas_doc
 
-    dashboard.applications[ROUTE] = kaas_doc
-    base = dashboard.template_variables
-
-    def template_variables(scheduler):
-        variables = base(scheduler)
-        if "kaas" not in variables["pages"]:
-            variables["pages"].insert(variables["pages"].index("system") + 1 if "system" in variables["pages"]
-                                      else len(variables["pages"]), "kaas")
-        return variables
-
-    dashboard.template_variables = template_variables
+    compat.add_dashboard_page(ROUTE, kaas_doc, "kaas")
     _registered = True
 
 

@@ -26,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .. import compat
+
 PREFIX = "dask_kaas_"
 
 # (metric name without _total, worker counter, help)
@@ -66,13 +68,7 @@ class KaasCollector(Collector):
 
     def current(self):
         """The KaaS plugin of the scheduler whose ``/metrics`` is being served, else the latest started."""
-        try:
-            from distributed.http.scheduler.prometheus.core import PrometheusHandler
-
-            collectors = PrometheusHandler._collectors or ()
-            server = collectors[0].server if collectors else None
-        except Exception:  # distributed's internals moved: fall back to the latest plugin
-            server = None
+        server = compat.metrics_scheduler()
         plugins = getattr(server, "plugins", None) or {}
         plugin = plugins.get("kaas")
         if plugin is not None and hasattr(plugin, "tenants") and hasattr(plugin, "workers"):

@@ -16,6 +16,8 @@ from bokeh.models import (BasicTicker, ColumnDataSource, DataTable, Div, HoverTo
                           TableColumn)
 from bokeh.plotting import figure
 
+from .. import compat
+
 PALETTE = {"cached": "#1f77b4", "pinned": "#d62728", "free": "#c7c7c7"}
 HISTORY = 600  # points kept in the time series (5 minutes at 2 per second)
 RECENT_ROWS = 50
@@ -194,14 +196,6 @@ def _set_table(table: DataTable, data: dict) -> None:
 
 def kaas_doc(scheduler, extra, doc):
     """The Bokeh document of ``/kaas`` (signature of distributed's dashboard applications)."""
-    from distributed.dashboard.components import add_periodic_callback
-    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
-
     page = KaasPage(scheduler)
     page.update()
-    add_periodic_callback(doc, page, 500)
-    doc.title = "Dask: KaaS"
-    doc.add_root(page.root)
-    doc.template = env.get_template("simple.html")
-    doc.template_variables.update(extra)
-    doc.theme = BOKEH_THEME
+    compat.style_dashboard_document(doc, page, extra, "Dask: KaaS")

@@ -19,7 +19,7 @@ def resolve_kind(kind: str | None) -> str:
     "auto" picks "host" where no GPU answers; where a GPU is present but CuPy cannot use it,
     it says why in a warning instead of falling back silently.
     """
-    kind = kind or config.get("device") or "auto"
+    kind = kind or config.get("device")
     if kind not in KINDS:
         raise ConfigError(f"device must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "auto":
@@ -32,7 +32,7 @@ def resolve_kind(kind: str | None) -> str:
     return kind
 
 
-def make_device(kind: str | None = "auto", *, memory=None, device_index: int = 0, share: int | None = None) -> Device:
+def make_device(kind: str | None = None, *, memory=None, device_index: int = 0, share: int | None = None) -> Device:
     """Build a device. ``memory`` is the host capacity or the CUDA pool size (bytes, "2GiB", "80%");
     ``share`` is how many KaaS workers use the same GPU (they split a percentage pool)."""
     kind = resolve_kind(kind)

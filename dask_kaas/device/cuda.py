@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from .. import config, nvrtc
+from .. import config
+from ..kernels import nvrtc
 from ..errors import DeviceMemoryError, KernelError
 from .base import Device
 from .cuda_errors import describe, is_out_of_memory, is_sticky

@@ -1,15 +1,22 @@
-"""The built-in kernel library: ``builtin.cu`` with NumPy host twins and launch constraints."""
+"""Kernels: libraries and their registry, signatures, launch shapes, NVRTC, the built-in library.
+
+| module | one job |
+|---|---|
+| ``library.py`` | :class:`Library` (source or binary, identity, compiled-binary cache, host twins) and the registry of names |
+| ``library_input.py`` | what a library given inside a request dict may hold (no Python code, no files) |
+| ``signatures.py`` | kernel parameters parsed from CUDA C++ |
+| ``launch.py`` | grid and block shapes, checked once |
+| ``nvrtc.py`` | compiling CUDA C++ with NVRTC |
+| ``builtin.py``, ``builtin.cu``, ``twins.py`` | the built-in library, its CUDA source and NumPy twins |
+"""
 from __future__ import annotations
 
-import os
+from .builtin import builtin
+from .launch import LaunchConfig
+from .library import Library, is_registered, register_library, registered_libraries, resolve_library
+from .signatures import KernelSignature, Param, parse_params, parse_signatures
 
-from ..library import Library
-from .host import TWINS
+register_library(builtin)
 
-SOURCE_PATH = os.path.join(os.path.dirname(__file__), "builtin.cu")
-
-CONSTRAINTS = {
-    "sgemm": {"block": (16, 16, 1)},  # shared-memory tiles are 16x16
-}
-
-builtin = Library.from_file(SOURCE_PATH, twins=TWINS, name="builtin", constraints=CONSTRAINTS)
+__all__ = ["KernelSignature", "LaunchConfig", "Library", "Param", "builtin", "is_registered", "parse_params",
+           "parse_signatures", "register_library", "registered_libraries", "resolve_library"]

@@ -1,6 +1,8 @@
-"""Dask worker plugins for dask-kaas."""
-from .worker import (PLUGIN_NAME, KaasWorkerPlugin, clear_cache_on_worker, set_exclusive_on_worker,
-                     stats_on_worker, worker_runtime)
+"""dask-kaas inside Dask.
 
-__all__ = ["KaasWorkerPlugin", "PLUGIN_NAME", "clear_cache_on_worker", "set_exclusive_on_worker",
-           "stats_on_worker", "worker_runtime"]
+- ``worker``: :class:`~dask_kaas.plugins.worker.KaasWorkerPlugin`, a device and a runtime per worker;
+- ``scheduler``: :class:`~dask_kaas.plugins.scheduler.KaasSchedulerPlugin`, fair dispatch, placement
+  and admission through :mod:`dask_kaas.scheduling`.
+
+Nothing is imported here, so a scheduler loads only its own plugin (never the store or the devices).
+"""

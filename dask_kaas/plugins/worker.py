@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from distributed import WorkerPlugin, get_worker
 
 from .. import compat, config
 from ..errors import ConfigError, KaasError
 from ..device import KINDS, make_device
-from ..runtime import Runtime, add_runtime_resolver
+from ..runtime import Runtime
 from ..store import BufferStore, open_store
+
+if TYPE_CHECKING:  # annotations only
+    from distributed import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -21,32 +25,83 @@ RESTART_DELAY = 1.0  # seconds for the erred task's report to reach the schedule
 class KaasWorkerPlugin(WorkerPlugin):
     """Give a worker a KaaS device and runtime; requests called on it run there.
 
+    On ``setup`` (on the worker) it builds the device and a :class:`~dask_kaas.runtime.Runtime`
+    over the store, adds the ``GPU`` resource to the worker if it lacks it, and wires the
+    runtime's reports to the scheduler and, after a sticky CUDA fault, a restart of the worker
+    process through its nanny. ``teardown`` closes the runtime and the device. Requests called
+    on the worker (``client.submit(request, ...)``) then run on that runtime
+    (:func:`worker_runtime`). The arguments are checked where the plugin is built, so a bad one
+    fails on the client rather than on every worker.
+
     Parameters
     ----------
-    device: "auto" | "cuda" | "host"
-        Backend; "auto" picks CUDA where a GPU answers.
-    device_memory: int | str | None
-        Host device capacity, or the CUDA RMM pool size ("2GiB", "80%").
-        None: ``kaas.host.memory`` / ``kaas.cuda.pool-size``.
-    store: str | BufferStore | None
-        Where const buffers and keyed outputs live. None: ``kaas.store``.
-    device_index: int | None
+    device : {"auto", "cuda", "host"}, optional
+        Backend; "auto" picks CUDA where a GPU answers (on the worker). Default from
+        ``kaas.device`` on the worker.
+    device_memory : int or str, optional
+        Host device capacity, or the CUDA RMM pool size (bytes, ``"2GiB"``, ``"80%"``).
+        Default from ``kaas.host.memory`` / ``kaas.cuda.pool-size`` on the worker.
+    store : BufferStore or str, optional
+        Where const buffers and keyed outputs live: a store, a URL, a local path or a profile
+        name. Default from ``kaas.store``, else the profile ``local``, resolved where the plugin
+        is built (it travels as its URL).
+    device_index : int, optional
         Which visible CUDA device to use (default 0: one worker per GPU, each
         started with its own ``CUDA_VISIBLE_DEVICES``).
-    policy: str | None
-        The scheduling policy (default ``kaas.scheduler.policy``); ``"exclusive"``
-        makes the worker empty its cache whenever the tenant changes.
-    workers_per_device: int | None
+    policy : {"affinity", "balance", "static", "exclusive"}, optional
+        The scheduling policy (default from ``kaas.scheduler.policy`` on the worker);
+        ``"exclusive"`` makes the worker empty its cache whenever the tenant changes.
+    workers_per_device : int, optional
         How many KaaS workers share this worker's GPU; they split a percentage
-        pool size evenly (default ``kaas.cuda.workers-per-device``).
+        pool size evenly (default from ``kaas.cuda.workers-per-device``).
+
+    Attributes
+    ----------
+    runtime : Runtime or None
+        The worker's runtime, from ``setup`` to ``teardown``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown device, an unreadable ``device_memory``, a ``device_index`` that is not
+        a non-negative integer, or a ``workers_per_device`` that is not a positive integer.
+    StoreError
+        When ``store`` names no usable store.
+
+    See Also
+    --------
+    dask_kaas.install : registers this plugin and the scheduler's.
+    KaasSchedulerPlugin : its scheduler-side counterpart.
+
+    Examples
+    --------
+    >>> from distributed import Client, LocalCluster
+    >>> from dask_kaas import KaasSchedulerPlugin, KaasWorkerPlugin
+    >>> plugin = KaasWorkerPlugin(device="host", device_memory="256MiB", store="memory://doc-workers")
+    >>> plugin.device, plugin.store
+    ('host', BufferStore('memory://doc-workers'))
+    >>> KaasWorkerPlugin(device="tpu")
+    Traceback (most recent call last):
+    ...
+    dask_kaas.errors.ConfigError: device must be one of auto, cuda, host, got 'tpu'
+
+    On a cluster (one thread per worker), with a store the worker processes can reach:
+
+    >>> cluster = LocalCluster(n_workers=2, threads_per_worker=1)  # doctest: +SKIP
+    >>> client = Client(cluster)  # doctest: +SKIP
+    >>> client.register_plugin(KaasSchedulerPlugin())  # doctest: +SKIP
+    >>> client.register_plugin(KaasWorkerPlugin(device="host", store="file:///tmp/kaas-store"))  # doctest: +SKIP
+    {'tcp://127.0.0.1:...': {'status': 'OK'}, 'tcp://127.0.0.1:...': {'status': 'OK'}}
+    >>> client.close(); cluster.close()  # doctest: +SKIP
     """
 
     name = PLUGIN_NAME
     idempotent = False
 
-    def __init__(self, device: str = "auto", device_memory=None, store=None, device_index: int | None = None,
-                 policy: str | None = None, workers_per_device: int | None = None):
-        if device not in KINDS:
+    def __init__(self, device: str | None = None, device_memory: int | str | None = None,
+                 store: BufferStore | str | None = None, device_index: int | None = None,
+                 policy: str | None = None, workers_per_device: int | None = None) -> None:
+        if device is not None and device not in KINDS:
             raise ConfigError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
         if device_memory is not None:
             config.parse_size(device_memory, total=1, name="device_memory")  # fail here, not on the worker
@@ -62,19 +117,20 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.policy = policy
         self.runtime: Runtime | None = None
 
-    async def setup(self, worker):
+    async def setup(self, worker: Worker) -> None:
+        """Build the worker's device and runtime (Dask calls this on the worker)."""
         device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0,
                              share=self.workers_per_device)
-        self.runtime = Runtime(device, self.store, kernel_cache_entries=int(config.get("kernel-cache.modules")))
+        self.runtime = Runtime(device, self.store)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
-        if "GPU" not in worker.state.total_resources:
-            await worker.set_resources(**{**worker.state.total_resources, "GPU": 1})
+        await compat.ensure_worker_resource(worker, "GPU", 1)
         logger.info("dask-kaas: %s device %r, %d bytes, store %s (pid %d)", device.kind, device.name,
                     device.capacity, self.store.url, os.getpid())
 
-    def teardown(self, worker):
+    def teardown(self, worker: Worker) -> None:
+        """Close the runtime and its device (Dask calls this when the worker closes)."""
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
@@ -107,7 +163,7 @@ def _send_report(worker, report: dict) -> None:
         report = sendable(report)
         if report.get("ok") and compat.set_task_metadata(worker, report):
             return
-        worker.loop.add_callback(worker.batched_send, {"op": "kaas-report", **report})
+        compat.send_to_scheduler(worker, {"op": "kaas-report", **report})
     except Exception:  # noqa: BLE001 - a lost report costs the scheduler one update, never the worker
         logger.exception("dask-kaas: could not deliver a report")
 
@@ -125,12 +181,14 @@ def _restart_soon(worker, error) -> None:
     worker.loop.add_callback(lambda: worker.loop.call_later(RESTART_DELAY, close))
 
 
-NO_PLUGIN = ("has no KaaS plugin, so it cannot run a Request: start the cluster with dask_kaas.LocalKaasCluster "
-             "(or `dask kaas worker`), or make an existing one a KaaS cluster with dask_kaas.install(client)")
+HOW_TO_INSTALL = ("start the cluster with dask_kaas.LocalKaasCluster (or `dask kaas worker`), or make an existing one "
+                  "a KaaS cluster with dask_kaas.install(client)")
+NO_PLUGIN = f"has no KaaS plugin, so it cannot run a Request: {HOW_TO_INSTALL}"
 
 
 def worker_runtime() -> Runtime | None:
-    """The runtime of the Dask worker this thread runs in; None outside a Dask worker.
+    """The runtime of the Dask worker this thread runs in; None outside a Dask worker (the first of
+    ``kaas.runtime-resolvers``).
 
     A Request called on a Dask worker without the KaaS plugin is an error, not a run on some
     process-local runtime against a store nobody configured.
@@ -144,8 +202,6 @@ def worker_runtime() -> Runtime | None:
         raise KaasError(f"Dask worker {worker.address} {NO_PLUGIN}")
     return runtime
 
-
-add_runtime_resolver(worker_runtime)  # wherever dask_kaas is imported in a worker, requests find its runtime
 
 
 def stats_on_worker(dask_worker) -> dict | None:
@@ -171,5 +227,4 @@ def clear_cache_on_worker(dask_worker) -> int:
     runtime = getattr(plugin, "runtime", None)
     if runtime is None:
         return 0
-    runtime.cache.clear()
-    return runtime.cache.used
+    return runtime.clear_cache()

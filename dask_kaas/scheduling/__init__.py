@@ -1,6 +1,6 @@
 """The KaaS scheduling policy as pure code: fair queueing, placement, admission, the runtime model.
 
-Nothing in this package imports ``distributed``: the scheduler plugin (``dask_kaas.scheduler_ext``)
+Nothing in this package imports ``distributed``: the scheduler plugin (``dask_kaas.plugins.scheduler``)
 drives :class:`SchedulingCore` from Dask's hooks, and tests (and a simulator) drive it directly.
 """
 from .cluster import Cluster, WorkerView

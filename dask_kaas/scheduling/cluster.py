@@ -191,7 +191,9 @@ class Cluster:
         if view is None:
             return
         view.queued = max(0, view.queued - 1)
-        view.queued_seconds = max(0.0, view.queued_seconds - seconds)
+        # exactly 0 when idle: a float residue of the running sum would break every tie between idle
+        # workers the same way (balance sent everything to one worker, affinity every new tenant)
+        view.queued_seconds = max(0.0, view.queued_seconds - seconds) if view.queued else 0.0
         self.queued = max(0, self.queued - 1)
         for ref, _ in consts:
             view.pending[ref] -= 1

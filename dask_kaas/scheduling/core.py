@@ -1,6 +1,6 @@
 """The scheduling core: what the KaaS scheduler decides, as pure code driven by events.
 
-Nothing here knows Dask. The scheduler plugin (``dask_kaas.scheduler_ext``) turns Dask's hooks
+Nothing here knows Dask. The scheduler plugin (``dask_kaas.plugins.scheduler``) turns Dask's hooks
 into these events and carries out the decisions; tests and a simulator drive the same code with
 their own clock. Events:
 
@@ -65,9 +65,35 @@ def _ms(seconds: float) -> str:
 
 
 class SchedulingCore:
-    def __init__(self, *, policy: str = "affinity", depth: int = 2, weights: dict | None = None,
-                 margin: float = 0.85, stickiness: float = 2.0, slack_tasks: float = 1.0,
-                 load_bandwidth: float = 2**30, clock: Callable[[], float] = time.time):
+    """The KaaS scheduler's decisions for one cluster (see the module docstring for its events).
+
+    Parameters
+    ----------
+    policy : {"affinity", "balance", "static", "exclusive"}
+        Where a request goes: to the worker where it starts soonest counting const loads
+        (``affinity``), the least loaded (``balance``), a fixed worker per tenant (``static``), or a
+        worker of its own per tenant (``exclusive``).
+    depth : int
+        KaaS tasks in flight per worker; the rest wait in the fair queue.
+    weights : dict or None
+        Fair-share weight per tenant (others weigh 1).
+    margin : float
+        Admit a request with a deadline only if its predicted latency is below this share of it.
+    stickiness : float
+        ``affinity``: a worker lacking a request's consts must be ahead by this many load times.
+    load_bandwidth : float
+        Store-to-device bytes per second assumed until measured.
+    slack_tasks : float
+        Requests' worth of queueing an admitted request may wait behind.
+    clock : callable
+        Seconds now (``time.time``; a virtual clock in tests and the simulator).
+
+    The plugin builds one from ``kaas.scheduler.*`` (:func:`dask_kaas.config.scheduler_settings`);
+    the defaults live in ``kaas.yaml`` only.
+    """
+
+    def __init__(self, *, policy: str, depth: int, weights: dict | None, margin: float, stickiness: float,
+                 load_bandwidth: float, slack_tasks: float = 1.0, clock: Callable[[], float] = time.time):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy

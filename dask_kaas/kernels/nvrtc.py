@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .errors import KernelError
+from ..errors import KernelError
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

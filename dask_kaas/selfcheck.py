@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..request import BufferSpec, KernelSpec, Literal, Request
+from .request import BufferSpec, KernelSpec, Literal, Request
 
 F32 = 4
 

@@ -1,7 +1,7 @@
 """Device-side caches: buffers (bytes-bounded, pin-aware) and loaded kernel modules (count-bounded).
 
 Neither cache knows anything of CUDA or of Dask. They manage opaque handles through the
-callables they are given (``allocate``/``free``/``writeback`` for buffers, ``load``/``unload``
+callables they are given (``allocate``/``free`` for buffers, ``load``/``unload``
 for modules), which makes them easy to test with fakes and to reuse on any device backend.
 
 Both caches are thread-safe: every public method holds one re-entrant lock, including while
@@ -17,25 +17,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import DeviceMemoryError
-from .stats import Counters
+from ..errors import DeviceMemoryError
+from ..text import exact_bytes
+from .counters import Counters
 
 Handle = TypeVar("Handle")
 Module = TypeVar("Module")
 
 __all__ = ["BufferCache", "KernelCache"]
-
-
-def _fmt_bytes(n: int) -> str:
-    """``"512 B"``, ``"3145728 B (3.0 MiB)"``: exact bytes, plus a readable size when large."""
-    if n < 1024:
-        return f"{n} B"
-    value, unit = float(n), "B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{n} B ({value:.1f} {unit})"
 
 
 @dataclass
@@ -45,24 +34,22 @@ class _Entry(Generic[Handle]):
     nbytes: int
     const: bool
     pins: int = 0
-    dirty: bool = False
     last_use: int = 0
 
 
 class BufferCache(Generic[Handle]):
     """Device buffers keyed by any hashable id, never more than ``capacity`` bytes in total.
 
-    Each entry holds ``key, handle, nbytes, const, pins, dirty, last_use``. Pinned entries
+    Each entry holds ``key, handle, nbytes, const, pins, last_use``. Pinned entries
     (``pins > 0``) are in use by a running request and are never evicted or freed. Unpinned
     entries stay resident (cached) until room is needed, then are evicted non-const first,
-    then const, least-recently-used first within each group. A dirty entry is written back
-    with ``writeback(key, handle)`` before it is freed.
+    then const, least-recently-used first within each group. Nothing is written back: a const
+    never changes on the device, and outputs are copied out by the request that wrote them.
 
     Counters (when given): only ``const=True`` acquisitions count ``hits`` /
     ``compulsory_misses`` (key never resident in this cache before) / ``capacity_misses``
     (key resident before, since evicted, dropped or cleared); misses are counted once the
-    buffer is successfully inserted. Every entry evicted to make room (by ``acquire`` or
-    ``resize``) counts ``evictions`` and its size in ``bytes_evicted``; explicit frees
+    buffer is successfully inserted. Every entry evicted to make room (by ``acquire``) counts ``evictions`` and its size in ``bytes_evicted``; explicit frees
     (``drop``, ``clear``, ``release(keep=False)``) are not evictions.
     """
 
@@ -72,7 +59,6 @@ class BufferCache(Generic[Handle]):
         allocate: Callable[[int], Handle],
         free: Callable[[Handle], None],
         *,
-        writeback: Callable[[Hashable, Handle], None] | None = None,
         counters: Counters | None = None,
     ):
         if capacity < 0:
@@ -80,7 +66,6 @@ class BufferCache(Generic[Handle]):
         self._capacity = int(capacity)
         self._allocate = allocate
         self._free = free
-        self._writeback = writeback
         self._counters = counters
         self._lock = threading.RLock()
         self._entries: OrderedDict[Hashable, _Entry[Handle]] = OrderedDict()  # LRU order, oldest first
@@ -124,12 +109,12 @@ class BufferCache(Generic[Handle]):
     def contents(self) -> list[dict[str, Any]]:
         """A snapshot of the entries in LRU order (oldest first).
 
-        Each row: ``key, nbytes, const, pinned (bool), pins (int), dirty``.
+        Each row: ``key, nbytes, const, pinned (bool), pins (int)``.
         """
         with self._lock:
             return [
                 {"key": e.key, "nbytes": e.nbytes, "const": e.const,
-                 "pinned": e.pins > 0, "pins": e.pins, "dirty": e.dirty}
+                 "pinned": e.pins > 0, "pins": e.pins}
                 for e in self._entries.values()
             ]
 
@@ -152,9 +137,9 @@ class BufferCache(Generic[Handle]):
                 if callable(what):
                     what = what()
                 raise DeviceMemoryError(
-                    f"{what}: {_fmt_bytes(nbytes_total)} needed, but device capacity is "
-                    f"{_fmt_bytes(self._capacity)} with {_fmt_bytes(pinned)} pinned "
-                    f"({_fmt_bytes(self._capacity - pinned)} obtainable)"
+                    f"{what}: {exact_bytes(nbytes_total)} needed, but device capacity is "
+                    f"{exact_bytes(self._capacity)} with {exact_bytes(pinned)} pinned "
+                    f"({exact_bytes(self._capacity - pinned)} obtainable)"
                 )
 
     # ------------------------------------------------------------------ acquire / release
@@ -182,8 +167,7 @@ class BufferCache(Generic[Handle]):
         If the buffer cannot fit even with every unpinned entry evicted, raises
         :class:`DeviceMemoryError` before anything changes. If ``allocate`` or ``fill``
         raises, the new allocation (if any) is freed, nothing is inserted and the error
-        propagates (entries already evicted stay evicted). If a ``writeback`` raises during
-        eviction, that entry stays resident and dirty and the error propagates.
+        propagates (entries already evicted stay evicted).
         """
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes} for key {key!r}")
@@ -225,8 +209,7 @@ class BufferCache(Generic[Handle]):
     def release(self, key: Hashable, *, keep: bool = True) -> None:
         """Unpin ``key`` once. ``KeyError`` if absent, ``ValueError`` if not pinned.
 
-        With ``keep=False`` and no pins left, the entry is freed now (written back first if
-        dirty; if that writeback raises, the entry stays resident, unpinned and dirty).
+        With ``keep=False`` and no pins left, the entry is freed now.
         """
         with self._lock:
             entry = self._get(key)
@@ -238,26 +221,8 @@ class BufferCache(Generic[Handle]):
             if not keep and entry.pins == 0:
                 self._remove(entry)
 
-    def mark_dirty(self, key: Hashable) -> None:
-        """Mark ``key`` as modified on the device: it will be written back before it is freed
-        and by :meth:`flush`. ``KeyError`` if absent; ``ValueError`` if this cache has no
-        ``writeback``."""
-        with self._lock:
-            entry = self._get(key)
-            if self._writeback is None:
-                raise ValueError(f"cannot mark {key!r} dirty: this cache has no writeback")
-            entry.dirty = True
-
-    def flush(self) -> None:
-        """Write back every dirty entry (pinned or not, LRU order) and mark it clean; frees
-        nothing. If a writeback raises, that entry and later ones stay dirty."""
-        with self._lock:
-            for entry in list(self._entries.values()):
-                self._write_back(entry)
-
     def drop(self, key: Hashable) -> None:
-        """Free the unpinned entry ``key`` now (written back first if dirty).
-        ``KeyError`` if absent, ``ValueError`` if pinned."""
+        """Free the unpinned entry ``key`` now. ``KeyError`` if absent, ``ValueError`` if pinned."""
         with self._lock:
             entry = self._get(key)
             if entry.pins:
@@ -265,24 +230,10 @@ class BufferCache(Generic[Handle]):
             self._remove(entry)
 
     def clear(self) -> None:
-        """Free every unpinned entry, LRU first, writing back dirty ones; pinned ones stay."""
+        """Free every unpinned entry, LRU first; pinned ones stay."""
         with self._lock:
             for entry in [e for e in self._entries.values() if not e.pins]:
                 self._remove(entry)
-
-    def resize(self, capacity: int) -> None:
-        """Change the capacity, evicting unpinned entries (usual order) as needed.
-        :class:`DeviceMemoryError` (and no change) if the pinned bytes exceed it."""
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
-        with self._lock:
-            pinned = self.pinned_bytes
-            if pinned > capacity:
-                raise DeviceMemoryError(
-                    f"cannot resize to {_fmt_bytes(capacity)}: {_fmt_bytes(pinned)} are pinned"
-                )
-            self._make_room(0, capacity)
-            self._capacity = int(capacity)
 
     # ------------------------------------------------------------------ internals
     def _get(self, key: Hashable) -> _Entry[Handle]:
@@ -299,14 +250,8 @@ class BufferCache(Generic[Handle]):
         if self._counters is not None:
             self._counters.add(name, n)
 
-    def _write_back(self, entry: _Entry[Handle]) -> None:
-        if entry.dirty:
-            self._writeback(entry.key, entry.handle)
-            entry.dirty = False
-
     def _remove(self, entry: _Entry[Handle]) -> None:
-        """Write back (if dirty), unlink and free one entry."""
-        self._write_back(entry)
+        """Unlink and free one entry."""
         del self._entries[entry.key]
         self._used -= entry.nbytes
         self._free(entry.handle)
@@ -320,14 +265,12 @@ class BufferCache(Generic[Handle]):
         self._count("evictions")
         self._count("bytes_evicted", entry.nbytes)
 
-    def _make_room(self, nbytes: int, capacity: int | None = None) -> None:
-        """Evict unpinned entries until ``nbytes`` more fit under ``capacity`` (default: the
-        current one). The caller has checked that this is feasible."""
-        capacity = self._capacity if capacity is None else capacity
-        if self._used + nbytes <= capacity:
+    def _make_room(self, nbytes: int) -> None:
+        """Evict unpinned entries until ``nbytes`` more fit. The caller has checked that this is feasible."""
+        if self._used + nbytes <= self._capacity:
             return
         for entry in self._victims():  # sorted() is stable: LRU order within each group
-            if self._used + nbytes <= capacity:
+            if self._used + nbytes <= self._capacity:
                 break
             self._evict(entry)
 

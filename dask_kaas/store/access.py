@@ -9,13 +9,16 @@ A request that breaks a rule fails here, having read nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection
+from typing import TYPE_CHECKING, Collection
 
 import numpy as np
 
-from .errors import RequestError, StoreError, StoreKeyError
-from .request import Request
-from .store import BufferStore, Version
+from ..errors import RequestError, StoreError, StoreKeyError
+from .buffer_store import BufferStore
+from .versions import Version
+
+if TYPE_CHECKING:  # the request layer sits above the store
+    from ..request import Request
 
 
 @dataclass

@@ -16,7 +16,7 @@ import zarr
 import zarr.storage
 from zarr.codecs import BytesCodec
 
-from .errors import StoreError
+from ..errors import StoreError
 
 #: Largest chunk written, in bytes; bigger arrays are chunked along axis 0.
 CHUNK_BYTES = 64 * 2**20

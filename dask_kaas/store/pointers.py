@@ -19,7 +19,8 @@ import errno
 import hashlib
 import os
 import threading
-import uuid
+
+from ..files import write_atomic
 
 _memory_locks: dict[str, threading.Lock] = {}
 _memory_locks_guard = threading.Lock()
@@ -106,17 +107,7 @@ class LocalPointers(Pointers):
             return None, None
 
     def swap(self, path: str, data: bytes, token) -> bool:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data)
         return True
 
     def remove(self, path: str) -> None:

@@ -18,10 +18,15 @@ import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 
-from . import config
-from .errors import KaasError, RequestError
-from .names import show
-from .request import BufferSpec, KernelSpec, Literal, Request
+from typing import TYPE_CHECKING
+
+from .. import config
+from ..errors import KaasError, RequestError
+from ..names import show
+from .specs import BufferSpec, KernelSpec, Literal
+
+if TYPE_CHECKING:  # the request class is passed in: it builds itself from what is parsed here
+    from .model import Request
 
 MAX_JSON_BYTES = 64 * 2**20
 MAX_BUFFERS = 4096
@@ -62,8 +67,8 @@ def _list(value, path: str, most: int) -> list:
     return list(value)
 
 
-def request_from_json(text) -> Request:
-    """The request a JSON text describes (either format)."""
+def request_from_json(text, cls: type[Request]) -> Request:
+    """The ``cls`` instance a JSON text describes (either format)."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text).decode("utf-8")
@@ -79,11 +84,11 @@ def request_from_json(text) -> Request:
         raise RequestError("request: JSON nested too deeply") from None
     except ValueError as e:
         raise RequestError(f"request: not valid JSON ({show(str(e), 120)})") from None
-    return request_from_dict(d)
+    return request_from_dict(d, cls)
 
 
-def request_from_dict(d) -> Request:
-    """The request ``d`` describes: :meth:`Request.to_dict` output or the original KaaS format."""
+def request_from_dict(d, cls: type[Request]) -> Request:
+    """The ``cls`` instance ``d`` describes: :meth:`Request.to_dict` output or the original KaaS format."""
     if not isinstance(d, Mapping) or "kernels" not in d:
         raise RequestError(f"request: expected an object with a 'kernels' list, got {show(d)}")
     ours = "buffers" in d
@@ -97,7 +102,7 @@ def request_from_dict(d) -> Request:
         specs = [_kaas_kernel(k, f"kernels[{i}]") for i, k in enumerate(kernels)]
     n_iter_field = "n_iter" if "n_iter" in d or ours else "nIter"
     with _at("request"):
-        return Request(specs, n_iter=d.get(n_iter_field, 1), tenant=d.get("tenant"), deadline=d.get("deadline"))
+        return cls(specs, n_iter=d.get(n_iter_field, 1), tenant=d.get("tenant"), deadline=d.get("deadline"))
 
 
 def _buffers(items: list) -> dict[str, BufferSpec]:
@@ -158,7 +163,7 @@ def _kaas_kernel(k, path: str) -> KernelSpec:
 def _library(value, path: str):
     """A library field: a registered name, a path inside ``kaas.library-paths``, or an inline
     library (:meth:`Library.from_dict`)."""
-    from .library import KINDS, Library, registered_libraries
+    from ..kernels.library import KINDS, Library, registered_libraries
 
     if isinstance(value, Mapping):
         with _at(path):
@@ -178,7 +183,7 @@ def _allowed_path(value: str, path: str) -> str:
         real = os.path.realpath(os.path.expanduser(value))
     except (ValueError, OSError):
         raise RequestError(f"{path}: cannot read {show(value)} as a path") from None
-    roots = [os.path.realpath(os.path.expanduser(str(p))) for p in config.get("library-paths") or ()]
+    roots = [os.path.realpath(os.path.expanduser(str(p))) for p in config.get_list("library-paths")]
     if not any(os.path.commonpath([real, root]) == root for root in roots):
         raise RequestError(f"{path}: library file {show(value)} is not inside a directory of kaas.library-paths "
                            f"({', '.join(roots) or 'none configured'}); request dicts name registered libraries, "

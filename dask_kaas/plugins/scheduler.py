@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from distributed import SchedulerPlugin
 
@@ -37,33 +36,84 @@ HELD = "kaas://held-for-fair-dispatch"  # a worker that never exists: held tasks
 REJECTED = "kaas://rejected"  # likewise, for tasks failed before any worker sees them
 
 
-def request_of(run_spec: Any) -> Request | None:
-    """The Request a task runs, if it runs one."""
-    func = getattr(run_spec, "func", None)
+def request_of_task(ts) -> Request | None:
+    """The Request a scheduler-side task runs, if it runs one."""
+    func = compat.task_function(ts)
     return func if isinstance(func, Request) else None
 
 
 class KaasSchedulerPlugin(SchedulerPlugin):
+    """The KaaS scheduler plugin: fair dispatch, cache-aware placement and admission for KaaS tasks.
+
+    Every task whose function is a :class:`~dask_kaas.Request` gets the ``GPU`` resource
+    restriction (so it runs only on KaaS workers) and goes through a
+    :class:`~dask_kaas.scheduling.SchedulingCore`: rejected at once (a deadline it cannot meet,
+    an invalid tenant, a tenant its TLS client may not act for), sent to the worker the policy
+    picks, or held in its tenant's fair queue until a worker has a free slot (at most
+    ``kaas.scheduler.queue-depth`` KaaS tasks in flight per worker). It also serves the
+    ``/kaas`` dashboard page and, with ``prometheus_client``, ``dask_kaas_*`` metrics. Other
+    tasks are left to Dask.
+
+    It pickles as ``(policy, weights)``: what is sent to a running scheduler
+    (``client.register_plugin``) is the settings, resolved where the plugin was built; the
+    rest of ``kaas.scheduler.*`` (queue depth, admission margin, stickiness, load bandwidth,
+    tenant identity and map) is read where it is built again, on the scheduler.
+
+    Parameters
+    ----------
+    policy : {"affinity", "balance", "static", "exclusive"}, optional
+        Placement: ``affinity`` weighs each candidate's queue against the time to load the
+        consts it lacks (workers caching them win), ``balance`` takes the least loaded worker,
+        ``static`` pins each tenant to one worker (round robin), ``exclusive`` too, with the
+        workers emptying their caches on every tenant switch. Default from
+        ``kaas.scheduler.policy``.
+    weights : dict of str to float, optional
+        Fair-share weight per tenant (others weigh 1); default from ``kaas.scheduler.weights``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown policy, or a ``kaas.scheduler.tenant-identity`` other than null and
+        ``"tls"``, or an unreadable ``kaas.scheduler.*`` setting.
+
+    See Also
+    --------
+    KaasWorkerPlugin : its worker-side counterpart.
+    dask_kaas.set_policy, dask_kaas.cluster_state
+
+    Examples
+    --------
+    >>> from dask_kaas import KaasSchedulerPlugin
+    >>> plugin = KaasSchedulerPlugin(policy="balance", weights={"alice": 2.0})
+    >>> plugin.name, plugin.policy
+    ('kaas', 'balance')
+    >>> KaasSchedulerPlugin(policy="fastest")
+    Traceback (most recent call last):
+    ...
+    dask_kaas.errors.ConfigError: kaas.scheduler.policy must be one of affinity, balance, static, exclusive, ...
+
+    On a running cluster (``dask_kaas.install`` does this, with the worker plugin):
+
+    >>> from distributed import Client
+    >>> client = Client("tcp://scheduler:8786")  # doctest: +SKIP
+    >>> client.register_plugin(KaasSchedulerPlugin(policy="affinity"))  # doctest: +SKIP
+    """
+
     name = "kaas"
 
-    def __init__(self, policy: str | None = None, weights: dict[str, float] | None = None):
+    def __init__(self, policy: str | None = None, weights: dict[str, float] | None = None) -> None:
         policy = policy or config.get("scheduler.policy")
         if policy not in POLICIES:
             raise ConfigError(f"kaas.scheduler.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.identity = config.get("scheduler.tenant-identity")
         if self.identity not in (None, "tls"):
             raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
-        self.tenant_map = dict(config.get("scheduler.tenant-map") or {})
-        self.core = SchedulingCore(
-            policy=policy,
-            depth=int(config.get("scheduler.queue-depth")),
-            weights=weights if weights is not None else dict(config.get("scheduler.weights") or {}),
-            margin=float(config.get("scheduler.admission-margin")),
-            # moving a tenant also spreads its consts over more caches; a move must pay for that
-            stickiness=float(config.get("scheduler.stickiness")),
-            load_bandwidth=float(config.parse_size(config.get("scheduler.load-bandwidth"),
-                                                   name="kaas.scheduler.load-bandwidth")),
-        )
+        self.tenant_map = config.get_dict("scheduler.tenant-map")
+        settings = config.scheduler_settings()
+        if weights is not None:
+            settings["weights"] = dict(weights)
+        self.core = SchedulingCore(policy=policy, **settings)
+        self._args = (policy, weights)
         self.scheduler = None
         self._dispatch_pending = False
         self._base_comm_cost = None
@@ -75,6 +125,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             register_dashboard_page()
         except ImportError:  # no bokeh: no dashboard page, everything else works
             logger.debug("dask-kaas dashboard page not registered", exc_info=True)
+
+    def __reduce__(self):
+        # what travels to the scheduler (client.register_plugin): the settings, not a core's state
+        return type(self), self._args
 
     # -- the core's state, under the names the dashboard and the metrics read ----------------------
     @property
@@ -110,7 +164,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
         scheduler.extensions["kaas"] = self
-        scheduler.stream_handlers["kaas-report"] = self.handle_report
+        compat.add_stream_handler(scheduler, "kaas-report", self.handle_report)
         self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
         self._sync_workers()
         try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
@@ -129,23 +183,27 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     def remove_worker(self, scheduler, worker: str, **kwargs) -> None:
         self.core.remove_worker(worker)
-        self._gpu_workers = len(scheduler.resources.get(RESOURCE, {}))
+        self._gpu_workers = len(compat.workers_with_resource(scheduler, RESOURCE))
 
     def _sync_workers(self) -> None:
         """Views for the GPU workers; O(1) unless the scheduler's GPU workers changed (a worker may
         get its GPU resource after it registered, with no hook to say so)."""
-        gpu = self.scheduler.resources.get(RESOURCE, {}) if self.scheduler is not None else {}
+        gpu = compat.workers_with_resource(self.scheduler, RESOURCE) if self.scheduler is not None else {}
         if len(gpu) == self._gpu_workers:
             return
         self._gpu_workers = len(gpu)
         for address, amount in gpu.items():
-            ws = self.scheduler.workers.get(address)
-            if amount and ws is not None and address not in self.core.cluster:
+            known = compat.worker_is_running(self.scheduler, address) is not None
+            if amount and known and address not in self.core.cluster:
                 self.core.add_worker(address)
         self._schedule_dispatch()
 
     def set_policy(self, policy: str, *, caches_cleared: bool = False) -> None:
-        """Switch policy; ``caches_cleared`` says the workers just emptied their caches."""
+        """Switch policy; ``caches_cleared`` says the workers just emptied their caches.
+
+        Raises :class:`ConfigError` for an unknown policy. Only the scheduler's side:
+        :func:`dask_kaas.set_policy` also tells the workers.
+        """
         if policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.core.set_policy(policy, caches_cleared=caches_cleared)
@@ -163,15 +221,14 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             ts = scheduler.tasks.get(key)
             if ts is None or key in core.tasks:
                 continue
-            request = request_of(ts.run_spec)
+            request = request_of_task(ts)
             if request is None:
                 continue
             error = self._refusal(scheduler, client, request)
             if error is not None:
                 self._reject(scheduler, ts, error)
                 continue
-            if not ts.resource_restrictions or RESOURCE not in ts.resource_restrictions:
-                ts.resource_restrictions = {**(ts.resource_restrictions or {}), RESOURCE: 1}
+            compat.require_resource(ts, RESOURCE, 1)
             consts = tuple((split_key(spec.store_key, request.tenant), spec.size) for spec in request.consts)
             task = Task(key, request.tenant or client, request.shape_token, consts, submitted=now,
                         deadline=request.deadline, ready=not ts.dependencies)
@@ -180,11 +237,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,
                                                               request.deadline))
             elif decision.action == "run":
-                ts.worker_restrictions = {decision.worker}  # Dask evaluates this one worker
-                ts.loose_restrictions = False
+                compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
             else:
-                ts.worker_restrictions = {HELD}  # parked in no-worker until dispatch releases it
-                ts.loose_restrictions = False
+                compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
         self._schedule_dispatch()
 
     def _refusal(self, scheduler, client: str, request: Request) -> Exception | None:
@@ -210,8 +265,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def _reject(self, scheduler, ts, error: Exception) -> None:
         """Fail a task at once, before any worker sees it: restricted to a worker that does not
         exist, it waits in no-worker until the callback fails it, right after this graph update."""
-        ts.worker_restrictions = {REJECTED}
-        ts.loose_restrictions = False
+        compat.restrict_to(ts, {REJECTED})
         scheduler.loop.add_callback(self._fail, ts.key, error)
 
     def _fail(self, key, error: Exception) -> None:
@@ -230,8 +284,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self._dispatch_pending = False
         scheduler = self.scheduler
         for address in list(self._paused):  # workers that could not take work: back?
-            ws = scheduler.workers.get(address)
-            if ws is None or ws.status.name == "running":
+            if compat.worker_is_running(scheduler, address) is not False:
                 self._paused.discard(address)
                 self.core.set_running(address, True)
         stimulus_id = f"kaas-dispatch-{time.time()}"
@@ -243,10 +296,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             if ts.state != "no-worker":  # not runnable here and now: it waits for the next event
                 self.core.unplaced(key, ready=False)
                 continue
-            ts.worker_restrictions = {worker}
-            scheduler.transitions({key: "processing"}, stimulus_id)
-            if ts.state == "no-worker":  # the worker is paused, gone or closing: back to the head of its queue
-                ts.worker_restrictions = {HELD}
+            compat.restrict_to(ts, {worker})
+            if compat.start_processing(scheduler, key, stimulus_id) == "no-worker":
+                # the worker is paused, gone or closing: back to the head of its queue
+                compat.restrict_to(ts, {HELD})
                 self.core.unplaced(key)
                 self.core.set_running(worker, False)
                 self._paused.add(worker)
@@ -259,24 +312,23 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             return
         if finish == "processing":
             ts = self.scheduler.tasks[key]
-            if ts.processing_on is not None:
-                core.placed(key, ts.processing_on.address)
+            worker = compat.processing_on(ts)
+            if worker is not None:
+                core.placed(key, worker)
             if task.pinned is None:
-                ts.worker_restrictions = None  # the choice is made; stealing may still move it
+                compat.lift_restrictions(ts)  # the choice is made; stealing may still move it
         elif start == "processing":
             if finish == "memory":
                 report = compat.finished_metadata(kwargs)
                 if report is not None:
                     core.report(kwargs.get("worker"), report)
-                compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
-                core.finished(key, True, duration=compute[-1]["stop"] - compute[-1]["start"] if compute else None)
+                core.finished(key, True, duration=compat.compute_seconds(kwargs))
             elif finish == "erred":
                 core.finished(key, False)
             else:  # released (its worker is gone, say): Dask runs it again, through the fair queue
                 ts = self.scheduler.tasks.get(key)
                 if ts is not None and finish in ("released", "waiting"):
-                    ts.worker_restrictions = {HELD}
-                    ts.loose_restrictions = False
+                    compat.restrict_to(ts, {HELD})
                     core.unplaced(key, ready=False)
                 else:
                     core.forget(key)
@@ -294,4 +346,5 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     # -- state ---------------------------------------------------------------------------------
     def snapshot(self) -> dict:
+        """The scheduling core's state (what :func:`dask_kaas.cluster_state` returns)."""
         return self.core.snapshot()

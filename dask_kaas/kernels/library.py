@@ -1,13 +1,10 @@
-"""Kernel libraries: CUDA source or prebuilt binaries, their kernel signatures, launch
-constraints, NumPy host twins, compiled-binary cache, and the name registry.
-
-Kernel parameters are passed *literals (scalars) first, then buffers (pointers)*; a
-:class:`KernelSignature` exposes both groups and whether the declared order already matches.
+"""Kernel libraries: CUDA source or prebuilt binaries, their kernels, launch constraints, NumPy host
+twins, the compiled-binary cache, and the registry of names (``dask_kaas.kernels`` registers the
+built-in library there).
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import importlib
 import json
@@ -16,277 +13,29 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import config
+from .. import config
+from ..errors import KernelError, RequestError
+from ..files import write_atomic
+from ..names import show
+from . import library_input as checks
 from . import nvrtc
-from .errors import KernelError, RequestError
-from .names import show, text_problem
-
-# --------------------------------------------------------------------------------------------
-# Parameters and signatures
-# --------------------------------------------------------------------------------------------
-
-_DTYPES = {
-    "float": "float32", "double": "float64",
-    "int": "int32", "signed": "int32", "signed int": "int32", "int32_t": "int32",
-    "unsigned": "uint32", "unsigned int": "uint32", "uint32_t": "uint32",
-    "long": "int64", "long int": "int64", "long long": "int64", "long long int": "int64",
-    "signed long long": "int64", "int64_t": "int64", "ptrdiff_t": "int64",
-    "unsigned long": "uint64", "unsigned long int": "uint64", "unsigned long long": "uint64",
-    "unsigned long long int": "uint64", "uint64_t": "uint64", "size_t": "uint64",
-    "char": "int8", "signed char": "int8", "int8_t": "int8",
-    "unsigned char": "uint8", "uint8_t": "uint8", "void": "uint8",
-    "short": "int16", "short int": "int16", "int16_t": "int16",
-    "unsigned short": "uint16", "unsigned short int": "uint16", "uint16_t": "uint16",
-    "half": "float16", "__half": "float16",
-    "bool": "bool",
-}
-_CODES = {"int32": "i", "uint32": "I", "int64": "q", "uint64": "Q", "float32": "f", "float64": "d"}
-_QUALIFIERS = {"const", "volatile", "__restrict__", "__restrict", "restrict", "struct"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One kernel parameter. ``const`` qualifies the value (scalars) or the pointee (pointers)."""
-
-    name: str
-    ctype: str
-    pointer: bool = False
-    const: bool = False
-
-    @property
-    def dtype(self) -> np.dtype | None:
-        """NumPy dtype of the value or pointee (``void*`` -> uint8); None for unknown types."""
-        name = _DTYPES.get(self.ctype)
-        return np.dtype(name) if name else None
-
-    @property
-    def code(self) -> str | None:
-        """``struct`` code of a scalar (one of ``i I q Q f d``); None for pointers/unsupported."""
-        if self.pointer:
-            return None
-        dtype = self.dtype
-        return _CODES.get(dtype.name) if dtype is not None else None
-
-
-@dataclass(frozen=True)
-class KernelSignature:
-    """A kernel's name and its parameters in declared order."""
-
-    name: str
-    params: tuple[Param, ...]
-
-    @property
-    def literals(self) -> tuple[Param, ...]:
-        """Non-pointer parameters, in declared order."""
-        return tuple(p for p in self.params if not p.pointer)
-
-    @property
-    def buffers(self) -> tuple[Param, ...]:
-        """Pointer parameters, in declared order."""
-        return tuple(p for p in self.params if p.pointer)
-
-    @property
-    def literal_codes(self) -> tuple[str | None, ...]:
-        return tuple(p.code for p in self.literals)
-
-    @property
-    def scalars_first(self) -> bool:
-        """True if every scalar is declared before every pointer (the launch order)."""
-        seen_pointer = False
-        for p in self.params:
-            if p.pointer:
-                seen_pointer = True
-            elif seen_pointer:
-                return False
-        return True
-
-
-def _strip_comments(source: str) -> str:
-    """Blank out comments, string literals other than "C", and preprocessor lines."""
-    pattern = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'',
-                         re.S)
-
-    def repl(m: re.Match) -> str:
-        text = m.group(0)
-        if text == '"C"':
-            return text
-        return re.sub(r"[^\n]", " ", text)  # keep offsets and line breaks
-
-    out = pattern.sub(repl, source)
-    # Preprocessor directives, including backslash-continued lines.
-    return re.sub(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", lambda m: re.sub(r"[^\n]", " ", m.group(0)),
-                  out, flags=re.M)
-
-
-def _parse_param(text: str, index: int) -> Param | None:
-    text = text.strip()
-    if not text or text == "void":
-        return None
-    text = re.sub(r"=.*$", "", text, flags=re.S)  # default arguments
-    array = bool(re.search(r"\[\s*\w*\s*\]\s*$", text))
-    text = re.sub(r"\[\s*\w*\s*\]\s*$", "", text)
-    tokens = re.findall(r"[A-Za-z_][\w:]*|\*|&", text)
-    pointer = array or "*" in tokens
-    first_star = tokens.index("*") if "*" in tokens else len(tokens)
-    const = "const" in tokens[:first_star]
-    words = [t for t in tokens if t not in _QUALIFIERS and t not in ("*", "&")]
-    if len(words) >= 2 and " ".join(words) not in _DTYPES:
-        name, type_words = words[-1], words[:-1]
-    else:
-        name, type_words = f"arg{index}", words
-    ctype = " ".join(type_words)
-    if not ctype:
-        raise KernelError(f"cannot read the kernel parameter {text!r}")
-    return Param(name=name, ctype=ctype, pointer=pointer, const=const)
-
-
-def parse_params(text: str) -> tuple[Param, ...]:
-    """Parameters from a C parameter list such as ``"int n, const float* __restrict__ a"``."""
-    params = []
-    for i, part in enumerate(text.split(",")):
-        p = _parse_param(part, i)
-        if p is not None:
-            params.append(p)
-    return tuple(params)
-
-
-_ATTRIBUTE = re.compile(r"\s*(__launch_bounds__|__maxnreg__|__cluster_dims__|__attribute__)\s*\(")
-_WORD = re.compile(r"\s*([A-Za-z_]\w*)")
-
-
-def _skip_parens(text: str, i: int) -> int:
-    """Index just past the parenthesised group opening at ``text[i] == '('``."""
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "(":
-            depth += 1
-        elif text[j] == ")":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return len(text)
-
-
-def _extern_c_blocks(text: str) -> list[tuple[int, int]]:
-    blocks = []
-    for m in re.finditer(r'\bextern\s+"C"\s*\{', text):
-        depth, start = 0, m.end() - 1
-        end = len(text)
-        for j in range(start, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    end = j
-                    break
-        blocks.append((start, end))
-    return blocks
-
-
-def parse_signatures(source: str) -> dict[str, KernelSignature]:
-    """Signatures of every ``extern "C" __global__ void`` kernel in ``source``.
-
-    Finds kernels declared ``extern "C"`` directly or inside an ``extern "C" { ... }`` block,
-    across newlines and comments, with ``__launch_bounds__(...)`` before or after ``void`` and
-    ``const``/``__restrict__`` qualifiers. Templates and C++-linkage kernels are ignored (they
-    have mangled names). Later declarations of a name replace earlier ones.
-    """
-    text = _strip_comments(source)
-    blocks = _extern_c_blocks(text)
-    found: dict[str, KernelSignature] = {}
-    for m in re.finditer(r"\b__global__\b", text):
-        before = text[:m.start()]
-        stmt_start = max(before.rfind(";"), before.rfind("}"), before.rfind("{")) + 1
-        prefix = before[stmt_start:]
-        in_block = any(s < m.start() < e for s, e in blocks)
-        if "template" in prefix or not (in_block or re.search(r'\bextern\s+"C"', prefix)):
-            continue
-        i, words = m.end(), []
-        while True:
-            attr = _ATTRIBUTE.match(text, i)
-            if attr:
-                i = _skip_parens(text, attr.end() - 1)
-                continue
-            word = _WORD.match(text, i)
-            if not word:
-                break
-            words.append(word.group(1))
-            i = word.end()
-        paren = re.compile(r"\s*\(").match(text, i)
-        if not paren or len(words) < 2 or words[-2] != "void":
-            continue
-        end = _skip_parens(text, paren.end() - 1)
-        name = words[-1]
-        found[name] = KernelSignature(name, parse_params(text[paren.end():end - 1]))
-    return found
-
-
-# --------------------------------------------------------------------------------------------
-# Launch configuration
-# --------------------------------------------------------------------------------------------
-
-
-def _dim3(value: Any, what: str) -> tuple[int, int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value,)
-    try:
-        dims = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{what} must be an int or up to three ints, got {value!r}") from None
-    if not 1 <= len(dims) <= 3 or any(d < 1 for d in dims):
-        raise RequestError(f"{what} must be one to three positive ints, got {value!r}")
-    return dims + (1,) * (3 - len(dims))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Grid and block shapes (always 3-tuples) and dynamic shared memory bytes of a launch."""
-
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-    shared: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "grid", _dim3(self.grid, "grid"))
-        object.__setattr__(self, "block", _dim3(self.block, "block"))
-        object.__setattr__(self, "shared", int(self.shared))
-
-
-# --------------------------------------------------------------------------------------------
-# Libraries
-# --------------------------------------------------------------------------------------------
+from .launch import MAX_THREADS_PER_BLOCK, LaunchConfig, dims
+from .signatures import KernelSignature, Param, parse_params, parse_signatures
 
 _KINDS = {".cu": "source", ".cubin": "cubin", ".ptx": "ptx", ".fatbin": "fatbin"}
 KINDS = tuple(_KINDS)  # file extensions a library may be loaded from
-_MAX_THREADS = 1024
 
 
 def cache_directory() -> str:
     """The compiled-kernel cache directory (``kaas.kernel-cache.directory``), created."""
-    path = config.get("kernel-cache.directory") or "~/.cache/dask-kaas/kernels"
+    path = config.get("kernel-cache.directory")
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Library:
@@ -305,13 +54,84 @@ class Library:
     kernel runs or is checked (also the constraints, signatures and host twins), and two
     libraries are equal iff their hashes are. Pickling carries the source text (or the prebuilt
     binary's bytes), never compiled output.
+
+    Sources are compiled with NVRTC for a device's architecture when a CUDA device first loads
+    them (:meth:`binary`), and the result is cached on disk under ``kaas.kernel-cache.directory``
+    by content hash, arch and NVRTC version; on the host device the kernels run by their twins,
+    and nothing is compiled.
+
+    Parameters
+    ----------
+    name : str
+        The library's name: what requests and :func:`register_library` call it.
+    source : str, optional
+        CUDA C++ text; kernels declared ``extern "C" __global__``, every scalar parameter before
+        every pointer (KaaS passes literals first, then buffers). Their signatures are parsed from
+        the text.
+    path : str or os.PathLike, optional
+        A ``.cu``, ``.cubin``, ``.ptx`` or ``.fatbin`` file, read now (made absolute).
+    twins : mapping of str to callable, optional
+        NumPy host twins by kernel name, called as ``twin(launch, *literals, *typed_buffers)``
+        with a :class:`~dask_kaas.kernels.LaunchConfig`, the literals cast to their parameter
+        types, and each buffer as a 1-D view of its parameter's dtype, written in place.
+    constraints : mapping of str to mapping, optional
+        Launch rules by kernel name: ``{"block": (x, y, z)}`` (block must equal it) and/or
+        ``{"max_block": n}`` (at most n threads per block).
+    options : sequence of str, default ()
+        Extra NVRTC options (part of :attr:`content_hash`).
+    signatures : mapping of str to str, optional
+        C parameter lists by kernel name (``"int n, const float* a"``): how prebuilt binaries
+        declare their kernels; for sources they override the parsed ones.
+
+    Raises
+    ------
+    KernelError
+        When both or neither of ``source`` and ``path`` are given, ``path`` has another
+        extension or cannot be read, or a constraint is not ``block`` or ``max_block``.
+
+    See Also
+    --------
+    register_library : make a library's name usable in requests and request dicts.
+    resolve_library : the library a name, path or object stands for.
+
+    Examples
+    --------
+    A library from CUDA source with a NumPy host twin, so it also runs on the host device:
+
+    >>> import numpy as np
+    >>> from dask_kaas import BufferSpec, KernelSpec, Library, Literal, Request, run_request
+    >>> source = '''
+    ... extern "C" __global__ void scale(int n, float alpha, float* x) {
+    ...     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    ...         x[i] *= alpha;
+    ... }
+    ... '''
+    >>> def scale(launch, n, alpha, x):
+    ...     x[:n] *= alpha
+    >>> lib = Library.from_source("doc_scale", source, twins={"scale": scale})
+    >>> lib
+    <Library 'doc_scale' source ...>
+    >>> [(p.ctype, p.pointer) for p in lib.signature("scale").params]
+    [('int', False), ('float', False), ('float', True)]
+    >>> x = BufferSpec("x", 16, dtype="float32", ephemeral=True)
+    >>> req = Request(KernelSpec(lib, "scale", 1, 32, literals=[Literal("i", 4), Literal("f", 3.0)],
+    ...                          arguments=[(x, "io")]))
+    >>> run_request(req, {"x": np.arange(4, dtype=np.float32)})
+    {'x': array([0., 3., 6., 9.], dtype=float32)}
+
+    Requests are checked against the parsed signature:
+
+    >>> KernelSpec(lib, "scale", 1, 32, literals=[Literal("i", 4)], arguments=[(x, "io")])
+    Traceback (most recent call last):
+    ...
+    dask_kaas.errors.RequestError: kernel 'scale' of library 'doc_scale': literals have types i, the kernel takes if
     """
 
-    def __init__(self, name: str, *, source: str | None = None, path: str | None = None,
+    def __init__(self, name: str, *, source: str | None = None, path: str | os.PathLike | None = None,
                  twins: Mapping[str, Callable] | None = None,
                  constraints: Mapping[str, Mapping[str, Any]] | None = None,
                  options: Sequence[str] = (),
-                 signatures: Mapping[str, str] | None = None):
+                 signatures: Mapping[str, str] | None = None) -> None:
         if (source is None) == (path is None):
             raise KernelError(f"library {name!r}: give exactly one of source= or path=")
         self.name = str(name)
@@ -362,11 +182,14 @@ class Library:
     @classmethod
     def from_source(cls, name: str, source: str, twins: Mapping[str, Callable] | None = None,
                     **kwargs) -> Library:
-        """A library compiled from CUDA C++ ``source``."""
+        """A library compiled from CUDA C++ ``source``: ``Library(name, source=source, twins=twins, **kwargs)``.
+
+        ``kwargs`` are ``constraints``, ``options`` and ``signatures`` (see :class:`Library`).
+        """
         return cls(name, source=source, twins=twins, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str, twins: Mapping[str, Callable] | None = None, *,
+    def from_file(cls, path: str | os.PathLike, twins: Mapping[str, Callable] | None = None, *,
                   name: str | None = None, **kwargs) -> Library:
         """A library from a ``.cu``, ``.cubin``, ``.ptx`` or ``.fatbin`` file; ``name``
         defaults to the file's stem."""
@@ -444,32 +267,23 @@ class Library:
         unknown = [k for k in d if k not in cls.DICT_FIELDS]
         if unknown:
             raise RequestError(f"library: unknown field(s) {show(unknown)}; known: {', '.join(cls.DICT_FIELDS)}")
-        name = d.get("name")
-        problem = text_problem(name, "library name")
-        if problem is None and not _LIBRARY_NAME.match(name):
-            problem = f"library name must be letters, digits, '_', '.' or '-', got {show(name)}"
-        if problem:
-            raise RequestError(problem)
-        registered = registered_libraries().get(name)
+        name = checks.library_name(d.get("name"))
+        registered = _registry.get(name)
         if registered is not None and isinstance(d.get("hash"), str) and registered.hash == d["hash"]:
             return registered
         where = f"library {name!r}"
         kind = d.get("kind", "source")
         if kind not in _KINDS.values():
             raise RequestError(f"{where}: unknown kind {show(kind)}; expected one of {', '.join(_KINDS.values())}")
-        common = dict(twins=_allowed_twins(d.get("twins"), where), constraints=_constraints(d.get("constraints"), where),
-                      options=_allowed_options(d.get("options", ()), where),
-                      signatures=_signatures(d.get("signatures"), where))
+        common = dict(twins=checks.allowed_twins(d.get("twins"), where),
+                      constraints=checks.constraints(d.get("constraints"), where),
+                      options=checks.allowed_options(d.get("options", ()), where),
+                      signatures=checks.signatures(d.get("signatures"), where))
         try:
             if kind == "source":
-                source = d.get("source")
-                if not isinstance(source, str) or len(source) > MAX_SOURCE:
-                    raise RequestError(f"{where}: source must be CUDA C++ text of at most {MAX_SOURCE} "
-                                       f"characters, got {show(source)}")
-                _check_includes(source, where)
-                lib = cls(name, source=source, **common)
+                lib = cls(name, source=checks.source_text(d.get("source"), where), **common)
             else:
-                lib = cls._from_bytes(name, kind, _decode_binary(d.get("data"), where), None, **common)
+                lib = cls._from_bytes(name, kind, checks.decode_binary(d.get("data"), where), None, **common)
         except KernelError as e:
             raise RequestError(f"{where}: {e}") from None
         if "hash" in d and d["hash"] != lib.hash:
@@ -530,17 +344,17 @@ class Library:
         constraints. The message names library, kernel and rule."""
         where = f"library {self.name!r} kernel {kernel!r}"
         try:
-            _dim3(grid, "grid")
-            block3 = _dim3(block, "block")
+            dims(grid, "grid")
+            block3 = dims(block, "block")
         except RequestError as e:
             raise RequestError(f"{where}: {e}") from None
         threads = block3[0] * block3[1] * block3[2]
-        if threads > _MAX_THREADS:
+        if threads > MAX_THREADS_PER_BLOCK:
             raise RequestError(f"{where}: block {block3} has {threads} threads, CUDA allows at "
-                               f"most {_MAX_THREADS} per block")
+                               f"most {MAX_THREADS_PER_BLOCK} per block")
         rules = self.constraints.get(kernel, {})
         if "block" in rules:
-            want = _dim3(rules["block"], "block constraint")
+            want = dims(rules["block"], "block constraint")
             if block3 != want:
                 raise RequestError(f"{where}: needs block == {want}, got block {block3}")
         if "max_block" in rules and threads > int(rules["max_block"]):
@@ -591,7 +405,7 @@ class Library:
             pass
         data = nvrtc.compile(self.source, name=self.name, arch=arch, options=self.options)
         try:
-            _write_atomic(path, data)
+            write_atomic(path, data)
         except OSError:
             pass  # a read-only cache only costs recompiles
         return data
@@ -604,13 +418,13 @@ class Library:
             if not os.path.exists(path):
                 data, _ = self.binary(arch)
                 if not os.path.exists(path):
-                    _write_atomic(path, data)
+                    write_atomic(path, data)
             return path
         if self.path and _file_holds(self.path, self._data):
             return self.path
         path = os.path.join(cache_directory(), f"{self.content_hash}.{self.kind}")
         if not os.path.exists(path):
-            _write_atomic(path, self._data)  # type: ignore[arg-type]
+            write_atomic(path, self._data)  # type: ignore[arg-type]
         return path
 
     # -- host twins --------------------------------------------------------------------------
@@ -660,104 +474,6 @@ class Library:
 
         return call
 
-
-MAX_SOURCE = 4 * 2**20
-MAX_BINARY = 64 * 2**20
-_LIBRARY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# NVRTC options a tenant may pass: code generation only, nothing that names a file or directory.
-_SAFE_OPTIONS = re.compile(
-    r"^(-D[A-Za-z_]\w*(=[\w.+-]*)?|--define-macro=[A-Za-z_]\w*(=[\w.+-]*)?|-U[A-Za-z_]\w*|"
-    r"--use_fast_math|-use_fast_math|-lineinfo|--generate-line-info|-G|--device-debug|"
-    r"--(fmad|ftz|prec-div|prec-sqrt|extra-device-vectorization|restrict)(=(true|false))?|"
-    r"-(fmad|ftz|prec-div|prec-sqrt)=(true|false)|--std=c\+\+(11|14|17|20)|-std=c\+\+(11|14|17|20)|"
-    r"--maxrregcount=\d{1,3}|-maxrregcount=\d{1,3}|-default-device|--default-device)$")
-_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*(.*)$", re.M)
-_NVRTC_HEADER = re.compile(r"^<[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(\.h|\.hpp|\.cuh)?>\s*(//.*)?$")
-
-
-def _allowed_twins(value, where: str) -> dict[str, Callable]:
-    """Host twins named by ``"module:function"`` in a library dict, from allowed modules only."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or len(value) > 1024:
-        raise RequestError(f"{where}: twins must map kernel names to 'module:function', got {show(value)}")
-    allowed = set(config.get("twins.allowed-modules") or ())
-    twins = {}
-    for kernel, spec in value.items():
-        problem = text_problem(kernel, "twin kernel name") or text_problem(spec, f"twin of {show(kernel)}")
-        if problem:
-            raise RequestError(f"{where}: {problem}")
-        module, sep, qualname = spec.partition(":")
-        if not sep or module not in allowed or not qualname.isidentifier() or qualname.startswith("_"):
-            raise RequestError(
-                f"{where}: host twin {show(spec)} of kernel {kernel!r} is not allowed: a request cannot name "
-                f"Python code. Register the library on the workers (dask_kaas.register_library), or list its "
-                f"module in kaas.twins.allowed-modules (now: {', '.join(sorted(allowed)) or 'none'})")
-        fn = getattr(importlib.import_module(module), qualname, None)
-        if not callable(fn) or getattr(fn, "__module__", None) != module:
-            raise RequestError(f"{where}: {show(spec)} is not a function defined in module {module!r}")
-        twins[kernel] = fn
-    return twins
-
-
-def _constraints(value, where: str):
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(r, Mapping) and all(isinstance(n, str) for n in r)
-            for k, r in value.items()):
-        raise RequestError(f"{where}: constraints must map kernel names to {{'block': [x, y, z]}} or "
-                           f"{{'max_block': n}}, got {show(value)}")
-    for kernel, rules in value.items():
-        block, most = rules.get("block"), rules.get("max_block")
-        if block is not None:
-            try:
-                _dim3(block, "block constraint")
-            except RequestError as e:
-                raise RequestError(f"{where} kernel {show(kernel)}: {e}") from None
-        if most is not None and (not isinstance(most, int) or isinstance(most, bool) or most < 1):
-            raise RequestError(f"{where} kernel {show(kernel)}: max_block must be a positive int, got {show(most)}")
-    return value
-
-
-def _allowed_options(value, where: str) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or len(value) > 32:
-        raise RequestError(f"{where}: options must be a list of at most 32 NVRTC options, got {show(value)}")
-    for option in value:
-        if not isinstance(option, str) or not _SAFE_OPTIONS.match(option):
-            raise RequestError(f"{where}: NVRTC option {show(option)} is not allowed in a request (only options "
-                               "that change code generation, such as -DNAME=1, --use_fast_math, -lineinfo, "
-                               "--std=c++17, --maxrregcount=N)")
-    return tuple(value)
-
-
-def _signatures(value, where: str):
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or len(value) > 1024 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(v) <= 4096 for k, v in value.items()):
-        raise RequestError(f"{where}: signatures must map kernel names to C parameter lists, got {show(value)}")
-    return value
-
-
-def _check_includes(source: str, where: str) -> None:
-    """A tenant's source may include NVRTC's own headers (``<cuda_fp16.h>``), never a file by path."""
-    for m in _INCLUDE.finditer(source):
-        if not _NVRTC_HEADER.match(m.group(1).strip()):
-            raise RequestError(f"{where}: #include {show(m.group(1).strip())} is not allowed in a request's source "
-                               "(only NVRTC's built-in headers, as <name.h>)")
-
-
-def _decode_binary(value, where: str) -> bytes:
-    if not isinstance(value, str) or len(value) > MAX_BINARY * 4 // 3 + 4:
-        raise RequestError(f"{where}: data must be base64 text of at most {MAX_BINARY} bytes, got {show(value)}")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"{where}: data is not valid base64") from None
-    if not data:
-        raise RequestError(f"{where}: data is empty")
-    return data
 
 
 def _twin_identity(fn: Callable) -> str:
@@ -828,9 +544,7 @@ def _cast_literal(param: Param, value: Any) -> Any:
     return dtype.type(value)
 
 
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
+# -- the registry ----------------------------------------------------------------------
 
 _registry: dict[str, Library] = {}
 _by_path: dict[tuple[str, int, int], Library] = {}
@@ -838,7 +552,42 @@ _registry_lock = threading.Lock()
 
 
 def register_library(lib: Library) -> Library:
-    """Make ``lib`` resolvable by its name (replacing any library of that name); returns it."""
+    """Make ``lib`` resolvable by its name (replacing any library of that name); returns it.
+
+    A registered library can be named by a string in a :class:`~dask_kaas.KernelSpec` and in
+    request dicts and JSON (which can carry no Python code, so this is how host twins reach
+    them), and its loaded modules are shared by every tenant on a worker (a library a request
+    brings is loaded for its tenant alone). The registry is per process: a request that names a
+    library by string needs it registered where the request is built and on the workers that run
+    it (in a worker plugin or a module they import); a request holding the :class:`Library`
+    object carries it along. ``dask_kaas.kernels`` registers ``builtin``.
+
+    Parameters
+    ----------
+    lib : Library
+        The library to register under ``lib.name``.
+
+    Returns
+    -------
+    Library
+        ``lib`` itself.
+
+    Raises
+    ------
+    TypeError
+        When ``lib`` is not a :class:`Library`.
+
+    See Also
+    --------
+    resolve_library
+
+    Examples
+    --------
+    >>> from dask_kaas import Library, register_library, resolve_library
+    >>> lib = register_library(Library.from_source("doc_noop", 'extern "C" __global__ void noop(int n) {}'))
+    >>> resolve_library("doc_noop") is lib
+    True
+    """
     if not isinstance(lib, Library):
         raise TypeError(f"register_library expects a Library, got {type(lib).__name__}")
     with _registry_lock:
@@ -848,21 +597,11 @@ def register_library(lib: Library) -> Library:
 
 def registered_libraries() -> dict[str, Library]:
     """Registered libraries by name (``"builtin"`` included)."""
-    _ensure_builtin()
     return dict(_registry)
-
-
-def _ensure_builtin() -> None:
-    if "builtin" not in _registry:
-        from .kernels import builtin as lib
-
-        with _registry_lock:
-            _registry.setdefault("builtin", lib)
 
 
 def is_registered(lib: Library) -> bool:
     """Whether ``lib`` is the library registered under its name (shared by every tenant)."""
-    _ensure_builtin()
     registered = _registry.get(lib.name)
     return registered is lib or (registered is not None and registered.hash == lib.hash)
 
@@ -870,13 +609,49 @@ def is_registered(lib: Library) -> bool:
 def resolve_library(spec: Library | str | os.PathLike) -> Library:
     """The library for ``spec``: a :class:`Library` (as is), a registered name, or a path
     ending in ``.cu``/``.cubin``/``.ptx``/``.fatbin`` (loaded once per path and mtime).
-    Raises :class:`RequestError` for unknown names and missing paths."""
+
+    A registered name wins over a file of the same name. Paths are not limited to
+    ``kaas.library-paths`` here: that rule applies to request dicts, which check it before
+    they get here.
+
+    Parameters
+    ----------
+    spec : Library, str or os.PathLike
+        The library, its registered name, or a path (``~`` expanded).
+
+    Returns
+    -------
+    Library
+
+    Raises
+    ------
+    RequestError
+        For an unknown name (the message lists the registered ones), a path that does not
+        exist, or a ``spec`` of another type.
+    KernelError
+        When a file named by path cannot be read.
+
+    See Also
+    --------
+    register_library
+
+    Examples
+    --------
+    >>> from dask_kaas import builtin, resolve_library
+    >>> resolve_library("builtin") is builtin
+    True
+    >>> sorted(resolve_library(builtin).kernels)[:3]
+    ['axpy', 'bias_relu', 'fill']
+    >>> resolve_library("no_such_library")
+    Traceback (most recent call last):
+    ...
+    dask_kaas.errors.RequestError: unknown kernel library 'no_such_library': registered libraries are ...
+    """
     if isinstance(spec, Library):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
         raise RequestError(f"a kernel library is a Library, a registered name or a path, "
                            f"got {spec!r}")
-    _ensure_builtin()
     key = os.fspath(spec)
     lib = _registry.get(key)
     if lib is not None:
@@ -898,10 +673,3 @@ def resolve_library(spec: Library | str | os.PathLike) -> Library:
     names = ", ".join(repr(n) for n in sorted(_registry))
     raise RequestError(f"unknown kernel library {spec!r}: registered libraries are {names}; "
                        f"or give a path to a .cu, .cubin, .ptx or .fatbin file")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "builtin":  # built on first use; dask_kaas.kernels imports this module
-        _ensure_builtin()
-        return _registry["builtin"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
