@@ -349,5 +349,15 @@ def store_profiles():
     click.echo(f"searched: {', '.join(profile_dirs())}")
 
 
+def _add_operator_commands() -> None:
+    from .deploy.commands import scheduler, worker
+
+    main.add_command(scheduler)
+    main.add_command(worker)
+
+
+_add_operator_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

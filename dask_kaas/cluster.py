@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from distributed import LocalCluster
@@ -9,6 +10,8 @@ from distributed import LocalCluster
 from .errors import ConfigError
 from .device import resolve_kind
 from .device.cuda import gpu_count
+from .deploy.gpus import visible_devices, worker_slots
+from .deploy.main_guard import check_main_guard
 from .plugins.scheduler import KaasSchedulerPlugin
 from .plugins.worker import KaasWorkerPlugin
 from .store import open_store
@@ -103,14 +106,17 @@ class LocalKaasCluster(LocalCluster):
     def __init__(self, n_workers: int | None = None, device: str | None = None,
                  device_memory: int | str | None = None, store: BufferStore | str | None = None, *,
                  policy: str | None = None, **kwargs: Any) -> None:
+        check_main_guard()
         kind = resolve_kind(device)
-        gpus = gpu_count() if kind == "cuda" else 0
-        if kind == "cuda" and gpus == 0:
-            raise ConfigError("device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version?)")
+        devices = visible_devices(count=gpu_count()) if kind == "cuda" else []
+        if kind == "cuda" and not devices:
+            raise ConfigError("device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version, "
+                              "and does CUDA_VISIBLE_DEVICES show one?)")
         if n_workers is None:
-            n_workers = gpus if kind == "cuda" else DEFAULT_HOST_WORKERS
-        if not isinstance(n_workers, int) or n_workers < 1:
+            n_workers = len(devices) if kind == "cuda" else DEFAULT_HOST_WORKERS
+        if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
             raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
+        self._slots = worker_slots(devices, n_workers)
         self.kaas_device = kind
         self.kaas_store = open_store(store)
         if self.kaas_store.url.startswith("memory://"):
@@ -118,7 +124,6 @@ class LocalKaasCluster(LocalCluster):
                 f"store {self.kaas_store.url} lives in one process's memory, which LocalKaasCluster's worker "
                 "processes cannot see; use a file:// or s3:// store (or a profile such as 'local')"
             )
-        self._gpus = gpus
         for fixed in ("threads_per_worker", "processes"):
             if fixed in kwargs and kwargs[fixed] != {"threads_per_worker": 1, "processes": True}[fixed]:
                 raise ConfigError(f"LocalKaasCluster runs one-thread worker processes; {fixed} cannot be changed")
@@ -126,9 +131,8 @@ class LocalKaasCluster(LocalCluster):
         resources = {**kwargs.pop("resources", {}), "GPU": 1}
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
         scheduler_kwargs["plugins"] = [*scheduler_kwargs.get("plugins", ()), KaasSchedulerPlugin(policy=policy)]
-        share = -(-n_workers // gpus) if gpus else None  # more workers than GPUs: they split each GPU's pool
-        self._plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy,
-                                        workers_per_device=share)
+        self._plugin_options = dict(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy)
+        self._plugin = KaasWorkerPlugin(**self._plugin_options)  # checks the options here, before any process
         kwargs.setdefault("dashboard_address", ":8787")
         super().__init__(
             n_workers=0,
@@ -145,24 +149,31 @@ class LocalKaasCluster(LocalCluster):
             self.wait_for_workers(n_workers, timeout=120)
 
     def new_worker_spec(self):
+        """Each new worker's place on this machine's GPUs (:func:`~dask_kaas.deploy.worker_slots`): its
+        ``CUDA_VISIBLE_DEVICES``, the parent's rotated to its GPU, and a plugin that knows how many
+        workers share that GPU (they split a percentage pool)."""
         specs = super().new_worker_spec()
-        if self._gpus:
-            for name, spec in specs.items():
-                spec = copy.deepcopy(spec)
-                index = self._i_gpu()
-                devices = [str((index + i) % self._gpus) for i in range(self._gpus)]
-                spec["options"]["env"] = {**spec["options"].get("env", {}),
-                                          "CUDA_VISIBLE_DEVICES": ",".join(devices)}
-                specs[name] = spec
+        used = Counter(s["options"].get("env", {}).get("CUDA_VISIBLE_DEVICES") for s in self.worker_spec.values())
+        for name, spec in specs.items():
+            slot = self._next_slot(used)
+            used[slot.visible] += 1
+            spec = copy.deepcopy(spec)
+            if slot.visible is not None:
+                spec["options"]["env"] = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": slot.visible}
+            plugin = KaasWorkerPlugin(**self._plugin_options, device_index=None if slot.visible is None else 0,
+                                      workers_per_device=slot.share)
+            spec["options"]["plugins"] = {plugin}
+            specs[name] = spec
         return specs
 
-    def _i_gpu(self) -> int:
-        used = {s["options"].get("env", {}).get("CUDA_VISIBLE_DEVICES", "").split(",")[0]
-                for s in self.worker_spec.values()}
-        for i in range(self._gpus):
-            if str(i) not in used:
-                return i
-        return len(self.worker_spec) % self._gpus
+    def _next_slot(self, used: Counter):
+        """The first slot (in :func:`worker_slots` order) no current worker fills."""
+        seen: Counter = Counter()
+        for slot in self._slots:
+            seen[slot.visible] += 1
+            if seen[slot.visible] > used[slot.visible]:
+                return slot
+        return self._slots[sum(used.values()) % len(self._slots)]  # scaled past n_workers
 
     @property
     def store(self) -> BufferStore:

@@ -186,3 +186,12 @@ def metrics_scheduler() -> Any:
         return collectors[0].server if collectors else None
     except Exception:  # noqa: BLE001 - moved: the caller falls back to the latest plugin
         return None
+
+
+# -- command line ------------------------------------------------------------------------------
+def scheduler_command():
+    """``dask scheduler``'s click command (its options and the function that runs it), which
+    ``dask kaas scheduler`` reuses with the KaaS preload added."""
+    from distributed.cli import dask_scheduler
+
+    return dask_scheduler.main

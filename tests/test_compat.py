@@ -159,3 +159,14 @@ def test_installed_within_the_bounds_the_pyproject_allows(name, module):
     bounds = _bounds(name)
     assert any(s.operator in ("<", "<=") for s in bounds), f"{name} has no upper bound in pyproject.toml"
     assert Version(module.__version__) in bounds, (module.__version__, str(bounds))
+
+
+def test_scheduler_command():
+    # scheduler_command: dask kaas scheduler reuses dask scheduler's options and callback, adding a preload
+    command = compat.scheduler_command()
+    names = {p.name for p in command.params}
+    assert {"host", "port", "dashboard_address", "preload", "scheduler_file"} <= names
+    preload = next(p for p in command.params if p.name == "preload")
+    assert preload.multiple and callable(command.callback)
+    accepted = inspect.signature(command.callback).parameters  # preload arrives among its **kwargs
+    assert "preload" in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())

@@ -25,10 +25,10 @@ ROOT = "dask_kaas"
 # The layers below the plugins: what a worker's runtime, the store and the scheduling policy are made
 # of. None of them imports distributed, directly or through another module of dask_kaas.
 BELOW_PLUGINS = ("request", "kernels", "store", "device", "runtime", "scheduling", "report", "names", "errors",
-                 "config", "files", "selfcheck")
+                 "config", "files", "selfcheck", "logs", "text", "deploy.gpus")
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none
 # reaches the store, Zarr or fsspec.
-SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard")
+SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard", "preload")
 # Attributes of distributed's objects that only dask_kaas.compat may touch.
 INTERNALS = {"worker_restrictions", "loose_restrictions", "_transition", "_transitions", "transitions",
              "get_comm_cost", "template_variables", "stream_handlers", "batched_send", "processing_on",
@@ -246,7 +246,7 @@ def test_scheduler_side_never_reaches_the_store():
 
 
 def test_a_scheduler_process_loads_no_store_zarr_or_device():
-    code = ("import sys, dask_kaas.plugins.scheduler, dask_kaas.dashboard, dask_kaas.scheduling; "
+    code = ("import sys, dask_kaas.plugins.scheduler, dask_kaas.dashboard, dask_kaas.scheduling, dask_kaas.preload; "
             "import dask_kaas; dask_kaas.KaasSchedulerPlugin; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zarr', 'fsspec', 'cupy', 'rmm') "
             "or m.startswith(('dask_kaas.store', 'dask_kaas.runtime', 'dask_kaas.device'))))")

@@ -9,6 +9,8 @@ from distributed import WorkerPlugin, get_worker
 
 from .. import compat, config
 from ..errors import ConfigError, KaasError
+from ..logs import setup_logging
+from ..text import format_bytes
 from ..device import KINDS, make_device
 from ..runtime import Runtime
 from ..store import BufferStore, open_store
@@ -126,8 +128,11 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.runtime.on_report = lambda report: _send_report(worker, report)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         await compat.ensure_worker_resource(worker, "GPU", 1)
-        logger.info("dask-kaas: %s device %r, %d bytes, store %s (pid %d)", device.kind, device.name,
-                    device.capacity, self.store.url, os.getpid())
+        pool = getattr(device, "pool_bytes", None)
+        setup_logging().info("dask-kaas worker %s: %s device %r (CUDA_VISIBLE_DEVICES=%s), cache capacity %s%s, "
+                             "store %s, pid %d", worker.address, device.kind, device.name,
+                             os.environ.get("CUDA_VISIBLE_DEVICES", "-"), format_bytes(device.capacity),
+                             f", RMM pool {format_bytes(pool)}" if pool else "", self.store.url, os.getpid())
 
     def teardown(self, worker: Worker) -> None:
         """Close the runtime and its device (Dask calls this when the worker closes)."""
