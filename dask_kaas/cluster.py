@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import LocalCluster
 
-from .errors import ConfigError
+from .errors import ConfigError, KaasError
 from .device import resolve_kind
 from .device.cuda import gpu_count
 from .deploy.gpus import visible_devices, worker_slots
@@ -143,9 +143,16 @@ class LocalKaasCluster(LocalCluster):
             plugins={self._plugin},
             **kwargs,
         )
-        self.scale(n_workers)
+        for _ in range(n_workers):  # not scale(): it starts them in a callback that would swallow their errors
+            self.worker_spec.update(self.new_worker_spec())
         if not self.asynchronous:
-            self.sync(self._correct_state)
+            try:
+                self.sync(self._correct_state)
+            except Exception as e:
+                self.close()
+                cause = e.__cause__ or e
+                raise KaasError(f"a worker of this LocalKaasCluster failed to start: {type(cause).__name__}: "
+                                f"{cause}") from e
             self.wait_for_workers(n_workers, timeout=120)
 
     def new_worker_spec(self):

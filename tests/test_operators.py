@@ -261,3 +261,13 @@ def test_local_cluster_respects_the_parents_visible_gpus(monkeypatch, tmp_path):
     got = asyncio.run(specs())
     assert [(visible, p.workers_per_device, p.device_index) for visible, p in got] == \
         [("2,3", 2, 0), ("3,2", 1, 0), ("2,3", 2, 0)]
+
+
+def test_local_cluster_fails_within_seconds_with_the_workers_own_error(tmp_path):
+    from dask_kaas import KaasError, LocalKaasCluster
+
+    start = time.monotonic()
+    with pytest.raises(KaasError, match="failed to start: ModuleNotFoundError: No module named 'no_such_module_xyz'"):
+        LocalKaasCluster(n_workers=2, device="host", store=f"file://{tmp_path}", dashboard_address=":0",
+                         preload=["no_such_module_xyz"])
+    assert time.monotonic() - start < 60  # not the two-minute wait for workers that never arrive

@@ -5,6 +5,7 @@ import asyncio
 import signal
 
 import click
+import dask.config
 
 from .. import compat
 
@@ -78,8 +79,10 @@ def worker(scheduler, scheduler_file, device, nworkers, device_memory, rmm_pool_
     from ..errors import KaasError
     from .worker import KaasWorkers
 
+    if not scheduler and not scheduler_file:  # as dask worker: DASK_SCHEDULER_ADDRESS (the Dask operator sets it)
+        scheduler = dask.config.get("scheduler-address", None)
     if not scheduler and not scheduler_file:
-        raise click.UsageError("give the scheduler's address (SCHEDULER) or --scheduler-file")
+        raise click.UsageError("give the scheduler's address (SCHEDULER, or DASK_SCHEDULER_ADDRESS) or --scheduler-file")
     security = None
     if tls_ca_file or tls_cert or tls_key:
         security = Security(tls_ca_file=tls_ca_file, tls_worker_cert=tls_cert, tls_worker_key=tls_key,
