@@ -46,7 +46,7 @@ def test_visible_devices():
 def test_worker_slots_examples():
     assert worker_slots(["2", "3"], None) == [("2,3", "2", 1), ("3,2", "3", 1)]
     assert worker_slots(["0", "1"], 3) == [("0,1", "0", 2), ("1,0", "1", 1), ("0,1", "0", 2)]
-    assert worker_slots([], 2) == [(None, None, 1), (None, None, 1)]
+    assert worker_slots([], 2) == [(None, None, 2), (None, None, 2)]
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigError, match="positive integer"):
             worker_slots(["0"], bad)
@@ -216,10 +216,13 @@ def test_several_workers_of_one_command_and_the_dashboard_preload(procs, tmp_pat
                 "--dashboard-address", f"127.0.0.1:{dashboard}", "--preload", "dask_kaas.dashboard",
                 "--preload", "dask_kaas.preload")
     procs.start("workers", *dask_kaas("worker", address, "--device", "host", "--nworkers", "2",
-                                      "--device-memory", "24MiB", "--store", store.url, "--name", "node",
+                                      "--device-memory", "2%", "--store", store.url, "--name", "node",
                                       "--no-dashboard"))
     result = run_a_request(address, store)
-    assert sorted(s["capacity"] for s in result["stats"].values()) == [24 * 2**20] * 2
+    import psutil
+
+    share = int(psutil.virtual_memory().total // 2 * 0.02)  # 2% of the machine's memory, split between the two
+    assert sorted(s["capacity"] for s in result["stats"].values()) == [share] * 2
     with Client(address) as client:
         workers = client.scheduler_info()["workers"].values()
         assert sorted(w["name"] for w in workers) == ["node-0", "node-1"]

@@ -51,8 +51,9 @@ def _resources(text: str | None) -> dict:
 @click.option("--nworkers", type=int, default=None,
               help="Worker processes [default: one per visible GPU; 1 with --device host].")
 @click.option("--device-memory", default=None,
-              help="Each worker's RMM pool (CUDA) or capacity (host): bytes, 8GiB or 80%% (split among workers "
-                   "sharing a GPU) [default: kaas.cuda.pool-size / kaas.host.memory].")
+              help="Each worker's RMM pool (CUDA) or capacity (host): bytes, 8GiB or 80%% (of the GPU's memory, "
+                   "split among the workers sharing it; on the host, of this machine's memory split among the "
+                   "workers) [default: kaas.cuda.pool-size / kaas.host.memory].")
 @click.option("--rmm-pool-size", default=None, help="The same as --device-memory on a GPU (dask-cuda's name).")
 @click.option("--store", default=None, help="Store profile or URL [default: kaas.store, else the profile local].")
 @click.option("--name", default=None, help="Worker names: NAME-0, NAME-1, ... (NAME for a single worker).")

@@ -43,7 +43,7 @@ def visible_devices(env: Mapping[str, str] | None = None, count: int = 0) -> lis
 
 def worker_slots(devices: Sequence[str], n_workers: int | None) -> list[WorkerSlot]:
     """The slots of ``n_workers`` workers over ``devices`` (None: one per GPU). With no devices (the
-    host device) every slot is ``(None, None, 1)``: host workers share nothing."""
+    host device) every slot is ``(None, None, n_workers)``: host workers share the machine's memory."""
     if n_workers is None:
         if not devices:
             raise ConfigError("no GPU is visible: give the number of workers (or use the host device)")
@@ -51,7 +51,7 @@ def worker_slots(devices: Sequence[str], n_workers: int | None) -> list[WorkerSl
     if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
         raise ConfigError(f"the number of workers must be a positive integer, got {n_workers!r}")
     if not devices:
-        return [WorkerSlot(None, None, 1)] * n_workers
+        return [WorkerSlot(None, None, n_workers)] * n_workers
     n = len(devices)
     shares = [len(range(g, n_workers, n)) for g in range(n)]  # workers on GPU g: g, g+n, g+2n, ...
     return [WorkerSlot(",".join(devices[i % n:] + devices[:i % n]), devices[i % n], shares[i % n])

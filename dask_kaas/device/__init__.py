@@ -34,13 +34,17 @@ def resolve_kind(kind: str | None) -> str:
 
 def make_device(kind: str | None = None, *, memory=None, device_index: int = 0, share: int | None = None) -> Device:
     """Build a device. ``memory`` is the host capacity or the CUDA pool size (bytes, "2GiB", "80%");
-    ``share`` is how many KaaS workers use the same GPU (they split a percentage pool)."""
+    ``share`` is how many KaaS workers use the same GPU, or on the host the same machine (they split
+    a percentage: of the GPU's memory, or of the machine's physical memory)."""
     kind = resolve_kind(kind)
     if kind == "cuda":
         from .cuda import CudaDevice
 
         return CudaDevice(device_index, pool_size=memory, share=share)
-    capacity = config.parse_size(memory if memory is not None else config.get("host.memory"), name="kaas.host.memory")
+    import psutil  # (a dependency of distributed)
+
+    capacity = config.parse_size(memory if memory is not None else config.get("host.memory"), name="kaas.host.memory",
+                                 total=psutil.virtual_memory().total // max(1, share or 1))
     return HostDevice(capacity)
 
 
