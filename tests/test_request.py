@@ -289,3 +289,12 @@ def test_persisted_output_with_offset_is_rejected():
     y = BufferSpec("y", 40, key="k", offset=8)
     with pytest.raises(RequestError, match=r"buffer 'y'.*offset"):
         Request([KernelSpec("builtin", "fill", 1, 32, literals=[("i", 10), ("f", 1.0)], arguments=[(y, "o")])])
+
+
+def test_a_name_used_as_store_key_is_checked_when_built():
+    assert BufferSpec("w", 4).store_key == "w"
+    with pytest.raises(RequestError, match=r"buffer '\.\./x': without key=, the name is the store key"):
+        BufferSpec("../x", 4)
+    assert BufferSpec("../x", 4, ephemeral=True).name == "../x"  # never stored: any name goes
+    with pytest.raises(RequestError, match="store key"):
+        BufferSpec("x", 4, key="../x")

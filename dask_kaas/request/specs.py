@@ -167,6 +167,10 @@ class BufferSpec:
         ephemeral, const = _flag(ephemeral, "ephemeral", where), _flag(const, "const", where)
         if const and ephemeral:
             raise RequestError(f"{where}: a buffer cannot be both const (cached across requests) and ephemeral")
+        if key is None and not ephemeral:  # its name is its store key: a bad one fails here, not on a worker
+            problem = buffer_key_problem(name)
+            if problem is not None:
+                raise RequestError(f"{where}: without key=, the name is the store key: {problem}")
         np_dtype = None if dtype is None else _dtype(dtype, where)
         if shape is not None:
             if _is_int(shape):
