@@ -210,11 +210,12 @@ def test_s3_version_cache_is_stale_at_most_its_ttl_and_put_waits_it_out(s3_serve
     url, options = s3_server
     url = f"{url}/{uuid.uuid4().hex[:8]}"
     reader, writer = BufferStore(url, storage_options=options), BufferStore(url, storage_options=options)
-    with dask.config.set({"kaas.store-version-ttl": 0.5}):
+    with dask.config.set({"kaas.store-version-ttl": 60}):  # long: a slow put on a loaded machine stays within it
         writer.put("w", np.zeros(4), wait=False)
         assert reader.cached_version("w").version == 1
         writer.put("w", np.ones(4), wait=False)
         assert reader.cached_version("w").version == 1  # within the time to live: trusted, unasked
+    with dask.config.set({"kaas.store-version-ttl": 0.5}):  # read at each lookup: the entry is older than this
         time.sleep(0.55)
         assert reader.cached_version("w").version == 2
         start = time.monotonic()
