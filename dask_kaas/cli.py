@@ -7,6 +7,9 @@ import sys
 import click
 import numpy as np
 
+from .cli_options import fail as _fail
+from .cli_options import open_cli_store as _open_cli_store
+from .cli_options import store_options as _store_options
 from .text import exact_bytes, format_bytes
 from .text import table as text_table
 
@@ -163,27 +166,6 @@ def doctor(device, device_memory, json_path, quick):
 @main.group(name="store", help="Inspect and edit a buffer store: ls, put, get, rm (and the known profiles).")
 def store_group():
     pass
-
-
-def _store_options(f):
-    f = click.option("--namespace", "-n", default=None, metavar="NS",
-                     help="Tenant namespace (default: the store's default namespace, \"default\").")(f)
-    f = click.option("--store", "-s", "store_spec", default=None, metavar="NAME_OR_URL",
-                     help="Store profile (stores/NAME.yaml) or URL (default: dask config kaas.store, "
-                          "else the profile \"local\").")(f)
-    return f
-
-
-def _fail(e) -> None:
-    click.echo(f"error: {type(e).__name__}: {e}", err=True)
-    sys.exit(2)
-
-
-def _open_cli_store(spec):
-    from .store import BufferStore, default_store_spec, resolve_store
-
-    url, storage_options, shared = resolve_store(spec if spec else default_store_spec())
-    return BufferStore(url, storage_options=storage_options, shared=shared)
 
 
 def _iso(written) -> str:
@@ -351,9 +333,10 @@ def store_profiles():
 
 def _add_operator_commands() -> None:
     from .deploy.commands import scheduler, worker
+    from .gateway.commands import function_group, gateway, token_group
 
-    main.add_command(scheduler)
-    main.add_command(worker)
+    for command in (scheduler, worker, gateway, function_group, token_group):
+        main.add_command(command)
 
 
 _add_operator_commands()

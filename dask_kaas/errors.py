@@ -52,3 +52,7 @@ class AdmissionRejected(KaasError):
 
     def __str__(self):
         return self.message
+
+
+class FunctionNotFound(KaasError, LookupError):
+    """No function of that name (and version) that the tenant may call: missing, or another tenant's."""

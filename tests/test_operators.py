@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +24,7 @@ from dask_kaas import ConfigError, worker_stats
 from dask_kaas.deploy import visible_devices, worker_slots
 from dask_kaas.deploy.main_guard import unguarded_line
 from helpers import matvec_request
+from procs import Processes, free_port
 
 BIN = os.path.dirname(sys.executable)
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -111,41 +110,6 @@ def test_an_unguarded_cluster_script_fails_at_once_saying_what_to_write(tmp_path
 
 
 # ------------------------------------------------------------------ real processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Commands started in the background, their output in files, all stopped at the end."""
-
-    def __init__(self, directory: Path):
-        self.directory, self.procs = directory, {}
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.directory / f"{name}.log", "w")
-        proc = subprocess.Popen([*args], stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                                start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.directory / f"{name}.log").read_text()
-
-    def kill(self, name: str, sig=signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            try:
-                self.kill(name, signal.SIGTERM)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.procs.pop(name, None).pid if name in self.procs else 0, signal.SIGKILL)
-
-
 @pytest.fixture
 def procs(tmp_path):
     p = Processes(tmp_path)

@@ -1,0 +1,318 @@
+"""The gateway's parts, as pure code: datatypes, tokens, rate limits, the OIP codec, functions, catalog."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dask_kaas import BufferStore, ConfigError, RequestError
+from dask_kaas.datatypes import DATATYPES, to_datatype, to_numpy
+from dask_kaas.errors import FunctionNotFound
+from dask_kaas.functions import FunctionRepository, function_from_doc
+from dask_kaas.gateway.catalog import Catalog
+from dask_kaas.gateway.oip import OipError, decode_body, encode_outputs, parse_infer
+from dask_kaas.gateway.ratelimit import RateLimiter
+from dask_kaas.gateway.tokens import Tokens, add_token, hash_token, load_tokens, revoke_tenant
+
+N = 8
+
+
+def vadd_doc(n=N, declared=True):
+    request = {"buffers": [{"name": "x", "size": 4 * n, "dtype": "float32", "ephemeral": True},
+                           {"name": "w", "size": 4 * n, "key": "model/w", "const": True, "dtype": "float32"},
+                           {"name": "y", "size": 4 * n, "dtype": "float32", "ephemeral": True}],
+               "kernels": [{"library": "builtin", "kernel": "vadd", "grid": [1], "block": [32],
+                            "literals": [{"type": "i", "value": n}],
+                            "arguments": [["x", "i"], ["w", "i"], ["y", "o"]]}]}
+    if not declared:
+        return request
+    return {"request": request, "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, n // 2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [n]}]}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return FunctionRepository(BufferStore(str(tmp_path / "store"), shared=["public"]))
+
+
+# ------------------------------------------------------------------ datatypes
+def test_datatypes_round_trip_and_refuse_what_has_no_buffer_dtype():
+    for name, dtype in DATATYPES.items():
+        assert to_numpy(name) == dtype and to_datatype(dtype) == name
+    with pytest.raises(ValueError, match="BYTES"):
+        to_numpy("BYTES")
+    with pytest.raises(ValueError, match="no Open Inference Protocol datatype"):
+        to_datatype(np.complex64)
+    with pytest.raises(ValueError):
+        to_datatype(np.dtype(">f4"))
+
+
+# ------------------------------------------------------------------ tokens
+def test_tokens_are_stored_hashed_and_name_their_tenant(tmp_path):
+    path = str(tmp_path / "tokens.yaml")
+    alice = add_token(path, "alice")
+    bob = add_token(path, "bob", rate=5, burst=10)
+    alice2 = add_token(path, "alice")
+    text = open(path).read()
+    assert alice not in text and bob not in text and hash_token(alice) in text
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    tokens = Tokens(path)
+    assert tokens.tenant_of(f"Bearer {alice}") == "alice" == tokens.tenant_of(f"bearer {alice2}")
+    assert tokens.tenant_of(f"Bearer {bob}") == "bob"
+    assert tokens.tenants["bob"].rate == 5.0 and tokens.tenants["bob"].burst == 10.0
+    for bad in (None, "", "Bearer", f"Basic {alice}", f"Bearer {alice}x", "Bearer " + "a" * 10000,
+                "Bearer \ud800", f"Token {alice}"):
+        assert tokens.tenant_of(bad) is None
+    assert revoke_tenant(path, "alice") == 2
+    tokens.refresh()  # the file changed: alice's tokens are gone without a restart
+    assert tokens.tenant_of(f"Bearer {alice}") is None and tokens.tenant_of(f"Bearer {bob}") == "bob"
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"tenants": {"alice": {"tokens": ["plaintext-token"]}}}, "hashes"),
+    ({"tenants": {"../x": {"tokens": []}}}, "tenant"),
+    ({"tenants": {"alice": {"rate": -1}}}, "rate must be a positive number"),
+    ({"tenants": {"alice": {"colour": "red"}}}, "expected fields"),
+    ({"users": {}}, "one field 'tenants'"),
+])
+def test_a_bad_tokens_file_is_a_clear_error(tmp_path, doc, message):
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=message):
+        load_tokens(str(path))
+    with pytest.raises(ConfigError, match="tenant"):
+        add_token(str(tmp_path / "other.yaml"), "no/slashes")
+
+
+# ------------------------------------------------------------------ rate limits
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(0.1, 100), burst=st.floats(1, 50),
+       gaps=st.lists(st.floats(0, 2), min_size=1, max_size=200))
+def test_a_bucket_never_lets_more_through_than_its_rate_and_burst(rate, burst, gaps):
+    limiter = RateLimiter()
+    limiter.configure({"t": (rate, burst)})
+    now, allowed = 0.0, 0
+    for gap in gaps:
+        now += gap
+        wait = limiter.wait("t", now)
+        if wait == 0:
+            allowed += 1
+        else:
+            assert wait > 0
+            # waiting what it says is enough
+            probe = RateLimiter()
+            probe._limits, probe._buckets = limiter._limits, {"t": type(limiter._buckets["t"])(
+                **vars(limiter._buckets["t"]))}
+            assert probe.wait("t", now + wait + 1e-9) == 0
+    assert allowed <= burst + rate * now + 1e-6
+    assert limiter.wait("other", now) == 0  # tenants without a rate are never limited
+
+
+def test_changing_a_limit_starts_a_full_bucket():
+    limiter = RateLimiter()
+    limiter.configure({"t": (0.01, 1)})
+    assert limiter.wait("t", 0.0) == 0 and limiter.wait("t", 0.0) > 99
+    limiter.configure({"t": (0.01, 1)})  # unchanged: still empty
+    assert limiter.wait("t", 0.0) > 0
+    limiter.configure({"t": (0.01, 2)})
+    assert limiter.wait("t", 0.0) == 0
+
+
+# ------------------------------------------------------------------ functions
+def test_functions_are_versioned_listed_and_removed(repo):
+    fn = repo.put("vadd", vadd_doc(), namespace="alice")
+    assert (fn.qualified_name, fn.version) == ("alice:vadd", 1)
+    assert [t.to_dict() for t in fn.inputs] == [{"name": "x", "datatype": "FP32", "shape": [2, N // 2]}]
+    assert repo.put("vadd", vadd_doc(declared=False), namespace="alice").version == 2
+    assert repo.versions("vadd", namespace="alice") == [1, 2]
+    assert repo.get("vadd", namespace="alice").inputs[0].shape == (N,)  # from the buffer spec
+    assert repo.get("vadd", namespace="alice", version=1).inputs[0].shape == (2, N // 2)
+    assert [f.name for f in repo.ls(namespace="alice")] == ["vadd"] and repo.ls(namespace="bob") == []
+    assert repo.rm("vadd", namespace="alice", version=1) == [1]
+    assert repo.versions("vadd", namespace="alice") == [2]
+    assert repo.put("vadd", vadd_doc(), namespace="alice").version == 3  # numbers are never reused
+    assert repo.rm("vadd", namespace="alice") == [2, 3]
+    with pytest.raises(FunctionNotFound):
+        repo.get("vadd", namespace="alice")
+
+
+def test_a_call_runs_as_its_caller_and_reads_the_owners_namespace(repo):
+    fn = repo.put("vadd", vadd_doc(), namespace="public")
+    req = fn.request_for("bob", deadline=2.0)
+    assert req.tenant == "bob" and req.deadline == 2.0
+    assert req.buffers["w"].store_key == "public:model/w" and req.buffers["x"].store_key == "public:x"
+    assert fn.request_for("bob", deadline=2.0) is req  # built once per tenant and deadline
+    assert repo.store.resolve(req.buffers["w"].store_key, "bob") == ("public", "model/w")
+
+
+def test_tenants_find_their_own_and_shared_functions_only(repo):
+    repo.put("f", vadd_doc(), namespace="alice")
+    repo.put("g", vadd_doc(), namespace="public")
+    repo.put("g", vadd_doc(), namespace="bob")
+    assert repo.find("f", "alice").namespace == "alice"
+    assert repo.find("g", "alice").namespace == "public"
+    assert repo.find("g", "bob").namespace == "bob"  # its own comes first
+    assert repo.find("public:g", "bob").namespace == "public"
+    for model in ("f", "alice:f", "bob:g", "../alice/f", "alice/f", "alice:../f", ":f", "f:", "", "a" * 300):
+        with pytest.raises(FunctionNotFound):
+            repo.find(model, "carol")
+    with pytest.raises(FunctionNotFound, match="not found"):
+        repo.find("alice:f", "bob")  # the same answer as a missing one
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(inputs=[{"name": "w", "datatype": "FP32", "shape": [N]}]), "ephemeral input"),
+    (lambda d: d.update(inputs=[{"name": "y", "datatype": "FP32", "shape": [N]}]), "not an input"),
+    (lambda d: d.update(inputs=[{"name": "x", "datatype": "INT32", "shape": [N]}]), "buffer 'x' is float32"),
+    (lambda d: d.update(inputs=[{"name": "x", "datatype": "FP32", "shape": [N + 1]}]), "holds 32"),
+    (lambda d: d.update(inputs=[{"name": "x", "datatype": "BYTES", "shape": [N]}]), "BYTES"),
+    (lambda d: d.update(inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}]), "positive integers"),
+    (lambda d: d.update(outputs=[]), "non-empty"),
+    (lambda d: d.update(deadline=-1), "deadline"),
+    (lambda d: d.update(python="os.system"), "unknown field"),
+    (lambda d: d["request"]["kernels"][0].update(library="/etc/passwd.cu"), "library"),
+])
+def test_a_bad_function_file_is_refused_naming_what_is_wrong(repo, change, message):
+    doc = vadd_doc()
+    change(doc)
+    with pytest.raises(RequestError, match=message):
+        repo.put("f", doc, namespace="alice")
+    assert repo.versions("f", namespace="alice") == []
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a:b", "..", ".hidden", "a b", "x" * 200])
+def test_function_names_are_safe_path_segments(repo, name):
+    with pytest.raises(RequestError, match="function name"):
+        repo.put(name, vadd_doc(), namespace="alice")
+
+
+def test_a_function_drops_any_tenant_in_its_request(repo):
+    doc = vadd_doc()
+    doc["request"]["tenant"] = "mallory"
+    fn = repo.put("f", doc, namespace="alice")
+    assert fn.request.tenant is None and fn.request_for("alice").tenant == "alice"
+
+
+def test_the_catalog_trusts_its_version_list_for_its_ttl(repo):
+    now = [0.0]
+    catalog = Catalog(repo, ttl=1.0, clock=lambda: now[0])
+    repo.put("f", vadd_doc(), namespace="alice")
+    assert catalog.find("f", "alice")[1] == [1]
+    repo.put("f", vadd_doc(), namespace="alice")
+    assert catalog.find("f", "alice")[0].version == 1  # within the ttl
+    now[0] = 1.5
+    fn, versions = catalog.find("f", "alice")
+    assert (fn.version, versions) == (2, [1, 2])
+    assert catalog.find("f", "alice", "1")[0].version == 1
+    for version in ("3", "x", "-1", "1" * 40):
+        with pytest.raises(FunctionNotFound):
+            catalog.find("f", "alice", version)
+    assert [f.qualified_name for f, _ in catalog.visible("alice")] == ["alice:f"]
+
+
+# ------------------------------------------------------------------ the OIP codec
+@pytest.fixture
+def fn(repo):
+    return repo.put("vadd", vadd_doc(), namespace="alice")
+
+
+def infer_body(inputs, outputs=None, parameters=None, binary=()):
+    doc = {"inputs": inputs}
+    if outputs is not None:
+        doc["outputs"] = outputs
+    if parameters is not None:
+        doc["parameters"] = parameters
+    header = json.dumps(doc).encode()
+    return header + b"".join(binary), str(len(header)) if binary else None
+
+
+def test_json_and_binary_inputs_and_outputs(fn):
+    x = np.arange(N, dtype=np.float32).reshape(2, N // 2)
+    body, _ = infer_body([{"name": "x", "datatype": "FP32", "shape": [2, N // 2], "data": x.tolist()}])  # nested
+    call = parse_infer(body, None, fn)
+    np.testing.assert_array_equal(call.inputs["x"], x)
+    body, length = infer_body([{"name": "x", "datatype": "FP32", "shape": [2, N // 2],
+                                "parameters": {"binary_data_size": x.nbytes}}],
+                              outputs=[{"name": "y", "parameters": {"binary_data": True}}], binary=[x.tobytes()])
+    call = parse_infer(body, length, fn)
+    np.testing.assert_array_equal(call.inputs["x"], x)
+    y = np.arange(N, dtype=np.float32) * 2
+    payload, headers = encode_outputs(fn, call, {"y": y.view(np.uint8)})
+    n = int(headers["inference-header-content-length"])
+    head = json.loads(payload[:n])
+    assert head["outputs"][0]["parameters"]["binary_data_size"] == y.nbytes
+    np.testing.assert_array_equal(np.frombuffer(payload[n:], np.float32), y)
+    call.outputs = [(fn.outputs[0], False)]
+    payload, headers = encode_outputs(fn, call, {"y": y})
+    assert json.loads(payload)["outputs"][0]["data"] == y.tolist() and headers["content-type"] == "application/json"
+
+
+FN = function_from_doc(vadd_doc(), name="vadd", namespace="alice")
+X = {"name": "x", "datatype": "FP32", "shape": [2, N // 2]}
+
+
+@pytest.mark.parametrize("body, length, message", [
+    (b"{not json", None, "not valid JSON"),
+    (b"[1, 2]", None, "JSON object"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "tenant": "bob"}).encode(), None, "unknown field"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "parameters": {"tenant": "bob"}}).encode(), None,
+     "tenant is the bearer token's"),
+    (json.dumps({"inputs": []}).encode(), None, "missing input"),
+    (json.dumps({"inputs": [{**X, "name": "w", "data": [0.0] * N}]}).encode(), None, "input 'w' is not an input"),
+    (json.dumps({"inputs": [{**X, "datatype": "FP64", "data": [0.0] * N}]}).encode(), None,
+     "input 'x': datatype 'FP64', the model takes FP32"),
+    (json.dumps({"inputs": [{**X, "shape": [N], "data": [0.0] * N}]}).encode(), None, r"input 'x': shape \[8\]"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * (N - 1)}]}).encode(), None, "input 'x': data holds 7 elements"),
+    (json.dumps({"inputs": [{**X, "data": ["a"] * N}]}).encode(), None, "input 'x': data is not FP32"),
+    (json.dumps({"inputs": [{**X, "data": [{"a": 1}] * N}]}).encode(), None, "input 'x'"),
+    (json.dumps({"inputs": [{**X}]}).encode(), None, "no data"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}, {**X, "data": [0.0] * N}]}).encode(), None, "twice"),
+    (json.dumps({"inputs": [{**X, "parameters": {"binary_data_size": 4}}]}).encode() + b"\0" * 4, "80",
+     "input 'x': 4 bytes of binary data"),
+    (json.dumps({"inputs": [{**X, "parameters": {"binary_data_size": 4 * N}}]}).encode() + b"\0" * 4, "80",
+     "binary data ends"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}]}).encode() + b"\0" * 4, "85", "no input claims"),
+    (b"{}", "99", "Inference-Header-Content-Length"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "outputs": [{"name": "x"}]}).encode(), None,
+     "not an output"),
+])
+def test_bad_infer_bodies_are_400_naming_the_tensor(fn, body, length, message):
+    if length is not None and length != "99":
+        length = str(body.index(b"}]}") + 3)
+    with pytest.raises(OipError, match=message) as info:
+        parse_infer(body, length, fn)
+    assert info.value.status == 400
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                              lambda c: st.lists(c, max_size=4) | st.dictionaries(
+                                  st.sampled_from(["inputs", "outputs", "name", "shape", "datatype", "data", "id",
+                                                   "parameters", "binary_data_size", "x", "y"]), c, max_size=5),
+                              max_leaves=30).map(lambda d: json.dumps(d).encode())),
+       st.one_of(st.none(), st.text(max_size=4)))
+def test_parsing_any_body_raises_only_oip_errors(body, length):
+    try:
+        call = parse_infer(body, length, FN)
+    except OipError as e:
+        assert 400 <= e.status < 500 and e.message
+    else:
+        assert set(call.inputs) <= {"x"}
+
+
+def test_compressed_bodies_are_bounded():
+    assert decode_body(gzip.compress(b"abc"), "gzip", 10) == b"abc"
+    with pytest.raises(OipError) as info:
+        decode_body(gzip.compress(b"\0" * 10_000_000), "gzip", 1 << 20)  # a small bomb
+    assert info.value.status == 413
+    with pytest.raises(OipError) as info:
+        decode_body(b"not gzip", "gzip", 100)
+    assert info.value.status == 400
+    with pytest.raises(OipError) as info:
+        decode_body(b"x", "br", 100)
+    assert info.value.status == 415
