@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")  # the default; KAAS_BENCH_RESULTS or --out override it
-SUITES = ("workloads", "overhead", "contention", "scale", "store_io", "placement")
+SUITES = ("workloads", "overhead", "contention", "scale", "store_io", "placement", "gateway")
 ALL = ("workloads", "overhead", "contention", "scale")  # what ``all`` runs, in this order
 SIZES = ("full", "quick", "smoke")
 DEVICES = ("auto", "host", "cuda")
@@ -257,11 +257,12 @@ def met(ok: bool) -> str:
 USAGE = """\
 ``python -m benchmarks SUITE [--device auto|host|cuda] [--quick | --smoke] [--out DIR] [options]``
 
-SUITE: workloads, overhead, contention, scale, store_io, placement, or all
-(workloads, overhead, contention, scale, in that order). Each suite writes its
-results as JSON (and a PNG plot) under benchmarks/results/, or under ``--out`` /
-``$KAAS_BENCH_RESULTS``: ``<suite>-<device>[-quick].json``, for store_io and
-placement (host only, whatever ``--device`` says) ``<suite>[_quick].json``.
+SUITE: workloads, overhead, contention, scale, store_io, placement, gateway, or
+all (workloads, overhead, contention, scale, in that order). Each suite writes
+its results as JSON (and a PNG plot) under benchmarks/results/, or under
+``--out`` / ``$KAAS_BENCH_RESULTS``: ``<suite>-<device>[-quick].json`` (gateway:
+host only, ``gateway-host[-quick].json``), for store_io and placement (host
+only, whatever ``--device`` says) ``<suite>[_quick].json``.
 ``python -m benchmarks SUITE --help`` lists a suite's own options. Exit status 1
 when a suite computes a wrong result (``WrongResult``) or fails in any other way
 (the others still run), else 0. ``python -m benchmarks.<suite> ...`` is the same

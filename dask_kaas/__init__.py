@@ -12,6 +12,8 @@ The public names below are loaded on first use, so a process imports only the la
 ``scheduling/`` the scheduler's decisions as pure code: fair queue, placement, admission
 ``plugins/``    the Dask worker and scheduler plugins that connect those to Dask
 ``dashboard/``  the ``/kaas`` dashboard page and Prometheus metrics
+``functions``   the function repository: named, versioned requests with declared tensors
+``gateway/``    the Open Inference Protocol v2 front door: tokens, rate limits, the ASGI app
 ``compat.py``   every use of distributed's internals
 ==============  ========================================================================
 """
@@ -21,8 +23,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from . import config  # noqa: F401  (registers the kaas.* defaults)
-from .errors import (AdmissionRejected, ConfigError, DeviceMemoryError, KaasError, KernelError, RequestError,
-                     StoreError, StoreKeyError, TenantError)
+from .errors import (AdmissionRejected, ConfigError, DeviceMemoryError, FunctionNotFound, KaasError, KernelError,
+                     RequestError, StoreError, StoreKeyError, TenantError)
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ _LAZY = {
     "BufferSpec": "request", "KernelSpec": "request", "Literal": "request", "Request": "request",
     "Library": "kernels", "builtin": "kernels", "register_library": "kernels", "resolve_library": "kernels",
     "BufferStore": "store",
+    "Function": "functions", "FunctionRepository": "functions",
     "Runtime": "runtime", "run_request": "runtime",
     "cluster_state": "api", "install": "api", "set_policy": "api", "worker_stats": "api",
     "LocalKaasCluster": "cluster",
@@ -37,7 +40,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "AdmissionRejected", "BufferSpec", "BufferStore", "ConfigError", "DeviceMemoryError", "KaasError",
+    "AdmissionRejected", "BufferSpec", "BufferStore", "ConfigError", "DeviceMemoryError", "Function",
+    "FunctionNotFound", "FunctionRepository", "KaasError",
     "KaasSchedulerPlugin", "KaasWorkerPlugin", "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster",
     "Request", "RequestError", "Runtime", "StoreError", "StoreKeyError", "TenantError", "builtin", "cluster_state",
     "install", "register_library", "resolve_library", "run_request", "set_policy", "worker_stats",
@@ -60,6 +64,7 @@ def __dir__():
 if TYPE_CHECKING:
     from .api import cluster_state, install, set_policy, worker_stats
     from .cluster import LocalKaasCluster
+    from .functions import Function, FunctionRepository
     from .kernels import Library, builtin, register_library, resolve_library
     from .plugins.scheduler import KaasSchedulerPlugin
     from .plugins.worker import KaasWorkerPlugin

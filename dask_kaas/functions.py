@@ -210,11 +210,22 @@ def _with(fn: Function, **changes) -> Function:
 def function_from_doc(doc, *, name: str, namespace: str = DEFAULT_NAMESPACE) -> Function:
     """A function (version 0: not stored yet) from a function file's JSON.
 
-    ``doc`` is a request dict in either format (its inputs: the ephemeral buffers it must be
-    passed; its outputs: every output; dtype and shape from the buffer specs), or
-    ``{"request": ..., "inputs": [...], "outputs": [...], "deadline": s, "description": "..."}``
-    with tensors as ``{"name", "datatype" (OIP, e.g. "FP32", or a NumPy dtype), "shape"}``.
-    A tenant or deadline inside the request itself is dropped: calls run as their caller.
+    Parameters
+    ----------
+    doc : mapping
+        A request dict in either format (its inputs: the ephemeral buffers it must be passed;
+        its outputs: every output; dtype and shape from the buffer specs), or
+        ``{"request": ..., "inputs": [...], "outputs": [...], "deadline": s, "description": "..."}``
+        with tensors as ``{"name", "datatype" (OIP, e.g. "FP32", or a NumPy dtype), "shape"}``.
+        A tenant or deadline inside the request itself is dropped: calls run as their caller.
+    name : str
+        The function's name (letters, digits, ``_ . -``, not first; at most 128 characters).
+    namespace : str, default "default"
+        The namespace it belongs to: its plain keys are read there.
+
+    Returns
+    -------
+    Function
 
     Raises
     ------
@@ -273,6 +284,11 @@ def split_model_name(model: str) -> tuple[str | None, str]:
 
 class FunctionRepository:
     """The functions of a store, by namespace, name and version.
+
+    ``put`` checks a function file and adds a version; ``get``, ``versions``, ``names``, ``ls`` and
+    ``rm`` manage them; ``find`` is what the gateway asks: the function a tenant calls by a model
+    name, only among its own namespace and the store's shared ones (a private function of another
+    tenant is as missing as one that does not exist).
 
     Parameters
     ----------

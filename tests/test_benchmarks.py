@@ -21,7 +21,7 @@ from benchmarks import common
 from benchmarks.common import Config, parse_args, print_result, run, write_result
 
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
-            "scale": "scale-host", "store_io": "store_io", "placement": "placement"}
+            "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -261,3 +261,22 @@ def test_placement_smoke(tmp_path):
     assert positive(r["ratios"]["balance_over_affinity_bytes"])
     assert 0 < r["belady"]["global"]["hit_rate"] <= 1 and isinstance(r["targets"]["bytes_3x_fewer_than_balance"], bool)
     assert r["scheduler_overhead"]["kaas_tasks"] == requests and positive(r["scheduler_overhead"]["plugin_cpu_us_per_task"])
+
+
+@pytest.mark.slow
+def test_gateway_smoke(tmp_path):
+    pytest.importorskip("tritonclient.http")
+    from benchmarks.gateway import check
+
+    with pytest.raises(common.WrongResult):  # a wrong y fails the run
+        check(np.zeros(4, np.float32), np.ones(4, np.float32), "test")
+    r = smoke("gateway", tmp_path)
+    assert [row["n"] for row in r["latency"]] == [1024] and r["parameters"]["ks"] == [1, 2]
+    for row in r["latency"]:
+        assert all(positive(row["p50_ms"][s]) for s in ("gateway", "submit"))
+        assert positive(row["ratio_gateway_over_submit"]) and math.isfinite(row["added_ms"])
+        assert len(row["timing_s"]["gateway"]["runs"]) == r["parameters"]["repeat"]
+    assert [row["k"] for row in r["throughput"]] == [1, 2]
+    for row in r["throughput"]:
+        assert all(positive(row["rps"][s]["median"]) for s in ("gateway", "submit"))
+        assert positive(row["ratio_gateway_over_submit"]) and row["calls"] > 0

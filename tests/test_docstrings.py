@@ -30,6 +30,8 @@ Request = dask_kaas.Request
 Runtime = runtime.Runtime
 
 DOCUMENTED = [
+    # the function repository
+    (dask_kaas.FunctionRepository, {P, E}),
     # the request model
     (dask_kaas.Request, {P, X, E}),
     (Request.__call__, {P, R, X, E}),

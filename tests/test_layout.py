@@ -25,7 +25,8 @@ ROOT = "dask_kaas"
 # The layers below the plugins: what a worker's runtime, the store and the scheduling policy are made
 # of. None of them imports distributed, directly or through another module of dask_kaas.
 BELOW_PLUGINS = ("request", "kernels", "store", "device", "runtime", "scheduling", "report", "names", "errors",
-                 "config", "files", "selfcheck", "logs", "text", "deploy.gpus")
+                 "config", "files", "selfcheck", "logs", "text", "deploy.gpus", "functions", "datatypes",
+                 "gateway.tokens", "gateway.ratelimit", "gateway.oip", "gateway.catalog")
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none
 # reaches the store, Zarr or fsspec.
 SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard", "preload")
