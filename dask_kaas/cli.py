@@ -9,6 +9,7 @@ import numpy as np
 
 from .cli_options import fail as _fail
 from .cli_options import open_cli_store as _open_cli_store
+from .cli_options import read_json_file
 from .cli_options import store_options as _store_options
 from .text import exact_bytes, format_bytes
 from .text import table as text_table
@@ -123,12 +124,7 @@ def load_request_file(path: str):
     from .errors import RequestError
     from .request import Request
 
-    with open(path, "rb") as f:
-        text = f.read()
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise RequestError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    doc = read_json_file(path)
     if isinstance(doc, dict) and "request" in doc:
         body, given = doc["request"], doc.get("inputs") or {}
         if not isinstance(given, dict):

@@ -21,7 +21,20 @@ def fail(e) -> None:
 
 
 def open_cli_store(spec):
-    from .store import BufferStore, default_store_spec, resolve_store
+    from .store import open_store
 
-    url, storage_options, shared = resolve_store(spec if spec else default_store_spec())
-    return BufferStore(url, storage_options=storage_options, shared=shared)
+    return open_store(spec or None)
+
+
+def read_json_file(path: str):
+    """A JSON file's document; a RequestError naming the file when it is not valid JSON."""
+    import json
+
+    from .errors import RequestError
+
+    with open(path, "rb") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None

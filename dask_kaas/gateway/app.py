@@ -81,16 +81,15 @@ class Gateway:
         self.tokens = Tokens(self.settings.tokens)
         self.limiter = RateLimiter()
         self.metrics = GatewayMetrics()
-        self._limits_from = None
+        self._limits_loaded = -1
         self._refresh_tokens()
 
     def _refresh_tokens(self) -> None:
         self.tokens.refresh()
-        tenants = self.tokens.tenants
-        if tenants is not self._limits_from:
-            self.limiter.configure({t: (e.rate, e.burst or max(1.0, e.rate)) for t, e in tenants.items()
+        if self.tokens.loads != self._limits_loaded:  # the rates change only when the file is read again
+            self.limiter.configure({t: (e.rate, e.burst or max(1.0, e.rate)) for t, e in self.tokens.tenants.items()
                                     if e.rate is not None})
-            self._limits_from = tenants
+            self._limits_loaded = self.tokens.loads
 
     async def start(self) -> None:
         if self.client is None:
@@ -145,7 +144,7 @@ class Gateway:
             return False
 
 
-def _deadline(parameters: dict, fn) -> float | None:
+def _deadline(parameters: dict) -> float | None:
     """A call's deadline: ``parameters.deadline`` (seconds) or Triton's ``timeout`` (microseconds)."""
     if "deadline" in parameters:
         value, scale, name = parameters["deadline"], 1.0, "deadline (seconds)"
@@ -231,7 +230,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             else:
                 call = parse_infer(body, header_length, fn)
             try:
-                kaas_request = fn.request_for(tenant, _deadline(call.parameters, fn))
+                kaas_request = fn.request_for(tenant, _deadline(call.parameters))
             except RequestError as e:
                 raise OipError(400, str(e)) from None
             results = await gw_call(kaas_request, call.inputs)

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..cli_options import fail, open_cli_store, store_options
+from ..cli_options import fail, open_cli_store, read_json_file, store_options
 from ..text import table
 
 
@@ -73,16 +73,10 @@ def _ns(namespace):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @store_options
 def function_put(name, file, store_spec, namespace):
-    from ..errors import KaasError, RequestError
+    from ..errors import KaasError
 
     try:
-        with open(file, "rb") as f:
-            text = f.read()
-        try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise RequestError(f"{file}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
-        fn = _repo(store_spec).put(name, doc, namespace=_ns(namespace))
+        fn = _repo(store_spec).put(name, read_json_file(file), namespace=_ns(namespace))
     except KaasError as e:
         fail(e)
     ins = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in fn.inputs) or "none"

@@ -160,6 +160,7 @@ class Tokens:
     _entries: dict[str, TenantEntry] = field(default_factory=dict, repr=False)
     _by_hash: dict[str, str] = field(default_factory=dict, repr=False)
     _signature: tuple | None = field(default=None, repr=False)
+    loads: int = field(default=0, repr=False)  # how many times the file was read: changes with every reload
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
@@ -180,6 +181,7 @@ class Tokens:
             self._entries = entries
             self._by_hash = {h: e.tenant for e in entries.values() for h in e.hashes}
             self._signature = signature
+            self.loads += 1
 
     @property
     def tenants(self) -> dict[str, TenantEntry]:
