@@ -119,7 +119,7 @@ def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool =
 
 
 def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> None:
-    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``).
+    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``, ``locality``).
 
     An unknown policy is a :class:`~dask_kaas.errors.ConfigError` (also a ``ValueError``), raised before
     anything changes.
@@ -132,7 +132,7 @@ def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> No
     ----------
     client : distributed.Client
         A client of a KaaS cluster.
-    policy : {"affinity", "balance", "static", "exclusive"}
+    policy : {"affinity", "balance", "static", "exclusive", "locality"}
         The new policy.
     clear_caches : bool, default False
         Empty every worker's device buffer cache too (:meth:`Runtime.clear_cache
@@ -157,7 +157,7 @@ def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> No
     >>> set_policy(client, "fastest")  # doctest: +SKIP
     Traceback (most recent call last):
     ...
-    dask_kaas.errors.ConfigError: policy must be one of affinity, balance, static, exclusive, got 'fastest'
+    dask_kaas.errors.ConfigError: policy must be one of affinity, balance, static, exclusive, locality, got 'fastest'
     >>> client.close(); cluster.close()  # doctest: +SKIP
     """
     if policy not in POLICIES:
@@ -193,7 +193,7 @@ def install(client: Client, *, device: str | None = None, device_memory: int | s
     store : BufferStore or str, optional
         The workers' store: a store, a URL, a local path or a profile name. Default from
         ``kaas.store``, else the profile ``local`` (resolved in this process).
-    policy : {"affinity", "balance", "static", "exclusive"}, optional
+    policy : {"affinity", "balance", "static", "exclusive", "locality"}, optional
         The placement policy; default from ``kaas.scheduler.policy`` (read in this process).
         The workers get it too (``exclusive`` empties a worker's cache on a tenant switch).
 

@@ -54,7 +54,7 @@ class LocalKaasCluster(LocalCluster):
         local path or a profile name (:func:`~dask_kaas.store.open_store`). Default from
         ``kaas.store``, else the profile ``local``. Not ``memory://``, which worker processes
         cannot see.
-    policy : {"affinity", "balance", "static", "exclusive"}, optional
+    policy : {"affinity", "balance", "static", "exclusive", "locality"}, optional
         The scheduler's placement policy; default from ``kaas.scheduler.policy``.
     **kwargs
         Passed to :class:`distributed.LocalCluster` (``dashboard_address`` defaults to

@@ -30,6 +30,23 @@ def set_task_metadata(worker, value: Any) -> bool:
     return True
 
 
+def current_task_annotation(worker, name: str) -> Any:
+    """The annotation ``name`` of the task running in this thread (None outside a task or without it):
+    what the scheduler attached when it sent the task (:func:`annotate`)."""
+    try:
+        key = worker.get_current_task()
+    except (AttributeError, KeyError):
+        return None
+    ts = worker.state.tasks.get(key)
+    return (ts.annotations or {}).get(name) if ts is not None else None
+
+
+def annotate(ts, name: str, value: Any) -> None:
+    """Attach ``value`` as annotation ``name`` of a scheduler task: it travels to the worker in the
+    task's ``compute-task`` message (a copy: annotations may be shared between tasks of one graph)."""
+    ts.annotations = {**(ts.annotations or {}), name: value}
+
+
 def send_to_scheduler(worker, msg: dict) -> None:
     """Queue ``msg`` (``{"op": ..., ...}``) on the worker's batched stream to the scheduler, from any thread."""
     worker.loop.add_callback(worker.batched_send, msg)

@@ -75,4 +75,23 @@ def scheduler_settings() -> dict:
         # moving a tenant also spreads its consts over more caches; a move must pay for that
         "stickiness": float(get("scheduler.stickiness")),
         "load_bandwidth": float(parse_size(get("scheduler.load-bandwidth"), name="kaas.scheduler.load-bandwidth")),
+        "replication": _bool(get("scheduler.replication"), "kaas.scheduler.replication"),
     }
+
+
+def eviction() -> str:
+    """``kaas.eviction``: the device cache's eviction order (:mod:`dask_kaas.scheduling.eviction`)."""
+    from .scheduling.eviction import EVICTIONS
+
+    value = get("eviction")
+    if value not in EVICTIONS:
+        raise ConfigError(f"kaas.eviction must be one of {', '.join(EVICTIONS)}, got {value!r}")
+    return value
+
+
+def _bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{name} must be true or false, got {value!r}")

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FULL_EVERY = 64
+# The other way: a task the scheduler sends carries, in this annotation, how many queued requests want
+# each const its worker caches ([[namespace, key, n], ...]: SchedulingCore.hints), for queue-aware eviction.
+WANTED_ANNOTATION = "kaas-wanted"
 
 ConstRef = tuple  # (namespace, key)
 

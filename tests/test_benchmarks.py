@@ -21,7 +21,8 @@ from benchmarks import common
 from benchmarks.common import Config, parse_args, print_result, run, write_result
 
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
-            "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host"}
+            "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
+            "simulate": "simulate"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -261,6 +262,15 @@ def test_placement_smoke(tmp_path):
     assert positive(r["ratios"]["balance_over_affinity_bytes"])
     assert 0 < r["belady"]["global"]["hit_rate"] <= 1 and isinstance(r["targets"]["bytes_3x_fewer_than_balance"], bool)
     assert r["scheduler_overhead"]["kaas_tasks"] == requests and positive(r["scheduler_overhead"]["plugin_cpu_us_per_task"])
+
+
+def test_simulate_smoke(tmp_path):
+    r = smoke("simulate", tmp_path)
+    rows = r["table"]["rows"]
+    assert set(rows) >= {"static", "exclusive", "balance", "affinity", "affinity+replication"}
+    for row in rows.values():
+        assert row["completed"] == r["table"]["requests"] > 0 and 0 <= row["slo_attainment"] <= 1
+    assert isinstance(r["targets"]["replication_bytes_3x_fewer_than_balance"], bool)
 
 
 @pytest.mark.slow

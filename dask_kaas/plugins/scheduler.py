@@ -26,6 +26,7 @@ from distributed import SchedulerPlugin
 from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
 from ..names import namespace_problem, split_key
+from ..report import WANTED_ANNOTATION
 from ..request import Request
 from ..scheduling import POLICIES, SchedulingCore, Task
 
@@ -238,6 +239,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                                                               request.deadline))
             elif decision.action == "run":
                 compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
+                self._hint(ts, decision.worker)
             else:
                 compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
         self._schedule_dispatch()
@@ -297,12 +299,19 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self.core.unplaced(key, ready=False)
                 continue
             compat.restrict_to(ts, {worker})
+            self._hint(ts, worker)
             if compat.start_processing(scheduler, key, stimulus_id) == "no-worker":
                 # the worker is paused, gone or closing: back to the head of its queue
                 compat.restrict_to(ts, {HELD})
                 self.core.unplaced(key)
                 self.core.set_running(worker, False)
                 self._paused.add(worker)
+
+    def _hint(self, ts, worker: str) -> None:
+        """The task tells its worker which of its cached consts queued requests want (queue-aware eviction)."""
+        hints = self.core.hints(worker)
+        if hints:
+            compat.annotate(ts, WANTED_ANNOTATION, [[ns, key, n] for (ns, key), n in hints.items()])
 
     # -- transitions ---------------------------------------------------------------------------
     def transition(self, key, start, finish, *args, **kwargs) -> None:

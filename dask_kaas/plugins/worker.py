@@ -10,6 +10,7 @@ from distributed import WorkerPlugin, get_worker
 from .. import compat, config
 from ..errors import ConfigError, KaasError
 from ..logs import setup_logging
+from ..report import WANTED_ANNOTATION
 from ..text import format_bytes
 from ..device import KINDS, make_device
 from ..runtime import Runtime
@@ -50,7 +51,7 @@ class KaasWorkerPlugin(WorkerPlugin):
     device_index : int, optional
         Which visible CUDA device to use (default 0: one worker per GPU, each
         started with its own ``CUDA_VISIBLE_DEVICES``).
-    policy : {"affinity", "balance", "static", "exclusive"}, optional
+    policy : {"affinity", "balance", "static", "exclusive", "locality"}, optional
         The scheduling policy (default from ``kaas.scheduler.policy`` on the worker);
         ``"exclusive"`` makes the worker empty its cache whenever the tenant changes.
     workers_per_device : int, optional
@@ -205,6 +206,9 @@ def worker_runtime() -> Runtime | None:
     runtime = getattr(worker.plugins.get(PLUGIN_NAME), "runtime", None)
     if runtime is None:
         raise KaasError(f"Dask worker {worker.address} {NO_PLUGIN}")
+    hints = compat.current_task_annotation(worker, WANTED_ANNOTATION)
+    if hints is not None:
+        runtime.want(hints)
     return runtime
 
 

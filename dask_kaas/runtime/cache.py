@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import DeviceMemoryError
+from ..scheduling.eviction import check_eviction, eviction_order
 from ..text import exact_bytes
 from .counters import Counters
 
@@ -35,6 +36,7 @@ class _Entry(Generic[Handle]):
     const: bool
     pins: int = 0
     last_use: int = 0
+    uses: int = 0
 
 
 class BufferCache(Generic[Handle]):
@@ -43,7 +45,9 @@ class BufferCache(Generic[Handle]):
     Each entry holds ``key, handle, nbytes, const, pins, last_use``. Pinned entries
     (``pins > 0``) are in use by a running request and are never evicted or freed. Unpinned
     entries stay resident (cached) until room is needed, then are evicted non-const first,
-    then const, least-recently-used first within each group. Nothing is written back: a const
+    then const, in ``eviction``'s order (:mod:`dask_kaas.scheduling.eviction`: ``lru``, least
+    recently used first; ``queue-aware``, consts no queued request wants first, by uses, then
+    those wanted, as the last :meth:`want` said). Nothing is written back: a const
     never changes on the device, and outputs are copied out by the request that wrote them.
 
     Counters (when given): only ``const=True`` acquisitions count ``hits`` /
@@ -60,9 +64,12 @@ class BufferCache(Generic[Handle]):
         free: Callable[[Handle], None],
         *,
         counters: Counters | None = None,
+        eviction: str = "lru",
     ):
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.eviction = check_eviction(eviction)
+        self._wanted: dict = {}
         self._capacity = int(capacity)
         self._allocate = allocate
         self._free = free
@@ -242,7 +249,14 @@ class BufferCache(Generic[Handle]):
         except KeyError:
             raise KeyError(f"buffer {key!r} is not in the cache") from None
 
+    def want(self, wanted: dict) -> None:
+        """``{key: requests queued for it}`` for the resident keys queued requests need (the
+        scheduler's hints): what ``queue-aware`` eviction keeps longest. Replaces the previous hints."""
+        with self._lock:
+            self._wanted = dict(wanted)
+
     def _touch(self, entry: _Entry[Handle]) -> None:
+        entry.uses += 1
         entry.last_use = next(self._tick)
         self._entries.move_to_end(entry.key)
 
@@ -257,8 +271,8 @@ class BufferCache(Generic[Handle]):
         self._free(entry.handle)
 
     def _victims(self) -> list[_Entry[Handle]]:
-        """Unpinned entries in eviction order: non-const before const, LRU first in each group."""
-        return sorted((e for e in self._entries.values() if not e.pins), key=lambda e: e.const)
+        """Unpinned entries in eviction order: non-const before const, then by the eviction policy."""
+        return eviction_order((e for e in self._entries.values() if not e.pins), self.eviction, self._wanted)
 
     def _evict(self, entry: _Entry[Handle]) -> None:
         self._remove(entry)

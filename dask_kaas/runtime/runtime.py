@@ -131,7 +131,8 @@ class Runtime:
         self.device = device
         self.store = open_store(store)
         self.counters = counters or Counters()
-        self.cache = BufferCache(device.capacity, device.allocate, device.free, counters=self.counters)
+        self.cache = BufferCache(device.capacity, device.allocate, device.free, counters=self.counters,
+                                 eviction=config.eviction())
         if kernel_cache_entries is None:
             kernel_cache_entries = int(config.get("kernel-cache.modules"))
         self.kernels = KernelCache(self._load_module, max_entries=kernel_cache_entries, counters=self.counters)
@@ -327,6 +328,19 @@ class Runtime:
             self.counters.add("bytes_h2d", raw.nbytes)
 
         return fill
+
+    def want(self, hints) -> None:
+        """The scheduler's hints for ``queue-aware`` eviction: ``[[namespace, key, n], ...]``, ``n``
+        requests queued (or assigned here) that need that const. Malformed hints are ignored: they
+        only order evictions."""
+        wanted = {}
+        try:
+            for ns, key, n in hints or ():
+                wanted[(str(ns), str(key))] = int(n)
+        except (TypeError, ValueError):
+            return
+        self.cache.want({e["key"]: wanted[(e["key"].namespace, e["key"].key)] for e in self.cache.contents()
+                         if isinstance(e["key"], ConstId) and (e["key"].namespace, e["key"].key) in wanted})
 
     def _filler(self, role, raw: np.ndarray | None, version=None) -> Callable:
         if raw is not None:

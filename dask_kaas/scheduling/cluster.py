@@ -56,6 +56,9 @@ class WorkerView:
     def missing_bytes(self, consts: Consts) -> int:
         """Bytes of ``consts`` neither cached here nor about to be loaded by a task already assigned here."""
         resident, pending = self.picture.resident, self.pending
+        if len(consts) == 1:  # the common case, on every placement decision: no generator
+            ref, nbytes = consts[0]
+            return 0 if ref in resident or pending[ref] else nbytes
         return sum(nbytes for ref, nbytes in consts if ref not in resident and not pending[ref])
 
     def placement_bytes(self, consts: Consts) -> int:

@@ -14,12 +14,12 @@ their own clock. Events:
 - ``add_worker`` / ``remove_worker`` / ``set_policy``.
 
 Costs: per task O(log tenants + log workers + consts), never a scan of all workers or tenants
-(only the ``static``/``exclusive`` baselines may look past many tenants whose workers are full).
+(the ``static``/``exclusive`` baselines look at the workers with requests queued for them).
 """
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,6 +34,7 @@ from .tenants import TenantStats
 
 RECENT_REQUESTS = 200
 CANDIDATE_TENANTS = 8  # tenants within the slack that compete for a slot by locality (MQFQ-Sticky)
+ARRIVAL_ALPHA = 0.05  # weight of the newest gap in a tenant's mean arrival interval (replication)
 
 
 @dataclass
@@ -69,10 +70,11 @@ class SchedulingCore:
 
     Parameters
     ----------
-    policy : {"affinity", "balance", "static", "exclusive"}
+    policy : {"affinity", "balance", "static", "exclusive", "locality"}
         Where a request goes: to the worker where it starts soonest counting const loads
-        (``affinity``), the least loaded (``balance``), a fixed worker per tenant (``static``), or a
-        worker of its own per tenant (``exclusive``).
+        (``affinity``), the least loaded (``balance``), a fixed worker per tenant (``static``), a
+        worker of its own per tenant (``exclusive``), or the least loaded worker holding its consts
+        while one has a free slot (``locality``).
     depth : int
         KaaS tasks in flight per worker; the rest wait in the fair queue.
     weights : dict or None
@@ -85,6 +87,10 @@ class SchedulingCore:
         Store-to-device bytes per second assumed until measured.
     slack_tasks : float
         Requests' worth of queueing an admitted request may wait behind.
+    replication : bool
+        ``affinity``: a tenant whose arrival rate x seconds per request outgrows the workers holding
+        its consts gets one more replica on the least loaded worker, and its requests waiting in the
+        fair queue count against its holders (see :mod:`.placement`).
     clock : callable
         Seconds now (``time.time``; a virtual clock in tests and the simulator).
 
@@ -93,13 +99,15 @@ class SchedulingCore:
     """
 
     def __init__(self, *, policy: str, depth: int, weights: dict | None, margin: float, stickiness: float,
-                 load_bandwidth: float, slack_tasks: float = 1.0, clock: Callable[[], float] = time.time):
+                 load_bandwidth: float, slack_tasks: float = 1.0, replication: bool = False,
+                 clock: Callable[[], float] = time.time):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
         self.margin = margin
         self.stickiness = stickiness
         self.slack_tasks = slack_tasks
+        self.replication = bool(replication)
         self.clock = clock
         self.cluster = Cluster(depth)
         self.queue = FairQueue(weights)
@@ -109,11 +117,16 @@ class SchedulingCore:
         self.tenants: dict[str, TenantStats] = {}
         self.recent: deque = deque(maxlen=RECENT_REQUESTS)
         self._admitted: dict[Hashable, Task] = {}
+        self.pinned_backlog: dict[str, set] = {}  # static/exclusive: worker -> tenants with requests queued for it
+        self.wanted: Counter = Counter()  # const -> held requests (not yet on a worker) that need it
+        self.arrivals: dict[str, tuple[float, float]] = {}  # tenant -> (last arrival, mean interval), replication
         self.decisions = 0  # worker choices made, for the overhead benchmark
 
     # -- workers ----------------------------------------------------------------------------
     def add_worker(self, address: str) -> None:
         self.cluster.add(address)
+        if self.policy in PINNED and self.tasks:
+            self._repin_held(everyone=False)
 
     def remove_worker(self, address: str) -> list[Hashable]:
         """The worker is gone; returns the keys that were assigned to it (Dask reschedules them)."""
@@ -134,11 +147,14 @@ class SchedulingCore:
         self.static = StaticAssignment()
         if caches_cleared:
             self.cluster.forget_caches()
+        self._repin_held(everyone=True)
 
     # -- tasks ------------------------------------------------------------------------------
     def submit(self, task: Task) -> Decision:
         stats = self.tenants.setdefault(task.tenant, TenantStats())
         stats.submitted += 1
+        if self.replication:
+            self._arrived(task.tenant)
         task.estimate = self.model.estimate_or_mean(task.shape)
         if self.policy in PINNED and self.cluster.views:
             task.pinned = self.static.worker_for(task.tenant, self.cluster.views)
@@ -148,7 +164,7 @@ class SchedulingCore:
                 stats.rejected += 1
                 return rejection
         self.tasks[task.key] = task
-        task.state = "held"
+        self._hold(task)
         if not task.ready:
             return Decision("hold")
         if not len(self.queue):  # nothing waits: no one to be fair to, so straight to a worker
@@ -157,7 +173,7 @@ class SchedulingCore:
                 self.queue.charge(task.tenant, task.estimate)
                 self._assign(task, worker)
                 return Decision("run", worker)
-        self.queue.push(task.tenant, task.key)
+        self._enqueue(task)
         return Decision("hold")
 
     def set_ready(self, key: Hashable) -> None:
@@ -165,7 +181,7 @@ class SchedulingCore:
         task = self.tasks.get(key)
         if task is not None and task.state == "held" and not task.ready:
             task.ready = True
-            self.queue.push(task.tenant, key)
+            self._enqueue(task)
 
     def dispatch(self) -> list[tuple[Hashable, str]]:
         """Tasks to start now, each with its worker: free slots filled from the fair queues."""
@@ -194,9 +210,10 @@ class SchedulingCore:
         if task is None or task.state != "assigned":
             return
         self.cluster.release(task.worker, task.consts, task.estimate)
-        task.state, task.worker, task.ready = "held", None, ready
+        task.worker, task.ready = None, ready
+        self._hold(task)
         if ready:
-            self.queue.push_front(task.tenant, key)
+            self._enqueue(task, front=True)
 
     def finished(self, key: Hashable, ok: bool, *, duration: float | None = None) -> None:
         """The task left its worker: completed (``ok``) or failed. ``duration``: its compute seconds."""
@@ -204,6 +221,8 @@ class SchedulingCore:
         self._admitted.pop(key, None)
         if task is None:
             return
+        if task.state == "held":
+            self._unhold(task)
         now = self.clock()
         if task.state == "assigned" and task.worker is not None:
             if ok:
@@ -231,8 +250,10 @@ class SchedulingCore:
             return
         if task.state == "assigned" and task.worker is not None:
             self.cluster.release(task.worker, task.consts, task.estimate)
-        elif task.state == "held" and task.ready:
-            self.queue.withdraw(key)
+        elif task.state == "held":
+            self._unhold(task)
+            if task.ready:
+                self.queue.withdraw(key)
 
     def report(self, worker: str, report: dict) -> None:
         view = self.cluster.views.get(worker)
@@ -250,6 +271,20 @@ class SchedulingCore:
             "ok": bool(report.get("ok")),
         })
 
+    def hints(self, worker: str) -> dict:
+        """For each const cached on ``worker``, how many requests want it (held in the fair queue, or
+        assigned to this worker and not finished): what queue-aware eviction keeps longest."""
+        view = self.cluster.views.get(worker)
+        if view is None:
+            return {}
+        wanted, pending = self.wanted, view.pending
+        out = {}
+        for ref in view.resident:
+            n = wanted.get(ref, 0) + pending.get(ref, 0)
+            if n:
+                out[ref] = n
+        return out
+
     # -- placement as Dask asks for it ----------------------------------------------------------
     def comm_cost(self, key: Hashable, worker: str) -> float:
         """Seconds beyond Dask's own that placing ``key`` on ``worker`` costs (stealing asks too)."""
@@ -262,16 +297,107 @@ class SchedulingCore:
     # -- internals --------------------------------------------------------------------------
     def _choose(self, task: Task) -> str | None:
         self.decisions += 1
+        backlog = demand = 0.0
+        if self.replication:
+            backlog = self.queue.held(task.tenant) * task.estimate
+            demand = self.demand(task.tenant, task.estimate)
         return choose_worker(self.cluster, task.consts, self.policy, stickiness=self.stickiness,
-                             bandwidth=self.model.load_bandwidth(), pinned=task.pinned)
+                             bandwidth=self.model.load_bandwidth(), pinned=task.pinned,
+                             replicate=self.replication, backlog=backlog, demand=demand)
+
+    def _arrived(self, tenant: str) -> None:
+        now = self.clock()
+        last = self.arrivals.get(tenant)
+        if last is None:
+            self.arrivals[tenant] = (now, float("inf"))
+            return
+        gap = now - last[0]
+        self.arrivals[tenant] = (now, gap if last[1] == float("inf") else (1 - ARRIVAL_ALPHA) * last[1] + ARRIVAL_ALPHA * gap)
+
+    def demand(self, tenant: str, seconds: float) -> float:
+        """Workers' worth of work ``tenant`` brings: its arrival rate (a moving average of the gaps
+        between its requests, the time since the last counted too) x ``seconds`` per request."""
+        last = self.arrivals.get(tenant)
+        if last is None or last[1] == float("inf"):
+            return 0.0
+        interval = max(last[1], (self.clock() - last[0]) * ARRIVAL_ALPHA + (1 - ARRIVAL_ALPHA) * last[1], 1e-9)
+        return seconds / interval
+
+    def _hold(self, task: Task) -> None:
+        if task.state != "held":
+            task.state = "held"
+            for ref, _ in task.consts:
+                self.wanted[ref] += 1
+
+    def _unhold(self, task: Task) -> None:
+        if task.state == "held":
+            task.state = "new"
+            wanted = self.wanted
+            for ref, _ in task.consts:
+                if wanted[ref] <= 1:
+                    del wanted[ref]
+                else:
+                    wanted[ref] -= 1
 
     def _assign(self, task: Task, worker: str) -> None:
+        self._unhold(task)
         task.state, task.worker, task.assigned = "assigned", worker, self.clock()
         self.cluster.assign(worker, task.consts, task.estimate)
+
+    def _enqueue(self, task: Task, front: bool = False) -> None:
+        (self.queue.push_front if front else self.queue.push)(task.tenant, task.key)
+        if task.pinned is not None:
+            self.pinned_backlog.setdefault(task.pinned, set()).add(task.tenant)
+
+    def _pick_pinned(self) -> tuple[Hashable, str] | None:
+        """``static``/``exclusive``: the least-served tenant queued for a worker with a free slot (only
+        the workers with a backlog are looked at, never every tenant)."""
+        queue, cluster = self.queue, self.cluster
+        for worker in list(self.pinned_backlog):
+            tenants = self.pinned_backlog[worker]
+            if not cluster.is_open(worker):
+                if worker not in cluster:  # gone: its tenants' requests go to their next worker
+                    self._repin(self.pinned_backlog.pop(worker))
+                continue
+            for tenant in [t for t in tenants if queue.head(t) is None]:
+                tenants.discard(tenant)
+            if not tenants:
+                del self.pinned_backlog[worker]
+                continue
+            tenant = min(tenants, key=lambda t: (queue.service[t], t))
+            task = self.tasks[queue.pop(tenant)]
+            task.estimate = self.model.estimate_or_mean(task.shape)
+            queue.charge(tenant, task.estimate)
+            self.decisions += 1
+            self._assign(task, worker)
+            return task.key, worker
+        return None
+
+    def _repin(self, tenants) -> None:
+        for task in self.tasks.values():
+            if task.state == "held" and task.tenant in tenants and task.pinned not in self.cluster and self.cluster.views:
+                task.pinned = self.static.worker_for(task.tenant, self.cluster.views)
+                if task.ready:
+                    self.pinned_backlog.setdefault(task.pinned, set()).add(task.tenant)
+
+    def _repin_held(self, everyone: bool) -> None:
+        """Held tasks pinned (or not) as the policy says: all of them after a policy switch, else those
+        pinned nowhere (they arrived before any worker)."""
+        pinned = self.policy in PINNED and self.cluster.views
+        if everyone:
+            self.pinned_backlog = {}
+        for task in self.tasks.values():
+            if task.state != "held" or (not everyone and task.pinned is not None):
+                continue
+            task.pinned = self.static.worker_for(task.tenant, self.cluster.views) if pinned else None
+            if task.pinned is not None and task.ready:
+                self.pinned_backlog.setdefault(task.pinned, set()).add(task.tenant)
 
     def _pick(self) -> tuple[Hashable, str] | None:
         """The next (task, worker): among the least-served tenants within one task of slack, the one
         whose next task suits a free worker best (fewest bytes to load there)."""
+        if self.policy in PINNED:
+            return self._pick_pinned()
         queue = self.queue
         limit = CANDIDATE_TENANTS
         while True:
@@ -302,9 +428,7 @@ class SchedulingCore:
                 queue.charge(task.tenant, task.estimate)
                 self._assign(task, worker)
                 return task.key, worker
-            if self.policy not in PINNED or len(tenants) < limit or self.cluster.least_loaded() is None:
-                return None  # every slot taken (or, pinned, every tenant's worker full)
-            limit *= 4  # pinned baselines: look further down for a tenant whose worker has room
+            return None  # every slot taken
 
     def _admit(self, task: Task) -> Decision | None:
         """None to admit; else the rejection (its predicted latency is too close to the deadline)."""

@@ -25,13 +25,16 @@ class RuntimeModel:
     def __init__(self, default_bandwidth: float = 2**30):
         self.default_bandwidth = float(default_bandwidth)
         self.runtime: dict[str, float] = {}
+        self._runtime_sum = 0.0  # of runtime's values, kept as they change: the mean is O(1) with many shapes
         self.overhead: float = 0.0         # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
         self.ratios: deque = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
         self.calibration = CALIBRATION_PRIOR
 
     def observe(self, shape: str, seconds: float) -> None:
-        self.runtime[shape] = _ewma(self.runtime.get(shape), seconds)
+        old = self.runtime.get(shape)
+        new = self.runtime[shape] = _ewma(old, seconds)
+        self._runtime_sum += new - (old or 0.0)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead = _ewma(self.overhead or None, max(0.0, seconds))
@@ -60,7 +63,7 @@ class RuntimeModel:
         known = self.estimate(shape)
         if known is not None:
             return known
-        return (sum(self.runtime.values()) / len(self.runtime) + self.overhead) if self.runtime else 0.0
+        return (max(0.0, self._runtime_sum) / len(self.runtime) + self.overhead) if self.runtime else 0.0
 
     def load_bandwidth(self) -> float:
         return self.bandwidth or self.default_bandwidth

@@ -6,6 +6,12 @@
   store bandwidth, times ``stickiness``. The cheapest wins, even when its own slots are taken: a
   free slot anywhere admits a task to the workers (the slots bound the work in flight), and the
   task then queues where its data is if that is cheaper than loading it elsewhere.
+  With ``replicate``, a tenant whose demand (its arrival rate x its predicted seconds per request,
+  in workers' worth of work) exceeds ``REPLICATE_AT`` of the workers holding its consts goes to the
+  least loaded worker, which loads one more replica, before a queue builds up on its holders; and
+  the holders also carry the tenant's requests still waiting in the fair queue, shared among them.
+- ``locality`` (Hermes, MQFQ-Sticky): the least loaded worker holding the consts while one of them
+  has a free slot, else the least loaded worker.
 - ``balance``: the least loaded worker with a free slot (Dask's own least-loaded idea).
 - ``static`` and ``exclusive``: each tenant's one worker (round robin in order of first appearance).
 """
@@ -13,25 +19,36 @@ from __future__ import annotations
 
 from .cluster import Cluster, Consts
 
-POLICIES = ("affinity", "balance", "static", "exclusive")
+POLICIES = ("affinity", "balance", "static", "exclusive", "locality")
+REPLICATE_AT = 0.8  # busy share of its holders beyond which a tenant's consts get one more replica
 PINNED = ("static", "exclusive")
 
 
 def choose_worker(cluster: Cluster, consts: Consts, policy: str, *, stickiness: float, bandwidth: float,
-                  pinned: str | None = None) -> str | None:
+                  pinned: str | None = None, replicate: bool = False, backlog: float = 0.0,
+                  demand: float = 0.0) -> str | None:
     """The worker the task should go to, or None when it should wait (no free slot anywhere, or, pinned,
-    none on its worker)."""
+    none on its worker). ``backlog``: seconds of the task's tenant's requests waiting in the fair queue;
+    ``demand``: workers' worth of work the tenant brings (arrival rate x seconds per request)."""
     if pinned is not None:
         return pinned if cluster.is_open(pinned) else None
     least = cluster.least_loaded()
-    if policy != "affinity" or least is None or not consts:
+    if policy not in ("affinity", "locality") or least is None or not consts:
         return least
+    holders = cluster.holding(consts)
+    if policy == "locality":
+        open_holders = [a for a in holders if cluster.is_open(a) and cluster.views[a].running]
+        return min(open_holders, key=lambda a: (cluster.views[a].queued_seconds, a)) if open_holders else least
+    if replicate and holders and least not in holders and demand > REPLICATE_AT * len(holders):
+        return least
+    share = backlog / len(holders) if replicate and holders else 0.0
     best, best_rank = None, None
-    for address in cluster.holding(consts) | {least}:
+    for address in holders | {least}:
         view = cluster.views.get(address)
         if view is None or not view.running:
             continue
-        cost = view.queued_seconds + stickiness * view.placement_bytes(consts) / bandwidth
+        wait = view.queued_seconds + (share if address in holders else 0.0)
+        cost = wait + stickiness * view.placement_bytes(consts) / bandwidth
         rank = (cost, -view.free, address)
         if best_rank is None or rank < best_rank:
             best, best_rank = address, rank

@@ -1,0 +1,254 @@
+"""Datacenter scale, simulated: the live scheduling code (``dask_kaas.scheduling``) on a virtual clock.
+
+``dask_kaas.sim`` drives ``SchedulingCore`` (dispatch, placement, admission) and the device cache's
+eviction order with simulated workers; costs are calibrated from ``benchmarks/results``
+(``dask_kaas.sim.costs``: ``host_costs`` for this machine's host-device clusters, ``gpu_costs`` for
+a GPU datacenter, assumptions named). Four parts:
+
+1. **Validation**: the live placement trace (``placement.json``: 4 workers, 12 tenants, 4 MiB
+   consts, window 8, Zipf 0.8, seed 0) and the contention configurations (``contention-host.json``)
+   replayed in the simulator under ``host_costs``; throughput, hit rate, bytes loaded, p50 and p99
+   against the live medians, each flagged within 15% or not.
+2. **Eviction**: LRU, queue-aware and Belady (furthest next use, over each worker's own accesses
+   under the same placement) on a cyclic trace (12 tenants round robin, each worker's cache 2.5
+   consts, 4 workers; and one worker with 11.5) and on Zipf traces; target: queue-aware within
+   5 points of Belady.
+3. **Policy table** at ``--gpus`` GPUs (1,000) and ``--functions`` functions (10,000): an
+   Azure-Functions-shaped trace (``azure_like``: Zipf 1.0 popularity, Gamma arrivals with CV 2,
+   ``--rate`` calls/s, log-normal kernel seconds (median 2 s) and weights (median 1 GiB), SLO 5x a
+   function's own cold latency) over ``--hours`` simulated hours, each GPU caching 40 GiB; every
+   configuration of ``dask_kaas.sim.CONFIGURATIONS``, with ratios to ``static``. Targets:
+   affinity+replication's p99 <= balance's with >= 3x fewer bytes loaded.
+4. **A simulated day** (``--day-hours``, 24) of the same trace under the best configuration: its wall
+   time (target: under 10 minutes on this machine).
+
+    python -m benchmarks simulate [--quick | --smoke] [--gpus 1000] [--functions 10000] [--hours 1] ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from benchmarks.common import RESULTS, Option, Suite, main, met
+
+GiB, MiB = 2**30, 2**20
+FULL = {"gpus": 1000, "functions": 10_000, "rate": 30.0, "hours": 1.0, "day_hours": 24.0, "capacity_gib": 40.0,
+        "seed": 0, "validate": True}
+SIZES = {"full": FULL, "quick": {**FULL, "hours": 0.25, "day_hours": 1.0},
+         "smoke": {**FULL, "gpus": 16, "functions": 200, "rate": 2.0, "hours": 0.05, "day_hours": 0.1,
+                   "validate": True}}
+LIVE_SYSTEMS = {"affinity": "affinity", "balance": "balance", "static": "static"}
+FIGURES = ("throughput_rps", "hit_rate", "bytes_loaded", "p50_ms", "p99_ms")
+TOLERANCE = 0.15
+
+
+# ------------------------------------------------------------------ validation
+def _live_runs(name: str) -> dict | None:
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _median(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.median(values)) if values else None
+
+
+def _compare(sim: dict, live: dict) -> dict:
+    out = {}
+    for key in FIGURES:
+        s, v = sim.get(key), live.get(key)
+        if s is None or v is None:
+            continue
+        rel = (s - v) / v if v else 0.0
+        out[key] = {"sim": s, "live": v, "relative": rel, "within_15pct": abs(rel) <= TOLERANCE}
+    return out
+
+
+def validation(costs) -> list[dict]:
+    from dask_kaas.sim import simulate, zipf_trace
+
+    cases = []
+    placement = _live_runs("placement.json")
+    contention = _live_runs("contention-host.json")
+    matmul_s = 0.7e-3
+    if contention:
+        matmul_s = contention["configs"][0]["local_cost_per_request"]["matmul_ms"] * 1e-3
+    if placement:
+        p = placement["parameters"]
+        kernel = matmul_s / 2  # 8x1024 @ 1024x1024: half the contention suite's 8x1024 @ 1024x2048
+        wl = zipf_trace(p["tenants"], p["requests"], s=p["zipf_s"], seed=p["seed"], const_bytes=p["const_bytes"],
+                        kernel_seconds=kernel, window=p["window"])
+        for policy in ("affinity", "balance", "static"):
+            runs = placement["runs"][policy]
+            live = {k: _median(runs, k) for k in ("throughput_rps", "hit_rate", "p50_ms", "p99_ms")}
+            live["bytes_loaded"] = _median(runs, "bytes_from_store")
+            sim = simulate(wl, policy, gpus=p["workers"], capacity=p["capacity_bytes"], costs=costs)
+            cases.append({"trace": "placement", "policy": policy, "figures": _compare(sim, live)})
+    if contention:
+        for cfg in contention["configs"]:
+            p = cfg["parameters"]
+            kernel = cfg["local_cost_per_request"]["matmul_ms"] * 1e-3
+            wl = zipf_trace(p["tenants"], p["requests"], s=contention["parameters"]["zipf_s"], seed=0,
+                            const_bytes=p["const_bytes"], kernel_seconds=kernel, window=p["window"])
+            for system, policy in (("static", "static"), ("kaas-balance", "balance"), ("kaas-affinity", "affinity")):
+                runs = cfg["runs"][system]
+                live = {k: _median(runs, k) for k in ("throughput_rps", "p50_ms", "p99_ms")}
+                live["bytes_loaded"] = _median(runs, "bytes_from_store")
+                sim = simulate(wl, policy, gpus=p["workers"], capacity=p["capacity_bytes"], costs=costs)
+                cases.append({"trace": f"contention {p['tenants']} tenants x {p['const_bytes'] // MiB} MiB",
+                              "policy": policy, "figures": _compare(sim, live)})
+    return cases
+
+
+# ------------------------------------------------------------------ eviction
+def eviction(costs) -> list[dict]:
+    from dask_kaas.sim import cyclic_trace, simulate, zipf_trace
+
+    const = 4 * MiB
+    traces = [
+        ("cyclic, 4 workers x 2.5 consts", cyclic_trace(12, 600, const_bytes=const, kernel_seconds=0.002), 4, 2.5),
+        ("cyclic, 1 worker x 11.5 consts", cyclic_trace(12, 600, const_bytes=const, kernel_seconds=0.002), 1, 11.5),
+        ("zipf 0.8, 48 tenants, 4 workers x 4.25", zipf_trace(48, 2000, s=0.8, seed=0, const_bytes=const,
+                                                              kernel_seconds=0.002), 4, 4.25),
+        ("zipf 0.8, 12 tenants, 1 worker x 4.25", zipf_trace(12, 1000, s=0.8, seed=0, const_bytes=const,
+                                                             kernel_seconds=0.002), 1, 4.25),
+    ]
+    rows = []
+    for label, wl, gpus, per in traces:
+        row = {"trace": label}
+        for ev in ("lru", "queue-aware"):
+            r = simulate(wl, "affinity", gpus=gpus, capacity=int(per * const), costs=costs, belady=True, eviction=ev)
+            row[ev] = {"hit_rate": r["hit_rate"], "belady_hit_rate": r["belady_hit_rate"],
+                       "bytes_loaded": r["bytes_loaded"], "p99_ms": r["p99_ms"]}
+        row["queue_aware_points_below_belady"] = 100 * (row["queue-aware"]["belady_hit_rate"]
+                                                        - row["queue-aware"]["hit_rate"])
+        row["lru_points_below_belady"] = 100 * (row["lru"]["belady_hit_rate"] - row["lru"]["hit_rate"])
+        row["within_5_points"] = row["queue_aware_points_below_belady"] <= 5.0
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ the table and the day
+def table(p: dict, costs) -> dict:
+    from dask_kaas.sim import azure_like, policy_table
+
+    wl = azure_like(p["functions"], duration=p["hours"] * 3600, rate=p["rate"], seed=p["seed"])
+    wl = wl.with_slo(5.0, costs.load_seconds)
+    rows = policy_table(wl, gpus=p["gpus"], capacity=int(p["capacity_gib"] * GiB), costs=costs)
+    return {"trace": wl.description, "requests": len(wl), "rows": rows}
+
+
+def day(p: dict, costs) -> dict | None:
+    from dask_kaas.sim import azure_like, simulate
+
+    if not p["day_hours"]:
+        return None
+    start = time.perf_counter()
+    wl = azure_like(p["functions"], duration=p["day_hours"] * 3600, rate=p["rate"], seed=p["seed"])
+    wl = wl.with_slo(5.0, costs.load_seconds)
+    generate = time.perf_counter() - start
+    r = simulate(wl, "affinity+replication+queue-aware", gpus=p["gpus"], capacity=int(p["capacity_gib"] * GiB),
+                 costs=costs)
+    wall = time.perf_counter() - start
+    return {"configuration": "affinity+replication+queue-aware", "requests": len(wl), "generate_s": generate,
+            "wall_s": wall, "us_per_request": 1e6 * r["wall_s"] / max(1, len(wl)), "figures": r,
+            "target_met": wall < 600}
+
+
+def measure(config, p: dict) -> dict:
+    from dask_kaas.sim import gpu_costs, host_costs
+
+    host, gpu = host_costs(), gpu_costs()
+    out = {"parameters": dict(p), "costs": {"host": host.as_dict(), "gpu": gpu.as_dict()}}
+    if p["validate"]:
+        out["validation"] = validation(host)
+        out["eviction"] = eviction(host)
+    out["table"] = table(p, gpu)
+    rows = out["table"]["rows"]
+    rep, bal = rows["affinity+replication"], rows["balance"]
+    out["targets"] = {
+        "replication_p99_le_balance": rep["p99_ms"] <= bal["p99_ms"],
+        "replication_bytes_3x_fewer_than_balance": bal["bytes_loaded"] >= 3 * rep["bytes_loaded"],
+        "balance_over_replication_bytes": bal["bytes_loaded"] / max(1, rep["bytes_loaded"]),
+    }
+    if p["validate"]:
+        out["targets"]["eviction_within_5_points_of_belady"] = all(r["within_5_points"] for r in out["eviction"])
+        figures = [f for case in out["validation"] for f in case["figures"].values()]
+        out["targets"]["validation_within_15pct"] = f"{sum(f['within_15pct'] for f in figures)}/{len(figures)}"
+    out["day"] = day(p, gpu)
+    if out["day"]:
+        out["targets"]["day_under_10_minutes"] = out["day"]["target_met"]
+    return out
+
+
+def _fmt(v, scale=1.0, spec=".1f"):
+    return "-" if v is None else format(v * scale, spec)
+
+
+def report(r: dict):
+    if r.get("validation"):
+        yield "validation against the live cluster (host costs; sim vs live median, relative):"
+        for case in r["validation"]:
+            cells = ", ".join(f"{k} {_fmt(f['sim'], 1, '.3g')}/{_fmt(f['live'], 1, '.3g')} "
+                              f"({f['relative']:+.0%}{'' if f['within_15pct'] else ' !'})"
+                              for k, f in case["figures"].items())
+            yield f"  {case['trace']:<32} {case['policy']:<9} {cells}"
+    if r.get("eviction"):
+        yield "eviction (hit rate; Belady over the same placement):"
+        for row in r["eviction"]:
+            yield (f"  {row['trace']:<40} lru {row['lru']['hit_rate']:.1%}  queue-aware "
+                   f"{row['queue-aware']['hit_rate']:.1%}  Belady {row['queue-aware']['belady_hit_rate']:.1%}  "
+                   f"({row['queue_aware_points_below_belady']:.1f} points below: {met(row['within_5_points'])})")
+    t = r["table"]
+    yield (f"policy table: {r['parameters']['gpus']} GPUs, {t['trace']['functions']} functions, {t['requests']} "
+           f"requests over {t['trace']['duration_s'] / 3600:g} h (GPU costs)")
+    yield (f"  {'configuration':<34} {'goodput/s':>9} {'p50 s':>8} {'p99 s':>9} {'SLO':>6} {'TB loaded':>9} "
+           f"{'GPU-h':>8} {'Jain':>5} {'x static':>8}")
+    for name, row in t["rows"].items():
+        vs = row.get("vs_static", {})
+        yield (f"  {name:<34} {row['goodput_rps']:>9.2f} {_fmt(row['p50_ms'], 1e-3, '.2f'):>8} "
+               f"{_fmt(row['p99_ms'], 1e-3, '.1f'):>9} {row['slo_attainment']:>6.1%} {row['bytes_loaded'] / 1e12:>9.2f} "
+               f"{row['gpu_seconds'] / 3600:>8.0f} {row['jain_fairness']:>5.2f} {_fmt(vs.get('goodput'), 1, '.1f'):>8}")
+    g = r["targets"]
+    yield (f"affinity+replication vs balance: p99 <= balance's {met(g['replication_p99_le_balance'])}, bytes "
+           f"{g['balance_over_replication_bytes']:.1f}x fewer (target >= 3x: "
+           f"{met(g['replication_bytes_3x_fewer_than_balance'])})")
+    if r.get("day"):
+        d = r["day"]
+        yield (f"a simulated day: {d['requests']} requests in {d['wall_s']:.0f} s wall ({d['us_per_request']:.0f} us "
+               f"per request; target < 600 s: {met(d['target_met'])})")
+
+
+def draw(r: dict, plt):
+    rows = r["table"]["rows"]
+    names = list(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, scale, label in ((axes[0], "goodput_rps", 1, "goodput (calls within SLO / s)"),
+                                  (axes[1], "p99_ms", 1e-3, "p99 latency (s, log)"),
+                                  (axes[2], "bytes_loaded", 1e-12, "TB loaded")):
+        ax.bar(range(len(names)), [rows[n][key] * scale for n in names], color="tab:blue")
+        ax.set_xticks(range(len(names)), [n.replace("+", "+\n") for n in names], fontsize=7)
+        ax.set_ylabel(label)
+        if key == "p99_ms":
+            ax.set_yscale("log")
+    fig.suptitle(f"{r['parameters']['gpus']} simulated GPUs, {r['table']['trace']['functions']} functions")
+    fig.tight_layout()
+    return fig
+
+
+SUITE = Suite(
+    "simulate", __doc__, measure, report, SIZES, draw=draw, host_only=True, per_device_files=False,
+    options=(Option("--gpus", int, "simulated GPUs"), Option("--functions", int, "functions in the trace"),
+             Option("--rate", float, "calls per second in all"), Option("--hours", float, "simulated hours per policy"),
+             Option("--day-hours", float, "hours of the timed run (0: skip)"),
+             Option("--capacity-gib", float, "cache GiB per GPU"), Option("--seed", int, "seed of the trace")))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(suite="simulate"))

@@ -1,0 +1,170 @@
+"""What things cost in the simulator, and where each figure comes from.
+
+A simulated request, once the scheduling core dispatches it to a worker:
+
+1. the Dask scheduler spends ``scheduler_seconds`` on it (one scheduler: these are served one at a
+   time, so they cap the cluster's task rate), then it travels ``dispatch_seconds`` to its worker;
+2. the worker (one GPU: one request at a time, first come first served) spends ``worker_seconds``
+   (the runtime and Dask's task handling), loads the consts it lacks (``store_latency`` per const,
+   then store -> host at ``store_bandwidth``, host -> device at ``device_bandwidth``), then runs
+   its kernels;
+3. the result takes ``return_seconds`` back to the client.
+
+``jitter_cv``: the per-task overheads (1 and 2) vary, log-normally with this coefficient of
+variation and mean 1, as measured round trips do.
+
+:func:`host_costs` calibrates the figures from ``benchmarks/results`` measured on this kind of machine
+(host devices; which file and field each comes from is in ``source``); :func:`gpu_costs` does the
+same from GPU results where they exist, else states its assumed datacenter figures.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class CostModel:
+    scheduler_seconds: float
+    dispatch_seconds: float
+    worker_seconds: float
+    return_seconds: float
+    store_bandwidth: float
+    device_bandwidth: float
+    jitter_cv: float = 0.0
+    store_latency: float = 0.0
+    source: dict = field(default_factory=dict, compare=False)
+
+    def load_seconds(self, nbytes: int, consts: int = 1) -> float:
+        """Seconds to bring ``consts`` consts of ``nbytes`` in all from the store onto a device."""
+        if not nbytes:
+            return 0.0
+        return consts * self.store_latency + nbytes / self.store_bandwidth + nbytes / self.device_bandwidth
+
+    def replace(self, **changes) -> "CostModel":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load(results: Path, name: str) -> dict | None:
+    path = results / name
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _lognormal_cv(samples) -> float:
+    """The coefficient of variation of a log-normal fitted to ``samples`` (by the log's spread)."""
+    logs = np.log(np.asarray(samples, dtype=float))
+    sigma = float(np.std(logs))
+    return float(np.sqrt(np.exp(sigma**2) - 1))
+
+
+# Used where a results file is missing (a checkout without benchmarks/results): the figures the
+# files held when this was written, so the model never silently changes scale.
+HOST_FALLBACK = {"task_rate": 91.0, "roundtrip_s": 0.0108, "runtime_s": 49e-6, "store_bw": 9.6e9, "jitter_cv": 0.31,
+                 "store_latency": 2.96e-3}
+
+
+def host_costs(results: str | Path = RESULTS) -> CostModel:
+    """The cost model of a Dask cluster of host-device workers on this machine, from measured figures:
+
+    - ``scheduler_seconds``: 1 / the cluster's task rate with tiny requests (``scale-host.json``,
+      4 workers, median over tenants and repeats): on a small machine the scheduler, client and
+      workers share the cores, and this rate is what the whole of Dask sustains;
+    - ``dispatch_seconds``, ``return_seconds``: half each of what a no-op Dask task's round trip
+      (``overhead-host.json``, ``end_to_end.timing_s.noop``, median) takes beyond that;
+    - ``worker_seconds``: the runtime's own per-request cost (``overhead-host.json``, ``in_process``
+      ``per_request_overhead_us``);
+    - ``store_bandwidth``: ``BufferStore.get`` of 256 MiB (``store_io.json``, median); the host
+      device's copy to "device" memory is a memcpy at the same speed;
+    - ``store_latency``: what one small const's load costs beyond the bandwidth: a worker's
+      ``BufferStore.get`` of an 8 MiB const (``contention-host.json``, ``local_cost_per_request``
+      ``store_get_ms``, first configuration) minus 8 MiB at ``store_bandwidth``;
+    - ``jitter_cv``: fitted to the no-op round trips' spread.
+    """
+    results = Path(results)
+    source, fig = {}, dict(HOST_FALLBACK)
+    scale = _load(results, "scale-host.json")
+    if scale:
+        rates = [r["throughput_rps"] for c in scale["cells"] if c["workers"] == 4 for r in c["runs"]]
+        if rates:
+            fig["task_rate"] = float(np.median(rates))
+            source["scheduler_seconds"] = "1 / median throughput_rps, scale-host.json cells with 4 workers"
+    overhead = _load(results, "overhead-host.json")
+    if overhead:
+        noop = overhead["end_to_end"]["timing_s"]["noop"]
+        fig["roundtrip_s"] = float(noop["median"])
+        if noop.get("runs"):
+            fig["jitter_cv"] = _lognormal_cv(noop["runs"])
+        fig["runtime_s"] = float(overhead["in_process"]["per_request_overhead_us"]) * 1e-6
+        source["dispatch_seconds"] = source["return_seconds"] = \
+            "(overhead-host.json end_to_end noop median - scheduler_seconds) / 2"
+        source["worker_seconds"] = "overhead-host.json in_process per_request_overhead_us"
+        source["jitter_cv"] = "log-normal fit of overhead-host.json end_to_end noop runs"
+    store = _load(results, "store_io.json")
+    if store:
+        fig["store_bw"] = store["bytes"] / float(store["read"]["BufferStore.get"]["median"])
+        source["store_bandwidth"] = "store_io.json bytes / read BufferStore.get median"
+    contention = _load(results, "contention-host.json")
+    if contention:
+        first = contention["configs"][0]
+        get_s = float(first["local_cost_per_request"]["store_get_ms"]) * 1e-3
+        fig["store_latency"] = max(0.0, get_s - first["parameters"]["const_bytes"] / fig["store_bw"])
+        source["store_latency"] = ("contention-host.json configs[0] local_cost_per_request store_get_ms "
+                                   "- const_bytes / store_bandwidth")
+    sched = 1.0 / fig["task_rate"]
+    travel = max(0.0, fig["roundtrip_s"] - sched) / 2
+    for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
+                 "jitter_cv", "store_latency"):
+        source.setdefault(name, "HOST_FALLBACK (results file missing)")
+    source["device_bandwidth"] = "same as store_bandwidth (a host device's copy is a memcpy)"
+    return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=fig["runtime_s"],
+                     return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["store_bw"],
+                     jitter_cv=fig["jitter_cv"], store_latency=fig["store_latency"], source=source)
+
+
+def gpu_costs(results: str | Path = RESULTS) -> CostModel:
+    """A datacenter of GPU workers, each with its own scheduler-side share of Dask.
+
+    The Dask scheduler's time per task is this machine's measured scheduler CPU per task for plain
+    Dask tasks (``scale-host.json`` ``plain_dask``, median): a dedicated scheduler core does no worse.
+    Figures not measured on a GPU yet are assumptions, named in ``source``: a worker's per-request
+    cost 100 us (the runtime's budget, ``DESIGN.md``), store -> host 2 GB/s per worker (an NVMe or
+    object-store stream), host -> device 25 GB/s (PCIe Gen4 x16, pinned), 1 ms each way between
+    scheduler, worker and client on a datacenter network. ``overhead-gpu*.json`` and
+    ``store_io-gpu*.json``, when present, replace the worker and device figures.
+    """
+    results = Path(results)
+    source = {}
+    sched = 0.0045
+    scale = _load(results, "scale-host.json")
+    if scale and scale.get("plain_dask"):
+        cpu = [r["scheduler_cpu_us_per_task"] for c in scale["plain_dask"] for r in c["runs"]]
+        sched = float(np.median(cpu)) * 1e-6
+        source["scheduler_seconds"] = "scale-host.json plain_dask scheduler_cpu_us_per_task, median"
+    worker, device_bw = 100e-6, 25e9
+    source["worker_seconds"] = "assumed: the runtime's per-request budget (DESIGN.md)"
+    source["device_bandwidth"] = "assumed: PCIe Gen4 x16, pinned host memory"
+    for path in sorted(results.glob("overhead-gpu*.json")):
+        data = _load(results, path.name)
+        try:
+            worker = float(data["in_process"]["per_request_overhead_us"]) * 1e-6
+            source["worker_seconds"] = f"{path.name} in_process per_request_overhead_us"
+        except (KeyError, TypeError):
+            pass
+    source["store_bandwidth"] = "assumed: 2 GB/s per worker (NVMe or object store stream)"
+    source["dispatch_seconds"] = source["return_seconds"] = "assumed: 1 ms on a datacenter network"
+    source["jitter_cv"] = "assumed: 0.3"
+    source["store_latency"] = "assumed: 5 ms to open a const in an object store"
+    return CostModel(scheduler_seconds=sched, dispatch_seconds=1e-3, worker_seconds=worker, return_seconds=1e-3,
+                     store_bandwidth=2e9, device_bandwidth=device_bw, jitter_cv=0.3, store_latency=5e-3,
+                     source=source)

@@ -1,0 +1,331 @@
+"""The discrete-event simulation: a GPU pool on a virtual clock, driven by the live scheduling core.
+
+The scheduler side is :class:`dask_kaas.scheduling.SchedulingCore` itself, on the simulation's
+clock: admission, fair queueing, dispatch and placement are the code the scheduler plugin runs.
+The workers are simulated: each serves the requests assigned to it one at a time, first come first
+served; its device cache evicts in :func:`dask_kaas.scheduling.eviction.eviction_order`'s order
+(the live cache's code) with the hints the core gives a worker (:meth:`SchedulingCore.hints`);
+after each request it reports to the core in the live reports' format (:mod:`dask_kaas.report`,
+changes only). Costs: :mod:`dask_kaas.sim.costs`.
+
+``exclusive`` (the paper's baseline): a worker empties its cache whenever the tenant changes.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..scheduling import SchedulingCore, Task
+from ..scheduling.eviction import check_eviction, eviction_order
+from .costs import CostModel
+from .workloads import Workload
+
+ARRIVE, START, DONE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: tuple
+    nbytes: int
+    last_use: int
+    uses: int = 1
+    const: bool = True
+
+
+@dataclass
+class SimWorker:
+    address: str
+    capacity: int
+    queue: deque = field(default_factory=deque)
+    busy: bool = False
+    cache: dict = field(default_factory=dict)  # ref -> _Entry
+    used: int = 0
+    tenant: str | None = None
+    seq: int = 0
+    added: dict = field(default_factory=dict)  # consts loaded since the last report
+    removed: set = field(default_factory=set)  # consts evicted since the last report
+    reported_loaded: int = 0
+    reported_load_seconds: float = 0.0
+    loaded: int = 0
+    load_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    requests: int = 0
+    accesses: list | None = None  # (ref, nbytes) in the order this worker used them, when recorded
+
+
+@dataclass
+class SimResult:
+    """What happened to each call (NaN latency: rejected or failed), and the cluster's counters."""
+
+    workload: Workload
+    latency: np.ndarray
+    rejected: np.ndarray
+    failed: np.ndarray
+    worker_of: np.ndarray
+    end: float
+    hits: int
+    misses: int
+    bytes_loaded: int
+    gpu_seconds: float
+    requests_per_worker: list
+    accesses: dict | None
+    capacity: int
+    events: int
+    settings: dict
+
+
+class Simulation:
+    """``gpus`` simulated workers of ``capacity`` cache bytes each, scheduled by a :class:`SchedulingCore`.
+
+    ``policy``, ``replication``, ``depth``, ``stickiness``, ``margin``, ``slack_tasks``: the core's
+    settings (``kaas.scheduler.*``); ``eviction``: the workers' (``kaas.eviction``); ``admission``:
+    give each call its function's SLO as its deadline (else no deadlines); ``record``: keep each
+    worker's const accesses (for Belady's optimum over the same placement).
+    """
+
+    def __init__(self, gpus: int, *, capacity: int, costs: CostModel, policy: str = "affinity",
+                 replication: bool = False, eviction: str = "lru", depth: int = 2, stickiness: float = 2.0,
+                 margin: float = 0.85, slack_tasks: float = 1.0, admission: bool = False, record: bool = False,
+                 seed: int = 0):
+        self.costs = costs
+        self.eviction = check_eviction(eviction)
+        self.exclusive = policy == "exclusive"
+        self.admission = admission
+        self.now = 0.0
+        self.core = SchedulingCore(policy=policy, depth=depth, weights=None, margin=margin, stickiness=stickiness,
+                                   load_bandwidth=1.0 / (1.0 / costs.store_bandwidth + 1.0 / costs.device_bandwidth),
+                                   # the live default until loads are observed (kaas.scheduler.load-bandwidth)
+                                   slack_tasks=slack_tasks, replication=replication, clock=lambda: self.now)
+        width = len(str(gpus - 1))
+        self.workers = {f"gpu-{i:0{width}d}": SimWorker(f"gpu-{i:0{width}d}", int(capacity)) for i in range(gpus)}
+        for w in self.workers.values():
+            self.core.add_worker(w.address)
+            if record:
+                w.accesses = []
+        self.settings = {"gpus": gpus, "capacity": int(capacity), "policy": policy, "replication": replication,
+                         "eviction": eviction, "depth": depth, "stickiness": stickiness, "admission": admission,
+                         "seed": seed}
+        self._rng = np.random.default_rng(seed)
+        self._jitter = self._jitter_draws()
+        self._tick = itertools.count(1)
+        self._events: list = []
+        self._seq = itertools.count()
+        self._scheduler_free = 0.0
+        self.hits = self.misses = 0
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, workload: Workload) -> SimResult:
+        n = len(workload)
+        self._workload = workload
+        self._functions = workload.functions
+        self._calls = workload.calls
+        self._latency = np.full(n, np.nan)
+        self._submitted = np.zeros(n)
+        self._rejected = np.zeros(n, dtype=bool)
+        self._failed = np.zeros(n, dtype=bool)
+        self._worker_of = np.full(n, -1, dtype=np.int32)
+        self._index = {a: i for i, a in enumerate(self.workers)}
+        self._next_call = 0
+        events = 0
+        heap = self._events
+        times = workload.times
+        closed = workload.window is not None
+        if closed:
+            for _ in range(min(workload.window, n)):
+                self._submit_next(0.0)
+        pop = heapq.heappop
+        while True:
+            arrival = times[self._next_call] if not closed and self._next_call < n else np.inf
+            if heap and heap[0][0] <= arrival:
+                when, _, kind, a, b = pop(heap)
+                self.now = when
+                if kind == DONE:
+                    self._done(a, b)
+                elif kind == START:
+                    self._arrive(a, b)
+                else:  # ARRIVE: a closed loop's next call
+                    self._submit(a)
+            elif arrival != np.inf:
+                self.now = float(arrival)
+                self._submit(self._next_call)
+                self._next_call += 1
+            else:
+                break
+            events += 1
+        accesses = {w.address: w.accesses for w in self.workers.values()} if self._record else None
+        return SimResult(
+            workload=workload, latency=self._latency, rejected=self._rejected, failed=self._failed,
+            worker_of=self._worker_of, end=self.now, hits=self.hits, misses=self.misses,
+            bytes_loaded=sum(w.loaded for w in self.workers.values()),
+            gpu_seconds=sum(w.busy_seconds for w in self.workers.values()),
+            requests_per_worker=[w.requests for w in self.workers.values()], accesses=accesses,
+            capacity=next(iter(self.workers.values())).capacity if self.workers else 0, events=events,
+            settings=dict(self.settings, costs=self.costs.as_dict()))
+
+    @property
+    def _record(self) -> bool:
+        return any(w.accesses is not None for w in self.workers.values())
+
+    def _submit_next(self, when: float) -> None:
+        if self._next_call < len(self._calls):
+            self._at(when, ARRIVE, self._next_call, None)
+            self._next_call += 1
+
+    # -- events --------------------------------------------------------------------------------
+    def _at(self, when: float, kind: int, a, b) -> None:
+        heapq.heappush(self._events, (when, next(self._seq), kind, a, b))
+
+    def _submit(self, i: int) -> None:
+        fn = self._functions[self._calls[i]]
+        self._submitted[i] = self.now
+        deadline = fn.slo_seconds if self.admission else None
+        decision = self.core.submit(Task(i, fn.tenant, fn.name, fn.consts, submitted=self.now, deadline=deadline))
+        if decision.action == "reject":
+            self._rejected[i] = True
+            if self._workload.window is not None:
+                self._submit_next(self.now)
+            return
+        if decision.action == "run":
+            self._start(i, decision.worker)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for key, worker in self.core.dispatch():
+            self._start(key, worker)
+
+    def _start(self, i: int, address: str) -> None:
+        """The scheduler sends call ``i`` to ``address``: its share of the scheduler, then the wire."""
+        costs = self.costs
+        begin = self.now if self.now > self._scheduler_free else self._scheduler_free
+        self._scheduler_free = begin + costs.scheduler_seconds * self._jitter_draw()
+        self._at(self._scheduler_free + costs.dispatch_seconds, START, i, address)
+
+    def _arrive(self, i: int, address: str) -> None:
+        worker = self.workers[address]
+        worker.queue.append(i)
+        if not worker.busy:
+            self._run_next(worker)
+
+    def _run_next(self, worker: SimWorker) -> None:
+        while worker.queue:
+            i = worker.queue.popleft()
+            if i in self.core.tasks:
+                break
+        else:
+            worker.busy = False
+            return
+        worker.busy = True
+        fn = self._functions[self._calls[i]]
+        loaded, count = self._use(worker, fn)
+        if loaded is None:  # its consts cannot fit this device at all
+            self._failed[i] = True
+            self.core.finished(i, False)
+            self._after(i)
+            self._run_next(worker)
+            return
+        costs = self.costs
+        load = costs.load_seconds(loaded, count)
+        seconds = costs.worker_seconds * self._jitter_draw() + load + fn.kernel_seconds
+        worker.loaded += loaded
+        worker.load_seconds += load
+        worker.busy_seconds += seconds
+        worker.requests += 1
+        self._worker_of[i] = self._index[worker.address]
+        self._at(self.now + seconds, DONE, i, (worker, seconds))
+
+    def _done(self, i: int, ran) -> None:
+        worker, seconds = ran
+        fn = self._functions[self._calls[i]]
+        self.core.report(worker.address, self._report(worker, fn, seconds))
+        self.core.finished(i, True, duration=seconds)
+        self._latency[i] = self.now + self.costs.return_seconds - self._submitted[i]
+        self._after(i)
+        self._run_next(worker)
+        self._dispatch()
+
+    def _after(self, i: int) -> None:
+        if self._workload.window is not None:
+            self._submit_next(self.now + self.costs.return_seconds)
+
+    # -- the device cache ------------------------------------------------------------------------
+    def _use(self, worker: SimWorker, fn) -> tuple[int | None, int]:
+        """Bring ``fn``'s consts onto ``worker`` (evicting as the cache would): (bytes loaded, consts
+        loaded), or (None, 0) when they cannot fit at all."""
+        if fn.const_bytes > worker.capacity:
+            return None, 0
+        cache = worker.cache
+        if self.exclusive and worker.tenant != fn.tenant and cache:
+            for ref in cache:
+                self._evicted(worker, ref)
+            cache.clear()
+            worker.used = 0
+        worker.tenant = fn.tenant
+        loaded = count = 0
+        mine = {ref for ref, _ in fn.consts}
+        for ref, nbytes in fn.consts:
+            if worker.accesses is not None:
+                worker.accesses.append((ref, nbytes))
+            entry = cache.get(ref)
+            tick = next(self._tick)
+            if entry is not None:
+                entry.last_use = tick
+                entry.uses += 1
+                self.hits += 1
+                continue
+            self.misses += 1
+            count += 1
+            if worker.used + nbytes > worker.capacity:
+                self._make_room(worker, nbytes, mine)
+            cache[ref] = _Entry(ref, nbytes, tick)
+            worker.added[ref] = nbytes
+            worker.removed.discard(ref)
+            worker.used += nbytes
+            loaded += nbytes
+        return loaded, count
+
+    def _make_room(self, worker: SimWorker, nbytes: int, pinned: set) -> None:
+        wanted = self.core.hints(worker.address) if self.eviction == "queue-aware" else None
+        victims = eviction_order((e for ref, e in worker.cache.items() if ref not in pinned), self.eviction, wanted)
+        for entry in victims:
+            if worker.used + nbytes <= worker.capacity:
+                break
+            del worker.cache[entry.key]
+            self._evicted(worker, entry.key)
+            worker.used -= entry.nbytes
+
+    @staticmethod
+    def _evicted(worker: SimWorker, ref) -> None:
+        if worker.added.pop(ref, None) is None:
+            worker.removed.add(ref)
+
+    def _report(self, worker: SimWorker, fn, seconds: float) -> dict:
+        """The worker's report after a request, in the live reports' format (:mod:`dask_kaas.report`:
+        the consts added and removed since the last one, counter increments). ``seconds``: the
+        request's whole time on the worker, loads included, as the runtime reports it."""
+        worker.seq += 1
+        report = {"ok": True, "tenant": fn.tenant, "shape": fn.name, "seconds": seconds,
+                  "capacity": worker.capacity, "used": worker.used, "pinned": 0, "seq": worker.seq,
+                  "added": [[ns, key, "v", 1, n] for (ns, key), n in worker.added.items()],
+                  "removed": [list(ref) for ref in worker.removed],
+                  "counters_delta": {"bytes_from_store": worker.loaded - worker.reported_loaded},
+                  "load_seconds_delta": worker.load_seconds - worker.reported_load_seconds}
+        worker.added, worker.removed = {}, set()
+        worker.reported_loaded, worker.reported_load_seconds = worker.loaded, worker.load_seconds
+        return report
+
+    # -- jitter ------------------------------------------------------------------------------------
+    def _jitter_draws(self):
+        cv = self.costs.jitter_cv
+        if cv <= 0:
+            while True:
+                yield 1.0
+        sigma = float(np.sqrt(np.log1p(cv * cv)))
+        while True:
+            yield from self._rng.lognormal(-sigma * sigma / 2, sigma, 4096).tolist()
+
+    def _jitter_draw(self) -> float:
+        return next(self._jitter)

@@ -1,0 +1,352 @@
+"""The simulator (dask_kaas.sim) and the policies it measures: eviction order, replication, locality,
+the pinned baselines' dispatch, workloads and the Azure trace reader. Virtual time: deterministic."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dask_kaas import config
+from dask_kaas.runtime.cache import BufferCache
+from dask_kaas.scheduling import SchedulingCore, Task
+from dask_kaas.scheduling.eviction import EVICTIONS, eviction_order
+from dask_kaas.sim import (CONFIGURATIONS, Simulation, azure_like, belady_hits, cyclic_trace, gpu_costs, host_costs,
+                           jain, read_azure_trace, simulate, summarize, zipf_trace)
+from dask_kaas.sim.workloads import Function, Workload
+
+MiB = 2**20
+
+
+@dataclass
+class E:
+    key: str
+    const: bool
+    last_use: int
+    uses: int
+
+
+# ------------------------------------------------------------------ eviction order
+entries = st.lists(st.builds(E, st.sampled_from("abcdefgh"), st.booleans(), st.integers(0, 50), st.integers(1, 9)),
+                   max_size=8, unique_by=lambda e: e.key)
+
+
+@given(entries, st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 5)), st.sampled_from(EVICTIONS))
+def test_eviction_order_is_a_permutation_with_non_consts_first(es, wanted, policy):
+    order = eviction_order(es, policy, wanted)
+    assert sorted(e.key for e in order) == sorted(e.key for e in es)
+    consts = [e.const for e in order]
+    assert consts == sorted(consts)  # every non-const before every const
+
+
+@given(entries, st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 5)))
+def test_queue_aware_evicts_wanted_consts_last_fewest_wanted_first(es, wanted):
+    order = [e for e in eviction_order(es, "queue-aware", wanted) if e.const]
+    flags = [e.key in wanted for e in order]
+    assert flags == sorted(flags)
+    counts = [wanted[e.key] for e in order if e.key in wanted]
+    assert counts == sorted(counts)
+    unwanted = [(e.uses, e.last_use) for e in order if e.key not in wanted]
+    assert unwanted == sorted(unwanted)  # fewest uses, then least recent
+
+
+def test_lru_ignores_hints():
+    es = [E("a", True, 1, 9), E("b", True, 2, 1)]
+    assert [e.key for e in eviction_order(es, "lru", {"a": 3})] == ["a", "b"]
+    assert [e.key for e in eviction_order(es, "queue-aware", {"a": 3})] == ["b", "a"]
+
+
+def test_buffer_cache_queue_aware_keeps_what_the_queue_wants():
+    freed = []
+    cache = BufferCache(3, lambda n: object(), freed.append, eviction="queue-aware")
+    for key in "abc":
+        cache.acquire(key, 1, const=True)
+        cache.release(key)
+    cache.want({"a": 2})  # a is the least recently used, but a queued request needs it
+    cache.acquire("d", 1, const=True)
+    assert "a" in cache and "b" not in cache and len(freed) == 1
+    lru = BufferCache(3, lambda n: object(), lambda h: None)
+    for key in "abc":
+        lru.acquire(key, 1, const=True)
+        lru.release(key)
+    lru.want({"a": 2})
+    lru.acquire("d", 1, const=True)
+    assert "a" not in lru
+
+
+def test_bad_eviction_setting_is_refused():
+    with pytest.raises(ValueError, match="eviction must be one of lru, queue-aware"):
+        BufferCache(1, lambda n: object(), lambda h: None, eviction="mru")
+    import dask
+
+    with dask.config.set({"kaas.eviction": "fifo"}), pytest.raises(Exception, match="kaas.eviction must be one of"):
+        config.eviction()
+
+
+# ------------------------------------------------------------------ Belady
+def brute_force_hits(trace, capacity):
+    """The most hits any eviction choice sequence reaches (exhaustive: small traces only)."""
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def best(i, cache):
+        if i == len(trace):
+            return 0
+        item = trace[i]
+        if item in cache:
+            return 1 + best(i + 1, cache)
+        if len(cache) < capacity:
+            return best(i + 1, cache | {item})
+        return max(best(i + 1, (cache - {victim}) | {item}) for victim in cache)
+
+    return best(0, frozenset())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from("abcde"), max_size=14), st.integers(1, 3))
+def test_belady_is_optimal_on_equal_sizes(trace, capacity):
+    assert belady_hits([(k, 1) for k in trace], capacity) == brute_force_hits(tuple(trace), capacity)
+
+
+def test_belady_skips_what_cannot_fit():
+    assert belady_hits([("big", 10), ("big", 10)], 5) == 0
+    assert belady_hits([(k, 1) for k in "abcd" * 6], 3) == brute_force_hits(tuple("abcd" * 6), 3) == 14
+
+
+# ------------------------------------------------------------------ the core's new decisions
+def core(**overrides):
+    return SchedulingCore(**{"policy": "affinity", **config.scheduler_settings(), **overrides})
+
+
+def test_hints_count_held_and_assigned_requests():
+    c = core(depth=1)
+    c.add_worker("w")
+    ref = ("t", "w")
+    c.report("w", {"consts": [["t", "w", "u", 1, 10]], "capacity": 100, "used": 10})
+    assert c.submit(Task(1, "t", "s", ((ref, 10),))).action == "run"
+    assert c.submit(Task(2, "t", "s", ((ref, 10),))).action == "hold"
+    assert c.submit(Task(3, "t", "s", ((ref, 10),))).action == "hold"
+    assert c.hints("w") == {ref: 3} and c.wanted[ref] == 2
+    c.finished(1, True)
+    c.dispatch()
+    assert c.wanted[ref] == 1 and c.hints("w") == {ref: 2}
+    c.forget(3)
+    assert ref not in c.wanted
+
+
+def test_replication_adds_a_replica_for_a_tenant_that_outgrows_its_holder():
+    clock = [0.0]
+    for replication, expected in ((False, {"w0"}), (True, {"w0", "w1"})):
+        c = core(depth=50, replication=replication, clock=lambda: clock[0])
+        for w in ("w0", "w1"):
+            c.add_worker(w)
+        ref = ("hot", "w")
+        big = 2**31  # 2 s to load at the default 1 GiB/s: affinity alone waits 4 s of queue before moving
+        c.report("w0", {"consts": [["hot", "w", "u", 1, big]], "capacity": 2**40, "used": big, "ok": True,
+                        "shape": "s", "seconds": 1.0})
+        places = set()
+        for i in range(4):  # a request every 0.1 s of 1 s each: ten workers' worth of work
+            clock[0] = 0.1 * i
+            d = c.submit(Task(i, "hot", "s", ((ref, big),)))
+            places.add(d.worker)
+        assert places == expected
+
+
+def test_locality_prefers_an_open_holder_else_the_least_loaded():
+    c = core(policy="locality", depth=1)
+    for w in ("w0", "w1"):
+        c.add_worker(w)
+    ref = ("t", "w")
+    c.report("w1", {"consts": [["t", "w", "u", 1, 10]], "capacity": 100, "used": 10})
+    assert c.submit(Task(1, "t", "s", ((ref, 10),))).worker == "w1"
+    assert c.submit(Task(2, "t", "s", ((ref, 10),))).worker == "w0"  # the holder is full: least loaded
+
+
+def test_static_dispatch_serves_each_tenant_on_its_worker_and_survives_a_policy_switch():
+    c = core(policy="static", depth=1)
+    c.add_worker("w0")
+    c.add_worker("w1")
+    runs = {}
+    for i in range(6):
+        d = c.submit(Task(i, f"t{i % 3}", "s"))
+        if d.action == "run":
+            runs[i] = d.worker
+    assert len(runs) == 2 and len(c.queue) == 4
+    c.set_policy("balance")  # held tasks are no longer pinned
+    for key in list(runs):
+        c.finished(key, True)
+    picked = dict(c.dispatch())
+    assert len(picked) == 2
+    c.set_policy("static")
+    for key in picked:
+        c.finished(key, True)
+    again = dict(c.dispatch())
+    assert len(again) == 2 and all(w == c.static.worker_for(c.tasks[k].tenant, c.cluster.views)
+                                   for k, w in again.items())
+
+
+def test_static_tasks_submitted_before_any_worker_run_once_one_joins():
+    c = core(policy="static", depth=2)
+    assert c.submit(Task(1, "t", "s")).action == "hold"
+    c.add_worker("w0")
+    assert c.dispatch() == [(1, "w0")]
+
+
+# ------------------------------------------------------------------ the simulator
+def test_simulation_is_deterministic_and_completes_every_call():
+    wl = azure_like(40, duration=120.0, rate=3.0, seed=3)
+    costs = gpu_costs()
+    a = simulate(wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6,
+                 capacity=8 * 2**30, costs=costs)
+    b = simulate(wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6,
+                 capacity=8 * 2**30, costs=costs)
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b and a["completed"] == len(wl) > 100 and a["failed"] == a["rejected"] == 0
+    assert 0 < a["slo_attainment"] <= 1 and a["bytes_loaded"] > 0 and 0 < a["jain_fairness"] <= 1
+
+
+def test_closed_loop_keeps_the_window_and_a_const_too_big_fails_cleanly():
+    fns = [Function("f", "t", ((("t", "w"), 10 * MiB),), 0.01), Function("g", "u", ((("u", "w"), MiB),), 0.01)]
+    wl = Workload(fns, np.zeros(20), np.arange(20) % 2, window=3)
+    sim = Simulation(2, capacity=4 * MiB, costs=host_costs())
+    r = sim.run(wl)
+    assert r.failed.sum() == 10 and np.isfinite(r.latency).sum() == 10
+    assert not sim.core.tasks  # nothing left behind in the core
+
+
+def test_every_configuration_runs_and_pinned_ones_use_one_worker_per_tenant():
+    wl = zipf_trace(8, 200, s=0.8, seed=1, const_bytes=4 * MiB, kernel_seconds=0.002)
+    for name in CONFIGURATIONS:
+        r = simulate(wl, name, gpus=4, capacity=17 * MiB, costs=host_costs())
+        assert r["completed"] == 200, name
+        if name in ("static", "exclusive"):
+            assert r["max_workers_per_tenant"] == 1
+
+
+def test_affinity_loads_3x_fewer_bytes_than_balance_on_the_placement_trace():
+    wl = zipf_trace(12, 600, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.0004)
+    costs = host_costs()
+    rep = simulate(wl, "affinity+replication", gpus=4, capacity=17825792, costs=costs)
+    bal = simulate(wl, "balance", gpus=4, capacity=17825792, costs=costs)
+    assert bal["bytes_loaded"] >= 3 * rep["bytes_loaded"]
+    assert rep["hit_rate"] > 0.9 > 0.6 > bal["hit_rate"]
+
+
+@pytest.mark.parametrize("workload, gpus, per", [
+    (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 4, 2.5),
+    (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 11.5),
+    (zipf_trace(12, 800, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 4.25),
+])
+def test_queue_aware_eviction_is_within_5_points_of_belady_and_beats_lru(workload, gpus, per):
+    costs = host_costs()
+    qa = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True,
+                  eviction="queue-aware")
+    lru = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True)
+    assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.05
+    assert qa["hit_rate"] > lru["hit_rate"] + 0.03
+
+
+def test_jain():
+    assert jain([1, 1, 1]) == pytest.approx(1.0)
+    assert jain([1, 0, 0, 0]) == pytest.approx(0.25)
+
+
+def test_summary_counts_rejections_against_slo_attainment():
+    fns = [Function("f", "t", ((("t", "w"), MiB),), 0.5, slo_seconds=0.6)]
+    wl = Workload(fns, np.linspace(0, 1, 40), np.zeros(40, dtype=int))
+    r = summarize(Simulation(1, capacity=8 * MiB, costs=gpu_costs(), admission=True).run(wl))
+    assert r["rejected"] > 0 and r["completed"] + r["rejected"] == 40
+    assert r["slo_attainment"] <= r["completed"] / 40
+
+
+# ------------------------------------------------------------------ workloads
+def test_azure_like_has_the_rate_popularity_and_burstiness_asked_for():
+    wl = azure_like(200, duration=3600.0, rate=20.0, cv=3.0, zipf=1.0, seed=5)
+    assert abs(len(wl) / 3600.0 - 20.0) / 20.0 < 0.15
+    counts = np.bincount(wl.calls, minlength=200)
+    hot = int(np.argmax(counts))
+    gaps = np.diff(wl.times[wl.calls == hot])
+    assert 2.0 < gaps.std() / gaps.mean() < 4.0  # Gamma arrivals with CV 3
+    assert counts.max() > 20 * np.median(counts[counts > 0])  # Zipf: a few functions take most calls
+    assert np.all(np.diff(wl.times) >= 0) and wl.times.max() < 3600.0
+
+
+def test_workload_checks_its_arrays():
+    fns = [Function("f", "t", (), 0.1)]
+    with pytest.raises(ValueError, match="must index functions"):
+        Workload(fns, [0.0], [1])
+    with pytest.raises(ValueError, match="must be sorted"):
+        Workload(fns, [1.0, 0.0], [0, 0])
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_read_azure_trace_replays_per_minute_counts(tmp_path):
+    minutes = [str(i) for i in range(1, 1441)]
+    inv = write_csv(tmp_path / "invocations_per_function_md.anon.d01.csv",
+                    ["HashOwner", "HashApp", "HashFunction", "Trigger", *minutes],
+                    [["o1", "a1", "f1", "http", *(["3", "0"] * 720)],
+                     ["o1", "a2", "f2", "timer", *(["0"] * 1439 + ["7"])],
+                     ["o2", "a3", "f3", "queue", *(["1"] * 1440)]])
+    dur = write_csv(tmp_path / "function_durations_percentiles.anon.d01.csv",
+                    ["HashOwner", "HashApp", "HashFunction", "Average", "Count", "Minimum", "Maximum"],
+                    [["o1", "a1", "f1", "250", "10", "1", "900"]])
+    mem = write_csv(tmp_path / "app_memory_percentiles.anon.d01.csv",
+                    ["HashOwner", "HashApp", "SampleCount", "AverageAllocatedMb"], [["o2", "a3", "5", "128"]])
+    wl = read_azure_trace(inv, durations=dur, memory=mem)
+    assert len(wl) == 3 * 720 + 7 + 1440
+    assert np.bincount(wl.calls).tolist() == [2160, 7, 1440]
+    f1, f2, f3 = wl.functions
+    assert f1.kernel_seconds == pytest.approx(0.25) and f2.kernel_seconds == 1.0
+    assert f3.const_bytes == 128 * MiB and f1.tenant == f2.tenant == "o1" and f3.tenant == "o2"
+    late = wl.times[wl.calls == 1]
+    assert late.min() >= 1439 * 60 and late.max() < 1440 * 60  # minute 1440's calls fall in that minute
+    first = read_azure_trace(inv, minutes=2, tenant="function")
+    assert len(first) == 3 + 0 + 2 and {f.tenant for f in first.functions} == {"f1", "f2", "f3"}
+    r = simulate(first, "affinity", gpus=2, capacity=2**30, costs=gpu_costs())
+    assert r["completed"] == 5
+
+
+@pytest.mark.parametrize("header, row, message", [
+    (["HashOwner", "HashApp", "Trigger", "1"], ["o", "a", "http", "1"], "missing column"),
+    (["HashOwner", "HashApp", "HashFunction", "Trigger"], ["o", "a", "f", "http"], "no per-minute columns"),
+    (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1", "x"], "line 2: a per-minute count"),
+    (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1"], "line 2: 4 fields"),
+    (["HashOwner", "HashApp", "HashFunction", "1"], ["o", "a", "f", "-3"], "negative"),
+])
+def test_read_azure_trace_names_what_is_wrong(tmp_path, header, row, message):
+    path = write_csv(tmp_path / "inv.csv", header, [row])
+    with pytest.raises(ValueError, match=message):
+        read_azure_trace(path)
+
+
+def test_read_azure_trace_refuses_an_empty_file_and_a_bad_tenant(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty file"):
+        read_azure_trace(empty)
+    with pytest.raises(ValueError, match="tenant must be"):
+        read_azure_trace(empty, tenant="region")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), min_size=1, max_size=30),
+       st.sampled_from(["affinity", "balance", "static", "locality"]), st.booleans(), st.sampled_from(EVICTIONS))
+def test_any_small_workload_completes_and_leaves_the_core_empty(calls, policy, replication, eviction):
+    fns = [Function(f"f{i}", f"t{i % 2}", (((f"t{i % 2}", f"w{i}"), (i + 1) * MiB),), 0.001 * (i + 1))
+           for i in range(4)]
+    wl = Workload(fns, np.cumsum([gap * 0.001 for _, gap in calls]), [fn for fn, _ in calls])
+    sim = Simulation(3, capacity=5 * MiB, costs=host_costs(), policy=policy, replication=replication,
+                     eviction=eviction)
+    r = sim.run(wl)
+    assert np.isfinite(r.latency).sum() == len(calls) and not sim.core.tasks and not len(sim.core.queue)
+    assert not sim.core.wanted and all(w.used <= w.capacity for w in sim.workers.values())
