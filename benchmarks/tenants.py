@@ -73,10 +73,14 @@ def _forget_caches(dask_scheduler) -> None:
 
 
 def reset(client, policy: str) -> None:
-    """Switch the scheduler to ``policy`` with every cache emptied, and the scheduler's picture of them."""
+    """Switch the scheduler to ``policy`` with every cache emptied, and the scheduler's picture of them.
+    ``policy`` may name additions as the simulator's configurations do: ``affinity+replication``,
+    ``affinity+replication+queue-aware`` (replication and eviction are off and LRU otherwise)."""
     from dask_kaas import set_policy
 
-    set_policy(client, policy, clear_caches=True)
+    base, *extras = policy.split("+")
+    set_policy(client, base, clear_caches=True, replication="replication" in extras,
+               eviction="queue-aware" if "queue-aware" in extras else "lru")
     client.run_on_scheduler(_forget_caches)
 
 

@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, KaasError
 from .jupyter import ClusterState
 from .plugins.scheduler import KaasSchedulerPlugin
-from .plugins.worker import (HOW_TO_INSTALL, KaasWorkerPlugin, clear_cache_on_worker, set_exclusive_on_worker,
+from .plugins.worker import (HOW_TO_INSTALL, KaasWorkerPlugin, clear_cache_on_worker, set_eviction_on_worker,
+                             set_exclusive_on_worker,
                              stats_on_worker)
 from .scheduling import POLICIES
+from .scheduling.eviction import EVICTIONS
 
 if TYPE_CHECKING:  # annotations only
     from distributed import Client
@@ -113,12 +115,14 @@ def cluster_state(client: Client) -> ClusterState:
     return ClusterState(client.run_on_scheduler(_scheduler_snapshot))
 
 
-def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool = False) -> str:
-    _scheduler_plugin(dask_scheduler).set_policy(policy, caches_cleared=caches_cleared)
+def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool = False,
+                             replication: bool | None = None) -> str:
+    _scheduler_plugin(dask_scheduler).set_policy(policy, caches_cleared=caches_cleared, replication=replication)
     return policy
 
 
-def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> None:
+def set_policy(client: Client, policy: str, *, clear_caches: bool = False, replication: bool | None = None,
+               eviction: str | None = None) -> None:
     """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``, ``locality``).
 
     An unknown policy is a :class:`~dask_kaas.errors.ConfigError` (also a ``ValueError``), raised before
@@ -137,11 +141,16 @@ def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> No
     clear_caches : bool, default False
         Empty every worker's device buffer cache too (:meth:`Runtime.clear_cache
         <dask_kaas.runtime.Runtime.clear_cache>`), and tell the scheduler so.
+    replication : bool, optional
+        Turn replication of hot tenants' consts on or off (``kaas.scheduler.replication``); None
+        leaves it as it is.
+    eviction : {"lru", "queue-aware"}, optional
+        The workers' device cache eviction order (``kaas.eviction``); None leaves it as it is.
 
     Raises
     ------
     ConfigError
-        For an unknown policy, before anything changes.
+        For an unknown policy or eviction, before anything changes.
     KaasError
         When the scheduler has no KaaS plugin, before anything changes.
 
@@ -162,11 +171,16 @@ def set_policy(client: Client, policy: str, *, clear_caches: bool = False) -> No
     """
     if policy not in POLICIES:
         raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if eviction is not None and eviction not in EVICTIONS:
+        raise ConfigError(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
     client.run_on_scheduler(_scheduler_plugin)  # no KaaS scheduler: fail before the workers change
     client.run(set_exclusive_on_worker, exclusive=(policy == "exclusive"))
+    if eviction is not None:
+        client.run(set_eviction_on_worker, eviction=eviction)
     if clear_caches:
         client.run(clear_cache_on_worker)
-    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy, caches_cleared=clear_caches)
+    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy, caches_cleared=clear_caches,
+                            replication=replication)
 
 
 def install(client: Client, *, device: str | None = None, device_memory: int | str | None = None,

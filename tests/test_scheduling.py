@@ -251,3 +251,39 @@ def test_deadline_must_be_positive():
         gemm_request("t", deadline=float("nan"))
     r = gemm_request("t", deadline=0.5)
     assert Request.from_json(r.to_json()).deadline == 0.5
+
+
+def _gate(x):
+    from distributed import Event
+
+    Event("kaas-gate").wait(60)
+    return x
+
+
+def _hints_received(dask_worker):
+    return dask_worker.plugins["kaas"].runtime.hints_received
+
+
+def test_queued_requests_travel_to_the_worker_as_eviction_hints(tmp_path):
+    """With requests held in the fair queue, each task the scheduler sends tells its worker which cached
+    consts the queue wants (queue-aware eviction); results stay right."""
+    from distributed import Event
+
+    from dask_kaas import LocalKaasCluster
+
+    n = 64
+    with dask.config.set({"kaas.eviction": "queue-aware", "kaas.scheduler.queue-depth": 1}), \
+            LocalKaasCluster(n_workers=1, device="host", device_memory="64MiB", store=f"file://{tmp_path}",
+                             dashboard_address=":0") as cluster, Client(cluster) as client:
+        rng = np.random.default_rng(0)
+        weights = {t: rng.standard_normal((n, n)).astype(np.float32) for t in ("a", "b")}
+        for t, w in weights.items():
+            cluster.store.put("w", w, namespace=t)
+        x = np.ones(n, np.float32)
+        gate = client.submit(_gate, x, pure=False)  # every request waits for it: they all reach the queue first
+        tenants = ["a", "b"] * 4
+        futures = [client.submit(matvec_request("w", n, t), x=gate, pure=False) for t in tenants]
+        Event("kaas-gate", client=client).set()
+        for t, f in zip(tenants, futures):
+            np.testing.assert_allclose(f.result(timeout=60)["y"], x @ weights[t], rtol=1e-4)
+        assert sum(client.run(_hints_received).values()) > 0

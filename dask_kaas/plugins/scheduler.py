@@ -199,8 +199,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self.core.add_worker(address)
         self._schedule_dispatch()
 
-    def set_policy(self, policy: str, *, caches_cleared: bool = False) -> None:
-        """Switch policy; ``caches_cleared`` says the workers just emptied their caches.
+    def set_policy(self, policy: str, *, caches_cleared: bool = False, replication: bool | None = None) -> None:
+        """Switch policy; ``caches_cleared`` says the workers just emptied their caches; ``replication``
+        (not None) turns replication on or off.
 
         Raises :class:`ConfigError` for an unknown policy. Only the scheduler's side:
         :func:`dask_kaas.set_policy` also tells the workers.
@@ -208,6 +209,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.core.set_policy(policy, caches_cleared=caches_cleared)
+        if replication is not None:
+            self.core.replication = bool(replication)
 
     # -- placement, as Dask's objective and work stealing ask for it ---------------------------
     def get_comm_cost(self, ts, ws) -> float:

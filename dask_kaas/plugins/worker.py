@@ -11,6 +11,7 @@ from .. import compat, config
 from ..errors import ConfigError, KaasError
 from ..logs import setup_logging
 from ..report import WANTED_ANNOTATION
+from ..scheduling.eviction import check_eviction
 from ..text import format_bytes
 from ..device import KINDS, make_device
 from ..runtime import Runtime
@@ -228,6 +229,14 @@ def set_exclusive_on_worker(dask_worker, exclusive: bool) -> bool:
         return False
     runtime.exclusive = exclusive
     return True
+
+
+def set_eviction_on_worker(dask_worker, eviction: str) -> str:
+    """Runs on a worker (``client.run``): the device cache's eviction order from now on."""
+    runtime = getattr(dask_worker.plugins.get(PLUGIN_NAME), "runtime", None)
+    if runtime is not None:
+        runtime.cache.eviction = check_eviction(eviction)
+    return eviction
 
 
 def clear_cache_on_worker(dask_worker) -> int:

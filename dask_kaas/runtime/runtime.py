@@ -138,6 +138,7 @@ class Runtime:
         self.kernels = KernelCache(self._load_module, max_entries=kernel_cache_entries, counters=self.counters)
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        self.hints_received = 0  # the scheduler's queue hints (want), for tests and the curious
         self.last_request: dict | None = None
         self.on_device_lost: Callable[[KernelError], None] | None = None
         self.on_report: Callable[[dict], None] | None = None  # called after every request with report()
@@ -333,6 +334,7 @@ class Runtime:
         """The scheduler's hints for ``queue-aware`` eviction: ``[[namespace, key, n], ...]``, ``n``
         requests queued (or assigned here) that need that const. Malformed hints are ignored: they
         only order evictions."""
+        self.hints_received += 1
         wanted = {}
         try:
             for ns, key, n in hints or ():

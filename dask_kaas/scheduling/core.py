@@ -487,6 +487,7 @@ class SchedulingCore:
     def snapshot(self) -> dict:
         return {
             "policy": self.policy,
+            "replication": self.replication,
             "workers": {addr: view.snapshot() for addr, view in sorted(self.cluster.views.items())},
             "tenants": {tenant: stats.snapshot() for tenant, stats in sorted(self.tenants.items())},
             "model": {"shapes": len(self.model.runtime), "overhead": self.model.overhead,
