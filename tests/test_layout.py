@@ -26,7 +26,7 @@ ROOT = "dask_kaas"
 # of. None of them imports distributed, directly or through another module of dask_kaas.
 BELOW_PLUGINS = ("request", "kernels", "store", "device", "runtime", "scheduling", "report", "names", "errors",
                  "config", "files", "selfcheck", "logs", "text", "deploy.gpus", "functions", "datatypes",
-                 "gateway.tokens", "gateway.ratelimit", "gateway.oip", "gateway.catalog")
+                 "gateway.tokens", "gateway.ratelimit", "gateway.oip", "gateway.catalog", "sim")
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none
 # reaches the store, Zarr or fsspec.
 SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard", "preload")

@@ -13,6 +13,11 @@ A simulated request, once the scheduling core dispatches it to a worker:
 ``jitter_cv``: the per-task overheads (1 and 2) vary, log-normally with this coefficient of
 variation and mean 1, as measured round trips do.
 
+``shared_cores``: None for GPU workers (each device works in parallel with the scheduler). On a
+small host running host-device workers, the scheduler, the client and every worker share these
+few cores: then the scheduler's share of a task and each worker's whole service time both take
+one of ``shared_cores`` cores, first come first served.
+
 :func:`host_costs` calibrates the figures from ``benchmarks/results`` measured on this kind of machine
 (host devices; which file and field each comes from is in ``source``); :func:`gpu_costs` does the
 same from GPU results where they exist, else states its assumed datacenter figures.
@@ -38,6 +43,7 @@ class CostModel:
     device_bandwidth: float
     jitter_cv: float = 0.0
     store_latency: float = 0.0
+    shared_cores: int | None = None
     source: dict = field(default_factory=dict, compare=False)
 
     def load_seconds(self, nbytes: int, consts: int = 1) -> float:
@@ -70,25 +76,25 @@ def _lognormal_cv(samples) -> float:
 
 # Used where a results file is missing (a checkout without benchmarks/results): the figures the
 # files held when this was written, so the model never silently changes scale.
-HOST_FALLBACK = {"task_rate": 91.0, "roundtrip_s": 0.0108, "runtime_s": 49e-6, "store_bw": 9.6e9, "jitter_cv": 0.31,
-                 "store_latency": 2.96e-3}
+HOST_FALLBACK = {"task_rate": 91.0, "roundtrip_s": 0.0108, "runtime_s": 49e-6, "store_bw": 2.2e9, "device_bw": 9.6e9,
+                 "jitter_cv": 0.31, "cores": 2}
 
 
 def host_costs(results: str | Path = RESULTS) -> CostModel:
     """The cost model of a Dask cluster of host-device workers on this machine, from measured figures:
 
-    - ``scheduler_seconds``: 1 / the cluster's task rate with tiny requests (``scale-host.json``,
-      4 workers, median over tenants and repeats): on a small machine the scheduler, client and
-      workers share the cores, and this rate is what the whole of Dask sustains;
+    - ``shared_cores``: the machine's cores (``scale-host.json`` ``machine.cpus``), which the
+      scheduler, the client and the workers share;
+    - ``scheduler_seconds``: cores / the cluster's task rate with tiny requests (``scale-host.json``,
+      4 workers, median over tenants and repeats): the CPU the whole of Dask spends per task;
     - ``dispatch_seconds``, ``return_seconds``: half each of what a no-op Dask task's round trip
-      (``overhead-host.json``, ``end_to_end.timing_s.noop``, median) takes beyond that;
+      (``overhead-host.json``, ``end_to_end.timing_s.noop``, median) takes beyond one task's
+      share of the scheduler;
     - ``worker_seconds``: the runtime's own per-request cost (``overhead-host.json``, ``in_process``
       ``per_request_overhead_us``);
-    - ``store_bandwidth``: ``BufferStore.get`` of 256 MiB (``store_io.json``, median); the host
-      device's copy to "device" memory is a memcpy at the same speed;
-    - ``store_latency``: what one small const's load costs beyond the bandwidth: a worker's
-      ``BufferStore.get`` of an 8 MiB const (``contention-host.json``, ``local_cost_per_request``
-      ``store_get_ms``, first configuration) minus 8 MiB at ``store_bandwidth``;
+    - ``store_bandwidth``: a worker's ``BufferStore.get`` of an 8 MiB const (``contention-host.json``,
+      ``local_cost_per_request.store_get_ms``, first configuration); ``device_bandwidth``: the
+      256 MiB ``BufferStore.get`` (``store_io.json``, median), a host device's copy being a memcpy;
     - ``jitter_cv``: fitted to the no-op round trips' spread.
     """
     results = Path(results)
@@ -98,7 +104,9 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         rates = [r["throughput_rps"] for c in scale["cells"] if c["workers"] == 4 for r in c["runs"]]
         if rates:
             fig["task_rate"] = float(np.median(rates))
-            source["scheduler_seconds"] = "1 / median throughput_rps, scale-host.json cells with 4 workers"
+            source["scheduler_seconds"] = "shared_cores / median throughput_rps, scale-host.json cells with 4 workers"
+        fig["cores"] = int(scale.get("machine", {}).get("cpus") or fig["cores"])
+        source["shared_cores"] = "scale-host.json machine.cpus"
     overhead = _load(results, "overhead-host.json")
     if overhead:
         noop = overhead["end_to_end"]["timing_s"]["noop"]
@@ -112,24 +120,21 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         source["jitter_cv"] = "log-normal fit of overhead-host.json end_to_end noop runs"
     store = _load(results, "store_io.json")
     if store:
-        fig["store_bw"] = store["bytes"] / float(store["read"]["BufferStore.get"]["median"])
-        source["store_bandwidth"] = "store_io.json bytes / read BufferStore.get median"
+        fig["device_bw"] = store["bytes"] / float(store["read"]["BufferStore.get"]["median"])
+        source["device_bandwidth"] = "store_io.json bytes / read BufferStore.get median"
     contention = _load(results, "contention-host.json")
     if contention:
         first = contention["configs"][0]
-        get_s = float(first["local_cost_per_request"]["store_get_ms"]) * 1e-3
-        fig["store_latency"] = max(0.0, get_s - first["parameters"]["const_bytes"] / fig["store_bw"])
-        source["store_latency"] = ("contention-host.json configs[0] local_cost_per_request store_get_ms "
-                                   "- const_bytes / store_bandwidth")
-    sched = 1.0 / fig["task_rate"]
+        fig["store_bw"] = first["parameters"]["const_bytes"] / (first["local_cost_per_request"]["store_get_ms"] * 1e-3)
+        source["store_bandwidth"] = "contention-host.json configs[0] const_bytes / local_cost_per_request.store_get_ms"
+    sched = fig["cores"] / fig["task_rate"]
     travel = max(0.0, fig["roundtrip_s"] - sched) / 2
     for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
-                 "jitter_cv", "store_latency"):
+                 "device_bandwidth", "jitter_cv", "shared_cores"):
         source.setdefault(name, "HOST_FALLBACK (results file missing)")
-    source["device_bandwidth"] = "same as store_bandwidth (a host device's copy is a memcpy)"
     return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=fig["runtime_s"],
-                     return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["store_bw"],
-                     jitter_cv=fig["jitter_cv"], store_latency=fig["store_latency"], source=source)
+                     return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["device_bw"],
+                     jitter_cv=fig["jitter_cv"], shared_cores=fig["cores"], source=source)
 
 
 def gpu_costs(results: str | Path = RESULTS) -> CostModel:

@@ -115,6 +115,7 @@ class Simulation:
         self._events: list = []
         self._seq = itertools.count()
         self._scheduler_free = 0.0
+        self._cores = [0.0] * costs.shared_cores if costs.shared_cores else None  # when each shared core frees
         self.hits = self.misses = 0
 
     # -- the run -------------------------------------------------------------------------------
@@ -200,9 +201,19 @@ class Simulation:
     def _start(self, i: int, address: str) -> None:
         """The scheduler sends call ``i`` to ``address``: its share of the scheduler, then the wire."""
         costs = self.costs
-        begin = self.now if self.now > self._scheduler_free else self._scheduler_free
-        self._scheduler_free = begin + costs.scheduler_seconds * self._jitter_draw()
-        self._at(self._scheduler_free + costs.dispatch_seconds, START, i, address)
+        work = costs.scheduler_seconds * self._jitter_draw()
+        if self._cores is not None:
+            done = self._on_core(work)
+        else:
+            begin = self.now if self.now > self._scheduler_free else self._scheduler_free
+            done = self._scheduler_free = begin + work
+        self._at(done + costs.dispatch_seconds, START, i, address)
+
+    def _on_core(self, seconds: float) -> float:
+        """``seconds`` of work on the first shared core free: when it ends."""
+        end = max(self.now, self._cores[0]) + seconds
+        heapq.heapreplace(self._cores, end)
+        return end
 
     def _arrive(self, i: int, address: str) -> None:
         worker = self.workers[address]
@@ -230,12 +241,15 @@ class Simulation:
         costs = self.costs
         load = costs.load_seconds(loaded, count)
         seconds = costs.worker_seconds * self._jitter_draw() + load + fn.kernel_seconds
+        end = self._on_core(seconds) if self._cores is not None else self.now + seconds
+        # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
+        stretch = (end - self.now) / seconds if seconds > 0 else 1.0
         worker.loaded += loaded
-        worker.load_seconds += load
+        worker.load_seconds += load * stretch
         worker.busy_seconds += seconds
         worker.requests += 1
         self._worker_of[i] = self._index[worker.address]
-        self._at(self.now + seconds, DONE, i, (worker, seconds))
+        self._at(end, DONE, i, (worker, end - self.now))
 
     def _done(self, i: int, ran) -> None:
         worker, seconds = ran
