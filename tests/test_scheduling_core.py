@@ -106,12 +106,23 @@ class CoreMachine(RuleBasedStateMachine):
         self.core = None
         self.n = 0
         self.dispatched: set = set()
+        self.overfilled = False  # affinity may queue beyond a worker's slots; those tasks outlive a switch
 
-    @rule(policy=st.sampled_from(["affinity", "balance", "static", "exclusive"]), depth=st.integers(1, 3))
+    @rule(policy=st.sampled_from(["affinity", "balance", "static", "exclusive", "locality"]), depth=st.integers(1, 3),
+          replication=st.booleans())
     @precondition(lambda self: self.core is None)
-    def start(self, policy, depth):
+    def start(self, policy, depth, replication):
         self.policy = policy
-        self.core = make_core(policy=policy, depth=depth, weights={"t0": 2.0}, clock=lambda: self.n * 0.01)
+        self.overfilled = policy == "affinity"
+        self.core = make_core(policy=policy, depth=depth, weights={"t0": 2.0}, replication=replication,
+                              clock=lambda: self.n * 0.01)
+
+    @rule(policy=st.sampled_from(["affinity", "balance", "static", "exclusive", "locality"]))
+    @precondition(lambda self: self.core is not None)
+    def switch(self, policy):
+        self.policy = policy
+        self.overfilled |= policy == "affinity"
+        self.core.set_policy(policy)
 
     @rule(worker=st.sampled_from(["a", "b", "c"]))
     @precondition(lambda self: self.core is not None)
@@ -192,7 +203,7 @@ class CoreMachine(RuleBasedStateMachine):
             mine = [t for t in assigned.values() if t.worker == address]
             assert view.queued == len(mine)
             assert +view.pending == +Counter(ref for t in mine for ref, _ in t.consts)
-            if self.policy in ("balance", "static", "exclusive"):
+            if not self.overfilled:
                 assert view.queued <= view.depth, "more tasks in flight than slots"
             for ref in set(view.resident) | set(view.pending):
                 assert address in core.cluster.holders.get(ref, set())
@@ -200,6 +211,18 @@ class CoreMachine(RuleBasedStateMachine):
             for address in workers:
                 view = core.cluster.views[address]
                 assert ref in view.resident or view.pending[ref], "the const index names a worker without it"
+        held = [t for t in core.tasks.values() if t.state == "held"]
+        assert +core.wanted == +Counter(ref for t in held for ref, _ in t.consts), "queue hints out of step"
+
+    @invariant()
+    def pinned_tasks_are_found(self):
+        """static/exclusive: a ready held task whose worker has a free slot is dispatched by the next dispatch."""
+        core = self.core
+        if core is None or self.policy not in ("static", "exclusive") or not core.cluster.views:
+            return
+        waiting = [t for t in core.tasks.values() if t.state == "held" and t.ready]
+        if any(t.pinned is not None and core.cluster.is_open(t.pinned) for t in waiting):
+            assert any(core.cluster.is_open(w) for w, tenants in core.pinned_backlog.items() if tenants)
 
     @invariant()
     def nothing_starves(self):
