@@ -3,7 +3,7 @@
 ``dask_kaas.sim`` drives ``SchedulingCore`` (dispatch, placement, admission) and the device cache's
 eviction order with simulated workers; costs are calibrated from ``benchmarks/results``
 (``dask_kaas.sim.costs``: ``host_costs`` for this machine's host-device clusters, ``gpu_costs`` for
-a GPU datacenter, assumptions named). Four parts:
+a GPU datacenter, assumptions named). Five parts:
 
 1. **Validation**: the live placement trace (``placement.json``: 4 workers, 12 tenants, 4 MiB
    consts, window 8, Zipf 0.8, seed 0) and the contention configurations (``contention-host.json``)
@@ -14,13 +14,15 @@ a GPU datacenter, assumptions named). Four parts:
    consts, 4 workers; and one worker with 11.5) and on Zipf traces, with workers computing in
    parallel (as GPUs do; the headline) and with this host's shared cores; target: queue-aware
    within 5 points of Belady.
-3. **Policy table** at ``--gpus`` GPUs (1,000) and ``--functions`` functions (10,000): an
+3. **Hot spot** (16 GPUs, one tenant of 32 takes 40% of the calls and needs 2.4 GPUs): balance,
+   locality, affinity, affinity+replication.
+4. **Policy table** at ``--gpus`` GPUs (1,000) and ``--functions`` functions (10,000): an
    Azure-Functions-shaped trace (``azure_like``: Zipf 1.0 popularity, Gamma arrivals with CV 2,
    ``--rate`` calls/s, log-normal kernel seconds (median 2 s) and weights (median 1 GiB), SLO 5x a
    function's own cold latency) over ``--hours`` simulated hours, each GPU caching 40 GiB; every
    configuration of ``dask_kaas.sim.CONFIGURATIONS``, with ratios to ``static``. Targets:
    affinity+replication's p99 <= balance's with >= 3x fewer bytes loaded.
-4. **A simulated day** (``--day-hours``, 24) of the same trace under the best configuration: its wall
+5. **A simulated day** (``--day-hours``, 24) of the same trace under the best configuration: its wall
    time (target: under 10 minutes on this machine).
 
     python -m benchmarks simulate [--quick | --smoke] [--gpus 1000] [--functions 10000] [--hours 1] ...
@@ -37,9 +39,9 @@ from benchmarks.common import RESULTS, Option, Suite, main, met
 
 GiB, MiB = 2**30, 2**20
 FULL = {"gpus": 1000, "functions": 10_000, "rate": 30.0, "hours": 1.0, "day_hours": 24.0, "capacity_gib": 40.0,
-        "seed": 0, "validate": True}
+        "seed": 0, "validate": True, "hot_seconds": 1800.0}
 SIZES = {"full": FULL, "quick": {**FULL, "hours": 0.25, "day_hours": 1.0},
-         "smoke": {**FULL, "gpus": 16, "functions": 200, "rate": 2.0, "hours": 0.05, "day_hours": 0.1,
+         "smoke": {**FULL, "gpus": 16, "functions": 200, "rate": 2.0, "hours": 0.05, "day_hours": 0.1, "hot_seconds": 60.0,
                    "validate": True}}
 LIVE_SYSTEMS = {"affinity": "affinity", "balance": "balance", "static": "static"}
 FIGURES = ("throughput_rps", "hit_rate", "bytes_loaded", "p50_ms", "p99_ms")
@@ -153,6 +155,25 @@ def table(p: dict, costs) -> dict:
     return {"trace": wl.description, "requests": len(wl), "rows": rows}
 
 
+def hot_spot(p: dict, costs) -> dict:
+    """16 GPUs, 32 tenants with one 8 GiB const each, one tenant taking 40% of 12 calls/s of 0.5 s:
+    the hot tenant needs 2.4 GPUs. Where replication should earn its keep, if anywhere."""
+    from dask_kaas.sim import simulate
+    from dask_kaas.sim.workloads import Function, Workload
+
+    rng = np.random.default_rng(p["seed"])
+    n, share, rate, seconds = 32, 0.4, 12.0, p["hot_seconds"]
+    prob = np.full(n, (1 - share) / (n - 1))
+    prob[0] = share
+    fns = [Function(f"t{i:02d}", f"t{i:02d}", (((f"t{i:02d}", "w"), 8 * GiB),), 0.5) for i in range(n)]
+    times = np.sort(rng.uniform(0, seconds, int(rate * seconds)))
+    wl = Workload(fns, times, rng.choice(n, size=len(times), p=prob)).with_slo(5.0, costs.load_seconds)
+    rows = {name: simulate(wl, name, gpus=16, capacity=40 * GiB, costs=costs)
+            for name in ("balance", "locality", "affinity", "affinity+replication")}
+    return {"gpus": 16, "tenants": n, "hot_share": share, "rate_per_s": rate, "kernel_s": 0.5, "const_bytes": 8 * GiB,
+            "seconds": seconds, "requests": len(wl), "rows": rows}
+
+
 def day(p: dict, costs) -> dict | None:
     from dask_kaas.sim import azure_like, simulate
 
@@ -179,6 +200,7 @@ def measure(config, p: dict) -> dict:
         out["validation"] = validation(host)
         out["eviction"] = eviction(host)
     out["table"] = table(p, gpu)
+    out["hot_spot"] = hot_spot(p, gpu)
     rows = out["table"]["rows"]
     rep, bal = rows["affinity+replication"], rows["balance"]
     out["targets"] = {
@@ -225,6 +247,13 @@ def report(r: dict):
         yield (f"  {name:<34} {row['goodput_rps']:>9.2f} {_fmt(row['p50_ms'], 1e-3, '.2f'):>8} "
                f"{_fmt(row['p99_ms'], 1e-3, '.1f'):>9} {row['slo_attainment']:>6.1%} {row['bytes_loaded'] / 1e12:>9.2f} "
                f"{row['gpu_seconds'] / 3600:>8.0f} {row['jain_fairness']:>5.2f} {_fmt(vs.get('goodput'), 1, '.1f'):>8}")
+    h = r["hot_spot"]
+    yield (f"hot spot: {h['gpus']} GPUs, {h['tenants']} tenants of 8 GiB, one with {h['hot_share']:.0%} of "
+           f"{h['rate_per_s']:g} calls/s x {h['kernel_s']} s:")
+    for name, row in h["rows"].items():
+        yield (f"  {name:<34} p50 {_fmt(row['p50_ms'], 1e-3, '.2f')} s, p99 {_fmt(row['p99_ms'], 1e-3, '.2f')} s, "
+               f"SLO {row['slo_attainment']:.1%}, {row['bytes_loaded'] / 1e12:.2f} TB, "
+               f"{row['max_workers_per_tenant']} workers for the hot tenant")
     g = r["targets"]
     yield (f"affinity+replication vs balance: p99 <= balance's {met(g['replication_p99_le_balance'])}, bytes "
            f"{g['balance_over_replication_bytes']:.1f}x fewer (target >= 3x: "

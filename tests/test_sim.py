@@ -140,7 +140,7 @@ def test_hints_count_held_and_assigned_requests():
 def test_replication_adds_a_replica_for_a_tenant_that_outgrows_its_holder():
     clock = [0.0]
     for replication, expected in ((False, {"w0"}), (True, {"w0", "w1"})):
-        c = core(depth=50, replication=replication, clock=lambda: clock[0])
+        c = core(depth=1, replication=replication, clock=lambda: clock[0])
         for w in ("w0", "w1"):
             c.add_worker(w)
         ref = ("hot", "w")
@@ -152,7 +152,7 @@ def test_replication_adds_a_replica_for_a_tenant_that_outgrows_its_holder():
             clock[0] = 0.1 * i
             d = c.submit(Task(i, "hot", "s", ((ref, big),)))
             places.add(d.worker)
-        assert places == expected
+        assert places - {None} == expected  # None: held, every slot taken
 
 
 def test_locality_prefers_an_open_holder_else_the_least_loaded():

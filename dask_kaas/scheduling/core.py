@@ -88,9 +88,9 @@ class SchedulingCore:
     slack_tasks : float
         Requests' worth of queueing an admitted request may wait behind.
     replication : bool
-        ``affinity``: a tenant whose arrival rate x seconds per request outgrows the workers holding
-        its consts gets one more replica on the least loaded worker, and its requests waiting in the
-        fair queue count against its holders (see :mod:`.placement`).
+        ``affinity``: a tenant whose arrival rate x seconds per (warm) request outgrows the workers
+        holding its consts, all of them busy, gets one more replica on the least loaded worker, and
+        its requests waiting in the fair queue count against its holders (see :mod:`.placement`).
     clock : callable
         Seconds now (``time.time``; a virtual clock in tests and the simulator).
 
@@ -264,6 +264,8 @@ class SchedulingCore:
                                 view.picture.load_seconds - load_before)
         if report.get("ok") and "shape" in report:
             self.model.observe(report["shape"], report.get("seconds", 0.0))
+            if not report.get("bytes_loaded"):
+                self.model.observe_warm(report["shape"], report.get("seconds", 0.0))
         self.recent.append({
             "time": self.clock(), "tenant": report.get("tenant") or "default", "kernels": report.get("kernels", []),
             "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
@@ -300,7 +302,7 @@ class SchedulingCore:
         backlog = demand = 0.0
         if self.replication:
             backlog = self.queue.held(task.tenant) * task.estimate
-            demand = self.demand(task.tenant, task.estimate)
+            demand = self.demand(task.tenant, self.model.warm_estimate(task.shape))
         return choose_worker(self.cluster, task.consts, self.policy, stickiness=self.stickiness,
                              bandwidth=self.model.load_bandwidth(), pinned=task.pinned,
                              replicate=self.replication, backlog=backlog, demand=demand)

@@ -26,6 +26,7 @@ class RuntimeModel:
         self.default_bandwidth = float(default_bandwidth)
         self.runtime: dict[str, float] = {}
         self._runtime_sum = 0.0  # of runtime's values, kept as they change: the mean is O(1) with many shapes
+        self.warm: dict[str, float] = {}  # the same, of requests that loaded nothing (their consts were cached)
         self.overhead: float = 0.0         # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
         self.ratios: deque = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
@@ -35,6 +36,14 @@ class RuntimeModel:
         old = self.runtime.get(shape)
         new = self.runtime[shape] = _ewma(old, seconds)
         self._runtime_sum += new - (old or 0.0)
+
+    def observe_warm(self, shape: str, seconds: float) -> None:
+        self.warm[shape] = _ewma(self.warm.get(shape), seconds)
+
+    def warm_estimate(self, shape: str) -> float:
+        """Predicted seconds of one request of this shape whose consts are cached (the best guess without)."""
+        known = self.warm.get(shape)
+        return known + self.overhead if known is not None else self.estimate_or_mean(shape)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead = _ewma(self.overhead or None, max(0.0, seconds))

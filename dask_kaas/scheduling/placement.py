@@ -6,10 +6,11 @@
   store bandwidth, times ``stickiness``. The cheapest wins, even when its own slots are taken: a
   free slot anywhere admits a task to the workers (the slots bound the work in flight), and the
   task then queues where its data is if that is cheaper than loading it elsewhere.
-  With ``replicate``, a tenant whose demand (its arrival rate x its predicted seconds per request,
-  in workers' worth of work) exceeds ``REPLICATE_AT`` of the workers holding its consts goes to the
-  least loaded worker, which loads one more replica, before a queue builds up on its holders; and
-  the holders also carry the tenant's requests still waiting in the fair queue, shared among them.
+  With ``replicate``, a tenant whose demand (its arrival rate x the predicted seconds of a request
+  whose consts are cached, in workers' worth of work) exceeds ``REPLICATE_AT`` of the workers
+  holding its consts, while none of them has a free slot, goes to the least loaded worker, which
+  loads one more replica, before a queue builds up on its holders; and the holders also carry the
+  tenant's requests still waiting in the fair queue, shared among them.
 - ``locality`` (Hermes, MQFQ-Sticky): the least loaded worker holding the consts while one of them
   has a free slot, else the least loaded worker.
 - ``balance``: the least loaded worker with a free slot (Dask's own least-loaded idea).
@@ -39,8 +40,10 @@ def choose_worker(cluster: Cluster, consts: Consts, policy: str, *, stickiness: 
     if policy == "locality":
         open_holders = [a for a in holders if cluster.is_open(a) and cluster.views[a].running]
         return min(open_holders, key=lambda a: (cluster.views[a].queued_seconds, a)) if open_holders else least
-    if replicate and holders and least not in holders and demand > REPLICATE_AT * len(holders):
-        return least
+    if replicate and holders and least not in holders:
+        copies = max(len(cluster.holders.get(ref, ())) for ref, _ in consts)
+        if demand > REPLICATE_AT * copies and not any(cluster.is_open(a) for a in holders):
+            return least
     share = backlog / len(holders) if replicate and holders else 0.0
     best, best_rank = None, None
     for address in holders | {least}:

@@ -249,12 +249,12 @@ class Simulation:
         worker.busy_seconds += seconds
         worker.requests += 1
         self._worker_of[i] = self._index[worker.address]
-        self._at(end, DONE, i, (worker, end - self.now))
+        self._at(end, DONE, i, (worker, end - self.now, loaded))
 
     def _done(self, i: int, ran) -> None:
-        worker, seconds = ran
+        worker, seconds, loaded = ran
         fn = self._functions[self._calls[i]]
-        self.core.report(worker.address, self._report(worker, fn, seconds))
+        self.core.report(worker.address, self._report(worker, fn, seconds, loaded))
         self.core.finished(i, True, duration=seconds)
         self._latency[i] = self.now + self.costs.return_seconds - self._submitted[i]
         self._after(i)
@@ -316,12 +316,12 @@ class Simulation:
         if worker.added.pop(ref, None) is None:
             worker.removed.add(ref)
 
-    def _report(self, worker: SimWorker, fn, seconds: float) -> dict:
+    def _report(self, worker: SimWorker, fn, seconds: float, loaded: int) -> dict:
         """The worker's report after a request, in the live reports' format (:mod:`dask_kaas.report`:
         the consts added and removed since the last one, counter increments). ``seconds``: the
         request's whole time on the worker, loads included, as the runtime reports it."""
         worker.seq += 1
-        report = {"ok": True, "tenant": fn.tenant, "shape": fn.name, "seconds": seconds,
+        report = {"ok": True, "tenant": fn.tenant, "shape": fn.name, "seconds": seconds, "bytes_loaded": loaded,
                   "capacity": worker.capacity, "used": worker.used, "pinned": 0, "seq": worker.seq,
                   "added": [[ns, key, "v", 1, n] for (ns, key), n in worker.added.items()],
                   "removed": [list(ref) for ref in worker.removed],
