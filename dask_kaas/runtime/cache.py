@@ -65,10 +65,12 @@ class BufferCache(Generic[Handle]):
         *,
         counters: Counters | None = None,
         eviction: str = "lru",
+        hint_key: Callable[[Hashable], Hashable] | None = None,
     ):
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.eviction = check_eviction(eviction)
+        self._hint_key = hint_key or (lambda key: key)  # an entry's key -> the key hints name it by
         self._wanted: dict = {}
         self._capacity = int(capacity)
         self._allocate = allocate
@@ -250,8 +252,9 @@ class BufferCache(Generic[Handle]):
             raise KeyError(f"buffer {key!r} is not in the cache") from None
 
     def want(self, wanted: dict) -> None:
-        """``{key: requests queued for it}`` for the resident keys queued requests need (the
-        scheduler's hints): what ``queue-aware`` eviction keeps longest. Replaces the previous hints."""
+        """``{hint key: requests queued for it}`` (an entry's hint key is ``hint_key(key)``, the key
+        itself by default): the scheduler's hints, what ``queue-aware`` eviction keeps longest. They
+        replace the previous ones, and are matched to entries only when something must be evicted."""
         with self._lock:
             self._wanted = dict(wanted)
 
@@ -272,7 +275,12 @@ class BufferCache(Generic[Handle]):
 
     def _victims(self) -> list[_Entry[Handle]]:
         """Unpinned entries in eviction order: non-const before const, then by the eviction policy."""
-        return eviction_order((e for e in self._entries.values() if not e.pins), self.eviction, self._wanted)
+        unpinned = [e for e in self._entries.values() if not e.pins]
+        wanted = None
+        if self._wanted and self.eviction != "lru":
+            hints, hint_key = self._wanted, self._hint_key
+            wanted = {e.key: n for e in unpinned if (n := hints.get(hint_key(e.key)))}
+        return eviction_order(unpinned, self.eviction, wanted)
 
     def _evict(self, entry: _Entry[Handle]) -> None:
         self._remove(entry)

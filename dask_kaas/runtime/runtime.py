@@ -62,6 +62,11 @@ class ConstId(NamedTuple):
         return cls(version.namespace, version.key, version.uid, spec.offset, spec.size, version.version)
 
 
+def _const_ref(key) -> tuple | None:
+    """The (namespace, key) the scheduler's eviction hints name a cached const by (None: not a const)."""
+    return (key.namespace, key.key) if isinstance(key, ConstId) else None
+
+
 class RunBufferId(NamedTuple):
     """Cache identity of a buffer that lives for one run only (inputs, outputs, temporaries)."""
 
@@ -132,7 +137,7 @@ class Runtime:
         self.store = open_store(store)
         self.counters = counters or Counters()
         self.cache = BufferCache(device.capacity, device.allocate, device.free, counters=self.counters,
-                                 eviction=config.eviction())
+                                 eviction=config.eviction(), hint_key=_const_ref)
         if kernel_cache_entries is None:
             kernel_cache_entries = int(config.get("kernel-cache.modules"))
         self.kernels = KernelCache(self._load_module, max_entries=kernel_cache_entries, counters=self.counters)
@@ -341,8 +346,7 @@ class Runtime:
                 wanted[(str(ns), str(key))] = int(n)
         except (TypeError, ValueError):
             return
-        self.cache.want({e["key"]: wanted[(e["key"].namespace, e["key"].key)] for e in self.cache.contents()
-                         if isinstance(e["key"], ConstId) and (e["key"].namespace, e["key"].key) in wanted})
+        self.cache.want(wanted)
 
     def _filler(self, role, raw: np.ndarray | None, version=None) -> Callable:
         if raw is not None:

@@ -359,7 +359,8 @@ class SchedulingCore:
             tenants = self.pinned_backlog[worker]
             if not cluster.is_open(worker):
                 if worker not in cluster:  # gone: its tenants' requests go to their next worker
-                    self._repin(self.pinned_backlog.pop(worker))
+                    del self.pinned_backlog[worker]
+                    self._repin_held(everyone=False)
                 continue
             for tenant in [t for t in tenants if queue.head(t) is None]:
                 tenants.discard(tenant)
@@ -375,21 +376,14 @@ class SchedulingCore:
             return task.key, worker
         return None
 
-    def _repin(self, tenants) -> None:
-        for task in self.tasks.values():
-            if task.state == "held" and task.tenant in tenants and task.pinned not in self.cluster and self.cluster.views:
-                task.pinned = self.static.worker_for(task.tenant, self.cluster.views)
-                if task.ready:
-                    self.pinned_backlog.setdefault(task.pinned, set()).add(task.tenant)
-
     def _repin_held(self, everyone: bool) -> None:
         """Held tasks pinned (or not) as the policy says: all of them after a policy switch, else those
-        pinned nowhere (they arrived before any worker)."""
+        pinned to no current worker (they arrived before any worker, or theirs is gone)."""
         pinned = self.policy in PINNED and self.cluster.views
         if everyone:
             self.pinned_backlog = {}
         for task in self.tasks.values():
-            if task.state != "held" or (not everyone and task.pinned is not None):
+            if task.state != "held" or (not everyone and task.pinned in self.cluster):
                 continue
             task.pinned = self.static.worker_for(task.tenant, self.cluster.views) if pinned else None
             if task.pinned is not None and task.ready:

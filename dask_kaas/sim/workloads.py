@@ -124,9 +124,10 @@ def azure_like(functions: int = 10_000, *, duration: float = 86_400.0, rate: flo
     order = np.argsort(t, kind="stable")
     owners = tenants or functions
     width = len(str(functions - 1))
-    funcs = [Function(f"fn-{i:0{width}d}", f"tenant-{i % owners:0{len(str(owners - 1))}d}",
-                      (((f"tenant-{i % owners:0{len(str(owners - 1))}d}", f"fn-{i:0{width}d}/weights"),
-                        int(weights[i])),), float(kernels[i])) for i in range(functions)]
+    names = [f"fn-{i:0{width}d}" for i in range(functions)]
+    owner_of = [f"tenant-{i % owners:0{len(str(owners - 1))}d}" for i in range(functions)]
+    funcs = [Function(names[i], owner_of[i], (((owner_of[i], f"{names[i]}/weights"), int(weights[i])),),
+                      float(kernels[i])) for i in range(functions)]
     return Workload(funcs, t[order], c[order], description={
         "kind": "azure-like", "functions": functions, "duration_s": duration, "rate_per_s": rate, "zipf": zipf,
         "cv": cv, "kernel_median_s": kernel_median, "kernel_sigma": kernel_sigma,
@@ -188,20 +189,8 @@ def read_azure_trace(invocations: str | Path, *, durations: str | Path | None = 
     if tenant not in ("owner", "app", "function"):
         raise ValueError(f"tenant must be owner, app or function, got {tenant!r}")
     rng = np.random.default_rng(seed)
-    avg_ms = {}
-    if durations is not None:
-        rows = _rows(durations)
-        header = next(rows)
-        col = _columns(header, durations, "HashFunction", "Average")
-        for row in rows:
-            avg_ms[row[col["HashFunction"]]] = float(row[col["Average"]])
-    app_mb = {}
-    if memory is not None:
-        rows = _rows(memory)
-        header = next(rows)
-        col = _columns(header, memory, "HashApp", "AverageAllocatedMb")
-        for row in rows:
-            app_mb[row[col["HashApp"]]] = float(row[col["AverageAllocatedMb"]])
+    avg_ms = _column_map(durations, "HashFunction", "Average") if durations is not None else {}
+    app_mb = _column_map(memory, "HashApp", "AverageAllocatedMb") if memory is not None else {}
     rows = _rows(invocations)
     header = next(rows)
     col = _columns(header, invocations, "HashOwner", "HashApp", "HashFunction")
@@ -237,6 +226,13 @@ def read_azure_trace(invocations: str | Path, *, durations: str | Path | None = 
     return Workload(funcs, t[order], c[order], description={
         "kind": "azure-functions-2019", "invocations": str(invocations), "functions": len(funcs),
         "minutes": len(minute_cols), "tenant": tenant, "seed": seed})
+
+
+def _column_map(path, key: str, value: str) -> dict:
+    """``{row[key]: float(row[value])}`` over a trace CSV file."""
+    rows = _rows(path)
+    col = _columns(next(rows), path, key, value)
+    return {row[col[key]]: float(row[col[value]]) for row in rows}
 
 
 def _columns(header, path, *names) -> dict:
