@@ -44,3 +44,6 @@ def test_set_policy_typo_changes_nothing(cluster):
         with pytest.raises(ConfigError, match="policy must be one of affinity, balance, static, exclusive"):
             set_policy(client, "afinity")
         assert cluster_state(client)["policy"] == before
+        with pytest.raises(ConfigError, match="eviction must be one of lru, queue-aware, got 'mru'"):
+            set_policy(client, "balance", eviction="mru")
+        assert cluster_state(client)["policy"] == before

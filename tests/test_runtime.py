@@ -241,3 +241,13 @@ def test_kernel_without_host_twin(store):
     with pytest.raises(KernelError, match="no host twin"):
         rt.run(r)
     assert_no_leak(rt)
+
+
+@pytest.mark.parametrize("hints", [None, "junk", [["ns"]], [["ns", "w", "many"]], 42, [[None, None, None, 1]]])
+def test_malformed_eviction_hints_are_ignored(store, hints):
+    """The scheduler's hints only order evictions: a malformed one changes nothing and raises nothing."""
+    rt = make_runtime(store)
+    rt.want([["t", "w", 3]])
+    before = dict(rt.cache._wanted)
+    rt.want(hints)
+    assert rt.cache._wanted == (before if hints is not None else {})
