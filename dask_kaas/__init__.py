@@ -13,6 +13,7 @@ The public names below are loaded on first use, so a process imports only the la
 ``plugins/``    the Dask worker and scheduler plugins that connect those to Dask
 ``dashboard/``  the ``/kaas`` dashboard page and Prometheus metrics
 ``functions``   the function repository: named, versioned requests with declared tensors
+``batching/``   the client's dynamic batching: calls of one request that queue up run as one task
 ``gateway/``    the Open Inference Protocol v2 front door: tokens, rate limits, the ASGI app
 ``compat.py``   every use of distributed's internals
 ==============  ========================================================================
@@ -36,11 +37,12 @@ _LAZY = {
     "Runtime": "runtime", "run_request": "runtime",
     "cluster_state": "api", "install": "api", "set_policy": "api", "worker_stats": "api",
     "LocalKaasCluster": "cluster",
+    "Batcher": "batching",
     "KaasWorkerPlugin": "plugins.worker", "KaasSchedulerPlugin": "plugins.scheduler",
 }
 
 __all__ = [
-    "AdmissionRejected", "BufferSpec", "BufferStore", "ConfigError", "DeviceMemoryError", "Function",
+    "AdmissionRejected", "Batcher", "BufferSpec", "BufferStore", "ConfigError", "DeviceMemoryError", "Function",
     "FunctionNotFound", "FunctionRepository", "KaasError",
     "KaasSchedulerPlugin", "KaasWorkerPlugin", "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster",
     "Request", "RequestError", "Runtime", "StoreError", "StoreKeyError", "TenantError", "builtin", "cluster_state",
@@ -63,6 +65,7 @@ def __dir__():
 
 if TYPE_CHECKING:
     from .api import cluster_state, install, set_policy, worker_stats
+    from .batching import Batcher
     from .cluster import LocalKaasCluster
     from .functions import Function, FunctionRepository
     from .kernels import Library, builtin, register_library, resolve_library

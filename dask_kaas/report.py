@@ -17,6 +17,9 @@ FULL_EVERY = 64
 # The other way: a task the scheduler sends carries, in this annotation, how many queued requests want
 # each const its worker caches ([[namespace, key, n], ...]: SchedulingCore.hints), for queue-aware eviction.
 WANTED_ANNOTATION = "kaas-wanted"
+# And for a batch (RequestBatch) whose later calls admission control rejected: [first rejected call,
+# message, predicted seconds, deadline seconds]; the worker answers those calls with AdmissionRejected.
+REJECTED_ANNOTATION = "kaas-rejected"
 
 ConstRef = tuple  # (namespace, key)
 

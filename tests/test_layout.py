@@ -24,7 +24,7 @@ ROOT = "dask_kaas"
 
 # The layers below the plugins: what a worker's runtime, the store and the scheduling policy are made
 # of. None of them imports distributed, directly or through another module of dask_kaas.
-BELOW_PLUGINS = ("request", "kernels", "store", "device", "runtime", "scheduling", "report", "names", "errors",
+BELOW_PLUGINS = ("request", "kernels", "batching.queue", "store", "device", "runtime", "scheduling", "report", "names", "errors",
                  "config", "files", "selfcheck", "logs", "text", "deploy.gpus", "functions", "datatypes",
                  "gateway.tokens", "gateway.ratelimit", "gateway.oip", "gateway.catalog", "sim")
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none

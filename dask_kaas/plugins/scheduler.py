@@ -26,8 +26,9 @@ from distributed import SchedulerPlugin
 from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
 from ..names import namespace_problem, split_key
-from ..report import WANTED_ANNOTATION
+from ..report import REJECTED_ANNOTATION, WANTED_ANNOTATION
 from ..request import Request
+from ..request.batch import RequestBatch
 from ..scheduling import POLICIES, SchedulingCore, Task
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,22 @@ REJECTED = "kaas://rejected"  # likewise, for tasks failed before any worker see
 
 
 def request_of_task(ts) -> Request | None:
-    """The Request a scheduler-side task runs, if it runs one."""
+    """The Request a scheduler-side task runs, if it runs one (a batch: the request each call runs)."""
     func = compat.task_function(ts)
+    if isinstance(func, RequestBatch):
+        return func.request
     return func if isinstance(func, Request) else None
+
+
+def calls_of_task(ts) -> int:
+    """How many calls a KaaS task makes: a batch's count, else 1."""
+    func = compat.task_function(ts)
+    return func.count if isinstance(func, RequestBatch) else 1
+
+
+def _consts(request: Request) -> tuple:
+    """``((namespace, key), nbytes)`` of each const the request reads, as the core takes them."""
+    return tuple((split_key(spec.store_key, request.tenant), spec.size) for spec in request.consts)
 
 
 class KaasSchedulerPlugin(SchedulerPlugin):
@@ -233,14 +247,17 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self._reject(scheduler, ts, error)
                 continue
             compat.require_resource(ts, RESOURCE, 1)
-            consts = tuple((split_key(spec.store_key, request.tenant), spec.size) for spec in request.consts)
-            task = Task(key, request.tenant or client, request.shape_token, consts, submitted=now,
-                        deadline=request.deadline, ready=not ts.dependencies)
+            task = Task(key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
+                        deadline=request.deadline, ready=not ts.dependencies, count=calls_of_task(ts))
             decision = core.submit(task)
             if decision.action == "reject":
                 self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,
                                                               request.deadline))
-            elif decision.action == "run":
+                continue
+            if decision.admitted is not None:  # a batch admitted in part: its worker answers the rest
+                compat.annotate(ts, REJECTED_ANNOTATION, [decision.admitted, f"{request!r} {decision.message}",
+                                                          decision.predicted, request.deadline])
+            if decision.action == "run":
                 compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
                 self._hint(ts, decision.worker)
             else:
@@ -334,7 +351,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 report = compat.finished_metadata(kwargs)
                 if report is not None:
                     core.report(kwargs.get("worker"), report)
-                core.finished(key, True, duration=compat.compute_seconds(kwargs))
+                core.finished(key, True, duration=compat.compute_seconds(kwargs),
+                              failed=report.get("failed", 0) if isinstance(report, dict) else 0)
             elif finish == "erred":
                 core.finished(key, False)
             else:  # released (its worker is gone, say): Dask runs it again, through the fair queue
@@ -360,3 +378,13 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def snapshot(self) -> dict:
         """The scheduling core's state (what :func:`dask_kaas.cluster_state` returns)."""
         return self.core.snapshot()
+
+
+def scheduler_slots(dask_scheduler) -> int | None:
+    """Runs on the scheduler (``client.run_on_scheduler``): the KaaS tasks the cluster takes at once
+    (KaaS workers x queue depth), or None without the KaaS plugin or workers."""
+    plugin = dask_scheduler.plugins.get(KaasSchedulerPlugin.name)
+    if not isinstance(plugin, KaasSchedulerPlugin) or not len(plugin.core.cluster):
+        return None
+    return len(plugin.core.cluster) * plugin.core.cluster.depth
+

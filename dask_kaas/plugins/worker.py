@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from distributed import WorkerPlugin, get_worker
 
 from .. import compat, config
-from ..errors import ConfigError, KaasError
+from ..errors import AdmissionRejected, ConfigError, KaasError
 from ..logs import setup_logging
-from ..report import WANTED_ANNOTATION
+from ..report import REJECTED_ANNOTATION, WANTED_ANNOTATION
 from ..scheduling.eviction import check_eviction
 from ..text import format_bytes
 from ..device import KINDS, make_device
@@ -210,7 +210,17 @@ def worker_runtime() -> Runtime | None:
     hints = compat.current_task_annotation(worker, WANTED_ANNOTATION)
     if hints is not None:
         runtime.want(hints)
+    runtime.task_rejection = _rejection(compat.current_task_annotation(worker, REJECTED_ANNOTATION))
     return runtime
+
+
+def _rejection(annotation) -> tuple[int, AdmissionRejected] | None:
+    """The scheduler's ``[first call, message, predicted, deadline]`` for a batch, as the runtime takes it."""
+    try:
+        first, message, predicted, deadline = annotation
+        return int(first), AdmissionRejected(str(message), predicted, deadline)
+    except (TypeError, ValueError):
+        return None
 
 
 

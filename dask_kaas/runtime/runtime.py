@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -147,6 +147,9 @@ class Runtime:
         self.last_request: dict | None = None
         self.on_device_lost: Callable[[KernelError], None] | None = None
         self.on_report: Callable[[dict], None] | None = None  # called after every request with report()
+        # (i, error): the calls of the batch about to run from the i-th on were rejected by the scheduler's
+        # admission control; set by the worker's runtime resolver from the task's annotation
+        self.task_rejection: tuple[int, KaasError] | None = None
         self.exclusive = False  # a tenant switch empties the cache (the "exclusive GPU" baseline)
         self._last_tenant: str | None = None
         self._prepared: dict[tuple, tuple] = {}  # launch key -> (module, prepared launch), oldest first
@@ -220,30 +223,119 @@ class Runtime:
         """
         if not isinstance(request, Request):
             raise TypeError(f"expected a Request, got {type(request).__name__}")
-        counters = self.counters
         with self._lock:
-            if self.exclusive and request.tenant != self._last_tenant:
-                self.cache.clear()
-            self._last_tenant = request.tenant
             start = time.perf_counter()
-            before = dict(counters.counts)
             ok = False
             try:
-                with counters.phase("total"):
-                    result = self._run(request, inputs or {})
+                result = self._run_one(request, inputs or {})
                 ok = True
-            except KaasError as e:
-                counters.add("errors")
-                counters.add_tenant(request.tenant, errors=1)
-                if isinstance(e, KernelError) and not getattr(self.device, "healthy", True) and self.on_device_lost:
-                    self.on_device_lost(e)
-                raise
+                return result
+            finally:
+                if self.on_report is not None:
+                    self.on_report(self.report(request, time.perf_counter() - start, ok))
+
+    def run_batch(self, request: Request, calls: Sequence[Mapping[str, Any]],
+                  rejected: tuple[int, KaasError] | None = None) -> list:
+        """Run ``request`` once for each call's inputs, in order, in one turn of the device; one outcome
+        per call: its outputs, or the :class:`~dask_kaas.KaasError` it alone raised.
+
+        What a batched task runs (:class:`~dask_kaas.request.batch.RequestBatch`). Each call is
+        checked, run and accounted exactly as :meth:`run` would (counters count requests, not
+        batches); one report follows the whole batch, with ``count`` (calls) and ``failed``.
+
+        Parameters
+        ----------
+        request : Request
+        calls : sequence of mappings
+            Each call's inputs by buffer name.
+        rejected : (int, KaasError), optional
+            ``(i, error)``: calls from the ``i``-th on do not run and get ``error`` (the scheduler's
+            admission control rejected them); default: what the scheduler attached to the task being
+            run (:attr:`task_rejection`), if anything.
+
+        Returns
+        -------
+        list
+            Per call, ``{buffer name: numpy.ndarray}`` or the exception.
+
+        Raises
+        ------
+        TypeError
+            When ``request`` is not a :class:`~dask_kaas.Request`. Anything but a ``KaasError``
+            raised by a call (a bug) propagates and fails the whole batch.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from dask_kaas import BufferSpec, KernelSpec, Literal, Request
+        >>> from dask_kaas.device import HostDevice
+        >>> from dask_kaas.runtime import Runtime
+        >>> rt = Runtime(HostDevice(1 << 20), tempfile.mkdtemp())
+        >>> a, b = (BufferSpec(n, 16, dtype="float32", ephemeral=True) for n in "ab")
+        >>> double = Request(KernelSpec("builtin", "axpy", 1, 32, literals=[Literal("i", 4), Literal("f", 1.0)],
+        ...                             arguments=[(a, "i"), (b, "io")]))
+        >>> out = rt.run_batch(double, [{"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}, {"a": b"x"}])
+        >>> out[0]["b"], type(out[1]).__name__, rt.stats()["requests"]
+        (array([2., 2., 2., 2.], dtype=float32), 'RequestError', 2)
+        >>> rt.close()
+        """
+        if not isinstance(request, Request):
+            raise TypeError(f"expected a Request, got {type(request).__name__}")
+        if rejected is None:
+            rejected, self.task_rejection = self.task_rejection, None
+        cut, rejection = rejected if rejected is not None else (len(calls), None)
+        outcomes: list = []
+        failed, ran = 0, 0
+        with self._lock:
+            start = time.perf_counter()
+            before = dict(self.counters.counts)
+            try:
+                for i, inputs in enumerate(calls):
+                    if i >= cut:
+                        outcomes.append(rejection)
+                        failed += 1
+                        continue
+                    if not getattr(self.device, "healthy", True):
+                        outcomes.append(KernelError(f"{request!r}: not run, the device was lost earlier in this "
+                                                    "batch (the worker restarts)"))
+                        failed += 1
+                        continue
+                    ran += 1
+                    try:
+                        outcomes.append(self._run_one(request, inputs or {}))
+                    except KaasError as e:
+                        outcomes.append(e)
+                        failed += 1
             finally:
                 seconds = time.perf_counter() - start
-                self._account(request, before, seconds)
+                counts = self.counters.counts
+                self.last_request = {"tenant": request.tenant, "kernels": request.kernel_names, "seconds": seconds,
+                                     **{k: counts[k] - before.get(k, 0) for k in _ACCOUNTED}}
                 if self.on_report is not None:
-                    self.on_report(self.report(request, seconds, ok))
-            return result
+                    self.on_report(self.report(request, seconds / max(ran, 1), True, count=len(calls),
+                                               failed=failed))
+        return outcomes
+
+    def _run_one(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One request, under the lock: run, counted and accounted (no report)."""
+        counters = self.counters
+        if self.exclusive and request.tenant != self._last_tenant:
+            self.cache.clear()
+        self._last_tenant = request.tenant
+        start = time.perf_counter()
+        before = dict(counters.counts)
+        try:
+            with counters.phase("total"):
+                return self._run(request, inputs)
+        except KaasError as e:
+            counters.add("errors")
+            counters.add_tenant(request.tenant, errors=1)
+            if isinstance(e, KernelError) and not getattr(self.device, "healthy", True) and self.on_device_lost:
+                self.on_device_lost(e)
+            raise
+        finally:
+            self._account(request, before, time.perf_counter() - start)
 
     def _run(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         counters, device, cache = self.counters, self.device, self.cache
@@ -396,7 +488,7 @@ class Runtime:
         return [(cid.namespace, cid.key, cid.uid, cid.version, e["nbytes"])
                 for e in self.cache.contents() if isinstance(cid := e["key"], ConstId)]
 
-    def report(self, request: Request, seconds: float, ok: bool) -> dict[str, Any]:
+    def report(self, request: Request, seconds: float, ok: bool, *, count: int = 1, failed: int = 0) -> dict[str, Any]:
         """What the scheduler learns after each request (:mod:`dask_kaas.report`): the request's cost,
         and what changed in the cache since the previous report.
 
@@ -414,7 +506,11 @@ class Runtime:
         seconds : float
             How long it ran.
         ok : bool
-            Whether it succeeded.
+            Whether it succeeded (a batch: whether it ran).
+        count, failed : int, optional
+            A batch (:meth:`run_batch`): how many calls it had and how many of them failed;
+            ``seconds`` is then the mean per call run, and hits, misses and bytes loaded are the
+            whole batch's.
 
         Returns
         -------
@@ -462,6 +558,8 @@ class Runtime:
             "used": self.cache.used,
             "pinned": self.cache.pinned_bytes,
         }
+        if count != 1 or failed:
+            fields.update(count=count, failed=failed)
         return self._reports.build(fields, consts=self.resident_consts(), counters=self.counters.counts,
                                    load_seconds=self.counters.seconds["load"])
 

@@ -52,6 +52,7 @@ class Task:
     worker: str | None = None
     assigned: float = 0.0
     predicted: float | None = None  # predicted latency of an admitted request with a deadline
+    count: int = 1  # calls in the task (a batch: RequestBatch); fair share, admission and counts are per call
 
 
 class Decision(NamedTuple):
@@ -59,6 +60,7 @@ class Decision(NamedTuple):
     worker: str | None = None
     message: str | None = None
     predicted: float | None = None
+    admitted: int | None = None  # a batch admitted in part: its first calls this many; the rest rejected
 
 
 def _ms(seconds: float) -> str:
@@ -151,30 +153,44 @@ class SchedulingCore:
 
     # -- tasks ------------------------------------------------------------------------------
     def submit(self, task: Task) -> Decision:
+        """A new task (of ``task.count`` calls): rejected, run now on a worker, or held.
+
+        A batch whose later calls would miss the deadline is admitted in part: the decision's
+        ``admitted`` says how many of its first calls run (the rest count as rejected).
+        """
         stats = self.tenants.setdefault(task.tenant, TenantStats())
-        stats.submitted += 1
+        stats.submitted += task.count
         if self.replication:
             self._arrived(task.tenant)
-        task.estimate = self.model.estimate_or_mean(task.shape)
+        self._price(task)
         if self.policy in PINNED and self.cluster.views:
             task.pinned = self.static.worker_for(task.tenant, self.cluster.views)
+        part = Decision("hold")  # a batch admitted in part: how many calls, and why not the rest
         if task.deadline is not None:
             rejection = self._admit(task)
-            if rejection is not None:
-                stats.rejected += 1
+            if rejection is not None and rejection.action == "reject":
+                stats.rejected += task.count
                 return rejection
+            if rejection is not None:
+                part = rejection
+                stats.rejected += task.count - rejection.admitted
+                task.count = rejection.admitted
+                self._price(task)
         self.tasks[task.key] = task
         self._hold(task)
-        if not task.ready:
-            return Decision("hold")
-        if not len(self.queue):  # nothing waits: no one to be fair to, so straight to a worker
+        if task.ready and not len(self.queue):  # nothing waits: no one to be fair to, so straight to a worker
             worker = self._choose(task)
             if worker is not None:
                 self.queue.charge(task.tenant, task.estimate)
                 self._assign(task, worker)
-                return Decision("run", worker)
-        self._enqueue(task)
-        return Decision("hold")
+                return part._replace(action="run", worker=worker)
+        if task.ready:
+            self._enqueue(task)
+        return part._replace(action="hold")
+
+    def _price(self, task: Task) -> None:
+        """The task's predicted seconds (all its calls): what fair share charges and workers queue."""
+        task.estimate = self.model.estimate_or_mean(task.shape) * task.count
 
     def set_ready(self, key: Hashable) -> None:
         """A held task's dependencies are done."""
@@ -215,8 +231,9 @@ class SchedulingCore:
         if ready:
             self._enqueue(task, front=True)
 
-    def finished(self, key: Hashable, ok: bool, *, duration: float | None = None) -> None:
-        """The task left its worker: completed (``ok``) or failed. ``duration``: its compute seconds."""
+    def finished(self, key: Hashable, ok: bool, *, duration: float | None = None, failed: int = 0) -> None:
+        """The task left its worker: completed (``ok``) or failed. ``duration``: its compute seconds;
+        ``failed``: of a completed batch, how many calls failed (each call counts for its tenant)."""
         task = self.tasks.pop(key, None)
         self._admitted.pop(key, None)
         if task is None:
@@ -230,17 +247,20 @@ class SchedulingCore:
             self.cluster.release(task.worker, task.consts, task.estimate)
         stats = self.tenants.setdefault(task.tenant, TenantStats())
         if not ok:
-            stats.failed += 1
+            stats.failed += task.count
             return
-        stats.completed += 1
-        stats.observe(now - task.submitted)
+        failed = min(max(0, failed), task.count)
+        stats.failed += failed
+        stats.completed += task.count - failed
+        for _ in range(task.count - failed):
+            stats.observe(now - task.submitted)
         if task.predicted:
             self.model.observe_calibration((now - task.submitted) / task.predicted)
         if duration is not None:
             stats.gpu_seconds += duration
             runtime = self.model.runtime.get(task.shape)
             if runtime is not None and task.assigned:
-                self.model.observe_overhead(duration - runtime)
+                self.model.observe_overhead((duration - runtime * task.count) / task.count)
 
     def forget(self, key: Hashable) -> None:
         """The task went away before it finished (cancelled, released, lost)."""
@@ -262,15 +282,16 @@ class SchedulingCore:
         view = self.cluster.apply_report(worker, report)
         self.model.observe_load(view.counters.get("bytes_from_store", 0) - loaded_before,
                                 view.picture.load_seconds - load_before)
-        if report.get("ok") and "shape" in report:
-            self.model.observe(report["shape"], report.get("seconds", 0.0))
+        count, failed = report.get("count", 1), report.get("failed", 0)
+        if report.get("ok") and "shape" in report and failed < count:
+            self.model.observe(report["shape"], report.get("seconds", 0.0))  # a batch: seconds per call
             if not report.get("bytes_loaded"):
                 self.model.observe_warm(report["shape"], report.get("seconds", 0.0))
         self.recent.append({
             "time": self.clock(), "tenant": report.get("tenant") or "default", "kernels": report.get("kernels", []),
             "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
             "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
-            "ok": bool(report.get("ok")),
+            "ok": bool(report.get("ok")) and not failed, "calls": count, "failed": failed,
         })
 
     def hints(self, worker: str) -> dict:
@@ -369,7 +390,7 @@ class SchedulingCore:
                 continue
             tenant = min(tenants, key=lambda t: (queue.service[t], t))
             task = self.tasks[queue.pop(tenant)]
-            task.estimate = self.model.estimate_or_mean(task.shape)
+            self._price(task)
             queue.charge(tenant, task.estimate)
             self.decisions += 1
             self._assign(task, worker)
@@ -402,7 +423,7 @@ class SchedulingCore:
                 return None
             least = tenants[0]
             head = self.tasks[queue.head(least)]
-            head.estimate = self.model.estimate_or_mean(head.shape)  # priced now: same shape, same charge
+            self._price(head)  # priced now: same shape, same charge
             slack = self.slack_tasks * max(head.estimate, MIN_COST) / queue.weight(least)
             floor = queue.service[least]
             best, best_rank = None, None
@@ -417,33 +438,45 @@ class SchedulingCore:
                 rank = (view.missing_bytes(task.consts) if self.policy == "affinity" else 0, queue.service[tenant])
                 if best_rank is None or rank < best_rank:
                     best, best_rank = (task, worker), rank
+                if rank[0] == 0:  # nothing to load, and no tenant after it is less served: none can beat it
+                    break
             if best is not None:
                 task, worker = best
                 queue.pop(task.tenant)
-                task.estimate = self.model.estimate_or_mean(task.shape)
+                self._price(task)
                 queue.charge(task.tenant, task.estimate)
                 self._assign(task, worker)
                 return task.key, worker
             return None  # every slot taken
 
     def _admit(self, task: Task) -> Decision | None:
-        """None to admit; else the rejection (its predicted latency is too close to the deadline)."""
+        """None to admit; else the rejection (its predicted latency is too close to the deadline). A
+        batch's calls run one after another, so its ``i``-th call finishes ``i`` runtimes after the
+        first: those that would miss the deadline are rejected (``Decision("partial", admitted=n)``
+        when its first ``n`` calls make it)."""
         runtime = self.model.estimate(task.shape)
         if runtime is None:
             return None  # nothing known about this shape yet: admit, and learn from it
         wait, interval = self._predicted_wait(task)
-        raw = wait + max(runtime, interval)
+        first = wait + max(runtime, interval)
         calibration = max(self.model.calibration, self._running_late())
-        predicted = raw * calibration
-        if predicted <= task.deadline * self.margin:
-            task.predicted = raw
+        budget = task.deadline * self.margin / calibration
+        admitted = task.count if first + (task.count - 1) * runtime <= budget else \
+            (0 if first > budget else min(task.count, 1 + int((budget - first) / max(runtime, 1e-12))))
+        if admitted:
+            task.predicted = first + (admitted - 1) * runtime
             self._admitted[task.key] = task
-            return None
-        message = (f"would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(max(runtime, interval))}"
+            if admitted == task.count:
+                return None
+        raw = first + admitted * runtime
+        predicted = raw * calibration
+        call = f"call {admitted + 1} of {task.count} of its batch " if task.count > 1 else ""
+        message = (f"{call}would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(raw - wait)}"
                    f"{f' x {calibration:.2f} calibration' if calibration != 1 else ''}), too close to its "
                    f"deadline of {_ms(task.deadline)} (admission keeps a {1 - self.margin:.0%} margin for "
                    "dispatch and result transfer)")
-        return Decision("reject", message=message, predicted=predicted)
+        return Decision("partial" if admitted else "reject", message=message, predicted=predicted,
+                        admitted=admitted or None)
 
     def _predicted_wait(self, task: Task) -> tuple[float, float]:
         """Seconds until the task would start (the work ahead of it in its queue and on the workers,
