@@ -22,7 +22,7 @@ from benchmarks.common import Config, parse_args, print_result, run, write_resul
 
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
             "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
-            "simulate": "simulate"}
+            "simulate": "simulate", "engines": "engines-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -290,3 +290,25 @@ def test_gateway_smoke(tmp_path):
     for row in r["throughput"]:
         assert all(positive(row["rps"][s]["median"]) for s in ("gateway", "submit"))
         assert positive(row["ratio_gateway_over_submit"]) and row["calls"] > 0
+
+
+@pytest.mark.slow
+def test_engines_smoke(tmp_path):
+    from benchmarks.engines import ARMS, RAY_ARMS
+
+    r = smoke("engines", tmp_path)  # with Ray where it is installed and KAAS_BENCH_NO_RAY unset
+    arms = {a["arm"]: a for a in r["arms"]}
+    assert set(arms) == (set(ARMS) if r["ray_arms"] else set(ARMS) - set(RAY_ARMS))
+    assert r["ray_arms"] or "not installed" in r["ray"] or "skipped" in r["ray"]
+    per_arm = r["parameters"]["rounds"] * (r["parameters"]["latency_calls"] + r["parameters"]["batches"] * sum(
+        r["parameters"]["ks"]))
+    for a in arms.values():  # every call of the timed rounds checked (the warm-up's too)
+        assert positive(a["p50_ms"]) and a["results_checked"] > per_arm
+        assert [t["k"] for t in a["throughput"]] == [2, 4] and all(positive(t["calls_per_s"]["median"])
+                                                                    for t in a["throughput"])
+    assert r["results_checked"] == sum(a["results_checked"] for a in arms.values())
+    h = r["headline"]
+    assert h["k"] == 4 and positive(h["batched_over_task_rps"]["ratio"])
+    assert positive(h["batched_idle_p50_over_submit_idle_p50"]["ratio"])
+    assert (h["batched_over_ray_task_rps"]["ratio"] is None) is (not r["ray_arms"])
+    assert r["batcher"]["calls"] == arms["kaas_batched"]["results_checked"]

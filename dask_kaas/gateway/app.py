@@ -3,7 +3,9 @@
 Starlette, because the protocol needs little more than routing and raw bodies (the binary tensor
 extension), and Starlette gives exactly that with no model layer to bypass; uvicorn serves it
 (:mod:`dask_kaas.gateway.server`). The Dask client is asynchronous and lives on the server's event
-loop, so a call is ``await client.submit(request, **inputs)`` with no thread per call.
+loop. Calls go through a :class:`~dask_kaas.Batcher` on that client: a call is one future, with no
+thread per call, and concurrent calls of one function that queue up run as one task, their
+payloads straight to and from the workers, never through the scheduler.
 
 Every call is authenticated by its bearer token, which alone says the tenant; the request then runs
 on the cluster as that tenant, through the scheduler plugin like any other KaaS request (fair
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import config
+from ..batching import Batcher
 from ..errors import AdmissionRejected, FunctionNotFound, KaasError, RequestError, TenantError
 from ..functions import FunctionRepository
 from ..store import BufferStore, open_store
@@ -75,6 +78,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, client=None):
         self.settings = settings.resolved()
         self.client = client
+        self.batcher: Batcher | None = None
         self._own_client = client is None
         self.store = open_store(self.settings.store)
         self.catalog = Catalog(FunctionRepository(self.store), self.settings.function_ttl, time.monotonic)
@@ -95,11 +99,14 @@ class Gateway:
         if self.client is None:
             from distributed import Client
 
-            self.client = await Client(self.settings.scheduler, asynchronous=True)
+            self.client = await Client(self.settings.scheduler, asynchronous=True, direct_to_workers=True)
+        self.batcher = Batcher(self.client)
         logger.info("gateway on scheduler %s, store %s, tokens %s (%d tenants)", self.client.scheduler.address,
                     self.store.url, self.tokens.path, len(self.tokens.tenants))
 
     async def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         if self._own_client and self.client is not None:
             await self.client.close()
 
@@ -251,13 +258,12 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             gw.metrics.observe(tenant, model_name, status, time.perf_counter() - started, bytes_in, bytes_out)
 
     async def gw_call(kaas_request, inputs):
-        client = gw.client
-        future = client.submit(kaas_request, pure=False, **inputs)
+        # through the batcher: concurrent calls of one function run as one task, payloads skip the scheduler
+        future = gw.batcher.submit(kaas_request, **inputs)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), gw.settings.timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), gw.settings.timeout)
         except asyncio.TimeoutError:
-            with contextlib.suppress(Exception):
-                await client.cancel([future])
+            future.cancel()  # a call still queued never leaves; one in a running batch is left to finish
             raise OipError(504, f"the call did not finish within the gateway's timeout of "
                                 f"{gw.settings.timeout:g} s") from None
         except AdmissionRejected as e:
