@@ -31,6 +31,8 @@ idle p50 of the same request with ``client.submit`` (target <= 1.05).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -81,14 +83,14 @@ class background:
 
     def __init__(self, args: list[str], log_path: str):
         self.args, self.log_path = args, log_path
-        path = os.environ.get("PYTHONPATH")
-        self.env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
 
-    def __enter__(self) -> subprocess.Popen:
+    def __enter__(self) -> background:
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        return self.proc
+        return self
 
     def __exit__(self, *exc):
         try:
@@ -103,49 +105,31 @@ class background:
 
     def tail(self) -> str:
         with open(self.log_path) as f:
-            return f"{' '.join(self.args[:2])}:\n{f.read()[-3000:]}"
+            return f"{' '.join(self.args[1:3])}:\n{f.read()[-3000:]}"
 
 
-def dask_kaas_command() -> list[str]:
+@contextlib.contextmanager
+def kaas_processes(store_url: str, tmp: str, workers: int = 2):
+    """``with kaas_processes(store_url, tmp) as client:`` ``dask kaas scheduler`` and ``dask kaas worker
+    --nworkers 2 --device host --store store_url`` as their own processes, a client of them here."""
+    from distributed import Client
+
     exe = os.path.join(os.path.dirname(sys.executable), "dask-kaas")
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"]
-
-
-class kaas_processes:
-    """``with kaas_processes(store_url, tmp) as client:`` ``dask kaas scheduler`` and ``dask kaas
-    worker --nworkers 2 --device host`` as their own processes, a client of them here."""
-
-    def __init__(self, store_url: str, tmp: str, workers: int = 2):
-        cmd, port = dask_kaas_command(), free_port()
-        self.address, self.workers = f"tcp://127.0.0.1:{port}", workers
-        self.procs = [
-            background([*cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                       os.path.join(tmp, "scheduler.log")),
-            background([*cmd, "worker", self.address, "--nworkers", str(workers), "--device", "host", "--store",
-                        store_url, "--no-dashboard", "--local-directory", tmp], os.path.join(tmp, "workers.log"))]
-
-    def __enter__(self):
-        from distributed import Client
-
-        started = []
+    cmd, port = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"], free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(background(
+                     [*cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                     os.path.join(tmp, "scheduler.log"))),
+                 stack.enter_context(background(
+                     [*cmd, "worker", address, "--nworkers", str(workers), "--device", "host", "--store", store_url,
+                      "--no-dashboard", "--local-directory", tmp], os.path.join(tmp, "workers.log")))]
         try:
-            for p in self.procs:
-                started.append(p.__enter__())
-            self.client = Client(self.address, timeout=60)
-            self.client.wait_for_workers(self.workers, timeout=120)
+            client = stack.enter_context(Client(address, timeout=60))
+            client.wait_for_workers(workers, timeout=120)
         except Exception as e:
-            self.__exit__()
-            raise RuntimeError(f"the KaaS cluster did not start ({e}):\n" + "\n".join(p.tail() for p in self.procs
-                                                                                      if hasattr(p, "log"))) from e
-        return self.client
-
-    def __exit__(self, *exc):
-        client = getattr(self, "client", None)
-        if client is not None:
-            client.close()
-        for p in reversed(self.procs):
-            if hasattr(p, "proc"):
-                p.__exit__()
+            raise RuntimeError(f"the KaaS cluster did not start ({e}):\n" + "\n".join(p.tail() for p in procs)) from e
+        yield client
 
 
 def ray_status() -> str | None:
@@ -159,29 +143,21 @@ def ray_status() -> str | None:
     return None
 
 
-class ray_session:
+@contextlib.contextmanager
+def ray_session(skipped: str | None):
     """``with ray_session(skipped) as ray:`` the ``ray`` module, initialised locally; None when skipped."""
+    if skipped:
+        yield None
+        return
+    import ray
 
-    def __init__(self, skipped: str | None):
-        self.skipped = skipped
-
-    def __enter__(self):
-        if self.skipped:
-            return None
-        import logging
-
-        import ray
-
-        # code_search_path: Ray's workers import benchmarks.engines (the no-op) whatever the cwd
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 job_config=ray.job_config.JobConfig(code_search_path=[ROOT]))
-        return ray
-
-    def __exit__(self, *exc):
-        if not self.skipped:
-            import ray
-
-            ray.shutdown()
+    # code_search_path: Ray's workers import benchmarks.engines (the no-op) whatever the cwd
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             job_config=ray.job_config.JobConfig(code_search_path=[ROOT]))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------ the arms

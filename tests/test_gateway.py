@@ -194,6 +194,27 @@ def test_several_tenants_at_once_each_get_their_own_results(env):
         assert after[tenant]["completed"] - before.get(tenant, {}).get("completed", 0) == 8
 
 
+def test_concurrent_calls_of_one_function_are_batched(env):
+    """Many callers of one function at once: each gets its own right answer, in fewer Dask tasks than calls."""
+    gw, tokens, w, client = env["gw"], env["tokens"], env["weights"], env["client"]
+    before = cluster_state(client)["tenants"]["bob"]
+
+    def one(i):
+        x = np.full(N, i, np.float32)
+        inp = tritonclient_http.InferInput("x", [N], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_allclose(triton(gw).infer("vadd", [inp], headers=bearer(tokens["bob"])).as_numpy("y"),
+                                   x + w["bob"], rtol=1e-6)
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        for f in [pool.submit(one, i) for i in range(128)]:
+            f.result(timeout=300)
+    after = cluster_state(client)["tenants"]["bob"]
+    calls, tasks = after["completed"] - before["completed"], after["tasks"] - before["tasks"]
+    assert calls == after["submitted"] - before["submitted"] == 128
+    assert tasks < calls  # at most 4 batches of a function in flight on 2 workers; the rest queued and batched
+
+
 def infer_json(x, **extra):
     return {"inputs": [{"name": "x", "shape": [len(x)], "datatype": "FP32", "data": list(map(float, x))}], **extra}
 

@@ -44,6 +44,7 @@ TENANT_COUNTERS = (
     ("requests_failed", "failed", "KaaS requests that failed on a worker"),
     ("admission_rejections", "rejected", "KaaS requests rejected by admission control (deadline)"),
     ("submitted", "submitted", "KaaS requests submitted"),
+    ("tasks", "tasks", "Dask tasks the KaaS requests came in (fewer than requests when batched)"),
 )
 
 

@@ -61,8 +61,8 @@ class KaasPage:
         self.loaded.line("time", "loaded", source=self.series, line_width=2, color="#9467bd")
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
-        self.tenant_source = ColumnDataSource(dict(tenant=[], submitted=[], completed=[], throughput=[], p50=[],
-                                                   p99=[], rejected=[], failed=[]))
+        self.tenant_source = ColumnDataSource(dict(tenant=[], submitted=[], tasks=[], completed=[], throughput=[],
+                                                   p50=[], p99=[], rejected=[], failed=[]))
         self.throughput = figure(title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)", x_range=[],
                                  height=240,
                                  sizing_mode="stretch_width", tools="", toolbar_location=None,
@@ -72,6 +72,7 @@ class KaasPage:
                                  name="kaas-tenants", columns=[
                                      TableColumn(field="tenant", title="tenant"),
                                      TableColumn(field="submitted", title="submitted"),
+                                     TableColumn(field="tasks", title="tasks (batches)"),
                                      TableColumn(field="completed", title="completed"),
                                      TableColumn(field="throughput", title=f"req/s ({RATE_WINDOW:g} s)"),
                                      TableColumn(field="p50", title="latency p50 (ms)"),
@@ -153,6 +154,7 @@ class KaasPage:
         _set_table(self.tenants, dict(
             tenant=tenant_names,
             submitted=[tenants[t]["submitted"] for t in tenant_names],
+            tasks=[tenants[t].get("tasks", 0) for t in tenant_names],
             completed=[tenants[t]["completed"] for t in tenant_names],
             throughput=[round(throughput.get(t, 0.0), 2) for t in tenant_names],
             p50=[ms(tenants[t]["latency_p50"]) for t in tenant_names],

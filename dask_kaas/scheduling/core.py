@@ -160,6 +160,7 @@ class SchedulingCore:
         """
         stats = self.tenants.setdefault(task.tenant, TenantStats())
         stats.submitted += task.count
+        stats.tasks += 1
         if self.replication:
             self._arrived(task.tenant)
         self._price(task)

@@ -14,7 +14,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 @dataclass
 class TenantStats:
-    submitted: int = 0
+    submitted: int = 0  # calls (a batch counts each of its calls)
+    tasks: int = 0  # Dask tasks those calls came in (fewer than calls when they were batched)
     completed: int = 0
     rejected: int = 0
     failed: int = 0
@@ -44,6 +45,7 @@ class TenantStats:
         lat = np.fromiter(self.latencies, dtype=float) if self.latencies else None
         return {
             "submitted": self.submitted,
+            "tasks": self.tasks,
             "completed": self.completed,
             "rejected": self.rejected,
             "failed": self.failed,
