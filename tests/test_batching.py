@@ -5,6 +5,7 @@ counters on the scheduler and the workers, admission per call, exactly one outco
 mid-batch, payloads off the scheduler); fairness under batching and the queue's never-wait rule are
 tested on the pure code (tests/test_batch_core.py, tests/test_batch_queue.py).
 """
+import asyncio
 import os
 import pickle
 import time
@@ -183,3 +184,40 @@ def test_a_worker_lost_mid_batch_gives_every_call_exactly_one_outcome(store_url)
         assert all(np.array_equal(o["y"], np.ones(4, np.float32)) for o in outcomes)
         assert all(f.done() for f in futures) and batcher.stats()["in_flight"] == 0
         assert victim not in client.scheduler_info()["workers"]
+
+
+class _GraphUpdates(SchedulerPlugin):
+    """Counts the graph updates that bring KaaS batch tasks, and their tasks."""
+
+    name = "graph-updates"
+
+    def __init__(self):
+        self.updates = []
+
+    def update_graph(self, scheduler, *, tasks, **kwargs):
+        batches = [k for k in tasks if isinstance(getattr(scheduler.tasks[k].run_spec, "func", None), RequestBatch)]
+        if batches:
+            self.updates.append(len(batches))
+
+
+def _updates(dask_scheduler):
+    return dask_scheduler.plugins["graph-updates"].updates
+
+
+def test_concurrent_calls_of_several_requests_go_in_one_graph_update(cluster, client, matrix):
+    """Calls submitted in one turn of the client's event loop (as the gateway's are), of four requests
+    (four tenants), leave as four tasks of one graph update."""
+    client.register_plugin(_GraphUpdates())
+    requests = [matvec_request("batch/A", tenant=t) for t in ("bt-a", "bt-b", "bt-c", "bt-d")]
+
+    async def on_the_loop():
+        async with Client(cluster.scheduler_address, asynchronous=True) as aclient:
+            batcher = Batcher(aclient)
+            futures = [batcher.submit(r, x=np.ones(N, np.float32)) for r in requests]
+            return [await f for f in futures], batcher.stats()
+
+    outcomes, stats = asyncio.run(on_the_loop())
+    for outcome in outcomes:
+        np.testing.assert_allclose(outcome["y"], matrix.sum(axis=0), rtol=1e-4)
+    assert client.run_on_scheduler(_updates) == [4]
+    assert stats["graph_updates"] == 1 and stats["batches"] == 4

@@ -244,7 +244,9 @@ def test_contention_smoke(tmp_path):
 @pytest.mark.slow
 def test_scale_smoke(tmp_path):
     r = smoke("scale", tmp_path)
-    assert {(c["workers"], c["tenants"]) for c in r["cells"]} == {(2, 1), (2, 2)}
+    assert sorted((c["mode"], c["workers"], c["tenants"]) for c in r["cells"]) == [
+        ("graph", 2, 1), ("graph", 2, 2), ("separate", 2, 1), ("separate", 2, 2)]
+    assert sorted(c["mode"] for c in r["plain_dask"]) == ["graph", "separate"]
     for cell in r["cells"]:
         assert positive(cell["plugin_cpu_us_per_task"]["median"]) and positive(cell["plugin_over_dask"]["median"])
     assert all(positive(c["dask_cpu_us_per_task"]["median"]) for c in r["plain_dask"])
