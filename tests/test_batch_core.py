@@ -69,7 +69,7 @@ class BatchSim(Sim):
 
 
 # ------------------------------------------------------------------ (a) fairness under batching
-def call_shares(counts: dict, weights: dict | None, *, workers=2, depth=2, seconds=12.0, skip=1.0,
+def call_shares(counts: dict, weights: dict | None, *, workers=2, depth=2, seconds=8.0, skip=1.0,
                 rate_ratio=10) -> tuple[dict, BatchSim]:
     """Three tenants, all backlogged throughout: A submits tasks of ``counts["A"]`` calls ``rate_ratio``
     times as often as B and C submit theirs; each of B and C alone submits more calls than the whole
@@ -130,7 +130,7 @@ def test_weighted_shares_are_shares_of_calls():
        weight_a=st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), weight_c=st.sampled_from([0.5, 1.0, 2.0]))
 def test_shares_of_calls_follow_weights_whatever_the_batch_sizes(count_a, count_b, weight_a, weight_c):
     weights = {"A": weight_a, "C": weight_c}
-    shares, _ = call_shares({"A": count_a, "B": count_b}, weights, seconds=8.0)
+    shares, _ = call_shares({"A": count_a, "B": count_b}, weights, seconds=5.0)
     want = expected_shares(weights)
     assert all(abs(shares[t] - want[t]) <= 0.03 for t in "ABC"), (shares, want)
 
@@ -164,7 +164,8 @@ def test_a_batch_is_charged_per_call_and_cannot_jump_the_queue():
         before = dict(core.queue.service)
         for key, worker in core.dispatch():
             tenant = core.tasks[key].tenant
-            charged.setdefault(tenant, set()).add(round(core.queue.service[tenant] - before[tenant], 9))
+            if core.queue.held(tenant):  # (the last of a backlog catches up to the floor as well: no credit)
+                charged.setdefault(tenant, set()).add(round(core.queue.service[tenant] - before[tenant], 9))
             order.append(key)
             running.append(key)
     assert charged == {"A": {round(20 * r, 9)}, "B": {round(r, 9)}}

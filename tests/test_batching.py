@@ -221,3 +221,27 @@ def test_concurrent_calls_of_several_requests_go_in_one_graph_update(cluster, cl
         np.testing.assert_allclose(outcome["y"], matrix.sum(axis=0), rtol=1e-4)
     assert client.run_on_scheduler(_updates) == [4]
     assert stats["graph_updates"] == 1 and stats["batches"] == 4
+
+
+def test_a_forged_batch_is_refused_and_the_cluster_goes_on(client, matrix):
+    """A client that forges a RequestBatch past its checks (a count of a billion, calls that are not
+    mappings, annotations naming rejections) gets an error; scheduler and workers go on serving."""
+    import dask
+
+    req = matvec_request("batch/A", tenant="bt-a")
+    forged = object.__new__(RequestBatch)
+    object.__setattr__(forged, "request", req)
+    object.__setattr__(forged, "count", 10**9)
+    with pytest.raises(Exception, match="deserialization"):  # rebuilt, and refused, where the scheduler unpickles it
+        client.submit(forged, BatchCalls([{}]), pure=False).result(timeout=60)
+    calls = object.__new__(BatchCalls)
+    object.__setattr__(calls, "calls", [b"not a mapping"])
+    with pytest.raises(Exception):
+        client.submit(RequestBatch(req, 1), calls, pure=False).result(timeout=60)
+    with dask.annotate(**{"kaas-rejected": ["x" * 10**6, None, "nan", []]}):  # garbage where the scheduler writes
+        outcome = client.submit(RequestBatch(req, 1), BatchCalls([{"x": np.ones(N, np.float32)}]),
+                                pure=False).result(timeout=60)
+    np.testing.assert_allclose(outcome[0]["y"], matrix.sum(axis=0), rtol=1e-4)
+    assert len(worker_stats(client)) == 2
+    np.testing.assert_allclose(Batcher(client).submit(req, x=np.ones(N, np.float32)).result(timeout=60)["y"],
+                               matrix.sum(axis=0), rtol=1e-4)
