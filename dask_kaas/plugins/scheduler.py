@@ -228,7 +228,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     # -- placement, as Dask's objective and work stealing ask for it ---------------------------
     def get_comm_cost(self, ts, ws) -> float:
-        return self._base_comm_cost(ts, ws) + self.core.comm_cost(ts.key, ws.address)
+        # Dask asks for every worker for each plain task too: those cost one dict lookup here
+        base = self._base_comm_cost(ts, ws)
+        return base + self.core.comm_cost(ts.key, ws.address) if ts.key in self.core.tasks else base
 
     # -- new tasks -----------------------------------------------------------------------------
     def update_graph(self, scheduler, *, client: str, tasks: list, **kwargs) -> None:

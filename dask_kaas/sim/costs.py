@@ -101,10 +101,11 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
     source, fig = {}, dict(HOST_FALLBACK)
     scale = _load(results, "scale-host.json")
     if scale:
-        rates = [r["throughput_rps"] for c in scale["cells"] if c["workers"] == 4 for r in c["runs"]]
+        rates = [r["throughput_rps"] for c in scale["cells"]
+                 if c["workers"] == 4 and c.get("mode", "separate") == "separate" for r in c["runs"]]
         if rates:
             fig["task_rate"] = float(np.median(rates))
-            source["scheduler_seconds"] = "shared_cores / median throughput_rps, scale-host.json cells with 4 workers"
+            source["scheduler_seconds"] = "shared_cores / median throughput_rps, scale-host.json cells with 4 workers, separate submits"
         fig["cores"] = int(scale.get("machine", {}).get("cpus") or fig["cores"])
         source["shared_cores"] = "scale-host.json machine.cpus"
     overhead = _load(results, "overhead-host.json")
