@@ -116,6 +116,7 @@ def test_batches_buy_no_share_of_the_calls():
     for tenant in "ABC":
         mine = [k for k in sim.calls if sim.tenant[k] == tenant]
         assert stats[tenant].submitted == sum(sim.calls[k] for k in mine)
+        assert stats[tenant].tasks == len(mine)  # ... and the tasks they came in
         assert stats[tenant].completed == sum(sim.calls[k] for k in mine if k in sim.finished)
         assert stats[tenant].latency_count == stats[tenant].completed
 
@@ -389,10 +390,6 @@ def test_locality_still_wins_over_a_cold_least_served_tenant():
     assert core.dispatch() == [("hot", "w")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dispatch() ends with one more _pick that finds no free slot and still asks _choose for each of up "
-    "to CANDIDATE_TENANTS candidates (core.py _pick: `worker is None -> continue`, never a break): with "
-    "8 backlogged tenants a dispatch that fills one slot makes 1 + 8 = 9 worker choices"))
 @pytest.mark.parametrize("policy", ["affinity", "balance"])
 def test_dispatch_makes_one_worker_choice_per_dispatched_task(policy):
     clock = [0.0]
@@ -408,3 +405,39 @@ def test_dispatch_makes_one_worker_choice_per_dispatched_task(policy):
             dispatched += 1
     assert dispatched == 60
     assert (core.decisions - before) / dispatched == 1.0
+
+
+def _balance_core(clock: list, runtime: float) -> SchedulingCore:
+    core = SchedulingCore(**{**config.scheduler_settings(), "policy": "balance", "depth": 1,
+                             "clock": lambda: clock[0]})
+    core.add_worker("w")
+    core.report("w", {"ok": True, "shape": "s", "seconds": runtime})
+    return core
+
+
+def test_the_wait_ahead_of_a_batch_counts_calls_not_the_batch():
+    """On a worker not yet observed, one call ahead of a batch of 20 is one call's wait, not 20 calls'."""
+    clock, runtime = [0.0], 0.01
+    core = _balance_core(clock, runtime)
+    core.submit(Task("ahead", "B", "s"))
+    waits = []
+    for count in (1, 20):
+        task = Task(("probe", count), "A", "s", count=count)
+        core._price(task)
+        waits.append(core._predicted_wait(task)[0])
+    assert waits[0] == pytest.approx(waits[1]) == pytest.approx(runtime)
+
+
+def test_a_worker_that_served_batches_serves_single_calls_at_the_per_call_rate():
+    """After batches of 10, an idle worker's service interval is one call's, so a single call whose
+    deadline is five calls' long is admitted (it was predicted at ten calls' time and rejected)."""
+    clock, runtime = [0.0], 0.01
+    core = _balance_core(clock, runtime)
+    for i in range(5):
+        core.submit(Task(i, "A", "s", count=10))
+        clock[0] += 10 * runtime
+        core.report("w", {"ok": True, "shape": "s", "seconds": runtime, "count": 10})
+        core.finished(i, True, duration=10 * runtime)
+    assert core.cluster.views["w"].service_interval == pytest.approx(runtime)
+    decision = core.submit(Task("one", "B", "s", deadline=5 * runtime))
+    assert decision.action == "run" and decision.admitted is None

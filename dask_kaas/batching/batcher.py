@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from typing import Any, Iterable, Mapping
 
@@ -134,6 +135,9 @@ class Batcher:
         self._flush_pending = False
         self._slots_asked = -float("inf")
         self._counts = {"graph_updates": 0, "direct_batches": 0}
+        self._inbox: list[tuple[Request, _Call]] = []  # calls handed over, not yet taken by the loop
+        self._inbox_lock = threading.Lock()
+        self._wake_pending = False
         self.closed = False
 
     # -- the caller's side (any thread) ------------------------------------------------------------
@@ -151,7 +155,7 @@ class Batcher:
         """
         call = self._call(request, args, inputs)
         if call.inputs is not None:
-            self.client.loop.add_callback(self._add, [(request, call)])
+            self._hand_over([(request, call)])
         return call.future
 
     def map(self, request: Request, calls: Iterable[Mapping[str, Any]]) -> list[CallFuture]:
@@ -165,7 +169,7 @@ class Batcher:
             if call.inputs is not None:
                 added.append((request, call))
         if added:
-            self.client.loop.add_callback(self._add, added)
+            self._hand_over(added)
         return futures
 
     def _call(self, request: Request, args: tuple, inputs: dict) -> _Call:
@@ -205,8 +209,21 @@ class Batcher:
         s = self.stats()
         return f"<Batcher: {s['calls']} calls in {s['batches']} batches, {s['queued']} queued>"
 
+    def _hand_over(self, calls: list[tuple[Request, _Call]]) -> None:
+        """Give calls to the event loop. One wake-up of the loop serves every call handed over before
+        it runs (from any thread): waking it costs a system call, more than a call's own work."""
+        with self._inbox_lock:
+            self._inbox.extend(calls)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.client.loop.add_callback(self._add)
+
     # -- the event loop's side ---------------------------------------------------------------------
-    def _add(self, calls: list[tuple[Request, _Call]]) -> None:
+    def _add(self) -> None:
+        with self._inbox_lock:
+            calls, self._inbox = self._inbox, []
+            self._wake_pending = False
         for request, call in calls:
             self._outbox.extend(self._queue.add(request, call, call.nbytes))
         self._schedule_flush()

@@ -22,7 +22,7 @@ from ..errors import RequestError
 from .call import current_runtime
 from .model import Request
 
-__all__ = ["BatchCalls", "RequestBatch"]
+__all__ = ["BatchCalls", "BatchResults", "RequestBatch"]
 
 
 class BatchCalls:
@@ -65,11 +65,29 @@ def _sizeof_calls(calls: BatchCalls) -> int:
     return calls.nbytes + 64 * len(calls)
 
 
+class BatchResults(list):
+    """A batch's outcomes, one per call in order (a list): outputs, or the call's exception.
+
+    Its own type so that Dask moves it as one pickled object (its arrays out of band) rather than
+    serializing the list item by item, which costs more than a small call's work.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return BatchResults, (list(self),)
+
+
+@sizeof.register(BatchResults)
+def _sizeof_results(results: BatchResults) -> int:
+    return sum(_nbytes(v) for r in results if isinstance(r, dict) for v in r.values()) + 64 * len(results)
+
+
 class RequestBatch:
     """The function of a batched Dask task: ``request`` run once for each of ``count`` calls.
 
     Called with a :class:`BatchCalls` of exactly ``count`` calls, it runs each on the current
-    runtime (the worker's), in order, and returns a list with one outcome per call: the call's
+    runtime (the worker's), in order, and returns a list (:class:`BatchResults`) with one outcome per call: the call's
     outputs (``{buffer name: numpy.ndarray}``), or the :class:`~dask_kaas.KaasError` that call
     raised. One bad call fails only itself; a call the scheduler's admission control rejected
     (its deadline) comes back as :class:`~dask_kaas.AdmissionRejected` without running.
@@ -114,7 +132,7 @@ class RequestBatch:
         if not isinstance(calls, BatchCalls) or len(calls) != self.count:
             raise RequestError(f"{self!r} takes a BatchCalls of {self.count} calls, got "
                                f"{len(calls) if isinstance(calls, BatchCalls) else type(calls).__name__}")
-        return current_runtime().run_batch(self.request, calls.calls)
+        return BatchResults(current_runtime().run_batch(self.request, calls.calls))
 
     def __reduce__(self):
         return RequestBatch, (self.request, self.count)

@@ -287,6 +287,7 @@ class Runtime:
         cut, rejection = rejected if rejected is not None else (len(calls), None)
         outcomes: list = []
         failed, ran = 0, 0
+        memo: dict = {}
         with self._lock:
             start = time.perf_counter()
             before = dict(self.counters.counts)
@@ -303,7 +304,7 @@ class Runtime:
                         continue
                     ran += 1
                     try:
-                        outcomes.append(self._run_one(request, inputs or {}))
+                        outcomes.append(self._run_one(request, inputs or {}, memo))
                     except KaasError as e:
                         outcomes.append(e)
                         failed += 1
@@ -317,7 +318,7 @@ class Runtime:
                                                failed=failed))
         return outcomes
 
-    def _run_one(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _run_one(self, request: Request, inputs: Mapping[str, Any], memo: dict | None = None) -> dict[str, np.ndarray]:
         """One request, under the lock: run, counted and accounted (no report)."""
         counters = self.counters
         if self.exclusive and request.tenant != self._last_tenant:
@@ -327,7 +328,7 @@ class Runtime:
         before = dict(counters.counts)
         try:
             with counters.phase("total"):
-                return self._run(request, inputs)
+                return self._run(request, inputs, memo)
         except KaasError as e:
             counters.add("errors")
             counters.add_tenant(request.tenant, errors=1)
@@ -337,14 +338,21 @@ class Runtime:
         finally:
             self._account(request, before, time.perf_counter() - start)
 
-    def _run(self, request: Request, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _run(self, request: Request, inputs: Mapping[str, Any], memo: dict | None = None) -> dict[str, np.ndarray]:
+        """One request on the device. ``memo`` (a batch's): what the calls of one batch share is worked out
+        once: the fit check, the prepared launches, and the store plan per set of inputs passed (the
+        versions committed when the batch started, as if its calls had all started then)."""
         counters, device, cache = self.counters, self.device, self.cache
         with counters.phase("validate"):
             data = request.check_inputs(inputs)
-            cache.check_fits(request.footprint, lambda: f"{request!r} pins {request.footprint} bytes in "
-                                                        f"{len(request.roles)} buffers")
-            plan = plan_store_access(self.store, request, data)
-            launches = self._launches(request)
+            shared = memo.get(frozenset(data)) if memo is not None else None
+            if shared is None:
+                cache.check_fits(request.footprint, lambda: f"{request!r} pins {request.footprint} bytes in "
+                                                            f"{len(request.roles)} buffers")
+                shared = (plan_store_access(self.store, request, data), self._launches(request))
+                if memo is not None:
+                    memo[frozenset(data)] = shared
+            plan, launches = shared
         run_id = next(self._ids)
         handles: dict[str, Any] = {}
         held: list[tuple[Any, bool]] = []  # (cache id, keep cached afterwards)

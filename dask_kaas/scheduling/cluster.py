@@ -28,7 +28,8 @@ class WorkerView:
     depth: int = 2
     picture: CachePicture = field(default_factory=CachePicture)
     pending: Counter = field(default_factory=Counter)  # consts that tasks assigned here will load
-    queued: int = 0
+    queued: int = 0  # KaaS tasks (what the slots bound)
+    queued_calls: int = 0  # the calls in them (a batch is one task of several calls)
     queued_seconds: float = 0.0
     capacity: int = 0
     used: int = 0
@@ -37,7 +38,7 @@ class WorkerView:
     reports: int = 0
     running: bool = True
     entry: int = -1  # the sequence number of its current entry in the heap of open workers
-    service_interval: float | None = None  # seconds between completions while busy, as observed
+    service_interval: float | None = None  # seconds per call served while busy, as observed
     service_deviation: float = 0.0
     last_completion: float = 0.0
 
@@ -70,14 +71,15 @@ class WorkerView:
         return missing + max(0, self.used + missing - self.capacity)
 
     def rate(self, fallback: float) -> float:
-        """Tasks per second this worker completes (from ``fallback`` seconds per task until observed)."""
+        """Calls per second this worker completes (from ``fallback`` seconds per call until observed)."""
         if self.service_interval:
             return 1.0 / max(self.service_interval + self.service_deviation, 1e-6)
         return 1.0 / max(fallback, 1e-6)
 
-    def completed(self, assigned: float, now: float, alpha: float = 0.3) -> None:
-        """A task assigned at ``assigned`` finished at ``now``: sample how long the worker took to serve it."""
-        sample = now - max(self.last_completion, assigned)
+    def completed(self, assigned: float, now: float, alpha: float = 0.3, calls: int = 1) -> None:
+        """A task of ``calls`` calls assigned at ``assigned`` finished at ``now``: sample how long the worker
+        took to serve each of its calls."""
+        sample = (now - max(self.last_completion, assigned)) / max(1, calls)
         if self.service_interval is None:
             self.service_interval = sample
         else:
@@ -113,6 +115,7 @@ class Cluster:
         self._open: list[tuple[float, int, str]] = []  # (queued seconds, seq, worker) of workers with a free slot
         self._seq = itertools.count()
         self.queued = 0  # KaaS tasks assigned to workers and not finished, all workers
+        self.queued_calls = 0  # the calls in them
         self._observed_rate = 0.0  # sum of the observed workers' service rates
         self._unobserved = 0  # workers whose service rate is not known yet
 
@@ -130,6 +133,7 @@ class Cluster:
         if view is None:
             return
         self.queued -= view.queued
+        self.queued_calls -= view.queued_calls
         if view.service_interval:
             self._observed_rate -= view.rate(1.0)
         else:
@@ -177,23 +181,27 @@ class Cluster:
                 self.holders.setdefault(ref, set()).add(view.address)
 
     # -- tasks ------------------------------------------------------------------------------
-    def assign(self, address: str, consts: Consts, seconds: float) -> None:
-        """A task goes to ``address``: a slot taken, its consts about to be loaded there."""
+    def assign(self, address: str, consts: Consts, seconds: float, calls: int = 1) -> None:
+        """A task (of ``calls`` calls) goes to ``address``: a slot taken, its consts about to be loaded there."""
         view = self.views[address]
         view.queued += 1
+        view.queued_calls += calls
         view.queued_seconds += seconds
         self.queued += 1
+        self.queued_calls += calls
         for ref, _ in consts:
             view.pending[ref] += 1
             self.holders.setdefault(ref, set()).add(address)
         self._reopen(view)
 
-    def release(self, address: str, consts: Consts, seconds: float) -> None:
+    def release(self, address: str, consts: Consts, seconds: float, calls: int = 1) -> None:
         """A task assigned to ``address`` left it (finished, failed, moved): its slot is free again."""
         view = self.views.get(address)
         if view is None:
             return
         view.queued = max(0, view.queued - 1)
+        view.queued_calls = max(0, view.queued_calls - calls)
+        self.queued_calls = max(0, self.queued_calls - calls)
         # exactly 0 when idle: a float residue of the running sum would break every tie between idle
         # workers the same way (balance sent everything to one worker, affinity every new tenant)
         view.queued_seconds = max(0.0, view.queued_seconds - seconds) if view.queued else 0.0
@@ -231,11 +239,12 @@ class Cluster:
         return out
 
     def total_rate(self, fallback: float) -> float:
-        """Tasks per second the cluster completes (workers not yet observed at ``fallback`` s per task)."""
+        """Calls per second the cluster completes (workers not yet observed at ``fallback`` s per call)."""
         return self._observed_rate + self._unobserved / max(fallback, 1e-6)
 
-    def completed(self, address: str, assigned: float, now: float) -> None:
-        """A task assigned to ``address`` at ``assigned`` finished at ``now``: its service rate, and the sum."""
+    def completed(self, address: str, assigned: float, now: float, calls: int = 1) -> None:
+        """A task of ``calls`` calls assigned to ``address`` at ``assigned`` finished at ``now``: its
+        service rate, and the sum."""
         view = self.views.get(address)
         if view is None:
             return
@@ -243,7 +252,7 @@ class Cluster:
             self._observed_rate -= view.rate(1.0)
         else:
             self._unobserved -= 1
-        view.completed(assigned, now)
+        view.completed(assigned, now, calls=calls)
         self._observed_rate += view.rate(1.0)
 
     # -- internals --------------------------------------------------------------------------

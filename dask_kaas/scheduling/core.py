@@ -123,6 +123,8 @@ class SchedulingCore:
         self.wanted: Counter = Counter()  # const -> held requests (not yet on a worker) that need it
         self.arrivals: dict[str, tuple[float, float]] = {}  # tenant -> (last arrival, mean interval), replication
         self.decisions = 0  # worker choices made, for the overhead benchmark
+        self.held_calls: Counter = Counter()  # tenant -> calls in its tasks waiting in the fair queue
+        self.held_calls_total = 0
 
     # -- workers ----------------------------------------------------------------------------
     def add_worker(self, address: str) -> None:
@@ -216,7 +218,7 @@ class SchedulingCore:
         if task is None or task.worker == worker:
             return
         if task.state == "assigned" and task.worker is not None:
-            self.cluster.release(task.worker, task.consts, task.estimate)
+            self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         if worker in self.cluster:
             self._assign(task, worker)
 
@@ -226,7 +228,7 @@ class SchedulingCore:
         task = self.tasks.get(key)
         if task is None or task.state != "assigned":
             return
-        self.cluster.release(task.worker, task.consts, task.estimate)
+        self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         task.worker, task.ready = None, ready
         self._hold(task)
         if ready:
@@ -244,8 +246,8 @@ class SchedulingCore:
         now = self.clock()
         if task.state == "assigned" and task.worker is not None:
             if ok:
-                self.cluster.completed(task.worker, task.assigned, now)
-            self.cluster.release(task.worker, task.consts, task.estimate)
+                self.cluster.completed(task.worker, task.assigned, now, task.count)
+            self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         stats = self.tenants.setdefault(task.tenant, TenantStats())
         if not ok:
             stats.failed += task.count
@@ -270,11 +272,12 @@ class SchedulingCore:
         if task is None:
             return
         if task.state == "assigned" and task.worker is not None:
-            self.cluster.release(task.worker, task.consts, task.estimate)
+            self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         elif task.state == "held":
             self._unhold(task)
             if task.ready:
                 self.queue.withdraw(key)
+                self._unqueued(task)
 
     def report(self, worker: str, report: dict) -> None:
         view = self.cluster.views.get(worker)
@@ -366,12 +369,29 @@ class SchedulingCore:
     def _assign(self, task: Task, worker: str) -> None:
         self._unhold(task)
         task.state, task.worker, task.assigned = "assigned", worker, self.clock()
-        self.cluster.assign(worker, task.consts, task.estimate)
+        self.cluster.assign(worker, task.consts, task.estimate, task.count)
 
     def _enqueue(self, task: Task, front: bool = False) -> None:
         (self.queue.push_front if front else self.queue.push)(task.tenant, task.key)
+        self.held_calls[task.tenant] += task.count
+        self.held_calls_total += task.count
         if task.pinned is not None:
             self.pinned_backlog.setdefault(task.pinned, set()).add(task.tenant)
+
+    def _pop(self, tenant: str) -> Task:
+        """The head of ``tenant``'s fair queue, taken out and priced now (same shape, same charge)."""
+        task = self.tasks[self.queue.pop(tenant)]
+        self._unqueued(task)
+        self._price(task)
+        return task
+
+    def _unqueued(self, task: Task) -> None:
+        self.held_calls_total -= task.count
+        held = self.held_calls[task.tenant] - task.count
+        if held > 0:
+            self.held_calls[task.tenant] = held
+        else:
+            del self.held_calls[task.tenant]
 
     def _pick_pinned(self) -> tuple[Hashable, str] | None:
         """``static``/``exclusive``: the least-served tenant queued for a worker with a free slot (only
@@ -390,8 +410,7 @@ class SchedulingCore:
                 del self.pinned_backlog[worker]
                 continue
             tenant = min(tenants, key=lambda t: (queue.service[t], t))
-            task = self.tasks[queue.pop(tenant)]
-            self._price(task)
+            task = self._pop(tenant)
             queue.charge(tenant, task.estimate)
             self.decisions += 1
             self._assign(task, worker)
@@ -416,6 +435,8 @@ class SchedulingCore:
         whose next task suits a free worker best (fewest bytes to load there)."""
         if self.policy in PINNED:
             return self._pick_pinned()
+        if self.cluster.least_loaded() is None:  # every slot taken: no candidate could get a worker
+            return None
         queue = self.queue
         limit = CANDIDATE_TENANTS
         while True:
@@ -443,8 +464,7 @@ class SchedulingCore:
                     break
             if best is not None:
                 task, worker = best
-                queue.pop(task.tenant)
-                self._price(task)
+                self._pop(task.tenant)
                 queue.charge(task.tenant, task.estimate)
                 self._assign(task, worker)
                 return task.key, worker
@@ -485,18 +505,18 @@ class SchedulingCore:
         cluster = self.cluster
         if not cluster.views:
             return 0.0, 0.0
-        fallback = task.estimate or self.model.estimate_or_mean(task.shape)
+        fallback = self.model.estimate_or_mean(task.shape)  # seconds per call; rates and queues count calls
         if task.pinned is not None and task.pinned in cluster.views:
             views = [cluster.views[task.pinned]]
-            rate, queued = views[0].rate(fallback), views[0].queued
+            rate, queued = views[0].rate(fallback), views[0].queued_calls
         else:
             near = cluster.holding(task.consts)
             least = cluster.least_loaded()
             views = [cluster.views[a] for a in (near | {least} if least else near) if a in cluster.views]
-            rate, queued = cluster.total_rate(fallback), cluster.queued
+            rate, queued = cluster.total_rate(fallback), cluster.queued_calls
         queue = self.queue
         share = queue.weight(task.tenant) / max(queue.backlogged_weight(), queue.weight(task.tenant))
-        ahead = min(queue.held(task.tenant) / share, len(queue)) + queued
+        ahead = min(self.held_calls.get(task.tenant, 0) / share, self.held_calls_total) + queued
         bandwidth = self.model.load_bandwidth()
         total = sum(nbytes for _, nbytes in task.consts)
         load = min((v.missing_bytes(task.consts) for v in views), default=total) / bandwidth
