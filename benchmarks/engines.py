@@ -320,7 +320,9 @@ def measure(config, p: dict) -> dict:
             batcher = Batcher(client)
             arms = (ray_arms(ray) if ray else []) + dask_arms(client, batcher, req, xs, xs + w)
             warm(client, req, arms, xs, k_max)
+            load_before = os.getloadavg()[0]
             rows = run_rounds(arms, p, log)
+            load_after = os.getloadavg()[0]
             batcher_stats = batcher.stats()
             batcher.close()
     finally:
@@ -339,6 +341,8 @@ def measure(config, p: dict) -> dict:
         "results_checked": sum(r["results_checked"] for r in rows),
         "batcher": batcher_stats,
         "headline": headline(rows, k_max),
+        # every arm shares this machine's CPUs: whatever else runs here skews all the figures
+        "loadavg_1m": {"before": load_before, "after": load_after},
     }
 
 
@@ -372,6 +376,9 @@ def report(payload: dict):
     yield table(["arm", "idle p50 ms", *(f"calls/s K={k}" for k in ks), "checked"], rows, right=range(1, len(ks) + 3))
     if not payload["ray_arms"]:
         yield f"ray: {payload['ray']}: the Ray arms were skipped"
+    load = payload["loadavg_1m"]
+    yield (f"load average (1 min) before / after the rounds: {load['before']:.2f} / {load['after']:.2f} "
+           f"on {payload['machine']['cpus']} CPUs")
     b = payload["batcher"]
     yield f"batcher: {b['calls']} calls in {b['batches']} batches ({b['calls'] / max(b['batches'], 1):.1f} per batch)"
     h = payload["headline"]
