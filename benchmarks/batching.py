@@ -5,8 +5,9 @@ processes, the client here, the gateway (``dask-kaas gateway``) as one more proc
 the README's: ``y = x + w`` (builtin ``vadd``), ``x`` passed in the call, ``w`` the tenant's const
 (cached on both workers before anything is timed). Every result is checked against NumPy.
 
-1. **Throughput and scheduler cost at K callers** (K in ``ks``, closed loop: each of K callers
-   submits its next call when its last one is answered, ``calls`` calls in all), n = 1024 float32:
+1. **Throughput and scheduler cost at K callers** (K in ``ks``: K threads, each submitting its
+   next call when its last one is answered, ``calls`` calls in all; ``benchmarks.gateway``'s
+   ``requests_per_second``), n = 1024 float32:
    ``one_task`` (``client.submit(request, x=x)`` per call) against ``batched``
    (``batcher.submit(request, x=x)``), arms alternated ``rounds`` times. Per arm: calls/s, the
    scheduler process's CPU seconds per call (``/proc/<pid>/stat``: all its threads), the bytes its TCP
@@ -27,17 +28,15 @@ Ratios are within one run, arms interleaved. A loss is reported as measured.
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
-import threading
-import time
 
 import numpy as np
 
 from benchmarks import deployed
 from benchmarks.common import Option, Suite, WrongResult, interleaved, main, met, spread
+from benchmarks.gateway import requests_per_second
 from dask_kaas.text import table
 
 TENANT = "bench-batching"
@@ -58,35 +57,6 @@ def vadd_request(n: int, tenant: str = TENANT):
     y = BufferSpec("y", 4 * n, dtype="float32", ephemeral=True)
     return Request([KernelSpec("builtin", "vadd", max(1, min(n // 128, 65535)), 128, literals=[Literal("i", n)],
                                arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=tenant)
-
-
-def closed_loop(n: int, window: int, submit, check) -> float:
-    """``n`` calls, at most ``window`` unanswered (a caller submits again when answered); seconds."""
-    slots = threading.Semaphore(window)
-    finished = threading.Event()
-    state = {"left": n, "errors": []}
-    lock = threading.Lock()
-
-    def answered(i, future):
-        try:
-            check(i, future.result())
-        except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
-            state["errors"].append(e)
-        slots.release()
-        with lock:
-            state["left"] -= 1
-            if state["left"] == 0:
-                finished.set()
-
-    start = time.perf_counter()
-    for i in range(n):
-        slots.acquire()
-        submit(i).add_done_callback(functools.partial(answered, i))
-    finished.wait()
-    elapsed = time.perf_counter() - start
-    if state["errors"]:
-        raise state["errors"][0]
-    return elapsed
 
 
 class Readings:
@@ -117,24 +87,28 @@ def throughput(client, batcher, readings, p, log) -> list[dict]:
     req = vadd_request(n)
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal(n).astype(np.float32) for _ in range(64)]
-    w = WEIGHTS[n]
+    wants = [x + WEIGHTS[n] for x in xs]
 
-    def check(i, out):
-        if not np.allclose(out["y"], xs[i % len(xs)] + w):
-            raise WrongResult(f"batching: call {i} returned a wrong y")
+    def caller(submit):
+        def one_call(i):  # caller i: its own input, each answer checked
+            def call():
+                if not np.allclose(submit(xs[i % len(xs)]).result()["y"], wants[i % len(xs)]):
+                    raise WrongResult(f"batching: caller {i} got a wrong y")
+            return call
+        return one_call
 
-    arms = {"one_task": lambda i: client.submit(req, x=xs[i % len(xs)], pure=False),
-            "batched": lambda i: batcher.submit(req, x=xs[i % len(xs)])}
+    arms = {"one_task": caller(lambda x: client.submit(req, x=x, pure=False)),
+            "batched": caller(lambda x: batcher.submit(req, x=x))}
     out = []
     for k in p["ks"]:
         runs = {name: [] for name in arms}
         for r in range(p["rounds"]):
-            for name, submit in arms.items():
+            for name, one_call in arms.items():
                 deployed.wait_idle(client)
                 before = readings.now()
-                seconds = closed_loop(p["calls"], k, submit, check)
-                after = readings.now()
-                row = {"calls_per_s": p["calls"] / seconds, **readings.per_call(before, after, p["calls"])}
+                rate = requests_per_second(k, p["calls"], one_call)
+                calls = max(1, p["calls"] // k) * k + k  # each caller's untimed first call too
+                row = {"calls_per_s": rate, **readings.per_call(before, readings.now(), calls)}
                 runs[name].append(row)
                 log(f"  K={k:<3} {name:<9} round {r + 1}: {row['calls_per_s']:7.0f} calls/s, scheduler "
                     f"{row['scheduler_cpu_us_per_call']:6.0f} us CPU and {row['scheduler_bytes_per_call']:7.0f} B "

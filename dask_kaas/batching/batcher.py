@@ -27,7 +27,7 @@ import dask
 
 from .. import config
 from ..errors import ConfigError, KaasError
-from ..plugins.scheduler import scheduler_slots
+from ..plugins.scheduler import batch_slots
 from ..request import Request
 from ..request.batch import BatchCalls, RequestBatch
 from .queue import Batch, BatchQueue
@@ -36,7 +36,7 @@ __all__ = ["Batcher", "CallFuture"]
 
 logger = logging.getLogger(__name__)
 
-SLOTS_REFRESH = 5.0  # seconds between asking the scheduler how many KaaS slots the cluster has
+SLOTS_REFRESH = 5.0  # seconds between asking the scheduler how many KaaS workers the cluster has
 UNKNOWN_SLOTS = 2  # batches per request in flight until the scheduler has answered
 
 
@@ -62,9 +62,9 @@ class Batcher:
     once: each call returns a :class:`CallFuture` of its outputs (``{buffer name: array}``) or its
     own error. Calls of one request (equal ``Request`` objects: same kernels, tenant and
     deadline) leave as one task when they queued while that request's batches were all in flight;
-    a request has as many batches in flight as the cluster has KaaS slots (workers x
-    ``kaas.scheduler.queue-depth``), so the cluster never waits on the batcher, and the batcher
-    never waits to fill a batch.
+    a request has one batch in flight per KaaS worker (the workers' other slots stay for other
+    requests), so the batcher never waits to fill a batch, and under load batches grow to what
+    queued while they ran.
 
     What a single request has, each call keeps: its inputs are checked when submitted (a bad one
     fails only its own future); the scheduler charges fair share and admits deadlines per call (a
@@ -89,8 +89,8 @@ class Batcher:
         A batch with more input bytes is scattered straight to a worker instead of riding in the
         graph through the scheduler (default ``kaas.batch.direct-bytes``).
     in_flight : int, optional
-        Batches of one request in flight at once (default ``kaas.batch.in-flight``, else the
-        cluster's KaaS slots, asked of the scheduler every few seconds).
+        Batches of one request in flight at once (default ``kaas.batch.in-flight``, else one per
+        KaaS worker, asked of the scheduler every few seconds).
 
     Raises
     ------
@@ -308,7 +308,7 @@ class Batcher:
 
     async def _refresh_slots(self) -> None:
         try:
-            slots = await self.client.run_on_scheduler(scheduler_slots, asynchronous=True)
+            slots = await self.client.run_on_scheduler(batch_slots, asynchronous=True)
         except Exception:  # noqa: BLE001 - keep the current figure; asked again later
             logger.debug("dask-kaas batcher: could not ask the scheduler for its slots", exc_info=True)
             return

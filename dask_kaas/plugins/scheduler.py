@@ -382,11 +382,11 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         return self.core.snapshot()
 
 
-def scheduler_slots(dask_scheduler) -> int | None:
-    """Runs on the scheduler (``client.run_on_scheduler``): the KaaS tasks the cluster takes at once
-    (KaaS workers x queue depth), or None without the KaaS plugin or workers."""
+def batch_slots(dask_scheduler) -> int | None:
+    """Runs on the scheduler (``client.run_on_scheduler``): how many batches of one request a
+    :class:`~dask_kaas.Batcher` keeps in flight: one per KaaS worker (each worker's other slots stay
+    for other requests), or None without the KaaS plugin or workers."""
     plugin = dask_scheduler.plugins.get(KaasSchedulerPlugin.name)
     if not isinstance(plugin, KaasSchedulerPlugin) or not len(plugin.core.cluster):
         return None
-    return len(plugin.core.cluster) * plugin.core.cluster.depth
-
+    return len(plugin.core.cluster)
