@@ -5,13 +5,14 @@ processes, the client here, the gateway (``dask-kaas gateway``) as one more proc
 the README's: ``y = x + w`` (builtin ``vadd``), ``x`` passed in the call, ``w`` the tenant's const
 (cached on both workers before anything is timed). Every result is checked against NumPy.
 
-1. **Throughput and scheduler cost at K callers** (K in ``ks``: K threads, each submitting its
-   next call when its last one is answered, ``calls`` calls in all; ``benchmarks.gateway``'s
-   ``requests_per_second``), n = 1024 float32:
-   ``one_task`` (``client.submit(request, x=x)`` per call) against ``batched``
-   (``batcher.submit(request, x=x)``), arms alternated ``rounds`` times. Per arm: calls/s, the
+1. **Throughput and scheduler cost at K callers** (K in ``ks``: K coroutines on one asynchronous
+   client, as a server process holds them, each awaiting its answer before its next call,
+   ``calls`` calls in all), n = 1024 float32: ``one_task`` (``await client.submit(request, x=x)``
+   per call) against ``batched`` (``await batcher.submit(request, x=x)`` on the same client),
+   arms alternated ``rounds`` times. Per arm: calls/s, the
    scheduler process's CPU seconds per call (``/proc/<pid>/stat``: all its threads), the bytes its TCP
-   comms read and wrote per call, and the mean calls per Dask task.
+   comms read and wrote per call, the mean calls per Dask task, and the CPU per call of the client
+   process and of the worker processes (where the rest of the machine's two cores go).
 2. **Idle latency of one call**: ``client.submit(...).result()`` against
    ``batcher.submit(...).result()``, interleaved, ``GAP`` idle before each, ``repeat`` each: the
    batcher must add nothing when nothing queues (a batch of one is a plain task with one more hop
@@ -28,15 +29,16 @@ Ratios are within one run, arms interleaved. A loss is reported as measured.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
 from benchmarks import deployed
 from benchmarks.common import Option, Suite, WrongResult, interleaved, main, met, spread
-from benchmarks.gateway import requests_per_second
 from dask_kaas.text import table
 
 TENANT = "bench-batching"
@@ -63,17 +65,25 @@ class Readings:
     """The scheduler process's CPU seconds, comm bytes and KaaS tasks, before and after an arm."""
 
     def __init__(self, client):
-        self.client = client
+        self.client = client  # a synchronous client (its own loop thread: usable from a coroutine too)
         self.pid = client.run_on_scheduler(deployed.scheduler_pid)
+        self.workers = list(client.run(os.getpid).values())
         client.run_on_scheduler(deployed.install_byte_counter)
 
     def now(self) -> dict:
         counts = self.client.run_on_scheduler(deployed.read_bytes)
         tasks = sum(t.get("tasks", 0) for t in self.client.run_on_scheduler(_tenants).values())
-        return {"cpu": deployed.process_cpu(self.pid), "bytes": counts["read"] + counts["written"], "tasks": tasks}
+        return {"cpu": deployed.process_cpu(self.pid), "bytes": counts["read"] + counts["written"], "tasks": tasks,
+                "client_cpu": deployed.process_cpu(os.getpid()),
+                "workers_cpu": sum(deployed.process_cpu(pid) for pid in self.workers)}
+
+    def wait_idle(self) -> None:
+        deployed.wait_idle(self.client)
 
     def per_call(self, before: dict, after: dict, calls: int) -> dict:
         return {"scheduler_cpu_us_per_call": (after["cpu"] - before["cpu"]) / calls * 1e6,
+                "client_cpu_us_per_call": (after["client_cpu"] - before["client_cpu"]) / calls * 1e6,
+                "workers_cpu_us_per_call": (after["workers_cpu"] - before["workers_cpu"]) / calls * 1e6,
                 "scheduler_bytes_per_call": (after["bytes"] - before["bytes"]) / calls,
                 "calls_per_task": calls / max(1, after["tasks"] - before["tasks"])}
 
@@ -82,44 +92,70 @@ def _tenants(dask_scheduler=None) -> dict:
     return dask_scheduler.plugins["kaas"].snapshot()["tenants"]
 
 
-def throughput(client, batcher, readings, p, log) -> list[dict]:
+async def callers_per_second(k: int, calls: int, call) -> float:
+    """``calls`` calls (rounded down to a multiple of ``k``) from ``k`` concurrent callers on this event
+    loop, each awaiting its answer before its next call; ``call(i)`` makes (and checks) caller i's call.
+    Each caller's first call is untimed."""
+    per_caller = max(1, calls // k)
+    await asyncio.gather(*(call(i) for i in range(k)))
+
+    async def caller(i):
+        for _ in range(per_caller):
+            await call(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(k)))
+    return per_caller * k / (time.perf_counter() - start)
+
+
+def throughput(address, readings, p, log) -> list[dict]:
+    return asyncio.run(_throughput(address, readings, p, log))
+
+
+async def _throughput(address, readings, p, log) -> list[dict]:
+    from distributed import Client
+
+    from dask_kaas import Batcher
+
     n = 1024
     req = vadd_request(n)
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal(n).astype(np.float32) for _ in range(64)]
     wants = [x + WEIGHTS[n] for x in xs]
+    async with Client(address, asynchronous=True) as client:
+        batcher = Batcher(client)
 
-    def caller(submit):
-        def one_call(i):  # caller i: its own input, each answer checked
-            def call():
-                if not np.allclose(submit(xs[i % len(xs)]).result()["y"], wants[i % len(xs)]):
+        def caller(submit):
+            async def call(i):  # caller i: its own input, each answer checked
+                out = await submit(xs[i % len(xs)])
+                if not np.allclose(out["y"], wants[i % len(xs)]):
                     raise WrongResult(f"batching: caller {i} got a wrong y")
             return call
-        return one_call
 
-    arms = {"one_task": caller(lambda x: client.submit(req, x=x, pure=False)),
-            "batched": caller(lambda x: batcher.submit(req, x=x))}
-    out = []
-    for k in p["ks"]:
-        runs = {name: [] for name in arms}
-        for r in range(p["rounds"]):
-            for name, one_call in arms.items():
-                deployed.wait_idle(client)
-                before = readings.now()
-                rate = requests_per_second(k, p["calls"], one_call)
-                calls = max(1, p["calls"] // k) * k + k  # each caller's untimed first call too
-                row = {"calls_per_s": rate, **readings.per_call(before, readings.now(), calls)}
-                runs[name].append(row)
-                log(f"  K={k:<3} {name:<9} round {r + 1}: {row['calls_per_s']:7.0f} calls/s, scheduler "
-                    f"{row['scheduler_cpu_us_per_call']:6.0f} us CPU and {row['scheduler_bytes_per_call']:7.0f} B "
-                    f"per call, {row['calls_per_task']:.1f} calls per task")
-        arm = {name: {key: spread(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
-        one, batched = arm["one_task"], arm["batched"]
-        out.append({"k": k, "calls": p["calls"], "arms": arm, "runs": runs,
-                    "throughput_ratio": batched["calls_per_s"]["median"] / one["calls_per_s"]["median"],
-                    "cpu_ratio": batched["scheduler_cpu_us_per_call"]["median"]
-                    / one["scheduler_cpu_us_per_call"]["median"]})
-    return out
+        arms = {"one_task": caller(lambda x: client.submit(req, x=x, pure=False)),
+                "batched": caller(lambda x: batcher.submit(req, x=x))}
+        out = []
+        for k in p["ks"]:
+            runs = {name: [] for name in arms}
+            for r in range(p["rounds"]):
+                for name, call in arms.items():
+                    readings.wait_idle()
+                    before = readings.now()
+                    rate = await callers_per_second(k, p["calls"], call)
+                    calls = (max(1, p["calls"] // k) + 1) * k  # each caller's untimed first call too
+                    row = {"calls_per_s": rate, **readings.per_call(before, readings.now(), calls)}
+                    runs[name].append(row)
+                    log(f"  K={k:<3} {name:<9} round {r + 1}: {row['calls_per_s']:7.0f} calls/s, scheduler "
+                        f"{row['scheduler_cpu_us_per_call']:6.0f} us CPU and {row['scheduler_bytes_per_call']:7.0f} B "
+                        f"per call, {row['calls_per_task']:.1f} calls per task; CPU us per call: client "
+                        f"{row['client_cpu_us_per_call']:.0f}, workers {row['workers_cpu_us_per_call']:.0f}")
+            arm = {name: {key: spread(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
+            one, batched = arm["one_task"], arm["batched"]
+            out.append({"k": k, "calls": p["calls"], "arms": arm, "runs": runs,
+                        "throughput_ratio": batched["calls_per_s"]["median"] / one["calls_per_s"]["median"],
+                        "cpu_ratio": batched["scheduler_cpu_us_per_call"]["median"]
+                        / one["scheduler_cpu_us_per_call"]["median"]})
+        return out
 
 
 def idle_latency(client, batcher, p) -> dict:
@@ -211,9 +247,9 @@ def measure(config, p: dict) -> dict:
                 for worker in client.scheduler_info()["workers"]:  # the const cached on both workers
                     client.submit(vadd_request(n), x=np.zeros(n, np.float32), workers=[worker], pure=False).result()
             readings = Readings(client)
-            batcher = Batcher(client)
             log("  throughput at K callers")
-            payload["throughput"] = throughput(client, batcher, readings, p, log)
+            payload["throughput"] = throughput(address, readings, p, log)
+            batcher = Batcher(client)
             log("  idle latency")
             payload["idle"] = idle_latency(client, batcher, p)
             tokens = os.path.join(tmp, "tokens.yaml")
@@ -263,10 +299,12 @@ def draw(payload: dict, plt):
 
 
 def report(payload: dict):
-    yield table(["K", "arm", "calls/s", "sched us/call", "sched B/call", "calls/task"],
+    yield table(["K", "arm", "calls/s", "sched us/call", "sched B/call", "calls/task", "client us/call",
+                 "workers us/call"],
                 [[r["k"], name, f"{a['calls_per_s']['median']:.0f}", f"{a['scheduler_cpu_us_per_call']['median']:.0f}",
-                  f"{a['scheduler_bytes_per_call']['median']:.0f}", f"{a['calls_per_task']['median']:.1f}"]
-                 for r in payload["throughput"] for name, a in r["arms"].items()], right=(0, 2, 3, 4, 5))
+                  f"{a['scheduler_bytes_per_call']['median']:.0f}", f"{a['calls_per_task']['median']:.1f}",
+                  f"{a['client_cpu_us_per_call']['median']:.0f}", f"{a['workers_cpu_us_per_call']['median']:.0f}"]
+                 for r in payload["throughput"] for name, a in r["arms"].items()], right=(0, 2, 3, 4, 5, 6, 7))
     yield ""
     idle = payload["idle"]
     yield f"idle p50: submit {idle['p50_ms']['submit']:.2f} ms, batched {idle['p50_ms']['batched']:.2f} ms"

@@ -45,7 +45,33 @@ class CallFuture(concurrent.futures.Future):
     batch leaves), ``add_done_callback``, and ``await`` in a coroutine."""
 
     def __await__(self):
-        return asyncio.wrap_future(self).__await__()
+        if not self.done():
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+
+            def wake(_):
+                # resolved on the awaiting loop itself (the Batcher's loop, an asynchronous client's):
+                # no thread-safe hand-off, which costs a system call per call
+                if _running_loop() is loop:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+
+            self.add_done_callback(wake)
+            try:
+                yield from waiter.__await__()
+            except asyncio.CancelledError:
+                self.cancel()  # a caller that gives up before its batch leaves takes its call back
+                raise
+        return self.result()
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Call:

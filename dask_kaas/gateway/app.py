@@ -261,7 +261,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         # through the batcher: concurrent calls of one function run as one task, payloads skip the scheduler
         future = gw.batcher.submit(kaas_request, **inputs)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), gw.settings.timeout)
+            return await asyncio.wait_for(future, gw.settings.timeout)
         except asyncio.TimeoutError:
             future.cancel()  # a call still queued never leaves; one in a running batch is left to finish
             raise OipError(504, f"the call did not finish within the gateway's timeout of "

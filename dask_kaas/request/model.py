@@ -492,6 +492,13 @@ class Request:
     def __dask_tokenize__(self):
         return ("dask_kaas.Request", self.token)
 
+    def __hash__(self) -> int:
+        # computed once: a batcher keys its queues by request, on every call
+        value = self.__dict__.get("_hash")
+        if value is None:
+            value = self.__dict__["_hash"] = hash((self.kernels, self.n_iter, self.tenant, self.deadline))
+        return value
+
     @cached_property
     def shape_token(self) -> str:
         """Identifies requests that cost the same: same kernels, launch shapes, literals, buffer sizes and n_iter
