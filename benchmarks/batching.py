@@ -47,7 +47,7 @@ SIZES = {"full": {"ks": (16, 64), "calls": 3000, "rounds": 3, "repeat": 150, "bi
                   "big_repeat": 15},
          "quick": {"ks": (16, 64), "calls": 800, "rounds": 1, "repeat": 40, "big_ns": (262144, 4194304),
                    "big_repeat": 5},
-         "smoke": {"ks": (4,), "calls": 24, "rounds": 1, "repeat": 3, "big_ns": (65536,), "big_repeat": 2}}
+         "smoke": {"ks": (4,), "calls": 24, "rounds": 1, "repeat": 3, "big_ns": (131072,), "big_repeat": 2}}
 TARGETS = {"throughput_ratio": 10.0, "cpu_ratio": 1 / 8, "idle_ratio": 1.05, "gateway_over_direct": 1.2}
 
 

@@ -22,7 +22,7 @@ from benchmarks.common import Config, parse_args, print_result, run, write_resul
 
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
             "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
-            "simulate": "simulate", "engines": "engines-host"}
+            "simulate": "simulate", "engines": "engines-host", "batching": "batching-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -314,3 +314,24 @@ def test_engines_smoke(tmp_path):
     assert positive(h["batched_idle_p50_over_submit_idle_p50"]["ratio"])
     assert (h["batched_over_ray_task_rps"]["ratio"] is None) is (not r["ray_arms"])
     assert r["batcher"]["calls"] == arms["kaas_batched"]["results_checked"]
+
+
+@pytest.mark.slow
+def test_batching_smoke(tmp_path):
+    pytest.importorskip("tritonclient.http")
+    r = smoke("batching", tmp_path)
+    (row,) = r["throughput"]
+    assert row["k"] == 4 and set(row["arms"]) == {"one_task", "batched"}
+    for arm in row["arms"].values():
+        assert positive(arm["calls_per_s"]["median"]) and positive(arm["scheduler_bytes_per_call"]["median"])
+        assert arm["calls_per_task"]["median"] >= 1
+    assert row["arms"]["one_task"]["calls_per_task"]["median"] == 1  # one task per call: nothing batches it
+    assert positive(r["idle"]["p50_ms"]["submit"]) and positive(r["idle"]["p50_ms"]["batched"])
+    (big,) = r["large"]
+    assert set(big["p50_ms"]) == {"gateway", "submit_direct", "submit"}
+    # the plain submit carries the payload through the scheduler both ways; scatter + gather direct does not
+    assert big["scheduler"]["submit"]["scheduler_bytes_per_call"] > 2 * big["bytes"]
+    assert big["scheduler"]["submit_direct"]["scheduler_bytes_per_call"] < big["bytes"] / 4
+    assert big["scheduler"]["gateway"]["scheduler_bytes_per_call"] < big["bytes"] / 4  # 512 KiB: scattered
+    assert set(r["targets"]) == {"throughput_ratio", "cpu_ratio", "idle_ratio", "gateway_over_direct"}
+

@@ -315,6 +315,10 @@ class Batcher:
             future.release()
             for other in keep:
                 other.release()
+        if not isinstance(outcomes, list) or len(outcomes) != len(batch.items):  # never: one outcome per call
+            self._fail(batch, KaasError(f"a batch of {len(batch.items)} calls came back with "
+                                        f"{len(outcomes) if isinstance(outcomes, list) else type(outcomes).__name__}"))
+            return
         for call, outcome in zip(batch.items, outcomes):
             if isinstance(outcome, BaseException):
                 call.future.set_exception(outcome)
