@@ -9,8 +9,10 @@ processes, the benchmark's client in this one, and readings taken inside the sch
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,61 +21,83 @@ import time
 from benchmarks.gateway import free_port
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the benchmarks package is
+
+
 def _command() -> list[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "dask-kaas")
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"]
 
 
+class background:
+    """``with background(args, log_path, env):`` a command in its own session, its output in
+    ``log_path``, the benchmarks package importable (``run_on_scheduler`` and the suites' no-ops pickle
+    ``benchmarks.*`` functions by reference); SIGTERM to its process group at the end (SIGKILL after 30 s)."""
+
+    def __init__(self, args: list[str], log_path: str, env: dict | None = None):
+        self.args, self.log_path, self.env = args, log_path, env or {}
+
+    def __enter__(self) -> "background":
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, **self.env, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+    def tail(self) -> str:
+        with open(self.log_path) as f:
+            return f"{' '.join(self.args[1:3])}:\n{f.read()[-3000:]}"
+
+
 class deployed_cluster:
-    """``with deployed_cluster("host", 2) as (address, store_url):`` a scheduler process and a worker
-    process per worker (one ``dask kaas worker --nworkers N``) on a temporary file store."""
+    """``with deployed_cluster("host", 2) as (address, store_url):`` ``dask kaas scheduler`` and one
+    ``dask kaas worker --nworkers N`` as their own processes, on ``store_url`` (default: a temporary
+    file store); a cluster that does not come up raises with the tails of their logs."""
 
     def __init__(self, device: str = "host", n_workers: int = 2, *, device_memory: str | None = None,
-                 env: dict | None = None):
-        self.device, self.n_workers, self.device_memory, self.env = device, n_workers, device_memory, env or {}
+                 store_url: str | None = None):
+        self.device, self.n_workers, self.device_memory, self.store_url = device, n_workers, device_memory, store_url
 
     def __enter__(self):
         from distributed import Client
 
         self.root = tempfile.mkdtemp(prefix="kaas-bench-deployed-")
-        self.store_url = f"file://{self.root}/store"
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # run_on_scheduler imports benchmarks.*
-        path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, **self.env, "DASK_KAAS__STORE": self.store_url, "PYTHONPATH": path}
-        self.logs, self.procs = [], []
-        self._start("scheduler", [*_command(), "scheduler", "--host", "127.0.0.1", "--port",
-                                  self.address.rsplit(":", 1)[1], "--dashboard-address", ":0"], env)
-        worker = [*_command(), "worker", self.address, "--nworkers", str(self.n_workers), "--device", self.device,
-                  "--store", self.store_url]
+        store_url = self.store_url or f"file://{self.root}/store"
+        port = free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        env = {"DASK_KAAS__STORE": store_url}
+        worker = [*_command(), "worker", address, "--nworkers", str(self.n_workers), "--device", self.device,
+                  "--store", store_url, "--no-dashboard", "--local-directory", self.root]
         if self.device_memory:
             worker += ["--device-memory", self.device_memory]
-        self._start("workers", worker, env)
+        self.stack = contextlib.ExitStack()
+        procs = [self.stack.enter_context(background(
+                     [*_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                     os.path.join(self.root, "scheduler.log"), env)),
+                 self.stack.enter_context(background(worker, os.path.join(self.root, "workers.log"), env))]
         try:
-            with Client(self.address, timeout=120) as client:
+            with Client(address, timeout=120) as client:
                 client.wait_for_workers(self.n_workers, timeout=180)
-        except Exception:
+        except Exception as e:
+            tails = "\n".join(p.tail() for p in procs)
             self.__exit__()
-            raise
-        return self.address, self.store_url
-
-    def _start(self, name: str, args: list[str], env: dict) -> None:
-        log = open(os.path.join(self.root, f"{name}.log"), "w")
-        self.logs.append(log)
-        self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True))
+            raise RuntimeError(f"the KaaS cluster did not start ({e}):\n{tails}") from e
+        return address, store_url
 
     def __exit__(self, *exc):
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
+        self.stack.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

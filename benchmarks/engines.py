@@ -35,9 +35,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,11 +43,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks import deployed
 from benchmarks.common import Option, Suite, WrongResult, bars, interleaved, main, met, spread
-from benchmarks.gateway import free_port
+from benchmarks.deployed import ROOT
 from dask_kaas.text import table
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the benchmarks package is
 N = 1024
 TENANT, W_KEY = "alice", "model/w"
 GAP = 0.02  # seconds idle before each latency call (as in the overhead and gateway suites)
@@ -76,62 +73,6 @@ def noop() -> None:
 
 
 # ------------------------------------------------------------------ the engines, started
-class background:
-    """``with background(args, log_path):`` a command in its own session, its output in ``log_path``,
-    the benchmarks package importable (the arms' no-op is ``benchmarks.engines.noop``); SIGTERM to its
-    process group at the end (SIGKILL after 30 s)."""
-
-    def __init__(self, args: list[str], log_path: str):
-        self.args, self.log_path = args, log_path
-
-    def __enter__(self) -> background:
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
-
-    def tail(self) -> str:
-        with open(self.log_path) as f:
-            return f"{' '.join(self.args[1:3])}:\n{f.read()[-3000:]}"
-
-
-@contextlib.contextmanager
-def kaas_processes(store_url: str, tmp: str, workers: int = 2):
-    """``with kaas_processes(store_url, tmp) as client:`` ``dask kaas scheduler`` and ``dask kaas worker
-    --nworkers 2 --device host --store store_url`` as their own processes, a client of them here."""
-    from distributed import Client
-
-    exe = os.path.join(os.path.dirname(sys.executable), "dask-kaas")
-    cmd, port = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"], free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    with contextlib.ExitStack() as stack:
-        procs = [stack.enter_context(background(
-                     [*cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                     os.path.join(tmp, "scheduler.log"))),
-                 stack.enter_context(background(
-                     [*cmd, "worker", address, "--nworkers", str(workers), "--device", "host", "--store", store_url,
-                      "--no-dashboard", "--local-directory", tmp], os.path.join(tmp, "workers.log")))]
-        try:
-            client = stack.enter_context(Client(address, timeout=60))
-            client.wait_for_workers(workers, timeout=120)
-        except Exception as e:
-            raise RuntimeError(f"the KaaS cluster did not start ({e}):\n" + "\n".join(p.tail() for p in procs)) from e
-        yield client
-
-
 def ray_status() -> str | None:
     """None where Ray can run here, else why its arms are skipped."""
     if os.environ.get(NO_RAY_ENV):
@@ -302,6 +243,8 @@ SIZES = {"full": {"rounds": 12, "latency_calls": 20, "ks": (16, 64), "batches": 
 
 
 def measure(config, p: dict) -> dict:
+    from distributed import Client
+
     from dask_kaas import Batcher, BufferStore
 
     log = config.log
@@ -316,7 +259,8 @@ def measure(config, p: dict) -> dict:
         store_url = f"file://{tmp}/store"
         BufferStore(store_url).put(W_KEY, w, namespace=TENANT)
         log("  starting dask kaas scheduler and worker --nworkers 2" + ("" if skipped else ", and Ray"))
-        with kaas_processes(store_url, tmp) as client, ray_session(skipped) as ray:
+        with deployed.deployed_cluster("host", 2, store_url=store_url) as (address, _), \
+                Client(address, timeout=60) as client, ray_session(skipped) as ray:
             batcher = Batcher(client)
             arms = (ray_arms(ray) if ray else []) + dask_arms(client, batcher, req, xs, xs + w)
             warm(client, req, arms, xs, k_max)

@@ -95,12 +95,17 @@ class Sim:
             "seconds": seconds, "capacity": worker.capacity, "used": sum(worker.cache.values()), "pinned": 0,
             "consts": [[*ref, "uid", 1, n] for ref, n in worker.cache.items()],
             "counters": {"bytes_from_store": worker.loaded}, "load_seconds": worker.loaded / self.bandwidth,
+            **self.report_fields(key, seconds),
         })
         self.core.finished(key, True, duration=seconds)
         self.finished[key] = self.now
         self.ran_on[key] = worker.address
         self._next(worker)
         self._dispatch()
+
+    def report_fields(self, key, seconds: float) -> dict:
+        """What a subclass adds to (or changes in) the report of ``key``, which ran ``seconds``."""
+        return {}
 
     def run(self, until: float = float("inf")) -> None:
         while self._events and self._events[0][0] <= until:
