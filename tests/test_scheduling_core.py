@@ -129,12 +129,14 @@ class CoreMachine(RuleBasedStateMachine):
     def add_worker(self, worker):
         self.core.add_worker(worker)
 
-    @rule(tenant=st.sampled_from(["t0", "t1", "t2"]), shared=st.booleans(), ready=st.booleans())
+    @rule(tenant=st.sampled_from(["t0", "t1", "t2"]), shared=st.booleans(), ready=st.booleans(),
+          count=st.sampled_from([1, 1, 3, 16]))
     @precondition(lambda self: self.core is not None)
-    def submit(self, tenant, shared, ready):
+    def submit(self, tenant, shared, ready, count):
         self.n += 1
         consts = ((REFS[int(tenant[1])], 4 * MiB),) + (((REFS[3], MiB),) if shared else ())
-        decision = self.core.submit(Task(self.n, tenant, f"s{tenant}", consts, submitted=self.n, ready=ready))
+        decision = self.core.submit(Task(self.n, tenant, f"s{tenant}", consts, submitted=self.n, ready=ready,
+                                         count=count))
         assert decision.action in ("run", "hold")
         if decision.action == "run":
             self._dispatched(self.n, decision.worker)
@@ -199,9 +201,15 @@ class CoreMachine(RuleBasedStateMachine):
         assert set(assigned) == self.dispatched
         assert len(core.queue) == len(held_ready), "a held task is lost, or counted twice"
         assert core.cluster.queued == len(assigned)
+        assert core.cluster.queued_calls == sum(t.count for t in assigned.values()), "calls on workers miscounted"
+        held_calls = Counter()
+        for k in held_ready:
+            held_calls[core.tasks[k].tenant] += core.tasks[k].count
+        assert +core.held_calls == +held_calls and core.held_calls_total == sum(held_calls.values()), \
+            "calls waiting in the fair queue miscounted"
         for address, view in core.cluster.views.items():
             mine = [t for t in assigned.values() if t.worker == address]
-            assert view.queued == len(mine)
+            assert view.queued == len(mine) and view.queued_calls == sum(t.count for t in mine)
             assert +view.pending == +Counter(ref for t in mine for ref, _ in t.consts)
             if not self.overfilled:
                 assert view.queued <= view.depth, "more tasks in flight than slots"
