@@ -245,3 +245,16 @@ def test_a_forged_batch_is_refused_and_the_cluster_goes_on(client, matrix):
     assert len(worker_stats(client)) == 2
     np.testing.assert_allclose(Batcher(client).submit(req, x=np.ones(N, np.float32)).result(timeout=60)["y"],
                                matrix.sum(axis=0), rtol=1e-4)
+
+
+def test_a_batcher_on_a_closed_client_refuses_calls_at_once(cluster, matrix):
+    req = matvec_request("batch/A", tenant="bt-a")
+    with Client(cluster) as own:
+        batcher = Batcher(own)
+        np.testing.assert_allclose(batcher.submit(req, x=np.ones(N, np.float32)).result(timeout=60)["y"],
+                                   matrix.sum(axis=0), rtol=1e-4)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(req, x=np.ones(N, np.float32))
+    batcher.close()
+    with pytest.raises(RuntimeError, match="Batcher is closed"):
+        batcher.map(req, [{"x": np.ones(N, np.float32)}])

@@ -177,7 +177,7 @@ class Batcher:
         TypeError
             When ``request`` is not a :class:`~dask_kaas.Request`.
         RuntimeError
-            After :meth:`close`.
+            After :meth:`close`, or once its client is closed.
         """
         call = self._call(request, args, inputs)
         if call.inputs is not None:
@@ -204,6 +204,8 @@ class Batcher:
             raise TypeError(f"Batcher.submit takes a dask_kaas.Request, got {type(request).__name__}")
         if self.closed:
             raise RuntimeError("this Batcher is closed")
+        if self.client.status in ("closing", "closed"):
+            raise RuntimeError(f"the Batcher's client is {self.client.status}: no call can leave")
         future = CallFuture()
         try:
             if args:
