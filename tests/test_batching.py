@@ -76,7 +76,8 @@ def test_bad_inputs_fail_only_their_own_call(client, matrix):
 def test_a_failing_call_inside_a_batch_fails_only_itself_on_the_worker(client, matrix):
     """Calls that pass the client's checks can still fail on the worker (here: an input read from
     the store under a key that is not there); the rest of the batch runs."""
-    x = BufferSpec("x", N * 4, key="batch/x-in-store", dtype="float32")  # not ephemeral: read from the store if not passed
+    # not ephemeral: read from the store when a call does not pass it
+    x = BufferSpec("x", N * 4, key="batch/x-in-store", dtype="float32")
     a = BufferSpec("A", N * N * 4, key="batch/A", const=True)
     y = BufferSpec("y", N * 4, dtype="float32", ephemeral=True)
     req = Request([KernelSpec("builtin", "sgemm", (4, 1), (16, 16), literals=[Literal("i", 1), Literal("i", N),
