@@ -88,7 +88,7 @@ def _disable_hooks(dask_scheduler) -> None:
     def update_graph(scheduler, *, tasks, **kwargs):
         for key in tasks:
             ts = scheduler.tasks.get(key)
-            if ts is not None and request_of_task(ts) is not None:
+            if ts is not None and request_of_task(ts)[0] is not None:
                 ts.resource_restrictions = {**(ts.resource_restrictions or {}), RESOURCE: 1}
 
     plugin.update_graph = update_graph

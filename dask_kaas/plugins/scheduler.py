@@ -38,18 +38,13 @@ HELD = "kaas://held-for-fair-dispatch"  # a worker that never exists: held tasks
 REJECTED = "kaas://rejected"  # likewise, for tasks failed before any worker sees them
 
 
-def request_of_task(ts) -> Request | None:
-    """The Request a scheduler-side task runs, if it runs one (a batch: the request each call runs)."""
+def request_of_task(ts) -> tuple[Request | None, int]:
+    """The Request a scheduler-side task runs (None: no KaaS task) and how many calls of it: a
+    batch's count, else 1."""
     func = compat.task_function(ts)
     if isinstance(func, RequestBatch):
-        return func.request
-    return func if isinstance(func, Request) else None
-
-
-def calls_of_task(ts) -> int:
-    """How many calls a KaaS task makes: a batch's count, else 1."""
-    func = compat.task_function(ts)
-    return func.count if isinstance(func, RequestBatch) else 1
+        return func.request, func.count
+    return (func, 1) if isinstance(func, Request) else (None, 0)
 
 
 def _consts(request: Request) -> tuple:
@@ -241,7 +236,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             ts = scheduler.tasks.get(key)
             if ts is None or key in core.tasks:
                 continue
-            request = request_of_task(ts)
+            request, calls = request_of_task(ts)
             if request is None:
                 continue
             error = self._refusal(scheduler, client, request)
@@ -250,7 +245,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 continue
             compat.require_resource(ts, RESOURCE, 1)
             task = Task(key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
-                        deadline=request.deadline, ready=not ts.dependencies, count=calls_of_task(ts))
+                        deadline=request.deadline, ready=not ts.dependencies, count=calls)
             decision = core.submit(task)
             if decision.action == "reject":
                 self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,

@@ -255,8 +255,7 @@ class SchedulingCore:
         failed = min(max(0, failed), task.count)
         stats.failed += failed
         stats.completed += task.count - failed
-        for _ in range(task.count - failed):
-            stats.observe(now - task.submitted)
+        stats.observe(now - task.submitted, task.count - failed)
         if task.predicted:
             self.model.observe_calibration((now - task.submitted) / task.predicted)
         if duration is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from itertools import repeat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,12 +27,13 @@ class TenantStats:
     latency_sum: float = 0.0
     latency_count: int = 0
 
-    def observe(self, latency: float) -> None:
-        """Record one completed request's latency (seconds): in the window and in the cumulative histogram."""
-        self.latencies.append(latency)
-        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1  # bucket i: latency <= LATENCY_BUCKETS[i]
-        self.latency_sum += latency
-        self.latency_count += 1
+    def observe(self, latency: float, n: int = 1) -> None:
+        """Record ``n`` completed requests of one latency (seconds; a batch's calls): in the window and in
+        the cumulative histogram."""
+        self.latencies.extend(repeat(latency, n))
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += n  # bucket i: latency <= LATENCY_BUCKETS[i]
+        self.latency_sum += latency * n
+        self.latency_count += n
 
     def histogram(self) -> list[tuple[float, int]]:
         """``(upper bound, completions with latency <= it)`` per bucket, cumulative, ending with ``inf``."""
