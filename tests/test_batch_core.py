@@ -8,6 +8,7 @@ A discrete-event harness (``coresim``, extended to batches) checks the shares wi
 from collections import Counter
 
 import pytest
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

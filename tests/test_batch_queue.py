@@ -7,6 +7,7 @@ arrivals, completions and slot changes against a simple model of what must have 
 from collections import deque
 
 import pytest
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule

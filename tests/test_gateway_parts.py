@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import yaml
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

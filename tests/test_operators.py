@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given
 from hypothesis import strategies as st
 

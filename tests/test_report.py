@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from distributed import Client
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -12,6 +12,7 @@ from distributed.security import Security
 from dask_kaas import LocalKaasCluster
 from dask_kaas.errors import TenantError
 from helpers import matvec_request
+pytest.importorskip("cryptography")  # a test-only dependency (tlscerts makes certificates with it)
 from tlscerts import make_pki
 
 
