@@ -514,6 +514,49 @@ def test_refused_allocation_evicts_and_retries():
     assert counters.counts["evictions"] == 3 and len(pool.live) == len(cache)
 
 
+class RefcountPool:
+    """Device memory like CuPy's: a block returns to the pool only when the last reference to its
+    array goes (``free`` drops the caller's reference, nothing more)."""
+
+    def __init__(self, size):
+        self.size, self.used = size, 0
+
+    def allocate(self, nbytes):
+        if self.used + nbytes > self.size:
+            raise DeviceMemoryError(f"pool: {nbytes} bytes do not fit")
+        self.used += nbytes
+        return RefcountPool.Block(self, nbytes)
+
+    def free(self, handle):
+        del handle
+
+    class Block:
+        def __init__(self, pool, nbytes):
+            self.pool, self.nbytes = pool, nbytes
+
+        def __del__(self):
+            self.pool.used -= self.nbytes
+
+
+def test_evict_and_retry_returns_the_victims_memory_before_retrying():
+    pool = RefcountPool(100)  # the pool is smaller than the cache thinks (another user holds 30 bytes)
+    ballast = pool.allocate(30)
+    counters = Counters()
+    cache = BufferCache(100, pool.allocate, pool.free, counters=counters)
+    for i in range(3):
+        cache.acquire(("w", i), 20, const=True)
+        cache.release(("w", i))
+    assert pool.used == 90
+    handle, _ = cache.acquire("x", 20)  # fits once one victim's block is really back in the pool
+    assert counters.counts["evictions"] == 1 and counters.counts["allocation_retries"] == 1
+    assert [r["key"] for r in cache.contents()] == [("w", 1), ("w", 2), "x"] and pool.used == 90
+    cache.release("x", keep=False)
+    del handle
+    cache.clear()
+    assert pool.used == 30
+    del ballast
+
+
 def test_refused_allocation_with_everything_pinned_fails_cleanly():
     pool = RoundingPool(100, 16)
     cache = BufferCache(100, pool.allocate, pool.free)

@@ -268,10 +268,13 @@ class BufferCache(Generic[Handle]):
             self._counters.add(name, n)
 
     def _remove(self, entry: _Entry[Handle]) -> None:
-        """Unlink and free one entry."""
+        """Unlink and free one entry. The entry lets go of its handle too: a device whose memory
+        returns to its pool with the last reference (CuPy's) gets it back now, not when the
+        caller's list of victims goes."""
         del self._entries[entry.key]
         self._used -= entry.nbytes
-        self._free(entry.handle)
+        handle, entry.handle = entry.handle, None
+        self._free(handle)
 
     def _victims(self) -> list[_Entry[Handle]]:
         """Unpinned entries in eviction order: non-const before const, then by the eviction policy."""
