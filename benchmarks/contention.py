@@ -13,7 +13,9 @@ Systems, all on the same workers of one ``LocalKaasCluster``, same trace:
 - ``dask-lru`` and ``dask-dict`` (``benchmarks.baselines``), the comparisons
   that matter: a plain Dask task computing ``x @ w`` with NumPy (CuPy on a GPU)
   with the tenant's weights from a worker-local cache keyed by store version,
-  an LRU bounded by the KaaS device's capacity or an unbounded dict;
+  an LRU bounded by the KaaS device's capacity or an unbounded dict (on a GPU each allocating from
+  its own CuPy pool: ``dask-lru``'s limited to the KaaS worker's pool bytes, ``dask-dict``'s not;
+  the bytes each system may use are recorded per config, ``parameters.memory``);
 - ``naive``: a plain Python function submitted with ``client.submit`` (an
   ordinary Dask task, no KaaS) that opens the store, reads the tenant's ``w``
   with ``BufferStore(url).get("w", namespace=tenant)`` on every call and
@@ -83,18 +85,16 @@ def naive_matmul(url: str, tenant: str, x: np.ndarray) -> tuple[np.ndarray, int]
     return np.matmul(x, w), int(w.nbytes)
 
 
-def cached_matmul(url: str, tenant: str, x: np.ndarray, capacity: int | None, device: str) -> tuple[np.ndarray, int]:
+def cached_matmul(url: str, tenant: str, x: np.ndarray, capacity: int | None, device: str,
+                  pool_bytes: int | None = None) -> tuple[np.ndarray, int]:
     """The fair baselines (``benchmarks.baselines``): ``x @ w`` with ``w`` from a worker-local cache of the
-    tenant's weights keyed by store version, bounded by ``capacity`` bytes (``dask-lru``) or not (``dask-dict``)."""
-    from benchmarks.baselines import to_host, weights
+    tenant's weights keyed by store version, bounded by ``capacity`` bytes (``dask-lru``) or not (``dask-dict``);
+    on cuda ``x`` copied to the GPU, in the baselines' own pool of ``pool_bytes`` (None: unlimited)."""
+    from benchmarks.baselines import allocator, to_device, to_host, weights
 
-    found, loaded = weights(url, tenant, {"w": "w"}, capacity, device)
-    w = found["w"]
-    if device == "cuda":
-        import cupy
-
-        return to_host(cupy.matmul(cupy.asarray(x), w)), loaded
-    return np.matmul(x, w), loaded
+    with allocator(device, pool_bytes):
+        found, loaded = weights(url, tenant, {"w": "w"}, capacity, device)
+        return to_host(to_device(x, device) @ found["w"]), loaded
 
 
 # ------------------------------------------------------------------ running a trace
@@ -103,8 +103,10 @@ def jain(values) -> float:
     return float(values.sum() ** 2 / (len(values) * (values ** 2).sum())) if len(values) else float("nan")
 
 
-def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int = 0, device: str = "host") -> dict:
-    """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result."""
+def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int = 0, device: str = "host",
+              pool_bytes: int | None = None) -> dict:
+    """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result.
+    ``capacity`` and ``pool_bytes`` bound ``dask-lru``'s cache and (on cuda) its pool; ``dask-dict`` has neither."""
     before = counters(client) if system not in BASELINES else None
     n = len(jobs)
     loaded = {"bytes": 0, "hits": 0}
@@ -114,8 +116,9 @@ def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int
         if system == "naive":
             return client.submit(naive_matmul, url, tenant, x, pure=False)
         if system in ("dask-lru", "dask-dict"):
-            return client.submit(cached_matmul, url, tenant, x, capacity if system == "dask-lru" else None, device,
-                                 pure=False)
+            lru = system == "dask-lru"
+            return client.submit(cached_matmul, url, tenant, x, capacity if lru else None, device,
+                                 pool_bytes if lru else None, pure=False)
         return client.submit(request, pure=False, x=x)
 
     def output(out):
@@ -161,7 +164,8 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
                    per_worker: int, seed: int = 0, log=print) -> dict:
     from distributed import Client
 
-    from dask_kaas import LocalKaasCluster
+    from benchmarks.baselines import memory_budget
+    from dask_kaas import LocalKaasCluster, worker_stats
     from dask_kaas.store import BufferStore
 
     const_bytes = const_mib * 2**20
@@ -186,15 +190,19 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
         runs = {s: [] for s in SYSTEMS}
         with LocalKaasCluster(n_workers=workers, device=device, device_memory=cap, store=store,
                               dashboard_address=":0") as cluster, Client(cluster) as client:
+            # the KaaS device's pool and cache as the workers made them (on cuda the cache is a share of the
+            # pool, kaas.cuda.cache-capacity): dask-lru gets the same bytes
+            memory = memory_budget(worker_stats(client), device)
+            bounds = {"capacity": memory["baseline_cache_capacity"], "pool_bytes": memory["baseline_pool_bytes"]}
             # warm up (not counted): imports, kernel modules, the scheduler's runtime model
             for system in SYSTEMS:
                 _prepare(client, system)
-                run_trace(client, jobs[: min(4 * window, len(jobs))], system, window=window, url=url, capacity=cap,
-                          device=device)
+                run_trace(client, jobs[: min(4 * window, len(jobs))], system, window=window, url=url,
+                          device=device, **bounds)
             for rep in range(repeat):
                 for system in SYSTEMS:
                     _prepare(client, system)
-                    r = run_trace(client, jobs, system, window=window, url=url, capacity=cap, device=device)
+                    r = run_trace(client, jobs, system, window=window, url=url, device=device, **bounds)
                     runs[system].append(r)
                     log(f"  W={workers} T={tenants} {system:<13} run {rep + 1}: {r['throughput_rps']:6.1f} req/s, "
                         f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms, hit {r.get('hit_rate', float('nan')):6.1%}, "
@@ -221,6 +229,7 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
         "parameters": {
             "workers": workers, "tenants": tenants, "requests": requests, "repeat": repeat, "window": window,
             "const_bytes": const_bytes, "consts_per_worker": per_worker, "capacity_bytes": cap,
+            "memory": memory,
             "request": f"y({BATCH}x{n}) = x({BATCH}x{K}) @ w({K}x{n}) float32; KaaS: one builtin sgemm",
             "trace": f"tenants i.i.d., p(rank r) ~ 1/r**{ZIPF}, ranks shuffled over tenants, seed {seed}",
             "tenant_popularity": dict(zip(names, popularity)),

@@ -19,7 +19,8 @@ class Workload:
     the device). ``cases`` are the call inputs of successive requests. ``numpy_fn``
     (a module-level function, so that it pickles to workers) computes the same
     output from ``(inputs, consts)`` with NumPy: the reference for the check and
-    the work of the plain-Dask baseline.
+    the work of the plain-Dask baseline, which on a GPU calls it with CuPy arrays (so it must
+    dispatch through NumPy's functions, ufuncs and operators, never convert to NumPy).
     """
 
     name: str
@@ -69,10 +70,14 @@ class Workload:
 
 
 def run_cached(fn, inputs: dict, url: str, tenant: str, keys: dict, capacity: int | None, device: str,
-               travelling: dict) -> np.ndarray:
+               travelling: dict, pool_bytes: int | None = None) -> np.ndarray:
     """The fair baselines' task: the workload's consts from this worker's cache of the store
-    (``benchmarks.baselines``, bounded by ``capacity`` bytes or not), then the same computation."""
-    from benchmarks.baselines import to_host, weights
+    (``benchmarks.baselines``, bounded by ``capacity`` bytes or not), then the same computation;
+    on cuda with the inputs copied to the GPU, in the baselines' own pool of ``pool_bytes``."""
+    from benchmarks.baselines import allocator, to_device, to_host, weights
 
-    consts, _ = weights(url, tenant, keys, capacity, device)
-    return to_host(fn(inputs, {**travelling, **consts}))
+    with allocator(device, pool_bytes):
+        consts, _ = weights(url, tenant, keys, capacity, device)
+        args = {k: to_device(v, device) for k, v in inputs.items()}
+        travelling = {k: to_device(v, device) for k, v in travelling.items()}
+        return to_host(fn(args, {**travelling, **consts}))

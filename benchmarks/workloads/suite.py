@@ -6,7 +6,9 @@ Per workload, on one LocalKaasCluster (host: 2 workers; cuda: one per GPU):
   output with NumPy (CuPy on a GPU) from the workload's consts, read from the
   same store into a worker-local cache keyed by version: ``dask-lru`` bounded by
   the KaaS device's capacity, ``dask-dict`` unbounded (consts the store does not
-  hold travel with the task, as for KaaS);
+  hold travel with the task, as for KaaS); on a GPU the inputs are copied to it in the
+  task and each baseline allocates from its own CuPy pool, ``dask-lru``'s limited to
+  the KaaS worker's pool bytes (``parameters.memory``);
 * setup: the consts go to the store in the workload's tenant namespace; one
   warm-up request per case and system (caches filled, every result checked);
 * latency: one request at a time, submit -> result, KaaS and the baselines
@@ -51,12 +53,6 @@ def seed_store(store, w) -> None:
         store.put(w.key(name), bad, namespace=w.tenant)
 
 
-def worker_capacities(client) -> dict:
-    from dask_kaas import worker_stats
-
-    return {a: s["capacity"] for a, s in worker_stats(client).items()}
-
-
 def kernel_seconds(client) -> float:
     from dask_kaas import worker_stats
 
@@ -66,7 +62,8 @@ def kernel_seconds(client) -> float:
 SYSTEMS = ("kaas", "dask-lru", "dask-dict")
 
 
-def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str) -> dict:
+def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str,
+            pool_bytes: int | None = None) -> dict:
     from benchmarks.baselines import clear
 
     seed_store(store, w)
@@ -79,13 +76,13 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
     def kaas(i):
         return client.submit(w.request, pure=False, **w.cases[i])
 
-    def baseline(bound):
+    def baseline(bound, pool):
         def submit(i):
             return client.submit(run_cached, w.numpy_fn, w.cases[i], store.url, w.tenant, keys, bound, device,
-                                 travelling, pure=False)
+                                 travelling, pool, pure=False)
         return submit
 
-    submitters = {"kaas": kaas, "dask-lru": baseline(capacity), "dask-dict": baseline(None)}
+    submitters = {"kaas": kaas, "dask-lru": baseline(capacity, pool_bytes), "dask-dict": baseline(None, None)}
 
     # warm-up: every case once on each system (loads and caches the consts); all checked
     start = time.perf_counter()
@@ -157,13 +154,16 @@ def run_suite(config, p: dict) -> dict:
               "quick": config.quick, "workers": "2 host devices" if device == "host" else "one per GPU"}
     payload = {"parameters": params, "workloads": {}, "method": __doc__.split("\n\n", 1)[1]}
     with local_kaas_cluster(device) as (cluster, client):
-        capacity = next(iter(worker_capacities(client).values()))
-        params["device_capacity_bytes"] = capacity
+        from benchmarks.baselines import memory_budget
+        from dask_kaas import worker_stats
+
+        memory = params["memory"] = memory_budget(worker_stats(client), device)
+        capacity = params["device_capacity_bytes"] = memory["kaas_cache_capacity"]
         for name in WORKLOADS:
             w = importlib.import_module(f"benchmarks.workloads.{name}").setup(config.size != "full")
             try:
                 figures = measure(client, cluster.store, w, repeat=p["repeat"], batch=p["batch"], rounds=p["rounds"],
-                                  capacity=capacity, device=device)
+                                  capacity=capacity, device=device, pool_bytes=memory["baseline_pool_bytes"])
             except WrongResult as e:
                 raise WrongResult(f"workload {name}: {e}") from e
             payload["workloads"][name] = {"parameters": w.parameters, **figures}
