@@ -194,6 +194,18 @@ def run(config: Config) -> dict:
     return payload
 
 
+def kernel_s_per_request(before: dict, after: dict) -> float:
+    """Kernel seconds per request between two ``worker_stats`` snapshots, as the devices measured them
+    (CUDA events around a timed request's launches; the host's clock on the host device), averaged over
+    the requests that were timed."""
+    def total(stats, field, name=None):
+        return sum((s.get("seconds", {}).get(name, 0.0) if name else s.get(field, 0)) for s in stats.values())
+
+    timed = total(after, "timed_requests") - total(before, "timed_requests")
+    seconds = total(after, "seconds", "device_kernels") - total(before, "seconds", "device_kernels")
+    return seconds / timed if timed else 0.0
+
+
 def write_result(config: Config, payload: dict) -> str:
     """``<results>/<name>.json``: the payload (``path`` left out), the machine first; returns its path."""
     path = os.path.join(config.results_dir(), f"{config.file_name()}.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+import time
 import types
 from types import SimpleNamespace
 
@@ -22,7 +23,7 @@ GiB = 2**30
 class CUDARuntimeError(RuntimeError):
     """Like CuPy's: the CUDA status code in ``status``, the error's name in the message."""
 
-    NAMES = {2: "cudaErrorMemoryAllocation", 101: "cudaErrorInvalidDevice", 200: "cudaErrorInvalidKernelImage",
+    NAMES = {1: "cudaErrorInvalidValue", 2: "cudaErrorMemoryAllocation", 101: "cudaErrorInvalidDevice", 200: "cudaErrorInvalidKernelImage",
              222: "cudaErrorUnsupportedPtxVersion", 400: "cudaErrorInvalidResourceHandle",
              500: "cudaErrorNotFound", 700: "cudaErrorIllegalAddress", 716: "cudaErrorMisalignedAddress",
              719: "cudaErrorLaunchFailure", 999: "cudaErrorUnknown"}
@@ -57,11 +58,14 @@ class Machine:
         self.local = threading.local()
         self.allocator = None  # None: CuPy's default pool
         self.cupy_pool_limit = 0
+        self.pinned_error: BaseException | None = None  # what pinning host memory raises, if anything
         self.loaded: list[bytes] = []
         self.launches: list[tuple] = []
         self.memsets: list[int] = []
-        self.copies: list[tuple[int, int]] = []  # (kind, bytes) of memcpyAsync
+        self.copies: list[tuple[int, int, int, int]] = []  # (kind, bytes, dst, src) of memcpyAsync
         self.syncs = 0
+        self.calls: list[str] = []  # every driver/runtime call, allocation and free, by name, in order
+        self.live_bytes = 0  # device memory held by buffers not yet collected
         self.cupy = self.rmm = None
 
     # -- per-thread state ---------------------------------------------------------------
@@ -81,18 +85,33 @@ class Machine:
         gpu.free -= nbytes
 
 
-class FakeArray:
-    """A flat device buffer backed by host memory; frees its block when collected."""
+class Memory:
+    """A block of fake device memory (host bytes); its ``release`` runs when the last reference goes."""
 
-    def __init__(self, machine, gpu, nbytes, release, base=None, view=None):
-        self._machine, self._gpu, self._release = machine, gpu, release
-        self._host = view if view is not None else np.zeros(nbytes, np.uint8)
-        self._base = base
+    def __init__(self, machine, gpu, nbytes, release):
+        self._machine, self._release = machine, release
+        self.gpu, self.size = gpu, int(nbytes)
+        self.host = np.zeros(self.size, np.uint8)
+        self.ptr = self.host.ctypes.data  # "device" pointers are host addresses here
+        machine.live_bytes += self.size
+
+    def __del__(self):
+        self._machine.live_bytes -= self.size
+        self._machine.calls.append("free")
+        if self._release is not None:
+            self._release()
+
+
+class FakeArray:
+    """A flat uint8 device array over a :class:`Memory` (kept alive by the array and its views)."""
+
+    def __init__(self, gpu, host, owner):
+        self._gpu, self._host, self._owner = gpu, host, owner
         self.nbytes = self._host.nbytes
-        self.data = SimpleNamespace(ptr=self._host.ctypes.data)  # "device" pointers are host addresses here
+        self.data = SimpleNamespace(ptr=self._host.ctypes.data)
 
     def __getitem__(self, item):
-        return FakeArray(self._machine, self._gpu, 0, None, base=self, view=self._host[item])
+        return FakeArray(self._gpu, self._host[item], self._owner)
 
     def set(self, data, stream=None):
         self._gpu.check()
@@ -105,37 +124,39 @@ class FakeArray:
         out[...] = self._host
         return out
 
-    def __del__(self):
-        if self._release is not None:
-            self._release()
-
 
 def install(monkeypatch, **machine_kwargs) -> Machine:
     m = Machine(**machine_kwargs)
 
     # -- cupy.cuda.runtime -------------------------------------------------------------------
     def getDevice():
+        m.calls.append("getDevice")
         return getattr(m.local, "device", 0)
 
     def setDevice(i):
+        m.calls.append("setDevice")
         if not 0 <= i < len(m.gpus):
             raise CUDARuntimeError(101)
+        m.gpus[i].check()  # a lost context answers every call with its error
         m.local.device = i
 
     def memGetInfo():
+        m.calls.append("memGetInfo")
         gpu = m.current()
         gpu.check()
         return gpu.free, gpu.total
 
     def memsetAsync(ptr, value, nbytes, stream_ptr):
+        m.calls.append("memsetAsync")
         m.current().check()
         ctypes.memset(ptr, value, nbytes)
         m.memsets.append(nbytes)
 
     def memcpyAsync(dst, src, nbytes, kind, stream_ptr):
+        m.calls.append("memcpyAsync")
         m.current().check()
         ctypes.memmove(dst, src, nbytes)
-        m.copies.append((kind, nbytes))
+        m.copies.append((kind, nbytes, dst, src))
 
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.getDevice, runtime.setDevice, runtime.memGetInfo, runtime.memsetAsync = (
@@ -172,6 +193,7 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
             m.local.stream = self._previous
 
         def synchronize(self):
+            m.calls.append("synchronize")
             m.syncs += 1
             gpu = m.gpus[self.device]
             if gpu.pending_fault is not None:
@@ -183,10 +205,13 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
             self.module, self.name = module, name
 
         def __call__(self, grid, block, args, shared_mem=0, stream=None):
+            m.calls.append("launch")
             gpu = m.current()
             gpu.check()
             if stream is not None and stream.device != gpu.index:
                 raise CUDARuntimeError(400)
+            if self.name == "invalid":  # a launch the driver refuses (not a fault: the context survives)
+                raise CUDARuntimeError(1)
             m.launches.append((self.name, grid, block, args, shared_mem, stream))
             if self.name == "fault":
                 gpu.pending_fault = 700
@@ -211,32 +236,62 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
             m.loaded.append(data)
 
         def get_function(self, name):
+            m.current().check()
             if name.encode() not in self.data:
                 raise CUDARuntimeError(500)
             return Function(self, name)
 
-    def default_allocator(nbytes):
+    class UnownedMemory:
+        def __init__(self, ptr, size, owner, device_id=-1):
+            self.ptr, self.size, self.owner, self.device_id = ptr, size, owner, device_id
+
+    class MemoryPointer:
+        def __init__(self, mem, offset):
+            self.mem, self.ptr = mem, mem.ptr + offset
+
+    def ndarray(shape, dtype=np.uint8, memptr=None):
+        (nbytes,) = shape
+        block = memptr.mem.owner if isinstance(memptr.mem, UnownedMemory) else memptr.mem
         gpu = m.current()
-        limit = m.cupy_pool_limit
-        used = getattr(gpu, "cupy_used", 0)
-        if limit and used + nbytes > limit:
-            raise OutOfMemoryError(f"CuPy pool limit {limit} exceeded by {nbytes} bytes")
-        m.take(gpu, nbytes)
-        gpu.cupy_used = used + nbytes
-
-        def release():
-            gpu.free += nbytes
-            gpu.cupy_used -= nbytes
-
-        return gpu, release
-
-    def empty(nbytes, dtype=np.uint8):
-        gpu = m.current()
-        gpu.check()
         if m.current_stream().device != gpu.index:
             raise CUDARuntimeError(400)  # what a stream of another device gives: invalid resource handle
-        gpu, release = (m.allocator or default_allocator)(int(nbytes))
-        return FakeArray(m, gpu, int(nbytes), release)
+        return FakeArray(block.gpu, block.host[:nbytes], block)
+
+    class MemoryPool:
+        """CuPy's device memory pool: a limit, bytes in use; blocks go back when their arrays go."""
+
+        def __init__(self):
+            self.limit, self.used = 0, 0
+
+        def set_limit(self, size=0):
+            self.limit = size
+
+        def get_limit(self):
+            return self.limit
+
+        def used_bytes(self):
+            return self.used
+
+        def total_bytes(self):
+            return self.used
+
+        def free_all_blocks(self):
+            pass
+
+        def malloc(self, nbytes):
+            m.calls.append("malloc")
+            gpu = m.current()
+            gpu.check()
+            if self.limit and self.used + nbytes > self.limit:
+                raise OutOfMemoryError(f"CuPy pool limit {self.limit} exceeded by {nbytes} bytes")
+            m.take(gpu, nbytes)
+            self.used += nbytes
+
+            def release():
+                gpu.free += nbytes
+                self.used -= nbytes
+
+            return MemoryPointer(Memory(m, gpu, nbytes, release), 0)
 
     class CupyPool:
         def get_limit(self):
@@ -245,16 +300,37 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
         def set_limit(self, size=0):
             m.cupy_pool_limit = size
 
+    class Event:
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            self.time = None
+
+        def record(self, stream=None):
+            m.calls.append("eventRecord")
+            m.current().check()
+            self.time = time.perf_counter()
+
+    def get_elapsed_time(start, end):
+        m.calls.append("eventElapsedTime")
+        return (end.time - start.time) * 1e3
+
+    def alloc_pinned_memory(nbytes):
+        m.calls.append("allocPinned")
+        if m.pinned_error is not None:
+            raise m.pinned_error
+        return bytearray(nbytes)
+
     cuda = types.ModuleType("cupy.cuda")
     cuda.runtime, cuda.Device, cuda.Stream = runtime, Device, Stream
     cuda.function = SimpleNamespace(Module=Module, Function=Function)
     cuda.memory = SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
+    cuda.UnownedMemory, cuda.MemoryPointer, cuda.MemoryPool = UnownedMemory, MemoryPointer, MemoryPool
+    cuda.Event, cuda.get_elapsed_time = Event, get_elapsed_time
     cuda.get_allocator = lambda: m.allocator
     cuda.set_allocator = lambda fn=None: setattr(m, "allocator", fn)
     cuda.get_current_stream = m.current_stream
-    cuda.alloc_pinned_memory = bytearray
+    cuda.alloc_pinned_memory = alloc_pinned_memory
     cupy = types.ModuleType("cupy")
-    cupy.cuda, cupy.uint8, cupy.empty = cuda, np.uint8, empty
+    cupy.cuda, cupy.uint8, cupy.ndarray = cuda, np.uint8, ndarray
     cupy.get_default_memory_pool = CupyPool
     m.cupy = cupy
 
@@ -336,9 +412,20 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
     def set_current_device_resource(mr):
         m.current().resource = mr
 
-    def rmm_cupy_allocator(nbytes):
+    def DeviceBuffer(*, size=0, stream=None, mr=None):
+        """RMM's device buffer: allocated from ``mr`` (default: the current resource), on ``stream``."""
+        m.calls.append("malloc")
         gpu = m.current()
-        return gpu, get_current_device_resource().allocate(gpu, nbytes)
+        gpu.check()
+        release = (mr or get_current_device_resource()).allocate(gpu, size)
+        return Memory(m, gpu, size, release)
+
+    class RmmStream:
+        def __init__(self, obj=None):
+            self.obj = obj
+
+    def rmm_cupy_allocator(nbytes):
+        raise AssertionError("dask-kaas must not use RMM's CuPy allocator (it changes CuPy's process-wide allocator)")
 
     mr = types.ModuleType("rmm.mr")
     mr.CudaMemoryResource, mr.PoolMemoryResource = CudaMemoryResource, PoolMemoryResource
@@ -349,17 +436,22 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
     allocators_cupy = types.ModuleType("rmm.allocators.cupy")
     allocators_cupy.rmm_cupy_allocator = rmm_cupy_allocator
     allocators.cupy = allocators_cupy
+    pylibrmm = types.ModuleType("rmm.pylibrmm")
+    pylibrmm_stream = types.ModuleType("rmm.pylibrmm.stream")
+    pylibrmm_stream.Stream = RmmStream
+    pylibrmm.stream = pylibrmm_stream
     rmm = types.ModuleType("rmm")
-    rmm.mr, rmm.allocators = mr, allocators
+    rmm.mr, rmm.allocators, rmm.pylibrmm, rmm.DeviceBuffer = mr, allocators, pylibrmm, DeviceBuffer
     m.rmm = rmm
 
     for name, module in {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "rmm": rmm,
-                         "rmm.mr": mr, "rmm.allocators": allocators, "rmm.allocators.cupy": allocators_cupy}.items():
+                         "rmm.mr": mr, "rmm.allocators": allocators, "rmm.allocators.cupy": allocators_cupy,
+                         "rmm.pylibrmm": pylibrmm, "rmm.pylibrmm.stream": pylibrmm_stream}.items():
         monkeypatch.setitem(sys.modules, name, module)
     return m
 
 
 def without_rmm(monkeypatch):
     """Make ``import rmm`` fail, as where only CuPy is installed."""
-    for name in ("rmm", "rmm.mr", "rmm.allocators", "rmm.allocators.cupy"):
+    for name in ("rmm", "rmm.mr", "rmm.allocators", "rmm.allocators.cupy", "rmm.pylibrmm", "rmm.pylibrmm.stream"):
         monkeypatch.setitem(sys.modules, name, None)

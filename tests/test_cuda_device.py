@@ -153,7 +153,7 @@ def test_every_entry_point_binds_the_device_in_the_calling_thread(machine):
         return out
 
     assert in_thread(task).nbytes == 64
-    assert machine.gpus[1].resource is not None and machine.gpus[0].resource is None
+    assert machine.gpus[1].free < machine.gpus[1].total and machine.gpus[0].free == machine.gpus[0].total
     dev.close()
 
 
@@ -253,7 +253,7 @@ def test_two_workers_on_one_gpu_split_its_memory(machine):
     second.close()
 
 
-def test_an_existing_rmm_resource_is_used_and_given_back(machine):
+def test_an_existing_rmm_resource_is_used_and_left_in_place(machine):
     mr = machine.rmm.mr
     operators = mr.PoolMemoryResource(mr.CudaMemoryResource(), initial_pool_size=4 * GiB)
     mr.set_current_device_resource(operators)  # as dask-cuda's --rmm-pool-size does
@@ -268,22 +268,61 @@ def test_an_existing_rmm_resource_is_used_and_given_back(machine):
     assert mr.get_current_device_resource() is operators and machine.allocator is None
 
 
-def test_close_restores_rmm_default_and_cupy_allocator(machine):
+def test_nothing_process_wide_changes(machine):
+    """CuPy's allocator and RMM's current resource stay as they were: other CuPy code in the worker
+    (a user's task, a baseline) allocates as before, and closing restores nothing."""
     dev = make(0)
-    assert machine.allocator is not None and machine.gpus[0].resource is not None
+    handle = dev.allocate(1024)
+    assert machine.allocator is None and is_default_resource(machine.rmm.mr.get_current_device_resource())
+    assert machine.gpus[0].free == 16 * GiB - dev.pool_bytes  # the device's own pool serves it
+    del handle
     dev.close()
     assert machine.allocator is None and is_default_resource(machine.rmm.mr.get_current_device_resource())
     dev.close()  # twice is fine
 
 
-def test_without_rmm_cupys_pool_is_limited_then_restored(machine, monkeypatch):
+def test_devices_in_one_process_keep_their_own_pools_and_close_in_any_order(machine):
+    """As the scale suite runs many workers in one process: each device's pool is its own."""
+    first, second = make(0, pool_size="2GiB", capacity="100%"), make(0, pool_size="2GiB", capacity="100%")
+    assert machine.gpus[0].free == 16 * GiB - 4 * GiB
+    a, b = first.allocate(2 * GiB), second.allocate(2 * GiB)  # each has its 2 GiB: nothing shared
+    first.close()
+    del b
+    c = second.allocate(2 * GiB)  # the second still works after the first closed
+    assert c.nbytes == 2 * GiB and second.memory_info()["rmm_current_bytes"] == 2 * GiB
+    second.close()
+    del a, c
+    assert machine.gpus[0].free == 16 * GiB  # every pool given back once its buffers went
+
+
+def test_devices_in_one_process_split_an_existing_rmm_resource_or_refuse(machine):
+    from dask_kaas.errors import ConfigError
+
+    mr = machine.rmm.mr
+    operators = mr.PoolMemoryResource(mr.CudaMemoryResource(), initial_pool_size=4 * GiB)
+    mr.set_current_device_resource(operators)
+    first, second = make(0, pool_size="80%", share=2), make(0, pool_size="80%", share=2)
+    assert first.pool_bytes == second.pool_bytes == 2 * GiB and "split among 2" in second.plan.note
+    assert first.capacity + second.capacity <= 4 * GiB
+    with pytest.raises(ConfigError, match=r"already used by 2 KaaS device.*workers-per-device"):
+        make(0, pool_size="80%", share=2)
+    first.close()  # closing in any order frees its place
+    third = make(0, pool_size="80%", share=2)
+    second.close()
+    third.close()
+    assert mr.get_current_device_resource() is operators
+
+
+def test_without_rmm_a_cupy_pool_of_its_own_is_limited(machine, monkeypatch):
     fakecuda.without_rmm(monkeypatch)
     dev = make(0, pool_size="2GiB")
-    assert not dev.rmm and machine.cupy_pool_limit == 2 * GiB
+    assert not dev.rmm and machine.cupy_pool_limit == 0  # CuPy's default pool is left alone
     with pytest.raises(DeviceMemoryError):
         dev.allocate(3 * GiB)
+    handle = dev.allocate(GiB)
+    assert dev.memory_info()["cupy_pool_used_bytes"] == GiB
+    del handle
     dev.close()
-    assert machine.cupy_pool_limit == 0
 
 
 def test_bad_device_index_is_a_kernel_error(machine):
@@ -342,7 +381,7 @@ def io_request(tmp_path, n=64):
     return Request(kernels, n_iter=3)
 
 
-def test_a_request_is_staged_through_pinned_memory_with_one_synchronize(machine, tmp_path):
+def test_each_byte_is_copied_once_per_direction_with_one_synchronize(machine, tmp_path):
     from dask_kaas.runtime import Runtime
 
     runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
@@ -353,72 +392,202 @@ def test_a_request_is_staged_through_pinned_memory_with_one_synchronize(machine,
     np.testing.assert_array_equal(out["a"], a)
     np.testing.assert_array_equal(out["b"], b)
     assert machine.syncs - syncs == 1  # kernels and both copies out: one wait
-    assert sorted(machine.copies[copies:]) == [(1, 256), (1, 256), (2, 256), (2, 256)]
+    h2d = [c for c in machine.copies[copies:] if c[0] == 1]
+    d2h = [c for c in machine.copies[copies:] if c[0] == 2]
+    assert sorted(c[1] for c in h2d) == sorted(c[1] for c in d2h) == [256, 256]
+    assert {c[3] for c in h2d} == {a.ctypes.data, b.ctypes.data}  # straight from the caller's arrays
+    assert {c[2] for c in d2h} == {out["a"].ctypes.data, out["b"].ctypes.data}  # handed over where they landed
     assert len(machine.launches) == 6  # 2 kernels x n_iter 3, each function looked up once
-    staging = runtime.device._staging
-    chunks = list(staging.chunks)
-    out = runtime.run(request, {"a": b, "b": a})
-    np.testing.assert_array_equal(out["a"], b)
-    assert staging.chunks == chunks  # the same pinned memory serves the next request
+
+    held = out
+    again = runtime.run(request, {"a": b, "b": a})  # the first outputs are still held: other blocks
+    np.testing.assert_array_equal(held["a"], a)
+    np.testing.assert_array_equal(again["a"], b)
+    blocks = runtime.device._pinned.nbytes
+    landed = {again["a"].ctypes.data, again["b"].ctypes.data}
+    del again
+    third = runtime.run(request, {"a": a, "b": b})
+    assert {third["a"].ctypes.data, third["b"].ctypes.data} == landed  # let go of: served again
+    assert runtime.device._pinned.nbytes == blocks
     runtime.close()
 
 
-def test_buffers_beyond_the_staging_limit_go_through_pageable_memory(machine, tmp_path):
+def test_outputs_past_the_pinned_limit_or_when_pinning_fails_go_through_pageable_memory(machine, tmp_path):
     import dask
 
     from dask_kaas.runtime import Runtime
 
-    with dask.config.set({"kaas.cuda.staging-bytes": 300}):
+    with dask.config.set({"kaas.cuda.pinned-bytes": 300}):
         runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
     a, b = np.ones(64, np.float32), np.full(64, 2.0, np.float32)
     out = runtime.run(io_request(tmp_path), {"a": a, "b": b})
     np.testing.assert_array_equal(out["a"], a)
     np.testing.assert_array_equal(out["b"], b)
-    assert runtime.device._staging.nbytes <= 300
+    assert runtime.device._pinned.nbytes == 0
+    runtime.close()
+
+    machine.pinned_error = fakecuda.CUDARuntimeError(2)  # the OS refuses to lock more pages
+    runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
+    out = runtime.run(io_request(tmp_path), {"a": a, "b": b})  # not a device out-of-memory error
+    np.testing.assert_array_equal(out["b"], b)
+    assert "cudaErrorMemoryAllocation" in runtime.device.memory_info()["pinned_failed"]
+    assert runtime.device.healthy
     runtime.close()
 
 
-def test_staging_is_safe_to_reuse_after_a_failed_request(machine, tmp_path):
+def test_a_request_stopped_between_its_copies_out_and_the_synchronize_waits_for_them(machine, tmp_path, monkeypatch):
     from dask_kaas.runtime import Runtime
 
     runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
     request = io_request(tmp_path)
-    machine.gpus[0].pending_fault = None
-    real_run = runtime.device.run
-    calls = []
+    real = machine.cupy.cuda.runtime.memcpyAsync
+    d2h = []
 
-    def failing_run(prepared, buffers):
-        calls.append(1)
-        raise KernelError("a launch failed before the synchronize")
+    def second_copy_out_fails(dst, src, nbytes, kind, stream):
+        if kind == 2:
+            d2h.append(1)
+            if len(d2h) == 2:
+                raise fakecuda.CUDARuntimeError(1)
+        return real(dst, src, nbytes, kind, stream)
 
-    runtime.device.run = failing_run
+    monkeypatch.setattr(machine.cupy.cuda.runtime, "memcpyAsync", second_copy_out_fails)
     syncs = machine.syncs
-    with pytest.raises(KernelError):
+    with pytest.raises(KernelError, match="copy from the device failed"):
         runtime.run(request, {"a": np.ones(64, np.float32), "b": np.ones(64, np.float32)})
-    assert machine.syncs - syncs == 1 and not runtime.device._staged  # waited before handing staging back
-    runtime.device.run = real_run
-    assert runtime.cache.pinned_bytes == 0
+    assert machine.syncs - syncs == 1 and not runtime.device._pending  # waited before the blocks serve again
+    assert runtime.cache.pinned_bytes == 0 and runtime.device.healthy
+    runtime.close()
+
+
+def warm_request(tmp_path, store):
+    """One kernel: an input, a const (cached after the first call) and an output."""
+    lib = Library.from_file(kernel_file(tmp_path), signatures={"fill": "int n, float v, float* x, float* w, float* y"})
+    store.put("w", np.ones(64, np.float32))
+    x = BufferSpec("x", 256, dtype="float32", ephemeral=True)
+    w = BufferSpec("w", 256, key="w", const=True)
+    y = BufferSpec("y", 256, dtype="float32", ephemeral=True)
+    return Request([KernelSpec(lib, "fill", 1, 1, literals=[Literal("i", 0), Literal("f", 0.0)],
+                               arguments=[(x, "i"), (w, "i"), (y, "o")])])
+
+
+def test_a_warm_one_kernel_request_makes_six_driver_calls(machine, tmp_path):
+    """What README states: the GPU made current once, one copy each way, a memset, the launch, one
+    synchronize; buffers come from the previous request's spares and outputs land in pinned blocks
+    already made, so nothing is allocated or freed."""
+    from collections import Counter
+
+    import dask
+
+    from dask_kaas.runtime import Runtime
+
+    store = BufferStore(f"file://{tmp_path}/store")
+    with dask.config.set({"kaas.cuda.time-every": 0}):
+        runtime = Runtime(make(0), store)
+    request = warm_request(tmp_path, store)
+    for _ in range(2):
+        runtime.run(request, {"x": np.ones(64, np.float32)})
+    calls = len(machine.calls)
+    runtime.run(request, {"x": np.ones(64, np.float32)})
+    warm = Counter(machine.calls[calls:])
+    assert warm == Counter(getDevice=1, memcpyAsync=2, memsetAsync=1, launch=1, synchronize=1), warm
+    runtime.close()
+
+
+def test_kernels_are_timed_with_events_read_after_the_one_synchronize(machine, tmp_path):
+    """On one request in kaas.cuda.time-every: events at its start, after its copies in, after its
+    launches and after its copies out are queued; their spans read once the synchronize is done."""
+    import dask
+
+    from dask_kaas.runtime import Runtime
+
+    store = BufferStore(f"file://{tmp_path}/store")
+    with dask.config.set({"kaas.cuda.time-every": 4}):
+        runtime = Runtime(make(0), store)
+    request = warm_request(tmp_path, store)
+    calls = len(machine.calls)
+    runtime.run(request, {"x": np.ones(64, np.float32)})
+    timed = [c for c in machine.calls[calls:] if c in ("eventRecord", "eventElapsedTime", "memcpyAsync",
+                                                         "memsetAsync", "launch", "synchronize")]
+    records = [i for i, c in enumerate(timed) if c == "eventRecord"]
+    assert len(records) == 4 and records[0] == 0
+    assert "launch" not in timed[:records[1]] and timed[records[1] + 1] == "launch"
+    assert timed[records[2] - 1] == "launch" and timed[records[2] + 1] == "memcpyAsync"
+    assert timed[records[3]:] == ["eventRecord", "synchronize"] + ["eventElapsedTime"] * 3
+    for _ in range(7):
+        runtime.run(request, {"x": np.ones(64, np.float32)})
+    stats = runtime.stats()
+    assert stats["timed_requests"] == 2 and stats["requests"] == 8  # one in four
+    assert all(stats["seconds"][f"device_{s}"] > 0 for s in ("h2d", "kernels", "d2h"))
+    runtime.close()
+
+
+def test_binding_the_device_and_looking_up_a_kernel_on_a_lost_context_are_sticky_faults(machine, tmp_path):
+    from dask_kaas.runtime import Runtime
+
+    runtime = Runtime(make(1), BufferStore(f"file://{tmp_path}/store"))
+    request, inputs = io_request(tmp_path), {"a": np.ones(64, np.float32), "b": np.ones(64, np.float32)}
+    runtime.run(request, inputs)  # loaded and prepared: the next request's first GPU call is the binding
+    machine.gpus[1].poisoned = 700
+    with pytest.raises(KernelError, match="make the GPU current failed, and the GPU context is lost"):
+        in_thread(lambda: runtime.run(request, inputs))  # a thread where GPU 0 is current
+    assert not runtime.device.healthy
+    runtime.close()
+
+    dev = make(0)
+    module = dev.load_module(Library.from_file(kernel_file(tmp_path), signatures={"fill": "int n, float v, float* y"}))
+    machine.gpus[0].poisoned = 719
+    with pytest.raises(KernelError, match="look up kernel 'fill' failed, and the GPU context is lost"):
+        dev.prepare(module, "fill", _launch(), [])
+    assert not dev.healthy
+    dev.close()
+
+
+def test_a_failed_requests_traceback_keeps_no_device_buffer_alive(machine, tmp_path):
+    """Dask keeps a failed task's exception and traceback; the buffers the cache freed must really go."""
+    from dask_kaas.device.reuse import SpareBuffers
+    from dask_kaas.runtime import Runtime
+
+    runtime = Runtime(make(0), BufferStore(f"file://{tmp_path}/store"))
+    runtime.device._spares = SpareBuffers(0)  # freed buffers go back to the pool at once
+    lib = Library.from_file(kernel_file(tmp_path, content=b"\x7fELF invalid\0"), signatures={"invalid": "float* y"})
+    y = BufferSpec("y", 1 << 20, dtype="float32", ephemeral=True)
+    bad = Request([KernelSpec(lib, "invalid", 1, 1, arguments=[(y, "o")])])
+    live = machine.live_bytes
+    with pytest.raises(KernelError, match="launch 'invalid' failed") as failure:
+        runtime.run(bad)
+    assert failure.value.__traceback__ is not None and runtime.cache.used == 0
+    assert machine.live_bytes == live  # the traceback still held, its buffers gone
     runtime.close()
 
 
 @settings(max_examples=200, deadline=None)
-@given(sizes=st.lists(st.integers(1, 3 * 2**20), max_size=12), limit=st.integers(2**20, 16 * 2**20))
-def test_staging_slots_never_overlap_and_stay_under_the_limit(sizes, limit):
-    from types import SimpleNamespace
+@given(steps=st.lists(st.tuples(st.integers(1, 3 * 2**20), st.booleans()), max_size=20),
+       limit=st.integers(2**20, 16 * 2**20))
+def test_pinned_blocks_are_never_handed_out_while_held(steps, limit):
+    from dask_kaas.device.reuse import PinnedBlocks
 
-    from dask_kaas.device.cuda import PinnedStaging
+    blocks = PinnedBlocks(bytearray, limit)
+    held = []
+    for nbytes, keep in steps:
+        out = blocks.take(nbytes)
+        if out is None:  # past the limit
+            assert blocks.nbytes + PinnedBlocks.block_size(nbytes) > limit
+            continue
+        view = out.view(np.uint8).reshape(1, -1)[:, : max(1, nbytes // 2)]  # a view of a view still holds it
+        start, end = out.ctypes.data, out.ctypes.data + nbytes
+        assert all(end <= s or e <= start for s, e, _ in held)  # never overlaps a block still held
+        if keep:
+            held.append((start, end, view))
+        del out, view
+        assert blocks.nbytes <= limit
+    assert blocks.busy() >= sum(e - s for s, e, _ in held)
 
-    staging = PinnedStaging(SimpleNamespace(cuda=SimpleNamespace(alloc_pinned_memory=bytearray)), limit)
-    for _ in range(2):  # two requests: the second reuses the first's chunks
-        spans = []
-        for n in sizes:
-            slot = staging.take(n)
-            if slot is not None:
-                base = next(c.ctypes.data for c in staging.chunks
-                            if c.ctypes.data <= slot.ctypes.data < c.ctypes.data + c.nbytes)
-                assert slot.nbytes == n and (slot.ctypes.data - base) % 256 == 0  # aligned within its chunk
-                spans.append((slot.ctypes.data, slot.ctypes.data + n))
-        spans.sort()
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-        assert staging.nbytes <= limit
-        staging.reset()
+
+def test_spare_buffers_are_bounded_by_size_and_bytes():
+    from dask_kaas.device.reuse import SpareBuffers
+
+    spares = SpareBuffers(100, per_size=2)
+    assert spares.put("a", 40) and spares.put("b", 40) and not spares.put("c", 40)  # two of a size
+    assert not spares.put("d", 30)  # 110 bytes > 100
+    assert spares.take(40) == "b" and spares.take(30) is None and spares.nbytes == 40
+    assert spares.clear() == 40 and len(spares) == 0 and spares.take(40) is None

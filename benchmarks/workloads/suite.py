@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import Suite, WrongResult, bars, interleaved, local_kaas_cluster, spread
+from benchmarks.common import Suite, WrongResult, bars, interleaved, kernel_s_per_request, local_kaas_cluster, spread
 
 from .base import run_cached
 
@@ -53,18 +53,13 @@ def seed_store(store, w) -> None:
         store.put(w.key(name), bad, namespace=w.tenant)
 
 
-def kernel_seconds(client) -> float:
-    from dask_kaas import worker_stats
-
-    return sum(s.get("seconds", {}).get("kernels", 0.0) for s in worker_stats(client).values())
-
-
 SYSTEMS = ("kaas", "dask-lru", "dask-dict")
 
 
 def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str,
             pool_bytes: int | None = None) -> dict:
     from benchmarks.baselines import clear
+    from dask_kaas import worker_stats
 
     seed_store(store, w)
     client.run(clear)
@@ -104,9 +99,9 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
             got[kind].append((i, submit(i).result()))
         return call
 
-    k0 = kernel_seconds(client)
+    k0 = worker_stats(client)
     lat = interleaved({name: one(name, submitters[name]) for name in SYSTEMS}, repeat=repeat, gap=0.01)
-    kernels_per_request = (kernel_seconds(client) - k0) / repeat
+    kernels_per_request = kernel_s_per_request(k0, worker_stats(client))
     for kind in got:
         for i, result in got[kind]:
             out = w.check(i, result)

@@ -6,6 +6,7 @@ them back to the device that made them.
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Any, Sequence
@@ -73,10 +74,29 @@ class Device(ABC):
         return _NO_SESSION
 
     def copy_out_many(self, handles: Sequence[Handle]) -> list[np.ndarray]:
-        """:meth:`copy_out` of several buffers after all queued work, with one wait for it all;
-        raises KernelError if a queued kernel failed (even with no buffers)."""
+        """:meth:`copy_out` of several buffers after all queued work, with one wait for it all, and
+        :meth:`mark` once the copies are done (or queued); raises KernelError if a queued kernel failed
+        (even with no buffers)."""
         self.synchronize()
-        return [self.copy_out(h) for h in handles]
+        outs = [self.copy_out(h) for h in handles]
+        self.mark()
+        return outs
+
+    _marks: list | None = None
+
+    def mark(self) -> None:
+        """A point on the device's timeline in the running request: the runtime marks its start, its
+        copies in done and its kernels done; :meth:`copy_out_many` marks its copies out. Here the work
+        is done when queued, so the host's clock serves."""
+        if self._marks is None:
+            self._marks = []
+        self._marks.append(time.perf_counter())
+
+    def stage_seconds(self) -> list[float] | None:
+        """Seconds between the last request's marks (copies in, kernels, copies out), as the device
+        measured them; None when that request was not timed. Read once, after the request."""
+        marks, self._marks = self._marks, None
+        return [b - a for a, b in zip(marks, marks[1:])] if marks and len(marks) > 1 else None
 
     @abstractmethod
     def synchronize(self) -> None:

@@ -1,11 +1,23 @@
-"""The CUDA device: modules loaded from NVRTC-compiled cubins, an RMM pool, one stream.
+"""The CUDA device: modules loaded from NVRTC-compiled cubins, a memory pool of its own, one stream.
 
-Memory comes from an RMM pool set as CuPy's allocator (sized as
-:mod:`.cuda_memory` decides), or from the RMM resource the worker already has.
-Every copy and launch is queued on the worker's one non-blocking stream, so
-frees are stream-ordered. The CUDA device is current per *thread*: every entry
-point binds this device first, because Dask builds the device on its event
-loop and runs tasks in its executor threads.
+Memory comes from an RMM pool the device owns (sized as :mod:`.cuda_memory` decides), or from
+the RMM resource the worker already has, allocated explicitly from it (without RMM: a CuPy
+memory pool of the device's own). Nothing process-wide changes: CuPy's allocator and RMM's
+current resource stay what they were, so several devices in one process keep apart and close
+in any order, and other CuPy code in the worker allocates as it did.
+
+Every copy and launch is queued on the device's one non-blocking stream, so frees are
+stream-ordered. The CUDA device is current per *thread*: a request's :meth:`CudaDevice.session`
+binds it once, and every entry point used outside a session binds it first, because Dask
+builds the device on its event loop and runs tasks in its executor threads.
+
+Within a request, each byte is copied once per direction: inputs straight from the caller's
+arrays (the driver stages pageable memory itself; a pinned copy of ours would only add a
+host copy), outputs into pinned blocks that are handed to the caller as they are
+(:class:`~.reuse.PinnedBlocks`); then one synchronize. Buffers the request frees serve the
+next one of the same size (:class:`~.reuse.SpareBuffers`), so a warm request allocates
+nothing. On one request in ``kaas.cuda.time-every``, CUDA events time its copies in, its
+kernels and its copies out.
 """
 from __future__ import annotations
 
@@ -13,19 +25,23 @@ import contextlib
 import glob
 import logging
 import os
+import threading
 
 import numpy as np
 
 from .. import config
 from ..kernels import nvrtc
-from ..errors import DeviceMemoryError, KernelError
+from ..errors import ConfigError, DeviceMemoryError, KernelError
 from .base import Device
 from .cuda_errors import describe, is_out_of_memory, is_sticky
 from .cuda_memory import MemoryPlan, is_default_resource, plan_memory, resource_bytes
+from .reuse import PinnedBlocks, SpareBuffers
 
 logger = logging.getLogger(__name__)
 
-
+#: Freed device buffers kept for the next request, per device (spares never stop an allocation:
+#: they are let go before one is refused).
+SPARE_BYTES = 64 * 2**20
 def gpu_count() -> int:
     """How many CUDA devices CuPy can use in this process (0 without CuPy or a driver)."""
     try:
@@ -68,10 +84,11 @@ def cuda_unavailable_reason() -> str | None:
 class CudaModule:
     """One library loaded on one device, with its kernel functions looked up once each."""
 
-    def __init__(self, library, module, kind: str):
+    def __init__(self, device: "CudaDevice", library, module, kind: str):
         self.library = library
         self.name = library.name
         self.kind = kind
+        self._device = device
         self._module = module
         self._functions: dict[str, object] = {}
 
@@ -81,10 +98,40 @@ class CudaModule:
             try:
                 fn = self._module.get_function(kernel)
             except Exception as e:
+                if is_sticky(e):  # the context is gone, not the kernel
+                    raise translate_error(self._device, f"look up kernel {kernel!r}", e) from e
                 raise KernelError(f"kernel {kernel!r} is not in library {self.name!r} "
                                   f"(loaded as {self.kind}): {describe(e)}") from e
             self._functions[kernel] = fn
         return fn
+
+
+_shared_lock = threading.Lock()
+_shared: dict[tuple[int, int], list] = {}  # (GPU, id(resource)) -> [resource, KaaS devices allocating from it]
+
+
+def _claim_shared(index: int, resource, share: int) -> tuple[int, int]:
+    """Count one more device of this process allocating from the worker's RMM ``resource`` on GPU
+    ``index``; refuse more than ``share`` (each plans for 1/share of the resource)."""
+    key = (index, id(resource))
+    with _shared_lock:
+        entry = _shared.setdefault(key, [resource, 0])
+        if entry[1] >= share:
+            raise ConfigError(f"GPU {index}: the RMM resource this process set up is already used by {entry[1]} "
+                              f"KaaS device(s) of this process, each planned as 1/{share} of it "
+                              f"(kaas.cuda.workers-per-device {share}); raise kaas.cuda.workers-per-device to "
+                              "split it among more")
+        entry[1] += 1
+    return key
+
+
+def _release_shared(key: tuple[int, int]) -> None:
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _shared[key]
 
 
 class CudaDevice(Device):
@@ -97,7 +144,7 @@ class CudaDevice(Device):
         split among ``share`` workers); default ``kaas.cuda.pool-size``.
     capacity: the buffer cache's bytes, or a share of the pool; default
         ``kaas.cuda.cache-capacity``.
-    use_rmm: allocate through RMM (else CuPy's own pool, limited to the pool size).
+    use_rmm: allocate through RMM (else a CuPy memory pool, limited to the pool size).
     share: KaaS workers on this GPU; default ``kaas.cuda.workers-per-device``.
     """
 
@@ -111,6 +158,8 @@ class CudaDevice(Device):
         self.index = int(device_index)
         self.healthy = True
         self._closed = False
+        self._mr = self._pool = self._shared_key = None
+        self.rmm = False
         with self._errors("open the device"):
             self._bind()
             device = cp.cuda.Device(self.index)
@@ -118,17 +167,13 @@ class CudaDevice(Device):
             props = cp.cuda.runtime.getDeviceProperties(self.index)
             self.driver = nvrtc.cuda_version(int(cp.cuda.runtime.driverGetVersion()))
             self.compute_capability = int(device.compute_capability)
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self._events = [cp.cuda.Event() for _ in range(4)]  # the marks of a timed request
         name = props["name"]
         self.name = name.decode() if isinstance(name, bytes) else str(name)
         self.arch = f"sm_{self.compute_capability}"
         self.total_memory = int(total)
         self._target: str | None = None
-        self._previous_allocator = cp.cuda.get_allocator()
-        self._previous_resource = None
-        self._installed_resource = False
-        self._cupy_pool_limit: int | None = None
-        self._stats_mr = None
-        self.rmm = False
         self.plan = self._setup_memory(
             total=int(total), free=int(free),
             pool_size=pool_size if pool_size is not None else config.get("cuda.pool-size"),
@@ -137,11 +182,15 @@ class CudaDevice(Device):
             use_rmm=use_rmm)
         self.pool_bytes = self.plan.pool_bytes
         self.capacity = self.plan.capacity
-        with self._errors("create a stream"):
-            self.stream = cp.cuda.Stream(non_blocking=True)
+        self._spares = SpareBuffers(SPARE_BYTES)
+        self._pinned = PinnedBlocks(cp.cuda.alloc_pinned_memory,
+                                    config.parse_size(config.get("cuda.pinned-bytes"), name="kaas.cuda.pinned-bytes"))
+        self._time_every = int(config.get("cuda.time-every") or 0)
+        self._sessions = 0
         self._in_session = False
-        self._staged = False  # async copies from staging memory queued since the last synchronize
-        self._staging = PinnedStaging(cp, config.parse_size(config.get("cuda.staging-bytes"), name="kaas.cuda.staging-bytes"))
+        self._timed = False
+        self._marks = 0
+        self._pending = False  # copies out queued since the last synchronize
 
     # -- memory setup ---------------------------------------------------------
     def _setup_memory(self, *, total, free, pool_size, cache_capacity, share, use_rmm) -> MemoryPlan:
@@ -151,31 +200,41 @@ class CudaDevice(Device):
             try:
                 import rmm
                 import rmm.mr
-                from rmm.allocators.cupy import rmm_cupy_allocator
             except ImportError:
-                logger.warning("RMM is not installed: using CuPy's memory pool (install the cuda13/cuda12 extra)")
+                logger.warning("RMM is not installed: using a CuPy memory pool (install the cuda13/cuda12 extra)")
                 rmm = None
         if rmm is None:
             plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
                                share=share)
-            pool = cp.get_default_memory_pool()
-            self._cupy_pool_limit = pool.get_limit()
-            pool.set_limit(size=plan.pool_bytes)
+            self._pool = cp.cuda.MemoryPool()
+            self._pool.set_limit(size=plan.pool_bytes)
+            self._malloc = self._pool.malloc
             return plan
         current = rmm.mr.get_current_device_resource()
         reuse = not is_default_resource(current)
         plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
                            share=share, existing_bytes=resource_bytes(current) if reuse else None, reuse=reuse)
-        with self._errors(f"set up an RMM pool of {plan.pool_bytes} bytes"):
-            upstream = current if reuse else rmm.mr.PoolMemoryResource(
-                rmm.mr.CudaMemoryResource(), initial_pool_size=plan.pool_bytes, maximum_pool_size=plan.pool_bytes)
-            self._stats_mr = rmm.mr.StatisticsResourceAdaptor(upstream)
-            self._previous_resource = current
-            rmm.mr.set_current_device_resource(self._stats_mr)
-            self._installed_resource = True
-            cp.cuda.set_allocator(rmm_cupy_allocator)
+        if reuse:
+            self._shared_key = _claim_shared(self.index, current, share)
+        try:
+            with self._errors(f"set up an RMM pool of {plan.pool_bytes} bytes"):
+                upstream = current if reuse else rmm.mr.PoolMemoryResource(
+                    rmm.mr.CudaMemoryResource(), initial_pool_size=plan.pool_bytes, maximum_pool_size=plan.pool_bytes)
+                self._mr = rmm.mr.StatisticsResourceAdaptor(upstream)
+                self._rmm_stream = _rmm_stream(self.stream)
+                self._device_buffer = rmm.DeviceBuffer
+        except BaseException:
+            if self._shared_key is not None:
+                _release_shared(self._shared_key)
+            raise
+        self._malloc = self._rmm_malloc
         self.rmm = True
         return plan
+
+    def _rmm_malloc(self, nbytes: int):
+        cp = self._cp
+        buffer = self._device_buffer(size=nbytes, stream=self._rmm_stream, mr=self._mr)
+        return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(buffer.ptr, buffer.size, buffer, self.index), 0)
 
     # -- binding --------------------------------------------------------------
     def _bind(self) -> None:
@@ -192,55 +251,72 @@ class CudaDevice(Device):
 
     # -- memory ---------------------------------------------------------------
     def allocate(self, nbytes: int):
+        """A buffer of ``nbytes``: a spare one of that size if the last requests freed one, else a new
+        one from the pool (spares are let go first when the pool refuses)."""
+        spare = self._spares.take(nbytes)
+        if spare is not None:
+            return spare
         with self._errors(f"allocate {nbytes} bytes"):
-            self._bind()
-            with self.stream:
-                return self._cp.empty(nbytes, dtype=self._cp.uint8)
+            if not self._in_session:
+                self._bind()
+            try:
+                return self._new_buffer(nbytes)
+            except Exception as e:
+                if not is_out_of_memory(e) or not self._spares.nbytes:
+                    raise
+            self._spares.clear()
+            return self._new_buffer(nbytes)
+
+    def _new_buffer(self, nbytes: int):
+        cp = self._cp
+        with self.stream:  # a CuPy pool orders reuse on the stream current at allocation
+            return cp.ndarray((nbytes,), dtype=cp.uint8, memptr=self._malloc(nbytes))
 
     def free(self, handle) -> None:
-        # The array's memory returns to the pool, ordered on the stream it was allocated on.
-        del handle
+        # Kept for the next request of this size, or back to the pool once the last reference goes
+        # (stream-ordered: work already queued on the buffer completes first).
+        self._spares.put(handle, handle.nbytes)
 
     def copy_in(self, handle, data: np.ndarray) -> None:
-        """Within a session, through pinned staging and asynchronously; else a plain copy."""
+        """Straight from the caller's array: for pageable memory the driver stages the bytes itself and
+        returns once it has them, so the array may go as soon as this returns."""
+        src = np.ascontiguousarray(data)
         with self._errors("copy to the device"):
-            slot = self._staging.take(data.nbytes) if self._in_session else None
-            if slot is None:
+            if not self._in_session:
                 self._bind()
-                handle[: data.nbytes].set(data, stream=self.stream)
-                return
-            np.copyto(slot, data.reshape(-1).view(np.uint8))
-            self._staged = True
             runtime = self._cp.cuda.runtime
-            runtime.memcpyAsync(handle.data.ptr, slot.ctypes.data, data.nbytes, runtime.memcpyHostToDevice,
+            runtime.memcpyAsync(handle.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice,
                                 self.stream.ptr)
 
     def copy_out(self, handle) -> np.ndarray:
         return self.copy_out_many([handle])[0]
 
     def copy_out_many(self, handles) -> list[np.ndarray]:
-        """Every buffer's bytes queued into pinned staging (within a session), one synchronize for
-        the request's kernels and copies together, then copied out of the staging memory."""
+        """Every buffer's bytes queued into a pinned block (pageable memory past ``kaas.cuda.pinned-bytes``
+        or where pinning fails), the end of the copies marked, then one synchronize for the request's
+        kernels and copies together. The blocks are handed back as they are: no second copy."""
+        outs = []
         with self._errors("copy from the device"):
             if not self._in_session:
                 self._bind()
             runtime = self._cp.cuda.runtime
-            slots = []
             for handle in handles:
-                slot = self._staging.take(handle.nbytes) if self._in_session else None
-                staged = slot is not None
-                if slot is None:
-                    slot = np.empty(handle.nbytes, dtype=np.uint8)
-                runtime.memcpyAsync(slot.ctypes.data, handle.data.ptr, handle.nbytes, runtime.memcpyDeviceToHost,
+                out = self._pinned.take(handle.nbytes)
+                if out is None:
+                    out = np.empty(handle.nbytes, dtype=np.uint8)
+                self._pending = True
+                runtime.memcpyAsync(out.ctypes.data, handle.data.ptr, handle.nbytes, runtime.memcpyDeviceToHost,
                                     self.stream.ptr)
-                slots.append((slot, staged))
+                outs.append(out)
+            self.mark()
         self.synchronize()
-        self._staged = False
-        return [slot.copy() if staged else slot for slot, staged in slots]
+        self._pending = False
+        return outs
 
     def zero(self, handle) -> None:
         with self._errors("memset"):
-            self._bind()
+            if not self._in_session:
+                self._bind()
             self._cp.cuda.runtime.memsetAsync(handle.data.ptr, 0, handle.nbytes, self.stream.ptr)
 
     # -- kernels --------------------------------------------------------------
@@ -260,7 +336,7 @@ class CudaDevice(Device):
             self._bind()
             module = self._cp.cuda.function.Module()
             module.load(bytes(data))
-        return CudaModule(library, module, kind)
+        return CudaModule(self, library, module, kind)
 
     def launch(self, module: CudaModule, kernel, launch, literals, buffers) -> None:
         self.run(self.prepare(module, kernel, launch, literals), buffers)
@@ -281,23 +357,42 @@ class CudaDevice(Device):
 
     @contextlib.contextmanager
     def session(self):
-        """One request: the GPU made current once, copies staged through pinned memory; at the end
-        the staging memory is free again (after a synchronize if copies may still read it)."""
-        self._bind()
+        """One request: the GPU made current once for all its calls; timed with CUDA events when it is
+        the one in ``kaas.cuda.time-every``; at the end nothing it queued is still writing to host memory."""
+        with self._errors("make the GPU current"):
+            self._bind()
         self._in_session = True
+        self._timed = self._time_every > 0 and self._sessions % self._time_every == 0
+        self._sessions += 1
+        self._marks = 0
         try:
             yield
         finally:
             self._in_session = False
-            if self._staged:  # the request stopped between an async copy and its synchronize
+            if self._pending:  # the request stopped between a copy out and its synchronize
                 with contextlib.suppress(Exception):
                     self.stream.synchronize()
-                self._staged = False
-            self._staging.reset()
+                self._pending = False
+
+    def mark(self) -> None:
+        if self._timed and self._marks < len(self._events):
+            with self._errors("record an event"):
+                self._events[self._marks].record(self.stream)
+            self._marks += 1
+
+    def stage_seconds(self) -> list[float] | None:
+        """The spans between a timed request's marks, read from its CUDA events (after its synchronize)."""
+        if not self._timed or self._marks < 2:
+            return None
+        self._timed = False
+        events, elapsed = self._events[: self._marks], self._cp.cuda.get_elapsed_time
+        with self._errors("read the request's events"):
+            return [elapsed(a, b) / 1e3 for a, b in zip(events, events[1:])]
 
     def synchronize(self) -> None:
         with self._errors("synchronize"):
-            self._bind()
+            if not self._in_session:
+                self._bind()
             self.stream.synchronize()
 
     def memory_info(self) -> dict:
@@ -305,11 +400,18 @@ class CudaDevice(Device):
             self._bind()
             free, total = self._cp.cuda.runtime.memGetInfo()
         info = {"total": int(total), "free": int(free), "pool": self.pool_bytes, "capacity": self.capacity,
-                "rmm": self.rmm, "reused_rmm_resource": self.plan.reuse, "plan": self.plan.note}
-        if self._stats_mr is not None:
-            counts = self._stats_mr.allocation_counts
+                "rmm": self.rmm, "reused_rmm_resource": self.plan.reuse, "plan": self.plan.note,
+                "spare_bytes": self._spares.nbytes, "pinned_bytes": self._pinned.nbytes,
+                "pinned_busy_bytes": self._pinned.busy()}
+        if self._pinned.failed is not None:
+            info["pinned_failed"] = describe(self._pinned.failed)
+        if self._mr is not None:
+            counts = self._mr.allocation_counts
             for field in ("current_bytes", "current_count", "peak_bytes", "peak_count", "total_bytes", "total_count"):
                 info[f"rmm_{field}"] = int(getattr(counts, field))
+        elif self._pool is not None:
+            info.update(cupy_pool_used_bytes=int(self._pool.used_bytes()),
+                        cupy_pool_total_bytes=int(self._pool.total_bytes()))
         return info
 
     def describe(self) -> dict:
@@ -317,7 +419,8 @@ class CudaDevice(Device):
                 "pool": self.pool_bytes, "reused_rmm_resource": self.plan.reuse}
 
     def close(self) -> None:
-        """Wait for queued work, then give back the allocator and RMM resource found at start."""
+        """Wait for queued work, then let go of the spares, the pinned blocks and the pool (its memory
+        returns once the last buffer allocated from it goes)."""
         if self._closed:
             return
         self._closed = True
@@ -326,62 +429,24 @@ class CudaDevice(Device):
             self.stream.synchronize()
         except Exception:
             pass  # a poisoned context cannot synchronize; the process is about to go anyway
-        try:
-            if self._installed_resource:
-                import rmm.mr
-
-                rmm.mr.set_current_device_resource(self._previous_resource)
-            if self._cupy_pool_limit is not None:
-                self._cp.get_default_memory_pool().set_limit(size=self._cupy_pool_limit)
-            self._cp.cuda.set_allocator(self._previous_allocator)
-        except Exception as e:
-            logger.warning("dask-kaas: could not restore the memory allocator on close: %s", describe(e))
-        self._stats_mr = None
+        self._spares.clear()
+        self._pinned.clear()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.free_all_blocks()
+        self._mr = None
+        if self._shared_key is not None:
+            _release_shared(self._shared_key)
+            self._shared_key = None
 
 
-class PinnedStaging:
-    """Pinned host memory reused across requests, handed out by bumping an offset.
-
-    A request's inputs are copied into it and sent to the GPU asynchronously, and its outputs
-    land in it before the request's one synchronize; :meth:`reset` hands it all back once that
-    synchronize is done. Chunks are added as needed up to ``limit`` bytes in all; past that,
-    :meth:`take` answers None and the copy goes through pageable memory.
-    """
-
-    ALIGN = 256
-
-    def __init__(self, cupy, limit: int):
-        self._cp = cupy
-        self.limit = int(limit)
-        self.chunks: list[np.ndarray] = []
-        self._chunk = 0
-        self._offset = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.chunks)
-
-    def reset(self) -> None:
-        self._chunk = self._offset = 0
-
-    def take(self, nbytes: int) -> np.ndarray | None:
-        step = -(-max(nbytes, 1) // self.ALIGN) * self.ALIGN
-        while self._chunk < len(self.chunks):
-            chunk = self.chunks[self._chunk]
-            if self._offset + nbytes <= chunk.nbytes:
-                slot = chunk[self._offset: self._offset + nbytes]
-                self._offset += step
-                return slot
-            self._chunk, self._offset = self._chunk + 1, 0
-        size = max(step, 2 * (self.chunks[-1].nbytes if self.chunks else 0), 2**20)
-        if self.nbytes + size > self.limit:
-            size = step
-            if self.nbytes + size > self.limit:
-                return None
-        memory = self._cp.cuda.alloc_pinned_memory(size)
-        self.chunks.append(np.frombuffer(memory, dtype=np.uint8, count=size))  # keeps ``memory`` alive
-        self._chunk, self._offset = len(self.chunks) - 1, step
-        return self.chunks[-1][:nbytes]
+def _rmm_stream(stream):
+    """RMM's view of a CuPy stream (the module moved between RMM releases)."""
+    try:
+        from rmm.pylibrmm.stream import Stream
+    except ImportError:  # RMM before 24.12
+        from rmm._cuda.stream import Stream
+    return Stream(obj=stream)
 
 
 def translate_error(device, what: str, exc: BaseException) -> Exception:

@@ -8,7 +8,7 @@ Pure decisions (tested on any machine); :mod:`.cuda` applies them with RMM and C
   is free (less a reserve for the CUDA context); bytes given explicitly must fit.
 - When the worker already has an RMM resource (``dask cuda worker --rmm-pool-size``, or
   ``rmm.reinitialize``), KaaS allocates from it instead of stacking a second pool, and takes
-  its size where RMM can tell it.
+  its size where RMM can tell it (split among the KaaS workers of that process on that GPU).
 - The buffer cache holds ``kaas.cuda.cache-capacity`` of the pool (95% by default): the rest
   absorbs the pool's rounding and fragmentation, so a request the cache thinks fits does.
 """
@@ -52,7 +52,9 @@ def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int 
     if not isinstance(share, int) or isinstance(share, bool) or share < 1:
         raise ConfigError(f"kaas.cuda.workers-per-device must be a positive integer, got {share!r}")
     if reuse and existing_bytes:
-        pool, note = int(existing_bytes), f"the worker's RMM resource ({existing_bytes} bytes)"
+        pool, note = int(existing_bytes) // share, f"the worker's RMM resource ({existing_bytes} bytes)"
+        if share > 1:
+            note += f", split among {share} workers"
     else:
         pool = config.parse_size(pool_size, total=total, name="kaas.cuda.pool-size")
         note = f"kaas.cuda.pool-size {pool_size}"

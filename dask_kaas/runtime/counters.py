@@ -25,9 +25,13 @@ COUNTERS = (
     "kernel_cache_hits",
     "kernel_cache_misses",
     "errors",
+    "timed_requests",
 )
 
 PHASES = ("validate", "load", "h2d", "allocate", "kernels", "d2h", "store_write", "total")
+#: What the device itself measured of its timed requests (CUDA events on a GPU): the copies in,
+#: the kernels and the copies out. Per request: ``seconds[...] / counts["timed_requests"]``.
+DEVICE_STAGES = ("device_h2d", "device_kernels", "device_d2h")
 
 
 class Counters:
@@ -36,7 +40,7 @@ class Counters:
     def __init__(self):
         self._lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.seconds: dict[str, float] = dict.fromkeys(PHASES + DEVICE_STAGES, 0.0)
         self.tenants: defaultdict[str, dict[str, float]] = defaultdict(
             lambda: {"requests": 0, "hits": 0, "misses": 0, "bytes_loaded": 0, "errors": 0, "seconds": 0.0}
         )
@@ -50,6 +54,13 @@ class Counters:
             row = self.tenants[tenant or "default"]
             for name, value in values.items():
                 row[name] = row.get(name, 0) + value
+
+    def add_stages(self, seconds) -> None:
+        """One timed request's device stages (:data:`DEVICE_STAGES`, in order)."""
+        with self._lock:
+            for name, value in zip(DEVICE_STAGES, seconds):
+                self.seconds[name] += value
+            self.counts["timed_requests"] += 1
 
     def phase(self, name: str) -> "_Phase":
         """``with counters.phase("load"): ...`` adds the block's seconds to that phase."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import traceback
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -65,6 +66,17 @@ class ConstId(NamedTuple):
 def _const_ref(key) -> tuple | None:
     """The (namespace, key) the scheduler's eviction hints name a cached const by (None: not a const)."""
     return (key.namespace, key.key) if isinstance(key, ConstId) else None
+
+
+def _forget_locals(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in ``exc``'s traceback, and in those of the exceptions it
+    came from. Dask keeps a failed task's exception with its traceback; its frames' locals would keep
+    device buffers alive that the cache has counted as freed. File names and lines stay."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 class RunBufferId(NamedTuple):
@@ -329,11 +341,13 @@ class Runtime:
         try:
             with counters.phase("total"):
                 return self._run(request, inputs, memo)
-        except KaasError as e:
-            counters.add("errors")
-            counters.add_tenant(request.tenant, errors=1)
-            if isinstance(e, KernelError) and not getattr(self.device, "healthy", True) and self.on_device_lost:
-                self.on_device_lost(e)
+        except BaseException as e:
+            _forget_locals(e)
+            if isinstance(e, KaasError):
+                counters.add("errors")
+                counters.add_tenant(request.tenant, errors=1)
+                if isinstance(e, KernelError) and not getattr(self.device, "healthy", True) and self.on_device_lost:
+                    self.on_device_lost(e)
             raise
         finally:
             self._account(request, before, time.perf_counter() - start)
@@ -358,6 +372,7 @@ class Runtime:
         held: list[tuple[Any, bool]] = []  # (cache id, keep cached afterwards)
         try:
             with device.session():
+                device.mark()
                 for name, role in request.roles.items():
                     spec = role.spec
                     if spec.const and name not in data:
@@ -376,16 +391,22 @@ class Runtime:
                                                       fill=self._filler(role, data.get(name), plan.reads.get(name)))
                         held.append((cid, False))
                     handles[name] = handle
+                del handle
+                device.mark()
 
                 with counters.phase("kernels"):  # queued; on a GPU they finish within d2h's one synchronize
                     run = device.run
                     for _ in range(request.n_iter):
                         for prepared, names in launches:
                             run(prepared, [handles[n] for n in names])
+                device.mark()
                 counters.add("kernel_launches", request.n_iter * len(launches))
 
                 with counters.phase("d2h"):
                     raws = device.copy_out_many([handles[name] for name in request.outputs])
+            stages = device.stage_seconds()
+            if stages is not None:
+                counters.add_stages(stages)
             result = {}
             for name, raw in zip(request.outputs, raws):
                 counters.add("bytes_d2h", raw.nbytes)
