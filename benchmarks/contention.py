@@ -51,8 +51,8 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import Suite, bars, main, met, spread, timeit
-from benchmarks.tenants import (counter_delta, counters, device_capacity, latency_figures, make_trace, reset,
-                                run_jobs, seed_tenants)
+from benchmarks.tenants import (counter_delta, counters, device_capacity, device_memory, latency_figures, make_trace,
+                                reset, run_jobs, seed_tenants)
 
 F32 = 4
 K = 1024
@@ -188,8 +188,8 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
         }
 
         runs = {s: [] for s in SYSTEMS}
-        with LocalKaasCluster(n_workers=workers, device=device, device_memory=cap, store=store,
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
+        with LocalKaasCluster(n_workers=workers, device=device, device_memory=device_memory(cap, device),
+                              store=store, dashboard_address=":0") as cluster, Client(cluster) as client:
             # the KaaS device's pool and cache as the workers made them (on cuda the cache is a share of the
             # pool, kaas.cuda.cache-capacity): dask-lru gets the same bytes
             memory = memory_budget(worker_stats(client), device)

@@ -9,6 +9,8 @@ cache counters are deltas of ``worker_stats`` around it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from benchmarks.common import WrongResult
@@ -35,6 +37,18 @@ def device_capacity(per_worker: int, const_bytes: int, k: int, n: int, batch: in
     """Bytes of a worker's device: ``per_worker`` consts plus room for one request's call buffers."""
     call_bytes = 2 * batch * max(k, n) * F32
     return per_worker * const_bytes + max(2**20, 4 * call_bytes)
+
+
+def device_memory(capacity: int, device: str) -> int:
+    """The ``device_memory`` a worker needs for a cache of ``capacity`` bytes: on cuda that is the pool,
+    of which the cache holds ``kaas.cuda.cache-capacity`` (a share), so the pool is larger."""
+    from dask_kaas import config
+
+    setting = str(config.get("cuda.cache-capacity")).strip()
+    if device != "cuda" or not setting.endswith("%"):
+        return capacity
+    pool = math.ceil(capacity * 100 / float(setting[:-1]))
+    return -(-pool // 256) * 256
 
 
 def make_trace(n_requests: int, n_tenants: int, zipf: float, seed: int) -> tuple[list[int], list[float]]:

@@ -117,3 +117,14 @@ def test_memory_budget_records_what_each_system_may_use():
     assert "MemoryPool" in m["allocator"]
     host = baselines.memory_budget({"a": {"capacity": 64 * MiB, "memory": {"total": 64 * MiB}}}, "host")
     assert host["kaas_pool_bytes"] == host["kaas_cache_capacity"] == host["baseline_cache_capacity"] == 64 * MiB
+
+
+def test_contention_sizes_the_gpu_pool_so_its_cache_holds_the_consts_the_suite_assumes():
+    from benchmarks.tenants import device_capacity, device_memory
+    from dask_kaas.device.cuda_memory import plan_memory
+
+    cap = device_capacity(3, 8 * 2**20, 64, 8 * 2**20 // (64 * 4), 8)
+    pool = device_memory(cap, "cuda")
+    plan = plan_memory(total=80 * 2**30, free=80 * 2**30, pool_size=pool, cache_capacity="95%")
+    assert plan.capacity >= cap and plan.pool_bytes == pool
+    assert device_memory(cap, "host") == cap
