@@ -22,7 +22,7 @@ import numpy as np
 from ..functions import Function, TensorSpec
 from ..names import show
 
-__all__ = ["OipError", "InferCall", "decode_body", "parse_infer", "encode_outputs", "model_metadata",
+__all__ = ["OipError", "InferCall", "decode_body", "parse_infer", "build_call", "encode_outputs", "model_metadata",
            "BINARY_HEADER"]
 
 BINARY_HEADER = "inference-header-content-length"
@@ -127,7 +127,19 @@ def parse_infer(body: bytes, header_length: str | None, fn: Function) -> InferCa
         header, binary = body[:n], memoryview(body)[n:]
     else:
         header, binary = body, memoryview(b"")
-    doc = _json(header, "the inference request")
+    return build_call(_json(header, "the inference request"), binary, fn)
+
+
+def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
+    """An infer request for ``fn`` from its decoded JSON document and the binary data after it (what
+    every transport reads into: REST's JSON and binary extension, gRPC's message and raw contents).
+
+    Raises
+    ------
+    OipError
+        400 naming the field or tensor, as :func:`parse_infer`.
+    """
+    binary = memoryview(binary)
     if not isinstance(doc, dict):
         raise OipError(400, f"the inference request must be a JSON object, got {show(doc)}")
     unknown = set(doc) - _INFER_FIELDS
