@@ -22,7 +22,8 @@ from benchmarks.common import Config, parse_args, print_result, run, write_resul
 
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
             "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
-            "simulate": "simulate", "engines": "engines-host", "batching": "batching-host"}
+            "simulate": "simulate", "engines": "engines-host", "batching": "batching-host",
+            "gateway_attack": "gateway_attack-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -335,3 +336,14 @@ def test_batching_smoke(tmp_path):
     assert big["scheduler"]["gateway"]["scheduler_bytes_per_call"] < big["bytes"] / 4  # 512 KiB: scattered
     assert set(r["targets"]) == {"throughput_ratio", "cpu_ratio", "idle_ratio", "gateway_over_direct"}
 
+
+@pytest.mark.slow
+def test_gateway_attack_smoke(tmp_path):
+    pytest.importorskip("tritonclient.http")
+    r = smoke("gateway_attack", tmp_path)
+    assert r["idle"]["calls"] == r["parameters"]["calls"] and r["attack"]["calls"] >= 1
+    assert positive(r["idle"]["p99_ms"]) and positive(r["attack"]["p99_ms"])
+    assert r["attack"]["bombs"] >= r["parameters"]["attackers"]
+    assert set(r["attack"]["statuses"]) <= {"400", "413"}  # every bomb refused (else a WrongResult)
+    assert r["rss_mib"]["peak"] >= r["rss_mib"]["before"] > 0
+    assert set(r["targets"]) == {"p99_ratio", "rss_growth_mib"}

@@ -26,6 +26,7 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)
 N = 256
+METRICS_TOKEN = "kaas_metrics-scraper-token"  # the gateways' kaas.gateway.metrics-token: /metrics is the operator's
 
 
 def vadd_function(n=N, key="model/w"):
@@ -51,9 +52,10 @@ class Gateway:
         self.args = [os.path.join(BIN, "dask-kaas"), "gateway", "--scheduler", scheduler, "--store", store.url,
                      "--tokens", tokens, "--port", str(port), "--max-body", "1MiB"]
         self.url = f"127.0.0.1:{port}"
+        self.env = {"DASK_KAAS__GATEWAY__METRICS_TOKEN": METRICS_TOKEN}  # settings of this gateway
 
     def start(self):
-        env = {**os.environ, "DASK_KAAS__STORE_SHARED": '["public"]'}
+        env = {**os.environ, "DASK_KAAS__STORE_SHARED": '["public"]', **self.env}
         log = open(self.procs.directory / "gateway.log", "a")
         proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs.procs["gateway"] = proc
@@ -276,7 +278,8 @@ def test_rate_limits_and_admission_are_429_with_retry_after(env):
 
 
 def test_metrics_count_calls_by_tenant_and_status(env):
-    status, _, raw = call(env["gw"], "GET", "/metrics")
+    assert call(env["gw"], "GET", "/metrics")[0] == 401  # tenants and their functions: the operator's only
+    status, _, raw = call(env["gw"], "GET", "/metrics", token=METRICS_TOKEN)
     text = raw.decode()
     assert status == 200
     assert 'dask_kaas_gateway_requests_total{model="alice:vadd",status="200",tenant="alice"}' in text
@@ -338,8 +341,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
             assert returncode == 0, err[-3000:]
             assert '"data":[11.0,12.0,13.0,14.0]' in out, out[-2000:]
             token = out.rsplit("TOKEN=", 1)[1].strip()
-            printed = subprocess.run([sys.executable, "-c", f"token = {token!r}\n" +
-                                      snippet.replace("8000", str(http_port))],
+            printed = subprocess.run([sys.executable, "-c", snippet.replace("8000", str(http_port))],
+                                     env={**os.environ, "TOKEN": token},  # as the script exported it
                                      capture_output=True, text=True, timeout=120)
             assert printed.stdout.strip() == "[10. 11. 12. 13.]", printed.stderr[-2000:]
         finally:

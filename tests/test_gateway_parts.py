@@ -1,4 +1,5 @@
 """The gateway's parts, as pure code: datatypes, tokens, rate limits, the OIP codec, functions, catalog."""
+import dataclasses
 import gzip
 import json
 import os
@@ -13,9 +14,10 @@ from hypothesis import strategies as st
 from dask_kaas import BufferStore, ConfigError, RequestError
 from dask_kaas.datatypes import DATATYPES, to_datatype, to_numpy
 from dask_kaas.errors import FunctionNotFound
-from dask_kaas.functions import FunctionRepository, function_from_doc
+from dask_kaas.functions import FunctionRepository, TensorSpec, function_from_doc
 from dask_kaas.gateway.catalog import Catalog
-from dask_kaas.gateway.oip import OipError, decode_body, encode_outputs, parse_infer
+from dask_kaas.gateway.oip import (InferenceStats, OipError, decode_body, encode_outputs, model_config,
+                                   parse_infer)
 from dask_kaas.gateway.ratelimit import RateLimiter
 from dask_kaas.gateway.tokens import Tokens, add_token, hash_token, load_tokens, revoke_tenant
 
@@ -259,7 +261,7 @@ X = {"name": "x", "datatype": "FP32", "shape": [2, N // 2]}
 @pytest.mark.parametrize("body, length, message", [
     (b"{not json", None, "not valid JSON"),
     (b"[1, 2]", None, "JSON object"),
-    (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "tenant": "bob"}).encode(), None, "unknown field"),
+    (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "tenant": "bob"}).encode(), None, "bearer token's"),
     (json.dumps({"inputs": [{**X, "data": [0.0] * N}], "parameters": {"tenant": "bob"}}).encode(), None,
      "tenant is the bearer token's"),
     (json.dumps({"inputs": []}).encode(), None, "missing input"),
@@ -317,3 +319,156 @@ def test_compressed_bodies_are_bounded():
     with pytest.raises(OipError) as info:
         decode_body(b"x", "br", 100)
     assert info.value.status == 415
+
+
+# ------------------------------------------------------------------ protocol conformance (pure)
+# the bodies kserve 0.21's InferRequest.to_rest() produces (printed by kserve itself), JSON and binary
+KSERVE_JSON = {"id": "req-1", "model_name": "vadd",
+               "inputs": [{"name": "x", "shape": [2, N // 2], "datatype": "FP32",
+                           "data": [float(i) for i in range(N)]}]}
+KSERVE_BINARY = (b'{"id":"req-2","model_name":"vadd","inputs":[{"name":"x","shape":[2,4],"datatype":"FP32",'
+                 b'"parameters":{"binary_data_size":32}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}],'
+                 b'"parameters":{"a":1}}')
+
+
+def with_input(datatype, shape):
+    return dataclasses.replace(FN, inputs=(TensorSpec("x", datatype, tuple(shape)),))
+
+
+def test_kserve_bodies_and_the_specs_optional_fields_are_accepted():
+    call = parse_infer(json.dumps(KSERVE_JSON).encode(), None, FN)
+    assert call.id == "req-1" and call.inputs["x"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    x = np.arange(N, dtype=np.float32)
+    call = parse_infer(KSERVE_BINARY + x.tobytes(), str(len(KSERVE_BINARY)), FN)
+    assert call.outputs == [(FN.outputs[0], True)] and call.parameters == {"a": 1}
+    np.testing.assert_array_equal(call.inputs["x"].ravel(), x)
+    # the spec's optional fields, and fields it does not name (its schema allows them), at every level
+    doc = {**KSERVE_JSON, "model_name": "alice:vadd", "model_version": "0", "parameters": {"content_type": "np"},
+           "extra": {"anything": 1}, "outputs": [{"name": "y", "parameters": {}, "extra": 2}]}
+    doc["inputs"] = [{**doc["inputs"][0], "parameters": {"content_type": "np"}, "extra": [3]}]
+    assert parse_infer(json.dumps(doc).encode(), None, FN).outputs == [(FN.outputs[0], False)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_name": "other"}, "model_name 'other' is not the model called"),
+    ({"model_name": "bob:vadd"}, "model_name 'bob:vadd' is not the model called"),
+    ({"model_name": 7}, "model_name must be a string, got 7"),
+    ({"model_version": 0}, "model_version must be a string"),
+    ({"model_version": "3"}, "model_version '3' is not the version called"),
+    ({"tenant": "bob"}, "'tenant' is not accepted: the tenant is the bearer token's"),
+    ({"parameters": {"tenant": "bob"}}, "the tenant is the bearer token's"),
+    ({"inputs": [{**X, "data": [0.0] * N, "tenant": "bob"}]}, "input 'x': 'tenant' is not accepted"),
+    ({"inputs": [{**X, "data": [0.0] * N, "parameters": {"tenant": "bob"}}]}, "input 'x': parameter 'tenant'"),
+    ({"outputs": [{"name": "y", "parameters": {"tenant": "bob"}}]}, "output 'y': parameter 'tenant'"),
+    ({"outputs": [{"name": "y", "tenant": "bob"}]}, "output 'y': 'tenant' is not accepted"),
+    ({"outputs": [{"name": "y"}] * 2000}, r"outputs\[1\]: output 'y' is requested twice"),
+    ({"inputs": [{**X, "name": ["x"], "data": [0.0] * N}]}, "is not an input"),
+])
+def test_a_foreign_model_or_version_a_tenant_and_duplicate_outputs_are_400(change, message):
+    doc = {"inputs": [{**X, "data": [0.0] * N}], **change}
+    with pytest.raises(OipError, match=message) as info:
+        parse_infer(json.dumps(doc).encode(), None, FN)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("datatype, shape, data, message", [
+    ("FP32", [4], b"[1, NaN, 3, 4]", "not valid JSON.*NaN"),
+    ("FP32", [4], b"[1, 2, Infinity, 4]", "not valid JSON.*Infinity"),
+    ("FP32", [4], b"[1, 2, 3, -Infinity]", "not valid JSON.*-Infinity"),
+    ("FP64", [4], b"[1, 2, 3, 1e400]", r"input 'x': data is not FP64: element 3 \(inf\) is not a finite number"),
+    ("FP32", [4], b"[1, null, 3, 4]", "input 'x': data is not FP32: element 1 is null"),
+    ("FP32", [4], b"[1, 2, true, 4]", "input 'x': data is not FP32: element 2 is true"),
+    ("FP32", [2, 2], b"[[1, 2], [3, false]]", r"element 3 \[1, 1\] is false"),
+    ("FP32", [4], b"[1, 2, 3, 1e39]", r"element 3 \(1e\+39\) is beyond FP32's range"),
+    ("FP16", [4], b"[1, 2, 65520, 4]", r"element 2 \(65520\) is beyond FP16's range"),
+    ("INT8", [4], b"[1, 2, 128, 4]", r"element 2 \(128\) is out of INT8's range \[-128, 127\]"),
+    ("UINT8", [4], b"[1, -1, 3, 4]", r"element 1 \(-1\) is out of UINT8's range"),
+    ("UINT64", [2], b"[0, 18446744073709551616]", "element 1 .* is out of UINT64's range"),
+    ("INT64", [2], b"[0, 9223372036854775808.0]", "element 1 .* is out of INT64's range"),
+    ("INT32", [4], b"[1, 2.5, 3, 4]", r"element 1 \(2.5\) is not an integer"),
+    ("INT32", [4], b'[1, "2", 3, 4]', "element 1 is a string '2'"),
+    ("BOOL", [4], b"[true, 1, false, true]", "input 'x': data is not BOOL: element 1 is 1, BOOL takes true or false"),
+    ("FP32", [4], b"[[1, 2], [3, 4]]", r"data must be a flat list of 4 elements or lists nested as \[4\]"),
+    ("FP32", [2, 2], b"[[1, 2, 3], [4]]", r"nested as \[2, 2\]"),
+    ("FP32", [2, 2], b"[[1, 2], 3, 4]", r"nested as \[2, 2\]"),
+    ("FP32", [2, 2], b"[[[1], [2]], [[3], [4]]]", r"nested as \[2, 2\]"),
+    ("FP32", [2, 2], b"[1, 2, 3]", "data holds 3 elements, the shape needs 4"),
+    ("FP32", [2], b"5", "data must be a list"),
+])
+def test_data_json_cannot_hold_exactly_or_of_another_shape_is_400_naming_tensor_and_element(datatype, shape, data,
+                                                                                             message):
+    body = b'{"inputs": [{"name": "x", "datatype": "%s", "shape": %s, "data": %s}]}' % (
+        datatype.encode(), json.dumps(shape).encode(), data)
+    with pytest.raises(OipError, match=message) as info:
+        parse_infer(body, None, with_input(datatype, shape))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("datatype, shape, data, expected", [
+    ("FP32", [4], "[1, 2.5, -3, 3.4028235e38]", [1, 2.5, -3, np.finfo(np.float32).max]),  # the shortest repr of max
+    ("FP16", [2], "[65504, -65519]", [65504, -65504]),                                    # rounds to max, not inf
+    ("INT8", [2, 2], "[[-128, 127], [0, 1.0]]", [[-128, 127], [0, 1]]),                   # integral numbers
+    ("UINT64", [2], "[0, 18446744073709551615]", [0, 2 ** 64 - 1]),
+    ("INT64", [2], "[-9223372036854775808, 9223372036854775807]", [-2 ** 63, 2 ** 63 - 1]),
+    ("BOOL", [1, 3], "[true, false, true]", [[True, False, True]]),                        # flat for any shape
+    ("FP64", [0], "[]", []),
+    ("FP64", [], "7", 7.0),                                                               # a scalar, nested as []
+    ("FP64", [], "[7]", 7.0),                                                             # or flat
+])
+def test_data_of_every_datatype_within_range_is_read_exactly(datatype, shape, data, expected):
+    body = f'{{"inputs": [{{"name": "x", "datatype": "{datatype}", "shape": {shape}, "data": {data}}}]}}'
+    array = parse_infer(body.encode(), None, with_input(datatype, shape)).inputs["x"]
+    assert array.dtype == to_numpy(datatype) and array.shape == tuple(shape)
+    assert array.tolist() == expected
+
+
+def test_a_json_reply_never_holds_nan_or_infinity():
+    call = parse_infer(json.dumps({"inputs": [{**X, "data": [0.0] * N}]}).encode(), None, FN)
+    y = np.arange(N, dtype=np.float32)
+    y[5] = np.nan
+    with pytest.raises(OipError, match=r"output 'y': element 5 is nan.*JSON.*binary_data") as info:
+        encode_outputs(FN, call, {"y": y})
+    assert info.value.status == 422
+    y[5] = np.inf
+    with pytest.raises(OipError, match="element 5 is inf"):
+        encode_outputs(FN, call, {"y": y})
+    call.outputs = [(FN.outputs[0], True)]  # as binary it is fine: raw IEEE floats
+    payload, headers = encode_outputs(FN, call, {"y": y})
+    n = int(headers["inference-header-content-length"])
+    assert np.isinf(np.frombuffer(payload[n:], np.float32)[5])
+    json.loads(payload[:n], parse_constant=pytest.fail)
+
+
+def test_model_config_is_tritons_model_configuration():
+    fn = dataclasses.replace(FN, inputs=(TensorSpec("x", "FP32", (2, 4)), TensorSpec("m", "BOOL", (3,))))
+    config = model_config(fn, [1, 2])
+    assert config == {"name": "vadd", "platform": "dask-kaas", "backend": "dask-kaas", "max_batch_size": 0,
+                      "version_policy": {"specific": {"versions": [1, 2]}},
+                      "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2, 4]},
+                                {"name": "m", "data_type": "TYPE_BOOL", "dims": [3]}],
+                      "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [N]}]}
+
+
+def test_statistics_count_each_tenants_calls_of_each_function_version():
+    now = [1000.0]
+    stats = InferenceStats(clock=lambda: now[0])
+    v1, v2 = dataclasses.replace(FN, version=1), dataclasses.replace(FN, version=2)
+    stats.record("alice", v1, True, 0.5)
+    stats.record("alice", v1, True, 0.25)
+    now[0] = 2000.5
+    stats.record("alice", v1, False, 0.125)
+    stats.record("bob", v1, True, 1.0)
+    stats.record("alice", v2, True, 2.0)
+    report = stats.report("alice", [(v2, [1, 2])])["model_stats"]
+    assert [(s["name"], s["version"]) for s in report] == [("vadd", "1"), ("vadd", "2")]
+    first = report[0]
+    assert first["last_inference"] == 2000500 and first["inference_count"] == first["execution_count"] == 2
+    assert first["inference_stats"]["success"] == {"count": 2, "ns": 750_000_000}
+    assert first["inference_stats"]["fail"] == {"count": 1, "ns": 125_000_000}
+    assert first["inference_stats"]["queue"] == {"count": 0, "ns": 0}
+    assert report[1]["inference_stats"]["success"] == {"count": 1, "ns": 2_000_000_000}
+    # bob sees his own call only; carol, none; another tenant's shared function shows its qualified name
+    assert stats.report("bob", [(v1, [1])])["model_stats"][0]["inference_count"] == 1
+    untouched = stats.report("carol", [(v1, [1])])["model_stats"][0]
+    assert untouched["name"] == "alice:vadd" and untouched["inference_count"] == 0
+    assert untouched["last_inference"] == 0

@@ -1,6 +1,6 @@
-"""The Open Inference Protocol gateway: tenants call registered functions over HTTP.
+"""The Open Inference Protocol gateway: tenants call registered functions over HTTP/REST and gRPC.
 
-==============  ===================================================================
+================  =================================================================
 ``tokens``      bearer tokens per tenant, kept hashed in a YAML file
 ``ratelimit``   a token bucket per tenant (pure)
 ``oip``         Open Inference Protocol v2 tensors: JSON and binary in, JSON and binary out (pure)

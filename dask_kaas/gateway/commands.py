@@ -16,7 +16,8 @@ def _tokens_path(path: str | None) -> str:
     return os.path.expanduser(path or config.get("gateway.tokens"))
 
 
-@click.command("gateway", help="Serve the Open Inference Protocol v2 (REST) for the functions of the store: "
+@click.command("gateway", help="Serve the Open Inference Protocol v2 (REST, and gRPC with --grpc-port) for the "
+                               "functions of the store: "
                                "tenants call them over HTTP with their bearer tokens; each call runs as a KaaS "
                                "request on the cluster.")
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None,
@@ -24,6 +25,9 @@ def _tokens_path(path: str | None) -> str:
 @click.option("--host", default=None, help="Address to listen on [default: kaas.gateway.host, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port [default: kaas.gateway.port, 8000].")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the protocol's gRPC service (Triton's inference.GRPCInferenceService) on this port, "
+                   "0 for a free one [default: kaas.gateway.grpc-port, none: REST only].")
 @click.option("--store", default=None, help="Store profile or URL, the workers' [default: kaas.store].")
 @click.option("--tokens", default=None, type=click.Path(dir_okay=False),
               help="The tokens file [default: kaas.gateway.tokens, ~/.config/dask-kaas/tokens.yaml].")
@@ -32,7 +36,7 @@ def _tokens_path(path: str | None) -> str:
               help="Seconds a call may take before 504 [default: kaas.gateway.timeout].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def gateway(scheduler, host, port, store, tokens, max_body, timeout, log_level):
+def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, timeout, log_level):
     from .. import config
     from ..errors import KaasError
     from ..logs import setup_logging
@@ -43,8 +47,11 @@ def gateway(scheduler, host, port, store, tokens, max_body, timeout, log_level):
     try:
         settings = GatewaySettings(scheduler=scheduler, store=store, tokens=_tokens_path(tokens), max_body=max_body,
                                    timeout=timeout)
+        if grpc_port is None and config.get("gateway.grpc-port") is not None:
+            grpc_port = int(config.get("gateway.grpc-port"))
         serve(settings, host=host or config.get("gateway.host"),
-              port=int(port if port is not None else config.get("gateway.port")), log_level=log_level)
+              port=int(port if port is not None else config.get("gateway.port")), log_level=log_level,
+              grpc_port=grpc_port)
     except KaasError as e:
         fail(e)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -22,12 +24,16 @@ import numpy as np
 from ..functions import Function, TensorSpec
 from ..names import show
 
-__all__ = ["OipError", "InferCall", "decode_body", "parse_infer", "build_call", "encode_outputs", "model_metadata",
-           "BINARY_HEADER"]
+__all__ = ["OipError", "InferCall", "InferenceStats", "decode_body", "parse_infer", "build_call", "encode_outputs",
+           "model_metadata", "model_config", "BINARY_HEADER", "BodyBudget", "body_budget", "JsonStructure",
+           "check_structure", "read_infer"]
 
 BINARY_HEADER = "inference-header-content-length"
-_INFER_FIELDS = {"id", "parameters", "inputs", "outputs"}
-_INPUT_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
+
+
+def _not_json(constant: str):
+    """``json.loads``'s ``parse_constant``: Python reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{constant} is not a JSON value (JSON has no NaN or Infinity)")
 
 
 class OipError(Exception):
@@ -50,26 +56,162 @@ class InferCall:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body after its ``Content-Encoding`` (gzip, deflate or none), never more than ``limit`` bytes."""
+def decode_body(body: bytes, encoding: str | None, limit: int, feed=None) -> bytes:
+    """The body after its ``Content-Encoding`` (gzip, deflate or none), never more than ``limit`` bytes;
+    ``feed(piece)`` sees each piece as it is decompressed (the whole body when not compressed), so a
+    check can stop a bomb at its first bad piece, before the rest is inflated."""
     if not encoding or encoding.lower() == "identity":
+        if len(body) > limit:
+            raise OipError(413, f"the body is {len(body)} bytes, more than the limit of {limit} for this call")
+        if feed is not None:
+            feed(body)
         return body
     encoding = encoding.lower()
     if encoding not in ("gzip", "deflate"):
         raise OipError(415, f"Content-Encoding {show(encoding)} is not supported (gzip, deflate or none)")
     d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise OipError(400, f"the body is not valid {encoding} data ({e})") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise OipError(413, f"the decompressed body is larger than the gateway's limit of {limit} bytes")
-    return out
+    pieces, size, data = [], 0, body
+    while True:
+        try:
+            piece = d.decompress(data, _INFLATE_STEP)
+        except zlib.error as e:
+            raise OipError(400, f"the body is not valid {encoding} data ({e})") from None
+        data = d.unconsumed_tail
+        size += len(piece)
+        if size > limit:
+            raise OipError(413, f"the decompressed body is larger than the limit of {limit} bytes for this call")
+        if piece:
+            if feed is not None:
+                feed(piece)
+            pieces.append(piece)
+        if d.eof or (not data and len(piece) < _INFLATE_STEP):
+            return b"".join(pieces)
 
 
-def _json(text: bytes, what: str):
+JSON_OVERHEAD = 64 * 1024   # bytes of an infer body's JSON beyond its tensors' data: names, shapes, parameters
+CHARS_PER_ELEMENT = 48      # the longest number (24 characters), its separator, a pretty-printer's newline and indent
+NESTING_MARGIN = 6          # levels above a tensor's data: the body, inputs, the tensor; parameters inside those
+STRUCTURE_MARGIN = 64       # arrays and objects a body may hold beyond its tensors' (outputs, parameters)
+COMMA_MARGIN = 4096         # separators beyond one per element, array and field: parameters, outputs
+_SCAN_BLOCK = 1 << 18       # bytes of JSON scanned at a time (NumPy temporaries of a few MiB at most)
+_INFLATE_STEP = 1 << 18     # bytes decompressed at a time, each checked before the next is inflated
+
+
+@dataclass(frozen=True)
+class BodyBudget:
+    """What reading one infer body may cost, from the function's declared inputs (:func:`body_budget`).
+
+    ``json`` bytes of JSON (a whole JSON body, or the header before binary data), ``binary`` bytes
+    of raw tensor data after it, ``total`` bytes of both (within the gateway's ``max-body``); in the
+    JSON at most ``depth`` levels of nesting, ``arrays`` arrays, ``objects`` objects and ``commas``
+    separators, checked before ``json.loads`` builds anything.
+    """
+
+    json: int
+    binary: int
+    total: int
+    depth: int
+    arrays: int
+    objects: int
+    commas: int
+
+
+def body_budget(fn: Function, max_body: int, max_json: int) -> BodyBudget:
+    """The budget of an infer body of ``fn``: JSON of at most a fixed overhead plus ``CHARS_PER_ELEMENT``
+    characters per declared element (never more than ``max_json``), binary data of exactly the inputs'
+    bytes, and the arrays, objects and nesting that nested ``data`` of the declared shapes needs."""
+    elements = binary = deepest = 0
+    arrays = objects = STRUCTURE_MARGIN
+    for spec in fn.inputs:
+        elements += math.prod(spec.shape)
+        binary += spec.nbytes
+        deepest = max(deepest, len(spec.shape))
+        nested, rows = 0, 1   # lists nested as the shape: 1 + d0 + d0*d1 + ... (the innermost hold elements)
+        for d in spec.shape:
+            nested, rows = nested + rows, rows * d
+        arrays += 1 + max(1, nested)   # its shape and its data
+        objects += 2                   # the tensor and its parameters
+    objects += 2 * len(fn.outputs)
+    json_bytes = min(max_json, max_body, JSON_OVERHEAD + elements * CHARS_PER_ELEMENT)
+    return BodyBudget(json=json_bytes, binary=binary, total=min(max_body, json_bytes + binary),
+                      depth=3 + deepest + NESTING_MARGIN, arrays=arrays, objects=objects,
+                      commas=elements + arrays + 16 * objects + COMMA_MARGIN)
+
+
+class JsonStructure:
+    """Checks JSON, fed in pieces, against a :class:`BodyBudget` before ``json.loads`` builds anything
+    (which for ``[[],[],...]`` costs ~30 bytes of memory and ~0.2 us per byte): 400 at the first block
+    that nests deeper or holds more arrays, objects or separators than the budget. NumPy over the
+    bytes, in blocks, not counting what is inside strings."""
+
+    def __init__(self, budget: BodyBudget, what: str) -> None:
+        self.budget, self.what = budget, what
+        self.depth = self.deepest = self.arrays = self.objects = self.commas = self.inside = 0
+        self.held = b""  # backslashes ending the last piece: what they escape comes in the next
+
+    def feed(self, piece: bytes) -> None:
+        piece, self.held = self.held + piece, b""
+        if b"\\" in piece:  # escapes out of the way: every quote left starts or ends a string
+            run = len(piece) - len(piece.rstrip(b"\\"))
+            if run:
+                piece, self.held = piece[:-run], piece[-run:]
+            piece = piece.replace(b"\\\\", b"  ").replace(b'\\"', b"  ")
+        view = np.frombuffer(piece, np.uint8)
+        for start in range(0, len(view), _SCAN_BLOCK):
+            self._block(view[start:start + _SCAN_BLOCK])
+
+    def _block(self, block: np.ndarray) -> None:
+        quotes = block == 34
+        outside = ((np.cumsum(quotes, dtype=np.int32) + self.inside) & 1) == 0
+        self.inside = (self.inside + int(np.count_nonzero(quotes))) & 1
+        opens_a, opens_o = (block == 91) & outside, (block == 123) & outside
+        closes = ((block == 93) | (block == 125)) & outside
+        self.arrays += int(np.count_nonzero(opens_a))
+        self.objects += int(np.count_nonzero(opens_o))
+        self.commas += int(np.count_nonzero((block == 44) & outside))
+        level = np.cumsum(opens_a.view(np.int8) + opens_o.view(np.int8) - closes.view(np.int8), dtype=np.int32)
+        self.deepest = max(self.deepest, self.depth + int(level.max()))
+        self.depth += int(level[-1])
+        budget = self.budget
+        for problem, got, most in (("nests deeper than {} levels", self.deepest, budget.depth),
+                                   ("holds more than {} arrays", self.arrays, budget.arrays),
+                                   ("holds more than {} objects", self.objects, budget.objects),
+                                   ("holds more than {} commas", self.commas, budget.commas)):
+            if got > most:
+                raise OipError(400, f"{self.what} {problem.format(most)}: more than this model's inputs need")
+
+
+def check_structure(text: bytes, budget: BodyBudget, what: str) -> None:
+    """:class:`JsonStructure` of the whole ``text`` at once: 400 when it is over ``budget``."""
+    JsonStructure(budget, what).feed(text)
+
+
+def read_infer(body: bytes, encoding: str | None, header_length: str | None, fn: Function,
+               budget: BodyBudget) -> InferCall:
+    """:func:`parse_infer` of a body as received: decompressed no further than ``budget`` allows (its
+    JSON, and with ``Inference-Header-Content-Length`` its binary data too), the JSON checked against
+    it before it is parsed. Everything reading a body costs is bounded by what ``fn`` declares.
+
+    Raises
+    ------
+    OipError
+        413 over the budget, 415 for an unknown encoding, 400 as :func:`parse_infer`.
+    """
+    if header_length is not None:
+        return parse_infer(decode_body(body, encoding, budget.total), header_length, fn, budget)
+    what = "the inference request"  # all JSON: checked as it is decompressed, then parsed as parse_infer does
+    text = decode_body(body, encoding, budget.json, JsonStructure(budget, what).feed)
+    return build_call(_json(text, what), memoryview(b""), fn)
+
+
+def _json(text: bytes, what: str, budget: BodyBudget | None = None):
+    if budget is not None:
+        if len(text) > budget.json:
+            raise OipError(413, f"{what} is {len(text)} bytes of JSON, more than the limit of {budget.json} "
+                                f"for this model's inputs (large tensors go as binary data: binary_data_size)")
+        check_structure(text, budget, what)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError) as e:
         raise OipError(400, f"{what} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
@@ -81,22 +223,89 @@ def _shape(value, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _flatten(data, count: int, where: str) -> list:
-    """Row-major flattening of nested JSON lists, refusing to hold more than ``count`` elements."""
-    out: list = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        else:
-            out.append(item)
-            if len(out) > count:
-                break
-    if len(out) != count:
-        raise OipError(400, f"{where}: data holds {'more than ' if len(out) > count else ''}{len(out)} elements, "
-                            f"the shape needs {count}")
-    return out
+def _element(i: int, shape: tuple[int, ...]) -> str:
+    """``element 5``, with its index in ``shape`` too when it has several dimensions."""
+    if len(shape) < 2:
+        return f"element {i}"
+    return f"element {i} {[int(d) for d in np.unravel_index(i, shape)]}"
+
+
+def _leaves(data, shape: tuple[int, ...], where: str) -> list:
+    """The elements of ``data``: a flat list of exactly the element count, or lists nested exactly as ``shape``."""
+    count = math.prod(shape)
+    if not shape and not isinstance(data, list):
+        return [data]
+    if not isinstance(data, list):
+        raise OipError(400, f"{where}: data must be a list, got {show(data)}")
+    if list not in set(map(type, data)):
+        if len(data) != count:
+            raise OipError(400, f"{where}: data holds {len(data)} elements, the shape needs {count}")
+        return data
+    level = [data]
+    for depth, n in enumerate(shape):
+        deeper: list = []
+        for item in level:
+            if not isinstance(item, list) or len(item) != n:
+                got = f"a list of {len(item)}" if isinstance(item, list) else show(item)
+                raise OipError(400, f"{where}: data must be a flat list of {count} elements or lists nested as "
+                                    f"{list(shape)}; at depth {depth} it holds {got} where the shape has {n}")
+            deeper.extend(item)
+        level = deeper
+    if list in set(map(type, level)):
+        raise OipError(400, f"{where}: data must be a flat list of {count} elements or lists nested as "
+                            f"{list(shape)}; it is nested deeper")
+    return level
+
+
+def _what(value) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return f"a string {show(value)}"
+    return f"a JSON {type(value).__name__}" if isinstance(value, dict) else show(value)
+
+
+def _values(data, spec: TensorSpec, where: str) -> np.ndarray:
+    """JSON ``data`` as ``spec``'s array, exactly: BOOL takes true and false, the other datatypes numbers
+    within their range (integers for the integer ones); never null, NaN or a value that would round to infinity."""
+    values = _leaves(data, spec.shape, where)
+    dtype, name = spec.dtype, spec.datatype
+    allowed = (bool,) if dtype.kind == "b" else (int, float)
+    types = set(map(type, values))
+
+    def refuse(i: int, problem: str):
+        raise OipError(400, f"{where}: data is not {name}: {_element(i, spec.shape)} {problem}")
+
+    if not types <= set(allowed):
+        i = next(i for i, v in enumerate(values) if type(v) not in allowed)
+        refuse(i, f"is {_what(values[i])}, {name} takes {'true or false' if dtype.kind == 'b' else 'numbers'}")
+    if dtype.kind == "f":
+        try:
+            wide = np.array(values, dtype=np.float64)
+        except OverflowError:  # an integer beyond any float
+            wide = np.array([v if abs(v) <= sys.float_info.max else math.inf for v in values], dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = wide.astype(dtype)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = values[i]
+            if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf
+                refuse(i, f"({show(value)}) is not a finite number")
+            refuse(i, f"({show(value)}) is beyond {name}'s range (largest {np.finfo(dtype).max})")
+    elif dtype.kind in "iu":
+        if float in types:
+            i = next((i for i, v in enumerate(values) if type(v) is float and not v.is_integer()), None)
+            if i is not None:
+                refuse(i, f"({show(values[i])}) is not an integer")
+        info = np.iinfo(dtype)
+        if values and (min(values) < info.min or max(values) > info.max):
+            i = next(i for i, v in enumerate(values) if not info.min <= v <= info.max)
+            refuse(i, f"({show(values[i])}) is out of {name}'s range [{info.min}, {info.max}]")
+        array = np.array(values, dtype=dtype)
+    else:
+        array = np.array(values, dtype=dtype)
+    return array.reshape(spec.shape)
 
 
 def _parameters(value, where: str) -> dict:
@@ -107,8 +316,9 @@ def _parameters(value, where: str) -> dict:
     return value
 
 
-def parse_infer(body: bytes, header_length: str | None, fn: Function) -> InferCall:
-    """Parse an infer body for ``fn``: every input checked against its declared datatype and shape.
+def parse_infer(body: bytes, header_length: str | None, fn: Function, budget: BodyBudget | None = None) -> InferCall:
+    """Parse an infer body for ``fn``: every input checked against its declared datatype and shape (and,
+    given a ``budget``, the JSON and binary parts against it before anything is parsed: 413 or 400).
 
     Raises
     ------
@@ -127,12 +337,27 @@ def parse_infer(body: bytes, header_length: str | None, fn: Function) -> InferCa
         header, binary = body[:n], memoryview(body)[n:]
     else:
         header, binary = body, memoryview(b"")
-    return build_call(_json(header, "the inference request"), binary, fn)
+    if budget is not None and len(binary) > budget.binary:
+        raise OipError(413, f"the body has {len(binary)} bytes of binary data, more than the limit of "
+                            f"{budget.binary} for this model's inputs")
+    return build_call(_json(header, "the inference request", budget), binary, fn)
+
+
+def _no_tenant(item: dict, parameters: dict, where: str) -> None:
+    """400 for a ``tenant`` anywhere a caller could try to name one: the tenant is the bearer token's."""
+    if "tenant" in item:
+        raise OipError(400, f"{where}: 'tenant' is not accepted: the tenant is the bearer token's")
+    if "tenant" in parameters:
+        raise OipError(400, f"{where}: parameter 'tenant' is not accepted: the tenant is the bearer token's")
 
 
 def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
     """An infer request for ``fn`` from its decoded JSON document and the binary data after it (what
     every transport reads into: REST's JSON and binary extension, gRPC's message and raw contents).
+
+    The protocol's optional fields (``id``, ``model_name``, ``model_version``, ``parameters``) are read
+    and fields it does not name are ignored, as its schema allows (kserve's client always sends
+    ``model_name``); a ``model_name`` or ``model_version`` other than the called one is refused.
 
     Raises
     ------
@@ -142,16 +367,18 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
     binary = memoryview(binary)
     if not isinstance(doc, dict):
         raise OipError(400, f"the inference request must be a JSON object, got {show(doc)}")
-    unknown = set(doc) - _INFER_FIELDS
-    if unknown:
-        raise OipError(400, f"unknown field(s) {sorted(map(str, unknown))[:8]} in the inference request "
-                            f"(known: {', '.join(sorted(_INFER_FIELDS))})")
     request_id = doc.get("id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 256):
         raise OipError(400, f"id must be a string of at most 256 characters, got {show(request_id)}")
     parameters = _parameters(doc.get("parameters"), "the inference request")
-    if "tenant" in parameters:
-        raise OipError(400, "parameter 'tenant' is not accepted: the tenant is the bearer token's")
+    _no_tenant(doc, parameters, "the inference request")
+    for key, what, called in (("model_name", "model", (fn.name, fn.qualified_name)),
+                              ("model_version", "version", (str(fn.version),))):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, str):
+            raise OipError(400, f"{key} must be a string, got {show(value)}")
+        if value is not None and value not in called:
+            raise OipError(400, f"{key} {show(value)} is not the {what} called, {called[0]!r}")
     declared = {t.name: t for t in fn.inputs}
     items = doc.get("inputs")
     if not isinstance(items, list):
@@ -163,21 +390,20 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
             raise OipError(400, f"inputs[{i}] must be an object, got {show(item)}")
         name = item.get("name")
         where = f"input {show(name)}"
-        if name not in declared:
+        if not isinstance(name, str) or name not in declared:
             raise OipError(400, f"{where} is not an input of model {fn.name!r} "
                                 f"(inputs: {', '.join(declared) or 'none'})")
         if name in inputs:
             raise OipError(400, f"{where} is given twice")
-        unknown = set(item) - _INPUT_FIELDS
-        if unknown:
-            raise OipError(400, f"{where}: unknown field(s) {sorted(map(str, unknown))[:8]}")
+        item_parameters = _parameters(item.get("parameters"), where)
+        _no_tenant(item, item_parameters, where)
         spec = declared[name]
         if item.get("datatype") != spec.datatype:
             raise OipError(400, f"{where}: datatype {show(item.get('datatype'))}, the model takes {spec.datatype}")
         shape = _shape(item.get("shape"), where)
         if shape != spec.shape:
             raise OipError(400, f"{where}: shape {list(shape)}, the model takes {list(spec.shape)}")
-        size = _parameters(item.get("parameters"), where).get("binary_data_size")
+        size = item_parameters.get("binary_data_size")
         if size is not None:
             if "data" in item:
                 raise OipError(400, f"{where}: both data and binary_data_size")
@@ -193,15 +419,7 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
         else:
             if "data" not in item:
                 raise OipError(400, f"{where}: no data and no binary_data_size")
-            values = _flatten(item["data"], math.prod(spec.shape), where)
-            try:
-                array = np.array(values, dtype=spec.dtype)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise OipError(400, f"{where}: data is not {spec.datatype} ({type(e).__name__}: "
-                                    f"{str(e)[:120]})") from None
-            if array.shape != (len(values),):
-                raise OipError(400, f"{where}: data must hold numbers only")
-            inputs[name] = array.reshape(spec.shape)
+            inputs[name] = _values(item["data"], spec, where)
     if offset != len(binary):
         raise OipError(400, f"the body has {len(binary) - offset} bytes of binary data no input claims")
     missing = [n for n in declared if n not in inputs and fn.request.buffers[n].ephemeral]
@@ -216,18 +434,31 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
     else:
         if not isinstance(requested, list):
             raise OipError(400, f"outputs must be a list, got {show(requested)}")
+        seen: set[str] = set()
         for j, out in enumerate(requested):
-            if not isinstance(out, dict) or out.get("name") not in by_name:
-                name = out.get("name") if isinstance(out, dict) else out
+            name = out.get("name") if isinstance(out, dict) else out
+            if not isinstance(out, dict) or not isinstance(name, str) or name not in by_name:
                 raise OipError(400, f"outputs[{j}]: {show(name)} is not an output of model {fn.name!r} "
                                     f"(outputs: {', '.join(by_name)})")
-            binary = _parameters(out.get("parameters"), f"output {out['name']!r}").get("binary_data")
-            outputs.append((by_name[out["name"]], binary_default if binary is None else binary is True))
+            if name in seen:
+                raise OipError(400, f"outputs[{j}]: output {name!r} is requested twice")
+            seen.add(name)
+            out_parameters = _parameters(out.get("parameters"), f"output {name!r}")
+            _no_tenant(out, out_parameters, f"output {name!r}")
+            as_binary = out_parameters.get("binary_data")
+            outputs.append((by_name[name], binary_default if as_binary is None else as_binary is True))
     return InferCall(inputs, outputs, request_id, parameters)
 
 
 def encode_outputs(fn: Function, call: InferCall, results: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """The infer response body and its headers (``Inference-Header-Content-Length`` when binary)."""
+    """The infer response body and its headers (``Inference-Header-Content-Length`` when binary).
+
+    Raises
+    ------
+    OipError
+        422 when an output asked for as JSON holds NaN or infinity, which JSON cannot carry (as
+        binary it can: the message says how to ask for it).
+    """
     tensors = []
     blobs = []
     for spec, binary in call.outputs:
@@ -238,12 +469,17 @@ def encode_outputs(fn: Function, call: InferCall, results: Mapping[str, np.ndarr
             tensor["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                i = int(np.argmin(np.isfinite(array).ravel()))
+                raise OipError(422, f"output {spec.name!r}: {_element(i, spec.shape)} is {array.ravel()[i]}, which "
+                                    f"JSON cannot carry; ask for this output as binary data (\"binary_data\": true "
+                                    f"in its parameters, or \"binary_data_output\": true in the request's)")
             tensor["data"] = array.ravel().tolist()
         tensors.append(tensor)
     doc: dict[str, Any] = {"model_name": fn.name, "model_version": str(fn.version), "outputs": tensors}
     if call.id is not None:
         doc["id"] = call.id
-    header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
@@ -259,3 +495,57 @@ def model_metadata(fn: Function, versions: list[int]) -> dict[str, Any]:
         "inputs": [t.to_dict() for t in fn.inputs],
         "outputs": [t.to_dict() for t in fn.outputs],
     }
+
+
+def _triton_type(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def model_config(fn: Function, versions: list[int]) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config``: the function as Triton's model configuration (its JSON form), which
+    ``tritonclient``'s ``get_model_config`` reads. No batch dimension: a function's shapes are whole."""
+    def tensors(specs):
+        return [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": list(t.shape)} for t in specs]
+
+    return {"name": fn.name, "platform": "dask-kaas", "backend": "dask-kaas", "max_batch_size": 0,
+            "version_policy": {"specific": {"versions": list(versions)}},
+            "input": tensors(fn.inputs), "output": tensors(fn.outputs)}
+
+
+_STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+
+
+class InferenceStats:
+    """Infer calls per (tenant, function, version): counts, nanoseconds and the last call's time, reported as
+    Triton's statistics extension does (``GET /v2/models/{name}/stats``), each tenant its own calls only.
+
+    Only ``success`` and ``fail`` are measured (a call from arrival to answer, once its function is found);
+    Triton's other stages are reported as zero. The clock gives seconds since the epoch (``time.time``).
+    """
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self._calls: dict[tuple[str, str, int], list[int]] = {}  # [successes, their ns, failures, their ns, last ms]
+
+    def record(self, tenant: str, fn: Function, ok: bool, seconds: float) -> None:
+        entry = self._calls.setdefault((tenant, fn.qualified_name, fn.version), [0, 0, 0, 0, 0])
+        k = 0 if ok else 2
+        entry[k] += 1
+        entry[k + 1] += int(seconds * 1e9)
+        entry[4] = int(self.clock() * 1000)
+
+    def report(self, tenant: str, found) -> dict[str, Any]:
+        """``{"model_stats": [...]}`` for ``found``, ``(function, its versions)`` pairs, one entry a version;
+        a function of another namespace is named ``namespace:name``, as in the repository index."""
+        stats = []
+        for fn, versions in found:
+            name = fn.name if fn.namespace == tenant else fn.qualified_name
+            for version in versions:
+                ok, ok_ns, failed, failed_ns, last = self._calls.get((tenant, fn.qualified_name, version),
+                                                                     (0, 0, 0, 0, 0))
+                stages = {stage: {"count": 0, "ns": 0} for stage in _STAGES}
+                stages["success"], stages["fail"] = {"count": ok, "ns": ok_ns}, {"count": failed, "ns": failed_ns}
+                stats.append({"name": name, "version": str(version), "last_inference": last,
+                              "inference_count": ok, "execution_count": ok, "inference_stats": stages,
+                              "batch_stats": []})
+        return {"model_stats": stats}

@@ -1,6 +1,6 @@
 """The gateway's transport-free service: tokens, rate limits, the function catalog, calls through a Batcher.
 
-What the REST application (:mod:`.app`) and the gRPC service (:mod:`.grpc`) share: a caller is
+What the REST application (:mod:`.app`) and the gRPC service (:mod:`.grpc_service`) share: a caller is
 authenticated by its bearer token alone (which says the tenant), limited by its tenant's rate,
 finds functions as its tenant sees them, and its parsed call runs on the cluster as that tenant
 through one asynchronous Dask client and its :class:`~dask_kaas.Batcher`. Every refusal is an
@@ -59,9 +59,12 @@ class GatewaySettings:
 class Gateway:
     """State shared by the routes: the client, the catalog, tokens, limits, metrics."""
 
-    def __init__(self, settings: GatewaySettings, client=None):
+    def __init__(self, settings: GatewaySettings, client=None, grpc_address: tuple[str, int] | None = None):
         self.settings = settings.resolved()
         self.client = client
+        self.grpc_address = grpc_address  # (host, port) to serve gRPC on from start(); None: no gRPC
+        self.grpc = None
+        self.statistics = None  # the InferenceStats gRPC counts into too: the REST application's (serve() sets it)
         self.batcher: Batcher | None = None
         self._own_client = client is None
         self.store = open_store(self.settings.store)
@@ -87,8 +90,21 @@ class Gateway:
         self.batcher = Batcher(self.client)
         logger.info("gateway on scheduler %s, store %s, tokens %s (%d tenants)", self.client.scheduler.address,
                     self.store.url, self.tokens.path, len(self.tokens.tenants))
+        if self.grpc_address is not None:
+            from .grpc_service import GrpcServer
+
+            grpc = GrpcServer(self, *self.grpc_address)
+            try:
+                await grpc.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.grpc = grpc
 
     async def stop(self) -> None:
+        if self.grpc is not None:  # first: its calls in flight finish on the batcher and client
+            await self.grpc.stop()
+            self.grpc = None
         if self.batcher is not None:
             self.batcher.close()
         if self._own_client and self.client is not None:
