@@ -7,11 +7,13 @@ namespace (cached on the workers after the warm-up). Both paths run exactly the 
 the gateway builds ``fn.request_for(tenant)`` from the function repository, the baseline submits that
 very request from this process.
 
-1. Latency, warm, per N in ``ns``: (a) ``gateway``: one call with ``tritonclient.http`` (binary
-   tensors, its default; the InferInput built and the output read inside the call); (b) ``submit``:
-   ``client.submit(request, x=x, pure=False).result()``. Interleaved round-robin, ``repeat`` rounds,
-   ``GAP`` idle before each call; each result checked against NumPy outside the timed span.
-   Reported: p50 of each, their ratio (gateway / submit) and the milliseconds the gateway adds.
+1. Latency, warm, per N in ``ns`` (4 KiB and 1 MiB of float32): (a) ``gateway``: one call with
+   ``tritonclient.http`` (binary tensors, its default; the InferInput built and the output read
+   inside the call); (b) ``grpc``: the same call with ``tritonclient.grpc`` to the same gateway's
+   ``--grpc-port`` (raw tensor contents); (c) ``submit``: ``client.submit(request, x=x,
+   pure=False).result()``. Interleaved round-robin, ``repeat`` rounds, ``GAP`` idle before each
+   call; each result checked against NumPy outside the timed span. Reported: p50 of each, the
+   ratios gateway / submit and grpc / gateway (REST), and the milliseconds the gateway adds.
 2. Throughput: ``calls`` calls of the smallest N spread over K threads, K in ``ks``; gateway: each
    thread its own ``InferenceServerClient`` (one connection) to the one gateway process; submit: the
    same K threads on this process's Dask client. Each thread makes one untimed call first; the clock
@@ -73,12 +75,13 @@ class gateway_process:
     """``with gateway_process(scheduler, store_url, tokens) as url:`` a ``dask-kaas gateway``, ready."""
 
     def __init__(self, scheduler: str, store_url: str, tokens: str, log_path: str):
+        self.grpc_port = free_port()
         exe = os.path.join(os.path.dirname(sys.executable), "dask-kaas")
         cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"]
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.args = [*cmd, "gateway", "--scheduler", scheduler, "--store", store_url, "--tokens", tokens,
-                     "--port", str(self.port), "--log-level", "warning"]
+                     "--port", str(self.port), "--grpc-port", str(self.grpc_port), "--log-level", "warning"]
         self.log_path = log_path
 
     def __enter__(self) -> str:
@@ -124,9 +127,24 @@ def gateway_call(tc, model: str, token: str, x: np.ndarray) -> np.ndarray:
     return tc.infer(model, [inp], headers={"Authorization": f"Bearer {token}"}).as_numpy("y")
 
 
-def latency(client, tc, model, token, req, x, want, repeat: int) -> dict:
+def grpc_client(url: str):
+    import tritonclient.grpc as grpc
+
+    return grpc.InferenceServerClient(url)
+
+
+def grpc_call(gc, model: str, token: str, x: np.ndarray) -> np.ndarray:
+    import tritonclient.grpc as grpc
+
+    inp = grpc.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # raw_input_contents
+    return gc.infer(model, [inp], headers={"authorization": f"Bearer {token}"}).as_numpy("y")
+
+
+def latency(client, tc, gc, model, token, req, x, want, repeat: int) -> dict:
     """Like ``common.interleaved`` (round-robin, ``GAP`` idle before each), each result checked untimed."""
     calls = {"gateway": lambda: gateway_call(tc, model, token, x),
+             "grpc": lambda: grpc_call(gc, model, token, x),
              "submit": lambda: client.submit(req, x=x, pure=False).result()["y"]}
     runs = {name: [] for name in calls}
     for _ in range(repeat):
@@ -137,10 +155,10 @@ def latency(client, tc, model, token, req, x, want, repeat: int) -> dict:
             runs[name].append(time.perf_counter() - start)
             check(y, want, f"{name} (N={x.size})")
     timing = {name: spread(t) for name, t in runs.items()}
-    g, s = timing["gateway"]["median"], timing["submit"]["median"]
+    g, r, s = (timing[name]["median"] for name in ("gateway", "grpc", "submit"))
     return {"n": int(x.size), "bytes": int(x.nbytes), "timing_s": timing,
-            "p50_ms": {"gateway": g * 1e3, "submit": s * 1e3},
-            "ratio_gateway_over_submit": g / s, "added_ms": (g - s) * 1e3}
+            "p50_ms": {"gateway": g * 1e3, "grpc": r * 1e3, "submit": s * 1e3},
+            "ratio_gateway_over_submit": g / s, "ratio_grpc_over_gateway": r / g, "added_ms": (g - s) * 1e3}
 
 
 def requests_per_second(k: int, calls: int, one_call) -> float:
@@ -195,8 +213,8 @@ def throughput(client, url, model, token, req, x, want, ks, calls: int, rounds: 
 
 
 # ------------------------------------------------------------------ suite
-SIZES = {"full": {"ns": (1024, 262144), "repeat": 200, "ks": (1, 4, 16), "calls": 480, "rounds": 3},
-         "quick": {"ns": (1024, 262144), "repeat": 40, "ks": (1, 4, 16), "calls": 160, "rounds": 1},
+SIZES = {"full": {"ns": (1024, 262144), "repeat": 200, "ks": (1, 8, 16), "calls": 480, "rounds": 3},
+         "quick": {"ns": (1024, 262144), "repeat": 40, "ks": (1, 8, 16), "calls": 160, "rounds": 1},
          "smoke": {"ns": (1024,), "repeat": 3, "ks": (1, 2), "calls": 8, "rounds": 1}}
 
 
@@ -223,18 +241,20 @@ def measure(config, p: dict) -> dict:
                 cluster.store.put(f"bench/gateway/w{n}", w, namespace=TENANT)
                 fn = repo.put(f"vadd{n}", vadd_function(n), namespace=TENANT)
                 data[n] = (f"vadd{n}", fn.request_for(TENANT), x, x + w)
-            with gateway_process(cluster.scheduler_address, cluster.store.url, tokens,
-                                 os.path.join(tmp, "gateway.log")) as url:
-                tc = triton_client(url)
+            gateway = gateway_process(cluster.scheduler_address, cluster.store.url, tokens,
+                                      os.path.join(tmp, "gateway.log"))
+            with gateway as url:
+                tc, gc = triton_client(url), grpc_client(f"127.0.0.1:{gateway.grpc_port}")
                 for n, (model, req, x, want) in data.items():  # warm: the const on every worker, both paths
                     for addr in client.scheduler_info()["workers"]:
                         check(client.submit(req, x=x, pure=False, workers=[addr]).result()["y"], want, "warm-up")
                     for _ in range(4):
                         check(gateway_call(tc, model, token, x), want, "gateway warm-up")
+                        check(grpc_call(gc, model, token, x), want, "gateway gRPC warm-up")
                 payload["latency"] = []
                 for n, (model, req, x, want) in data.items():
                     log(f"  latency N={n}: {p['repeat']} rounds")
-                    payload["latency"].append(latency(client, tc, model, token, req, x, want, p["repeat"]))
+                    payload["latency"].append(latency(client, tc, gc, model, token, req, x, want, p["repeat"]))
                 log(f"  throughput K={list(p['ks'])}: {p['calls']} calls x {p['rounds']} round(s)")
                 model, req, x, want = data[min(data)]
                 payload["throughput"] = throughput(client, url, model, token, req, x, want, p["ks"], p["calls"],
@@ -249,9 +269,10 @@ def draw(payload: dict, plt):
     lat, thr = payload["latency"], payload["throughput"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     xs = np.arange(len(lat))
-    for i, (name, color) in enumerate((("gateway", "C0"), ("submit", "C1"))):
-        ax1.bar(xs + (i - 0.5) * 0.4, [r["p50_ms"][name] for r in lat], 0.4, color=color,
-                label="tritonclient -> gateway" if name == "gateway" else "client.submit")
+    labels = {"gateway": "tritonclient.http -> gateway", "grpc": "tritonclient.grpc -> gateway",
+              "submit": "client.submit"}
+    for i, (name, label) in enumerate(labels.items()):
+        ax1.bar(xs + (i - 1) * 0.28, [r["p50_ms"][name] for r in lat], 0.28, color=f"C{i}", label=label)
     ax1.set_xticks(xs, [f"N={r['n']}\n{r['ratio_gateway_over_submit']:.2f}x, +{r['added_ms']:.1f} ms" for r in lat])
     ax1.set_ylabel("ms per call, p50 (warm)")
     ax1.set_title("latency of one call")
@@ -270,10 +291,12 @@ def draw(payload: dict, plt):
 
 
 def report(payload: dict):
-    yield table(["N", "bytes", "gateway p50 ms", "submit p50 ms", "gateway/submit", "added ms"],
-                [[r["n"], r["bytes"], f"{r['p50_ms']['gateway']:.2f}", f"{r['p50_ms']['submit']:.2f}",
-                  f"{r['ratio_gateway_over_submit']:.2f}x", f"{r['added_ms']:+.2f}"] for r in payload["latency"]],
-                right=range(6))
+    yield table(["N", "bytes", "REST p50 ms", "gRPC p50 ms", "submit p50 ms", "REST/submit", "gRPC/REST",
+                 "added ms"],
+                [[r["n"], r["bytes"], f"{r['p50_ms']['gateway']:.2f}", f"{r['p50_ms']['grpc']:.2f}",
+                  f"{r['p50_ms']['submit']:.2f}", f"{r['ratio_gateway_over_submit']:.2f}x",
+                  f"{r['ratio_grpc_over_gateway']:.2f}x", f"{r['added_ms']:+.2f}"] for r in payload["latency"]],
+                right=range(8))
     yield ""
     yield table(["K", "calls", "gateway req/s", "submit req/s", "gateway/submit"],
                 [[r["k"], r["calls"], f"{r['rps']['gateway']['median']:.1f}", f"{r['rps']['submit']['median']:.1f}",

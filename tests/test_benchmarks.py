@@ -286,8 +286,9 @@ def test_gateway_smoke(tmp_path):
     r = smoke("gateway", tmp_path)
     assert [row["n"] for row in r["latency"]] == [1024] and r["parameters"]["ks"] == [1, 2]
     for row in r["latency"]:
-        assert all(positive(row["p50_ms"][s]) for s in ("gateway", "submit"))
-        assert positive(row["ratio_gateway_over_submit"]) and math.isfinite(row["added_ms"])
+        assert all(positive(row["p50_ms"][s]) for s in ("gateway", "grpc", "submit"))
+        assert positive(row["ratio_gateway_over_submit"]) and positive(row["ratio_grpc_over_gateway"])
+        assert math.isfinite(row["added_ms"])
         assert len(row["timing_s"]["gateway"]["runs"]) == r["parameters"]["repeat"]
     assert [row["k"] for row in r["throughput"]] == [1, 2]
     for row in r["throughput"]:

@@ -15,7 +15,7 @@ from dask_kaas import BufferStore, ConfigError, RequestError
 from dask_kaas.datatypes import DATATYPES, to_datatype, to_numpy
 from dask_kaas.errors import FunctionNotFound
 from dask_kaas.functions import FunctionRepository, TensorSpec, function_from_doc
-from dask_kaas.gateway.catalog import Catalog
+from dask_kaas.gateway.catalog import Catalog, Uncached
 from dask_kaas.gateway.oip import (InferenceStats, OipError, decode_body, encode_outputs, model_config,
                                    parse_infer)
 from dask_kaas.gateway.ratelimit import RateLimiter
@@ -215,6 +215,27 @@ def test_the_catalog_trusts_its_version_list_for_its_ttl(repo):
         with pytest.raises(FunctionNotFound):
             catalog.find("f", "alice", version)
     assert [f.qualified_name for f, _ in catalog.visible("alice")] == ["alice:f"]
+
+
+def test_the_catalog_answers_from_its_caches_alone_or_says_it_cannot(repo):
+    now = [0.0]
+    catalog = Catalog(repo, ttl=1.0, clock=lambda: now[0])
+    repo.put("f", vadd_doc(), namespace="alice")
+    with pytest.raises(Uncached):  # never looked up: the store is needed
+        catalog.find("f", "alice", cached_only=True)
+    assert catalog.find("f", "alice")[0].version == 1
+    assert catalog.find("f", "alice", cached_only=True)[0].version == 1
+    with pytest.raises(Uncached):  # version 1 is listed but another version was never loaded
+        repo.put("f", vadd_doc(), namespace="alice")
+        now[0] = 2.0
+        catalog.find("f", "alice")  # lists [1, 2], loads 2
+        catalog.find("f", "alice", "1", cached_only=True)  # loaded before: answered
+        catalog.find("g", "alice", cached_only=True)
+    now[0] = 3.5  # the list is stale: the store is needed again
+    with pytest.raises(Uncached):
+        catalog.find("f", "alice", cached_only=True)
+    with pytest.raises(FunctionNotFound):  # bob cannot see alice's function, cached or not
+        catalog.find("alice:f", "bob", cached_only=True)
 
 
 # ------------------------------------------------------------------ the OIP codec

@@ -3,9 +3,13 @@
 Versions never change once written, so a loaded version is kept (LRU). Which versions a name has
 changes with ``put`` and ``rm`` from other processes, so that list is trusted for
 ``kaas.gateway.function-ttl`` seconds. The clock is passed in (pure, testable).
+
+:meth:`Catalog.find` with ``cached_only`` answers from the caches alone or raises :class:`Uncached`:
+the gateway looks there first on its event loop and goes to a thread (and the store) only on a miss.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Callable
 
@@ -13,9 +17,13 @@ from ..errors import FunctionNotFound
 from ..functions import Function, FunctionRepository
 from ..names import show
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "Uncached"]
 
 LOADED_VERSIONS = 1024
+
+
+class Uncached(LookupError):
+    """``find(..., cached_only=True)`` needs the store."""
 
 
 class Catalog:
@@ -25,44 +33,55 @@ class Catalog:
         self.clock = clock
         self._versions: dict[tuple[str, str], tuple[float, list[int]]] = {}
         self._loaded: OrderedDict[tuple[str, str, int], Function] = OrderedDict()
+        self._lock = threading.Lock()  # the event loop and the gateway's threads both look up; never held over I/O
 
-    def versions(self, namespace: str, name: str) -> list[int]:
+    def versions(self, namespace: str, name: str, cached_only: bool = False) -> list[int]:
         now = self.clock()
-        entry = self._versions.get((namespace, name))
+        with self._lock:
+            entry = self._versions.get((namespace, name))
         if entry is None or now - entry[0] >= self.ttl:
+            if cached_only:
+                raise Uncached(namespace, name)
             entry = (now, self.repository.versions(name, namespace=namespace))
-            self._versions[(namespace, name)] = entry
-            if len(self._versions) > 4 * LOADED_VERSIONS:
-                self._versions.pop(next(iter(self._versions)))
+            with self._lock:
+                self._versions[(namespace, name)] = entry
+                if len(self._versions) > 4 * LOADED_VERSIONS:
+                    self._versions.pop(next(iter(self._versions)))
         return entry[1]
 
-    def _load(self, namespace: str, name: str, version: int) -> Function:
+    def _load(self, namespace: str, name: str, version: int, cached_only: bool = False) -> Function:
         key = (namespace, name, version)
-        fn = self._loaded.get(key)
-        if fn is None:
-            fn = self.repository.get(name, namespace=namespace, version=version)
+        with self._lock:
+            fn = self._loaded.get(key)
+            if fn is not None:
+                self._loaded.move_to_end(key)
+                return fn
+        if cached_only:
+            raise Uncached(namespace, name, version)
+        fn = self.repository.get(name, namespace=namespace, version=version)
+        with self._lock:
             self._loaded[key] = fn
             if len(self._loaded) > LOADED_VERSIONS:
                 self._loaded.popitem(last=False)
-        else:
-            self._loaded.move_to_end(key)
         return fn
 
-    def find(self, model: str, tenant: str, version: str | None = None) -> tuple[Function, list[int]]:
-        """The function ``tenant`` calls as ``model`` (newest version unless given) and its versions."""
+    def find(self, model: str, tenant: str, version: str | None = None, *,
+             cached_only: bool = False) -> tuple[Function, list[int]]:
+        """The function ``tenant`` calls as ``model`` (newest version unless given) and its versions;
+        with ``cached_only``, :class:`Uncached` where answering needs the store."""
         wanted = None
         if version is not None:
             if not (isinstance(version, str) and version.isdigit() and len(version) <= 18):
                 raise FunctionNotFound(f"model {show(model)} has no version {show(version)}")
             wanted = int(version)
         for namespace, name in self.repository.locate(model, tenant):
-            versions = self.versions(namespace, name)
+            versions = self.versions(namespace, name, cached_only)
             if not versions:
                 continue
             if wanted is not None and wanted not in versions:
                 raise FunctionNotFound(f"model {show(model)} has no version {wanted} (versions: "
                                        f"{', '.join(map(str, versions))})")
-            return self._load(namespace, name, versions[-1] if wanted is None else wanted), versions
+            return self._load(namespace, name, versions[-1] if wanted is None else wanted, cached_only), versions
         raise FunctionNotFound(f"model {show(model)} is not found")
 
     def visible(self, tenant: str) -> list[tuple[Function, list[int]]]:
