@@ -7,11 +7,12 @@ status with a body that matches its schema, and none may be a server error.
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from test_gateway import call, env  # noqa: F401 - env is the live gateway (a module-scoped fixture)
 
 schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402 - after the skip: schemathesis brings it
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from test_gateway import call, env  # noqa: E402,F401 - env is the live gateway (a module-scoped fixture)
 
 pytestmark = pytest.mark.slow
 MODELS = ["vadd", "secret", "shared_vadd", "public:shared_vadd", "bob:secret", "missing", "vadd:", "..%2F"]

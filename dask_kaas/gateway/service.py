@@ -21,7 +21,7 @@ from ..batching import Batcher
 from ..errors import AdmissionRejected, FunctionNotFound, KaasError, RequestError, TenantError
 from ..functions import FunctionRepository
 from ..store import BufferStore, open_store
-from .catalog import Catalog
+from .catalog import Catalog, Uncached
 from .metrics import GatewayMetrics
 from .oip import InferCall, OipError
 from .ratelimit import RateLimiter
@@ -129,7 +129,10 @@ class Gateway:
     async def find(self, model: str, version: str | None, tenant: str):
         """``(function, its versions)`` as the tenant sees it; 404 when it cannot (missing or private)."""
         try:
-            return await run_in_threadpool(self.catalog.find, model, tenant, version)
+            try:  # a known function is found without a thread hop (a third of a millisecond)
+                return self.catalog.find(model, tenant, version, cached_only=True)
+            except Uncached:
+                return await run_in_threadpool(self.catalog.find, model, tenant, version)
         except FunctionNotFound as e:
             raise OipError(404, str(e)) from None
 
