@@ -39,7 +39,7 @@ from .tokens import PREFIX, hash_token
 __all__ = ["GatewaySettings", "create_app"]
 
 logger = logging.getLogger("dask_kaas.gateway")
-_OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are encoded off the event loop
+_OFFLOAD_BYTES = 2 << 20  # bodies larger than this are encoded off the event loop
 _PARSE_INLINE = 64 * 1024    # JSON up to this, not compressed, is parsed on the event loop; the rest in the threads
 _PARSERS = 2                 # bodies decompressed and parsed at once, whoever sends them; one tenant's: one at a time
 _DRAIN_BYTES = 64 << 20      # a body answered early is read and dropped up to this, so that its caller sees the answer

@@ -27,7 +27,8 @@ from .oip import InferenceStats, OipError, build_call, model_config, model_metad
 __all__ = ["GrpcServer", "grpc_code"]
 
 logger = logging.getLogger("dask_kaas.gateway")
-_OFFLOAD_BYTES = 256 * 1024  # messages larger than this are parsed and encoded off the event loop
+_OFFLOAD_BYTES = 2 << 20  # messages larger than this are parsed and encoded off the event loop (a thread hop
+#                            costs more than parsing a megabyte of tensor bytes on a loaded machine)
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
