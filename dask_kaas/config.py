@@ -75,7 +75,7 @@ def scheduler_settings() -> dict:
         # moving a tenant also spreads its consts over more caches; a move must pay for that
         "stickiness": float(get("scheduler.stickiness")),
         "load_bandwidth": float(parse_size(get("scheduler.load-bandwidth"), name="kaas.scheduler.load-bandwidth")),
-        "replication": _bool(get("scheduler.replication"), "kaas.scheduler.replication"),
+        "replication": parse_bool(get("scheduler.replication"), "kaas.scheduler.replication"),
     }
 
 
@@ -89,7 +89,8 @@ def eviction() -> str:
     return value
 
 
-def _bool(value, name: str) -> bool:
+def parse_bool(value, name: str) -> bool:
+    """A boolean setting: true/false (or yes/no, 1/0 as strings from the environment), else ConfigError."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):

@@ -156,7 +156,7 @@ def gw_env(tmp_path_factory):
     with LocalKaasCluster(n_workers=2, device="host", store=store, dashboard_address=":0") as cluster:
         gw = Gateway(procs, cluster.scheduler_address, store, tokens_path, free_port())
         gw.args[gw.args.index("--max-body") + 1] = "64MiB"
-        gw.env["DASK_KAAS__GATEWAY__READ_TIMEOUT"] = str(READ_TIMEOUT)
+        gw.args += ["--read-timeout", str(READ_TIMEOUT)]  # the flag, over kaas.gateway.read-timeout (30 s)
         gw.start()
         try:
             yield {"gw": gw, "tokens": tokens, "weights": weights, "procs": procs, "root": root,

@@ -217,6 +217,26 @@ def test_the_catalog_trusts_its_version_list_for_its_ttl(repo):
     assert [f.qualified_name for f, _ in catalog.visible("alice")] == ["alice:f"]
 
 
+def test_gateway_settings_given_win_over_config_and_bad_ones_are_named():
+    import dask
+
+    from dask_kaas.errors import ConfigError
+    from dask_kaas.gateway.service import GatewaySettings
+
+    with dask.config.set({"kaas.gateway.max-json": "1MiB", "kaas.gateway.read-timeout": 7,
+                          "kaas.gateway.metrics-public": "yes"}):
+        configured = GatewaySettings().resolved()
+        given = GatewaySettings(max_json="2KiB", read_timeout=0.5, metrics_public=False, metrics_token="t").resolved()
+    assert (configured.max_json, configured.read_timeout, configured.metrics_public) == (1 << 20, 7.0, True)
+    assert configured.metrics_token is None
+    assert (given.max_json, given.read_timeout, given.metrics_public, given.metrics_token) == (2048, 0.5, False, "t")
+    with dask.config.set({"kaas.gateway.metrics-public": "sometimes"}):
+        with pytest.raises(ConfigError, match="kaas.gateway.metrics-public"):
+            GatewaySettings().resolved()
+    with pytest.raises(ConfigError, match="kaas.gateway.max-json"):
+        GatewaySettings(max_json="lots").resolved()
+
+
 def test_the_catalog_answers_from_its_caches_alone_or_says_it_cannot(repo):
     now = [0.0]
     catalog = Catalog(repo, ttl=1.0, clock=lambda: now[0])

@@ -29,7 +29,6 @@ from starlette.requests import ClientDisconnect, Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import config as kaas_config
 from .oip import (BINARY_HEADER, InferCall, InferenceStats, OipError, body_budget, encode_outputs, model_config,
                   model_metadata, read_infer)
 from .openapi import openapi_document
@@ -57,29 +56,26 @@ async def _find(gw: Gateway, request: HttpRequest, tenant: str):
     return await gw.find(request.path_params["model"], request.path_params.get("version"), tenant)
 
 
-class _Limits:
-    """The REST side's own limits (``kaas.gateway.*``), read once per gateway, and its parse threads."""
+class _Parsers:
+    """The REST side's own few threads for decompressing and parsing bodies: bodies parsed at once are
+    bounded whoever sends them, no flood of them takes the threads the routes share (catalog,
+    encoding), and one tenant's bodies go one at a time, so that they never hold them all."""
 
     def __init__(self) -> None:
-        get = kaas_config.get
-        self.max_json = kaas_config.parse_size(get("gateway.max-json"), name="kaas.gateway.max-json")
-        self.read_timeout = float(get("gateway.read-timeout"))
-        token = get("gateway.metrics-token")  # the token itself, or its "sha256:..." hash
-        token = None if token is None else str(token)
-        self.metrics_hash = None if not token else token if token.startswith(PREFIX) else hash_token(token)
-        self.metrics_public = kaas_config._bool(get("gateway.metrics-public"), "kaas.gateway.metrics-public")
-        # its own few threads: bodies being decompressed and parsed at once are bounded whoever sends
-        # them, and no flood of them can take the threads the routes share (catalog, encoding); one
-        # at a time per tenant, so that one tenant's bodies never hold them all
-        self.parsers = concurrent.futures.ThreadPoolExecutor(_PARSERS, thread_name_prefix="kaas-gateway-parse")
-        self.parsing: dict[str, asyncio.Semaphore] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(_PARSERS, thread_name_prefix="kaas-gateway-parse")
+        self.by_tenant: dict[str, asyncio.Semaphore] = {}
+
+    async def run(self, tenant: str, fn, *args):
+        async with self.by_tenant.setdefault(tenant, asyncio.Semaphore(1)):
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _limits(gw: Gateway) -> _Limits:
-    limits = getattr(gw, "_rest_limits", None)
-    if limits is None:
-        limits = gw._rest_limits = _Limits()
-    return limits
+def _metrics_hash(settings: GatewaySettings) -> str | None:
+    token = settings.metrics_token  # the token itself, or its "sha256:..." hash
+    return None if not token else token if token.startswith(PREFIX) else hash_token(token)
 
 
 class _Body:
@@ -145,11 +141,11 @@ def _content_length(request: HttpRequest) -> int | None:
     return int(length) if length is not None and length.isdigit() else None
 
 
-async def _read_call(gw: Gateway, body: _Body, request: HttpRequest, fn, tenant: str) -> InferCall:
+async def _read_call(gw: Gateway, parsers: _Parsers, body: _Body, request: HttpRequest, fn,
+                     tenant: str) -> InferCall:
     """The call in ``request``'s body: read, decompressed and parsed within what ``fn`` declares
     (:func:`~.oip.body_budget`), parsed on the event loop only when small and not compressed."""
-    limits = _limits(gw)
-    budget = body_budget(fn, gw.settings.max_body, limits.max_json)
+    budget = body_budget(fn, gw.settings.max_body, gw.settings.max_json)
     encoding = request.headers.get("content-encoding")
     header_length = request.headers.get(BINARY_HEADER)
     identity = not encoding or encoding.lower() == "identity"
@@ -166,24 +162,21 @@ async def _read_call(gw: Gateway, body: _Body, request: HttpRequest, fn, tenant:
     raw = await body.read(limit, _content_length(request))
     if identity and min(len(raw), json_bytes) <= _PARSE_INLINE:
         return read_infer(raw, encoding, header_length, fn, budget)
-    async with limits.parsing.setdefault(tenant, asyncio.Semaphore(1)):
-        return await asyncio.get_running_loop().run_in_executor(limits.parsers, read_infer, raw, encoding,
-                                                                header_length, fn, budget)
+    return await parsers.run(tenant, read_infer, raw, encoding, header_length, fn, budget)
 
 
-def _metrics_caller(gw: Gateway, request: HttpRequest) -> None:
+def _metrics_caller(gw: Gateway, metrics_hash: str | None, request: HttpRequest) -> None:
     """``/metrics`` names tenants and their private functions: only for ``kaas.gateway.metrics-token``'s
     bearer (a scraper's, not a tenant's), or anyone where ``kaas.gateway.metrics-public`` says so."""
-    limits = _limits(gw)
-    if limits.metrics_public:
+    if gw.settings.metrics_public:
         return
-    if limits.metrics_hash is None:
+    if metrics_hash is None:
         raise OipError(403, "/metrics is off: set kaas.gateway.metrics-token (a bearer token for the scraper) "
                             "or kaas.gateway.metrics-public")
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     token = token.strip()
     if (scheme.lower() != "bearer" or not token or len(token) > 512
-            or not hmac.compare_digest(hash_token(token), limits.metrics_hash)):
+            or not hmac.compare_digest(hash_token(token), metrics_hash)):
         raise OipError(401, "/metrics needs the metrics bearer token (kaas.gateway.metrics-token)",
                        {"www-authenticate": 'Bearer realm="dask-kaas metrics"'})
 
@@ -200,6 +193,8 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         ``settings.scheduler`` (it is not closed with the application).
     """
     gw = Gateway(settings or GatewaySettings(), client)
+    parsers = _Parsers()
+    metrics_hash = _metrics_hash(gw.settings)
     statistics = InferenceStats()  # Triton's statistics extension: per tenant, function and version
 
     version = metadata.version("dask-kaas")
@@ -220,7 +215,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def metrics(request):
-        _metrics_caller(gw, request)
+        _metrics_caller(gw, metrics_hash, request)
         body, content_type = gw.metrics.exposition()
         return Response(body, media_type=content_type)
 
@@ -262,14 +257,14 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         tenant = model_name = fn = None
         bytes_in = bytes_out = 0
         status = 500
-        body = _Body(request, _limits(gw).read_timeout)
+        body = _Body(request, gw.settings.read_timeout)
         gw.metrics.in_flight.inc()
         try:
             tenant = _tenant(gw, request)
             gw.admit(tenant)
             fn, _ = await _find(gw, request, tenant)
             model_name = fn.qualified_name
-            call = await _read_call(gw, body, request, fn, tenant)
+            call = await _read_call(gw, parsers, body, request, fn, tenant)
             bytes_in = body.size
             results = await gw.call(fn, tenant, call)
             if body.size > _OFFLOAD_BYTES:
@@ -313,6 +308,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             yield
         finally:
             await gw.stop()
+            parsers.close()
 
     routes = [
         route("/v2", server_metadata),

@@ -32,11 +32,16 @@ def _tokens_path(path: str | None) -> str:
 @click.option("--tokens", default=None, type=click.Path(dir_okay=False),
               help="The tokens file [default: kaas.gateway.tokens, ~/.config/dask-kaas/tokens.yaml].")
 @click.option("--max-body", default=None, help="Largest request body, e.g. 64MiB [default: kaas.gateway.max-body].")
+@click.option("--max-json", default=None,
+              help="Largest JSON of one infer body after decompression, e.g. 16MiB; each call's own allowance is "
+                   "smaller, from its function's tensors [default: kaas.gateway.max-json].")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a request body may take to arrive before 408 [default: kaas.gateway.read-timeout].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a call may take before 504 [default: kaas.gateway.timeout].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, timeout, log_level):
+def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, max_json, read_timeout, timeout, log_level):
     from .. import config
     from ..errors import KaasError
     from ..logs import setup_logging
@@ -46,7 +51,7 @@ def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, timeout, 
     setup_logging()
     try:
         settings = GatewaySettings(scheduler=scheduler, store=store, tokens=_tokens_path(tokens), max_body=max_body,
-                                   timeout=timeout)
+                                   max_json=max_json, read_timeout=read_timeout, timeout=timeout)
         if grpc_port is None and config.get("gateway.grpc-port") is not None:
             grpc_port = int(config.get("gateway.grpc-port"))
         serve(settings, host=host or config.get("gateway.host"),

@@ -39,20 +39,30 @@ class GatewaySettings:
     scheduler: str | None = None   # the scheduler's address (None: the client passed to create_app)
     store: str | BufferStore | None = None
     tokens: str | None = None
-    max_body: int | None = None
+    max_body: int | str | None = None
     timeout: float | None = None
     function_ttl: float | None = None
+    max_json: int | str | None = None       # JSON of one infer body at most, after decompression
+    read_timeout: float | None = None       # seconds a body may take to arrive (then 408)
+    metrics_token: str | None = None        # the bearer token /metrics needs (or its "sha256:" hash)
+    metrics_public: bool | None = None      # /metrics for anyone
 
     def resolved(self) -> "GatewaySettings":
+        def pick(value, key):
+            return value if value is not None else config.get(f"gateway.{key}")
+
+        token = pick(self.metrics_token, "metrics-token")
         return GatewaySettings(
             scheduler=self.scheduler,
             store=self.store,
             tokens=self.tokens or config.get("gateway.tokens"),
-            max_body=config.parse_size(self.max_body if self.max_body is not None else config.get("gateway.max-body"),
-                                       name="kaas.gateway.max-body"),
-            timeout=float(self.timeout if self.timeout is not None else config.get("gateway.timeout")),
-            function_ttl=float(self.function_ttl if self.function_ttl is not None
-                               else config.get("gateway.function-ttl")),
+            max_body=config.parse_size(pick(self.max_body, "max-body"), name="kaas.gateway.max-body"),
+            timeout=float(pick(self.timeout, "timeout")),
+            function_ttl=float(pick(self.function_ttl, "function-ttl")),
+            max_json=config.parse_size(pick(self.max_json, "max-json"), name="kaas.gateway.max-json"),
+            read_timeout=float(pick(self.read_timeout, "read-timeout")),
+            metrics_token=None if token is None or token == "" else str(token),
+            metrics_public=config.parse_bool(pick(self.metrics_public, "metrics-public"), "kaas.gateway.metrics-public"),
         )
 
 
