@@ -219,25 +219,26 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         body, content_type = gw.metrics.exposition()
         return Response(body, media_type=content_type)
 
-    async def model(request):
+    async def called(request):
+        """The caller's tenant, and the function and versions the path names as that tenant sees them."""
         tenant = _tenant(gw, request)
-        fn, versions = await _find(gw, request, tenant)
+        return (tenant, *await _find(gw, request, tenant))
+
+    async def model(request):
+        _, fn, versions = await called(request)
         return JSONResponse(model_metadata(fn, versions))
 
     async def model_ready(request):
-        tenant = _tenant(gw, request)
-        fn, _ = await _find(gw, request, tenant)
+        _, fn, _ = await called(request)
         ok = await gw.ready()
         return JSONResponse({"name": fn.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def config(request):
-        tenant = _tenant(gw, request)
-        fn, versions = await _find(gw, request, tenant)
+        _, fn, versions = await called(request)
         return JSONResponse(model_config(fn, versions))
 
     async def stats(request):
-        tenant = _tenant(gw, request)
-        fn, versions = await _find(gw, request, tenant)
+        tenant, fn, versions = await called(request)
         wanted = [fn.version] if "version" in request.path_params else versions
         return JSONResponse(statistics.report(tenant, [(fn, wanted)]))
 
