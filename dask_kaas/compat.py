@@ -30,6 +30,14 @@ def set_task_metadata(worker, value: Any) -> bool:
     return True
 
 
+def in_task(worker) -> bool:
+    """Whether this thread is running one of ``worker``'s tasks."""
+    try:
+        return worker.get_current_task() in worker.state.tasks
+    except (AttributeError, KeyError):
+        return False
+
+
 def current_task_annotation(worker, name: str) -> Any:
     """The annotation ``name`` of the task running in this thread (None outside a task or without it):
     what the scheduler attached when it sent the task (:func:`annotate`)."""
@@ -47,6 +55,11 @@ def annotate(ts, name: str, value: Any) -> None:
     ts.annotations = {**(ts.annotations or {}), name: value}
 
 
+def drop_annotations(ts, names) -> None:
+    """Remove the annotations ``names`` from a scheduler task (a copy: annotations may be shared)."""
+    ts.annotations = {k: v for k, v in (ts.annotations or {}).items() if k not in names}
+
+
 def send_to_scheduler(worker, msg: dict) -> None:
     """Queue ``msg`` (``{"op": ..., ...}``) on the worker's batched stream to the scheduler, from any thread."""
     worker.loop.add_callback(worker.batched_send, msg)
@@ -60,6 +73,61 @@ async def ensure_worker_resource(worker, name: str, amount: float) -> None:
 
 
 # -- scheduler: one task -----------------------------------------------------------------------
+def task_children(node) -> tuple | None:
+    """What a node of dask's task spec holds (a task's function, arguments and keyword values, a data
+    node's value, a container's items); None for anything that is not a task spec node."""
+    from dask._task_spec import DataNode, GraphNode, Task
+
+    if not isinstance(node, GraphNode):
+        return None
+    if isinstance(node, Task):
+        kwargs = node.kwargs
+        return (node.func, *node.args, *(kwargs.values() if isinstance(kwargs, dict) else (kwargs,)))
+    if isinstance(node, DataNode):
+        return (node.value,)
+    return ()
+
+
+def bind_stream_identity(scheduler) -> None:
+    """Make a stream message's ``client`` or ``worker`` field the connection's, whatever it says.
+
+    ``Server.handle_stream`` calls each handler with ``merge(extra, msg)``: a field of the message
+    replaces the identity of the connection it came on (a client could send ``update-graph`` as any
+    other client id, and so be taken for that client's TLS certificate)."""
+    base = scheduler.handle_stream
+
+    async def handle_stream(comm, extra=None, **kwargs):
+        if extra:
+            comm = _IdentityComm(comm, extra)
+        return await base(comm=comm, extra=extra, **kwargs)
+
+    scheduler.handle_stream = handle_stream
+
+
+class _IdentityComm:
+    """A comm whose messages carry the connection's identity fields, not their own."""
+
+    def __init__(self, comm, extra: dict) -> None:
+        self._comm, self._extra = comm, dict(extra)
+
+    async def read(self, *args, **kwargs):
+        msgs = await self._comm.read(*args, **kwargs)
+        for msg in msgs if isinstance(msgs, (list, tuple)) else (msgs,):
+            if isinstance(msg, dict):
+                for name, value in self._extra.items():
+                    if name in msg:
+                        msg[name] = value
+        return msgs
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+
+def task_spec(ts) -> Any:
+    """A scheduler-side task's whole run spec (its function, arguments, nested tasks)."""
+    return ts.run_spec
+
+
 def task_function(ts) -> Any:
     """What a scheduler-side task calls (``client.submit(f, ...)``: ``f``), or None."""
     return getattr(ts.run_spec, "func", None)

@@ -37,8 +37,8 @@ def show(value, limit: int = 60) -> str:
 
 def text_problem(value, what: str, limit: int = MAX_NAME) -> str | None:
     """What is wrong with a name-like string: type, length, encoding, control characters."""
-    if not isinstance(value, str) or not value:
-        return f"{what} must be a non-empty string, got {show(value)}"
+    if type(value) is not str or not value:  # exactly str: a subclass could answer == and hash as it likes
+        return f"{what} must be a non-empty string (a str, not a subclass), got {show(value)}"
     if len(value) > limit:
         return f"{what} is {len(value)} characters long, more than {limit}: {show(value)}"
     try:

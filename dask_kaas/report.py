@@ -20,6 +20,8 @@ WANTED_ANNOTATION = "kaas-wanted"
 # And for a batch (RequestBatch) whose later calls admission control rejected: [first rejected call,
 # message, predicted seconds, deadline seconds]; the worker answers those calls with AdmissionRejected.
 REJECTED_ANNOTATION = "kaas-rejected"
+# the tenant the scheduler approved a KaaS task for ("" for none): a worker runs its Request as that tenant only
+TENANT_ANNOTATION = "kaas-tenant"
 
 ConstRef = tuple  # (namespace, key)
 

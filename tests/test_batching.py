@@ -233,7 +233,7 @@ def test_a_forged_batch_is_refused_and_the_cluster_goes_on(client, matrix):
     forged = object.__new__(RequestBatch)
     object.__setattr__(forged, "request", req)
     object.__setattr__(forged, "count", 10**9)
-    with pytest.raises(Exception, match="deserialization"):  # rebuilt, and refused, where the scheduler unpickles it
+    with pytest.raises(RequestError, match="a batch holds 1 to"):  # rebuilt where the scheduler unpickles it: refused
         client.submit(forged, BatchCalls([{}]), pure=False).result(timeout=60)
     calls = object.__new__(BatchCalls)
     object.__setattr__(calls, "calls", [b"not a mapping"])

@@ -80,6 +80,35 @@ def test_comm_internals():
     from distributed.comm.core import Comm
 
     assert isinstance(inspect.getattr_static(Comm, "extra_info"), property)
+    # bind_stream_identity: handle_stream(comm, extra), its handlers called with merge(extra, msg)
+    from distributed.core import Server
+
+    assert params(Server.handle_stream)[:2] == ["comm", "extra"]
+    assert "extra={\"client\": client}" in inspect.getsource(Scheduler.add_client).replace("'", '"')
+
+
+def test_task_spec_internals():
+    # task_children: a Task's func, args and kwargs, a DataNode's value, on every node of a converted graph
+    import functools
+    import operator
+
+    from dask._task_spec import DataNode, GraphNode, Task, convert_legacy_graph
+    from dask.utils import apply
+
+    assert issubclass(Task, GraphNode) and issubclass(DataNode, GraphNode)
+    marker = object()
+    graph = convert_legacy_graph({"t": (operator.getitem, (apply, functools.partial(max), [marker], {}), 0)})
+    seen, stack = [], [graph["t"]]
+    while stack:
+        node = stack.pop()
+        seen.append(node)
+        children = compat.task_children(node)
+        if children is not None:
+            stack.extend(children)
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    assert any(node is marker for node in seen) and operator.getitem in seen
+    assert compat.task_children(marker) is None
 
 
 def test_dashboard_internals():

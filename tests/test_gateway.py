@@ -312,14 +312,19 @@ def readme_section() -> str:
 
 
 def test_the_readme_walkthrough_runs_as_written(tmp_path):
-    """The README's function file, commands, curl call and tritonclient snippet, run as written
-    (ports swapped for free ones, home and data directories in tmp)."""
+    """The README's function file, commands, curl call and tritonclient snippets (HTTP and gRPC), run as
+    written (ports swapped for free ones, home and data directories in tmp)."""
     section = readme_section()
     (tmp_path / "vadd.json").write_text(section.split("```json\n", 1)[1].split("```", 1)[0])
     script = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
-    port, http_port = free_port(), free_port()
-    script = script.replace("8786", str(port)).replace("8000", str(http_port))
+    snippets = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    assert len(snippets) == 2 and "tritonclient.grpc" in snippets[1]
+    port, http_port, grpc_port = free_port(), free_port(), free_port()
+
+    def ports(text):
+        return text.replace("8786", str(port)).replace("8000", str(http_port)).replace("8001", str(grpc_port))
+
+    script = ports(script)
     script = script.replace(f"tcp://127.0.0.1:{port} &", f"tcp://127.0.0.1:{port} --port {http_port} &")
     home = tmp_path / "home"
     home.mkdir()
@@ -341,10 +346,11 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
             assert returncode == 0, err[-3000:]
             assert '"data":[11.0,12.0,13.0,14.0]' in out, out[-2000:]
             token = out.rsplit("TOKEN=", 1)[1].strip()
-            printed = subprocess.run([sys.executable, "-c", snippet.replace("8000", str(http_port))],
-                                     env={**os.environ, "TOKEN": token},  # as the script exported it
-                                     capture_output=True, text=True, timeout=120)
-            assert printed.stdout.strip() == "[10. 11. 12. 13.]", printed.stderr[-2000:]
+            for snippet in snippets:
+                printed = subprocess.run([sys.executable, "-c", ports(snippet)],
+                                         env={**os.environ, "TOKEN": token},  # as the script exported it
+                                         capture_output=True, text=True, timeout=120)
+                assert printed.stdout.strip() == "[10. 11. 12. 13.]", printed.stderr[-2000:]
         finally:
             os.killpg(run.pid, signal.SIGTERM)
     finally:

@@ -237,6 +237,33 @@ def test_gateway_settings_given_win_over_config_and_bad_ones_are_named():
         GatewaySettings(max_json="lots").resolved()
 
 
+def test_the_gateway_commands_flags_reach_its_settings_over_config(tmp_path, monkeypatch):
+    """``dask kaas gateway --max-json --read-timeout``: given, they win over kaas.gateway.*; not given,
+    the settings fall back to it (serve() stubbed: no cluster, no server)."""
+    import dask
+    from click.testing import CliRunner
+
+    from dask_kaas import logs
+    from dask_kaas.cli import main as cli
+    from dask_kaas.gateway import server
+
+    served = []
+    monkeypatch.setattr(server, "serve", lambda settings, **kw: served.append((settings.resolved(), kw)))
+    monkeypatch.setattr(logs, "setup_logging", lambda: None)  # leave the dask_kaas logger as the tests have it
+    base = ["gateway", "--scheduler", "tcp://127.0.0.1:1", "--tokens", str(tmp_path / "tokens.yaml")]
+    with dask.config.set({"kaas.gateway.max-json": "1MiB", "kaas.gateway.read-timeout": 7,
+                          "kaas.gateway.metrics-token": "scraper", "kaas.gateway.grpc-port": 8001}):
+        for args in (["--max-json", "2KiB", "--read-timeout", "0.5", "--port", "9000"], []):
+            out = CliRunner().invoke(cli, base + args)
+            assert out.exit_code == 0, out.output
+    (flags, kw), (configured, kw_configured) = served
+    assert (flags.max_json, flags.read_timeout, kw["port"], kw["grpc_port"]) == (2048, 0.5, 9000, 8001)
+    assert (configured.max_json, configured.read_timeout) == (1 << 20, 7.0)
+    assert flags.metrics_token == configured.metrics_token == "scraper"  # config (or env) only: no flag
+    assert flags.scheduler == "tcp://127.0.0.1:1" and flags.tokens == str(tmp_path / "tokens.yaml")
+    assert CliRunner().invoke(cli, base + ["--read-timeout", "0"]).exit_code == 2
+
+
 def test_the_catalog_answers_from_its_caches_alone_or_says_it_cannot(repo):
     now = [0.0]
     catalog = Catalog(repo, ttl=1.0, clock=lambda: now[0])

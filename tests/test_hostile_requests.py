@@ -366,10 +366,11 @@ def test_a_request_built_around_validation_cannot_take_the_cluster_down(cluster)
 
     from distributed import Client
 
-    from dask_kaas.request.model import _rebuild_request
+    from dask_kaas.request.model import _set_request_fields
 
     good = Request.from_dict(valid_dict())
-    bad = _rebuild_request(good.kernels, 1, "\ud800")
+    bad = object.__new__(Request)  # around the constructor; unpickling it validates again
+    _set_request_fields(bad, good.kernels, 1, "\ud800", None)
     x = np.ones(N, np.float32)
     with Client(cluster) as client:
         pids = client.run(os.getpid)

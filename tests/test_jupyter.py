@@ -46,9 +46,10 @@ def test_repr_html_escapes_everything():
                                 arguments=[(x, "i"), (x, "i"), (y, "o")])], deadline=2.5)
     with pytest.raises(RequestError, match="tenant"):  # no constructor accepts such a tenant ...
         Request(valid.kernels, tenant=evil)
-    from dask_kaas.request.model import _rebuild_request
+    from dask_kaas.request.model import _set_request_fields
 
-    r = _rebuild_request(valid.kernels, 1, evil, 2.5)  # ... but a pickle can carry one: still escaped
+    r = object.__new__(Request)  # ... but a forged object can carry one: still escaped
+    _set_request_fields(r, valid.kernels, 1, evil, 2.5)
     page = r._repr_html_()
     assert evil not in page and "&lt;script&gt;" in page
     assert "x&<b>" not in page and "x&amp;&lt;b&gt;" in page and "k/&lt;i&gt;" in page

@@ -9,8 +9,8 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
-from dask_kaas import LocalKaasCluster
-from dask_kaas.errors import TenantError
+from dask_kaas import LocalKaasCluster, Request
+from dask_kaas.errors import RequestError, TenantError
 from helpers import matvec_request
 pytest.importorskip("cryptography")  # a test-only dependency (tlscerts makes certificates with it)
 from tlscerts import make_pki
@@ -52,3 +52,95 @@ def test_a_client_runs_as_the_tenant_its_certificate_names(tls_cluster):
         np.testing.assert_allclose(out["y"], x * 6)
         with pytest.raises(TenantError, match="'carol', not 'carol.example.org'"):
             carol.submit(matvec_request("A", tenant="carol.example.org"), x=x, pure=False).result(timeout=60)
+
+
+# ------------------------------------------------------------------ attacks through Dask's own forms
+# mallory (alice's certificate here) tries to run bob's request, reaching bob's namespace and consts.
+class HiddenRequest:
+    """An object the scheduler cannot look into: it calls the request it hides on the worker."""
+
+    def __init__(self, request):
+        self._r = request
+
+    def __call__(self, x):
+        return self._r(x=x)
+
+
+class SameAsAnyone(str):
+    """A tenant that compares equal to (and not unequal from) any name."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
+def _refused(future, match):
+    with pytest.raises((TenantError, RequestError), match=match):
+        future.result(timeout=60)
+
+
+def test_a_request_in_any_position_of_a_task_is_checked(tls_cluster):
+    import functools
+    import operator
+
+    from dask.utils import apply
+
+    cluster, clients = tls_cluster
+    x = np.ones(64, np.float32)
+    bobs = matvec_request("A", tenant="bob")
+    with Client(cluster.scheduler_address, security=clients["alice"]) as mallory:
+        _refused(mallory.submit(bobs.__call__, x=x, pure=False), "inside task")          # a bound method
+        _refused(mallory.submit(functools.partial(bobs), x=x, pure=False), "inside task")  # a partial
+        _refused(mallory.submit(lambda r, x: r(x=x), bobs, x, pure=False), "inside task")  # an argument
+        _refused(mallory.submit(lambda rs, x: rs[0](x=x), [bobs], x, pure=False), "inside task")
+        graph = {"t": (apply, bobs, [], {"x": x}), "out": (operator.getitem, "t", "y")}  # a low-level graph
+        with pytest.raises(TenantError, match="inside task"):
+            mallory.get(graph, "out", sync=True)
+        # out of the scheduler's sight (an object of the caller's own): the worker refuses, the scheduler
+        # approved no KaaS task; an annotation naming bob, written by the client, is dropped
+        _refused(mallory.submit(HiddenRequest(bobs), x, pure=False), "approved for no KaaS request")
+        with dask.annotate(**{"kaas-tenant": "bob"}):
+            _refused(mallory.submit(HiddenRequest(bobs), x, pure=False), "approved for no KaaS request")
+        # and its own requests still run, in every form a tenant uses
+        own = matvec_request("A", tenant="alice")
+        np.testing.assert_allclose(mallory.submit(own, x=x, pure=False).result(timeout=60)["y"], x * 6)
+        first = dask.delayed(own, pure=False)(x=x)
+        second = dask.delayed(own, pure=False)(x=dask.delayed(operator.getitem)(first, "y"))
+        np.testing.assert_allclose(mallory.compute(second).result(timeout=60)["y"], x * 36)
+
+
+def test_a_client_id_in_a_message_is_not_the_connections(tls_cluster):
+    cluster, clients = tls_cluster
+    x = np.ones(64, np.float32)
+    with Client(cluster.scheduler_address, security=clients["bob"]) as bob, \
+            Client(cluster.scheduler_address, security=clients["alice"]) as mallory:
+        send = mallory._send_to_scheduler
+
+        def as_bob(msg):  # every update-graph names bob's client id, whose certificate says bob
+            if msg.get("op") == "update-graph":
+                msg = {**msg, "client": bob.id}
+            return send(msg)
+
+        mallory._send_to_scheduler = as_bob
+        with pytest.raises(TenantError, match="certificate is tenant 'alice', not 'bob'"):
+            mallory.submit(matvec_request("A", tenant="bob"), x=x, pure=False).result(timeout=60)
+        mallory._send_to_scheduler = send
+        np.testing.assert_allclose(bob.submit(matvec_request("A", tenant="bob"), x=x, pure=False)
+                                   .result(timeout=60)["y"], x * 4)
+
+
+def test_a_tenant_is_exactly_a_str_after_unpickling(tls_cluster):
+    from dask_kaas.request.model import _set_request_fields
+
+    cluster, clients = tls_cluster
+    x = np.ones(64, np.float32)
+    forged = object.__new__(Request)  # around the constructor, as a pickling client can
+    _set_request_fields(forged, matvec_request("A").kernels, 1, SameAsAnyone("bob"), None)
+    with Client(cluster.scheduler_address, security=clients["alice"]) as mallory:
+        with pytest.raises(TenantError, match="certificate is tenant 'alice', not 'bob'"):  # rebuilt as a plain str
+            mallory.submit(forged, x=x, pure=False).result(timeout=60)
+        assert len(mallory.run(lambda: 1)) == 1  # the worker is still there

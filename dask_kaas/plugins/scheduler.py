@@ -25,11 +25,15 @@ from distributed import SchedulerPlugin
 
 from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
-from ..names import namespace_problem, split_key
-from ..report import REJECTED_ANNOTATION, WANTED_ANNOTATION
+from ..names import namespace_problem, show, split_key
+from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
+
+RESERVED_ANNOTATIONS = frozenset({REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION})
 from ..request import Request
+from ..request.model import InvalidRequest
 from ..request.batch import RequestBatch
 from ..scheduling import POLICIES, SchedulingCore, Task
+from .graph_scan import SCAN_LIMIT, requests_within
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,25 @@ def request_of_task(ts) -> tuple[Request | None, int]:
     func = compat.task_function(ts)
     if isinstance(func, RequestBatch):
         return func.request, func.count
-    return (func, 1) if isinstance(func, Request) else (None, 0)
+    return (func, 1) if isinstance(func, (Request, InvalidRequest)) else (None, 0)
+
+
+def _hidden_request(ts) -> TenantError | None:
+    """Under TLS tenant binding a Request runs only as a task's own function (or a batch's), where the
+    binding checks its tenant: one anywhere else in the task (a bound method, a partial, an argument of
+    ``apply``, an element of an argument) is refused, as is a task too large to look through."""
+    found, whole = requests_within(compat.task_spec(ts))
+    func = compat.task_function(ts)
+    top = func if isinstance(func, (Request, RequestBatch, InvalidRequest)) else None
+    hidden = [r for r in found if r is not top]
+    if hidden:
+        return TenantError(f"{hidden[0]!r} is inside task {show(str(ts.key), 80)} other than as its function: this "
+                           f"scheduler binds tenants to TLS certificates and checks a Request only as a task's "
+                           f"function (client.submit(request, ...), dask.delayed(request)(...))")
+    if not whole:
+        return TenantError(f"task {show(str(ts.key), 80)} holds more than {SCAN_LIMIT} objects: this scheduler "
+                           f"binds tenants to TLS certificates and looks through every task for Requests")
+    return None
 
 
 def _consts(request: Request) -> tuple:
@@ -175,6 +197,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.extensions["kaas"] = self
         compat.add_stream_handler(scheduler, "kaas-report", self.handle_report)
+        compat.bind_stream_identity(scheduler)  # a message's "client" field never replaces its connection's
         self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
         self._sync_workers()
         try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
@@ -236,7 +259,14 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             ts = scheduler.tasks.get(key)
             if ts is None or key in core.tasks:
                 continue
+            if ts.annotations and not ts.annotations.keys().isdisjoint(RESERVED_ANNOTATIONS):
+                compat.drop_annotations(ts, RESERVED_ANNOTATIONS)  # the scheduler's to write, never a client's
             request, calls = request_of_task(ts)
+            if self.identity == "tls":
+                error = _hidden_request(ts)
+                if error is not None:
+                    self._reject(scheduler, ts, error)
+                    continue
             if request is None:
                 continue
             error = self._refusal(scheduler, client, request)
@@ -244,6 +274,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 self._reject(scheduler, ts, error)
                 continue
             compat.require_resource(ts, RESOURCE, 1)
+            compat.annotate(ts, TENANT_ANNOTATION, request.tenant or "")  # the worker runs it as this tenant only
             task = Task(key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
                         deadline=request.deadline, ready=not ts.dependencies, count=calls)
             decision = core.submit(task)
@@ -261,9 +292,11 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
         self._schedule_dispatch()
 
-    def _refusal(self, scheduler, client: str, request: Request) -> Exception | None:
+    def _refusal(self, scheduler, client: str, request: Request | InvalidRequest) -> Exception | None:
         """Why a request may not run at all, before any worker sees it (None: it may)."""
-        problem = None if request.tenant is None else namespace_problem(request.tenant, "tenant")
+        if isinstance(request, InvalidRequest):  # it did not validate when unpickled here
+            return request.error
+        problem = None if request.tenant is None else namespace_problem(request.tenant, "tenant")  # exactly str
         if problem:  # only a request built around its own validation gets here
             return RequestError(f"{request!r}: {problem}")
         if self.identity == "tls":

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from distributed import WorkerPlugin, get_worker
 
 from .. import compat, config
-from ..errors import AdmissionRejected, ConfigError, KaasError
+from ..errors import AdmissionRejected, ConfigError, KaasError, TenantError
 from ..logs import setup_logging
-from ..report import REJECTED_ANNOTATION, WANTED_ANNOTATION
+from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
 from ..scheduling.eviction import check_eviction
 from ..text import format_bytes
 from ..device import KINDS, make_device
@@ -128,6 +128,8 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.runtime = Runtime(device, self.store)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
+        bound = config.get("scheduler.tenant-identity") == "tls"
+        self.runtime.check_tenant = lambda request: check_approved_tenant(worker, request, bound)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         await compat.ensure_worker_resource(worker, "GPU", 1)
         pool = getattr(device, "pool_bytes", None)
@@ -212,6 +214,22 @@ def worker_runtime() -> Runtime | None:
         runtime.want(hints)
     runtime.task_rejection = _rejection(compat.current_task_annotation(worker, REJECTED_ANNOTATION))
     return runtime
+
+
+def check_approved_tenant(worker, request, bound: bool) -> None:
+    """Refuse to run ``request`` in a task the scheduler approved for another tenant; with ``bound``
+    (``kaas.scheduler.tenant-identity: tls``), also in a task it did not approve at all (a Request
+    called from inside some other task). Outside a task (``client.run``, a thread): no task, no check."""
+    if not compat.in_task(worker):
+        return
+    approved = compat.current_task_annotation(worker, TENANT_ANNOTATION)
+    tenant = request.tenant or ""
+    if approved is None and not bound:
+        return
+    if type(approved) is not str or approved != tenant:
+        raise TenantError(f"{request!r} is running in a task the scheduler approved "
+                          + (f"for tenant {approved!r}, not {tenant!r}" if isinstance(approved, str)
+                             else "for no KaaS request (a Request runs only as a task's function)"))
 
 
 def _rejection(annotation) -> tuple[int, AdmissionRejected] | None:

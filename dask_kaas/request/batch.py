@@ -20,7 +20,7 @@ from dask.sizeof import sizeof
 from .. import config
 from ..errors import RequestError
 from .call import current_runtime
-from .model import Request
+from .model import InvalidRequest, Request
 
 __all__ = ["BatchCalls", "BatchResults", "RequestBatch"]
 
@@ -135,7 +135,7 @@ class RequestBatch:
         return BatchResults(current_runtime().run_batch(self.request, calls.calls))
 
     def __reduce__(self):
-        return RequestBatch, (self.request, self.count)
+        return _rebuild_batch, (self.request, self.count)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RequestBatch) and (self.request, self.count) == (other.request, other.count)
@@ -148,3 +148,13 @@ class RequestBatch:
 
     def __repr__(self) -> str:
         return f"RequestBatch({self.request!r} x {self.count})"
+
+
+def _rebuild_batch(request, count):
+    """A RequestBatch again, or the :class:`~.model.InvalidRequest` that says why it is not one."""
+    if isinstance(request, InvalidRequest):
+        return request
+    try:
+        return RequestBatch(request, count)
+    except (RequestError, TypeError) as e:
+        return InvalidRequest(e if isinstance(e, RequestError) else RequestError(str(e)))

@@ -132,7 +132,7 @@ class Request:
         if not kernels:
             raise RequestError("a request needs at least one kernel")
         for k in kernels:
-            if not isinstance(k, KernelSpec):
+            if type(k) is not KernelSpec:
                 raise RequestError(f"kernels must be KernelSpec objects, got {show(k)}")
         limits = config.get("limits")
         if len(kernels) > limits["kernels"]:
@@ -143,6 +143,8 @@ class Request:
         if n_iter > limits["n-iter"] or n_iter * len(kernels) > limits["launches"]:
             raise RequestError(f"n_iter {n_iter} x {len(kernels)} kernels is beyond kaas.limits.n-iter "
                                f"({limits['n-iter']}) or kaas.limits.launches ({limits['launches']})")
+        if isinstance(tenant, str):  # an exact str (numpy's str_ is a subclass): no subclass decides == for it
+            tenant = str.__str__(tenant)
         if tenant is not None:
             _check(namespace_problem(tenant, "tenant"))
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
@@ -540,8 +542,8 @@ class Request:
         return visualize_request(self, filename=filename, format=format)
 
     def __reduce__(self):
-        # Unpickling skips re-validation: a pickled request was valid when built.
-        # The shape token travels too: the scheduler unpickles every task's request and needs it at once.
+        # Unpickling validates again (a pickle is bytes anyone can write: a tenant that is a str subclass,
+        # limits exceeded); the shape token travels too, since the scheduler needs it at once.
         return (_rebuild_request, (self.kernels, self.n_iter, self.tenant, self.deadline, self.shape_token))
 
 
@@ -554,10 +556,32 @@ def _set_request_fields(req: Request, kernels, n_iter, tenant, deadline) -> None
     set_(req, "_roles", _derive_roles(kernels))
 
 
+class InvalidRequest:
+    """What a pickled Request that fails validation unpickles as (a pickle is bytes anyone can write):
+    the scheduler refuses its task with :attr:`error`, and calling it raises that error. Raising
+    while unpickling instead would fail the whole graph with Dask's generic deserialization error."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        raise self.error
+
+    def __reduce__(self):
+        return InvalidRequest, (self.error,)
+
+    def __repr__(self) -> str:
+        return f"InvalidRequest({self.error})"
+
+
 def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
-    req = object.__new__(Request)
-    _set_request_fields(req, kernels, n_iter, tenant, deadline)
-    if shape_token is not None:
+    try:
+        req = Request(kernels, n_iter=n_iter, tenant=tenant, deadline=deadline)
+    except (RequestError, TypeError, ValueError) as e:
+        return InvalidRequest(e if isinstance(e, RequestError) else RequestError(f"invalid request: {e}"))
+    if type(shape_token) is str:
         req.__dict__["shape_token"] = shape_token
     return req
 

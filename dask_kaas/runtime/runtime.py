@@ -163,6 +163,9 @@ class Runtime:
         # admission control; set by the worker's runtime resolver from the task's annotation
         self.task_rejection: tuple[int, KaasError] | None = None
         self.exclusive = False  # a tenant switch empties the cache (the "exclusive GPU" baseline)
+        # called with each request before it runs (the worker's: TenantError unless the scheduler approved
+        # the running task for the request's tenant)
+        self.check_tenant: Callable[[Request], None] | None = None
         self._last_tenant: str | None = None
         self._prepared: dict[tuple, tuple] = {}  # launch key -> (module, prepared launch), oldest first
         self._reports = ReportBuilder()
@@ -235,6 +238,8 @@ class Runtime:
         """
         if not isinstance(request, Request):
             raise TypeError(f"expected a Request, got {type(request).__name__}")
+        if self.check_tenant is not None:
+            self.check_tenant(request)
         with self._lock:
             start = time.perf_counter()
             ok = False
@@ -294,6 +299,8 @@ class Runtime:
         """
         if not isinstance(request, Request):
             raise TypeError(f"expected a Request, got {type(request).__name__}")
+        if self.check_tenant is not None:
+            self.check_tenant(request)
         if rejected is None:
             rejected, self.task_rejection = self.task_rejection, None
         cut, rejection = rejected if rejected is not None else (len(calls), None)
