@@ -362,9 +362,9 @@ def test_bad_infer_bodies_are_400_naming_the_tensor(fn, body, length, message):
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=300),
                  st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                              lambda c: st.lists(c, max_size=4) | st.dictionaries(
+                              lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(
                                   st.sampled_from(["inputs", "outputs", "name", "shape", "datatype", "data", "id",
-                                                   "parameters", "binary_data_size", "x", "y"]), c, max_size=5),
+                                                   "parameters", "binary_data_size", "x", "y"]), c, max_size=5)),
                               max_leaves=30).map(lambda d: json.dumps(d).encode())),
        st.one_of(st.none(), st.text(max_size=4)))
 def test_parsing_any_body_raises_only_oip_errors(body, length):
