@@ -18,10 +18,11 @@ class Processes:
     def __init__(self, directory: Path):
         self.directory, self.procs = directory, {}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """Start ``args`` as ``name``; ``env``: variables added to this process's environment."""
         log = open(self.directory / f"{name}.log", "w")
         proc = subprocess.Popen([*args], stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                                start_new_session=True)
+                                start_new_session=True, env=None if env is None else {**os.environ, **env})
         self.procs[name] = proc
         return proc
 

@@ -3,17 +3,26 @@
 The Dask client interface is for trusted users (it can run any function); with mutual TLS and this
 setting, the scheduler at least makes a request's tenant the one its client's certificate names.
 """
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import dask
 import numpy as np
 import pytest
 from distributed import Client
 from distributed.security import Security
 
-from dask_kaas import LocalKaasCluster, Request
+from dask_kaas import BufferStore, Request
 from dask_kaas.errors import RequestError, TenantError
 from helpers import matvec_request
+from procs import Processes, free_port
+from tenant_attacks import HiddenRequest, SameAsAnyone
 pytest.importorskip("cryptography")  # a test-only dependency (tlscerts makes certificates with it)
-from tlscerts import make_pki
+from tlscerts import make_pki  # noqa: E402
+
+BIN = Path(os.path.dirname(sys.executable))
 
 
 def security(pki, name, ca):
@@ -24,17 +33,38 @@ def security(pki, name, ca):
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory):
+    """A TLS cluster as an operator starts one: ``dask kaas scheduler`` and ``dask kaas worker`` processes
+    with the cluster's certificate and ``kaas.scheduler.tenant-identity: tls`` in their environment."""
     directory = tmp_path_factory.mktemp("pki")
     pki = make_pki(directory, ["cluster", "alice", "bob", "carol.example.org"])
     ca = pki["ca"][0]
-    store = f"file://{tmp_path_factory.mktemp('tls-store')}"
-    with dask.config.set({"kaas.scheduler.tenant-identity": "tls",
-                          "kaas.scheduler.tenant-map": {"carol.example.org": "carol"}}):
-        with LocalKaasCluster(n_workers=1, device="host", store=store, protocol="tls://",
-                              security=security(pki, "cluster", ca), dashboard_address=":0") as cluster:
-            for tenant in ("alice", "bob", "carol"):
-                cluster.store.put("A", np.eye(64, dtype=np.float32) * (1 + len(tenant)), namespace=tenant)
-            yield cluster, {name: security(pki, name, ca) for name in ("alice", "bob", "carol.example.org")}
+    store = BufferStore(f"file://{tmp_path_factory.mktemp('tls-store')}")
+    for tenant in ("alice", "bob", "carol"):
+        store.put("A", np.eye(64, dtype=np.float32) * (1 + len(tenant)), namespace=tenant)
+    # the attacker's classes (tenant_attacks) importable there, as a client's own script's travel by value
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "DASK_KAAS__SCHEDULER__TENANT_IDENTITY": "tls",
+           "DASK_KAAS__SCHEDULER__TENANT_MAP": '{"carol.example.org": "carol"}'}
+    cert, key = pki["cluster"]
+    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+    port = free_port()
+    address = f"tls://127.0.0.1:{port}"
+    procs = Processes(directory)
+    try:
+        procs.start("scheduler", BIN / "dask-kaas", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                    "--protocol", "tls", "--dashboard-address", ":0", *tls, env=env)
+        procs.start("worker", BIN / "dask-kaas", "worker", address, "--device", "host", "--store", store.url,
+                    "--no-dashboard", *tls, env=env)
+        with Client(address, security=security(pki, "cluster", ca), timeout=60) as operator:
+            operator.wait_for_workers(1, timeout=120)
+        yield SimpleNamespace(scheduler_address=address, store=store, procs=procs), \
+            {name: security(pki, name, ca) for name in ("alice", "bob", "carol.example.org")}
+    except Exception:
+        for name in ("scheduler", "worker"):
+            print(f"--- {name} log\n" + (procs.log(name) if name in procs.procs else ""))
+        raise
+    finally:
+        procs.stop_all()
 
 
 def test_a_client_runs_as_the_tenant_its_certificate_names(tls_cluster):
@@ -56,28 +86,6 @@ def test_a_client_runs_as_the_tenant_its_certificate_names(tls_cluster):
 
 # ------------------------------------------------------------------ attacks through Dask's own forms
 # mallory (alice's certificate here) tries to run bob's request, reaching bob's namespace and consts.
-class HiddenRequest:
-    """An object the scheduler cannot look into: it calls the request it hides on the worker."""
-
-    def __init__(self, request):
-        self._r = request
-
-    def __call__(self, x):
-        return self._r(x=x)
-
-
-class SameAsAnyone(str):
-    """A tenant that compares equal to (and not unequal from) any name."""
-
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = str.__hash__
-
-
 def _refused(future, match):
     with pytest.raises((TenantError, RequestError), match=match):
         future.result(timeout=60)
