@@ -9,8 +9,11 @@ signature. No other module of dask_kaas touches a private attribute of distribut
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Callable
 
+logger = logging.getLogger("dask_kaas")
 TASK_METADATA_KEY = "kaas"
 
 
@@ -102,6 +105,23 @@ def bind_stream_identity(scheduler) -> None:
         return await base(comm=comm, extra=extra, **kwargs)
 
     scheduler.handle_stream = handle_stream
+
+
+def guard_worker_registration(scheduler, refusal: Callable[[dict | None], str | None]) -> None:
+    """Refuse a worker whose TLS certificate ``refusal(cert)`` names a reason for (``cert`` as
+    ``getpeercert`` gives it, None without one), before the scheduler adds it: the answer is the
+    error ``register-worker`` gives for a taken name, which the worker raises and closes on."""
+    base = scheduler.handlers["register-worker"]
+
+    async def register_worker(comm, **msg):
+        problem = refusal((comm.extra_info or {}).get("peercert"))
+        if problem is not None:
+            logger.warning("dask-kaas: refused worker %s from %s: %s", msg.get("name"), comm.peer_address, problem)
+            await comm.write({"status": "error", "message": problem, "time": time.time()})
+            return None  # as register-worker's own refusal: the answer is written, nothing more
+        return await base(comm, **msg)
+
+    scheduler.handlers["register-worker"] = register_worker
 
 
 class _IdentityComm:

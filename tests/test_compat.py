@@ -84,6 +84,16 @@ def test_comm_internals():
     from distributed.core import Server
 
     assert params(Server.handle_stream)[:2] == ["comm", "extra"]
+    # guard_worker_registration: handlers["register-worker"] is add_worker(comm, ...), which refuses a worker by
+    # writing {"status": "error", "message": ...} and returning
+    assert params(Scheduler.add_worker)[0] == "comm"
+    assert '"status": "error"' in inspect.getsource(Scheduler.add_worker)
+    from distributed.core import _expects_comm
+
+    async def handler(comm, **msg):
+        pass
+
+    assert _expects_comm(handler)
     assert "extra={\"client\": client}" in inspect.getsource(Scheduler.add_client).replace("'", '"')
 
 

@@ -5,6 +5,7 @@ setting, the scheduler at least makes a request's tenant the one its client's ce
 """
 import os
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +37,7 @@ def tls_cluster(tmp_path_factory):
     """A TLS cluster as an operator starts one: ``dask kaas scheduler`` and ``dask kaas worker`` processes
     with the cluster's certificate and ``kaas.scheduler.tenant-identity: tls`` in their environment."""
     directory = tmp_path_factory.mktemp("pki")
-    pki = make_pki(directory, ["cluster", "alice", "bob", "carol.example.org"])
+    pki = make_pki(directory, ["cluster", "alice", "bob", "carol.example.org", "worker-2"])
     ca = pki["ca"][0]
     store = BufferStore(f"file://{tmp_path_factory.mktemp('tls-store')}")
     for tenant in ("alice", "bob", "carol"):
@@ -44,9 +45,13 @@ def tls_cluster(tmp_path_factory):
     # the attacker's classes (tenant_attacks) importable there, as a client's own script's travel by value
     env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
            "DASK_KAAS__SCHEDULER__TENANT_IDENTITY": "tls",
-           "DASK_KAAS__SCHEDULER__TENANT_MAP": '{"carol.example.org": "carol"}'}
-    cert, key = pki["cluster"]
-    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+           "DASK_KAAS__SCHEDULER__TENANT_MAP": '{"carol.example.org": "carol"}',
+           "DASK_KAAS__SCHEDULER__WORKER_NAMES": '["cluster", "worker-*"]'}
+    def tls_of(name):
+        cert, key = pki[name]
+        return ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+
+    tls = tls_of("cluster")
     port = free_port()
     address = f"tls://127.0.0.1:{port}"
     procs = Processes(directory)
@@ -57,7 +62,8 @@ def tls_cluster(tmp_path_factory):
                     "--no-dashboard", *tls, env=env)
         with Client(address, security=security(pki, "cluster", ca), timeout=60) as operator:
             operator.wait_for_workers(1, timeout=120)
-        yield SimpleNamespace(scheduler_address=address, store=store, procs=procs), \
+        yield SimpleNamespace(scheduler_address=address, store=store, procs=procs, env=env, tls_of=tls_of,
+                              operator=security(pki, "cluster", ca)), \
             {name: security(pki, name, ca) for name in ("alice", "bob", "carol.example.org")}
     except Exception:
         for name in ("scheduler", "worker"):
@@ -152,3 +158,27 @@ def test_a_tenant_is_exactly_a_str_after_unpickling(tls_cluster):
         with pytest.raises(TenantError, match="certificate is tenant 'alice', not 'bob'"):  # rebuilt as a plain str
             mallory.submit(forged, x=x, pure=False).result(timeout=60)
         assert len(mallory.run(lambda: 1)) == 1  # the worker is still there
+
+
+def test_only_worker_certificates_join_as_workers(tls_cluster):
+    """kaas.scheduler.worker-names: a tenant's certificate is refused as a worker (it would be sent other
+    tenants' requests and inputs); a certificate of a worker name joins. Last: it changes the cluster."""
+    cluster, _ = tls_cluster
+    address, procs = cluster.scheduler_address, cluster.procs
+
+    def worker(name, cert):
+        procs.start(name, BIN / "dask-kaas", "worker", address, "--device", "host", "--store", cluster.store.url,
+                    "--no-dashboard", "--name", name, *cluster.tls_of(cert), env=cluster.env)
+
+    with Client(address, security=cluster.operator, timeout=60) as operator:
+        worker("rogue", "alice")
+        deadline = time.monotonic() + 120
+        while "may not join as a worker" not in procs.log("scheduler") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "the certificate 'alice' may not join as a worker" in procs.log("scheduler")
+        names = {w["name"] for w in operator.scheduler_info()["workers"].values()}
+        assert "rogue" not in names and len(names) == 1
+        procs.kill("rogue")
+        worker("second", "worker-2")
+        operator.wait_for_workers(2, timeout=120)
+        assert "second" in {w["name"] for w in operator.scheduler_info()["workers"].values()}

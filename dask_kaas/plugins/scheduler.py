@@ -34,6 +34,7 @@ from ..request.model import InvalidRequest
 from ..request.batch import RequestBatch
 from ..scheduling import POLICIES, SchedulingCore, Task
 from .graph_scan import SCAN_LIMIT, requests_within
+from .identity import common_name, worker_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,11 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if self.identity not in (None, "tls"):
             raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
         self.tenant_map = config.get_dict("scheduler.tenant-map")
+        self.worker_names = config.get("scheduler.worker-names")
+        if self.worker_names is not None and (isinstance(self.worker_names, str) or not all(
+                type(p) is str for p in self.worker_names)):
+            raise ConfigError(f"kaas.scheduler.worker-names must be null or a list of name patterns, "
+                              f"got {self.worker_names!r}")
         settings = config.scheduler_settings()
         if weights is not None:
             settings["weights"] = dict(weights)
@@ -198,6 +204,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         scheduler.extensions["kaas"] = self
         compat.add_stream_handler(scheduler, "kaas-report", self.handle_report)
         compat.bind_stream_identity(scheduler)  # a message's "client" field never replaces its connection's
+        if self.worker_names is not None:
+            patterns = list(self.worker_names)
+            compat.guard_worker_registration(scheduler, lambda cert: worker_refusal(cert, patterns))
         self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
         self._sync_workers()
         try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
@@ -310,9 +319,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     def _tls_tenant(self, scheduler, client: str) -> str | None:
         """The tenant of a client's TLS certificate: its common name, through ``kaas.scheduler.tenant-map``."""
-        cert = compat.client_certificate(scheduler, client)
-        names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
-        return self.tenant_map.get(names[0], names[0]) if names else None
+        name = common_name(compat.client_certificate(scheduler, client))
+        return None if name is None else self.tenant_map.get(name, name)
 
     def _reject(self, scheduler, ts, error: Exception) -> None:
         """Fail a task at once, before any worker sees it: restricted to a worker that does not
