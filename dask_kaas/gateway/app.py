@@ -29,7 +29,8 @@ from starlette.requests import ClientDisconnect, Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .oip import (BINARY_HEADER, InferCall, InferenceStats, OipError, body_budget, encode_outputs, model_config,
+from .catalog import visible_name
+from .oip import (BINARY_HEADER, InferCall, OipError, body_budget, encode_outputs, model_config,
                   model_metadata, read_infer)
 from .openapi import openapi_document
 from .service import Gateway, GatewaySettings
@@ -195,7 +196,6 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     gw = Gateway(settings or GatewaySettings(), client)
     parsers = _Parsers()
     metrics_hash = _metrics_hash(gw.settings)
-    statistics = InferenceStats()  # Triton's statistics extension: per tenant, function and version
 
     version = metadata.version("dask-kaas")
 
@@ -240,22 +240,22 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     async def stats(request):
         tenant, fn, versions = await called(request)
         wanted = [fn.version] if "version" in request.path_params else versions
-        return JSONResponse(statistics.report(tenant, [(fn, wanted)]))
+        return JSONResponse(gw.statistics.report(tenant, [(fn, wanted)]))
 
     async def all_stats(request):
         tenant = _tenant(gw, request)
-        return JSONResponse(statistics.report(tenant, await run_in_threadpool(gw.catalog.visible, tenant)))
+        return JSONResponse(gw.statistics.report(tenant, await run_in_threadpool(gw.catalog.visible, tenant)))
 
     async def index(request):
         tenant = _tenant(gw, request)
         found = await run_in_threadpool(gw.catalog.visible, tenant)
-        return JSONResponse([{"name": fn.name if fn.namespace == tenant else fn.qualified_name,
+        return JSONResponse([{"name": visible_name(fn, tenant),
                               "version": str(fn.version), "versions": [str(v) for v in versions],
                               "state": "READY"} for fn, versions in found])
 
     async def infer(request):
         started = time.perf_counter()
-        tenant = model_name = fn = None
+        tenant = fn = None
         bytes_in = bytes_out = 0
         status = 500
         body = _Body(request, gw.settings.read_timeout)
@@ -264,7 +264,6 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             tenant = _tenant(gw, request)
             gw.admit(tenant)
             fn, _ = await _find(gw, request, tenant)
-            model_name = fn.qualified_name
             call = await _read_call(gw, parsers, body, request, fn, tenant)
             bytes_in = body.size
             results = await gw.call(fn, tenant, call)
@@ -286,10 +285,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             logger.exception("gateway: unexpected error serving %s", request.url.path)
             return _error(500, "internal error in the gateway (see its log)")
         finally:
-            gw.metrics.in_flight.dec()
-            gw.metrics.observe(tenant, model_name, status, time.perf_counter() - started, bytes_in, bytes_out)
-            if fn is not None:
-                statistics.record(tenant, fn, status == 200, time.perf_counter() - started)
+            gw.served(tenant, fn, status, time.perf_counter() - started, bytes_in, bytes_out)
 
     async def guarded(handler, request):
         try:
@@ -336,5 +332,4 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: http_error, 405: http_error})
     app.state.gateway = gw
-    app.state.statistics = statistics
     return app

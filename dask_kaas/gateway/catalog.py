@@ -17,9 +17,14 @@ from ..errors import FunctionNotFound
 from ..functions import Function, FunctionRepository
 from ..names import show
 
-__all__ = ["Catalog", "Uncached"]
+__all__ = ["Catalog", "Uncached", "visible_name"]
 
 LOADED_VERSIONS = 1024
+
+
+def visible_name(fn: Function, tenant: str) -> str:
+    """The name ``tenant`` calls ``fn`` by: its own functions plainly, others' as ``namespace:name``."""
+    return fn.name if fn.namespace == tenant else fn.qualified_name
 
 
 class Uncached(LookupError):

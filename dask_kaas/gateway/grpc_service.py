@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import ConfigError
 from .grpc_protocol import (METHODS, SERVICE, config_response, infer_document, infer_response, metadata_response, pb,
                             statistics_response)
-from .oip import InferenceStats, OipError, build_call, model_config, model_metadata
+from .catalog import visible_name
+from .oip import OipError, build_call, model_config, model_metadata
 
 __all__ = ["GrpcServer", "grpc_code"]
 
@@ -63,7 +64,6 @@ class GrpcServer:
 
     def __init__(self, gw, host: str, port: int) -> None:
         self.gw, self.host, self.port = gw, host, port
-        self.statistics = gw.statistics if gw.statistics is not None else InferenceStats()
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -160,14 +160,14 @@ class GrpcServer:
         else:
             fn, versions = await self._find(request, tenant)
             found = [(fn, [fn.version] if request.version else versions)]
-        return statistics_response(self.statistics.report(tenant, found))
+        return statistics_response(self.gw.statistics.report(tenant, found))
 
     async def repository_index(self, request, context):
         tenant = self.gw.tenant(_authorization(context))
         found = await run_in_threadpool(self.gw.catalog.visible, tenant)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[
-            index(name=fn.name if fn.namespace == tenant else fn.qualified_name, version=str(fn.version),
+            index(name=visible_name(fn, tenant), version=str(fn.version),
                   state="READY") for fn, _ in found])
 
     async def model_infer(self, request, context):
@@ -196,8 +196,4 @@ class GrpcServer:
             status = 499  # the caller went away (its deadline, or cancelled): nginx's "client closed request"
             raise
         finally:
-            seconds = time.perf_counter() - started
-            gw.metrics.in_flight.dec()
-            gw.metrics.observe(tenant, fn.qualified_name if fn else None, status, seconds, bytes_in, bytes_out)
-            if fn is not None:
-                self.statistics.record(tenant, fn, status == 200, seconds)
+            gw.served(tenant, fn, status, time.perf_counter() - started, bytes_in, bytes_out)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..functions import Function, TensorSpec
 from ..names import show
+from .catalog import visible_name
 
 __all__ = ["OipError", "InferCall", "InferenceStats", "decode_body", "parse_infer", "build_call", "encode_outputs",
            "model_metadata", "model_config", "BINARY_HEADER", "BodyBudget", "body_budget", "JsonStructure",
@@ -539,7 +540,7 @@ class InferenceStats:
         a function of another namespace is named ``namespace:name``, as in the repository index."""
         stats = []
         for fn, versions in found:
-            name = fn.name if fn.namespace == tenant else fn.qualified_name
+            name = visible_name(fn, tenant)
             for version in versions:
                 ok, ok_ns, failed, failed_ns, last = self._calls.get((tenant, fn.qualified_name, version),
                                                                      (0, 0, 0, 0, 0))

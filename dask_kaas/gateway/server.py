@@ -24,7 +24,6 @@ def serve(settings: GatewaySettings, *, host: str, port: int, log_level: str = "
     gw = app.state.gateway
     if grpc_port is not None:
         gw.grpc_address = (host, grpc_port)
-        gw.statistics = getattr(app.state, "statistics", None)  # one count of calls for both transports
     if not gw.tokens.tenants:
         logger.warning("gateway: tokens file %s has no tenants: every call will be refused with 401 "
                        "(add one with `dask kaas token add TENANT --tokens %s`)", gw.tokens.path, gw.tokens.path)

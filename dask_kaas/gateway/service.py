@@ -23,7 +23,7 @@ from ..functions import FunctionRepository
 from ..store import BufferStore, open_store
 from .catalog import Catalog, Uncached
 from .metrics import GatewayMetrics
-from .oip import InferCall, OipError
+from .oip import InferCall, InferenceStats, OipError
 from .ratelimit import RateLimiter
 from .tokens import Tokens
 
@@ -74,7 +74,7 @@ class Gateway:
         self.client = client
         self.grpc_address = grpc_address  # (host, port) to serve gRPC on from start(); None: no gRPC
         self.grpc = None
-        self.statistics = None  # the InferenceStats gRPC counts into too: the REST application's (serve() sets it)
+        self.statistics = InferenceStats()  # Triton's statistics extension, both transports' calls
         self.batcher: Batcher | None = None
         self._own_client = client is None
         self.store = open_store(self.settings.store)
@@ -129,6 +129,15 @@ class Gateway:
             raise OipError(401, "a valid bearer token is required (Authorization: Bearer <token>)",
                            {"www-authenticate": 'Bearer realm="dask-kaas"'})
         return tenant
+
+    def served(self, tenant: str | None, fn, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """Account one infer call as it ends, whichever transport served it (``fn`` None: its function was
+        never found): the metrics (which counted it in flight when it started) and the statistics."""
+        self.metrics.in_flight.dec()
+        self.metrics.observe(tenant, fn.qualified_name if fn is not None else None, status, seconds, bytes_in,
+                             bytes_out)
+        if fn is not None:
+            self.statistics.record(tenant, fn, status == 200, seconds)
 
     def admit(self, tenant: str) -> None:
         """429 when the tenant is over its rate limit."""
