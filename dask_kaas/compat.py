@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 logger = logging.getLogger("dask_kaas")
 TASK_METADATA_KEY = "kaas"
@@ -91,8 +91,20 @@ def task_children(node) -> tuple | None:
     return ()
 
 
-def bind_stream_identity(scheduler) -> None:
-    """Make a stream message's ``client`` or ``worker`` field the connection's, whatever it says.
+def task_call(node) -> tuple[bool, Any]:
+    """``(True, function)`` for a node of dask's task spec that calls a function, else ``(False, None)``
+    (data, aliases, references, and the list, tuple, set and dict containers a task's arguments become)."""
+    from dask._task_spec import NestedContainer, Task
+
+    if isinstance(node, Task) and not isinstance(node, NestedContainer):
+        return True, node.func
+    return False, None
+
+
+def bind_stream_identity(scheduler, guard: Callable[[Any, dict], Awaitable[dict | None]] | None = None) -> None:
+    """Make a stream message's ``client`` or ``worker`` field the connection's, whatever it says; with
+    ``guard``, pass each message of a client's stream through ``await guard(comm, msg)`` first (the
+    message to handle, or None to drop it), ``comm`` the connection it came on.
 
     ``Server.handle_stream`` calls each handler with ``merge(extra, msg)``: a field of the message
     replaces the identity of the connection it came on (a client could send ``update-graph`` as any
@@ -101,8 +113,12 @@ def bind_stream_identity(scheduler) -> None:
 
     async def handle_stream(comm, extra=None, **kwargs):
         if extra:
-            comm = _IdentityComm(comm, extra)
-        return await base(comm=comm, extra=extra, **kwargs)
+            comm = _IdentityComm(comm, extra, guard if "client" in extra else None)
+        try:
+            return await base(comm=comm, extra=extra, **kwargs)
+        finally:
+            if isinstance(comm, _IdentityComm):
+                comm.forget_vetted()
 
     scheduler.handle_stream = handle_stream
 
@@ -125,22 +141,180 @@ def guard_worker_registration(scheduler, refusal: Callable[[dict | None], str | 
 
 
 class _IdentityComm:
-    """A comm whose messages carry the connection's identity fields, not their own."""
+    """A comm whose messages carry the connection's identity fields, not their own, and pass its guard."""
 
-    def __init__(self, comm, extra: dict) -> None:
-        self._comm, self._extra = comm, dict(extra)
+    def __init__(self, comm, extra: dict, guard=None) -> None:
+        self._comm, self._extra, self._guard = comm, dict(extra), guard
+        self._vetted: list[str] = []  # graphs handed over in the last batch read
+
+    def forget_vetted(self) -> None:
+        """Drop the graphs of the last batch that no handler took (a message before them failed)."""
+        for token in self._vetted:
+            _VETTED.pop(token, None)
+        self._vetted.clear()
 
     async def read(self, *args, **kwargs):
+        self.forget_vetted()  # handle_stream handles a batch whole before it reads the next
         msgs = await self._comm.read(*args, **kwargs)
-        for msg in msgs if isinstance(msgs, (list, tuple)) else (msgs,):
-            if isinstance(msg, dict):
-                for name, value in self._extra.items():
-                    if name in msg:
-                        msg[name] = value
-        return msgs
+        batch = msgs if isinstance(msgs, (list, tuple)) else (msgs,)
+        for msg in batch:
+            if isinstance(msg, dict) and msg.get("op") is not None:
+                msg.update(self._extra)  # as handle_stream's merge(extra, msg) should have
+        if self._guard is None:
+            return msgs
+        kept = []
+        for msg in batch:
+            if not isinstance(msg, dict) or msg.get("op") == "close-stream":
+                kept.append(msg)
+            elif (msg := await self._guard(self._comm, msg)) is not None:
+                header = getattr(msg.get("expr_ser"), "header", None)
+                if isinstance(header, dict) and header.get("serializer") == _VETTED_FAMILY:
+                    self._vetted.append(header["token"])
+                kept.append(msg)
+        return kept
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
+
+
+def peer_certificate(comm) -> dict | None:
+    """The TLS certificate (as ``getpeercert`` gives it) of the peer of a connection, or None."""
+    return (getattr(comm, "extra_info", None) or {}).get("peercert")
+
+
+def guard_handlers(scheduler, refusal: Callable[[dict | None, str, dict], str | None]) -> None:
+    """Before the scheduler's handler ``op`` answers a connection, ask ``refusal(cert, op, msg)``
+    (``cert`` the peer's TLS certificate): a reason refuses the call, answered as an error the caller
+    raises (a ``TenantError`` naming the reason); ``register-client`` is refused as distributed refuses
+    a client, with the reason in its ``stream-start``. Handlers added later are guarded too."""
+    scheduler.handlers = _GuardedHandlers(scheduler.handlers, refusal)
+
+
+class _GuardedHandlers(dict):
+    def __init__(self, handlers: dict, refusal) -> None:
+        super().__init__(handlers)
+        self._refusal = refusal
+        self._wrapped: dict = {}
+
+    def __getitem__(self, op):
+        base = super().__getitem__(op)
+        cached = self._wrapped.get(op)
+        if cached is not None and cached[0] is base:
+            return cached[1]
+        wrapped = _guarded_handler(op, base, self._refusal)
+        self._wrapped[op] = (base, wrapped)
+        return wrapped
+
+
+def _guarded_handler(op: str, base: Callable, refusal) -> Callable:
+    import inspect
+
+    from distributed.core import error_message
+
+    from .errors import TenantError
+
+    params = inspect.signature(base).parameters
+    takes_comm = bool(params) and next(iter(params)) == "comm"
+
+    async def call(comm, msg):
+        problem = refusal(peer_certificate(comm), op, msg)
+        if problem is not None:
+            logger.warning("dask-kaas: refused %r from %s: %s", op, comm.peer_address, problem)
+            if op == "register-client":
+                await comm.write([{"op": "stream-start", "error": f"TenantError: {problem}"}])
+                return None
+            return error_message(TenantError(problem), status="uncaught-error")
+        result = base(comm, **msg) if takes_comm else base(**msg)
+        return await result if inspect.isawaitable(result) else result
+
+    if "serializers" in params:  # distributed passes a caller's serializers only to handlers that name them
+        async def guarded(comm, serializers=None, **msg):
+            return await call(comm, {**msg, "serializers": serializers})
+    else:
+        async def guarded(comm, **msg):
+            return await call(comm, msg)
+    guarded.__name__ = getattr(base, "__name__", op)
+    return guarded
+
+
+def guard_listeners(server, refusal: Callable[[dict | None], str | None]) -> None:
+    """Refuse connections to ``server`` (a worker or nanny) whose TLS certificate ``refusal(cert)``
+    names a reason for: closed before Dask's handshake, whose message a worker would already
+    deserialize. Connections made before this call are checked too, and closed."""
+    for listener in getattr(server, "listeners", ()):
+        base = listener.on_connection
+
+        async def on_connection(comm, *args, _base=base, **kwargs):
+            problem = refusal(peer_certificate(comm))
+            if problem is not None:
+                logger.warning("dask-kaas: refused a connection from %s: %s", comm.peer_address, problem)
+                comm.abort()
+                from distributed.comm.core import CommClosedError
+
+                raise CommClosedError(problem)
+            return await _base(comm, *args, **kwargs)
+
+        listener.on_connection = on_connection
+    for comm in list(getattr(server, "_comms", {})):
+        if refusal(peer_certificate(comm)) is not None:
+            comm.abort()
+
+
+def tell_client(scheduler, client: str, msg: dict) -> None:
+    """Send ``msg`` on one client's stream (not to the other clients that want the same key)."""
+    stream = scheduler.client_comms.get(client)
+    if stream is not None:
+        stream.send(msg)
+
+
+def refuse_keys(scheduler, client: str, keys, error: Exception) -> None:
+    """Tell one client that ``keys`` of its failed (their futures raise ``error``)."""
+    from distributed.core import error_message
+
+    msg = error_message(error)
+    for key in keys:
+        tell_client(scheduler, client, {"op": "task-erred", "key": key, "exception": msg["exception"],
+                                        "traceback": msg["traceback"]})
+
+
+def release_for_client(scheduler, client: str, keys, stimulus: str) -> None:
+    """Remove ``client`` from those that want ``keys`` (the tasks stay for the others)."""
+    if client in scheduler.clients:
+        scheduler.client_releases_keys(keys=list(keys), client=client, stimulus_id=f"{stimulus}-{time.time()}")
+
+
+_VETTED: dict[str, Any] = {}
+_VETTED_FAMILY = "kaas-vetted"
+
+
+def vetted_expression(expr: Any) -> Any:
+    """A stand-in for an ``update-graph`` message's serialized graph that distributed deserializes to
+    ``expr`` itself (already unpickled, by :mod:`dask_kaas.plugins.tenant_pickle`): a one-time token in
+    a serialization family of its own, so nothing is unpickled twice."""
+    import secrets
+
+    from distributed.protocol.serialize import Serialized, families, register_serialization_family
+
+    if _VETTED_FAMILY not in families:
+        register_serialization_family(_VETTED_FAMILY, None, _take_vetted)
+    token = secrets.token_hex(16)
+    _VETTED[token] = expr
+    return Serialized({"serializer": _VETTED_FAMILY, "token": token}, [])
+
+
+def _take_vetted(header: dict, frames: list) -> Any:
+    return _VETTED.pop(header["token"])
+
+
+def update_graph_parts(msg: dict) -> tuple[dict, list, list]:
+    """``(header, frames, keys)`` of an ``update-graph`` message: its serialized graph and the keys it wants."""
+    expr = msg.get("expr_ser")
+    return getattr(expr, "header", None), list(getattr(expr, "frames", None) or ()), list(msg.get("keys") or ())
+
+
+def with_expression(msg: dict, expr: Any) -> dict:
+    """The ``update-graph`` message ``msg`` carrying ``expr`` (unpickled already) as its graph."""
+    return {**msg, "expr_ser": vetted_expression(expr)}
 
 
 def task_spec(ts) -> Any:

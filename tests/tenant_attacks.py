@@ -22,3 +22,31 @@ class SameAsAnyone(str):
         return False
 
     __hash__ = str.__hash__
+
+
+class Opens:
+    """Unpickled, it creates the file ``path`` (a stand-in for any code a pickle can run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def exponential(depth):
+    """A list of a few hundred pickled bytes whose tree has 2**depth leaves."""
+    node = [0]
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+class Opaque:
+    """Pickles as ``frozenset(value)``: the client sends ``value`` without looking into it."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return frozenset, (self.value,)

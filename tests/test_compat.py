@@ -97,6 +97,53 @@ def test_comm_internals():
     assert "extra={\"client\": client}" in inspect.getsource(Scheduler.add_client).replace("'", '"')
 
 
+def test_lockdown_internals():
+    """What the requests-only mode relies on."""
+    from distributed.comm.core import BaseListener, Listener
+    from distributed.comm.tcp import TCPListener
+    from distributed.core import Server, error_message
+    from distributed.protocol.serialize import Serialized, deserialize, families, register_serialization_family
+
+    # guard_handlers: handle_comm looks a handler up as self.handlers[op] for every message, and answers an
+    # "uncaught-error" status by raising the exception at the caller
+    source = inspect.getsource(Server._handle_comm)
+    assert "self.handlers[op]" in source and "has_keyword(handler, \"serializers\")" in source
+    assert error_message(ValueError("x"), status="uncaught-error")["status"] == "uncaught-error"
+    # guard_listeners: a listener's on_connection(comm, ...) runs Dask's handshake (the first read) before
+    # comm_handler; a worker's or nanny's connections in Server._comms
+    assert params(Listener.on_connection)[0] == "comm" and params(BaseListener.on_connection)[0] == "comm"
+    tcp = inspect.getsource(TCPListener._handle_stream)
+    assert tcp.index("self.on_connection(comm)") < tcp.index("self.comm_handler(comm)")
+    assert "self._comms[comm]" in source
+    # tell_client, release_for_client, client_certificate
+    assert params(Scheduler.client_releases_keys)[:3] == ["keys", "client", "stimulus_id"]
+    assert "client_comms" in inspect.getsource(Scheduler.add_client)
+    # vetted_expression: update_graph deserializes expr_ser.header/frames with every family allowed
+    assert "deserialize(expr_ser.header, expr_ser.frames)" in inspect.getsource(Scheduler.update_graph)
+    register_serialization_family("kaas-compat-test", None, lambda header, frames: header["value"])
+    try:
+        assert deserialize(*_serialized_parts(Serialized({"serializer": "kaas-compat-test", "value": 7}, []))) == 7
+    finally:
+        families.pop("kaas-compat-test")
+    # update_graph_parts / with_expression: the message's fields
+    assert {"client", "expr_ser", "keys"} <= set(params(Scheduler.update_graph))
+
+
+def _serialized_parts(ser):
+    return ser.header, ser.frames
+
+
+def test_task_call_tells_calls_from_containers():
+    import operator
+
+    from dask._task_spec import DataNode, List, Task
+
+    assert compat.task_call(Task("k", operator.getitem, [1], 0)) == (True, operator.getitem)
+    assert compat.task_call(List(1, 2))[0] is False
+    assert compat.task_call(DataNode("d", 1)) == (False, None)
+    assert compat.task_call(42) == (False, None)
+
+
 def test_task_spec_internals():
     # task_children: a Task's func, args and kwargs, a DataNode's value, on every node of a converted graph
     import functools
@@ -209,3 +256,29 @@ def test_scheduler_command():
     assert preload.multiple and callable(command.callback)
     accepted = inspect.signature(command.callback).parameters  # preload arrives among its **kwargs
     assert "preload" in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+
+
+def test_a_graph_no_handler_took_is_not_kept():
+    import asyncio
+
+    class Comm:
+        extra_info: dict = {}
+
+        def __init__(self, batches):
+            self.batches = list(batches)
+
+        async def read(self):
+            return self.batches.pop(0)
+
+    async def guard(comm, msg):
+        return compat.with_expression(msg, object()) if msg["op"] == "update-graph" else msg
+
+    async def main():
+        comm = compat._IdentityComm(Comm([[{"op": "update-graph", "client": "forged"}], []]), {"client": "c"}, guard)
+        before = len(compat._VETTED)
+        (msg,) = await comm.read()
+        assert msg["client"] == "c" and len(compat._VETTED) == before + 1
+        await comm.read()  # the next batch: a graph of the last one no handler took is dropped
+        assert len(compat._VETTED) == before
+
+    asyncio.run(main())

@@ -33,3 +33,21 @@ def test_plain_tasks_hold_none_and_a_huge_one_is_not_looked_through_whole():
     assert not whole
     found, whole = requests_within(convert_legacy_graph({"c": (len, deep)})["c"])
     assert whole and len(found) == 1
+
+
+def test_a_graph_of_requests_calls_nothing_else():
+    from dask._task_spec import Alias, DataNode, List, Task, TaskRef
+
+    from dask_kaas.plugins.graph_scan import foreign_call
+
+    r = matvec_request("A", tenant="alice")
+    plain = [Task("a", r, x=DataNode(None, [1.0])), Task("b", operator.getitem, TaskRef("a"), "y"),
+             Task("c", RequestBatch(r, 2), List(TaskRef("a"), TaskRef("b"))), Alias("d", "a"),
+             DataNode("e", {"k": [1, 2]})]
+    assert all(foreign_call(t) is None for t in plain)
+    hidden = Task("f", r, x=Task("g", len, [1, 2]))  # another call inside a request's arguments
+    assert foreign_call(hidden) is len
+    assert foreign_call(Task("h", max, 1, 2)) is max
+    assert foreign_call(DataNode("i", [Task("j", min, 1)])) is min  # even held as data
+    deep = Task("k", operator.getitem, [list(range(10))] * 20, 0)
+    assert foreign_call(deep, limit=50) is ...  # too large to look through whole

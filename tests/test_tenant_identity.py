@@ -3,74 +3,29 @@
 The Dask client interface is for trusted users (it can run any function); with mutual TLS and this
 setting, the scheduler at least makes a request's tenant the one its client's certificate names.
 """
-import os
-import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import dask
 import numpy as np
 import pytest
 from distributed import Client
-from distributed.security import Security
 
-from dask_kaas import BufferStore, Request
+from dask_kaas import Request
 from dask_kaas.errors import RequestError, TenantError
 from helpers import matvec_request
-from procs import Processes, free_port
 from tenant_attacks import HiddenRequest, SameAsAnyone
 pytest.importorskip("cryptography")  # a test-only dependency (tlscerts makes certificates with it)
-from tlscerts import make_pki  # noqa: E402
-
-BIN = Path(os.path.dirname(sys.executable))
-
-
-def security(pki, name, ca):
-    cert, key = pki[name]
-    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
-                    tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+from tls_cluster import BIN, tls_cluster as start_tls_cluster  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory):
-    """A TLS cluster as an operator starts one: ``dask kaas scheduler`` and ``dask kaas worker`` processes
-    with the cluster's certificate and ``kaas.scheduler.tenant-identity: tls`` in their environment."""
-    directory = tmp_path_factory.mktemp("pki")
-    pki = make_pki(directory, ["cluster", "alice", "bob", "carol.example.org", "worker-2"])
-    ca = pki["ca"][0]
-    store = BufferStore(f"file://{tmp_path_factory.mktemp('tls-store')}")
-    for tenant in ("alice", "bob", "carol"):
-        store.put("A", np.eye(64, dtype=np.float32) * (1 + len(tenant)), namespace=tenant)
-    # the attacker's classes (tenant_attacks) importable there, as a client's own script's travel by value
-    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "DASK_KAAS__SCHEDULER__TENANT_IDENTITY": "tls",
-           "DASK_KAAS__SCHEDULER__TENANT_MAP": '{"carol.example.org": "carol"}',
-           "DASK_KAAS__SCHEDULER__WORKER_NAMES": '["cluster", "worker-*"]'}
-    def tls_of(name):
-        cert, key = pki[name]
-        return ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
-
-    tls = tls_of("cluster")
-    port = free_port()
-    address = f"tls://127.0.0.1:{port}"
-    procs = Processes(directory)
-    try:
-        procs.start("scheduler", BIN / "dask-kaas", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                    "--protocol", "tls", "--dashboard-address", ":0", *tls, env=env)
-        procs.start("worker", BIN / "dask-kaas", "worker", address, "--device", "host", "--store", store.url,
-                    "--no-dashboard", *tls, env=env)
-        with Client(address, security=security(pki, "cluster", ca), timeout=60) as operator:
-            operator.wait_for_workers(1, timeout=120)
-        yield SimpleNamespace(scheduler_address=address, store=store, procs=procs, env=env, tls_of=tls_of,
-                              operator=security(pki, "cluster", ca)), \
-            {name: security(pki, name, ca) for name in ("alice", "bob", "carol.example.org")}
-    except Exception:
-        for name in ("scheduler", "worker"):
-            print(f"--- {name} log\n" + (procs.log(name) if name in procs.procs else ""))
-        raise
-    finally:
-        procs.stop_all()
+    """A TLS cluster as an operator starts one, with ``kaas.scheduler.tenant-identity: tls``."""
+    settings = {"DASK_KAAS__SCHEDULER__TENANT_IDENTITY": "tls",
+                "DASK_KAAS__SCHEDULER__TENANT_MAP": '{"carol.example.org": "carol"}',
+                "DASK_KAAS__SCHEDULER__WORKER_NAMES": '["cluster", "worker-*"]'}
+    with start_tls_cluster(tmp_path_factory.mktemp("pki"), tmp_path_factory.mktemp("tls-store"), settings) as out:
+        yield out
 
 
 def test_a_client_runs_as_the_tenant_its_certificate_names(tls_cluster):

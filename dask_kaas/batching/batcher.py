@@ -27,7 +27,6 @@ import dask
 
 from .. import config
 from ..errors import ConfigError, KaasError
-from ..plugins.scheduler import batch_slots
 from ..request import Request
 from ..request.batch import BatchCalls, RequestBatch
 from .queue import Batch, BatchQueue
@@ -160,6 +159,7 @@ class Batcher:
         self._outbox: list[Batch] = []
         self._flush_pending = False
         self._slots_asked = -float("inf")
+        self._direct: bool | None = None  # whether batches may go straight to workers (the scheduler says)
         self._counts = {"graph_updates": 0, "direct_batches": 0}
         self._inbox: list[tuple[Request, _Call]] = []  # calls handed over, not yet taken by the loop
         self._inbox_lock = threading.Lock()
@@ -297,6 +297,16 @@ class Batcher:
                                     for b in batches])
 
     async def _send_direct(self, batch: Batch) -> None:
+        if self._direct is None:
+            await self._ask_scheduler()
+        if not self._direct:  # tenants held to requests reach no worker: through the scheduler
+            try:
+                (future,) = self._submit_together([batch])
+            except Exception as e:  # noqa: BLE001 - the client is closed, say: each call gets the error
+                self._fail(batch, e)
+                return
+            await self._collect(batch, future)
+            return
         try:
             data = await self.client.scatter(_calls(batch), direct=True, hash=False, asynchronous=True)
             future = self.client.submit(RequestBatch(batch.key, len(batch)), data, pure=False)
@@ -309,7 +319,9 @@ class Batcher:
 
     async def _collect(self, batch: Batch, future, *keep) -> None:
         try:
-            outcomes = await self.client.gather(future, direct=True, asynchronous=True)
+            if self._direct is None:
+                await self._ask_scheduler()
+            outcomes = await self.client.gather(future, direct=self._direct, asynchronous=True)
         except BaseException as e:  # noqa: BLE001 - the batch failed as a whole (rejected, cancelled, lost)
             self._fail(batch, e if isinstance(e, Exception) else KaasError(f"the batch was cancelled ({e!r})"))
             return
@@ -339,12 +351,22 @@ class Batcher:
         self._schedule_flush()
 
     async def _refresh_slots(self) -> None:
+        await self._ask_scheduler()
+
+    async def _ask_scheduler(self) -> None:
+        """Ask the KaaS scheduler (its ``kaas_batch_info`` handler) how many batches to keep in flight and
+        whether batches may go straight to workers; without an answer, keep the current figures."""
         try:
-            slots = await self.client.run_on_scheduler(batch_slots, asynchronous=True)
-        except Exception:  # noqa: BLE001 - keep the current figure; asked again later
-            logger.debug("dask-kaas batcher: could not ask the scheduler for its slots", exc_info=True)
+            info = await self.client.scheduler.kaas_batch_info()
+        except Exception:  # noqa: BLE001 - asked again later
+            logger.debug("dask-kaas batcher: could not ask the scheduler", exc_info=True)
+            info = None
+        if not isinstance(info, dict):  # no KaaS plugin there: Dask's defaults
+            self._direct = True if self._direct is None else self._direct
             return
-        if slots:
+        self._direct = bool(info.get("direct", True))
+        slots = info.get("slots")
+        if self._auto_slots and slots:
             self._outbox.extend(self._queue.set_slots(slots))
             self._schedule_flush()
 

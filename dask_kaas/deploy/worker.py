@@ -16,6 +16,7 @@ from .. import config
 from ..device import resolve_kind
 from ..errors import ConfigError
 from ..logs import setup_logging
+from ..plugins.peer_guard import cluster_access, guard_server
 from ..plugins.worker import KaasWorkerPlugin
 from ..store import open_store
 from .gpus import visible_devices, worker_slots
@@ -111,6 +112,10 @@ class KaasWorkers:
                              "" if len(self._specs) == 1 else "s", self.store.url)
         self.nannies = [Nanny(**spec) for spec in self._specs]
         await asyncio.gather(*self.nannies)
+        if self.nannies:  # requests-only: a nanny (run, plugin_add) takes the cluster's certificates only
+            access = await cluster_access(self.nannies[0].scheduler)
+            for nanny in self.nannies:
+                guard_server(nanny, access)
         return self
 
     def __await__(self):

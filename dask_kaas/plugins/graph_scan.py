@@ -9,6 +9,7 @@ own call path, so the scheduler looks through a task's whole run spec, not only 
 from __future__ import annotations
 
 import functools
+import operator
 import types
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..request import Request
 from ..request.batch import RequestBatch
 from ..request.model import InvalidRequest
 
-__all__ = ["SCAN_LIMIT", "requests_within"]
+__all__ = ["SCAN_LIMIT", "PLUMBING", "foreign_call", "requests_within"]
 
 SCAN_LIMIT = 100_000  # objects looked at in one task, at most (a task holding more is refused where it matters)
 _LEAVES = (str, bytes, bytearray, memoryview, int, float, complex, bool, type(None), np.ndarray, np.generic)
@@ -57,3 +58,31 @@ def requests_within(node, limit: int = SCAN_LIMIT) -> tuple[list, bool]:
             stack.append(obj.__self__)
             stack.append(obj.__func__)
     return found, True
+
+
+PLUMBING = (operator.getitem,)  # what a graph of requests calls besides them: a request's output by name
+
+
+def foreign_call(node, limit: int = SCAN_LIMIT):
+    """The first function a task spec calls that is neither a Request (or batch) nor
+    :data:`PLUMBING`; None when there is none. A spec too large to look through whole counts as
+    calling something else (``...``)."""
+    stack = [node]
+    seen = 0
+    while stack:
+        obj = stack.pop()
+        seen += 1
+        if seen > limit:
+            return ...
+        calls, func = compat.task_call(obj)
+        if calls and not isinstance(func, (Request, RequestBatch, InvalidRequest)) and \
+                not any(func is p for p in PLUMBING):
+            return func
+        children = compat.task_children(obj)
+        if children is not None:
+            stack.extend(children[1:] if calls else children)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+    return None

@@ -18,6 +18,7 @@ A task is a KaaS task when its function is a :class:`~dask_kaas.Request`, as wit
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -33,8 +34,10 @@ from ..request import Request
 from ..request.model import InvalidRequest
 from ..request.batch import RequestBatch
 from ..scheduling import POLICIES, SchedulingCore, Task
-from .graph_scan import SCAN_LIMIT, requests_within
-from .identity import common_name, worker_refusal
+from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
+from .graph_scan import SCAN_LIMIT, foreign_call, requests_within
+from .identity import worker_refusal
+from .tenant_pickle import MAX_DEPTH, tenant_loads
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,33 @@ def _hidden_request(ts) -> TenantError | None:
         return TenantError(f"task {show(str(ts.key), 80)} holds more than {SCAN_LIMIT} objects: this scheduler "
                            f"binds tenants to TLS certificates and looks through every task for Requests")
     return None
+
+
+def _function_name(func) -> str:
+    qualname = getattr(func, "__qualname__", None)
+    if isinstance(qualname, str):
+        return show(f"{getattr(func, '__module__', None) or '?'}.{qualname}", 80).strip("'\"")
+    return f"a {type(func).__name__} object"
+
+
+def _hashable(key) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
+def _patterns(name: str, allow_null: bool = False) -> tuple[str, ...] | None:
+    """``kaas.<name>``: a list of shell patterns of certificate common names (null where allowed)."""
+    value = config.get(name)
+    if value is None and allow_null:
+        return None
+    if value is None or isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+            not all(type(p) is str for p in value):
+        raise ConfigError(f"kaas.{name} must be {'null or ' if allow_null else ''}a list of name patterns, "
+                          f"got {value!r}")
+    return tuple(value)
 
 
 def _consts(request: Request) -> tuple:
@@ -142,11 +172,16 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if self.identity not in (None, "tls"):
             raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
         self.tenant_map = config.get_dict("scheduler.tenant-map")
-        self.worker_names = config.get("scheduler.worker-names")
-        if self.worker_names is not None and (isinstance(self.worker_names, str) or not all(
-                type(p) is str for p in self.worker_names)):
-            raise ConfigError(f"kaas.scheduler.worker-names must be null or a list of name patterns, "
-                              f"got {self.worker_names!r}")
+        self.worker_names = _patterns("scheduler.worker-names", allow_null=True)
+        self.access = AccessRules(config.get("scheduler.tenant-clients"), self.worker_names,
+                                  _patterns("scheduler.operator-names"), self.tenant_map)
+        if self.access.locked and self.identity != "tls":
+            raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.tenant-identity: tls "
+                              "(a tenant is known by its client's certificate)")
+        self.graph_objects = config.get("scheduler.tenant-graph-objects")
+        if type(self.graph_objects) is not int or self.graph_objects < 1:
+            raise ConfigError(f"kaas.scheduler.tenant-graph-objects must be a positive integer, got {self.graph_objects!r}")
+        self._owners: dict = {}  # requests-only: key -> the tenant whose client made its task ("" an operator's)
         settings = config.scheduler_settings()
         if weights is not None:
             settings["weights"] = dict(weights)
@@ -203,7 +238,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.extensions["kaas"] = self
         compat.add_stream_handler(scheduler, "kaas-report", self.handle_report)
-        compat.bind_stream_identity(scheduler)  # a message's "client" field never replaces its connection's
+        # a message's "client" field never replaces its connection's; requests-only: tenants' messages checked
+        compat.bind_stream_identity(scheduler, self._guard_stream if self.access.locked else None)
+        if self.access.locked:
+            compat.guard_handlers(scheduler, self._handler_refusal)
+        scheduler.handlers["kaas_batch_info"] = self.batch_info
+        scheduler.handlers["kaas_access"] = self.access_info
         if self.worker_names is not None:
             patterns = list(self.worker_names)
             compat.guard_worker_registration(scheduler, lambda cert: worker_refusal(cert, patterns))
@@ -260,14 +300,20 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         return base + self.core.comm_cost(ts.key, ws.address) if ts.key in self.core.tasks else base
 
     # -- new tasks -----------------------------------------------------------------------------
-    def update_graph(self, scheduler, *, client: str, tasks: list, **kwargs) -> None:
+    def update_graph(self, scheduler, *, client: str, tasks: list, keys=(), **kwargs) -> None:
         self._sync_workers()
         now = time.time()
         core = self.core
+        tenant_only = self._tenant_only(scheduler, client, tasks, keys) if self.access.locked else set()
         for key in tasks:
             ts = scheduler.tasks.get(key)
             if ts is None or key in core.tasks:
                 continue
+            if key in tenant_only:
+                error = self._tenant_task_refusal(ts, tenant_only[key])
+                if error is not None:
+                    self._reject(scheduler, ts, error)
+                    continue
             if ts.annotations and not ts.annotations.keys().isdisjoint(RESERVED_ANNOTATIONS):
                 compat.drop_annotations(ts, RESERVED_ANNOTATIONS)  # the scheduler's to write, never a client's
             request, calls = request_of_task(ts)
@@ -301,6 +347,115 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
         self._schedule_dispatch()
 
+    # -- requests-only: what a tenant's connection may do ---------------------------------------
+    def _client_role(self, scheduler, client: str) -> Role:
+        return self.access.role(compat.client_certificate(scheduler, client))
+
+    def _tenant_only(self, scheduler, client: str, tasks: list, keys) -> dict:
+        """Record who owns the tasks of this graph update; for a tenant's update, ``{key: tenant}`` of the
+        tasks it made (each must be a request or plumbing), all of them refused when the update touched
+        a task of another owner (and that task stays out of the tenant's reach)."""
+        role = self._client_role(scheduler, client)
+        owner = "" if role.trusted else role.tenant
+        if role.trusted:
+            for key in tasks:
+                self._owners.setdefault(key, "")
+            return {}
+        foreign = foreign_keys(tasks, self._owners, owner)
+        made = [key for key in tasks if key not in self._owners]
+        for key in made:
+            self._owners[key] = owner
+        if foreign:
+            error = TenantError(f"task {show(str(foreign[0]), 80)} belongs to another tenant (or an operator): a "
+                                f"tenant's graph may use only its own tasks (kaas.scheduler.tenant-clients: "
+                                f"requests-only)")
+            wanted = [k for k in foreign if k in set(keys)]
+            scheduler.loop.add_callback(self._turn_away, client, wanted, error)
+            return {key: error for key in made}
+        return {key: owner for key in made}
+
+    def _tenant_task_refusal(self, ts, verdict) -> Exception | None:
+        if isinstance(verdict, Exception):
+            return verdict
+        func = foreign_call(compat.task_spec(ts))
+        if func is not None:
+            name = "a task too large to look through" if func is ... else _function_name(func)
+            return TenantError(f"a tenant's certificate may submit KaaS requests only, not {name} "
+                               f"(kaas.scheduler.tenant-clients: requests-only)")
+        return None
+
+    def _turn_away(self, client: str, keys: list, error: Exception) -> None:
+        """The tenant no longer wants another owner's tasks it asked for; its futures of them fail."""
+        if keys:
+            compat.release_for_client(self.scheduler, client, keys, "kaas-foreign")
+            compat.refuse_keys(self.scheduler, client, keys, error)
+
+    def _handler_refusal(self, cert: dict | None, op: str, msg: dict) -> str | None:
+        role = self.access.role(cert)
+        problem = self.access.rpc_refusal(role, op)
+        if problem is not None or role.trusted:
+            return problem
+        if op == "gather":
+            keys = msg.get("keys")
+            if not isinstance(keys, (list, tuple)):
+                return "gather takes a list of keys"
+            theirs = [k for k in keys if not _hashable(k) or self._owners.get(k) != role.tenant]
+            if theirs:
+                return (f"the tenant certificate {role.name!r} may gather only its own tasks' results, not "
+                        f"{show(repr(theirs[0]), 80)}")
+        elif op == "register-client":
+            client = msg.get("client")
+            if not isinstance(client, str) or client in self.scheduler.clients:
+                return f"client id {show(repr(client), 80)} is taken or no name: a client registers under a new id"
+        return None
+
+    async def _guard_stream(self, comm, msg: dict) -> dict | None:
+        """A message on a client's stream, for the requests-only mode: a tenant's passes (its graph
+        unpickled here, with :mod:`.tenant_pickle`; the keys it names cut to its own) or is dropped."""
+        role = self.access.role(compat.peer_certificate(comm))
+        if role.trusted:
+            return msg
+        op, client = msg.get("op"), msg.get("client")
+        problem = self.access.stream_refusal(role, op)
+        if problem is not None:
+            logger.log(logging.DEBUG if op in QUIET_STREAM else logging.WARNING,
+                       "dask-kaas: dropped a message from %s: %s", comm.peer_address, problem)
+            return None
+        if op == "update-graph":
+            header, frames, keys = compat.update_graph_parts(msg)
+            try:
+                expr = await asyncio.to_thread(tenant_loads, header, frames, self.graph_objects, MAX_DEPTH)
+            except TenantError as e:
+                logger.warning("dask-kaas: refused a graph from %s: %s", comm.peer_address, e)
+                compat.refuse_keys(self.scheduler, client, [k for k in keys if _hashable(k)], e)
+                return None
+            return compat.with_expression(msg, expr)
+        if op in KEYED_STREAM:
+            keys = msg.get("keys")
+            if not isinstance(keys, (list, tuple)):
+                return None
+            own = [k for k in keys if _hashable(k) and self._owners.get(k) == role.tenant]
+            if len(own) < len(keys):
+                logger.warning("dask-kaas: %s from %s named tasks not its tenant's; those were left out",
+                               op, comm.peer_address)
+                if op == "client-desires-keys":
+                    compat.refuse_keys(self.scheduler, client, [k for k in keys if _hashable(k) and k not in own],
+                                       TenantError("a tenant may want only its own tasks' results"))
+            return {**msg, "keys": own} if own else None
+        return msg
+
+    def access_info(self) -> dict:
+        """The access settings workers and nannies follow (the scheduler's ``kaas_access`` handler)."""
+        return {**self.access.to_dict(), "tenant_identity": self.identity}
+
+    def batch_info(self, comm=None) -> dict:
+        """For :class:`~dask_kaas.Batcher` (the scheduler's ``kaas_batch_info`` handler): batches of one
+        request to keep in flight (one per KaaS worker; None without workers) and whether this client may
+        move a batch's bytes straight to and from the workers (not a tenant's, when tenants are held to
+        requests: workers take no tenant's connection)."""
+        direct = not self.access.locked or self.access.role(compat.peer_certificate(comm)).trusted
+        return {"slots": len(self.core.cluster) or None, "direct": direct}
+
     def _refusal(self, scheduler, client: str, request: Request | InvalidRequest) -> Exception | None:
         """Why a request may not run at all, before any worker sees it (None: it may)."""
         if isinstance(request, InvalidRequest):  # it did not validate when unpickled here
@@ -309,18 +464,16 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if problem:  # only a request built around its own validation gets here
             return RequestError(f"{request!r}: {problem}")
         if self.identity == "tls":
-            bound = self._tls_tenant(scheduler, client)
+            role = self._client_role(scheduler, client)
+            if role.trusted:  # a worker's or an operator's client (the gateway) acts for any tenant
+                return None
+            bound = role.tenant
             if bound is None or request.tenant != bound:
                 return TenantError(
                     f"{request!r}: this scheduler binds tenants to TLS client certificates, and "
                     + (f"this client's certificate is tenant {bound!r}, not {request.tenant!r}" if bound
                        else "this client presented no certificate with a common name"))
         return None
-
-    def _tls_tenant(self, scheduler, client: str) -> str | None:
-        """The tenant of a client's TLS certificate: its common name, through ``kaas.scheduler.tenant-map``."""
-        name = common_name(compat.client_certificate(scheduler, client))
-        return None if name is None else self.tenant_map.get(name, name)
 
     def _reject(self, scheduler, ts, error: Exception) -> None:
         """Fail a task at once, before any worker sees it: restricted to a worker that does not
@@ -373,6 +526,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     # -- transitions ---------------------------------------------------------------------------
     def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "forgotten" and self._owners:
+            self._owners.pop(key, None)
         core = self.core
         task = core.tasks.get(key)
         if task is None:
@@ -416,13 +571,3 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def snapshot(self) -> dict:
         """The scheduling core's state (what :func:`dask_kaas.cluster_state` returns)."""
         return self.core.snapshot()
-
-
-def batch_slots(dask_scheduler) -> int | None:
-    """Runs on the scheduler (``client.run_on_scheduler``): how many batches of one request a
-    :class:`~dask_kaas.Batcher` keeps in flight: one per KaaS worker (each worker's other slots stay
-    for other requests), or None without the KaaS plugin or workers."""
-    plugin = dask_scheduler.plugins.get(KaasSchedulerPlugin.name)
-    if not isinstance(plugin, KaasSchedulerPlugin) or not len(plugin.core.cluster):
-        return None
-    return len(plugin.core.cluster)

@@ -16,6 +16,7 @@ from ..text import format_bytes
 from ..device import KINDS, make_device
 from ..runtime import Runtime
 from ..store import BufferStore, open_store
+from .peer_guard import cluster_access, guard_server
 
 if TYPE_CHECKING:  # annotations only
     from distributed import Worker
@@ -128,7 +129,9 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.runtime = Runtime(device, self.store)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
-        bound = config.get("scheduler.tenant-identity") == "tls"
+        access = await cluster_access(worker.scheduler)
+        guard_server(worker, access)
+        bound = (access or {}).get("tenant_identity", config.get("scheduler.tenant-identity")) == "tls"
         self.runtime.check_tenant = lambda request: check_approved_tenant(worker, request, bound)
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         await compat.ensure_worker_resource(worker, "GPU", 1)
