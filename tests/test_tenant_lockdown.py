@@ -122,6 +122,42 @@ def test_a_tenant_submits_requests_only(mallory, bob):
     still_fine(bob, secret)
 
 
+def test_the_attacks_on_the_tls_binding_fail_here_too(mallory, bob):
+    from dask.utils import apply
+
+    from dask_kaas import Request
+    from dask_kaas.request.model import _set_request_fields
+    from tenant_attacks import HiddenRequest, SameAsAnyone
+
+    secret = bobs_result(bob)
+    bobs = matvec_request("A", tenant="bob")
+    attempts = {
+        "argument": lambda: mallory.submit(lambda r, x: r(x=x), bobs, X, pure=False),
+        "element": lambda: mallory.submit(lambda rs, x: rs[0](x=x), [bobs], X, pure=False),
+        "hidden": lambda: mallory.submit(HiddenRequest(bobs), X, pure=False),
+        "apply": lambda: mallory.get({"t": (apply, bobs, [], {"x": X}), "o": (operator.getitem, "t", "y")}, "o",
+                                     sync=False),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(TenantError, match="graph nodes only"):
+            attempt().result(timeout=60)
+    forged = object.__new__(Request)
+    _set_request_fields(forged, bobs.kernels, 1, SameAsAnyone("bob"), None)
+    with pytest.raises(TenantError, match="graph nodes only, not tenant_attacks.SameAsAnyone"):
+        mallory.submit(forged, x=X, pure=False).result(timeout=60)
+    send = mallory._send_to_scheduler
+    mallory._send_to_scheduler = lambda msg: send({**msg, "client": bob.id} if msg.get("op") == "update-graph" else msg)
+    try:
+        with pytest.raises(TenantError, match="certificate is tenant 'alice', not 'bob'"):
+            mallory.submit(bobs, x=X, pure=False).result(timeout=60)
+    finally:
+        mallory._send_to_scheduler = send
+    with dask.annotate(**{"kaas-tenant": "bob"}):  # a client's own reserved annotation is dropped
+        out = mallory.submit(matvec_request("A", tenant="alice"), x=X, pure=False).result(timeout=60)
+    np.testing.assert_allclose(out["y"], X * 6)
+    still_fine(bob, secret)
+
+
 def test_a_pickle_that_runs_code_is_never_unpickled(mallory, locked, tmp_path):
     cluster, _ = locked
     target = tmp_path / "pwned"
