@@ -18,6 +18,7 @@ from dask_kaas.errors import TenantError
 from dask_kaas.plugins.tenant_pickle import ALLOWED_GLOBALS, PickleRefused, check_shape, tenant_loads
 from dask_kaas.request.batch import BatchCalls, RequestBatch
 from helpers import matvec_request
+from tenant_attacks import Opens
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
@@ -65,17 +66,9 @@ def test_any_other_global_is_refused_by_name(payload, name):
         tenant_loads(*as_client_sends(graph_of(Task("t", REQ, x=payload))))
 
 
-class RunsCode:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
 def test_a_pickle_that_would_run_code_runs_nothing(tmp_path):
     target = tmp_path / "pwned"
-    data = pickle.dumps(RunsCode(str(target)), protocol=5)
+    data = pickle.dumps(Opens(str(target)), protocol=5)
     with pytest.raises(PickleRefused, match="open"):
         tenant_loads({"serializer": "pickle", "writeable": []}, [data])
     assert not target.exists()

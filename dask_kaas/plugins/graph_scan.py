@@ -25,6 +25,61 @@ SCAN_LIMIT = 100_000  # objects looked at in one task, at most (a task holding m
 _LEAVES = (str, bytes, bytearray, memoryview, int, float, complex, bool, type(None), np.ndarray, np.generic)
 
 
+_REQUESTS = (Request, RequestBatch, InvalidRequest)
+PLUMBING = (operator.getitem,)  # what a graph of requests calls besides them: a request's output by name
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _walk(root, children, limit: int):
+    """Every object under ``root`` (depth first, ``children(obj)`` naming what to look into next);
+    raises ``_TooLarge`` at the object after the ``limit``-th."""
+    stack = [root]
+    seen = 0
+    while stack:
+        obj = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise _TooLarge
+        yield obj
+        stack.extend(children(obj))
+
+
+def _containers(obj):
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return obj
+    if isinstance(obj, dict):
+        return (*obj.keys(), *obj.values())
+    return ()
+
+
+def _everything_that_runs(obj):
+    """What a request could hide in: task nodes, containers, partials and bound methods."""
+    if isinstance(obj, _REQUESTS) or isinstance(obj, _LEAVES):
+        return ()
+    children = compat.task_children(obj)
+    if children is not None:
+        return children
+    if isinstance(obj, functools.partial):
+        return (obj.func, *obj.args, *obj.keywords.values())
+    if isinstance(obj, types.MethodType):
+        return (obj.__self__, obj.__func__)
+    return _containers(obj)
+
+
+def _arguments(obj):
+    """Task nodes' arguments (not their functions) and containers."""
+    if isinstance(obj, _LEAVES):
+        return ()
+    calls, _ = compat.task_call(obj)
+    children = compat.task_children(obj)
+    if children is not None:
+        return children[1:] if calls else children
+    return _containers(obj)
+
+
 def requests_within(node, limit: int = SCAN_LIMIT) -> tuple[list, bool]:
     """``(the Requests and RequestBatches found in node, whether it was looked through whole)``.
 
@@ -32,57 +87,24 @@ def requests_within(node, limit: int = SCAN_LIMIT) -> tuple[list, bool]:
     methods; other objects are opaque (running what they hold needs code of the submitter's own).
     """
     found: list = []
-    stack = [node]
-    seen = 0
-    while stack:
-        obj = stack.pop()
-        seen += 1
-        if seen > limit:
-            return found, False
-        if isinstance(obj, (Request, RequestBatch, InvalidRequest)):
-            found.append(obj)
-        elif isinstance(obj, _LEAVES):
-            continue
-        elif (children := compat.task_children(obj)) is not None:
-            stack.extend(children)
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, functools.partial):
-            stack.append(obj.func)
-            stack.extend(obj.args)
-            stack.extend(obj.keywords.values())
-        elif isinstance(obj, types.MethodType):
-            stack.append(obj.__self__)
-            stack.append(obj.__func__)
+    try:
+        for obj in _walk(node, _everything_that_runs, limit):
+            if isinstance(obj, _REQUESTS):
+                found.append(obj)
+    except _TooLarge:
+        return found, False
     return found, True
-
-
-PLUMBING = (operator.getitem,)  # what a graph of requests calls besides them: a request's output by name
 
 
 def foreign_call(node, limit: int = SCAN_LIMIT):
     """The first function a task spec calls that is neither a Request (or batch) nor
     :data:`PLUMBING`; None when there is none. A spec too large to look through whole counts as
     calling something else (``...``)."""
-    stack = [node]
-    seen = 0
-    while stack:
-        obj = stack.pop()
-        seen += 1
-        if seen > limit:
-            return ...
-        calls, func = compat.task_call(obj)
-        if calls and not isinstance(func, (Request, RequestBatch, InvalidRequest)) and \
-                not any(func is p for p in PLUMBING):
-            return func
-        children = compat.task_children(obj)
-        if children is not None:
-            stack.extend(children[1:] if calls else children)
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
+    try:
+        for obj in _walk(node, _arguments, limit):
+            calls, func = compat.task_call(obj)
+            if calls and not isinstance(func, _REQUESTS) and not any(func is p for p in PLUMBING):
+                return func
+    except _TooLarge:
+        return ...
     return None
