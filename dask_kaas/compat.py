@@ -167,7 +167,7 @@ class _IdentityComm:
             if not isinstance(msg, dict) or msg.get("op") == "close-stream":
                 kept.append(msg)
             elif (msg := await self._guard(self._comm, msg)) is not None:
-                header = getattr(msg.get("expr_ser"), "header", None)
+                header = msg.get("graph_header") or getattr(msg.get("expr_ser"), "header", None)
                 if isinstance(header, dict) and header.get("serializer") == _VETTED_FAMILY:
                     self._vetted.append(header["token"])
                 kept.append(msg)
@@ -241,22 +241,103 @@ def guard_listeners(server, refusal: Callable[[dict | None], str | None]) -> Non
     """Refuse connections to ``server`` (a worker or nanny) whose TLS certificate ``refusal(cert)``
     names a reason for: closed before Dask's handshake, whose message a worker would already
     deserialize. Connections made before this call are checked too, and closed."""
+    def before(comm) -> None:
+        problem = refusal(peer_certificate(comm))
+        if problem is not None:
+            from distributed.comm.core import CommClosedError
+
+            logger.warning("dask-kaas: refused a connection from %s: %s", comm.peer_address, problem)
+            comm.abort()
+            raise CommClosedError(problem)
+
+    _before_each_connection(server, before)
+    _close_existing(server, lambda cert: refusal(cert) is not None)
+
+
+def restrict_unpickling(server, loads_for: Callable[[dict | None], Callable | None]) -> None:
+    """Unpickle what a connection to ``server`` sends with ``loads_for(cert)(data, buffers)`` instead of
+    pickle where that gives a function (None: as distributed does).
+
+    distributed unpickles a message's ``ToPickle`` parts while it reads the message, even on the
+    scheduler, which leaves everything else serialized: before any handler could look at it. The
+    choice is made per connection, before Dask's handshake (a context variable of the task that reads
+    the connection, which the tasks and threads it starts inherit). Connections made before this call
+    with a restricted certificate are closed."""
+    _route_pickle_loads()
+
+    def before(comm) -> None:
+        loads = loads_for(peer_certificate(comm))
+        if loads is not None:
+            comm.read = _restricted_read(comm, loads)
+
+    _before_each_connection(server, before)
+    _close_existing(server, lambda cert: loads_for(cert) is not None)
+
+
+_RESTRICTED_LOADS: Any = None  # a contextvars.ContextVar once restrict_unpickling has run
+
+
+def _route_pickle_loads() -> None:
+    global _RESTRICTED_LOADS
+    import contextvars
+
+    from distributed.protocol import pickle as dask_pickle
+
+    if _RESTRICTED_LOADS is not None:
+        return
+    _RESTRICTED_LOADS = contextvars.ContextVar("dask_kaas_restricted_loads", default=None)
+    base = dask_pickle.loads
+
+    def loads(x, *, buffers=()):
+        restricted = _RESTRICTED_LOADS.get()
+        return base(x, buffers=buffers) if restricted is None else restricted(x, list(buffers or ()))
+
+    dask_pickle.loads = loads  # distributed.protocol.core and serialize call pickle.loads through the module
+
+
+def _restricted_read(comm, loads: Callable) -> Callable:
+    """``comm.read`` with ``loads`` for its ToPickle parts; a message that fails to decode closes the
+    connection (it may be the handshake, which nothing would answer)."""
+    from distributed.comm.core import CommClosedError
+
+    read = comm.read
+
+    async def restricted(*args, **kwargs):
+        token = _RESTRICTED_LOADS.set(loads)
+        try:
+            return await read(*args, **kwargs)
+        except (CommClosedError, OSError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a refused pickle, or bytes that are no message
+            logger.warning("dask-kaas: closed the connection from %s: %s", comm.peer_address, e)
+            comm.abort()
+            raise CommClosedError(f"dask-kaas refused a message: {e}") from None
+        finally:
+            _RESTRICTED_LOADS.reset(token)
+
+    return restricted
+
+
+def _before_each_connection(server, before: Callable[[Any], None]) -> None:
+    """Call ``before(comm)`` for each new connection to ``server``, in the task that reads it, before
+    Dask's handshake (a listener's ``on_connection``)."""
     for listener in getattr(server, "listeners", ()):
         base = listener.on_connection
 
         async def on_connection(comm, *args, _base=base, **kwargs):
-            problem = refusal(peer_certificate(comm))
-            if problem is not None:
-                logger.warning("dask-kaas: refused a connection from %s: %s", comm.peer_address, problem)
-                comm.abort()
-                from distributed.comm.core import CommClosedError
-
-                raise CommClosedError(problem)
+            before(comm)
             return await _base(comm, *args, **kwargs)
 
         listener.on_connection = on_connection
-    for comm in list(getattr(server, "_comms", {})):
-        if refusal(peer_certificate(comm)) is not None:
+
+
+def _close_existing(server, condition: Callable[[dict | None], bool]) -> None:
+    """Close the connections ``server`` is reading (requests and client streams) whose peer's
+    certificate meets ``condition``."""
+    comms = list(getattr(server, "_comms", {}))
+    comms += [getattr(stream, "comm", None) for stream in getattr(server, "client_comms", {}).values()]
+    for comm in comms:
+        if comm is not None and condition(peer_certificate(comm)):
             comm.abort()
 
 
@@ -307,14 +388,20 @@ def _take_vetted(header: dict, frames: list) -> Any:
 
 
 def update_graph_parts(msg: dict) -> tuple[dict, list, list]:
-    """``(header, frames, keys)`` of an ``update-graph`` message: its serialized graph and the keys it wants."""
+    """``(header, frames, keys)`` of an ``update-graph`` message: its serialized graph (``expr_ser``;
+    ``graph_header``/``graph_frames`` in older distributed releases) and the keys it wants."""
+    if "graph_header" in msg:
+        return msg.get("graph_header"), list(msg.get("graph_frames") or ()), list(msg.get("keys") or ())
     expr = msg.get("expr_ser")
     return getattr(expr, "header", None), list(getattr(expr, "frames", None) or ()), list(msg.get("keys") or ())
 
 
 def with_expression(msg: dict, expr: Any) -> dict:
     """The ``update-graph`` message ``msg`` carrying ``expr`` (unpickled already) as its graph."""
-    return {**msg, "expr_ser": vetted_expression(expr)}
+    vetted = vetted_expression(expr)
+    if "graph_header" in msg:
+        return {**msg, "graph_header": vetted.header, "graph_frames": vetted.frames}
+    return {**msg, "expr_ser": vetted}
 
 
 def task_spec(ts) -> Any:

@@ -167,6 +167,40 @@ def test_a_pickle_that_runs_code_is_never_unpickled(mallory, locked, tmp_path):
     assert "refused a graph" in cluster.procs.log("scheduler")
 
 
+def test_a_pickle_in_any_message_field_is_unpickled_by_the_rules(locked, tmp_path):
+    """distributed unpickles a message's ToPickle parts while it reads the message, before any handler:
+    for a tenant's connection with the same rules as its graphs, from the handshake on."""
+    from distributed.protocol.serialize import ToPickle
+
+    cluster, clients = locked
+    targets = [tmp_path / f"pwned-{i}" for i in range(3)]
+    args = clients["alice"].get_connection_args("client")
+
+    async def attempts():
+        comm = await connect(cluster.scheduler_address, timeout=10, **args)  # a field of an rpc message
+        await comm.write({"op": "identity", "reply": True, "x": ToPickle(Opens(str(targets[0])))})
+        with pytest.raises(Exception):  # closed
+            await asyncio.wait_for(comm.read(), 30)
+        comm = await connect(cluster.scheduler_address, timeout=10, **args)  # a client stream's message
+        await comm.write({"op": "register-client", "client": f"Client-{uuid.uuid4()}", "reply": False,
+                          "versions": {}})
+        await comm.read()
+        await comm.write([{"op": "heartbeat-client", "x": ToPickle(Opens(str(targets[1])))}])
+        with pytest.raises(Exception):
+            await asyncio.wait_for(comm.read(), 30)
+        with pytest.raises(Exception):  # the handshake
+            comm = await connect(cluster.scheduler_address, timeout=10,
+                                 handshake_overrides={"x": ToPickle(Opens(str(targets[2])))}, **args)
+            await comm.write({"op": "identity", "reply": True})
+            await asyncio.wait_for(comm.read(), 30)
+
+    asyncio.run(attempts())
+    assert not any(t.exists() for t in targets)
+    assert cluster.procs.log("scheduler").count("dask-kaas: closed the connection from") >= 3
+    with Client(cluster.scheduler_address, security=clients["alice"], timeout=60) as alice:  # and the cluster goes on
+        handled(alice)
+
+
 def test_a_graph_of_exponential_size_is_refused_and_the_scheduler_goes_on(mallory):
     with pytest.raises(TenantError, match="shared references"):
         mallory.submit(matvec_request("A", tenant="alice"), x=Opaque(exponential(80)), pure=False).result(timeout=60)

@@ -25,7 +25,7 @@ import time
 from distributed import SchedulerPlugin
 
 from .. import compat, config
-from ..errors import AdmissionRejected, ConfigError, RequestError, TenantError
+from ..errors import AdmissionRejected, ConfigError, KaasError, RequestError, TenantError
 from ..names import namespace_problem, show, split_key
 from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
 
@@ -37,7 +37,7 @@ from ..scheduling import POLICIES, SchedulingCore, Task
 from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
 from .graph_scan import SCAN_LIMIT, foreign_call, requests_within
 from .identity import worker_refusal
-from .tenant_pickle import MAX_DEPTH, tenant_loads
+from .tenant_pickle import MAX_DEPTH, restricted_loads, tenant_loads
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         compat.bind_stream_identity(scheduler, self._guard_stream if self.access.locked else None)
         if self.access.locked:
             compat.guard_handlers(scheduler, self._handler_refusal)
+            # a message's ToPickle parts are unpickled while it is read: a tenant's, with tenant_pickle's rules
+            compat.restrict_unpickling(scheduler, lambda cert: None if self.access.role(cert).trusted else
+                                       restricted_loads)
         scheduler.handlers["kaas_batch_info"] = self.batch_info
         scheduler.handlers["kaas_access"] = self.access_info
         if self.worker_names is not None:
@@ -303,49 +306,62 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def update_graph(self, scheduler, *, client: str, tasks: list, keys=(), **kwargs) -> None:
         self._sync_workers()
         now = time.time()
-        core = self.core
-        tenant_only = self._tenant_only(scheduler, client, tasks, keys) if self.access.locked else set()
+        try:
+            tenant_only = self._tenant_only(scheduler, client, tasks, keys) if self.access.locked else {}
+        except Exception as e:  # noqa: BLE001 - fail closed: Dask would run the tasks unchecked
+            logger.exception("dask-kaas: could not check a graph update; its tasks are refused")
+            tenant_only = {key: KaasError(f"the KaaS scheduler plugin could not check this task ({e!r})")
+                           for key in tasks}
         for key in tasks:
             ts = scheduler.tasks.get(key)
-            if ts is None or key in core.tasks:
+            if ts is None or key in self.core.tasks:
                 continue
-            if key in tenant_only:
-                error = self._tenant_task_refusal(ts, tenant_only[key])
-                if error is not None:
-                    self._reject(scheduler, ts, error)
-                    continue
-            if ts.annotations and not ts.annotations.keys().isdisjoint(RESERVED_ANNOTATIONS):
-                compat.drop_annotations(ts, RESERVED_ANNOTATIONS)  # the scheduler's to write, never a client's
-            request, calls = request_of_task(ts)
-            if self.identity == "tls":
-                error = _hidden_request(ts)
-                if error is not None:
-                    self._reject(scheduler, ts, error)
-                    continue
-            if request is None:
-                continue
-            error = self._refusal(scheduler, client, request)
+            try:
+                self._admit(scheduler, client, ts, tenant_only.get(key), now)
+            except Exception as e:  # noqa: BLE001 - fail closed, as above
+                logger.exception("dask-kaas: could not check task %s; it is refused", show(str(key), 80))
+                self._reject(scheduler, ts, KaasError(f"the KaaS scheduler plugin could not check this task ({e!r})"))
+        self._schedule_dispatch()
+
+    def _admit(self, scheduler, client: str, ts, tenant_verdict, now: float) -> None:
+        """Check one new task; a KaaS task is restricted to GPU workers, approved for its tenant and
+        handed to the core (run now, held, or rejected)."""
+        if tenant_verdict is not None:
+            error = self._tenant_task_refusal(ts, tenant_verdict)
             if error is not None:
                 self._reject(scheduler, ts, error)
-                continue
-            compat.require_resource(ts, RESOURCE, 1)
-            compat.annotate(ts, TENANT_ANNOTATION, request.tenant or "")  # the worker runs it as this tenant only
-            task = Task(key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
-                        deadline=request.deadline, ready=not ts.dependencies, count=calls)
-            decision = core.submit(task)
-            if decision.action == "reject":
-                self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,
-                                                              request.deadline))
-                continue
-            if decision.admitted is not None:  # a batch admitted in part: its worker answers the rest
-                compat.annotate(ts, REJECTED_ANNOTATION, [decision.admitted, f"{request!r} {decision.message}",
-                                                          decision.predicted, request.deadline])
-            if decision.action == "run":
-                compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
-                self._hint(ts, decision.worker)
-            else:
-                compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
-        self._schedule_dispatch()
+                return
+        if ts.annotations and not ts.annotations.keys().isdisjoint(RESERVED_ANNOTATIONS):
+            compat.drop_annotations(ts, RESERVED_ANNOTATIONS)  # the scheduler's to write, never a client's
+        request, calls = request_of_task(ts)
+        if self.identity == "tls":
+            error = _hidden_request(ts)
+            if error is not None:
+                self._reject(scheduler, ts, error)
+                return
+        if request is None:
+            return
+        error = self._refusal(scheduler, client, request)
+        if error is not None:
+            self._reject(scheduler, ts, error)
+            return
+        compat.require_resource(ts, RESOURCE, 1)
+        compat.annotate(ts, TENANT_ANNOTATION, request.tenant or "")  # the worker runs it as this tenant only
+        task = Task(ts.key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
+                    deadline=request.deadline, ready=not ts.dependencies, count=calls)
+        decision = self.core.submit(task)
+        if decision.action == "reject":
+            self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,
+                                                          request.deadline))
+            return
+        if decision.admitted is not None:  # a batch admitted in part: its worker answers the rest
+            compat.annotate(ts, REJECTED_ANNOTATION, [decision.admitted, f"{request!r} {decision.message}",
+                                                      decision.predicted, request.deadline])
+        if decision.action == "run":
+            compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
+            self._hint(ts, decision.worker)
+        else:
+            compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
 
     # -- requests-only: what a tenant's connection may do ---------------------------------------
     def _client_role(self, scheduler, client: str) -> Role:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import sys
 from typing import Any
 
 from ..errors import TenantError
 
-__all__ = ["ALLOWED_GLOBALS", "MAX_DEPTH", "MAX_NODES", "PickleRefused", "check_shape", "tenant_loads"]
+__all__ = ["ALLOWED_GLOBALS", "MAX_DEPTH", "MAX_NODES", "PickleRefused", "check_shape", "restricted_loads",
+           "tenant_loads"]
 
 MAX_NODES = 5_000_000  # objects in a graph's tree, shared references counted each time
 MAX_DEPTH = 200  # nesting: dask and the checks after this recurse through arguments
@@ -47,6 +49,9 @@ ALLOWED_GLOBALS = frozenset({
     ("dask_kaas.request.specs", "BufferSpec"), ("dask_kaas.request.specs", "KernelSpec"),
     ("dask_kaas.request.specs", "Literal"),
     ("dask_kaas.request.batch", "_rebuild_batch"), ("dask_kaas.request.batch", "BatchCalls"),
+    # what distributed's client wraps in its messages: the calling code shown on the dashboard, and
+    # (in older releases) the graph itself
+    ("distributed.client", "SourceCode"), ("distributed.protocol.serialize", "ToPickle"),
 })
 
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"})
@@ -161,8 +166,19 @@ def _tree_size(root: _Node, max_nodes: int, max_depth: int) -> int:
     return sizes[id(root)]
 
 
+# exceptions may come from these modules (the scheduler's own errors, checked by unpickling them in the
+# tenant's connection): any exception class there, once the module is imported, and nothing else
+EXCEPTION_MODULES = frozenset({"builtins", "dask_kaas.errors", "distributed.core", "distributed.client",
+                               "distributed.comm.core", "distributed.scheduler", "asyncio.exceptions",
+                               "concurrent.futures._base"})
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if module in EXCEPTION_MODULES and module in sys.modules and (module, name) not in ALLOWED_GLOBALS:
+            found = super().find_class(module, name)  # imported already: an attribute lookup
+            if isinstance(found, type) and issubclass(found, BaseException):
+                return found
         if (module, name) not in ALLOWED_GLOBALS:
             raise PickleRefused(f"a tenant's graph may hold KaaS requests and dask's graph nodes only, not "
                                 f"{module}.{name} (kaas.scheduler.tenant-clients: requests-only)")
@@ -189,9 +205,15 @@ def tenant_loads(header: dict, frames: list, max_nodes: int = MAX_NODES, max_dep
     for buffer, flag in zip(buffers, writeable):
         view = memoryview(buffer)
         views.append(memoryview(bytearray(view)) if flag and view.readonly else view if flag else view.toreadonly())
+    return restricted_loads(data, views, max_nodes, max_depth)
+
+
+def restricted_loads(data, buffers=(), max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Any:
+    """``pickle.loads(data, buffers=buffers)`` for a tenant: the shape checked first (:func:`check_shape`),
+    then unpickled with :data:`ALLOWED_GLOBALS` only; :class:`PickleRefused` naming the reason."""
     check_shape(data, max_nodes, max_depth)
     try:
-        return _Unpickler(io.BytesIO(data), buffers=views).load()
+        return _Unpickler(io.BytesIO(data), buffers=buffers).load()
     except PickleRefused:
         raise
     except Exception as e:  # noqa: BLE001 - an allowed constructor refusing its arguments, a short buffer
