@@ -387,6 +387,16 @@ def _take_vetted(header: dict, frames: list) -> Any:
     return _VETTED.pop(header["token"])
 
 
+def graphs_arrive_as_expressions() -> bool:
+    """Whether clients send graphs as one pickled expression of dask's task specs (distributed
+    2025.4 and later), which the requests-only mode unpickles itself."""
+    import inspect
+
+    from distributed import Scheduler
+
+    return "expr_ser" in inspect.signature(Scheduler.update_graph).parameters
+
+
 def update_graph_parts(msg: dict) -> tuple[dict, list, list]:
     """``(header, frames, keys)`` of an ``update-graph`` message: its serialized graph (``expr_ser``;
     ``graph_header``/``graph_frames`` in older distributed releases) and the keys it wants."""

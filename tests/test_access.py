@@ -55,6 +55,21 @@ def test_the_mode_needs_worker_names_and_a_known_value():
         AccessRules("tenants", ("w",), (), {})
 
 
+def test_the_plugin_refuses_the_mode_without_tls_identity():
+    import dask
+
+    from dask_kaas import KaasSchedulerPlugin
+
+    with dask.config.set({"kaas.scheduler.tenant-clients": "requests-only", "kaas.scheduler.worker-names": ["w-*"]}):
+        with pytest.raises(ConfigError, match="needs kaas.scheduler.tenant-identity: tls"):
+            KaasSchedulerPlugin()
+        with dask.config.set({"kaas.scheduler.tenant-identity": "tls"}):
+            assert KaasSchedulerPlugin().access.locked
+    with dask.config.set({"kaas.scheduler.operator-names": "gateway"}):
+        with pytest.raises(ConfigError, match="operator-names must be a list"):
+            KaasSchedulerPlugin()
+
+
 def test_rules_travel_to_workers_as_a_dict():
     assert AccessRules.from_dict(LOCKED.to_dict()) == LOCKED
     assert AccessRules.from_dict({}) == AccessRules()

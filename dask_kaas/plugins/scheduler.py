@@ -175,6 +175,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.worker_names = _patterns("scheduler.worker-names", allow_null=True)
         self.access = AccessRules(config.get("scheduler.tenant-clients"), self.worker_names,
                                   _patterns("scheduler.operator-names"), self.tenant_map)
+        if self.access.locked and not compat.graphs_arrive_as_expressions():
+            raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs distributed 2025.4 or later "
+                              "(clients send graphs as expressions of task specs)")
         if self.access.locked and self.identity != "tls":
             raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.tenant-identity: tls "
                               "(a tenant is known by its client's certificate)")
