@@ -107,6 +107,19 @@ def test_metrics_over_http(cluster):
         assert worker["capacity"] == 16 * 2**20 and worker["used"] > 0
     assert sum(by(samples, "dask_kaas_bytes_loaded_total", "worker").values()) >= len(RUNS) * N * N * 4
 
+    # the cache per tenant: its requests' lookups add up to the workers' (every request was one lookup)
+    tenant_hits = by(samples, "dask_kaas_tenant_cache_hits_total", "tenant")
+    tenant_misses = by(samples, "dask_kaas_tenant_cache_misses_total", "tenant")
+    assert {t: tenant_hits[t] + tenant_misses[t] for t in RUNS} == RUNS
+    assert sum(tenant_hits.values()) == sum(hits.values())
+    assert all(tenant_misses[t] >= 1 for t in RUNS)  # each tenant's const loaded once at least
+    assert sum(by(samples, "dask_kaas_tenant_bytes_loaded_total", "tenant").values()) == \
+        sum(by(samples, "dask_kaas_bytes_loaded_total", "worker").values())
+    assert sum(by(samples, "dask_kaas_tenant_evictions_caused_total", "tenant").values()) == \
+        sum(by(samples, "dask_kaas_cache_evictions_total", "worker").values())
+    assert all(v > 0 for v in by(samples, "dask_kaas_tenant_device_seconds_total", "tenant").values())
+    assert by(samples, "dask_kaas_tenant_held_requests", "tenant") == {"alice": 0, "bob": 0}
+
     # latency histogram: one observation per completed request, cumulative buckets ending at +Inf
     assert by(samples, "dask_kaas_request_latency_seconds_count", "tenant") == RUNS
     sums = by(samples, "dask_kaas_request_latency_seconds_sum", "tenant")
@@ -151,3 +164,15 @@ def test_two_live_clusters_each_report_their_own(tmp_path):
         for _ in range(2):  # alternate: the collector follows the scheduler being scraped
             assert by(scrape(a), "dask_kaas_requests_total", "tenant") == {"ta": 2}
             assert by(scrape(b), "dask_kaas_requests_total", "tenant") == {"tb": 1}
+
+
+def test_tenant_labels_stay_bounded():
+    from dask_kaas.dashboard.metrics import OTHER, labelled_tenants
+    from dask_kaas.scheduling.tenants import TenantStats
+
+    tenants = {f"t{i:03d}": TenantStats(submitted=i) for i in range(200)}
+    labelled = labelled_tenants(tenants, 10)
+    assert len(labelled) == 10 and labelled[-1][0] == OTHER
+    assert {t for t, _ in labelled[:-1]} == {f"t{i:03d}" for i in range(191, 200)}  # the most active by name
+    assert sum(s.submitted for _, group in labelled for s in group) == sum(range(200))  # nothing lost
+    assert labelled_tenants({"a": TenantStats()}, 10) == [("a", [tenants.get("a") or TenantStats()])]

@@ -375,3 +375,36 @@ def test_idle_workers_tie_exactly_whatever_the_durations():
         where.append(decision.worker)
         core.finished(i, True, duration=seconds)
     assert Counter(where) == {"w0": 12, "w1": 12}, where
+
+
+# ------------------------------------------------------------------ the cache per tenant
+@given(st.lists(st.tuples(st.sampled_from(["alice", "bob", "scanner"]), st.integers(0, 3), st.integers(0, 2),
+                          st.integers(0, 3)), min_size=1, max_size=40))
+def test_each_tenants_cache_figures_add_up_to_the_workers(reports):
+    """Hits, misses, bytes loaded and evictions of each report go to the tenant of its task, and the
+    tenants' sums are the worker's counters."""
+    core = make_core()
+    core.add_worker("w")
+    totals = {"hits": 0, "misses": 0, "bytes": 0, "evictions": 0}
+    for i, (tenant, hits, misses, evictions) in enumerate(reports):
+        key = f"k{i}"
+        core.submit(Task(key, tenant, "shape", ((("ns", "A"), MiB),), submitted=0.0))
+        totals = {"hits": totals["hits"] + hits, "misses": totals["misses"] + misses,
+                  "bytes": totals["bytes"] + misses * MiB, "evictions": totals["evictions"] + evictions}
+        core.report("w", {"ok": True, "tenant": "forged", "hits": hits, "misses": misses, "bytes_loaded": misses * MiB,
+                          "seconds": 0.01, "capacity": 64 * MiB, "used": 0, "pinned": 0, "seq": i + 1,
+                          **({"consts": [], "counters": {"evictions": totals["evictions"]}} if i == 0 else
+                             {"added": [], "removed": [], "counters_delta": {"evictions": evictions}})}, key=key)
+        core.finished(key, True, duration=0.01)
+    tenants = core.snapshot()["tenants"]
+    assert "forged" not in tenants  # a report's tenant is its task's
+    assert sum(t["hits"] for t in tenants.values()) == totals["hits"]
+    assert sum(t["misses"] for t in tenants.values()) == totals["misses"]
+    assert sum(t["bytes_loaded"] for t in tenants.values()) == totals["bytes"]
+    assert sum(t["evictions_caused"] for t in tenants.values()) == totals["evictions"] == \
+        core.snapshot()["workers"]["w"]["counters"].get("evictions", 0)
+    for name, t in tenants.items():
+        mine = [r for r in reports if r[0] == name]
+        assert t["hits"] == sum(r[1] for r in mine) and t["held"] == 0
+        lookups = sum(r[1] + r[2] for r in mine)
+        assert t["hit_rate"] == (sum(r[1] for r in mine) / lookups if lookups else None)

@@ -45,7 +45,13 @@ TENANT_COUNTERS = (
     ("admission_rejections", "rejected", "KaaS requests rejected by admission control (deadline)"),
     ("submitted", "submitted", "KaaS requests submitted"),
     ("tasks", "tasks", "Dask tasks the KaaS requests came in (fewer than requests when batched)"),
+    ("tenant_cache_hits", "hits", "Const buffer lookups of the tenant's requests served from a device cache"),
+    ("tenant_cache_misses", "misses", "Const buffer lookups of the tenant's requests that loaded from the store"),
+    ("tenant_bytes_loaded", "bytes_loaded", "Bytes the tenant's requests loaded from the store"),
+    ("tenant_evictions_caused", "evictions_caused", "Cache entries evicted while the tenant's requests ran"),
+    ("tenant_device_seconds", "gpu_seconds", "Seconds the tenant's requests ran on a worker's device"),
 )
+OTHER = "_other"  # the label of the tenants beyond kaas.dashboard.metric-tenants, summed
 
 
 class KaasCollector(Collector):
@@ -83,25 +89,46 @@ class KaasCollector(Collector):
         yield from families(plugin)
 
 
+def labelled_tenants(tenants: dict, limit: int) -> list[tuple[str, list]]:
+    """``(label, [TenantStats, ...])``: the ``limit - 1`` tenants with the most requests submitted under
+    their own names (all of them when they are at most ``limit``), the rest together as ``_other``, so the
+    number of label values stays bounded whatever names clients send."""
+    if len(tenants) <= limit:
+        return [(t, [s]) for t, s in sorted(tenants.items())]
+    ranked = sorted(tenants.items(), key=lambda item: (-item[1].submitted, item[0]))
+    kept = sorted(ranked[:max(limit - 1, 0)])
+    return [(t, [s]) for t, s in kept] + [(OTHER, [s for _, s in ranked[max(limit - 1, 0):]])]
+
+
 def families(plugin) -> list:
     """The metric families of one scheduler plugin's current state."""
-    tenants = sorted(dict(plugin.tenants).items())
+    from .. import config
+
+    tenants = labelled_tenants(dict(plugin.tenants), int(config.get("dashboard.metric-tenants")))
     workers = sorted(dict(plugin.workers).items())
     out = []
 
     for name, attr, doc in TENANT_COUNTERS:
         family = CounterMetricFamily(PREFIX + name, doc, labels=["tenant"])
-        for tenant, stats in tenants:
-            family.add_metric([tenant], getattr(stats, attr))
+        for tenant, group in tenants:
+            family.add_metric([tenant], sum(getattr(stats, attr) for stats in group))
         out.append(family)
 
     latency = HistogramMetricFamily(PREFIX + "request_latency_seconds",
                                     "Latency of completed KaaS requests, submission to completion on the scheduler",
                                     labels=["tenant"])
-    for tenant, stats in tenants:
-        latency.add_metric([tenant], [(floatToGoString(bound), n) for bound, n in stats.histogram()],
-                           sum_value=stats.latency_sum)
+    for tenant, group in tenants:
+        bounds = [bound for bound, _ in group[0].histogram()]
+        counts = [sum(column) for column in zip(*([n for _, n in s.histogram()] for s in group))]
+        latency.add_metric([tenant], [(floatToGoString(bound), n) for bound, n in zip(bounds, counts)],
+                           sum_value=sum(s.latency_sum for s in group))
     out.append(latency)
+    held = GaugeMetricFamily(PREFIX + "tenant_held_requests", "The tenant's KaaS tasks waiting in the fair queue",
+                             labels=["tenant"])
+    for tenant, _ in tenants:
+        if tenant != OTHER:
+            held.add_metric([tenant], plugin.dispatcher.held(tenant))
+    out.append(held)
 
     for name, key, doc in WORKER_COUNTERS:
         family = CounterMetricFamily(PREFIX + name, doc, labels=["worker"])

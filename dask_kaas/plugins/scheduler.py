@@ -562,7 +562,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             if finish == "memory":
                 report = compat.finished_metadata(kwargs)
                 if report is not None:
-                    core.report(kwargs.get("worker"), report)
+                    core.report(kwargs.get("worker"), report, key=key)
                 core.finished(key, True, duration=compat.compute_seconds(kwargs),
                               failed=report.get("failed", 0) if isinstance(report, dict) else 0)
             elif finish == "erred":

@@ -278,11 +278,21 @@ class SchedulingCore:
                 self.queue.withdraw(key)
                 self._unqueued(task)
 
-    def report(self, worker: str, report: dict) -> None:
+    def report(self, worker: str, report: dict, key: Hashable | None = None) -> None:
+        """A worker's report of one request (``key``: its task, when known; its tenant is the task's)."""
         view = self.cluster.views.get(worker)
         loaded_before = view.counters.get("bytes_from_store", 0) if view else 0
+        evicted_before = view.counters.get("evictions", 0) if view else 0
         load_before = view.picture.load_seconds if view else 0.0
         view = self.cluster.apply_report(worker, report)
+        task = self.tasks.get(key) if key is not None else None
+        tenant = task.tenant if task is not None else report.get("tenant") or "default"
+        if "tenant" in report:  # the cache as this tenant's request met it
+            stats = self.tenants.setdefault(tenant, TenantStats())
+            stats.hits += report.get("hits", 0)
+            stats.misses += report.get("misses", 0)
+            stats.bytes_loaded += report.get("bytes_loaded", 0)
+            stats.evictions_caused += max(0, view.counters.get("evictions", 0) - evicted_before)
         self.model.observe_load(view.counters.get("bytes_from_store", 0) - loaded_before,
                                 view.picture.load_seconds - load_before)
         count, failed = report.get("count", 1), report.get("failed", 0)
@@ -291,7 +301,7 @@ class SchedulingCore:
             if not report.get("bytes_loaded"):
                 self.model.observe_warm(report["shape"], report.get("seconds", 0.0))
         self.recent.append({
-            "time": self.clock(), "tenant": report.get("tenant") or "default", "kernels": report.get("kernels", []),
+            "time": self.clock(), "tenant": tenant, "kernels": report.get("kernels", []), "key": key,
             "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
             "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
             "ok": bool(report.get("ok")) and not failed, "calls": count, "failed": failed,
@@ -538,7 +548,8 @@ class SchedulingCore:
             "policy": self.policy,
             "replication": self.replication,
             "workers": {addr: view.snapshot() for addr, view in sorted(self.cluster.views.items())},
-            "tenants": {tenant: stats.snapshot() for tenant, stats in sorted(self.tenants.items())},
+            "tenants": {tenant: {**stats.snapshot(), "held": self.queue.held(tenant)}
+                        for tenant, stats in sorted(self.tenants.items())},
             "model": {"shapes": len(self.model.runtime), "overhead": self.model.overhead,
                       "load_bandwidth": self.model.load_bandwidth()},
             "held": len(self.queue),

@@ -21,6 +21,11 @@ class TenantStats:
     rejected: int = 0
     failed: int = 0
     gpu_seconds: float = 0.0
+    # the cache as this tenant's requests met it (their workers' reports)
+    hits: int = 0
+    misses: int = 0
+    bytes_loaded: int = 0
+    evictions_caused: int = 0  # entries evicted on a worker while one of this tenant's requests ran there
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     # since the start, unlike the window above: completions per bucket (the last one: above LATENCY_BUCKETS)
     latency_buckets: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -52,6 +57,11 @@ class TenantStats:
             "rejected": self.rejected,
             "failed": self.failed,
             "gpu_seconds": self.gpu_seconds,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / (self.hits + self.misses) if self.hits + self.misses else None,
+            "bytes_loaded": self.bytes_loaded,
+            "evictions_caused": self.evictions_caused,
             "latency_p50": float(np.percentile(lat, 50)) if lat is not None else None,
             "latency_p99": float(np.percentile(lat, 99)) if lat is not None else None,
             "latency_mean": float(lat.mean()) if lat is not None else None,
