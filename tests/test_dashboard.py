@@ -1,4 +1,5 @@
 """The /kaas dashboard page, rendered by a real headless Chromium."""
+import re
 import shutil
 import time
 import urllib.request
@@ -108,10 +109,11 @@ def test_tables_change_while_a_workload_runs(cluster, ran):
                 """(alice's row, the newest recent request) once both are drawn (a redraw empties the grid briefly)."""
                 deadline = time.time() + 60
                 while time.time() < deadline:
-                    rows = page.locator(".slick-row").all_inner_texts()  # one read of both tables
+                    rows = page.locator(".slick-row").all_inner_texts()  # one read of every table
                     alice = [r for r in rows if r.split("\n", 1)[0] == "alice"]
-                    if alice and len(rows) > len(tenants):
-                        return alice[0], rows[len(tenants)]
+                    recent = [r for r in rows if re.match(r"\d\d:\d\d:\d\d\.\d{3}\n", r)]  # starts with a time
+                    if alice and recent:
+                        return alice[0], recent[0]
                     page.wait_for_timeout(100)
                 raise AssertionError("the tables were not drawn")
 
@@ -151,3 +153,100 @@ def test_rates_over_a_window_and_tables_that_redraw():
     assert table.source.data["x"] == [3, 4] and table.tags == [1]
     _set_table(table, dict(x=[3, 4]))  # nothing new: no redraw
     assert table.tags == [1]
+
+
+def wait_for_reports(cluster, client) -> dict:
+    """worker_stats once the scheduler's picture has every worker's report (and a history sample after)."""
+    from dask_kaas import worker_stats
+
+    plugin = cluster.scheduler.plugins["kaas"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stats = worker_stats(client)
+        views = cluster_state(client)["workers"]
+        if all(views[w]["counters"].get("requests", 0) == stats[w]["requests"] for w in stats):
+            after = time.time()
+            while time.monotonic() < deadline and plugin.history.samples[-1][0] <= after:
+                time.sleep(0.1)
+            return stats
+        time.sleep(0.1)
+    raise AssertionError("the workers' reports did not reach the scheduler")
+
+
+@pytest.fixture(scope="module")
+def scanned(cluster, ran):
+    """Beside the three tenants, a fourth scanning one-off consts; every report in; worker_stats then."""
+    tenants, workers = ran
+    with Client(cluster) as client:
+        for i in range(12):
+            cluster.store.put(f"scan/{i}", np.eye(64, dtype=np.float32) * i, namespace="scanner")
+        client.gather([client.submit(matvec_request(f"scan/{i}", tenant="scanner"), x=np.ones(64, np.float32),
+                                     pure=False) for i in range(12)])
+        client.gather([client.submit(matvec_request("A", tenant="alice"), x=np.ones(64, np.float32), pure=False)
+                       for _ in range(4)])
+        stats = wait_for_reports(cluster, client)
+    return [*tenants, "scanner"], workers, stats
+
+
+def tenant_expectation(stats: dict, tenant: str) -> dict:
+    from dask_kaas.text import format_bytes
+
+    rows = [w["tenants"][tenant] for w in stats.values() if tenant in w["tenants"]]
+    hits, misses = sum(r["hits"] for r in rows), sum(r["misses"] for r in rows)
+    return {"hit_rate": f"{hits / (hits + misses):.0%}", "loaded": format_bytes(sum(r["bytes_loaded"] for r in rows))}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_per_tenant_and_per_worker_figures_match_the_workers_in_chromium(cluster, scanned):
+    """The tenant table's cache columns and the worker table agree with worker_stats, under a scanning tenant."""
+    from dask_kaas.text import format_bytes
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    tenants, workers, stats = scanned
+    expected_tenants = {t: tenant_expectation(stats, t) for t in tenants}
+    expected_workers = {w: [str(stats[w]["hits"]), str(stats[w]["misses"]), str(stats[w]["evictions"]),
+                            format_bytes(stats[w]["bytes_from_store"])] for w in workers}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1800, "height": 1400})
+            page.goto(page_url(cluster), wait_until="load", timeout=60_000)
+            page.get_by_text("scanner", exact=True).first.wait_for(timeout=30_000)
+            deadline = time.time() + 60
+            while True:
+                rows = [r.split("\n") for r in page.locator(".slick-row").all_inner_texts()]
+                tenant_rows = {r[0]: r for r in rows if r and r[0] in tenants and len(r) >= 14}
+                worker_rows = {r[0]: r for r in rows if r and r[0] in workers and len(r) >= 9}
+                got_tenants = {t: {"hit_rate": r[9], "loaded": r[10]} for t, r in tenant_rows.items()}
+                got_workers = {w: [r[4], r[5], r[6], r[7]] for w, r in worker_rows.items()}
+                if (got_tenants == expected_tenants and got_workers == expected_workers) or time.time() > deadline:
+                    break
+                page.wait_for_timeout(250)
+        finally:
+            browser.close()
+    assert got_tenants == expected_tenants
+    assert got_workers == expected_workers
+    assert int(tenant_rows["scanner"][12 - 1]) >= 0  # evictions caused: a number, shown
+
+
+def test_a_reloaded_page_draws_the_history_the_scheduler_kept(cluster, scanned):
+    """A new page (a reload) starts from the plugin's history, not from empty; idle intervals are gaps."""
+    import math
+
+    from dask_kaas.dashboard.page import KaasPage
+
+    plugin = cluster.scheduler.plugins["kaas"]
+    samples = len(plugin.history.samples)
+    assert samples >= 2
+    page = KaasPage(cluster.scheduler)
+    page.update()
+    times = page.series.data["time"]
+    assert len(times) >= samples - 1  # one interval between each two samples (more may have come since)
+    rates = page.series.data["hit_rate"]
+    assert any(not math.isnan(r) for r in rates)  # the intervals with lookups
+    time.sleep(2.5 * plugin.history.interval)  # idle: intervals with no lookups at all
+    page.update()
+    assert math.isnan(page.series.data["hit_rate"][-1])
+    assert set(page.worker_lines.data["worker"]) == set(scanned[1])
+    assert "scanner" in page.tenant_lines.data["tenant"]

@@ -14,12 +14,13 @@ from html import escape
 from bokeh.layouts import column, row
 from bokeh.models import (BasicTicker, ColumnDataSource, DataTable, Div, HoverTool, NumeralTickFormatter, Range1d,
                           TableColumn)
+from bokeh.palettes import Category10
 from bokeh.plotting import figure
 
 from .. import compat
+from ..text import format_bytes
 
 PALETTE = {"cached": "#1f77b4", "pinned": "#d62728", "free": "#c7c7c7"}
-HISTORY = 600  # points kept in the time series (5 minutes at 2 per second)
 RECENT_ROWS = 50
 RATE_WINDOW = 5.0  # seconds over which per-tenant throughput is averaged (bars and table alike)
 
@@ -51,7 +52,7 @@ class KaasPage:
         self.queue.hbar(y="worker", right="queue", height=0.7, source=self.queue_source, color="#ff7f0e")
         self.queue.xaxis.ticker = BasicTicker(min_interval=1)  # requests come whole
 
-        self.series = ColumnDataSource(dict(time=[], hit_rate=[], loaded=[]))
+        self.series = ColumnDataSource(dict(time=[], hit_rate=[], loaded=[]))  # the plugin's history
         self.hits = figure(title="Cache hit rate", x_axis_type="datetime", height=220, y_range=(0, 1.05),
                            sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-hit-rate")
         self.hits.line("time", "hit_rate", source=self.series, line_width=2, color="#2ca02c")
@@ -61,8 +62,43 @@ class KaasPage:
         self.loaded.line("time", "loaded", source=self.series, line_width=2, color="#9467bd")
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
+        self.worker_lines = ColumnDataSource(dict(xs=[], hit_rate=[], evictions=[], worker=[], color=[]))
+        self.worker_hits = figure(title="Cache hit rate per worker", x_axis_type="datetime", height=220,
+                                  y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
+                                  name="kaas-worker-hit-rate")
+        self.worker_hits.multi_line("xs", "hit_rate", source=self.worker_lines, color="color", line_width=2)
+        self.worker_hits.yaxis.formatter = NumeralTickFormatter(format="0%")
+        self.worker_hits.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
+        self.worker_evictions = figure(title="Evictions per worker per interval", x_axis_type="datetime", height=220,
+                                       y_range=Range1d(0, 1), sizing_mode="stretch_width", tools="",
+                                       toolbar_location=None, name="kaas-worker-evictions")
+        self.worker_evictions.multi_line("xs", "evictions", source=self.worker_lines, color="color", line_width=2)
+        self.worker_evictions.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
+        self.worker_table_source = ColumnDataSource(dict(worker=[], requests=[], hit_rate=[], hits=[], misses=[],
+                                                         evictions=[], loaded=[], cached=[], state=[]))
+        self.worker_table = DataTable(source=self.worker_table_source, height=160, sizing_mode="stretch_width",
+                                      index_position=None, name="kaas-workers", columns=[
+                                          TableColumn(field="worker", title="worker"),
+                                          TableColumn(field="state", title="state"),
+                                          TableColumn(field="requests", title="requests"),
+                                          TableColumn(field="hit_rate", title="cache hits"),
+                                          TableColumn(field="hits", title="hits"),
+                                          TableColumn(field="misses", title="misses"),
+                                          TableColumn(field="evictions", title="evictions"),
+                                          TableColumn(field="loaded", title="loaded"),
+                                          TableColumn(field="cached", title="cached consts"),
+                                      ])
+        self.tenant_lines = ColumnDataSource(dict(xs=[], hit_rate=[], tenant=[], color=[]))
+        self.tenant_hits = figure(title="Cache hit rate per tenant", x_axis_type="datetime", height=220,
+                                  y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
+                                  name="kaas-tenant-hit-rate")
+        self.tenant_hits.multi_line("xs", "hit_rate", source=self.tenant_lines, color="color", line_width=2)
+        self.tenant_hits.yaxis.formatter = NumeralTickFormatter(format="0%")
+        self.tenant_hits.add_tools(HoverTool(tooltips=[("tenant", "@tenant")]))
+
         self.tenant_source = ColumnDataSource(dict(tenant=[], submitted=[], tasks=[], completed=[], throughput=[],
-                                                   p50=[], p99=[], rejected=[], failed=[]))
+                                                   p50=[], p99=[], rejected=[], failed=[], hit_rate=[], loaded=[],
+                                                   evictions=[], device_s=[], held=[]))
         self.throughput = figure(title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)", x_range=[],
                                  height=240,
                                  sizing_mode="stretch_width", tools="", toolbar_location=None,
@@ -79,7 +115,21 @@ class KaasPage:
                                      TableColumn(field="p99", title="latency p99 (ms)"),
                                      TableColumn(field="rejected", title="rejected"),
                                      TableColumn(field="failed", title="failed"),
+                                     TableColumn(field="hit_rate", title="cache hits"),
+                                     TableColumn(field="loaded", title="loaded"),
+                                     TableColumn(field="evictions", title="evictions caused"),
+                                     TableColumn(field="device_s", title="device s"),
+                                     TableColumn(field="held", title="held"),
                                  ])
+        self.cache_source = ColumnDataSource(dict(worker=[], tenant=[], key=[], size=[], last_used=[]))
+        self.cached = DataTable(source=self.cache_source, height=240, sizing_mode="stretch_width",
+                                index_position=None, name="kaas-cached", columns=[
+                                    TableColumn(field="worker", title="worker"),
+                                    TableColumn(field="tenant", title="tenant (namespace)"),
+                                    TableColumn(field="key", title="key"),
+                                    TableColumn(field="size", title="size"),
+                                    TableColumn(field="last_used", title="last used"),
+                                ])
         self.recent_source = ColumnDataSource(dict(time=[], tenant=[], kernels=[], worker=[], ms=[], cache=[]))
         self.recent = DataTable(source=self.recent_source, height=300, sizing_mode="stretch_width",
                                 index_position=None, name="kaas-recent", columns=[
@@ -94,12 +144,17 @@ class KaasPage:
             self.header,
             row(self.memory, self.queue, sizing_mode="stretch_width"),
             row(self.hits, self.loaded, sizing_mode="stretch_width"),
+            row(self.worker_hits, self.worker_evictions, sizing_mode="stretch_width"),
+            self.worker_table,
             row(self.throughput, self.tenants, sizing_mode="stretch_width"),
+            self.tenant_hits,
             Div(text="<b>Recent requests</b>"),
             self.recent,
+            Div(text="<b>What is cached where</b> (the scheduler's picture, most recently used first)"),
+            self.cached,
             sizing_mode="stretch_width",
         )
-        self._last: tuple[float, int, int, int] | None = None
+        self._history_at: float | None = None  # the plugin's last history sample drawn
         self._completions: deque = deque()  # (time, {tenant: completed}) over the last RATE_WINDOW seconds
 
     def _throughput(self, now: float, completed: dict) -> dict:
@@ -131,18 +186,7 @@ class KaasPage:
         self.queue_source.data = dict(worker=names, queue=[w["queue"] for w in workers.values()])
         self.queue.x_range.end = max([2, *(w["queue"] + 1 for w in workers.values())])
 
-        hits = sum(w["counters"].get("hits", 0) for w in workers.values())
-        misses = sum(w["counters"].get("compulsory_misses", 0) + w["counters"].get("capacity_misses", 0)
-                     for w in workers.values())
-        loaded = sum(w["counters"].get("bytes_from_store", 0) for w in workers.values())
-        if self._last is not None:
-            then, hits0, misses0, loaded0 = self._last
-            dt = max(now - then, 1e-3)
-            lookups = (hits - hits0) + (misses - misses0)
-            hit_rate = (hits - hits0) / lookups if lookups else (hits / (hits + misses) if hits + misses else 0)
-            self.series.stream(dict(time=[datetime.fromtimestamp(now)], hit_rate=[hit_rate],
-                                    loaded=[(loaded - loaded0) / dt]), rollover=HISTORY)
-        self._last = (now, hits, misses, loaded)
+        self._draw_history(plugin.history)
         throughput = self._throughput(now, {t: s["completed"] for t, s in tenants.items()})
 
         tenant_names = sorted(tenants)
@@ -161,6 +205,33 @@ class KaasPage:
             p99=[ms(tenants[t]["latency_p99"]) for t in tenant_names],
             rejected=[tenants[t]["rejected"] for t in tenant_names],
             failed=[tenants[t]["failed"] for t in tenant_names],
+            hit_rate=[_percent(tenants[t].get("hit_rate")) for t in tenant_names],
+            loaded=[format_bytes(tenants[t].get("bytes_loaded", 0)) for t in tenant_names],
+            evictions=[tenants[t].get("evictions_caused", 0) for t in tenant_names],
+            device_s=[round(tenants[t].get("gpu_seconds", 0.0), 3) for t in tenant_names],
+            held=[tenants[t].get("held", 0) for t in tenant_names],
+        ))
+        _set_table(self.worker_table, dict(
+            worker=names,
+            state=["reported" if w.get("reports") else "no report yet" for w in workers.values()],
+            requests=[w["counters"].get("requests", 0) for w in workers.values()],
+            hit_rate=[_percent(_hit_rate(w["counters"])) for w in workers.values()],
+            hits=[w["counters"].get("hits", 0) for w in workers.values()],
+            misses=[w["counters"].get("compulsory_misses", 0) + w["counters"].get("capacity_misses", 0)
+                    for w in workers.values()],
+            evictions=[w["counters"].get("evictions", 0) for w in workers.values()],
+            loaded=[format_bytes(w["counters"].get("bytes_from_store", 0)) for w in workers.values()],
+            cached=[len(w.get("cache", ())) for w in workers.values()],
+        ))
+        cached = sorted(((address, c) for address, w in workers.items() for c in w.get("cache", ())),
+                        key=lambda item: -(item[1].get("last_used") or 0))[:RECENT_ROWS * 4]
+        _set_table(self.cached, dict(
+            worker=[address for address, _ in cached],
+            tenant=[c["namespace"] for _, c in cached],
+            key=[c["key"] for _, c in cached],
+            size=[format_bytes(c["bytes"]) for _, c in cached],
+            last_used=[datetime.fromtimestamp(c["last_used"]).strftime("%H:%M:%S") if c.get("last_used") else "-"
+                       for _, c in cached],
         ))
         recent = state["recent"][-RECENT_ROWS:][::-1]
         _set_table(self.recent, dict(
@@ -171,6 +242,41 @@ class KaasPage:
             ms=[round(r["seconds"] * 1e3, 2) for r in recent],
             cache=[("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent],
         ))
+
+
+    def _draw_history(self, history) -> None:
+        """The plots over time, from the plugin's history (so a reloaded page shows the last minutes);
+        redrawn when it has a new sample."""
+        if not history.samples or history.samples[-1][0] == self._history_at:
+            return
+        self._history_at = history.samples[-1][0]
+        series = history.series()
+        times = [datetime.fromtimestamp(t) for t in series["time"]]
+        self.series.data = dict(time=times, hit_rate=series["hit_rate"], loaded=series["loaded"])
+        workers = sorted(series["workers"])
+        self.worker_lines.data = dict(
+            xs=[times] * len(workers), worker=workers, color=_colors(len(workers)),
+            hit_rate=[series["workers"][w]["hit_rate"] for w in workers],
+            evictions=[series["workers"][w]["evictions"] for w in workers])
+        top = max([1, *(v for w in workers for v in series["workers"][w]["evictions"] if v == v)])
+        self.worker_evictions.y_range.end = top * 1.1
+        tenants = sorted(series["tenants"])
+        self.tenant_lines.data = dict(xs=[times] * len(tenants), tenant=tenants, color=_colors(len(tenants)),
+                                      hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants])
+
+
+def _colors(n: int) -> list[str]:
+    return [Category10[10][i % 10] for i in range(n)]
+
+
+def _hit_rate(counters: dict) -> float | None:
+    hits = counters.get("hits", 0)
+    lookups = hits + counters.get("compulsory_misses", 0) + counters.get("capacity_misses", 0)
+    return hits / lookups if lookups else None
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _rates(window: deque, now: float, completed: dict, seconds: float) -> dict:

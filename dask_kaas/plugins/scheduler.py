@@ -34,6 +34,7 @@ from ..request import Request
 from ..request.model import InvalidRequest
 from ..request.batch import RequestBatch
 from ..scheduling import POLICIES, SchedulingCore, Task
+from ..scheduling.history import History
 from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
 from .graph_scan import SCAN_LIMIT, foreign_call, requests_within
 from .identity import worker_refusal
@@ -185,6 +186,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if type(self.graph_objects) is not int or self.graph_objects < 1:
             raise ConfigError(f"kaas.scheduler.tenant-graph-objects must be a positive integer, got {self.graph_objects!r}")
         self._owners: dict = {}  # requests-only: key -> the tenant whose client made its task ("" an operator's)
+        self.history = History(float(config.get("dashboard.history-seconds")),
+                               float(config.get("dashboard.history-interval")))
+        self._history_callback = None
         settings = config.scheduler_settings()
         if weights is not None:
             settings["weights"] = dict(weights)
@@ -254,6 +258,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             patterns = list(self.worker_names)
             compat.guard_worker_registration(scheduler, lambda cert: worker_refusal(cert, patterns))
         self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
+        from tornado.ioloop import PeriodicCallback
+
+        self._history_callback = PeriodicCallback(self.sample_history, self.history.interval * 1000)
+        self._history_callback.start()
         self._sync_workers()
         try:  # dask_kaas_* on the scheduler's /metrics (distributed serves it when prometheus_client is installed)
             from ..dashboard.metrics import register as register_metrics
@@ -262,7 +270,13 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         except ImportError:
             logger.debug("dask-kaas Prometheus metrics not registered", exc_info=True)
 
+    def sample_history(self) -> None:
+        """Record the cache's and tenants' counters in :attr:`history` (every ``kaas.dashboard.history-interval``)."""
+        self.history.sample(time.time(), *self.core.counters())
+
     async def close(self) -> None:
+        if self._history_callback is not None:
+            self._history_callback.stop()
         if self.scheduler is not None and self._base_comm_cost is not None:
             compat.restore_comm_cost(self.scheduler, self._base_comm_cost)
 

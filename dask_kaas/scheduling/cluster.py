@@ -41,6 +41,14 @@ class WorkerView:
     service_interval: float | None = None  # seconds per call served while busy, as observed
     service_deviation: float = 0.0
     last_completion: float = 0.0
+    last_used: dict = field(default_factory=dict)  # const -> when a request that read it here last finished
+
+    def used_now(self, consts, now: float) -> None:
+        """A request that read ``consts`` (``(ref, nbytes)`` pairs) finished here at ``now``."""
+        for ref, _ in consts:
+            self.last_used[ref] = now
+        if len(self.last_used) > 2 * len(self.resident) + 64:  # forget consts long gone from the cache
+            self.last_used = {ref: t for ref, t in self.last_used.items() if ref in self.resident}
 
     @property
     def resident(self) -> dict:
@@ -89,7 +97,8 @@ class WorkerView:
 
     def snapshot(self) -> dict:
         return {
-            "cache": [{"namespace": ns, "key": key, "version": version, "uid": uid, "bytes": nbytes}
+            "cache": [{"namespace": ns, "key": key, "version": version, "uid": uid, "bytes": nbytes,
+                       "last_used": self.last_used.get((ns, key))}
                       for (ns, key), (uid, version, nbytes) in sorted(self.resident.items())],
             "capacity": self.capacity,
             "used": self.used,

@@ -247,6 +247,9 @@ class SchedulingCore:
         if task.state == "assigned" and task.worker is not None:
             if ok:
                 self.cluster.completed(task.worker, task.assigned, now, task.count)
+                view = self.cluster.views.get(task.worker)
+                if view is not None:
+                    view.used_now(task.consts, now)
             self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         stats = self.tenants.setdefault(task.tenant, TenantStats())
         if not ok:
@@ -543,6 +546,20 @@ class SchedulingCore:
         return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
 
     # -- state ------------------------------------------------------------------------------
+    def counters(self) -> tuple[dict, dict]:
+        """The cumulative counters :class:`~dask_kaas.scheduling.history.History` samples:
+        ``({worker: {hits, misses, evictions, bytes_loaded}}, {tenant: {completed, rejected, hits, ...}})``."""
+        workers = {}
+        for address, view in self.cluster.views.items():
+            c = view.counters
+            workers[address] = {"hits": c.get("hits", 0), "evictions": c.get("evictions", 0),
+                                "misses": c.get("compulsory_misses", 0) + c.get("capacity_misses", 0),
+                                "bytes_loaded": c.get("bytes_from_store", 0)}
+        tenants = {t: {"completed": s.completed, "rejected": s.rejected, "hits": s.hits, "misses": s.misses,
+                       "bytes_loaded": s.bytes_loaded, "evictions_caused": s.evictions_caused}
+                   for t, s in self.tenants.items()}
+        return workers, tenants
+
     def snapshot(self) -> dict:
         return {
             "policy": self.policy,

@@ -1,0 +1,96 @@
+"""The recent history of the cluster's cache and tenants, kept by the scheduler plugin (pure).
+
+Every ``interval`` seconds the plugin records the cumulative counters of each worker's cache and each
+tenant; :meth:`History.series` turns consecutive samples into rates per interval. The window is bounded
+(``seconds``), lives as long as the scheduler, and so a dashboard page opened after an incident shows
+the minutes before it. An interval in which nothing was looked up has no hit rate (``nan``: a gap in a
+plot, not 0%), and a worker or tenant that appears later has no figures before it appeared.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["History", "WORKER_FIELDS", "TENANT_FIELDS"]
+
+WORKER_FIELDS = ("hits", "misses", "evictions", "bytes_loaded")
+TENANT_FIELDS = ("completed", "rejected", "hits", "misses", "bytes_loaded", "evictions_caused")
+
+
+class History:
+    """A rolling window of cumulative samples: ``{worker: {field: n}}`` and ``{tenant: {field: n}}``."""
+
+    def __init__(self, seconds: float = 900.0, interval: float = 1.0) -> None:
+        if interval <= 0 or seconds < interval:
+            raise ValueError(f"history needs 0 < interval <= seconds, got interval={interval}, seconds={seconds}")
+        self.interval = float(interval)
+        self.samples: deque = deque(maxlen=int(seconds / interval) + 1)
+
+    def sample(self, now: float, workers: dict, tenants: dict) -> None:
+        """Record the cumulative counters at time ``now`` (seconds)."""
+        if self.samples and now <= self.samples[-1][0]:
+            return  # a clock that did not move: nothing new to say
+        self.samples.append((now, {w: dict(c) for w, c in workers.items()}, {t: dict(c) for t, c in tenants.items()}))
+
+    def series(self, since: float | None = None) -> dict:
+        """Per interval after ``since`` (all kept ones by default), ending at each sample's time:
+
+        - ``time``; ``hit_rate`` and ``loaded`` (bytes/s) of the whole cluster;
+        - ``workers``: ``{worker: {"hit_rate", "evictions", "loaded"}}`` lists;
+        - ``tenants``: ``{tenant: {"throughput", "hit_rate", "rejected"}}`` lists (per second where a rate).
+
+        Every list has one value per ``time``; ``nan`` where there is nothing to say (no lookups, not
+        there yet)."""
+        out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": {}, "tenants": {}}
+        samples = list(self.samples)
+        workers = sorted({w for _, ws, _ in samples for w in ws})
+        tenants = sorted({t for _, _, ts in samples for t in ts})
+        for w in workers:
+            out["workers"][w] = {"hit_rate": [], "evictions": [], "loaded": []}
+        for t in tenants:
+            out["tenants"][t] = {"throughput": [], "hit_rate": [], "rejected": []}
+        for (t0, w0, n0), (t1, w1, n1) in zip(samples, samples[1:]):
+            if since is not None and t1 <= since:
+                continue
+            dt = t1 - t0
+            out["time"].append(t1)
+            hits = misses = loaded = 0
+            for w in workers:
+                d = _delta(w0.get(w), w1.get(w), WORKER_FIELDS)
+                row = out["workers"][w]
+                if d is None:
+                    row["hit_rate"].append(math.nan)
+                    row["evictions"].append(math.nan)
+                    row["loaded"].append(math.nan)
+                    continue
+                hits, misses, loaded = hits + d["hits"], misses + d["misses"], loaded + d["bytes_loaded"]
+                row["hit_rate"].append(_rate(d["hits"], d["misses"]))
+                row["evictions"].append(d["evictions"])
+                row["loaded"].append(d["bytes_loaded"] / dt)
+            out["hit_rate"].append(_rate(hits, misses))
+            out["loaded"].append(loaded / dt)
+            for t in tenants:
+                d = _delta(n0.get(t), n1.get(t), TENANT_FIELDS)
+                row = out["tenants"][t]
+                if d is None:
+                    row["throughput"].append(math.nan)
+                    row["hit_rate"].append(math.nan)
+                    row["rejected"].append(math.nan)
+                    continue
+                row["throughput"].append(d["completed"] / dt)
+                row["hit_rate"].append(_rate(d["hits"], d["misses"]))
+                row["rejected"].append(d["rejected"] / dt)
+        return out
+
+
+def _delta(before: dict | None, after: dict | None, fields) -> dict | None:
+    """What grew between two samples of one worker or tenant (None: not there at the end; one that was
+    not there at the start counts from zero)."""
+    if after is None:
+        return None
+    before = before or {}
+    return {f: max(0, after.get(f, 0) - before.get(f, 0)) for f in fields}
+
+
+def _rate(hits: int, misses: int) -> float:
+    return hits / (hits + misses) if hits + misses else math.nan
