@@ -250,3 +250,29 @@ def test_a_reloaded_page_draws_the_history_the_scheduler_kept(cluster, scanned):
     assert math.isnan(page.series.data["hit_rate"][-1])
     assert set(page.worker_lines.data["worker"]) == set(scanned[1])
     assert "scanner" in page.tenant_lines.data["tenant"]
+
+
+def test_why_a_request_waited_and_why_one_was_turned_away(cluster, scanned):
+    """Recent requests name their Dask task and split their time (waiting for a slot, load, copies, kernels);
+    a request rejected at admission is listed with its predicted finish against its deadline."""
+    from dask_kaas import AdmissionRejected
+    from dask_kaas.dashboard.page import KaasPage
+
+    with Client(cluster) as client:
+        done = client.submit(matvec_request("scan/3", tenant="scanner"), x=np.ones(64, np.float32), pure=False)
+        done.result()
+        turned_away = client.submit(matvec_request("A", tenant="bob", deadline=1e-6), x=np.ones(64, np.float32),
+                                    pure=False)
+        with pytest.raises(AdmissionRejected):
+            turned_away.result()
+        wait_for_reports(cluster, client)
+    page = KaasPage(cluster.scheduler)
+    page.update()
+    recent = page.recent_source.data
+    row = recent["key"].index(str(done.key))
+    assert recent["tenant"][row] == "scanner" and recent["waited"][row] is not None
+    assert all(recent[phase][row] is not None and recent[phase][row] >= 0 for phase in ("load", "h2d", "kernels_ms", "d2h"))
+    rejected = page.rejected_source.data
+    row = rejected["key"].index(str(turned_away.key))
+    assert rejected["tenant"][row] == "bob" and rejected["deadline"][row] == 0.0  # 1 µs, in ms to one decimal
+    assert rejected["predicted"][row] > rejected["deadline"][row]

@@ -130,7 +130,8 @@ class KaasPage:
                                     TableColumn(field="size", title="size"),
                                     TableColumn(field="last_used", title="last used"),
                                 ])
-        self.recent_source = ColumnDataSource(dict(time=[], tenant=[], kernels=[], worker=[], ms=[], cache=[]))
+        self.recent_source = ColumnDataSource(dict(time=[], tenant=[], kernels=[], worker=[], ms=[], cache=[], key=[],
+                                                   waited=[], load=[], h2d=[], kernels_ms=[], d2h=[]))
         self.recent = DataTable(source=self.recent_source, height=300, sizing_mode="stretch_width",
                                 index_position=None, name="kaas-recent", columns=[
                                     TableColumn(field="time", title="time"),
@@ -139,7 +140,23 @@ class KaasPage:
                                     TableColumn(field="worker", title="worker"),
                                     TableColumn(field="ms", title="on the worker (ms)"),
                                     TableColumn(field="cache", title="cache"),
+                                    TableColumn(field="waited", title="waited for a slot (ms)"),
+                                    TableColumn(field="load", title="load (ms)"),
+                                    TableColumn(field="h2d", title="h2d (ms)"),
+                                    TableColumn(field="kernels_ms", title="kernels (ms)"),
+                                    TableColumn(field="d2h", title="d2h (ms)"),
+                                    TableColumn(field="key", title="Dask task"),
                                 ])
+        self.rejected_source = ColumnDataSource(dict(time=[], tenant=[], key=[], calls=[], predicted=[], deadline=[]))
+        self.rejected = DataTable(source=self.rejected_source, height=160, sizing_mode="stretch_width",
+                                  index_position=None, name="kaas-rejected", columns=[
+                                      TableColumn(field="time", title="time"),
+                                      TableColumn(field="tenant", title="tenant"),
+                                      TableColumn(field="calls", title="calls"),
+                                      TableColumn(field="predicted", title="predicted finish (ms)"),
+                                      TableColumn(field="deadline", title="deadline (ms)"),
+                                      TableColumn(field="key", title="Dask task"),
+                                  ])
         self.root = column(
             self.header,
             row(self.memory, self.queue, sizing_mode="stretch_width"),
@@ -150,6 +167,8 @@ class KaasPage:
             self.tenant_hits,
             Div(text="<b>Recent requests</b>"),
             self.recent,
+            Div(text="<b>Rejected at admission</b> (predicted to miss their deadline)"),
+            self.rejected,
             Div(text="<b>What is cached where</b> (the scheduler's picture, most recently used first)"),
             self.cached,
             sizing_mode="stretch_width",
@@ -241,6 +260,21 @@ class KaasPage:
             worker=[r["worker"] for r in recent],
             ms=[round(r["seconds"] * 1e3, 2) for r in recent],
             cache=[("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent],
+            key=[str(r.get("key", "")) for r in recent],
+            waited=[ms(r.get("waited")) for r in recent],
+            load=[ms(r.get("phases", {}).get("load")) for r in recent],
+            h2d=[ms(r.get("phases", {}).get("h2d")) for r in recent],
+            kernels_ms=[ms(r.get("phases", {}).get("kernels")) for r in recent],
+            d2h=[ms(r.get("phases", {}).get("d2h")) for r in recent],
+        ))
+        rejected = state.get("rejections", [])[-RECENT_ROWS:][::-1]
+        _set_table(self.rejected, dict(
+            time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in rejected],
+            tenant=[r["tenant"] for r in rejected],
+            key=[str(r["key"]) for r in rejected],
+            calls=[r["calls"] for r in rejected],
+            predicted=[ms(r["predicted"]) for r in rejected],
+            deadline=[ms(r["deadline"]) for r in rejected],
         ))
 
 

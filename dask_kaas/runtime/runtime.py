@@ -29,6 +29,7 @@ from .cache import BufferCache, KernelCache
 from .counters import Counters
 
 
+REPORTED_PHASES = ("load", "h2d", "kernels", "d2h")  # what a report says a request spent its time on
 _ACCOUNTED = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store")
 PREPARED_LAUNCHES = 4096  # distinct launches (kernel, shape, literals) kept prepared per worker
 
@@ -310,6 +311,7 @@ class Runtime:
         with self._lock:
             start = time.perf_counter()
             before = dict(self.counters.counts)
+            phases_before = dict(self.counters.seconds)
             try:
                 for i, inputs in enumerate(calls):
                     if i >= cut:
@@ -331,7 +333,8 @@ class Runtime:
                 seconds = time.perf_counter() - start
                 counts = self.counters.counts
                 self.last_request = {"tenant": request.tenant, "kernels": request.kernel_names, "seconds": seconds,
-                                     **{k: counts[k] - before.get(k, 0) for k in _ACCOUNTED}}
+                                     **{k: counts[k] - before.get(k, 0) for k in _ACCOUNTED},
+                                     "phases": self._phases_since(phases_before)}
                 if self.on_report is not None:
                     self.on_report(self.report(request, seconds / max(ran, 1), True, count=len(calls),
                                                failed=failed))
@@ -345,6 +348,7 @@ class Runtime:
         self._last_tenant = request.tenant
         start = time.perf_counter()
         before = dict(counters.counts)
+        phases_before = dict(counters.seconds)
         try:
             with counters.phase("total"):
                 return self._run(request, inputs, memo)
@@ -358,6 +362,12 @@ class Runtime:
             raise
         finally:
             self._account(request, before, time.perf_counter() - start)
+            self.last_request["phases"] = self._phases_since(phases_before)
+
+    def _phases_since(self, before: dict) -> dict:
+        """Seconds spent in each stage a request's wait is explained by, since ``before`` (the phase timers)."""
+        now = self.counters.seconds
+        return {phase: round(now[phase] - before.get(phase, 0.0), 6) for phase in REPORTED_PHASES}
 
     def _run(self, request: Request, inputs: Mapping[str, Any], memo: dict | None = None) -> dict[str, np.ndarray]:
         """One request on the device. ``memo`` (a batch's): what the calls of one batch share is worked out
@@ -593,6 +603,7 @@ class Runtime:
             "capacity": self.cache.capacity,
             "used": self.cache.used,
             "pinned": self.cache.pinned_bytes,
+            "phases": last.get("phases", {}),
         }
         if count != 1 or failed:
             fields.update(count=count, failed=failed)

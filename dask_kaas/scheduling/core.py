@@ -117,6 +117,7 @@ class SchedulingCore:
         self.static = StaticAssignment()
         self.tasks: dict[Hashable, Task] = {}
         self.tenants: dict[str, TenantStats] = {}
+        self.rejections: deque = deque(maxlen=RECENT_REQUESTS)  # requests admission turned away: predicted vs deadline
         self.recent: deque = deque(maxlen=RECENT_REQUESTS)
         self._admitted: dict[Hashable, Task] = {}
         self.pinned_backlog: dict[str, set] = {}  # static/exclusive: worker -> tenants with requests queued for it
@@ -173,6 +174,9 @@ class SchedulingCore:
             rejection = self._admit(task)
             if rejection is not None and rejection.action == "reject":
                 stats.rejected += task.count
+                self.rejections.append({"time": self.clock(), "tenant": task.tenant, "key": task.key,
+                                        "calls": task.count, "predicted": rejection.predicted,
+                                        "deadline": task.deadline})
                 return rejection
             if rejection is not None:
                 part = rejection
@@ -305,6 +309,9 @@ class SchedulingCore:
                 self.model.observe_warm(report["shape"], report.get("seconds", 0.0))
         self.recent.append({
             "time": self.clock(), "tenant": tenant, "kernels": report.get("kernels", []), "key": key,
+            # why it took what it took: waiting for a slot (fair share, full workers), then on the worker
+            "waited": task.assigned - task.submitted if task is not None and task.assigned else None,
+            "phases": dict(report.get("phases") or {}),
             "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
             "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
             "ok": bool(report.get("ok")) and not failed, "calls": count, "failed": failed,
@@ -572,4 +579,5 @@ class SchedulingCore:
             "held": len(self.queue),
             "decisions": self.decisions,
             "recent": list(self.recent),
+            "rejections": list(self.rejections),
         }
