@@ -520,12 +520,15 @@ def restore_comm_cost(scheduler, base) -> None:
 
 
 # -- dashboard and metrics ---------------------------------------------------------------------
-def add_dashboard_page(route: str, make_document: Callable, label: str) -> None:
+def add_dashboard_page(route: str, make_document: Callable, label: str | None) -> None:
     """Serve ``make_document(scheduler, extra, doc)`` at ``route`` of schedulers whose dashboard starts
-    afterwards, with ``label`` in the dashboard's navigation (after "system")."""
+    afterwards, with ``label`` in the dashboard's navigation (after "system"; None: not listed there,
+    as distributed's ``/individual-*`` plots, which JupyterLab's Dask extension finds by their route)."""
     import distributed.dashboard.scheduler as dashboard
 
     dashboard.applications[route] = make_document
+    if label is None:
+        return
     base = dashboard.template_variables
 
     def template_variables(scheduler):
@@ -550,6 +553,17 @@ def style_dashboard_document(doc, component, extra: dict, title: str, interval_m
     doc.add_root(component.root)
     doc.template = env.get_template("simple.html")
     doc.template_variables.update(extra)
+    doc.theme = BOKEH_THEME
+
+
+def plain_dashboard_document(doc, component, root, interval_ms: int = 500) -> None:
+    """Show one model ``root`` of ``component`` alone, in distributed's theme (an ``/individual-*`` plot),
+    calling ``component.update()`` every ``interval_ms``."""
+    from distributed.dashboard.components import add_periodic_callback
+    from distributed.dashboard.components.scheduler import BOKEH_THEME
+
+    add_periodic_callback(doc, component, interval_ms)
+    doc.add_root(root)
     doc.theme = BOKEH_THEME
 
 

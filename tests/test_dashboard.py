@@ -276,3 +276,17 @@ def test_why_a_request_waited_and_why_one_was_turned_away(cluster, scanned):
     row = rejected["key"].index(str(turned_away.key))
     assert rejected["tenant"][row] == "bob" and rejected["deadline"][row] == 0.0  # 1 µs, in ms to one decimal
     assert rejected["predicted"][row] > rejected["deadline"][row]
+
+
+def test_individual_plots_for_jupyterlab(cluster, ran):
+    """Each /individual-kaas-* plot is served and listed where JupyterLab's Dask extension looks."""
+    import json
+
+    from dask_kaas.dashboard.page import INDIVIDUAL
+
+    listed = json.loads(urllib.request.urlopen(page_url(cluster, "individual-plots.json"), timeout=30).read())
+    assert set(INDIVIDUAL) <= set(listed.values())
+    assert "Individual Kaas Memory" in listed
+    for route in INDIVIDUAL:
+        html = urllib.request.urlopen(page_url(cluster, route.lstrip("/")), timeout=30).read().decode()
+        assert "bokeh" in html.lower()

@@ -16,9 +16,11 @@ def register_dashboard_page() -> None:
     if _registered:
         return
     from .. import compat
-    from .page import kaas_doc
+    from .page import INDIVIDUAL, individual_doc, kaas_doc
 
     compat.add_dashboard_page(ROUTE, kaas_doc, "kaas")
+    for route, attribute in INDIVIDUAL.items():
+        compat.add_dashboard_page(route, individual_doc(attribute), None)
     _registered = True
 
 

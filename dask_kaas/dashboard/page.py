@@ -341,3 +341,27 @@ def kaas_doc(scheduler, extra, doc):
     page = KaasPage(scheduler)
     page.update()
     compat.style_dashboard_document(doc, page, extra, "Dask: KaaS")
+
+
+# the plots JupyterLab's Dask extension can dock (it lists the dashboard's /individual-* routes)
+INDIVIDUAL = {
+    "/individual-kaas-memory": "memory",
+    "/individual-kaas-hit-rate": "hits",
+    "/individual-kaas-loaded": "loaded",
+    "/individual-kaas-worker-hit-rate": "worker_hits",
+    "/individual-kaas-worker-evictions": "worker_evictions",
+    "/individual-kaas-tenant-hit-rate": "tenant_hits",
+    "/individual-kaas-throughput": "throughput",
+}
+
+
+def individual_doc(attribute: str):
+    """The Bokeh document of one ``/individual-kaas-*`` plot: that model of a :class:`KaasPage` alone."""
+    def make(scheduler, extra, doc):
+        page = KaasPage(scheduler)
+        page.update()
+        model = getattr(page, attribute)
+        model.sizing_mode = "stretch_both"
+        compat.plain_dashboard_document(doc, page, model)
+
+    return make
