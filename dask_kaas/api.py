@@ -1,10 +1,10 @@
 """Client-side helpers: cluster-wide state, policy switching, installing KaaS on an existing cluster."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, KaasError
-from .jupyter import ClusterState
+from .jupyter import ClusterState, WorkerStats
 from .plugins.scheduler import KaasSchedulerPlugin
 from .plugins.worker import (HOW_TO_INSTALL, KaasWorkerPlugin, clear_cache_on_worker, set_eviction_on_worker,
                              set_exclusive_on_worker,
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # annotations only
     from .store import BufferStore
 
 
-def worker_stats(client: Client) -> dict[str, dict[str, Any]]:
+def worker_stats(client: Client) -> WorkerStats:
     """Per KaaS worker address: cache counters, ``device``, ``capacity`` and ``used`` bytes, per-tenant rows.
 
     Asks every worker (``client.run``); workers without the KaaS plugin are left out.
@@ -56,7 +56,7 @@ def worker_stats(client: Client) -> dict[str, dict[str, Any]]:
     >>> client.close(); cluster.close()  # doctest: +SKIP
     """
     results = client.run(stats_on_worker)
-    stats = {addr: stats for addr, stats in results.items() if stats is not None}
+    stats = WorkerStats((addr, stats) for addr, stats in results.items() if stats is not None)
     if not stats:
         raise KaasError(f"none of this cluster's {len(results)} workers has the KaaS plugin, so none can run a "
                         f"Request: {HOW_TO_INSTALL}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 import numpy as np
@@ -34,7 +35,11 @@ def main():
 @click.option("--jacobi", type=click.IntRange(0), default=8, show_default=True, help="Jacobi solves.")
 @click.option("--dashboard-address", default=":8787", show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, dashboard_address, no_progress):
+@click.option("--duration", type=click.FloatRange(0), default=0, show_default=True,
+              help="Keep the cluster (and its dashboard) up this many seconds after the workload.")
+@click.option("--hold", is_flag=True, help="Keep the cluster (and its dashboard) up until Ctrl-C.")
+def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, dashboard_address, no_progress,
+         duration, hold):
     from distributed import Client
 
     from .api import worker_stats
@@ -47,7 +52,10 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
     with LocalKaasCluster(n_workers=n_workers, device=device, device_memory=device_memory, store=store,
                           dashboard_address=dashboard_address) as cluster, Client(cluster) as client:
         click.echo(f"cluster: {len(cluster.workers)} {cluster.kaas_device} workers, store {cluster.store.url}")
-        click.echo(f"dashboard: {cluster.dashboard_link} (the /kaas page; live while the demo runs)")
+        kaas_page = cluster.dashboard_link.rsplit("/", 1)[0] + "/kaas"
+        lasts = ("until Ctrl-C" if hold else f"and {duration:g} s after" if duration else
+                 "while the demo runs; --duration S or --hold keep it after")
+        click.echo(f"dashboard: {kaas_page} (live {lasts})")
         report = run_workload(client, cluster.store, workload, progress=not no_progress)
         stats = worker_stats(client)
         rows = summarize(report, stats)
@@ -64,9 +72,29 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
             click.echo(f"FAILED  {tenant}: {error}", err=True)
         if report["wrong"]:
             click.echo(f"WRONG RESULTS: {len(report['wrong'])} requests ({sorted(set(report['wrong']))})", err=True)
+        if not (report["wrong"] or report["failed"]):
+            click.echo("all results match NumPy")
+        _keep_up(kaas_page, duration, hold)
         if report["wrong"] or report["failed"]:
             sys.exit(1)
-        click.echo("all results match NumPy")
+
+
+def _keep_up(page: str, duration: float, hold: bool) -> None:
+    """Leave the demo's cluster up for the dashboard: ``duration`` seconds, or until Ctrl-C with ``hold``."""
+    if not (hold or duration):
+        return
+    click.echo(f"the dashboard stays up at {page} " + ("until Ctrl-C" if hold else f"for {duration:g} s"))
+    try:
+        if hold:
+            _sleep_forever()
+        time.sleep(duration)
+    except KeyboardInterrupt:
+        click.echo("stopping")
+
+
+def _sleep_forever() -> None:
+    while True:
+        time.sleep(3600)
 
 
 @main.command(help="Run a JSON request (dask-kaas or original KaaS format) on a running cluster; print its outputs.")

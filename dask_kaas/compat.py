@@ -556,6 +556,22 @@ def style_dashboard_document(doc, component, extra: dict, title: str, interval_m
     doc.theme = BOKEH_THEME
 
 
+def dashboard_page_link(scheduler, route: str) -> str | None:
+    """The address of the scheduler dashboard's page ``route`` (``distributed.dashboard.link`` formatted
+    as distributed logs its own), or None without a dashboard."""
+    from distributed.comm import get_address_host
+    from distributed.utils import format_dashboard_link
+
+    server = scheduler.services.get("dashboard")
+    if server is None or not scheduler.listeners:
+        return None
+    try:
+        link = format_dashboard_link(get_address_host(scheduler.listeners[0].contact_address), server.port)
+    except KeyError:  # distributed.dashboard.link names an unset variable
+        return None
+    return link.rsplit("/", 1)[0] + route
+
+
 def plain_dashboard_document(doc, component, root, interval_ms: int = 500) -> None:
     """Show one model ``root`` of ``component`` alone, in distributed's theme (an ``/individual-*`` plot),
     calling ``component.update()`` every ``interval_ms``."""

@@ -18,6 +18,8 @@ import subprocess
 import numpy as np
 from dask.utils import format_bytes
 
+from .text import table
+
 IO_ROLES = {"i": "input", "o": "output", "io": "input/output", "t": "temporary"}
 
 _STYLE = (
@@ -370,3 +372,47 @@ class ClusterState(dict):
                                "GPU time"], tenant_rows),
             "</div>",
         ])
+
+
+# -------------------------------------------------------------- worker stats
+class WorkerStats(dict):
+    """:func:`dask_kaas.worker_stats`'s dict, unchanged, shown as tables at a terminal and in notebooks."""
+
+    __slots__ = ()
+
+    def _rows(self) -> tuple[list, list]:
+        workers, tenants = [], []
+        for addr, w in self.items():
+            rate = w.get("hit_rate")
+            workers.append([addr, w.get("device", "?"), w.get("requests", 0), "-" if rate is None else f"{rate:.0%}",
+                            w.get("hits", 0), w.get("misses", 0), w.get("evictions", 0),
+                            human_bytes(w.get("bytes_from_store", 0)), human_bytes(w.get("used", 0)),
+                            human_bytes(w.get("capacity", 0)), w.get("errors", 0)])
+            for tenant, t in sorted((w.get("tenants") or {}).items()):
+                lookups = t.get("hits", 0) + t.get("misses", 0)
+                tenants.append([addr, tenant, t.get("requests", 0),
+                                f"{t.get('hits', 0) / lookups:.0%}" if lookups else "-",
+                                human_bytes(t.get("bytes_loaded", 0)), f"{t.get('seconds', 0.0):.3f} s",
+                                t.get("errors", 0)])
+        return workers, tenants
+
+    def __repr__(self) -> str:
+        workers, tenants = self._rows()
+        out = [table(_WORKER_COLUMNS, workers, right=range(2, 11), rule=True)]
+        if tenants:
+            out += ["", table(_TENANT_COLUMNS, tenants, right=range(2, 7), rule=True)]
+        return "\n".join(out)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        workers, tenants = self._rows()
+        return "".join(['<div class="kaas-repr">', _STYLE,
+                        _table("Workers", list(_WORKER_COLUMNS), [[_e(c) for c in r] for r in workers]),
+                        _table("Tenants per worker", list(_TENANT_COLUMNS), [[_e(c) for c in r] for r in tenants]),
+                        "</div>"])
+
+
+_WORKER_COLUMNS = ("worker", "device", "requests", "hit rate", "hits", "misses", "evictions", "loaded", "used",
+                   "capacity", "errors")
+_TENANT_COLUMNS = ("worker", "tenant", "requests", "hit rate", "loaded", "device time", "errors")

@@ -20,5 +20,8 @@ def dask_setup(scheduler) -> None:
 
     if "kaas" not in scheduler.plugins:
         scheduler.add_plugin(KaasSchedulerPlugin())
-    setup_logging().info("dask-kaas scheduler: KaaS plugin (policy %s) and the /kaas page",
-                         scheduler.plugins["kaas"].policy)
+    from . import compat
+
+    link = compat.dashboard_page_link(scheduler, "/kaas")
+    setup_logging().info("dask-kaas scheduler: KaaS plugin (policy %s); the KaaS page at %s",
+                         scheduler.plugins["kaas"].policy, link or "/kaas of the dashboard")

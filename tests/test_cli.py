@@ -35,6 +35,30 @@ def test_demo_runs_checks_and_reports(tmp_path):
     assert not (tmp_path / "stores").exists()  # nothing in the current directory
 
 
+@pytest.mark.slow
+def test_demo_keeps_its_dashboard_up_when_asked(tmp_path):
+    """--duration keeps the cluster after the workload: the printed /kaas address answers meanwhile."""
+    import re
+    import urllib.request
+
+    proc = subprocess.Popen([os.path.join(BIN, "dask-kaas"), "demo", "--requests", "8", "--jacobi", "0",
+                             "--no-progress", "--dashboard-address", ":0", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "the dashboard stays up at" in line:
+                break
+        url = re.search(r"(http://\S+/kaas)", lines[-1]).group(1)
+        assert "all results match NumPy" in "".join(lines)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            assert response.status == 200 and "bokeh" in response.read().decode().lower()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_demo_rejects_bad_options(tmp_path):
     proc = run("dask-kaas", "demo", "--device", "tpu", cwd=tmp_path)
     assert proc.returncode == 2 and "tpu" in proc.stderr

@@ -157,6 +157,7 @@ def test_two_commands_make_a_kaas_cluster_that_survives_a_scheduler_restart(proc
     assert status == 200 and "bokeh" in page.lower()  # the page's Bokeh document
     assert 'href="kaas"' in http(f"{base}/status")[1]  # linked from the navigation
     assert "dask_kaas_" in http(f"{base}/metrics")[1]
+    assert f"the KaaS page at {base}/kaas" in procs.log("scheduler")  # the scheduler says where its page is
     for i in (0, 1):
         assert re.search(r"dask-kaas worker .*: host device .*cache capacity 32.00 MiB.*store file://", procs.log(f"worker{i}"))
 
