@@ -35,7 +35,7 @@ _LAZY = {
     "BufferStore": "store",
     "Function": "functions", "FunctionRepository": "functions",
     "Runtime": "runtime", "run_request": "runtime",
-    "cluster_state": "api", "install": "api", "set_policy": "api", "worker_stats": "api",
+    "cluster_state": "api", "cluster_store": "api", "install": "api", "set_policy": "api", "worker_stats": "api",
     "LocalKaasCluster": "cluster",
     "Batcher": "batching",
     "KaasWorkerPlugin": "plugins.worker", "KaasSchedulerPlugin": "plugins.scheduler",
@@ -46,6 +46,7 @@ __all__ = [
     "FunctionNotFound", "FunctionRepository", "KaasError",
     "KaasSchedulerPlugin", "KaasWorkerPlugin", "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster",
     "Request", "RequestError", "Runtime", "StoreError", "StoreKeyError", "TenantError", "builtin", "cluster_state",
+    "cluster_store",
     "install", "register_library", "resolve_library", "run_request", "set_policy", "worker_stats",
 ]
 

@@ -7,6 +7,7 @@ from .errors import ConfigError, KaasError
 from .jupyter import ClusterState, WorkerStats
 from .plugins.scheduler import KaasSchedulerPlugin
 from .plugins.worker import (HOW_TO_INSTALL, KaasWorkerPlugin, clear_cache_on_worker, set_eviction_on_worker,
+                             store_on_worker,
                              set_exclusive_on_worker,
                              stats_on_worker)
 from .scheduling import POLICIES
@@ -61,6 +62,37 @@ def worker_stats(client: Client) -> WorkerStats:
         raise KaasError(f"none of this cluster's {len(results)} workers has the KaaS plugin, so none can run a "
                         f"Request: {HOW_TO_INSTALL}")
     return stats
+
+
+def cluster_store(client: Client):
+    """The store the cluster's KaaS workers read consts from, opened as they opened it.
+
+    Put a const there and every worker sees it: ``cluster_store(client).put("model/w", w,
+    namespace="alice")``. A ``BufferStore("local")`` or ``open_store("local")`` of the client's own
+    is the ``local`` profile *on the client's machine*, which is the cluster's only when they share it.
+
+    Raises
+    ------
+    KaasError
+        When no worker has the KaaS plugin, or the workers read different stores.
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> from dask_kaas import LocalKaasCluster, cluster_store
+    >>> cluster = LocalKaasCluster(n_workers=1, device="host")  # doctest: +SKIP
+    >>> client = Client(cluster)  # doctest: +SKIP
+    >>> cluster_store(client) == cluster.store  # doctest: +SKIP
+    True
+    """
+    stores = {addr: store for addr, store in client.run(store_on_worker).items() if store is not None}
+    if not stores:
+        raise KaasError(f"none of this cluster's workers has the KaaS plugin: {HOW_TO_INSTALL}")
+    urls = {store.url for store in stores.values()}
+    if len(urls) > 1:
+        raise KaasError(f"the cluster's workers read different stores ({', '.join(sorted(urls))}): give each "
+                        "the same --store")
+    return next(iter(stores.values()))
 
 
 def _scheduler_plugin(dask_scheduler) -> KaasSchedulerPlugin:

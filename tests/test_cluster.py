@@ -288,3 +288,18 @@ def test_plugins_travel_as_their_settings():
         worker = pickle.loads(pickle.dumps(KaasWorkerPlugin(device="host", device_memory="8MiB")))
     assert scheduler.policy == "balance" and scheduler.core.queue.weight("a") == 2.0
     assert worker.runtime is None
+
+
+def test_a_client_opens_the_store_its_cluster_reads(cluster, client):
+    """cluster_store: the workers' own store, whatever the client's kaas.store says."""
+    import numpy as np
+
+    from dask_kaas import cluster_store
+    from helpers import matvec_request
+
+    store = cluster_store(client)
+    assert store == cluster.store and store.url.startswith("file://")
+    store.put("via-cluster-store", np.eye(64, dtype=np.float32) * 7, namespace="alice")
+    out = client.submit(matvec_request("via-cluster-store", tenant="alice"), x=np.ones(64, np.float32),
+                        pure=False).result()
+    np.testing.assert_allclose(out["y"], np.full(64, 7, np.float32))

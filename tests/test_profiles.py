@@ -128,3 +128,18 @@ def test_default_store_spec():
     assert default_store_spec() == "local"
     with dask.config.set({"kaas.store": "s3"}):
         assert default_store_spec() == "s3"
+
+
+def test_a_bare_name_is_a_profile_everywhere_a_store_is_named(cwd):
+    """BufferStore("local") is the profile local, as open_store and --store read it (never a folder ./local);
+    a folder here is named as a path; an unknown name is an error naming it."""
+    from dask_kaas import BufferStore
+    from dask_kaas.store import open_store
+
+    assert BufferStore("local") == open_store("local") == open_store(None)
+    assert not (cwd / "local").exists()
+    assert BufferStore("./local").url == f"file://{cwd / 'local'}"
+    with pytest.raises(StoreError, match="no store profile 'nowhere'"):
+        BufferStore("nowhere")
+    assert BufferStore("memory").url == "memory://dask-kaas" and BufferStore("memory").shared == ("public",)
+    assert BufferStore("memory", shared=["x"]).shared == ("x",)  # what the caller gives wins

@@ -252,6 +252,12 @@ def stats_on_worker(dask_worker) -> dict | None:
     return None if runtime is None else runtime.stats()
 
 
+def store_on_worker(dask_worker) -> BufferStore | None:
+    """Runs on a worker (``client.run``): the store its KaaS plugin reads, or None without the plugin."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    return getattr(plugin, "store", None) if plugin is not None else None
+
+
 def set_exclusive_on_worker(dask_worker, exclusive: bool) -> bool:
     """Runs on a worker (``client.run``): switch the exclusive-tenant baseline on or off."""
     plugin = dask_worker.plugins.get(PLUGIN_NAME)

@@ -36,7 +36,7 @@ from . import zarr_io
 from .namespaces import check_key, check_namespace, resolve_key, tenant_namespace
 from .pointers import Pointers, pointers_for
 from .profiles import default_store_spec, resolve_store
-from .urls import normalize_url
+from .urls import is_location, normalize_url
 from .versions import COMMIT_ATTEMPTS, Version, new_uid, next_record, referenced, uid_time
 
 __all__ = ["BufferStore", "NamespaceView", "open_store", "CHUNK_BYTES"]
@@ -59,7 +59,9 @@ class BufferStore:
     Parameters
     ----------
     url : str
-        ``file://`` URL or local path (made absolute, ``~`` expanded), ``memory://name``
+        ``file://`` URL or local path (made absolute, ``~`` expanded; a path has a separator:
+        ``./mystore``), a store profile's name (``"local"``: as :func:`open_store` and ``--store``
+        read it), ``memory://name``
         (per process: not seen by worker processes), or any fsspec URL
         (``s3://bucket/prefix`` with s3fs). Nothing is opened or created until first use.
     storage_options : dict, optional
@@ -114,6 +116,11 @@ class BufferStore:
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None,
                  shared: str | Sequence[str] = ()) -> None:
+        if isinstance(url, str) and url.strip() and not is_location(url.strip()):
+            # the rule of open_store and the command line: a bare name is a store profile, not a folder here
+            url, profile_options, profile_shared = resolve_store(url)
+            storage_options = {**profile_options, **(storage_options or {})}
+            shared = shared or profile_shared
         self.url = normalize_url(url)
         self.storage_options = dict(storage_options or {})
         if isinstance(shared, str):

@@ -30,7 +30,7 @@ import yaml
 
 from .. import config
 from ..errors import StoreError
-from .urls import normalize_url
+from .urls import is_location, normalize_url
 
 __all__ = ["profile_dirs", "list_profiles", "load_profile", "resolve_store", "default_store_spec",
            "expand_env", "BUILTIN_PROFILES", "DEFAULT_PROFILE"]
@@ -326,7 +326,7 @@ def resolve_store(spec: str) -> tuple[str, dict, tuple[str, ...]]:
     if not isinstance(spec, str) or not spec.strip():
         raise StoreError(f"a store must be a profile name or a URL, got {spec!r}")
     spec = spec.strip()
-    if "://" in spec or "/" in spec or os.sep in spec:
+    if is_location(spec):
         return normalize_url(spec), {}, tuple(_default_shared())
     profile = load_profile(spec)
     return profile["url"], profile["storage_options"], tuple(profile["shared"])

@@ -25,3 +25,9 @@ def normalize_url(url: str) -> str:
         return "file://" + os.path.abspath(os.path.expanduser(url))
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.rstrip('/')}"
+
+
+def is_location(spec: str) -> bool:
+    """Whether a store spec is a URL or a path (it has ``://`` or a path separator); anything else is a
+    store profile's name, wherever a store is named (``BufferStore``, ``open_store``, ``--store``)."""
+    return "://" in spec or "/" in spec or os.sep in spec
