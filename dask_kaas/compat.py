@@ -495,6 +495,13 @@ def worker_is_running(scheduler, address: str) -> bool | None:
     return None if ws is None else ws.status.name == "running"
 
 
+def worker_metrics(scheduler, address: str) -> dict:
+    """What a worker's heartbeats last said of it (``WorkerState.metrics``: memory, CPU, and with
+    pynvml ``gpu_utilization`` and ``gpu_memory_used``), or {} for a worker the scheduler does not know."""
+    ws = scheduler.workers.get(address)
+    return dict(getattr(ws, "metrics", None) or {}) if ws is not None else {}
+
+
 def processing_on(ts) -> str | None:
     """The address of the worker a ``processing`` task was sent to, or None."""
     return ts.processing_on.address if ts.processing_on is not None else None

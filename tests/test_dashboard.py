@@ -290,3 +290,24 @@ def test_individual_plots_for_jupyterlab(cluster, ran):
     for route in INDIVIDUAL:
         html = urllib.request.urlopen(page_url(cluster, route.lstrip("/")), timeout=30).read().decode()
         assert "bokeh" in html.lower()
+
+
+def test_edge_states_read_for_a_person():
+    from dask_kaas.dashboard.page import _gpu_text, _workers_text
+
+    assert _workers_text({}) == "no workers yet"
+    assert _workers_text({"a": {"device": None}, "b": {"device": None}}) == "2 workers that have run no request yet"
+    assert _workers_text({"a": {"device": "host"}, "b": {"device": None}}) == \
+        "1 host worker + 1 worker that has run no request yet"
+    assert _workers_text({"a": {"device": "cuda"}, "b": {"device": "cuda"}}) == "2 cuda workers"
+    assert _gpu_text({}) == "-" and _gpu_text({"gpu_utilization": 87.4}) == "87%"
+
+
+def test_idle_plots_have_no_negative_axes(cluster):
+    from dask_kaas.dashboard.page import KaasPage
+
+    page = KaasPage(cluster.scheduler)
+    page.update()
+    assert page.loaded.y_range.start == 0 and page.memory.x_range.start == 0
+    assert page.worker_evictions.y_range.start == 0
+    assert not page.memory.center or all(type(r).__name__ != "Legend" for r in page.memory.center)  # off the bars

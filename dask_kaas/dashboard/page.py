@@ -12,8 +12,8 @@ from datetime import datetime
 from html import escape
 
 from bokeh.layouts import column, row
-from bokeh.models import (BasicTicker, ColumnDataSource, DataTable, Div, HoverTool, NumeralTickFormatter, Range1d,
-                          TableColumn)
+from bokeh.models import (BasicTicker, ColumnDataSource, DataRange1d, DataTable, Div, HoverTool, NumeralTickFormatter,
+                          Range1d, TableColumn)
 from bokeh.palettes import Category10
 from bokeh.plotting import figure
 
@@ -42,7 +42,8 @@ class KaasPage:
                                color=[PALETTE["cached"], PALETTE["pinned"], PALETTE["free"]],
                                legend_label=["cached", "pinned", "free"])
         self.memory.legend.orientation = "horizontal"
-        self.memory.legend.location = "top_right"
+        self.memory.add_layout(self.memory.legend[0], "above")  # off the bars
+        self.memory.x_range.start = 0
         self.memory.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("cached MiB", "@cached{0.0}"),
                                                   ("pinned MiB", "@pinned{0.0}"), ("free MiB", "@free{0.0}")]))
 
@@ -58,7 +59,8 @@ class KaasPage:
         self.hits.line("time", "hit_rate", source=self.series, line_width=2, color="#2ca02c")
         self.hits.yaxis.formatter = NumeralTickFormatter(format="0%")
         self.loaded = figure(title="Bytes loaded from the store per second", x_axis_type="datetime", height=220,
-                             sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-loaded")
+                             y_range=DataRange1d(start=0), sizing_mode="stretch_width", tools="",
+                             toolbar_location=None, name="kaas-loaded")
         self.loaded.line("time", "loaded", source=self.series, line_width=2, color="#9467bd")
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
@@ -75,7 +77,7 @@ class KaasPage:
         self.worker_evictions.multi_line("xs", "evictions", source=self.worker_lines, color="color", line_width=2)
         self.worker_evictions.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
         self.worker_table_source = ColumnDataSource(dict(worker=[], requests=[], hit_rate=[], hits=[], misses=[],
-                                                         evictions=[], loaded=[], cached=[], state=[]))
+                                                         evictions=[], loaded=[], cached=[], state=[], gpu=[]))
         self.worker_table = DataTable(source=self.worker_table_source, height=160, sizing_mode="stretch_width",
                                       index_position=None, name="kaas-workers", columns=[
                                           TableColumn(field="worker", title="worker"),
@@ -87,6 +89,7 @@ class KaasPage:
                                           TableColumn(field="evictions", title="evictions"),
                                           TableColumn(field="loaded", title="loaded"),
                                           TableColumn(field="cached", title="cached consts"),
+                                          TableColumn(field="gpu", title="GPU utilisation"),
                                       ])
         self.tenant_lines = ColumnDataSource(dict(xs=[], hit_rate=[], tenant=[], color=[]))
         self.tenant_hits = figure(title="Cache hit rate per tenant", x_axis_type="datetime", height=220,
@@ -187,10 +190,8 @@ class KaasPage:
         state = plugin.snapshot()
         now = time.time()
         workers, tenants = state["workers"], state["tenants"]
-        kinds = Counter(w.get("device") or "unreported" for w in workers.values())
-        devices = " + ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "0"
         self.header.text = (
-            f"<h3>dask-kaas: {devices} workers, {len(tenants)} tenants, policy "
+            f"<h3>dask-kaas: {_workers_text(workers)}, {len(tenants)} tenants, policy "
             f"<code>{escape(state['policy'])}</code>, {len(plugin.dispatcher)} requests held for fair dispatch</h3>"
         )
         names = list(workers)
@@ -241,6 +242,7 @@ class KaasPage:
             evictions=[w["counters"].get("evictions", 0) for w in workers.values()],
             loaded=[format_bytes(w["counters"].get("bytes_from_store", 0)) for w in workers.values()],
             cached=[len(w.get("cache", ())) for w in workers.values()],
+            gpu=[_gpu_text(compat.worker_metrics(self.scheduler, address)) for address in names],
         ))
         cached = sorted(((address, c) for address, w in workers.items() for c in w.get("cache", ())),
                         key=lambda item: -(item[1].get("last_used") or 0))[:RECENT_ROWS * 4]
@@ -257,7 +259,7 @@ class KaasPage:
             time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in recent],
             tenant=[r["tenant"] for r in recent],
             kernels=[" -> ".join(r["kernels"]) for r in recent],
-            worker=[r["worker"] for r in recent],
+            worker=[r["worker"] if r["worker"] in workers else f"{r['worker']} (gone)" for r in recent],
             ms=[round(r["seconds"] * 1e3, 2) for r in recent],
             cache=[("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent],
             key=[str(r.get("key", "")) for r in recent],
@@ -297,6 +299,23 @@ class KaasPage:
         tenants = sorted(series["tenants"])
         self.tenant_lines.data = dict(xs=[times] * len(tenants), tenant=tenants, color=_colors(len(tenants)),
                                       hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants])
+
+
+def _workers_text(workers: dict) -> str:
+    """``2 host workers``, ``1 cuda worker + 1 worker that has run no request yet``, ``no workers``."""
+    kinds = Counter(w.get("device") for w in workers.values())
+    waiting = kinds.pop(None, 0)
+    parts = [f"{n} {kind} worker{'s' * (n != 1)}" for kind, n in sorted(kinds.items())]
+    if waiting:
+        parts.append(f"{waiting} worker{'s' * (waiting != 1)} that {'have' if waiting != 1 else 'has'} run no "
+                     f"request yet")
+    return " + ".join(parts) or "no workers yet"
+
+
+def _gpu_text(metrics: dict) -> str:
+    """GPU utilisation as distributed's workers report it (pynvml, on CUDA workers), or ``-``."""
+    value = metrics.get("gpu_utilization")
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def _colors(n: int) -> list[str]:
