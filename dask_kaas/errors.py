@@ -54,5 +54,10 @@ class AdmissionRejected(KaasError):
         return self.message
 
 
+class FunctionStale(KaasError):
+    """A registered function's consts in the store are no longer those it was written for (a key of
+    another size, or gone): a call would read the wrong bytes, so it is refused."""
+
+
 class FunctionNotFound(KaasError, LookupError):
     """No function of that name (and version) that the tenant may call: missing, or another tenant's."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from .datatypes import to_datatype, to_numpy
 from .errors import FunctionNotFound, RequestError, StoreKeyError
-from .names import DEFAULT_NAMESPACE, namespace_problem, show
+from .names import DEFAULT_NAMESPACE, namespace_problem, show, split_key
 from .request import Request
 from .store import BufferStore, check_namespace
 from .store.documents import create_document, delete_document, list_documents, read_document
@@ -161,6 +161,8 @@ class Function:
     deadline: float | None = None
     description: str = ""
     created: float = 0.0
+    # (namespace, key, nbytes, version) of each const as the store held it when this version was put
+    consts: tuple = ()
     _built: OrderedDict = field(default_factory=OrderedDict, compare=False, hash=False, repr=False)
 
     @property
@@ -191,18 +193,53 @@ class Function:
             d["deadline"] = self.deadline
         if self.description:
             d["description"] = self.description
+        if self.consts:
+            d["consts"] = [list(c) for c in self.consts]
         return d
+
+    def const_keys(self) -> list[tuple[str, str]]:
+        """``(namespace, key)`` of each const the function reads (plain keys in its own namespace)."""
+        return [split_key(spec.store_key, self.namespace) for spec in self.request.consts]
+
+    def const_mismatch(self, current: Mapping[tuple[str, str], tuple[int, int] | None]) -> str | None:
+        """Why the store no longer holds the consts this version was written for (None: it does):
+        ``current`` maps ``(namespace, key)`` to ``(nbytes, version)`` now, or None for a missing key. A
+        new version of the same size is an update (a model retrained), not a mismatch."""
+        for namespace, key, nbytes, version in self.consts:
+            now = current.get((namespace, key))
+            if now is None:
+                return (f"function {self.qualified_name} (version {self.version}) reads {namespace}:{key}, which "
+                        f"the store no longer holds")
+            if now[0] != nbytes:
+                return (f"function {self.qualified_name} (version {self.version}) was written for "
+                        f"{namespace}:{key} of {nbytes} bytes (store version {version}); the store holds "
+                        f"{now[0]} bytes (version {now[1]}) now: put the function again for the new const, or "
+                        f"put back a const of {nbytes} bytes")
+        return None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Function":
         """A stored record back (checked again: a record is read from a store others may write)."""
         fn = function_from_doc({k: d[k] for k in _FILE_FIELDS if k in d}, name=d["name"], namespace=d["namespace"])
-        return _with(fn, version=int(d["version"]), created=float(d.get("created", 0.0)))
+        return _with(fn, version=int(d["version"]), created=float(d.get("created", 0.0)),
+                     consts=_recorded_consts(d.get("consts", ())))
+
+
+def _recorded_consts(items) -> tuple:
+    """A stored record's ``consts``, checked (a record is read from a store others may write)."""
+    out = []
+    for item in items if isinstance(items, (list, tuple)) else ():
+        if not (isinstance(item, (list, tuple)) and len(item) == 4 and all(type(v) is str for v in item[:2])
+                and all(type(v) is int and v >= 0 for v in item[2:])):
+            raise RequestError(f"a function record's consts must be [namespace, key, nbytes, version] entries, got "
+                               f"{show(item)}")
+        out.append(tuple(item))
+    return tuple(out)
 
 
 def _with(fn: Function, **changes) -> Function:
     values = {k: getattr(fn, k) for k in ("name", "namespace", "version", "request", "inputs", "outputs",
-                                          "deadline", "description", "created")}
+                                          "deadline", "description", "created", "consts")}
     values.update(changes)
     return Function(**values)
 
@@ -325,6 +362,8 @@ class FunctionRepository:
     def put(self, name: str, doc, *, namespace: str = DEFAULT_NAMESPACE) -> Function:
         """Check ``doc`` (:func:`function_from_doc`) and store it as the next version of ``name``."""
         fn = function_from_doc(doc, name=name, namespace=namespace)
+        fn = _with(fn, consts=tuple((ns, key, *now) for (ns, key), now in self.consts_now(fn).items()
+                                    if now is not None))
         for _ in range(64):
             version = max(self.versions(name, namespace=namespace), default=0) + 1
             stored = _with(fn, version=version, created=time.time())
@@ -332,6 +371,18 @@ class FunctionRepository:
             if create_document(self.store, namespace, KIND, f"{name}/{version}", data):
                 return stored
         raise RequestError(f"function {name!r}: 64 other writers added a version first")
+
+    def consts_now(self, fn: Function) -> dict[tuple[str, str], tuple[int, int] | None]:
+        """``(nbytes, version)`` of each const ``fn`` reads as the store holds it now (None: missing)."""
+        out = {}
+        for namespace, key in fn.const_keys():
+            try:
+                info = self.store.info(key, namespace=namespace)
+            except StoreKeyError:
+                out[(namespace, key)] = None
+            else:
+                out[(namespace, key)] = (int(info["nbytes"]), int(info["version"]))
+        return out
 
     def versions(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[int]:
         """The stored versions of ``name`` in ``namespace``, ascending (empty when there are none)."""

@@ -34,7 +34,7 @@ QUICKSTART = [
     new_code_cell(
         "n = 1024\n"
         "x = BufferSpec(\"x\", 4 * n, dtype=\"float32\", ephemeral=True)\n"
-        "w = BufferSpec(\"w\", 4 * n, key=\"model/w\", const=True, dtype=\"float32\")\n"
+        "w = BufferSpec(\"w\", 4 * n, key=\"notebook/w\", const=True, dtype=\"float32\")\n"
         "y = BufferSpec(\"y\", 4 * n, dtype=\"float32\", ephemeral=True)\n"
         "req = Request([KernelSpec(\"builtin\", \"vadd\", grid=8, block=128, literals=[Literal(\"i\", n)],\n"
         "                          arguments=[(x, \"i\"), (w, \"i\"), (y, \"o\")])],\n"
@@ -50,7 +50,7 @@ QUICKSTART = [
     new_code_cell(
         "cluster = LocalKaasCluster(n_workers=2, device=\"host\", dashboard_address=\":0\")\n"
         "client = Client(cluster)\n"
-        "cluster.store.put(\"model/w\", np.ones(n, np.float32), namespace=\"alice\")\n"
+        "cluster.store.put(\"notebook/w\", np.ones(n, np.float32), namespace=\"alice\")\n"
         "client"
     ),
     new_markdown_cell("## Submit"),

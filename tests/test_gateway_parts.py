@@ -217,6 +217,41 @@ def test_the_catalog_trusts_its_version_list_for_its_ttl(repo):
     assert [f.qualified_name for f, _ in catalog.visible("alice")] == ["alice:f"]
 
 
+def test_a_function_says_when_the_store_no_longer_holds_its_consts(repo):
+    """A function records each const's size and version when it is put; a call after the store changed
+    the const's size (another example wrote the same key, say) is refused, naming both, not run on a
+    window of the wrong bytes. A new version of the same size is an update."""
+    import numpy as np
+
+    from dask_kaas.errors import FunctionStale
+
+    store = repo.store
+    store.put("model/w", np.ones(N, np.float32), namespace="alice")
+    fn = repo.put("f", vadd_doc(), namespace="alice")
+    assert fn.consts == (("alice", "model/w", 4 * N, 1),)
+    assert repo.get("f", namespace="alice").consts == fn.consts  # kept in the record
+    now = [0.0]
+    catalog = Catalog(repo, ttl=1.0, clock=lambda: now[0])
+    assert catalog.find("f", "alice")[0].version == 1
+    store.put("model/w", np.full(N, 2, np.float32), namespace="alice")  # retrained: same size
+    now[0] = 2.0
+    assert catalog.find("f", "alice")[0].version == 1
+    store.put("model/w", np.ones(4 * N, np.float32), namespace="alice")  # another example's key
+    assert catalog.find("f", "alice")[0].version == 1  # within the ttl: not asked again
+    now[0] = 4.0
+    with pytest.raises(FunctionStale, match=rf"alice:model/w of {4 * N} bytes \(store version 1\); the store "
+                                            rf"holds {16 * N} bytes \(version 3\)"):
+        catalog.find("f", "alice")
+    repo.put("f", vadd_doc(4 * N), namespace="alice")  # put again for the new const
+    now[0] = 6.0
+    assert catalog.find("f", "alice")[0].version == 2
+    store.delete("model/w", namespace="alice")
+    now[0] = 8.0
+    with pytest.raises(FunctionStale, match="no longer holds"):
+        catalog.find("f", "alice")
+    assert repo.put("g", vadd_doc(), namespace="alice").consts == ()  # put before its const: nothing to compare
+
+
 def test_gateway_settings_given_win_over_config_and_bad_ones_are_named():
     import dask
 

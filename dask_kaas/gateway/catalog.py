@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from ..errors import FunctionNotFound
+from ..errors import FunctionNotFound, FunctionStale
 from ..functions import Function, FunctionRepository
 from ..names import show
 
@@ -38,6 +38,7 @@ class Catalog:
         self.clock = clock
         self._versions: dict[tuple[str, str], tuple[float, list[int]]] = {}
         self._loaded: OrderedDict[tuple[str, str, int], Function] = OrderedDict()
+        self._checked: dict[tuple[str, str, int], tuple[float, str | None]] = {}  # consts checked: when, problem
         self._lock = threading.Lock()  # the event loop and the gateway's threads both look up; never held over I/O
 
     def versions(self, namespace: str, name: str, cached_only: bool = False) -> list[int]:
@@ -86,8 +87,30 @@ class Catalog:
             if wanted is not None and wanted not in versions:
                 raise FunctionNotFound(f"model {show(model)} has no version {wanted} (versions: "
                                        f"{', '.join(map(str, versions))})")
-            return self._load(namespace, name, versions[-1] if wanted is None else wanted, cached_only), versions
+            fn = self._load(namespace, name, versions[-1] if wanted is None else wanted, cached_only)
+            self.check_consts(fn, cached_only)
+            return fn, versions
         raise FunctionNotFound(f"model {show(model)} is not found")
+
+    def check_consts(self, fn: Function, cached_only: bool = False) -> None:
+        """:class:`FunctionStale` when the store no longer holds the consts ``fn`` was written for
+        (checked at most once per ``ttl`` seconds per function version)."""
+        if not fn.consts:
+            return
+        key = (fn.namespace, fn.name, fn.version)
+        now = self.clock()
+        with self._lock:
+            entry = self._checked.get(key)
+        if entry is None or now - entry[0] >= self.ttl:
+            if cached_only:
+                raise Uncached(*key)
+            entry = (now, fn.const_mismatch(self.repository.consts_now(fn)))
+            with self._lock:
+                self._checked[key] = entry
+                if len(self._checked) > LOADED_VERSIONS:
+                    self._checked.pop(next(iter(self._checked)))
+        if entry[1] is not None:
+            raise FunctionStale(entry[1])
 
     def visible(self, tenant: str) -> list[tuple[Function, list[int]]]:
         """Every function ``tenant`` may call, newest versions (its own first, then shared)."""

@@ -23,6 +23,7 @@ def _errors(*statuses: int) -> dict:
     text = {400: "Bad request: the message names the field or tensor", 401: "No valid bearer token",
             403: "The tenant may not make this call", 404: "No such function for this tenant (or a private one)",
             408: "The body did not arrive within the gateway's read timeout",
+            409: "The store no longer holds the consts this function was written for",
             413: "The body is larger than the function or the gateway allows",
             415: "Unsupported Content-Encoding",
             422: "An output holds values JSON cannot carry (NaN, infinity): ask for it as binary data",
@@ -40,7 +41,7 @@ def _path_parameters(version: bool) -> list[dict]:
 
 def _model_paths(prefix: str, version: bool) -> dict[str, dict]:
     params = _path_parameters(version)
-    common = _errors(400, 401, 404)
+    common = _errors(400, 401, 404, 409)
     return {
         prefix: {"parameters": params, "get": {
             "summary": "Model metadata", "security": _AUTH,
@@ -63,7 +64,7 @@ def _model_paths(prefix: str, version: bool) -> dict[str, dict]:
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/inference_request"}}}},
             "responses": {"200": _json({"$ref": "#/components/schemas/inference_response"}, "The outputs"),
-                          **_errors(400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 504)}}},
+                          **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 500, 504)}}},
     }
 
 

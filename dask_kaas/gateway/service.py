@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import config
 from ..batching import Batcher
-from ..errors import AdmissionRejected, FunctionNotFound, KaasError, RequestError, TenantError
+from ..errors import AdmissionRejected, FunctionNotFound, FunctionStale, KaasError, RequestError, TenantError
 from ..functions import FunctionRepository
 from ..store import BufferStore, open_store
 from .catalog import Catalog, Uncached
@@ -154,6 +154,8 @@ class Gateway:
                 return await run_in_threadpool(self.catalog.find, model, tenant, version)
         except FunctionNotFound as e:
             raise OipError(404, str(e)) from None
+        except FunctionStale as e:  # the store changed under the function: it would read the wrong bytes
+            raise OipError(409, str(e)) from None
 
     async def call(self, fn, tenant: str, call: InferCall) -> dict:
         """Run a parsed call of ``fn`` as ``tenant``; its outputs by name. Errors become OipErrors: 400 for
