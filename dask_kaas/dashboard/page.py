@@ -64,7 +64,7 @@ class KaasPage:
         self.loaded.line("time", "loaded", source=self.series, line_width=2, color="#9467bd")
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
-        self.worker_lines = ColumnDataSource(dict(xs=[], hit_rate=[], evictions=[], worker=[], color=[]))
+        self.worker_lines = ColumnDataSource(dict(xs=[], hit_rate=[], evictions=[], loaded=[], worker=[], color=[]))
         self.worker_hits = figure(title="Cache hit rate per worker", x_axis_type="datetime", height=220,
                                   y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
                                   name="kaas-worker-hit-rate")
@@ -76,6 +76,12 @@ class KaasPage:
                                        toolbar_location=None, name="kaas-worker-evictions")
         self.worker_evictions.multi_line("xs", "evictions", source=self.worker_lines, color="color", line_width=2)
         self.worker_evictions.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
+        self.worker_loaded = figure(title="Bytes loaded from the store per worker per second", x_axis_type="datetime",
+                                    height=220, y_range=DataRange1d(start=0), sizing_mode="stretch_width", tools="",
+                                    toolbar_location=None, name="kaas-worker-loaded")
+        self.worker_loaded.multi_line("xs", "loaded", source=self.worker_lines, color="color", line_width=2)
+        self.worker_loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
+        self.worker_loaded.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
         self.worker_table_source = ColumnDataSource(dict(worker=[], requests=[], hit_rate=[], hits=[], misses=[],
                                                          evictions=[], loaded=[], cached=[], state=[], gpu=[]))
         self.worker_table = DataTable(source=self.worker_table_source, height=160, sizing_mode="stretch_width",
@@ -164,7 +170,7 @@ class KaasPage:
             self.header,
             row(self.memory, self.queue, sizing_mode="stretch_width"),
             row(self.hits, self.loaded, sizing_mode="stretch_width"),
-            row(self.worker_hits, self.worker_evictions, sizing_mode="stretch_width"),
+            row(self.worker_hits, self.worker_evictions, self.worker_loaded, sizing_mode="stretch_width"),
             self.worker_table,
             row(self.throughput, self.tenants, sizing_mode="stretch_width"),
             self.tenant_hits,
@@ -293,7 +299,8 @@ class KaasPage:
         self.worker_lines.data = dict(
             xs=[times] * len(workers), worker=workers, color=_colors(len(workers)),
             hit_rate=[series["workers"][w]["hit_rate"] for w in workers],
-            evictions=[series["workers"][w]["evictions"] for w in workers])
+            evictions=[series["workers"][w]["evictions"] for w in workers],
+            loaded=[series["workers"][w]["loaded"] for w in workers])
         top = max([1, *(v for w in workers for v in series["workers"][w]["evictions"] if v == v)])
         self.worker_evictions.y_range.end = top * 1.1
         tenants = sorted(series["tenants"])
@@ -369,6 +376,7 @@ INDIVIDUAL = {
     "/individual-kaas-loaded": "loaded",
     "/individual-kaas-worker-hit-rate": "worker_hits",
     "/individual-kaas-worker-evictions": "worker_evictions",
+    "/individual-kaas-worker-loaded": "worker_loaded",
     "/individual-kaas-tenant-hit-rate": "tenant_hits",
     "/individual-kaas-throughput": "throughput",
 }
