@@ -36,7 +36,7 @@ from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")  # the default; KAAS_BENCH_RESULTS or --out override it
 SUITES = ("workloads", "overhead", "contention", "scale", "store_io", "placement", "gateway", "simulate", "engines",
-          "batching", "gateway_attack")
+          "batching", "gateway_attack", "calibrate")
 ALL = ("workloads", "overhead", "contention", "scale")  # what ``all`` runs, in this order
 SIZES = ("full", "quick", "smoke")
 DEVICES = ("auto", "host", "cuda")

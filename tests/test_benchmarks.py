@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import time
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from benchmarks.common import Config, parse_args, print_result, run, write_resul
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
             "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
             "simulate": "simulate", "engines": "engines-host", "batching": "batching-host",
-            "gateway_attack": "gateway_attack-host"}
+            "gateway_attack": "gateway_attack-host", "calibrate": "calibrate-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -203,6 +204,35 @@ def test_store_io_smoke(tmp_path):
     assert r["bytes"] == 4 * 2**20 and positive(r["read_ratio"]) and positive(r["write_ratio"])
     assert {"numpy.fromfile", "BufferStore.get", "BufferStore.get_bytes"} == set(r["read"])
     assert len(r["layouts"]) == 7 and all(positive(row["disk_ratio"]) for row in r["layouts"])
+
+
+@pytest.mark.slow
+def test_calibrate_smoke_and_host_costs_read_it(tmp_path):
+    """python -m benchmarks calibrate measures this machine in seconds; host_costs() takes every figure from
+    it and says when it is missing or stale."""
+    import json
+
+    from dask_kaas.sim.costs import calibration, host_costs
+
+    r = smoke("calibrate", tmp_path)
+    f = r["figures"]
+    assert positive(f["task_rate"]) and positive(f["roundtrip_s"]) and f["cores"] == os.cpu_count()
+    assert r["seconds"] < 120
+    (path,) = tmp_path.glob("calibrate-host-smoke.json")
+    path.rename(tmp_path / "calibrate-host.json")
+    costs = host_costs(tmp_path)
+    assert costs.scheduler_seconds == pytest.approx(f["cores"] / f["task_rate"])
+    assert costs.source["calibration"].startswith("calibrate-host.json, measured") and "STALE" not in \
+        costs.source["calibration"]
+    assert calibration(tmp_path, now=time.time() + 40 * 86400)[1].endswith("40 days old; run python -m benchmarks "
+                                                                           "calibrate)")
+    data = json.loads((tmp_path / "calibrate-host.json").read_text())
+    data["machine"]["cpus"] = (os.cpu_count() or 1) + 6
+    (tmp_path / "calibrate-host.json").write_text(json.dumps(data))
+    assert "STALE: on" in host_costs(tmp_path).source["calibration"]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert host_costs(empty).source["calibration"].startswith("missing")
 
 
 @pytest.mark.slow

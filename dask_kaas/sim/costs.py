@@ -25,6 +25,7 @@ same from GPU results where they exist, else states its assumed datacenter figur
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _load(results: Path, name: str) -> dict | None:
         return json.load(f)
 
 
-def _lognormal_cv(samples) -> float:
+def lognormal_cv(samples) -> float:
     """The coefficient of variation of a log-normal fitted to ``samples`` (by the log's spread)."""
     logs = np.log(np.asarray(samples, dtype=float))
     sigma = float(np.std(logs))
@@ -80,8 +81,45 @@ HOST_FALLBACK = {"task_rate": 91.0, "roundtrip_s": 0.0108, "runtime_s": 49e-6, "
                  "jitter_cv": 0.31, "cores": 2}
 
 
+CALIBRATION = ("calibrate-host.json", "calibrate-host-quick.json")  # python -m benchmarks calibrate
+STALE_DAYS = 30
+
+
+def calibration(results: str | Path = RESULTS, *, now: float | None = None) -> tuple[dict | None, str]:
+    """``(figures, what they are)`` of this machine's calibration (``python -m benchmarks calibrate``), or
+    ``(None, why not)``: missing, older than :data:`STALE_DAYS`, or measured on a machine of another core
+    count. Figures that are stale are still returned, and said to be."""
+    import datetime
+    import os
+
+    results = Path(results)
+    for name in CALIBRATION:
+        data = _load(results, name)
+        if not data or "figures" not in data:
+            continue
+        measured = data.get("machine", {}).get("date", "?")
+        note = f"{name}, measured {measured}"
+        try:
+            when = datetime.datetime.fromisoformat(measured).timestamp()
+        except (TypeError, ValueError):
+            when = None
+        age = None if when is None else ((now if now is not None else time.time()) - when) / 86400
+        cpus = data.get("machine", {}).get("cpus")
+        if cpus is not None and cpus != os.cpu_count():
+            note += f" (STALE: on {cpus} cores, this machine has {os.cpu_count()}; run python -m benchmarks calibrate)"
+        elif age is None or age > STALE_DAYS:
+            note += (f" (STALE: {'of unknown age' if age is None else f'{age:.0f} days old'}; run python -m "
+                     f"benchmarks calibrate)")
+        return dict(data["figures"]), note
+    return None, "missing: no calibrate-host.json (python -m benchmarks calibrate measures this machine in seconds)"
+
+
 def host_costs(results: str | Path = RESULTS) -> CostModel:
-    """The cost model of a Dask cluster of host-device workers on this machine, from measured figures:
+    """The cost model of a Dask cluster of host-device workers on this machine, from measured figures.
+
+    ``calibrate-host.json`` (``python -m benchmarks calibrate``: this machine, now) gives every figure
+    when present; ``source["calibration"]`` says whether it is missing or stale. Without it, the figures
+    come from the other benchmarks' files, as follows:
 
     - ``shared_cores``: the machine's cores (``scale-host.json`` ``machine.cpus``), which the
       scheduler, the client and the workers share;
@@ -113,7 +151,7 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         noop = overhead["end_to_end"]["timing_s"]["noop"]
         fig["roundtrip_s"] = float(noop["median"])
         if noop.get("runs"):
-            fig["jitter_cv"] = _lognormal_cv(noop["runs"])
+            fig["jitter_cv"] = lognormal_cv(noop["runs"])
         fig["runtime_s"] = float(overhead["in_process"]["per_request_overhead_us"]) * 1e-6
         source["dispatch_seconds"] = source["return_seconds"] = \
             "(overhead-host.json end_to_end noop median - scheduler_seconds) / 2"
@@ -128,8 +166,20 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         first = contention["configs"][0]
         fig["store_bw"] = first["parameters"]["const_bytes"] / (first["local_cost_per_request"]["store_get_ms"] * 1e-3)
         source["store_bandwidth"] = "contention-host.json configs[0] const_bytes / local_cost_per_request.store_get_ms"
+    calibrated, note = calibration(results)
+    source["calibration"] = note
+    if calibrated is not None:
+        fig.update({k: calibrated[k] for k in HOST_FALLBACK if k in calibrated})
+        for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
+                     "device_bandwidth", "jitter_cv", "shared_cores"):
+            source[name] = note.split(",")[0]
     sched = fig["cores"] / fig["task_rate"]
-    travel = max(0.0, fig["roundtrip_s"] - sched) / 2
+    travel = (fig["roundtrip_s"] - sched) / 2
+    if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's share of the CPU
+        source["dispatch_seconds"] = source["return_seconds"] = (
+            f"0: the no-op round trip ({fig['roundtrip_s'] * 1e3:.2f} ms) is shorter than a task's share of the "
+            f"cores ({sched * 1e3:.2f} ms), so nothing is left for the legs")
+        travel = 0.0
     for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
                  "device_bandwidth", "jitter_cv", "shared_cores"):
         source.setdefault(name, "HOST_FALLBACK (results file missing)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import config
 from ..scheduling import SchedulingCore, Task
 from ..scheduling.eviction import check_eviction, eviction_order
 from .costs import CostModel
@@ -96,9 +97,9 @@ class Simulation:
         self.exclusive = policy == "exclusive"
         self.admission = admission
         self.now = 0.0
+        # as live, the core starts from kaas.scheduler.load-bandwidth and learns the rest from reports
         self.core = SchedulingCore(policy=policy, depth=depth, weights=None, margin=margin, stickiness=stickiness,
-                                   load_bandwidth=1.0 / (1.0 / costs.store_bandwidth + 1.0 / costs.device_bandwidth),
-                                   # the live default until loads are observed (kaas.scheduler.load-bandwidth)
+                                   load_bandwidth=config.scheduler_settings()["load_bandwidth"],
                                    slack_tasks=slack_tasks, replication=replication, clock=lambda: self.now)
         width = len(str(gpus - 1))
         self.workers = {f"gpu-{i:0{width}d}": SimWorker(f"gpu-{i:0{width}d}", int(capacity)) for i in range(gpus)}
