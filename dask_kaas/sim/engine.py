@@ -64,6 +64,7 @@ class SimResult:
 
     workload: Workload
     latency: np.ndarray
+    submitted: np.ndarray  # when each call was submitted (seconds)
     rejected: np.ndarray
     failed: np.ndarray
     worker_of: np.ndarray
@@ -160,7 +161,8 @@ class Simulation:
             events += 1
         accesses = {w.address: w.accesses for w in self.workers.values()} if self._record else None
         return SimResult(
-            workload=workload, latency=self._latency, rejected=self._rejected, failed=self._failed,
+            workload=workload, latency=self._latency, submitted=self._submitted, rejected=self._rejected,
+            failed=self._failed,
             worker_of=self._worker_of, end=self.now, hits=self.hits, misses=self.misses,
             bytes_loaded=sum(w.loaded for w in self.workers.values()),
             gpu_seconds=sum(w.busy_seconds for w in self.workers.values()),
