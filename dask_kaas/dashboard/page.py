@@ -82,21 +82,11 @@ class KaasPage:
         self.worker_loaded.multi_line("xs", "loaded", source=self.worker_lines, color="color", line_width=2)
         self.worker_loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
         self.worker_loaded.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
-        self.worker_table_source = ColumnDataSource(dict(worker=[], requests=[], hit_rate=[], hits=[], misses=[],
-                                                         evictions=[], loaded=[], cached=[], state=[], gpu=[]))
-        self.worker_table = DataTable(source=self.worker_table_source, height=160, sizing_mode="stretch_width",
-                                      index_position=None, name="kaas-workers", columns=[
-                                          TableColumn(field="worker", title="worker"),
-                                          TableColumn(field="state", title="state"),
-                                          TableColumn(field="requests", title="requests"),
-                                          TableColumn(field="hit_rate", title="cache hits"),
-                                          TableColumn(field="hits", title="hits"),
-                                          TableColumn(field="misses", title="misses"),
-                                          TableColumn(field="evictions", title="evictions"),
-                                          TableColumn(field="loaded", title="loaded"),
-                                          TableColumn(field="cached", title="cached consts"),
-                                          TableColumn(field="gpu", title="GPU utilisation"),
-                                      ])
+        self.worker_table = _data_table("kaas-workers", 160, [
+            ("worker", "worker"), ("state", "state"), ("requests", "requests"), ("hit_rate", "cache hits"),
+            ("hits", "hits"), ("misses", "misses"), ("evictions", "evictions"), ("loaded", "loaded"),
+            ("cached", "cached consts"), ("gpu", "GPU utilisation")])
+        self.worker_table_source = self.worker_table.source
         self.tenant_lines = ColumnDataSource(dict(xs=[], hit_rate=[], tenant=[], color=[]))
         self.tenant_hits = figure(title="Cache hit rate per tenant", x_axis_type="datetime", height=220,
                                   y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
@@ -105,67 +95,30 @@ class KaasPage:
         self.tenant_hits.yaxis.formatter = NumeralTickFormatter(format="0%")
         self.tenant_hits.add_tools(HoverTool(tooltips=[("tenant", "@tenant")]))
 
-        self.tenant_source = ColumnDataSource(dict(tenant=[], submitted=[], tasks=[], completed=[], throughput=[],
-                                                   p50=[], p99=[], rejected=[], failed=[], hit_rate=[], loaded=[],
-                                                   evictions=[], device_s=[], held=[]))
+        self.tenants = _data_table("kaas-tenants", 240, [
+            ("tenant", "tenant"), ("submitted", "submitted"), ("tasks", "tasks (batches)"), ("completed", "completed"),
+            ("throughput", f"req/s ({RATE_WINDOW:g} s)"), ("p50", "latency p50 (ms)"), ("p99", "latency p99 (ms)"),
+            ("rejected", "rejected"), ("failed", "failed"), ("hit_rate", "cache hits"), ("loaded", "loaded"),
+            ("evictions", "evictions caused"), ("device_s", "device s"), ("held", "held")])
+        self.tenant_source = self.tenants.source
         self.throughput = figure(title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)", x_range=[],
-                                 height=240,
-                                 sizing_mode="stretch_width", tools="", toolbar_location=None,
+                                 height=240, sizing_mode="stretch_width", tools="", toolbar_location=None,
                                  name="kaas-throughput")
         self.throughput.vbar(x="tenant", top="throughput", width=0.7, source=self.tenant_source, color="#17becf")
-        self.tenants = DataTable(source=self.tenant_source, height=240, sizing_mode="stretch_width", index_position=None,
-                                 name="kaas-tenants", columns=[
-                                     TableColumn(field="tenant", title="tenant"),
-                                     TableColumn(field="submitted", title="submitted"),
-                                     TableColumn(field="tasks", title="tasks (batches)"),
-                                     TableColumn(field="completed", title="completed"),
-                                     TableColumn(field="throughput", title=f"req/s ({RATE_WINDOW:g} s)"),
-                                     TableColumn(field="p50", title="latency p50 (ms)"),
-                                     TableColumn(field="p99", title="latency p99 (ms)"),
-                                     TableColumn(field="rejected", title="rejected"),
-                                     TableColumn(field="failed", title="failed"),
-                                     TableColumn(field="hit_rate", title="cache hits"),
-                                     TableColumn(field="loaded", title="loaded"),
-                                     TableColumn(field="evictions", title="evictions caused"),
-                                     TableColumn(field="device_s", title="device s"),
-                                     TableColumn(field="held", title="held"),
-                                 ])
-        self.cache_source = ColumnDataSource(dict(worker=[], tenant=[], key=[], size=[], last_used=[]))
-        self.cached = DataTable(source=self.cache_source, height=240, sizing_mode="stretch_width",
-                                index_position=None, name="kaas-cached", columns=[
-                                    TableColumn(field="worker", title="worker"),
-                                    TableColumn(field="tenant", title="tenant (namespace)"),
-                                    TableColumn(field="key", title="key"),
-                                    TableColumn(field="size", title="size"),
-                                    TableColumn(field="last_used", title="last used"),
-                                ])
-        self.recent_source = ColumnDataSource(dict(time=[], tenant=[], kernels=[], worker=[], ms=[], cache=[], key=[],
-                                                   waited=[], load=[], h2d=[], kernels_ms=[], d2h=[]))
-        self.recent = DataTable(source=self.recent_source, height=300, sizing_mode="stretch_width",
-                                index_position=None, name="kaas-recent", columns=[
-                                    TableColumn(field="time", title="time"),
-                                    TableColumn(field="tenant", title="tenant"),
-                                    TableColumn(field="kernels", title="kernels"),
-                                    TableColumn(field="worker", title="worker"),
-                                    TableColumn(field="ms", title="on the worker (ms)"),
-                                    TableColumn(field="cache", title="cache"),
-                                    TableColumn(field="waited", title="waited for a slot (ms)"),
-                                    TableColumn(field="load", title="load (ms)"),
-                                    TableColumn(field="h2d", title="h2d (ms)"),
-                                    TableColumn(field="kernels_ms", title="kernels (ms)"),
-                                    TableColumn(field="d2h", title="d2h (ms)"),
-                                    TableColumn(field="key", title="Dask task"),
-                                ])
-        self.rejected_source = ColumnDataSource(dict(time=[], tenant=[], key=[], calls=[], predicted=[], deadline=[]))
-        self.rejected = DataTable(source=self.rejected_source, height=160, sizing_mode="stretch_width",
-                                  index_position=None, name="kaas-rejected", columns=[
-                                      TableColumn(field="time", title="time"),
-                                      TableColumn(field="tenant", title="tenant"),
-                                      TableColumn(field="calls", title="calls"),
-                                      TableColumn(field="predicted", title="predicted finish (ms)"),
-                                      TableColumn(field="deadline", title="deadline (ms)"),
-                                      TableColumn(field="key", title="Dask task"),
-                                  ])
+        self.cached = _data_table("kaas-cached", 240, [
+            ("worker", "worker"), ("tenant", "tenant (namespace)"), ("key", "key"), ("size", "size"),
+            ("last_used", "last used")])
+        self.cache_source = self.cached.source
+        self.recent = _data_table("kaas-recent", 300, [
+            ("time", "time"), ("tenant", "tenant"), ("kernels", "kernels"), ("worker", "worker"),
+            ("ms", "on the worker (ms)"), ("cache", "cache"), ("waited", "waited for a slot (ms)"),
+            ("load", "load (ms)"), ("h2d", "h2d (ms)"), ("kernels_ms", "kernels (ms)"), ("d2h", "d2h (ms)"),
+            ("key", "Dask task")])
+        self.recent_source = self.recent.source
+        self.rejected = _data_table("kaas-rejected", 160, [
+            ("time", "time"), ("tenant", "tenant"), ("calls", "calls"), ("predicted", "predicted finish (ms)"),
+            ("deadline", "deadline (ms)"), ("key", "Dask task")])
+        self.rejected_source = self.rejected.source
         self.root = column(
             self.header,
             row(self.memory, self.queue, sizing_mode="stretch_width"),
@@ -306,6 +259,13 @@ class KaasPage:
         tenants = sorted(series["tenants"])
         self.tenant_lines.data = dict(xs=[times] * len(tenants), tenant=tenants, color=_colors(len(tenants)),
                                       hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants])
+
+
+def _data_table(name: str, height: int, columns: list[tuple[str, str]]) -> DataTable:
+    """A table of ``(field, title)`` columns over a source of those fields."""
+    source = ColumnDataSource({field: [] for field, _ in columns})
+    return DataTable(source=source, height=height, sizing_mode="stretch_width", index_position=None, name=name,
+                     columns=[TableColumn(field=field, title=title) for field, title in columns])
 
 
 def _workers_text(workers: dict) -> str:

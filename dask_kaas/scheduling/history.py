@@ -59,9 +59,7 @@ class History:
                 d = _delta(w0.get(w), w1.get(w), WORKER_FIELDS)
                 row = out["workers"][w]
                 if d is None:
-                    row["hit_rate"].append(math.nan)
-                    row["evictions"].append(math.nan)
-                    row["loaded"].append(math.nan)
+                    _gap(row)
                     continue
                 hits, misses, loaded = hits + d["hits"], misses + d["misses"], loaded + d["bytes_loaded"]
                 row["hit_rate"].append(_rate(d["hits"], d["misses"]))
@@ -73,9 +71,7 @@ class History:
                 d = _delta(n0.get(t), n1.get(t), TENANT_FIELDS)
                 row = out["tenants"][t]
                 if d is None:
-                    row["throughput"].append(math.nan)
-                    row["hit_rate"].append(math.nan)
-                    row["rejected"].append(math.nan)
+                    _gap(row)
                     continue
                 row["throughput"].append(d["completed"] / dt)
                 row["hit_rate"].append(_rate(d["hits"], d["misses"]))
@@ -90,6 +86,12 @@ def _delta(before: dict | None, after: dict | None, fields) -> dict | None:
         return None
     before = before or {}
     return {f: max(0, after.get(f, 0) - before.get(f, 0)) for f in fields}
+
+
+def _gap(row: dict) -> None:
+    """No figures for this interval (not there yet, or gone): a gap in each of the row's series."""
+    for values in row.values():
+        values.append(math.nan)
 
 
 def _rate(hits: int, misses: int) -> float:
