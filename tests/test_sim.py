@@ -375,3 +375,19 @@ def test_goodput_is_judged_over_the_traces_own_window():
     assert r["goodput_rps"] == within / 1.0 and within <= 2
     assert r["slo_attainment"] == within / 40  # finished after the window: missed, whatever the SLO
     assert r["throughput_rps"] == pytest.approx(40 / r["simulated_s"])
+
+
+def test_a_policy_switch_mid_run_takes_effect_then():
+    """switches: balance for the first half of a closed-loop trace, affinity after (as set_policy live):
+    the bytes loaded fall between the two policies' own, and a switch to static pins each tenant."""
+    wl = zipf_trace(12, 600, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.0004)
+    costs = host_costs().replace(shared_cores=None)
+    run = dict(gpus=4, capacity=17825792, costs=costs)
+    bal, aff = simulate(wl, "balance", **run), simulate(wl, "affinity", **run)
+    half = bal["simulated_s"] / 2
+    switched = simulate(wl, "balance", switches=[(half, "affinity")], **run)
+    assert aff["bytes_loaded"] < switched["bytes_loaded"] < bal["bytes_loaded"]
+    pinned = simulate(wl, "balance", switches=[(0.0, "static")], **run)
+    assert pinned["max_workers_per_tenant"] == 1
+    with pytest.raises(ValueError, match="a switch is"):
+        simulate(wl, "balance", switches=[(1.0, {"depth": 3})], **run)

@@ -25,7 +25,8 @@ from ..scheduling.eviction import check_eviction, eviction_order
 from .costs import CostModel
 from .workloads import Workload
 
-ARRIVE, START, DONE = 0, 1, 2
+ARRIVE, START, DONE, SWITCH = 0, 1, 2, 3
+SWITCHABLE = ("policy", "replication", "eviction")  # what a switch mid-run may change, as set_policy does live
 
 
 @dataclass(slots=True)
@@ -121,7 +122,15 @@ class Simulation:
         self.hits = self.misses = 0
 
     # -- the run -------------------------------------------------------------------------------
-    def run(self, workload: Workload) -> SimResult:
+    def run(self, workload: Workload, switches=()) -> SimResult:
+        """Replay ``workload``; ``switches``: ``(seconds, settings)`` pairs, each changing the policy,
+        replication or eviction at that time, as :func:`dask_kaas.set_policy` does on a live cluster."""
+        for when, changes in switches:
+            unknown = set(changes) - set(SWITCHABLE)
+            if unknown or not when >= 0:
+                raise ValueError(f"a switch is (seconds >= 0, settings of {', '.join(SWITCHABLE)}), got "
+                                 f"({when!r}, {changes!r})")
+            self._at(float(when), SWITCH, dict(changes), None)
         n = len(workload)
         self._workload = workload
         self._functions = workload.functions
@@ -150,6 +159,8 @@ class Simulation:
                     self._done(a, b)
                 elif kind == START:
                     self._arrive(a, b)
+                elif kind == SWITCH:
+                    self._switch(a)
                 else:  # ARRIVE: a closed loop's next call
                     self._submit(a)
             elif arrival != np.inf:
@@ -211,6 +222,24 @@ class Simulation:
             begin = self.now if self.now > self._scheduler_free else self._scheduler_free
             done = self._scheduler_free = begin + work
         self._at(done + costs.dispatch_seconds, START, i, address)
+
+    def _switch(self, changes: dict) -> None:
+        policy = changes.get("policy", self.core.policy)
+        clear = policy == "exclusive" and not self.exclusive  # live, switching to exclusive empties the caches
+        self.core.set_policy(policy, caches_cleared=clear)
+        if clear:
+            for worker in self.workers.values():
+                for ref in worker.cache:
+                    self._evicted(worker, ref)
+                worker.cache.clear()
+                worker.used = 0
+        self.exclusive = policy == "exclusive"
+        if "replication" in changes:
+            self.core.replication = bool(changes["replication"])
+        if "eviction" in changes:
+            self.eviction = check_eviction(changes["eviction"])
+        self.settings.setdefault("switches", []).append([self.now, dict(changes)])
+        self._dispatch()
 
     def _on_core(self, seconds: float) -> float:
         """``seconds`` of work on the first shared core free: when it ends."""

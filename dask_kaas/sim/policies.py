@@ -21,13 +21,14 @@ CONFIGURATIONS = {
 
 
 def simulate(workload: Workload, configuration: str | dict, *, gpus: int, capacity: int, costs: CostModel,
-             belady: bool = False, **settings) -> dict:
+             belady: bool = False, switches=(), **settings) -> dict:
     """Run ``workload`` under one configuration (a name of :data:`CONFIGURATIONS` or settings);
-    its figures (:func:`summarize`) plus the wall seconds the simulation took."""
+    its figures (:func:`summarize`) plus the wall seconds the simulation took. ``switches``:
+    ``(seconds, configuration)`` pairs that change the policy (replication, eviction) mid-run."""
     config = CONFIGURATIONS[configuration] if isinstance(configuration, str) else configuration
     sim = Simulation(gpus, capacity=capacity, costs=costs, record=belady, **{**config, **settings})
     start = time.perf_counter()
-    result = sim.run(workload)
+    result = sim.run(workload, [(when, CONFIGURATIONS[c] if isinstance(c, str) else c) for when, c in switches])
     wall = time.perf_counter() - start
     return {**summarize(result, belady=belady), "wall_s": wall, "events": result.events}
 
