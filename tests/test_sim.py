@@ -391,3 +391,23 @@ def test_a_policy_switch_mid_run_takes_effect_then():
     assert pinned["max_workers_per_tenant"] == 1
     with pytest.raises(ValueError, match="a switch is"):
         simulate(wl, "balance", switches=[(1.0, {"depth": 3})], **run)
+
+
+def test_clients_of_their_own_mix_closed_and_open_loops():
+    """A steady tenant in a closed loop of 2 beside a bursty open-loop one: the steady one never has more
+    than 2 calls in flight and sends all its calls whatever their times; the bursty one's calls leave at
+    their times."""
+    fns = [Function("steady", "steady", ((("steady", "w"), MiB),), 0.01),
+           Function("bursty", "bursty", ((("bursty", "w"), MiB),), 0.01)]
+    calls = np.array([0] * 30 + [1] * 20)
+    times = np.concatenate([np.zeros(30), np.repeat([0.5, 2.0], 10)])
+    wl = Workload(fns, times, calls, clients={"steady": 2, "bursty": None})
+    result = Simulation(2, capacity=8 * MiB, costs=gpu_costs()).run(wl)
+    assert np.isfinite(result.latency).all()
+    sent, done = result.submitted, result.submitted + result.latency
+    steady = np.flatnonzero(calls == 0)
+    for i in steady:  # calls of the steady client in flight when each left: at most its window
+        assert np.sum((sent[steady] <= sent[i]) & (done[steady] > sent[i])) <= 2
+    np.testing.assert_allclose(sent[calls == 1], times[calls == 1])
+    with pytest.raises(ValueError, match="clients maps"):
+        Workload(fns, times, calls, clients={"steady": 0})

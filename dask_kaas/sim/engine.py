@@ -141,17 +141,20 @@ class Simulation:
         self._failed = np.zeros(n, dtype=bool)
         self._worker_of = np.full(n, -1, dtype=np.int32)
         self._index = {a: i for i, a in enumerate(self.workers)}
-        self._next_call = 0
         events = 0
         heap = self._events
         times = workload.times
-        closed = workload.window is not None
-        if closed:
-            for _ in range(min(workload.window, n)):
-                self._submit_next(0.0)
+        open_calls, loops = workload.plan()
+        self._loops = [deque(calls) for calls, _ in loops]  # each closed-loop client's calls still to send
+        self._loop_of = np.full(n, -1, dtype=np.int64)
+        for c, (calls, window) in enumerate(loops):
+            self._loop_of[calls] = c
+            for _ in range(min(window, len(calls))):
+                self._submit_next(c, 0.0)
+        self._next_open = 0
         pop = heapq.heappop
         while True:
-            arrival = times[self._next_call] if not closed and self._next_call < n else np.inf
+            arrival = times[open_calls[self._next_open]] if self._next_open < len(open_calls) else np.inf
             if heap and heap[0][0] <= arrival:
                 when, _, kind, a, b = pop(heap)
                 self.now = when
@@ -165,8 +168,8 @@ class Simulation:
                     self._submit(a)
             elif arrival != np.inf:
                 self.now = float(arrival)
-                self._submit(self._next_call)
-                self._next_call += 1
+                self._submit(int(open_calls[self._next_open]))
+                self._next_open += 1
             else:
                 break
             events += 1
@@ -185,10 +188,10 @@ class Simulation:
     def _record(self) -> bool:
         return any(w.accesses is not None for w in self.workers.values())
 
-    def _submit_next(self, when: float) -> None:
-        if self._next_call < len(self._calls):
-            self._at(when, ARRIVE, self._next_call, None)
-            self._next_call += 1
+    def _submit_next(self, loop: int, when: float) -> None:
+        """The next call of closed-loop client ``loop``, sent at ``when``."""
+        if self._loops[loop]:
+            self._at(when, ARRIVE, self._loops[loop].popleft(), None)
 
     # -- events --------------------------------------------------------------------------------
     def _at(self, when: float, kind: int, a, b) -> None:
@@ -201,8 +204,8 @@ class Simulation:
         decision = self.core.submit(Task(i, fn.tenant, fn.name, fn.consts, submitted=self.now, deadline=deadline))
         if decision.action == "reject":
             self._rejected[i] = True
-            if self._workload.window is not None:
-                self._submit_next(self.now)
+            if self._loop_of[i] >= 0:
+                self._submit_next(self._loop_of[i], self.now)
             return
         if decision.action == "run":
             self._start(i, decision.worker)
@@ -294,8 +297,8 @@ class Simulation:
         self._dispatch()
 
     def _after(self, i: int) -> None:
-        if self._workload.window is not None:
-            self._submit_next(self.now + self.costs.return_seconds)
+        if self._loop_of[i] >= 0:  # its client sends its next call once it has this one's result
+            self._submit_next(self._loop_of[i], self.now + self.costs.return_seconds)
 
     # -- the device cache ------------------------------------------------------------------------
     def _use(self, worker: SimWorker, fn) -> tuple[int | None, int]:

@@ -43,7 +43,10 @@ class Workload:
 
     ``window``: None replays the times (open loop); a number submits that many calls at once and
     the next each time one finishes (a closed loop, as the live benchmarks' clients do), ignoring
-    the times.
+    the times. ``clients``: per tenant, a client of its own: a window (that tenant's calls in a
+    closed loop of their own, times ignored) or None (its calls at their times); tenants not named
+    there are open loop. So several clients keep their own concurrency, and open- and closed-loop
+    tenants mix.
     """
 
     functions: list[Function]
@@ -51,6 +54,25 @@ class Workload:
     calls: np.ndarray
     window: int | None = None
     description: dict = field(default_factory=dict)
+    clients: dict | None = None
+
+    def plan(self) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:
+        """``(open-loop calls in time order, [(a closed-loop client's calls, its window), ...])``."""
+        n = len(self.calls)
+        if self.clients is None:
+            if self.window is not None:
+                return np.empty(0, dtype=np.int64), [(np.arange(n), int(self.window))]
+            return np.arange(n), []
+        tenant_of = np.array([f.tenant for f in self.functions], dtype=object)[self.calls] if n else np.empty(0)
+        loops, closed = [], np.zeros(n, dtype=bool)
+        for tenant, window in self.clients.items():
+            if window is None:
+                continue
+            mine = np.flatnonzero(tenant_of == tenant)
+            closed[mine] = True
+            loops.append((mine, int(window)))
+        opened = np.flatnonzero(~closed)
+        return opened[np.argsort(self.times[opened], kind="stable")], loops
 
     def __post_init__(self):
         self.times = np.asarray(self.times, dtype=float)
@@ -59,8 +81,11 @@ class Workload:
             raise ValueError(f"times and calls differ in length: {self.times.shape} vs {self.calls.shape}")
         if len(self.calls) and (self.calls.min() < 0 or self.calls.max() >= len(self.functions)):
             raise ValueError(f"calls must index functions (0..{len(self.functions) - 1})")
-        if self.window is None and len(self.times) > 1 and np.any(np.diff(self.times) < 0):
+        if self.window is None and self.clients is None and len(self.times) > 1 and np.any(np.diff(self.times) < 0):
             raise ValueError("an open-loop workload's times must be sorted")
+        if self.clients is not None and not all(
+                w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1) for w in self.clients.values()):
+            raise ValueError(f"clients maps tenants to a window (a positive int) or None, got {self.clients!r}")
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -74,7 +99,8 @@ class Workload:
         as AlpaServe sets SLOs as a multiple of a model's own latency."""
         functions = [Function(f.name, f.tenant, f.consts, f.kernel_seconds,
                               scale * (f.kernel_seconds + load_seconds(f.const_bytes))) for f in self.functions]
-        return Workload(functions, self.times, self.calls, self.window, {**self.description, "slo_scale": scale})
+        return Workload(functions, self.times, self.calls, self.window, {**self.description, "slo_scale": scale},
+                        self.clients)
 
 
 def zipf_popularity(n: int, s: float, rng: np.random.Generator) -> np.ndarray:
