@@ -65,35 +65,20 @@ class KaasPage:
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
         self.worker_lines = ColumnDataSource(dict(xs=[], hit_rate=[], evictions=[], loaded=[], worker=[], color=[]))
-        self.worker_hits = figure(title="Cache hit rate per worker", x_axis_type="datetime", height=220,
-                                  y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
-                                  name="kaas-worker-hit-rate")
-        self.worker_hits.multi_line("xs", "hit_rate", source=self.worker_lines, color="color", line_width=2)
-        self.worker_hits.yaxis.formatter = NumeralTickFormatter(format="0%")
-        self.worker_hits.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
-        self.worker_evictions = figure(title="Evictions per worker per interval", x_axis_type="datetime", height=220,
-                                       y_range=Range1d(0, 1), sizing_mode="stretch_width", tools="",
-                                       toolbar_location=None, name="kaas-worker-evictions")
-        self.worker_evictions.multi_line("xs", "evictions", source=self.worker_lines, color="color", line_width=2)
-        self.worker_evictions.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
-        self.worker_loaded = figure(title="Bytes loaded from the store per worker per second", x_axis_type="datetime",
-                                    height=220, y_range=DataRange1d(start=0), sizing_mode="stretch_width", tools="",
-                                    toolbar_location=None, name="kaas-worker-loaded")
-        self.worker_loaded.multi_line("xs", "loaded", source=self.worker_lines, color="color", line_width=2)
-        self.worker_loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
-        self.worker_loaded.add_tools(HoverTool(tooltips=[("worker", "@worker")]))
+        self.worker_hits = _lines("Cache hit rate per worker", "kaas-worker-hit-rate", self.worker_lines,
+                                  "hit_rate", "worker", Range1d(0, 1.05), "0%")
+        self.worker_evictions = _lines("Evictions per worker per interval", "kaas-worker-evictions",
+                                       self.worker_lines, "evictions", "worker", Range1d(0, 1))
+        self.worker_loaded = _lines("Bytes loaded from the store per worker per second", "kaas-worker-loaded",
+                                    self.worker_lines, "loaded", "worker", DataRange1d(start=0), "0.0 b")
         self.worker_table = _data_table("kaas-workers", 160, [
             ("worker", "worker"), ("state", "state"), ("requests", "requests"), ("hit_rate", "cache hits"),
             ("hits", "hits"), ("misses", "misses"), ("evictions", "evictions"), ("loaded", "loaded"),
             ("cached", "cached consts"), ("gpu", "GPU utilisation")])
         self.worker_table_source = self.worker_table.source
         self.tenant_lines = ColumnDataSource(dict(xs=[], hit_rate=[], tenant=[], color=[]))
-        self.tenant_hits = figure(title="Cache hit rate per tenant", x_axis_type="datetime", height=220,
-                                  y_range=(0, 1.05), sizing_mode="stretch_width", tools="", toolbar_location=None,
-                                  name="kaas-tenant-hit-rate")
-        self.tenant_hits.multi_line("xs", "hit_rate", source=self.tenant_lines, color="color", line_width=2)
-        self.tenant_hits.yaxis.formatter = NumeralTickFormatter(format="0%")
-        self.tenant_hits.add_tools(HoverTool(tooltips=[("tenant", "@tenant")]))
+        self.tenant_hits = _lines("Cache hit rate per tenant", "kaas-tenant-hit-rate", self.tenant_lines,
+                                  "hit_rate", "tenant", Range1d(0, 1.05), "0%")
 
         self.tenants = _data_table("kaas-tenants", 240, [
             ("tenant", "tenant"), ("submitted", "submitted"), ("tasks", "tasks (batches)"), ("completed", "completed"),
@@ -259,6 +244,17 @@ class KaasPage:
         tenants = sorted(series["tenants"])
         self.tenant_lines.data = dict(xs=[times] * len(tenants), tenant=tenants, color=_colors(len(tenants)),
                                       hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants])
+
+
+def _lines(title: str, name: str, source: ColumnDataSource, field: str, who: str, y_range, number: str | None = None):
+    """One line per worker or tenant over time (``xs`` and ``field`` lists of ``source``), named on hover."""
+    fig = figure(title=title, x_axis_type="datetime", height=220, y_range=y_range, sizing_mode="stretch_width",
+                 tools="", toolbar_location=None, name=name)
+    fig.multi_line("xs", field, source=source, color="color", line_width=2)
+    if number is not None:
+        fig.yaxis.formatter = NumeralTickFormatter(format=number)
+    fig.add_tools(HoverTool(tooltips=[(who, f"@{who}")]))
+    return fig
 
 
 def _data_table(name: str, height: int, columns: list[tuple[str, str]]) -> DataTable:
