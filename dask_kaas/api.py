@@ -56,12 +56,17 @@ def worker_stats(client: Client) -> WorkerStats:
     (2, {'host'}, {0})
     >>> client.close(); cluster.close()  # doctest: +SKIP
     """
-    results = client.run(stats_on_worker)
-    stats = WorkerStats((addr, stats) for addr, stats in results.items() if stats is not None)
-    if not stats:
+    return WorkerStats(_from_kaas_workers(client, stats_on_worker))
+
+
+def _from_kaas_workers(client: Client, function) -> dict:
+    """``client.run(function)`` where the KaaS plugin is (it answers None elsewhere); KaasError when nowhere."""
+    results = client.run(function)
+    found = {addr: value for addr, value in results.items() if value is not None}
+    if not found:
         raise KaasError(f"none of this cluster's {len(results)} workers has the KaaS plugin, so none can run a "
                         f"Request: {HOW_TO_INSTALL}")
-    return stats
+    return found
 
 
 def cluster_store(client: Client):
@@ -85,9 +90,7 @@ def cluster_store(client: Client):
     >>> cluster_store(client) == cluster.store  # doctest: +SKIP
     True
     """
-    stores = {addr: store for addr, store in client.run(store_on_worker).items() if store is not None}
-    if not stores:
-        raise KaasError(f"none of this cluster's workers has the KaaS plugin: {HOW_TO_INSTALL}")
+    stores = _from_kaas_workers(client, store_on_worker)
     urls = {store.url for store in stores.values()}
     if len(urls) > 1:
         raise KaasError(f"the cluster's workers read different stores ({', '.join(sorted(urls))}): give each "

@@ -172,10 +172,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.identity = config.get("scheduler.tenant-identity")
         if self.identity not in (None, "tls"):
             raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
-        self.tenant_map = config.get_dict("scheduler.tenant-map")
-        self.worker_names = _patterns("scheduler.worker-names", allow_null=True)
-        self.access = AccessRules(config.get("scheduler.tenant-clients"), self.worker_names,
-                                  _patterns("scheduler.operator-names"), self.tenant_map)
+        self.access = AccessRules(config.get("scheduler.tenant-clients"),
+                                  _patterns("scheduler.worker-names", allow_null=True),
+                                  _patterns("scheduler.operator-names"), config.get_dict("scheduler.tenant-map"))
         if self.access.locked and not compat.graphs_arrive_as_expressions():
             raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs distributed 2025.4 or later "
                               "(clients send graphs as expressions of task specs)")
@@ -254,8 +253,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                                        restricted_loads)
         scheduler.handlers["kaas_batch_info"] = self.batch_info
         scheduler.handlers["kaas_access"] = self.access_info
-        if self.worker_names is not None:
-            patterns = list(self.worker_names)
+        if self.access.worker_names is not None:
+            patterns = list(self.access.worker_names)
             compat.guard_worker_registration(scheduler, lambda cert: worker_refusal(cert, patterns))
         self._base_comm_cost = compat.replace_comm_cost(scheduler, self.get_comm_cost)
         from tornado.ioloop import PeriodicCallback

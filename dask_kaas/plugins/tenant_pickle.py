@@ -175,14 +175,14 @@ EXCEPTION_MODULES = frozenset({"builtins", "dask_kaas.errors", "distributed.core
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module in EXCEPTION_MODULES and module in sys.modules and (module, name) not in ALLOWED_GLOBALS:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module in EXCEPTION_MODULES and module in sys.modules:
             found = super().find_class(module, name)  # imported already: an attribute lookup
             if isinstance(found, type) and issubclass(found, BaseException):
                 return found
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise PickleRefused(f"a tenant's graph may hold KaaS requests and dask's graph nodes only, not "
-                                f"{module}.{name} (kaas.scheduler.tenant-clients: requests-only)")
-        return super().find_class(module, name)
+        raise PickleRefused(f"a tenant's graph may hold KaaS requests and dask's graph nodes only, not "
+                            f"{module}.{name} (kaas.scheduler.tenant-clients: requests-only)")
 
     def persistent_load(self, pid) -> Any:
         raise PickleRefused("a tenant's graph may not hold persistent references")

@@ -41,42 +41,48 @@ class History:
 
         Every list has one value per ``time``; ``nan`` where there is nothing to say (no lookups, not
         there yet)."""
-        out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": {}, "tenants": {}}
         samples = list(self.samples)
-        workers = sorted({w for _, ws, _ in samples for w in ws})
-        tenants = sorted({t for _, _, ts in samples for t in ts})
-        for w in workers:
-            out["workers"][w] = {"hit_rate": [], "evictions": [], "loaded": []}
-        for t in tenants:
-            out["tenants"][t] = {"throughput": [], "hit_rate": [], "rejected": []}
+        workers = {w: {k: [] for k in _WORKER_SERIES} for w in sorted({w for _, ws, _ in samples for w in ws})}
+        tenants = {t: {k: [] for k in _TENANT_SERIES} for t in sorted({t for _, _, ts in samples for t in ts})}
+        out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": workers, "tenants": tenants}
         for (t0, w0, n0), (t1, w1, n1) in zip(samples, samples[1:]):
             if since is not None and t1 <= since:
                 continue
             dt = t1 - t0
             out["time"].append(t1)
-            hits = misses = loaded = 0
-            for w in workers:
-                d = _delta(w0.get(w), w1.get(w), WORKER_FIELDS)
-                row = out["workers"][w]
-                if d is None:
-                    _gap(row)
-                    continue
-                hits, misses, loaded = hits + d["hits"], misses + d["misses"], loaded + d["bytes_loaded"]
-                row["hit_rate"].append(_rate(d["hits"], d["misses"]))
-                row["evictions"].append(d["evictions"])
-                row["loaded"].append(d["bytes_loaded"] / dt)
-            out["hit_rate"].append(_rate(hits, misses))
-            out["loaded"].append(loaded / dt)
-            for t in tenants:
-                d = _delta(n0.get(t), n1.get(t), TENANT_FIELDS)
-                row = out["tenants"][t]
-                if d is None:
-                    _gap(row)
-                    continue
-                row["throughput"].append(d["completed"] / dt)
-                row["hit_rate"].append(_rate(d["hits"], d["misses"]))
-                row["rejected"].append(d["rejected"] / dt)
+            grown = _append(workers, w0, w1, WORKER_FIELDS, _worker_figures, dt)
+            out["hit_rate"].append(_rate(sum(d["hits"] for d in grown), sum(d["misses"] for d in grown)))
+            out["loaded"].append(sum(d["bytes_loaded"] for d in grown) / dt)
+            _append(tenants, n0, n1, TENANT_FIELDS, _tenant_figures, dt)
         return out
+
+
+_WORKER_SERIES = ("hit_rate", "evictions", "loaded")
+_TENANT_SERIES = ("throughput", "hit_rate", "rejected")
+
+
+def _worker_figures(d: dict, dt: float) -> dict:
+    return {"hit_rate": _rate(d["hits"], d["misses"]), "evictions": d["evictions"], "loaded": d["bytes_loaded"] / dt}
+
+
+def _tenant_figures(d: dict, dt: float) -> dict:
+    return {"throughput": d["completed"] / dt, "hit_rate": _rate(d["hits"], d["misses"]),
+            "rejected": d["rejected"] / dt}
+
+
+def _append(rows: dict, before: dict, after: dict, fields, figures, dt: float) -> list[dict]:
+    """One interval's figures appended to each row (a gap where the worker or tenant is not there); what
+    grew, for the rows that are."""
+    grown = []
+    for name, row in rows.items():
+        d = _delta(before.get(name), after.get(name), fields)
+        if d is None:
+            _gap(row)
+            continue
+        grown.append(d)
+        for key, value in figures(d, dt).items():
+            row[key].append(value)
+    return grown
 
 
 def _delta(before: dict | None, after: dict | None, fields) -> dict | None:
