@@ -4,9 +4,13 @@
 needs and writes ``calibrate-host.json``, which ``host_costs()`` reads before any other result file
 (and says, in its ``source``, when it is missing, stale, or from another machine):
 
-- ``task_rate``: KaaS requests per second of tiny requests on 4 host workers (scheduler, workers and
-  client as separate processes, one ``client.submit`` each, a window of 8 in flight), as ``scale``
-  measures it;
+- ``task_rate``: KaaS requests per second of tiny requests on 4 host workers (``dask kaas scheduler``,
+  ``dask kaas worker --nworkers 4`` and the client as separate processes, one ``client.submit`` each,
+  a window of 8 in flight);
+- ``client_cpu_s``, ``scheduler_cpu_s``, ``worker_cpu_s``: each process's CPU per tiny request (the
+  workers' summed), read from the operating system around the same run;
+- ``byte_cpu_s``: the CPU of all of them per byte a request moves in and out, from the same run with
+  requests moving 128 KiB each way;
 - ``roundtrip_s`` and ``jitter_cv``: a no-op Dask task's round trip, median and the log-normal spread
   of the runs;
 - ``runtime_s``: the runtime's own cost per request (``overhead``'s in-process fit);
@@ -30,41 +34,69 @@ SIZES = {"full": {"requests": 400, "noops": 40, "rounds": 5, "batch": 200},
          "smoke": {"requests": 16, "noops": 4, "rounds": 1, "batch": 10}}
 WORKERS = 4
 WINDOW = 8
+TINY_FLOATS, IO_FLOATS = 256, 32768  # 1 KiB and 128 KiB in, and out, per request
 
 
-def _task_rate_and_roundtrip(device: str, p: dict, root: str) -> dict:
-    from distributed import Client, LocalCluster
+def _cpu_per_task(client, pids: dict, run) -> tuple[dict, float]:
+    """``run()`` (returns its task count) with each process's CPU read around it: ``({process: CPU
+    seconds per task}, tasks per second)``; ``pids``: {"scheduler": pid, "workers": [pid, ...]}."""
+    from benchmarks.deployed import process_cpu
 
-    from benchmarks import schedcost
-    from benchmarks.scale import WorkerPool, noop, run_cell, vadd_request
-    from dask_kaas import KaasSchedulerPlugin
+    def read():
+        return {"client": time.process_time(), "scheduler": process_cpu(pids["scheduler"]),
+                "workers": sum(process_cpu(pid) for pid in pids["workers"])}
+
+    before, start = read(), time.perf_counter()
+    n = run()
+    elapsed, after = time.perf_counter() - start, read()
+    return {k: (after[k] - before[k]) / n for k in before}, n / elapsed
+
+
+def _getpid() -> int:
+    return os.getpid()
+
+
+def _live(p: dict, root: str) -> dict:
+    """On a cluster deployed as users deploy it (``dask kaas scheduler``, ``dask kaas worker --nworkers 4``,
+    the client here): the tiny requests' rate and each process's CPU per request, the same for a
+    request moving ``IO_FLOATS`` floats in and out, and a no-op task's round trip."""
+    from distributed import Client
+
+    from benchmarks.deployed import deployed_cluster, scheduler_pid
+    from benchmarks.scale import noop, vadd_request
+    from benchmarks.tenants import run_jobs
     from dask_kaas.store import BufferStore
 
-    url = f"file://{root}/store"
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(256).astype(np.float32)
-    BufferStore(url).put("w", w, namespace="calibrate")
-    req = vadd_request("calibrate")
-    xs = [rng.standard_normal(256).astype(np.float32) for _ in range(p["requests"])]
-    jobs = [(req, x, x + w) for x in xs]
-    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0",
-                      scheduler_kwargs={"plugins": [KaasSchedulerPlugin(policy="affinity")]}) as cluster, \
-            Client(cluster.scheduler_address) as client:
-        client.run_on_scheduler(schedcost.install)
-        pool = WorkerPool(cluster.scheduler_address, WORKERS, url, device)
-        try:
-            client.wait_for_workers(WORKERS, timeout=300)
-            run_cell(client, jobs[: 2 * WINDOW], window=WINDOW, plain=False)  # warm: consts, the runtime model
-            cell = run_cell(client, jobs, window=WINDOW, plain=False)
-            roundtrips = []
-            for _ in range(p["noops"]):
-                time.sleep(0.005)
-                start = time.perf_counter()
-                client.submit(noop, pure=False).result()
-                roundtrips.append(time.perf_counter() - start)
-        finally:
-            pool.close()
-    return {"task_rate": cell["throughput_rps"], "roundtrip": spread(roundtrips), "roundtrip_runs": roundtrips}
+    url = f"file://{root}/store"
+    store = BufferStore(url)
+    cells = {}
+    with deployed_cluster("host", WORKERS, store_url=url) as (address, _), Client(address) as client:
+        pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(_getpid).values())}
+        for name, n in (("tiny", TINY_FLOATS), ("io", IO_FLOATS)):
+            w = rng.standard_normal(n).astype(np.float32)
+            store.put("w", w, namespace=f"calibrate-{name}")
+            req = vadd_request(f"calibrate-{name}", n)
+            xs = [rng.standard_normal(n).astype(np.float32) for _ in range(p["requests"])]
+            jobs = [(None, req, x, x + w) for x in xs]
+
+            def submit(i, jobs=jobs):
+                return client.submit(jobs[i][1], pure=False, x=jobs[i][2])
+
+            def run(jobs=jobs, submit=submit, name=name):
+                run_jobs(client, jobs, submit, window=WINDOW, label=f"calibrate {name}")
+                return len(jobs)
+
+            run_jobs(client, jobs[: 2 * WINDOW], submit, window=WINDOW, label="calibrate warm-up")
+            cpu, rate = _cpu_per_task(client, pids, run)
+            cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
+        roundtrips = []
+        for _ in range(p["noops"]):
+            time.sleep(0.005)
+            start = time.perf_counter()
+            client.submit(noop, pure=False).result()
+            roundtrips.append(time.perf_counter() - start)
+    return {"cells": cells, "roundtrip": spread(roundtrips), "roundtrip_runs": roundtrips}
 
 
 def _store_bandwidths(root: str) -> tuple[float, float]:
@@ -90,17 +122,23 @@ def measure(config, p: dict) -> dict:
     root = tempfile.mkdtemp(prefix="kaas-calibrate-")
     started = time.perf_counter()
     try:
-        live = _task_rate_and_roundtrip("host", p, root)
+        live = _live(p, root)
         runtime = in_process("host", (1, 4), p["rounds"], p["batch"])
         store_bw, device_bw = _store_bandwidths(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if not live["task_rate"] > 0:
+    tiny, io = live["cells"]["tiny"], live["cells"]["io"]
+    if not tiny["throughput_rps"] > 0:
         raise WrongResult("calibrate: no requests completed")
-    figures = {"task_rate": live["task_rate"], "roundtrip_s": live["roundtrip"]["median"],
+    cpu = tiny["cpu_s_per_task"]
+    extra = sum(io["cpu_s_per_task"].values()) - sum(cpu.values())
+    figures = {"task_rate": tiny["throughput_rps"], "roundtrip_s": live["roundtrip"]["median"],
                "runtime_s": max(0.0, runtime["per_request_overhead_us"]) * 1e-6, "store_bw": store_bw,
-               "device_bw": device_bw, "jitter_cv": lognormal_cv(live["roundtrip_runs"]), "cores": os.cpu_count()}
-    return {"parameters": {**p, "workers": WORKERS, "window": WINDOW}, "figures": figures,
+               "device_bw": device_bw, "jitter_cv": lognormal_cv(live["roundtrip_runs"]), "cores": os.cpu_count(),
+               "client_cpu_s": cpu["client"], "scheduler_cpu_s": cpu["scheduler"], "worker_cpu_s": cpu["workers"],
+               "byte_cpu_s": max(0.0, extra) / (io["bytes_moved"] - tiny["bytes_moved"])}
+    return {"parameters": {**p, "workers": WORKERS, "window": WINDOW, "tiny_floats": TINY_FLOATS,
+                           "io_floats": IO_FLOATS}, "figures": figures, "cells": live["cells"],
             "roundtrip_s": live["roundtrip"], "seconds": time.perf_counter() - started}
 
 
@@ -110,6 +148,10 @@ def report(payload: dict):
            f"requests/s on {payload['parameters']['workers']} host workers, no-op round trip "
            f"{f['roundtrip_s'] * 1e3:.2f} ms (cv {f['jitter_cv']:.2f}), runtime {f['runtime_s'] * 1e6:.0f} us per "
            f"request, store {f['store_bw'] / 1e9:.2f} GB/s, device copy {f['device_bw'] / 1e9:.2f} GB/s")
+    yield (f"CPU per tiny request: client {f['client_cpu_s'] * 1e3:.2f} ms, scheduler {f['scheduler_cpu_s'] * 1e3:.2f} "
+           f"ms, workers {f['worker_cpu_s'] * 1e3:.2f} ms; {f['byte_cpu_s'] * 1e9:.2f} ns more per byte moved in or "
+           f"out ({payload['cells']['io']['throughput_rps']:.0f} requests/s moving "
+           f"{payload['cells']['io']['bytes_moved'] // 1024} KiB each)")
 
 
 SUITE = Suite("calibrate", __doc__, measure, report, SIZES, host_only=True)

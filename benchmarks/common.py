@@ -36,7 +36,7 @@ from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")  # the default; KAAS_BENCH_RESULTS or --out override it
 SUITES = ("workloads", "overhead", "contention", "scale", "store_io", "placement", "gateway", "simulate", "engines",
-          "batching", "gateway_attack", "calibrate")
+          "batching", "gateway_attack", "calibrate", "validate-sim")
 ALL = ("workloads", "overhead", "contention", "scale")  # what ``all`` runs, in this order
 SIZES = ("full", "quick", "smoke")
 DEVICES = ("auto", "host", "cuda")
@@ -97,7 +97,7 @@ def get_suite(name: str) -> Suite:
     """The ``SUITE`` of module ``benchmarks.<name>`` (imported on first use)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; one of {', '.join(SUITES)}")
-    return importlib.import_module(f"benchmarks.{name}").SUITE
+    return importlib.import_module(f"benchmarks.{name.replace('-', '_')}").SUITE
 
 
 # ------------------------------------------------------------------ the config of one run

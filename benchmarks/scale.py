@@ -68,13 +68,13 @@ SIZES = {"full": {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "modes": M
 TARGET = 0.10
 
 
-def vadd_request(tenant: str):
+def vadd_request(tenant: str, n: int = N):
     from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 
-    x = BufferSpec("x", 4 * N, dtype="float32", ephemeral=True)
-    w = BufferSpec("w", 4 * N, key="w", const=True)
-    y = BufferSpec("y", 4 * N, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "vadd", 1, 256, literals=[Literal("i", N)],
+    x = BufferSpec("x", 4 * n, dtype="float32", ephemeral=True)
+    w = BufferSpec("w", 4 * n, key="w", const=True)
+    y = BufferSpec("y", 4 * n, dtype="float32", ephemeral=True)
+    return Request([KernelSpec("builtin", "vadd", -(-n // 256), 256, literals=[Literal("i", n)],
                                arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=tenant)
 
 

@@ -24,7 +24,8 @@ from benchmarks.common import Config, parse_args, print_result, run, write_resul
 RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
             "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
             "simulate": "simulate", "engines": "engines-host", "batching": "batching-host",
-            "gateway_attack": "gateway_attack-host", "calibrate": "calibrate-host"}
+            "gateway_attack": "gateway_attack-host", "calibrate": "calibrate-host",
+            "validate-sim": "validate-sim-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
              "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
@@ -221,7 +222,10 @@ def test_calibrate_smoke_and_host_costs_read_it(tmp_path):
     (path,) = tmp_path.glob("calibrate-host-smoke.json")
     path.rename(tmp_path / "calibrate-host.json")
     costs = host_costs(tmp_path)
-    assert costs.scheduler_seconds == pytest.approx(f["cores"] / f["task_rate"])
+    cpu = f["client_cpu_s"] + f["scheduler_cpu_s"] + f["worker_cpu_s"]
+    assert all(positive(f[k]) for k in ("client_cpu_s", "scheduler_cpu_s", "worker_cpu_s"))
+    assert costs.submit_seconds + costs.scheduler_seconds + costs.worker_seconds == \
+        pytest.approx(max(cpu, f["cores"] / f["task_rate"]))
     assert costs.source["calibration"].startswith("calibrate-host.json, measured") and "STALE" not in \
         costs.source["calibration"]
     assert calibration(tmp_path, now=time.time() + 40 * 86400)[1].endswith("40 days old; run python -m benchmarks "
@@ -304,6 +308,26 @@ def test_simulate_smoke(tmp_path):
     for row in rows.values():
         assert row["completed"] == r["table"]["requests"] > 0 and 0 <= row["slo_attainment"] <= 1
     assert isinstance(r["targets"]["replication_bytes_3x_fewer_than_balance"], bool)
+
+
+@pytest.mark.slow
+def test_validate_sim_smoke_and_resimulate(tmp_path):
+    """validate-sim replays each scenario live on a deployed cluster and simulates it; every figure has its
+    live runs, the simulated value and its error; --resimulate judges the model again on the same live runs."""
+    r = smoke("validate-sim", tmp_path)
+    assert {row["scenario"] for row in r["rows"]} == {"zipf-closed", "switch"}
+    for row in r["rows"]:
+        f = row["figures"]
+        assert {"throughput_rps", "p50_ms", "bytes_loaded", "hit_rate"} <= set(f)
+        for fig in f.values():
+            assert fig["error"] == pytest.approx(fig["sim"] - fig["live_median"] if fig is f["hit_rate"] else
+                                                 (fig["sim"] - fig["live_median"]) / fig["live_median"])
+        assert all(run_["completed"] == 24 for run_ in r["live"][row["scenario"]][row["config"]])
+    loads = r["in_place"]["worker_loads"]
+    assert positive(loads["bandwidth"]) and set(loads["seconds"]) == {"2", "4", "6", "8"}
+    again = run(Config("validate-sim", device="host", smoke=True, out=str(tmp_path / "again"), verbose=False,
+                       options={"resimulate": str(tmp_path / "validate-sim-host-smoke.json")}))
+    assert again["live"] == r["live"] and again["live_source"]["file"].endswith("validate-sim-host-smoke.json")
 
 
 @pytest.mark.slow

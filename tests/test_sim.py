@@ -238,7 +238,8 @@ def test_affinity_loads_3x_fewer_bytes_than_balance_on_the_placement_trace():
 
 def test_shared_cores_cap_a_small_hosts_task_rate():
     wl = zipf_trace(4, 400, s=0.0, seed=0, const_bytes=MiB, kernel_seconds=1e-5, window=16)
-    base = host_costs().replace(jitter_cv=0.0, scheduler_seconds=0.01, dispatch_seconds=0.0, return_seconds=0.0)
+    base = host_costs().replace(jitter_cv=0.0, scheduler_seconds=0.01, dispatch_seconds=0.0, return_seconds=0.0,
+                                submit_seconds=0.0, worker_seconds=0.0, byte_seconds=0.0)
     rates = {cores: simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=cores))
              ["throughput_rps"] for cores in (1, 2)}
     assert rates[1] == pytest.approx(100, rel=0.05) and rates[2] == pytest.approx(200, rel=0.05)
@@ -251,13 +252,21 @@ def test_shared_cores_cap_a_small_hosts_task_rate():
     (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 11.5),
     (zipf_trace(12, 800, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 4.25),
 ])
-def test_queue_aware_eviction_is_within_5_points_of_belady_and_beats_lru(workload, gpus, per):
+def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, per):
+    """Hints ride with each task, computed when it is dispatched (as live): on one worker queue-aware
+    eviction beats LRU and comes within 8 points of Belady; on four workers of a cyclic trace the hints a
+    task carries are stale by the time it evicts (the tasks they counted have run), and queue-aware is no
+    better than LRU: what computing fresh hints at eviction time, as the simulator did until 2026-12-03,
+    hid (it put queue-aware within 5 points of Belady there, 49 points above what live delivery gives)."""
     costs = host_costs().replace(shared_cores=None)  # workers computing in parallel, as GPUs do
     qa = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True,
                   eviction="queue-aware")
     lru = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True)
-    assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.05
-    assert qa["hit_rate"] > lru["hit_rate"] + 0.03
+    assert qa["hit_rate"] >= lru["hit_rate"]
+    if gpus == 1:
+        assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.08 and qa["hit_rate"] > lru["hit_rate"] + 0.03
+    else:
+        assert qa["hit_rate"] < 0.05 < 0.4 < qa["belady_hit_rate"]
 
 
 def test_jain():
@@ -411,3 +420,88 @@ def test_clients_of_their_own_mix_closed_and_open_loops():
     np.testing.assert_allclose(sent[calls == 1], times[calls == 1])
     with pytest.raises(ValueError, match="clients maps"):
         Workload(fns, times, calls, clients={"steady": 0})
+
+
+# ------------------------------------------------------------------ the model's timing, as live
+BARE = dict(scheduler_seconds=0.0, dispatch_seconds=0.0, worker_seconds=0.0, return_seconds=0.0, store_bandwidth=1e9,
+            device_bandwidth=1e18, jitter_cv=0.0, store_latency=0.0, shared_cores=None, submit_seconds=0.0,
+            byte_seconds=0.0)
+
+
+def _costs(**changes):
+    from dask_kaas.sim.costs import CostModel
+
+    return CostModel(**{**BARE, **changes})
+
+
+def test_the_core_sees_a_call_only_after_dask_spent_its_submit_cpu():
+    """Live, the plugin sees a task once the client and the scheduler made it: the core's submit comes
+    submit_seconds (plus the inputs' bytes at byte_seconds) after the call left its client, and the
+    call's latency holds every leg."""
+    fns = [Function("f", "t", ((("t", "w"), MiB),), 0.01, in_bytes=1000, out_bytes=3000)]
+    costs = _costs(submit_seconds=0.02, byte_seconds=1e-6, scheduler_seconds=0.003, dispatch_seconds=0.001,
+                   worker_seconds=0.004, return_seconds=0.002)
+    sim = Simulation(1, capacity=8 * MiB, costs=costs)
+    seen = []
+    submit = sim.core.submit
+    sim.core.submit = lambda task: (seen.append(sim.now), submit(task))[1]
+    result = sim.run(Workload(fns, np.array([0.5]), np.array([0])))
+    assert seen == [pytest.approx(0.5 + 0.02 + 1000e-6)]
+    expected = 0.02 + 1000e-6 + 0.003 + 0.001 + 0.004 + 3000e-6 + MiB / 1e9 + 0.01 + 0.002
+    assert result.latency[0] == pytest.approx(expected)
+
+
+def test_queue_aware_hints_travel_with_each_task_as_live():
+    """The core's hints are computed when it dispatches a task (the live plugin annotates the task then)
+    and a worker evicts by the last ones it received: never fresh ones at eviction time; LRU asks none."""
+    wl = cyclic_trace(6, 60, const_bytes=4 * MiB, kernel_seconds=0.002)
+    for eviction, expect_calls in (("queue-aware", len(wl)), ("lru", 0)):
+        sim = Simulation(2, capacity=9 * MiB, costs=_costs(scheduler_seconds=1e-4), eviction=eviction)
+        calls = []
+        hints = sim.core.hints
+        sim.core.hints = lambda worker: (calls.append((sim.now, worker)), hints(worker))[1]
+        sim.run(wl)
+        assert len(calls) == expect_calls
+    assert any(w.wanted for w in sim.workers.values()) is False  # LRU: nothing delivered
+
+
+def test_a_report_holds_the_requests_own_seconds_not_daskss_handling():
+    """The runtime reports its own time (loads and kernels), as Dask's compute time live; a worker's Dask
+    handling (worker_seconds) is in the latency, never in what the core learns a request takes."""
+    fns = [Function("f", "t", ((("t", "w"), MiB),), 0.01)]
+    sim = Simulation(1, capacity=8 * MiB, costs=_costs(worker_seconds=0.1))
+    reported = []
+    report = sim.core.report
+    sim.core.report = lambda worker, r: (reported.append(r["seconds"]), report(worker, r))[1]
+    result = sim.run(Workload(fns, np.array([0.0, 1.0]), np.array([0, 0])))
+    assert reported == [pytest.approx(MiB / 1e9 + 0.01), pytest.approx(0.01)]
+    assert result.latency[1] == pytest.approx(0.11)
+
+
+def test_host_costs_split_each_processs_measured_cpu(tmp_path):
+    """calibrate-host.json's per-process CPU: the client's submit half and a quarter of the scheduler's come
+    before the core sees a task; the workers' CPU is each worker's; all scaled so that the shared cores
+    serve the measured tiny-request rate."""
+    import datetime
+    import json
+    import os
+
+    from dask_kaas.sim.costs import SUBMIT_SHARE
+
+    cores = os.cpu_count()
+    figures = {"task_rate": 50.0 * cores, "roundtrip_s": 0.05, "runtime_s": 3e-5, "store_bw": 4e9, "device_bw": 8e9,
+               "jitter_cv": 0.2, "cores": cores, "client_cpu_s": 0.004, "scheduler_cpu_s": 0.004,
+               "worker_cpu_s": 0.004, "byte_cpu_s": 1e-8}
+    (tmp_path / "calibrate-host.json").write_text(json.dumps({"figures": figures, "machine": {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))
+    costs = host_costs(tmp_path)
+    scale = (1 / 50.0) / 0.012
+    assert costs.submit_seconds + costs.scheduler_seconds + costs.worker_seconds == pytest.approx(1 / 50.0)
+    assert costs.submit_seconds == pytest.approx(scale * (SUBMIT_SHARE["client"] + SUBMIT_SHARE["scheduler"]) * 0.004)
+    assert costs.byte_seconds == pytest.approx(scale * 1e-8) and costs.worker_seconds == pytest.approx(scale * 0.004)
+    assert costs.dispatch_seconds == pytest.approx((0.05 - costs.submit_seconds - costs.scheduler_seconds) / 2)
+    assert "assumptions" in costs.source["submit_seconds"]
+    figures["roundtrip_s"] = 0.001  # shorter than the CPU on a call's path: said, not silently clamped
+    (tmp_path / "calibrate-host.json").write_text(json.dumps({"figures": figures, "machine": {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))
+    assert host_costs(tmp_path).source["dispatch_seconds"].startswith("0: the no-op round trip")

@@ -2,12 +2,15 @@
 
 A simulated request, once the scheduling core dispatches it to a worker:
 
+0. before the core sees a call at all, Dask spends ``submit_seconds`` on it (the client's submit and
+   the scheduler's ``update-graph``), plus ``byte_seconds`` per byte of its inputs (serialized,
+   sent, received): live, the plugin sees a task only once Dask has made it;
 1. the Dask scheduler spends ``scheduler_seconds`` on it (one scheduler: these are served one at a
    time, so they cap the cluster's task rate), then it travels ``dispatch_seconds`` to its worker;
 2. the worker (one GPU: one request at a time, first come first served) spends ``worker_seconds``
-   (the runtime and Dask's task handling), loads the consts it lacks (``store_latency`` per const,
-   then store -> host at ``store_bandwidth``, host -> device at ``device_bandwidth``), then runs
-   its kernels;
+   (the runtime and Dask's task handling) and ``byte_seconds`` per byte of its outputs, loads the
+   consts it lacks (``store_latency`` per const, then store -> host at ``store_bandwidth``, host ->
+   device at ``device_bandwidth``), then runs its kernels;
 3. the result takes ``return_seconds`` back to the client.
 
 ``jitter_cv``: the per-task overheads (1 and 2) vary, log-normally with this coefficient of
@@ -45,6 +48,8 @@ class CostModel:
     jitter_cv: float = 0.0
     store_latency: float = 0.0
     shared_cores: int | None = None
+    submit_seconds: float = 0.0
+    byte_seconds: float = 0.0
     source: dict = field(default_factory=dict, compare=False)
 
     def load_seconds(self, nbytes: int, consts: int = 1) -> float:
@@ -173,19 +178,48 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
                      "device_bandwidth", "jitter_cv", "shared_cores"):
             source[name] = note.split(",")[0]
-    sched = fig["cores"] / fig["task_rate"]
-    travel = (fig["roundtrip_s"] - sched) / 2
+    sched, submit, worker, per_byte = fig["cores"] / fig["task_rate"], 0.0, fig["runtime_s"], 0.0
+    if calibrated is not None and "client_cpu_s" in calibrated:
+        sched, submit, worker, per_byte = _cpu_split(calibrated, source)
+    on_path = submit + sched  # a no-op's round trip holds at least the CPU on a call's path outside its worker
+    travel = (fig["roundtrip_s"] - on_path) / 2
     if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's share of the CPU
         source["dispatch_seconds"] = source["return_seconds"] = (
-            f"0: the no-op round trip ({fig['roundtrip_s'] * 1e3:.2f} ms) is shorter than a task's share of the "
-            f"cores ({sched * 1e3:.2f} ms), so nothing is left for the legs")
+            f"0: the no-op round trip ({fig['roundtrip_s'] * 1e3:.2f} ms) is shorter than a task's CPU on its path "
+            f"({on_path * 1e3:.2f} ms), so nothing is left for the legs")
         travel = 0.0
     for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
                  "device_bandwidth", "jitter_cv", "shared_cores"):
         source.setdefault(name, "HOST_FALLBACK (results file missing)")
-    return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=fig["runtime_s"],
+    source.setdefault("submit_seconds", "0: no calibration of each process's CPU (python -m benchmarks calibrate)")
+    source.setdefault("byte_seconds", source["submit_seconds"])
+    return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=worker,
                      return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["device_bw"],
-                     jitter_cv=fig["jitter_cv"], shared_cores=fig["cores"], source=source)
+                     jitter_cv=fig["jitter_cv"], shared_cores=fig["cores"], submit_seconds=submit,
+                     byte_seconds=per_byte, source=source)
+
+
+SUBMIT_SHARE = {"client": 0.5, "scheduler": 0.25}  # of each process's CPU per task, spent before the core sees it
+
+
+def _cpu_split(fig: dict, source: dict) -> tuple[float, float, float, float]:
+    """``(scheduler_seconds, submit_seconds, worker_seconds, byte_seconds)`` from each process's measured
+    CPU per task: the client's submit (about half its CPU; the other half takes the result) and the
+    scheduler's reading of the graph (about a quarter: the rest places, sends and finishes the task)
+    come before the core sees a task; the workers' CPU is each worker's own, on its task."""
+    client, scheduler, worker = fig["client_cpu_s"], fig["scheduler_cpu_s"], fig["worker_cpu_s"]
+    # the processes' CPU leaves some of the cores' time unexplained (nannies, the OS, gaps a closed loop
+    # leaves): scaled so that the shared cores serve the measured tiny-request rate exactly
+    scale = max(1.0, fig["cores"] / fig["task_rate"] / (client + scheduler + worker))
+    submit = scale * (SUBMIT_SHARE["client"] * client + SUBMIT_SHARE["scheduler"] * scheduler)
+    sched = scale * (client + scheduler) - submit
+    note = f" (x {scale:.2f}: cores / task_rate over the processes' CPU)"
+    source["submit_seconds"] = (f"calibrate-host.json: {SUBMIT_SHARE['client']:g} x client_cpu_s + "
+                                f"{SUBMIT_SHARE['scheduler']:g} x scheduler_cpu_s{note} (the shares are assumptions)")
+    source["scheduler_seconds"] = f"calibrate-host.json: client_cpu_s + scheduler_cpu_s - submit_seconds{note}"
+    source["worker_seconds"] = f"calibrate-host.json worker_cpu_s (Dask's worker and the runtime){note}"
+    source["byte_seconds"] = f"calibrate-host.json byte_cpu_s{note}"
+    return sched, submit, scale * worker, scale * fig["byte_cpu_s"]
 
 
 def gpu_costs(results: str | Path = RESULTS) -> CostModel:

@@ -1,10 +1,13 @@
 """The discrete-event simulation: a GPU pool on a virtual clock, driven by the live scheduling core.
 
 The scheduler side is :class:`dask_kaas.scheduling.SchedulingCore` itself, on the simulation's
-clock: admission, fair queueing, dispatch and placement are the code the scheduler plugin runs.
+clock: admission, fair queueing, dispatch and placement are the code the scheduler plugin runs. It
+sees a call once Dask has spent its submit CPU on it (``CostModel.submit_seconds``), as the plugin
+sees a task only once Dask made it.
 The workers are simulated: each serves the requests assigned to it one at a time, first come first
 served; its device cache evicts in :func:`dask_kaas.scheduling.eviction.eviction_order`'s order
-(the live cache's code) with the hints the core gives a worker (:meth:`SchedulingCore.hints`);
+(the live cache's code) with the hints the core gave when it dispatched the worker's latest task
+that carried any (:meth:`SchedulingCore.hints`, as live they travel in the task's annotation);
 after each request it reports to the core in the live reports' format (:mod:`dask_kaas.report`,
 changes only). Costs: :mod:`dask_kaas.sim.costs`.
 
@@ -25,7 +28,7 @@ from ..scheduling.eviction import check_eviction, eviction_order
 from .costs import CostModel
 from .workloads import Workload
 
-ARRIVE, START, DONE, SWITCH = 0, 1, 2, 3
+ARRIVE, START, DONE, SWITCH, ADMIT = 0, 1, 2, 3, 4
 SWITCHABLE = ("policy", "replication", "eviction")  # what a switch mid-run may change, as set_policy does live
 
 
@@ -57,6 +60,7 @@ class SimWorker:
     busy_seconds: float = 0.0
     requests: int = 0
     accesses: list | None = None  # (ref, nbytes) in the order this worker used them, when recorded
+    wanted: dict = field(default_factory=dict)  # the hints that came with its latest task that had any
 
 
 @dataclass
@@ -73,6 +77,7 @@ class SimResult:
     hits: int
     misses: int
     bytes_loaded: int
+    load_seconds: float  # the workers' loads as they measured them (stretched by waits for a core)
     gpu_seconds: float
     requests_per_worker: list
     accesses: dict | None
@@ -161,9 +166,11 @@ class Simulation:
                 if kind == DONE:
                     self._done(a, b)
                 elif kind == START:
-                    self._arrive(a, b)
+                    self._arrive(a, *b)
                 elif kind == SWITCH:
                     self._switch(a)
+                elif kind == ADMIT:
+                    self._admit(a)
                 else:  # ARRIVE: a closed loop's next call
                     self._submit(a)
             elif arrival != np.inf:
@@ -179,6 +186,7 @@ class Simulation:
             failed=self._failed,
             worker_of=self._worker_of, end=self.now, hits=self.hits, misses=self.misses,
             bytes_loaded=sum(w.loaded for w in self.workers.values()),
+            load_seconds=sum(w.load_seconds for w in self.workers.values()),
             gpu_seconds=sum(w.busy_seconds for w in self.workers.values()),
             requests_per_worker=[w.requests for w in self.workers.values()], accesses=accesses,
             capacity=next(iter(self.workers.values())).capacity if self.workers else 0, events=events,
@@ -198,8 +206,17 @@ class Simulation:
         heapq.heappush(self._events, (when, next(self._seq), kind, a, b))
 
     def _submit(self, i: int) -> None:
+        """A client submits call ``i``: Dask's submit CPU, then the core sees it."""
         fn = self._functions[self._calls[i]]
         self._submitted[i] = self.now
+        work = self.costs.submit_seconds + fn.in_bytes * self.costs.byte_seconds
+        if work > 0:
+            self._at(self._scheduler_work(work * self._jitter_draw()), ADMIT, i, None)
+        else:
+            self._admit(i)
+
+    def _admit(self, i: int) -> None:
+        fn = self._functions[self._calls[i]]
         deadline = fn.slo_seconds if self.admission else None
         decision = self.core.submit(Task(i, fn.tenant, fn.name, fn.consts, submitted=self.now, deadline=deadline))
         if decision.action == "reject":
@@ -216,15 +233,19 @@ class Simulation:
             self._start(key, worker)
 
     def _start(self, i: int, address: str) -> None:
-        """The scheduler sends call ``i`` to ``address``: its share of the scheduler, then the wire."""
-        costs = self.costs
-        work = costs.scheduler_seconds * self._jitter_draw()
+        """The scheduler sends call ``i`` to ``address`` with the core's hints for that worker, as the
+        live plugin annotates the task when it places it: its share of the scheduler, then the wire."""
+        hints = self.core.hints(address) if self.eviction == "queue-aware" else None
+        done = self._scheduler_work(self.costs.scheduler_seconds * self._jitter_draw())
+        self._at(done + self.costs.dispatch_seconds, START, i, (address, hints))
+
+    def _scheduler_work(self, seconds: float) -> float:
+        """``seconds`` of Dask's CPU: on a shared core, else on the one scheduler; when it ends."""
         if self._cores is not None:
-            done = self._on_core(work)
-        else:
-            begin = self.now if self.now > self._scheduler_free else self._scheduler_free
-            done = self._scheduler_free = begin + work
-        self._at(done + costs.dispatch_seconds, START, i, address)
+            return self._on_core(seconds)
+        begin = self.now if self.now > self._scheduler_free else self._scheduler_free
+        self._scheduler_free = begin + seconds
+        return self._scheduler_free
 
     def _switch(self, changes: dict) -> None:
         policy = changes.get("policy", self.core.policy)
@@ -250,21 +271,23 @@ class Simulation:
         heapq.heapreplace(self._cores, end)
         return end
 
-    def _arrive(self, i: int, address: str) -> None:
+    def _arrive(self, i: int, address: str, hints: dict | None) -> None:
         worker = self.workers[address]
-        worker.queue.append(i)
+        worker.queue.append((i, hints))
         if not worker.busy:
             self._run_next(worker)
 
     def _run_next(self, worker: SimWorker) -> None:
         while worker.queue:
-            i = worker.queue.popleft()
+            i, hints = worker.queue.popleft()
             if i in self.core.tasks:
                 break
         else:
             worker.busy = False
             return
         worker.busy = True
+        if hints:  # live, a task without hints leaves the worker's last ones in place
+            worker.wanted = hints
         fn = self._functions[self._calls[i]]
         loaded, count = self._use(worker, fn)
         if loaded is None:  # its consts cannot fit this device at all
@@ -275,7 +298,8 @@ class Simulation:
             return
         costs = self.costs
         load = costs.load_seconds(loaded, count)
-        seconds = costs.worker_seconds * self._jitter_draw() + load + fn.kernel_seconds
+        compute = load + fn.kernel_seconds  # what the task's own function takes, as Dask and the runtime time it
+        seconds = (costs.worker_seconds + fn.out_bytes * costs.byte_seconds) * self._jitter_draw() + compute
         end = self._on_core(seconds) if self._cores is not None else self.now + seconds
         # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
         stretch = (end - self.now) / seconds if seconds > 0 else 1.0
@@ -284,7 +308,7 @@ class Simulation:
         worker.busy_seconds += seconds
         worker.requests += 1
         self._worker_of[i] = self._index[worker.address]
-        self._at(end, DONE, i, (worker, end - self.now, loaded))
+        self._at(end, DONE, i, (worker, compute * stretch, loaded))
 
     def _done(self, i: int, ran) -> None:
         worker, seconds, loaded = ran
@@ -337,7 +361,7 @@ class Simulation:
         return loaded, count
 
     def _make_room(self, worker: SimWorker, nbytes: int, pinned: set) -> None:
-        wanted = self.core.hints(worker.address) if self.eviction == "queue-aware" else None
+        wanted = worker.wanted if self.eviction == "queue-aware" else None
         victims = eviction_order((e for ref, e in worker.cache.items() if ref not in pinned), self.eviction, wanted)
         for entry in victims:
             if worker.used + nbytes <= worker.capacity:
@@ -354,7 +378,8 @@ class Simulation:
     def _report(self, worker: SimWorker, fn, seconds: float, loaded: int) -> dict:
         """The worker's report after a request, in the live reports' format (:mod:`dask_kaas.report`:
         the consts added and removed since the last one, counter increments). ``seconds``: the
-        request's whole time on the worker, loads included, as the runtime reports it."""
+        request's own time (loads and kernels, stretched by waits for a core), as the runtime
+        reports it; Dask's handling of the task on the worker is not in it."""
         worker.seq += 1
         report = {"ok": True, "tenant": fn.tenant, "shape": fn.name, "seconds": seconds, "bytes_loaded": loaded,
                   "capacity": worker.capacity, "used": worker.used, "pinned": 0, "seq": worker.seq,

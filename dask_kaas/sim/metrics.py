@@ -50,6 +50,7 @@ def summarize(result: SimResult, *, belady: bool = False) -> dict:
         "p99_ms": float(np.percentile(done, 99) * 1e3) if len(done) else None,
         "slo_attainment": float(met.sum() / n) if n else None,
         "bytes_loaded": int(result.bytes_loaded),
+        "load_seconds": float(result.load_seconds),
         "gpu_seconds": float(result.gpu_seconds),
         "hit_rate": float(result.hits / accesses) if accesses else None,
         "jain_fairness": jain(1.0 / v for v in p50_by_tenant.values() if v > 0),

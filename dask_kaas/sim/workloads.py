@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,16 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class Function:
-    """One callable function: whose it is, the consts it reads ((namespace, key), nbytes), its kernel seconds."""
+    """One callable function: whose it is, the consts it reads ((namespace, key), nbytes), its kernel
+    seconds; ``in_bytes`` and ``out_bytes``: what a call moves through Dask (its inputs, its outputs)."""
 
     name: str
     tenant: str
     consts: tuple
     kernel_seconds: float
     slo_seconds: float | None = None
+    in_bytes: int = 0
+    out_bytes: int = 0
 
     @property
     def const_bytes(self) -> int:
@@ -97,8 +100,8 @@ class Workload:
     def with_slo(self, scale: float, load_seconds) -> "Workload":
         """Each function's SLO: ``scale`` x (its kernel time + the time to load its consts cold),
         as AlpaServe sets SLOs as a multiple of a model's own latency."""
-        functions = [Function(f.name, f.tenant, f.consts, f.kernel_seconds,
-                              scale * (f.kernel_seconds + load_seconds(f.const_bytes))) for f in self.functions]
+        functions = [replace(f, slo_seconds=scale * (f.kernel_seconds + load_seconds(f.const_bytes)))
+                     for f in self.functions]
         return Workload(functions, self.times, self.calls, self.window, {**self.description, "slo_scale": scale},
                         self.clients)
 

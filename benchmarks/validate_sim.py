@@ -1,0 +1,531 @@
+"""The simulator against live runs of several shapes: how far ``dask_kaas.sim`` is from a real cluster.
+
+One KaaS cluster as users deploy it (``dask kaas scheduler`` and four ``dask kaas worker`` processes of
+host devices, the client in this process), each worker's cache ``CAP`` (16 MiB of consts plus room for
+one call). Each scenario is a :class:`dask_kaas.sim.Workload`; the same object is replayed live (an
+asynchronous client: open-loop calls submitted at their times, each closed-loop client keeping its own
+calls in flight, a policy switch at its time) and simulated. A request is ``y = x @ w`` (``x`` 8 x 1024
+float32 passed in the call, ``w`` the tenant's const), every live result checked against NumPy.
+
+Scenarios (``zipf-closed`` is the shape the simulator's costs were first tuned on; the others are not):
+
+- ``zipf-closed``: 12 tenants of 4 MiB, Zipf 0.8, one client with 8 calls in flight;
+- ``zipf-two-sizes``: 16 tenants, 2 MiB and 8 MiB alternately, Zipf 1.0, window 8;
+- ``bursty-beside-steady``: 3 steady tenants, each its own client with 2 in flight, beside 9 bursty
+  tenants submitting open loop (Gamma arrivals, CV 3) at ``--rate`` calls/s;
+- ``open-poisson``: 10 tenants of 4 MiB, Zipf 1.0, Poisson arrivals at ``--rate`` calls/s;
+- ``cyclic``: 12 tenants of 6 MiB round robin, window 8 (2.7 consts per worker: eviction decides);
+- ``switch``: ``open-poisson``'s shape under ``balance``, switched to ``affinity`` halfway through its
+  trace (``set_policy`` live, ``simulate(..., switches=...)`` simulated).
+
+Configurations: ``balance``, ``locality``, ``affinity`` (LRU) and ``affinity+queue-aware``, each run live
+``--repeat`` times (interleaved; caches emptied before each run), and simulated with ``--seeds`` seeds
+(the median). Figures: throughput (completed calls / seconds from the first submission to the last
+result), p50 and p99 latency (submission to result at the client), bytes loaded from the store and the
+const hit rate (``worker_stats`` deltas). The error of a figure is (simulated - live median) / live
+median; it is judged (target within 10%) only where the live runs agree with each other within 10%
+((max - min) / median); p99 is reported, never judged.
+
+Costs in place: ``host_costs()`` (``calibrate-host.json``, measured on this machine) for Dask and the
+runtime; each function's kernel seconds and the const load time (a fit of latency + bytes / bandwidth
+over the four const sizes) measured just before, in this process, by the runtime itself.
+
+``--resimulate FILE`` skips the live runs and simulates again against the live runs recorded in FILE
+(a model change judged against the same live data).
+
+    python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2] [--resimulate FILE]
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections import deque
+
+import numpy as np
+
+from benchmarks.common import Option, Suite, WrongResult, main, spread
+
+MiB = 2**20
+F32, K, BATCH = 4, 1024, 8
+WORKERS, PER_WORKER_MIB = 4, 16
+CONFIGS = ("balance", "locality", "affinity", "affinity+queue-aware")
+FIGURES = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate", "p99_ms", "load_ms_per_mib")
+JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
+TARGET = 0.10
+SETTLE_S = 0.3
+FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
+        "resimulate": ""}
+SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
+         "smoke": {**FULL, "requests": 24, "repeat": 1, "seeds": 1, "workers": 2, "scenarios": "zipf-closed,switch"}}
+
+
+# ------------------------------------------------------------------ the scenarios, as simulator workloads
+def _functions(sizes_mib: list[int], prefix: str, kernel_of) -> list:
+    from dask_kaas.sim.workloads import Function
+
+    out = []
+    for i, mib in enumerate(sizes_mib):
+        name = f"{prefix}-{i:02d}"
+        out.append(Function(name, name, (((name, "w"), mib * MiB),), float(kernel_of(mib)),
+                            in_bytes=BATCH * K * F32, out_bytes=BATCH * (mib * MiB // (K * F32)) * F32))
+    return out
+
+
+def _zipf_calls(rng, tenants: int, n: int, s: float) -> np.ndarray:
+    from dask_kaas.sim.workloads import zipf_popularity
+
+    return rng.choice(tenants, size=n, p=zipf_popularity(tenants, s, rng))
+
+
+def scenarios(p: dict, kernel_of) -> list[dict]:
+    """``[{name, workload, configs, switches, note}]``; ``kernel_of(mib)``: a function's kernel seconds."""
+    from dask_kaas.sim.workloads import Workload
+
+    n, rate = p["requests"], p["rate"]
+    rng = np.random.default_rng(0)
+    out = []
+
+    def add(name, workload, note, configs=CONFIGS, switches=()):
+        out.append({"name": name, "workload": workload, "configs": list(configs), "switches": list(switches),
+                    "note": note})
+
+    fns = _functions([4] * 12, "zc", kernel_of)
+    add("zipf-closed", Workload(fns, np.zeros(n), _zipf_calls(rng, 12, n, 0.8), window=8),
+        "12 tenants x 4 MiB, Zipf 0.8, closed loop of 8 (the shape the costs were first tuned on)")
+    fns = _functions([2, 8] * 8, "z2", kernel_of)
+    add("zipf-two-sizes", Workload(fns, np.zeros(n), _zipf_calls(rng, 16, n, 1.0), window=8),
+        "16 tenants of 2 and 8 MiB alternately, Zipf 1.0, closed loop of 8")
+    fns = _functions([4] * 12, "bs", kernel_of)
+    steady, bursty = 3, 9
+    n_bursty = (n * 3) // 5
+    shape = 1.0 / 3.0**2  # Gamma arrivals of CV 3
+    gaps = rng.gamma(shape, 1.0 / (rate * shape), n_bursty)
+    times_b = np.cumsum(gaps) - gaps[0]
+    calls_b = steady + rng.integers(0, bursty, n_bursty)
+    calls_s = rng.integers(0, steady, n - n_bursty)
+    times = np.concatenate([times_b, np.zeros(len(calls_s))])
+    calls = np.concatenate([calls_b, calls_s])
+    clients = {f.tenant: (2 if i < steady else None) for i, f in enumerate(fns)}
+    add("bursty-beside-steady", Workload(fns, times, calls, clients=clients),
+        f"3 steady tenants, each a client with 2 in flight, beside 9 bursty tenants open loop (Gamma CV 3, "
+        f"{rate:g} calls/s); 4 MiB each")
+    fns = _functions([4] * 10, "op", kernel_of)
+    times = np.cumsum(rng.exponential(1.0 / rate, n))
+    times -= times[0]
+    add("open-poisson", Workload(fns, times, _zipf_calls(rng, 10, n, 1.0)),
+        f"10 tenants x 4 MiB, Zipf 1.0, Poisson arrivals at {rate:g} calls/s")
+    fns = _functions([6] * 12, "cy", kernel_of)
+    add("cyclic", Workload(fns, np.zeros(n), np.arange(n) % 12, window=8),
+        "12 tenants x 6 MiB round robin, closed loop of 8 (2.7 consts fit a worker)")
+    fns = _functions([4] * 10, "sw", kernel_of)
+    times = np.cumsum(rng.exponential(1.0 / rate, n))
+    times -= times[0]
+    wl = Workload(fns, times, _zipf_calls(rng, 10, n, 1.0))
+    add("switch", wl, f"open-poisson's shape at {rate:g} calls/s, balance switched to affinity at "
+        f"{wl.duration / 2:.1f} s", configs=("balance>affinity",), switches=[(wl.duration / 2, "affinity")])
+    wanted = p["scenarios"]
+    if wanted != "all":
+        names = wanted.split(",")
+        unknown = set(names) - {s["name"] for s in out}
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {', '.join(sorted(unknown))}")
+        out = [s for s in out if s["name"] in names]
+    return out
+
+
+def _settings(config: str) -> dict:
+    """A configuration's simulator settings (``balance>affinity``: starts as balance)."""
+    base, *extras = config.split(">")[0].split("+")
+    return {"policy": base, "eviction": "queue-aware" if "queue-aware" in extras else "lru"}
+
+
+# ------------------------------------------------------------------ costs measured in place
+def _request(tenant: str, nbytes: int):
+    from benchmarks.tenants import matmul_request
+
+    return matmul_request(K, nbytes // (K * F32), BATCH, tenant)
+
+
+def measure_in_place(store_url: str, sizes_mib: list[int], rounds: int) -> dict:
+    """Kernel seconds (a warm request's run, less the runtime's own cost) and a cold request's extra
+    seconds, per const size, as the runtime measures them in this process; and the fitted load model
+    (seconds = latency + bytes / bandwidth)."""
+    from dask_kaas.device import make_device
+    from dask_kaas.runtime import Runtime
+    from dask_kaas.store import BufferStore
+
+    store = BufferStore(store_url)
+    rng = np.random.default_rng(1)
+    rt = Runtime(make_device("host", memory=4 * max(sizes_mib) * MiB + 8 * MiB), store=store_url)
+    warm, cold = {}, {}
+    try:
+        for mib in sizes_mib:
+            tenant = f"cal-{mib}"
+            store.put("w", rng.standard_normal((K, mib * MiB // (K * F32))).astype(np.float32), namespace=tenant)
+            req = _request(tenant, mib * MiB)
+            x = rng.standard_normal((BATCH, K)).astype(np.float32)
+            rt.run(req, {"x": x})
+            times_w, times_c = [], []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                rt.run(req, {"x": x})
+                times_w.append(time.perf_counter() - start)
+                rt.clear_cache()
+                start = time.perf_counter()
+                rt.run(req, {"x": x})
+                times_c.append(time.perf_counter() - start)
+            warm[mib], cold[mib] = statistics.median(times_w), statistics.median(times_c)
+    finally:
+        rt.close()
+    latency, bandwidth = fit_loads({m: max(0.0, cold[m] - warm[m]) for m in sizes_mib})
+    return {"warm_s": {str(m): warm[m] for m in sizes_mib}, "cold_s": {str(m): cold[m] for m in sizes_mib},
+            "load_latency_s": latency, "load_bandwidth": bandwidth}
+
+
+def fit_loads(seconds: dict) -> tuple[float, float]:
+    """``(latency, bandwidth)`` of ``{MiB: seconds to load a const that size}``, least squares."""
+    sizes = sorted(seconds)
+    bytes_ = np.array([m * MiB for m in sizes], dtype=float)
+    y = np.array([seconds[m] for m in sizes])
+    slope, intercept = np.polyfit(bytes_, y, 1) if len(sizes) > 1 else (y[0] / bytes_[0], 0.0)
+    return max(0.0, float(intercept)), 1.0 / max(float(slope), 1e-15)
+
+
+def worker_loads(client, store, sizes_mib: list[int], rounds: int) -> dict:
+    """A cold load of each const size in a live worker process on the idle cluster, as the worker times
+    it (``worker_stats``' load seconds; the first, which also opens the store, not counted): ``{"seconds":
+    {MiB: median}, "latency_s", "bandwidth"}``. Live a worker's load takes several times what the same
+    load takes in this process (its event loop shares the interpreter), so this, not the in-process
+    figure, is the simulated load."""
+    from benchmarks.tenants import reset
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((BATCH, K)).astype(np.float32)
+    out, runs = {}, {}
+    for mib in sizes_mib:
+        tenant = f"probe-{mib}"
+        store.put("w", rng.standard_normal((K, mib * MiB // (K * F32))).astype(np.float32), namespace=tenant)
+        req, times = _request(tenant, mib * MiB), []
+        for _ in range(rounds + 1):  # static: always the same worker, whose first load also opens the store
+            reset(client, "static")
+            time.sleep(SETTLE_S)  # the workers' own handling of the reset, done
+            before = load_seconds(client)
+            client.submit(req, pure=False, x=x).result()
+            times.append(load_seconds(client) - before)
+        out[mib] = statistics.median(times[1:])
+        runs[str(mib)] = times[1:]
+    latency, bandwidth = fit_loads(out)
+    return {"seconds": {str(m): v for m, v in out.items()}, "runs": runs, "latency_s": latency,
+            "bandwidth": bandwidth}
+
+
+def costs_in_place(in_place: dict):
+    """``host_costs()`` with this run's measured load model (the fit includes the copy to the device)."""
+    from dask_kaas.sim import host_costs
+
+    costs = host_costs()
+    fit = in_place.get("worker_loads") or {"latency_s": in_place["load_latency_s"],
+                                           "bandwidth": in_place["load_bandwidth"]}
+    return costs.replace(store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18)
+
+
+def kernel_seconds(in_place: dict):
+    """A function's kernel seconds: its warm run in the runtime, less the runtime's own per-request cost
+    (which the cost model's worker figure holds)."""
+    from dask_kaas.sim.costs import HOST_FALLBACK, calibration
+
+    runtime = (calibration()[0] or HOST_FALLBACK).get("runtime_s", HOST_FALLBACK["runtime_s"])
+    return lambda mib: max(0.0, in_place["warm_s"][str(mib)] - runtime)
+
+
+# ------------------------------------------------------------------ live
+class LiveRun:
+    """One replay of a workload on the live cluster: per call its submission time and latency."""
+
+    def __init__(self, workload, requests: list, xs: list, expected: list, switches: list, set_policy_at):
+        self.workload, self.requests, self.xs, self.expected = workload, requests, xs, expected
+        self.switches, self.set_policy_at = switches, set_policy_at
+        n = len(workload)
+        self.latency = np.full(n, np.nan)
+        self.submitted = np.zeros(n)
+        self.errors: list = []
+
+    async def run(self, address: str) -> float:
+        from distributed import Client
+
+        async with Client(address, asynchronous=True) as client:
+            self.client = client
+            self.start = time.perf_counter()
+            open_calls, loops = self.workload.plan()
+            jobs = [self._open(open_calls)]
+            for calls, window in loops:
+                queue = deque(int(i) for i in calls)
+                jobs += [self._loop(queue) for _ in range(window)]
+            jobs += [self._switch(when, config) for when, config in self.switches]
+            await asyncio.gather(*jobs)
+            return time.perf_counter() - self.start
+
+    async def _call(self, i: int) -> None:
+        t0 = time.perf_counter()
+        self.submitted[i] = t0 - self.start
+        try:
+            result = await self.client.submit(self.requests[i], pure=False, x=self.xs[i])
+        except Exception as e:  # reported, and fails the run
+            self.errors.append((i, repr(e)))
+            return
+        self.latency[i] = time.perf_counter() - t0
+        y = result["y"]
+        if y.shape != self.expected[i].shape or not np.allclose(y, self.expected[i], rtol=1e-3, atol=1e-3):
+            self.errors.append((i, "wrong result"))
+
+    async def _loop(self, queue: deque) -> None:
+        while queue:
+            await self._call(queue.popleft())
+
+    async def _open(self, calls) -> None:
+        pending = []
+        times = self.workload.times
+        for i in calls:
+            delay = times[i] - (time.perf_counter() - self.start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.ensure_future(self._call(int(i))))
+        await asyncio.gather(*pending)
+
+    async def _switch(self, when: float, config: str) -> None:
+        await asyncio.sleep(max(0.0, when - (time.perf_counter() - self.start)))
+        await asyncio.to_thread(self.set_policy_at, config)
+
+
+def load_seconds(client) -> float:
+    """The workers' load seconds so far, summed (``worker_stats`` counters' ``seconds["load"]``)."""
+    from dask_kaas import worker_stats
+
+    return sum(float((s.get("seconds") or {}).get("load", 0.0)) for s in worker_stats(client).values())
+
+
+def per_mib(seconds: float, nbytes: int) -> float | None:
+    """Milliseconds of load per MiB loaded: the load bandwidth the workers saw, as the core learns it."""
+    return 1e3 * seconds / (nbytes / MiB) if nbytes else None
+
+
+def live_figures(run: LiveRun, delta: dict, loading: float) -> dict:
+    ok = np.isfinite(run.latency)
+    finished = run.submitted[ok] + run.latency[ok]
+    span = float(finished.max() - run.submitted.min()) if ok.any() else float("nan")
+    lat = run.latency[ok] * 1e3
+    lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
+    return {"throughput_rps": float(ok.sum() / span), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "bytes_loaded": int(delta["bytes_from_store"]),
+            "hit_rate": delta["hits"] / lookups if lookups else None, "span_s": span, "completed": int(ok.sum()),
+            "load_ms_per_mib": per_mib(loading, delta["bytes_from_store"])}
+
+
+def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, log) -> dict:
+    """Every scenario's configurations, ``repeat`` times each, interleaved: ``{scenario: {config: [figures]}}``."""
+    from distributed import Client
+
+    from benchmarks.tenants import counter_delta, counters, reset
+    from dask_kaas import set_policy
+    from dask_kaas.sim.workloads import Workload
+    from dask_kaas.store import BufferStore
+
+    store = BufferStore(store_url)
+    rng = np.random.default_rng(2)
+    prepared = {}
+    for sc in scenario_list:
+        wl = sc["workload"]
+        weights, requests = [], []
+        for f in wl.functions:
+            (ns, key), nbytes = f.consts[0]
+            w = (rng.standard_normal((K, nbytes // (K * F32))) / np.sqrt(K)).astype(np.float32)
+            store.put(key, w, namespace=ns)
+            weights.append(w)
+            requests.append(_request(f.tenant, nbytes))
+        xs = [rng.standard_normal((BATCH, K)).astype(np.float32) for _ in range(len(wl))]
+        expected = [(x.astype(np.float64) @ weights[c]).astype(np.float32) for x, c in zip(xs, wl.calls)]
+        prepared[sc["name"]] = ([requests[c] for c in wl.calls], xs, expected)
+    out = {sc["name"]: {c: [] for c in sc["configs"]} for sc in scenario_list}
+    with Client(address) as client:
+        loads = worker_loads(client, store, [2, 4, 6, 8], rounds=10 if p["repeat"] > 1 else 3)
+        warm = scenario_list[0]
+        reset(client, "balance")
+        requests, xs, expected = prepared[warm["name"]]
+        k = min(40, len(xs))
+        asyncio.run(LiveRun(Workload(warm["workload"].functions, np.zeros(k), warm["workload"].calls[:k], window=8),
+                            requests[:k], xs[:k], expected[:k], [], None).run(address))
+        for rep in range(p["repeat"]):
+            for sc in scenario_list:
+                requests, xs, expected = prepared[sc["name"]]
+                for config in sc["configs"]:
+                    reset(client, config.split(">")[0])
+
+                    def set_policy_at(name, client=client):
+                        set_policy(client, name)
+
+                    run = LiveRun(sc["workload"], requests, xs, expected, sc["switches"], set_policy_at)
+                    before, loading = counters(client), load_seconds(client)
+                    asyncio.run(run.run(address))
+                    delta, _ = counter_delta(before, counters(client))
+                    loading = load_seconds(client) - loading
+                    if run.errors:
+                        raise WrongResult(f"validate-sim {sc['name']} {config}: {len(run.errors)} failed or wrong "
+                                          f"results (first: {run.errors[:3]})")
+                    figures = live_figures(run, delta, loading)
+                    out[sc["name"]][config].append(figures)
+                    log(f"  {sc['name']:<21} {config:<21} run {rep + 1}: {figures['throughput_rps']:.0f} req/s, p50 "
+                        f"{figures['p50_ms']:.1f} ms, hit rate {figures['hit_rate']:.1%}, loaded "
+                        f"{figures['bytes_loaded'] / MiB:.0f} MiB", flush=True)
+    return out, loads
+
+
+# ------------------------------------------------------------------ simulated, and compared
+def simulate_all(scenario_list: list[dict], p: dict, costs, capacity: int) -> dict:
+    from dask_kaas.sim import simulate
+
+    out = {}
+    for sc in scenario_list:
+        out[sc["name"]] = {}
+        for config in sc["configs"]:
+            rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity, costs=costs,
+                             seed=seed, switches=[(t, _settings(c)) for t, c in sc["switches"]])
+                    for seed in range(p["seeds"])]
+            for r in rows:
+                r["load_ms_per_mib"] = per_mib(r["load_seconds"], r["bytes_loaded"])
+            out[sc["name"]][config] = {k: float(np.median([r[k] for r in rows if r[k] is not None]))
+                                       for k in FIGURES if any(r[k] is not None for r in rows)}
+    return out
+
+
+def compare(live: dict, sim: dict) -> list[dict]:
+    """One row per scenario and configuration: per figure the live runs, their median and spread, the
+    simulated figure, its error, whether it is judged (live spread under 10%) and within 10%."""
+    rows = []
+    for scenario, configs in live.items():
+        for config, runs in configs.items():
+            row = {"scenario": scenario, "config": config, "figures": {}}
+            for key in FIGURES:
+                values = [r[key] for r in runs if r.get(key) is not None]
+                s = sim[scenario][config].get(key)
+                if not values or s is None:
+                    continue
+                med = float(np.median(values))
+                spread_ = (max(values) - min(values)) / med if med else 0.0
+                error = (s - med) / med if med else (0.0 if s == 0 else float("inf"))
+                if key == "hit_rate":  # a rate near 0 or 1: points, not a ratio of a tiny number
+                    error = s - med
+                judged = key in JUDGED and len(values) > 1 and spread_ < TARGET
+                row["figures"][key] = {"live": values, "live_median": med, "live_spread": spread_, "sim": s,
+                                       "error": error, "judged": judged, "within": abs(error) <= TARGET}
+            rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    judged = [(r, k, f) for r in rows for k, f in r["figures"].items() if f["judged"]]
+    by_figure = {}
+    for key in FIGURES:
+        errors = [abs(f["error"]) for r in rows for k, f in r["figures"].items() if k == key]
+        if errors:
+            by_figure[key] = {"median_abs_error": float(np.median(errors)), "max_abs_error": float(max(errors)),
+                              "judged": sum(1 for _, k, _ in judged if k == key),
+                              "within": sum(1 for _, k, f in judged if k == key and f["within"])}
+    return {"judged": len(judged), "within": sum(1 for _, _, f in judged if f["within"]),
+            "target_met": all(f["within"] for _, _, f in judged) and bool(judged), "by_figure": by_figure}
+
+
+# ------------------------------------------------------------------ the suite
+def measure(config, p: dict) -> dict:
+    from benchmarks.deployed import deployed_cluster
+    from benchmarks.tenants import device_capacity
+
+    capacity = device_capacity(PER_WORKER_MIB // 4, 4 * MiB, K, 8 * MiB // (K * F32), BATCH)
+    if p["resimulate"]:
+        with open(p["resimulate"]) as f:
+            recorded = json.load(f)
+        in_place, live = recorded["in_place"], recorded["live"]
+        live_source = {"file": p["resimulate"], "measured": recorded.get("machine", {}).get("date")}
+        p = {**recorded["parameters"], "seeds": p["seeds"], "resimulate": p["resimulate"]}
+    root = tempfile.mkdtemp(prefix="kaas-validate-sim-")
+    try:
+        store_url = f"file://{root}/store"
+        if not p["resimulate"]:
+            in_place = measure_in_place(store_url, [2, 4, 6, 8], rounds=9 if p["repeat"] > 1 else 3)
+            scenario_list = scenarios(p, kernel_seconds(in_place))
+            live_source = {"file": None, "measured": "this run"}
+            with deployed_cluster("host", p["workers"], device_memory=str(capacity), store_url=store_url) as (address,
+                                                                                                              url):
+                live, in_place["worker_loads"] = run_live(scenario_list, p, url, address, config.log)
+        costs = costs_in_place(in_place)
+        scenario_list = scenarios(p, kernel_seconds(in_place))
+        sim = simulate_all(scenario_list, p, costs, capacity)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows = compare(live, sim)
+    return {"parameters": {**p, "capacity_bytes": capacity, "target": TARGET},
+            "scenarios": [{"name": s["name"], "note": s["note"], "requests": len(s["workload"]),
+                           "configs": s["configs"]} for s in scenario_list],
+            "in_place": in_place, "costs": {k: v for k, v in costs.as_dict().items() if k != "source"},
+            "costs_source": costs.source, "live_source": live_source, "live": live, "sim": sim,
+            "rows": rows, "summary": summary(rows)}
+
+
+def _cell(f: dict | None, key: str) -> str:
+    if f is None:
+        return "-"
+    err = f"{100 * f['error']:+.0f}{'pt' if key == 'hit_rate' else '%'}"
+    mark = "" if not f["judged"] else (" ok" if f["within"] else " !")
+    return f"{err} (±{100 * f['live_spread']:.0f}%){mark}"
+
+
+def report(r: dict):
+    yield (f"error of the simulation against the live median (live spread); judged where the live spread < "
+           f"{TARGET:.0%} (ok / !), hit rate in points:")
+    yield f"  {'scenario':<21} {'configuration':<21} " + " ".join(f"{k:>18}" for k in FIGURES)
+    for row in r["rows"]:
+        yield (f"  {row['scenario']:<21} {row['config']:<21} "
+               + " ".join(f"{_cell(row['figures'].get(k), k):>18}" for k in FIGURES))
+    s = r["summary"]
+    for key, b in s["by_figure"].items():
+        yield (f"  {key:<15} median |error| {100 * b['median_abs_error']:.0f}%, max {100 * b['max_abs_error']:.0f}%"
+               f"; judged {b['judged']}, within 10%: {b['within']}")
+    yield f"within {TARGET:.0%} where judged: {s['within']}/{s['judged']}"
+
+
+def draw(r: dict, plt):
+    rows = r["rows"]
+    fig, axes = plt.subplots(1, len(JUDGED), figsize=(15, 4.2), sharey=True)
+    labels = [f"{row['scenario']} {row['config']}" for row in rows]
+    ys = np.arange(len(rows))
+    for ax, key in zip(axes, JUDGED):
+        errs = [100 * row["figures"][key]["error"] if key in row["figures"] else 0 for row in rows]
+        colours = ["tab:blue" if row["figures"].get(key, {}).get("judged") else "tab:gray" for row in rows]
+        ax.barh(ys, errs, color=colours)
+        ax.axvspan(-100 * TARGET, 100 * TARGET, color="tab:green", alpha=0.15)
+        ax.set_title(key + (" (points)" if key == "hit_rate" else " (%)"), fontsize=9)
+        ax.axvline(0, color="k", linewidth=0.6)
+    axes[0].set_yticks(ys, labels, fontsize=7)
+    fig.suptitle("simulated vs live median (grey: live runs disagree by more than 10%, not judged)")
+    return fig
+
+
+def validate(p: dict) -> str | None:
+    if p["repeat"] < 1 or p["requests"] < 8 or p["seeds"] < 1:
+        return "--repeat and --seeds must be >= 1 and --requests >= 8"
+    return None
+
+
+SUITE = Suite(
+    "validate-sim", __doc__, measure, report, SIZES, draw=draw, host_only=True, validate=validate,
+    options=(Option("--requests", int, "calls per scenario"), Option("--repeat", int, "live runs of each"),
+             Option("--seeds", int, "simulated runs of each (median)"), Option("--rate", float, "open-loop calls/s"),
+             Option("--scenarios", str, "comma-separated scenario names, or all"),
+             Option("--resimulate", str, "simulate again against the live runs recorded in this result file")))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(suite="validate-sim"))
