@@ -58,45 +58,67 @@ def _getpid() -> int:
 
 def _live(p: dict, root: str) -> dict:
     """On a cluster deployed as users deploy it (``dask kaas scheduler``, ``dask kaas worker --nworkers 4``,
-    the client here): the tiny requests' rate and each process's CPU per request, the same for a
-    request moving ``IO_FLOATS`` floats in and out, and a no-op task's round trip."""
+    the client here): :func:`cluster_figures`."""
     from distributed import Client
 
-    from benchmarks.deployed import deployed_cluster, scheduler_pid
-    from benchmarks.scale import noop, vadd_request
-    from benchmarks.tenants import run_jobs
+    from benchmarks.deployed import deployed_cluster
     from dask_kaas.store import BufferStore
 
-    rng = np.random.default_rng(0)
     url = f"file://{root}/store"
-    store = BufferStore(url)
-    cells = {}
     with deployed_cluster("host", WORKERS, store_url=url) as (address, _), Client(address) as client:
-        pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(_getpid).values())}
-        for name, n in (("tiny", TINY_FLOATS), ("io", IO_FLOATS)):
-            w = rng.standard_normal(n).astype(np.float32)
-            store.put("w", w, namespace=f"calibrate-{name}")
-            req = vadd_request(f"calibrate-{name}", n)
-            xs = [rng.standard_normal(n).astype(np.float32) for _ in range(p["requests"])]
-            jobs = [(None, req, x, x + w) for x in xs]
+        return cluster_figures(client, BufferStore(url), p)
 
-            def submit(i, jobs=jobs):
-                return client.submit(jobs[i][1], pure=False, x=jobs[i][2])
 
-            def run(jobs=jobs, submit=submit, name=name):
-                run_jobs(client, jobs, submit, window=WINDOW, label=f"calibrate {name}")
-                return len(jobs)
+def cluster_figures(client, store, p: dict) -> dict:
+    """On the cluster of ``client`` (its consts in ``store``): the tiny requests' rate and each process's
+    CPU per request, the same for a request moving ``IO_FLOATS`` floats in and out, and a no-op task's
+    round trip (``p``: ``requests``, ``noops``)."""
+    from benchmarks.deployed import scheduler_pid
+    from benchmarks.scale import noop, vadd_request
+    from benchmarks.tenants import run_jobs
 
-            run_jobs(client, jobs[: 2 * WINDOW], submit, window=WINDOW, label="calibrate warm-up")
-            cpu, rate = _cpu_per_task(client, pids, run)
-            cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
-        roundtrips = []
-        for _ in range(p["noops"]):
-            time.sleep(0.005)
-            start = time.perf_counter()
-            client.submit(noop, pure=False).result()
-            roundtrips.append(time.perf_counter() - start)
+    rng = np.random.default_rng(0)
+    cells = {}
+    pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(_getpid).values())}
+    for name, n in (("tiny", TINY_FLOATS), ("io", IO_FLOATS)):
+        w = rng.standard_normal(n).astype(np.float32)
+        store.put("w", w, namespace=f"calibrate-{name}")
+        req = vadd_request(f"calibrate-{name}", n)
+        xs = [rng.standard_normal(n).astype(np.float32) for _ in range(p["requests"])]
+        jobs = [(None, req, x, x + w) for x in xs]
+
+        def submit(i, jobs=jobs):
+            return client.submit(jobs[i][1], pure=False, x=jobs[i][2])
+
+        def run(jobs=jobs, submit=submit, name=name):
+            run_jobs(client, jobs, submit, window=WINDOW, label=f"calibrate {name}")
+            return len(jobs)
+
+        run_jobs(client, jobs[: 2 * WINDOW], submit, window=WINDOW, label="calibrate warm-up")
+        cpu, rate = _cpu_per_task(client, pids, run)
+        cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
+    roundtrips = []
+    for _ in range(p["noops"]):
+        time.sleep(0.005)
+        start = time.perf_counter()
+        client.submit(noop, pure=False).result()
+        roundtrips.append(time.perf_counter() - start)
     return {"cells": cells, "roundtrip": spread(roundtrips), "roundtrip_runs": roundtrips}
+
+
+def cluster_costs(live: dict) -> dict:
+    """The figures :func:`cluster_figures` gives (``live``) as ``calibrate-host.json`` holds them."""
+    from dask_kaas.sim.costs import lognormal_cv
+
+    tiny, io = live["cells"]["tiny"], live["cells"]["io"]
+    if not tiny["throughput_rps"] > 0:
+        raise WrongResult("calibrate: no requests completed")
+    cpu = tiny["cpu_s_per_task"]
+    extra = sum(io["cpu_s_per_task"].values()) - sum(cpu.values())
+    return {"task_rate": tiny["throughput_rps"], "roundtrip_s": live["roundtrip"]["median"],
+            "jitter_cv": lognormal_cv(live["roundtrip_runs"]), "cores": os.cpu_count(),
+            "client_cpu_s": cpu["client"], "scheduler_cpu_s": cpu["scheduler"], "worker_cpu_s": cpu["workers"],
+            "byte_cpu_s": max(0.0, extra) / (io["bytes_moved"] - tiny["bytes_moved"])}
 
 
 def _store_bandwidths(root: str) -> tuple[float, float]:
@@ -117,7 +139,6 @@ def _store_bandwidths(root: str) -> tuple[float, float]:
 
 def measure(config, p: dict) -> dict:
     from benchmarks.overhead import in_process
-    from dask_kaas.sim.costs import lognormal_cv
 
     root = tempfile.mkdtemp(prefix="kaas-calibrate-")
     started = time.perf_counter()
@@ -127,16 +148,8 @@ def measure(config, p: dict) -> dict:
         store_bw, device_bw = _store_bandwidths(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    tiny, io = live["cells"]["tiny"], live["cells"]["io"]
-    if not tiny["throughput_rps"] > 0:
-        raise WrongResult("calibrate: no requests completed")
-    cpu = tiny["cpu_s_per_task"]
-    extra = sum(io["cpu_s_per_task"].values()) - sum(cpu.values())
-    figures = {"task_rate": tiny["throughput_rps"], "roundtrip_s": live["roundtrip"]["median"],
-               "runtime_s": max(0.0, runtime["per_request_overhead_us"]) * 1e-6, "store_bw": store_bw,
-               "device_bw": device_bw, "jitter_cv": lognormal_cv(live["roundtrip_runs"]), "cores": os.cpu_count(),
-               "client_cpu_s": cpu["client"], "scheduler_cpu_s": cpu["scheduler"], "worker_cpu_s": cpu["workers"],
-               "byte_cpu_s": max(0.0, extra) / (io["bytes_moved"] - tiny["bytes_moved"])}
+    figures = {**cluster_costs(live), "runtime_s": max(0.0, runtime["per_request_overhead_us"]) * 1e-6,
+               "store_bw": store_bw, "device_bw": device_bw}
     return {"parameters": {**p, "workers": WORKERS, "window": WINDOW, "tiny_floats": TINY_FLOATS,
                            "io_floats": IO_FLOATS}, "figures": figures, "cells": live["cells"],
             "roundtrip_s": live["roundtrip"], "seconds": time.perf_counter() - started}

@@ -3,39 +3,34 @@
 ``dask_kaas.sim`` drives ``SchedulingCore`` (dispatch, placement, admission) and the device cache's
 eviction order with simulated workers; costs are calibrated from ``benchmarks/results``
 (``dask_kaas.sim.costs``: ``host_costs`` for this machine's host-device clusters, ``gpu_costs`` for
-a GPU datacenter, assumptions named). Five parts:
+a GPU datacenter, assumptions named). How far the simulation is from live runs is measured by
+``python -m benchmarks validate-sim`` (six live scenarios beside their simulation). Four parts:
 
-1. **Validation**: the live placement trace (``placement.json``: 4 workers, 12 tenants, 4 MiB
-   consts, window 8, Zipf 0.8, seed 0) and the contention configurations (``contention-host.json``)
-   replayed in the simulator under ``host_costs``; throughput, hit rate, bytes loaded, p50 and p99
-   against the live medians, each flagged within 15% or not.
-2. **Eviction**: LRU, queue-aware and Belady (furthest next use, over each worker's own accesses
+1. **Eviction**: LRU, queue-aware and Belady (furthest next use, over each worker's own accesses
    under the same placement) on a cyclic trace (12 tenants round robin, each worker's cache 2.5
    consts, 4 workers; and one worker with 11.5) and on Zipf traces, with workers computing in
    parallel (as GPUs do; the headline) and with this host's shared cores; target: queue-aware
    within 5 points of Belady.
-3. **Hot spot** (16 GPUs, one tenant of 32 takes 40% of the calls and needs 2.4 GPUs): balance,
+2. **Hot spot** (16 GPUs, one tenant of 32 takes 40% of the calls and needs 2.4 GPUs): balance,
    locality, affinity, affinity+replication.
-4. **Policy table** at ``--gpus`` GPUs (1,000) and ``--functions`` functions (10,000): an
+3. **Policy table** at ``--gpus`` GPUs (1,000) and ``--functions`` functions (10,000): an
    Azure-Functions-shaped trace (``azure_like``: Zipf 1.0 popularity, Gamma arrivals with CV 2,
    ``--rate`` calls/s, log-normal kernel seconds (median 2 s) and weights (median 1 GiB), SLO 5x a
    function's own cold latency) over ``--hours`` simulated hours, each GPU caching 40 GiB; every
    configuration of ``dask_kaas.sim.CONFIGURATIONS``, with ratios to ``static``. Targets:
    affinity+replication's p99 <= balance's with >= 3x fewer bytes loaded.
-5. **A simulated day** (``--day-hours``, 24) of the same trace under the best configuration: its wall
+4. **A simulated day** (``--day-hours``, 24) of the same trace under the best configuration: its wall
    time (target: under 10 minutes on this machine).
 
     python -m benchmarks simulate [--quick | --smoke] [--gpus 1000] [--functions 10000] [--hours 1] ...
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 
-from benchmarks.common import RESULTS, Option, Suite, main, met
+from benchmarks.common import Option, Suite, main, met
 
 GiB, MiB = 2**30, 2**20
 FULL = {"gpus": 1000, "functions": 10_000, "rate": 30.0, "hours": 1.0, "day_hours": 24.0, "capacity_gib": 40.0,
@@ -43,73 +38,6 @@ FULL = {"gpus": 1000, "functions": 10_000, "rate": 30.0, "hours": 1.0, "day_hour
 SIZES = {"full": FULL, "quick": {**FULL, "hours": 0.25, "day_hours": 1.0},
          "smoke": {**FULL, "gpus": 16, "functions": 200, "rate": 2.0, "hours": 0.05, "day_hours": 0.1, "hot_seconds": 60.0,
                    "validate": True}}
-LIVE_SYSTEMS = {"affinity": "affinity", "balance": "balance", "static": "static"}
-FIGURES = ("throughput_rps", "hit_rate", "bytes_loaded", "p50_ms", "p99_ms")
-TOLERANCE = 0.15
-
-
-# ------------------------------------------------------------------ validation
-def _live_runs(name: str) -> dict | None:
-    path = os.path.join(RESULTS, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _median(runs, key):
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return float(np.median(values)) if values else None
-
-
-def _compare(sim: dict, live: dict) -> dict:
-    out = {}
-    for key in FIGURES:
-        s, v = sim.get(key), live.get(key)
-        if s is None or v is None:
-            continue
-        rel = (s - v) / v if v else 0.0
-        out[key] = {"sim": s, "live": v, "relative": rel, "within_15pct": abs(rel) <= TOLERANCE}
-    return out
-
-
-def validation(costs) -> list[dict]:
-    from dask_kaas.sim import simulate, zipf_trace
-
-    cases = []
-    placement = _live_runs("placement.json")
-    contention = _live_runs("contention-host.json")
-    matmul_s = 0.7e-3
-    if contention:
-        matmul_s = contention["configs"][0]["local_cost_per_request"]["matmul_ms"] * 1e-3
-    if placement:
-        p = placement["parameters"]
-        kernel = matmul_s / 2  # 8x1024 @ 1024x1024: half the contention suite's 8x1024 @ 1024x2048
-        wl = zipf_trace(p["tenants"], p["requests"], s=p["zipf_s"], seed=p["seed"], const_bytes=p["const_bytes"],
-                        kernel_seconds=kernel, window=p["window"])
-        for policy in ("affinity", "balance", "static"):
-            runs = placement["runs"][policy]
-            live = {k: _median(runs, k) for k in ("throughput_rps", "hit_rate", "p50_ms", "p99_ms")}
-            live["bytes_loaded"] = _median(runs, "bytes_from_store")
-            sim = simulate(wl, policy, gpus=p["workers"], capacity=p["capacity_bytes"], costs=costs)
-            cases.append({"trace": "placement", "policy": policy, "figures": _compare(sim, live)})
-    if contention:
-        for cfg in contention["configs"]:
-            p = cfg["parameters"]
-            kernel = cfg["local_cost_per_request"]["matmul_ms"] * 1e-3
-            # this configuration's own measured load of one const (the bandwidth is not linear in size here)
-            config_costs = costs.replace(store_bandwidth=p["const_bytes"] / (cfg["local_cost_per_request"]["store_get_ms"]
-                                                                              * 1e-3))
-            wl = zipf_trace(p["tenants"], p["requests"], s=contention["parameters"]["zipf_s"], seed=0,
-                            const_bytes=p["const_bytes"], kernel_seconds=kernel, window=p["window"])
-            for system, policy in (("static", "static"), ("kaas-balance", "balance"), ("kaas-affinity", "affinity")):
-                runs = cfg["runs"][system]
-                live = {k: _median(runs, k) for k in ("throughput_rps", "p50_ms", "p99_ms")}
-                live["bytes_loaded"] = _median(runs, "bytes_from_store")
-                sim = simulate(wl, policy, gpus=p["workers"], capacity=p["capacity_bytes"], costs=config_costs)
-                cases.append({"trace": f"contention {p['tenants']} tenants x {p['const_bytes'] // MiB} MiB",
-                              "policy": policy, "figures": _compare(sim, live)})
-    return cases
 
 
 # ------------------------------------------------------------------ eviction
@@ -197,7 +125,6 @@ def measure(config, p: dict) -> dict:
     host, gpu = host_costs(), gpu_costs()
     out = {"parameters": dict(p), "costs": {"host": host.as_dict(), "gpu": gpu.as_dict()}}
     if p["validate"]:
-        out["validation"] = validation(host)
         out["eviction"] = eviction(host)
     out["table"] = table(p, gpu)
     out["hot_spot"] = hot_spot(p, gpu)
@@ -211,8 +138,6 @@ def measure(config, p: dict) -> dict:
     if p["validate"]:
         out["targets"]["eviction_within_5_points_of_belady"] = all(r["within_5_points"] for r in out["eviction"]
                                                                    if r["headline"])
-        figures = [f for case in out["validation"] for f in case["figures"].values()]
-        out["targets"]["validation_within_15pct"] = f"{sum(f['within_15pct'] for f in figures)}/{len(figures)}"
     out["day"] = day(p, gpu)
     if out["day"]:
         out["targets"]["day_under_10_minutes"] = out["day"]["target_met"]
@@ -224,13 +149,6 @@ def _fmt(v, scale=1.0, spec=".1f"):
 
 
 def report(r: dict):
-    if r.get("validation"):
-        yield "validation against the live cluster (host costs; sim vs live median, relative):"
-        for case in r["validation"]:
-            cells = ", ".join(f"{k} {_fmt(f['sim'], 1, '.3g')}/{_fmt(f['live'], 1, '.3g')} "
-                              f"({f['relative']:+.0%}{'' if f['within_15pct'] else ' !'})"
-                              for k, f in case["figures"].items())
-            yield f"  {case['trace']:<32} {case['policy']:<9} {cells}"
     if r.get("eviction"):
         yield "eviction (hit rate; Belady over the same placement):"
         for row in r["eviction"]:

@@ -26,9 +26,12 @@ const hit rate (``worker_stats`` deltas). The error of a figure is (simulated - 
 median; it is judged (target within 10%) only where the live runs agree with each other within 10%
 ((max - min) / median); p99 is reported, never judged.
 
-Costs in place: ``host_costs()`` (``calibrate-host.json``, measured on this machine) for Dask and the
-runtime; each function's kernel seconds and the const load time (a fit of latency + bytes / bandwidth
-over the four const sizes) measured just before, in this process, by the runtime itself.
+Costs in place, measured in the same run (this machine's speed drifts by tens of percent within
+minutes): ``python -m benchmarks calibrate``'s figures at the start, and Dask's costs (each process's
+CPU per request, the no-op round trip) again on the same cluster just before each scenario's live
+runs, each scenario simulated with the median of its own (``host_costs(calibrated=...)``); each
+function's kernel seconds (its warm run in the runtime, in this process); a const's load (latency +
+bytes / bandwidth, fitted over the four const sizes) as a live worker process at rest times it.
 
 ``--resimulate FILE`` skips the live runs and simulates again against the live runs recorded in FILE
 (a model change judged against the same live data).
@@ -47,7 +50,7 @@ from collections import deque
 
 import numpy as np
 
-from benchmarks.common import Option, Suite, WrongResult, main, spread
+from benchmarks.common import Option, Suite, WrongResult, main
 
 MiB = 2**20
 F32, K, BATCH = 4, 1024, 8
@@ -57,6 +60,7 @@ FIGURES = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate", "p99_ms", "lo
 JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
 TARGET = 0.10
 SETTLE_S = 0.3
+RECALIBRATE = {"requests": 120, "noops": 10}  # Dask's costs measured again before each scenario
 FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
         "resimulate": ""}
 SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
@@ -205,41 +209,63 @@ def worker_loads(client, store, sizes_mib: list[int], rounds: int) -> dict:
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((BATCH, K)).astype(np.float32)
-    out, runs = {}, {}
+    out, runs, warm = {}, {}, {}
     for mib in sizes_mib:
         tenant = f"probe-{mib}"
         store.put("w", rng.standard_normal((K, mib * MiB // (K * F32))).astype(np.float32), namespace=tenant)
-        req, times = _request(tenant, mib * MiB), []
+        req, times, warm_times = _request(tenant, mib * MiB), [], []
         for _ in range(rounds + 1):  # static: always the same worker, whose first load also opens the store
             reset(client, "static")
             time.sleep(SETTLE_S)  # the workers' own handling of the reset, done
             before = load_seconds(client)
             client.submit(req, pure=False, x=x).result()
             times.append(load_seconds(client) - before)
+            before = seconds_of(client, "total")
+            client.submit(req, pure=False, x=x).result()
+            warm_times.append(seconds_of(client, "total") - before)
         out[mib] = statistics.median(times[1:])
+        warm[str(mib)] = statistics.median(warm_times[1:])
         runs[str(mib)] = times[1:]
     latency, bandwidth = fit_loads(out)
     return {"seconds": {str(m): v for m, v in out.items()}, "runs": runs, "latency_s": latency,
-            "bandwidth": bandwidth}
+            "bandwidth": bandwidth, "warm_s": warm}
 
 
-def costs_in_place(in_place: dict):
-    """``host_costs()`` with this run's measured load model (the fit includes the copy to the device)."""
+def costs_in_place(in_place: dict, scenario: str | None = None):
+    """``host_costs()`` from this run's calibration (Dask's costs as measured just before ``scenario``'s
+    live runs, the median over its repeats, where measured), with this run's measured load model (the
+    fit includes the copy to the device)."""
     from dask_kaas.sim import host_costs
 
-    costs = host_costs()
+    calibrated = in_place.get("calibration")
+    again = (in_place.get("scenario_calibration") or {}).get(scenario)
+    if calibrated is not None and again:
+        calibrated = {**calibrated, **{k: float(np.median([c[k] for c in again])) for k in again[0]}}
+    costs = host_costs(calibrated=calibrated)
     fit = in_place.get("worker_loads") or {"latency_s": in_place["load_latency_s"],
                                            "bandwidth": in_place["load_bandwidth"]}
     return costs.replace(store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18)
 
 
 def kernel_seconds(in_place: dict):
-    """A function's kernel seconds: its warm run in the runtime, less the runtime's own per-request cost
-    (which the cost model's worker figure holds)."""
+    """A function's kernel seconds: its warm run in the runtime, in this process, less the runtime's own
+    per-request cost (which the cost model's worker figure holds). (A live worker at rest takes 2-4x
+    as long, ``worker_loads["warm_s"]``; taking that instead made the simulation of three live runs
+    worse: most of it is waiting in the worker process, not work on a core.)"""
     from dask_kaas.sim.costs import HOST_FALLBACK, calibration
 
-    runtime = (calibration()[0] or HOST_FALLBACK).get("runtime_s", HOST_FALLBACK["runtime_s"])
+    runtime = (in_place.get("calibration") or calibration()[0] or HOST_FALLBACK).get("runtime_s",
+                                                                                   HOST_FALLBACK["runtime_s"])
     return lambda mib: max(0.0, in_place["warm_s"][str(mib)] - runtime)
+
+
+def calibrate(config, p: dict) -> dict:
+    """This machine's figures now (``python -m benchmarks calibrate``'s measurement, its quick size; its
+    smoke size when this run is a smoke): the machine's speed drifts within minutes, so the simulation
+    is calibrated in the same run as the live scenarios it is judged against."""
+    from benchmarks import calibrate as suite
+
+    return suite.measure(config, suite.SIZES["smoke" if p["repeat"] < 2 else "quick"])["figures"]
 
 
 # ------------------------------------------------------------------ live
@@ -301,11 +327,15 @@ class LiveRun:
         await asyncio.to_thread(self.set_policy_at, config)
 
 
-def load_seconds(client) -> float:
-    """The workers' load seconds so far, summed (``worker_stats`` counters' ``seconds["load"]``)."""
+def seconds_of(client, phase: str) -> float:
+    """The workers' seconds in ``phase`` so far, summed (``worker_stats`` counters' ``seconds``)."""
     from dask_kaas import worker_stats
 
-    return sum(float((s.get("seconds") or {}).get("load", 0.0)) for s in worker_stats(client).values())
+    return sum(float((s.get("seconds") or {}).get(phase, 0.0)) for s in worker_stats(client).values())
+
+
+def load_seconds(client) -> float:
+    return seconds_of(client, "load")
 
 
 def per_mib(seconds: float, nbytes: int) -> float | None:
@@ -329,6 +359,7 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
     """Every scenario's configurations, ``repeat`` times each, interleaved: ``{scenario: {config: [figures]}}``."""
     from distributed import Client
 
+    from benchmarks.calibrate import cluster_costs, cluster_figures
     from benchmarks.tenants import counter_delta, counters, reset
     from dask_kaas import set_policy
     from dask_kaas.sim.workloads import Workload
@@ -350,6 +381,7 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         expected = [(x.astype(np.float64) @ weights[c]).astype(np.float32) for x, c in zip(xs, wl.calls)]
         prepared[sc["name"]] = ([requests[c] for c in wl.calls], xs, expected)
     out = {sc["name"]: {c: [] for c in sc["configs"]} for sc in scenario_list}
+    calibrations = {sc["name"]: [] for sc in scenario_list}
     with Client(address) as client:
         loads = worker_loads(client, store, [2, 4, 6, 8], rounds=10 if p["repeat"] > 1 else 3)
         warm = scenario_list[0]
@@ -361,6 +393,8 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         for rep in range(p["repeat"]):
             for sc in scenario_list:
                 requests, xs, expected = prepared[sc["name"]]
+                # this machine's speed drifts within minutes: its costs measured again just before
+                calibrations[sc["name"]].append(cluster_costs(cluster_figures(client, store, RECALIBRATE)))
                 for config in sc["configs"]:
                     reset(client, config.split(">")[0])
 
@@ -380,18 +414,20 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
                     log(f"  {sc['name']:<21} {config:<21} run {rep + 1}: {figures['throughput_rps']:.0f} req/s, p50 "
                         f"{figures['p50_ms']:.1f} ms, hit rate {figures['hit_rate']:.1%}, loaded "
                         f"{figures['bytes_loaded'] / MiB:.0f} MiB", flush=True)
-    return out, loads
+    return out, loads, calibrations
 
 
 # ------------------------------------------------------------------ simulated, and compared
-def simulate_all(scenario_list: list[dict], p: dict, costs, capacity: int) -> dict:
+def simulate_all(scenario_list: list[dict], p: dict, costs: dict, capacity: int) -> dict:
+    """Each scenario's configurations simulated under its own costs (``costs[scenario name]``)."""
     from dask_kaas.sim import simulate
 
     out = {}
     for sc in scenario_list:
         out[sc["name"]] = {}
         for config in sc["configs"]:
-            rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity, costs=costs,
+            rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity,
+                             costs=costs[sc["name"]],
                              seed=seed, switches=[(t, _settings(c)) for t, c in sc["switches"]])
                     for seed in range(p["seeds"])]
             for r in rows:
@@ -455,13 +491,15 @@ def measure(config, p: dict) -> dict:
         store_url = f"file://{root}/store"
         if not p["resimulate"]:
             in_place = measure_in_place(store_url, [2, 4, 6, 8], rounds=9 if p["repeat"] > 1 else 3)
+            in_place["calibration"] = calibrate(config, p)
             scenario_list = scenarios(p, kernel_seconds(in_place))
             live_source = {"file": None, "measured": "this run"}
             with deployed_cluster("host", p["workers"], device_memory=str(capacity), store_url=store_url) as (address,
                                                                                                               url):
-                live, in_place["worker_loads"] = run_live(scenario_list, p, url, address, config.log)
-        costs = costs_in_place(in_place)
+                live, in_place["worker_loads"], in_place["scenario_calibration"] = run_live(
+                    scenario_list, p, url, address, config.log)
         scenario_list = scenarios(p, kernel_seconds(in_place))
+        costs = {sc["name"]: costs_in_place(in_place, sc["name"]) for sc in scenario_list}
         sim = simulate_all(scenario_list, p, costs, capacity)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -469,8 +507,9 @@ def measure(config, p: dict) -> dict:
     return {"parameters": {**p, "capacity_bytes": capacity, "target": TARGET},
             "scenarios": [{"name": s["name"], "note": s["note"], "requests": len(s["workload"]),
                            "configs": s["configs"]} for s in scenario_list],
-            "in_place": in_place, "costs": {k: v for k, v in costs.as_dict().items() if k != "source"},
-            "costs_source": costs.source, "live_source": live_source, "live": live, "sim": sim,
+            "in_place": in_place,
+            "costs": {name: {k: v for k, v in c.as_dict().items() if k != "source"} for name, c in costs.items()},
+            "costs_source": next(iter(costs.values())).source, "live_source": live_source, "live": live, "sim": sim,
             "rows": rows, "summary": summary(rows)}
 
 

@@ -28,7 +28,8 @@ RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "content
             "validate-sim": "validate-sim-host"}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
 DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
-             "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks"}
+             "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks",
+             "scenario_calibration", "live", "sim", "costs"}  # validate-sim: keyed by scenario
 
 
 def positive(x) -> bool:

@@ -119,8 +119,12 @@ def calibration(results: str | Path = RESULTS, *, now: float | None = None) -> t
     return None, "missing: no calibrate-host.json (python -m benchmarks calibrate measures this machine in seconds)"
 
 
-def host_costs(results: str | Path = RESULTS) -> CostModel:
+def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None) -> CostModel:
     """The cost model of a Dask cluster of host-device workers on this machine, from measured figures.
+
+    ``calibrated``: a calibration's figures to use instead of any file's (what ``python -m benchmarks
+    calibrate`` measures; ``validate-sim`` measures them in the same run as its live scenarios, since
+    this machine's speed drifts within minutes).
 
     ``calibrate-host.json`` (``python -m benchmarks calibrate``: this machine, now) gives every figure
     when present; ``source["calibration"]`` says whether it is missing or stale. Without it, the figures
@@ -171,7 +175,10 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
         first = contention["configs"][0]
         fig["store_bw"] = first["parameters"]["const_bytes"] / (first["local_cost_per_request"]["store_get_ms"] * 1e-3)
         source["store_bandwidth"] = "contention-host.json configs[0] const_bytes / local_cost_per_request.store_get_ms"
-    calibrated, note = calibration(results)
+    if calibrated is None:
+        calibrated, note = calibration(results)
+    else:
+        note = "given, measured in the same run"
     source["calibration"] = note
     if calibrated is not None:
         fig.update({k: calibrated[k] for k in HOST_FALLBACK if k in calibrated})
@@ -195,7 +202,7 @@ def host_costs(results: str | Path = RESULTS) -> CostModel:
     source.setdefault("byte_seconds", source["submit_seconds"])
     return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=worker,
                      return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["device_bw"],
-                     jitter_cv=fig["jitter_cv"], shared_cores=fig["cores"], submit_seconds=submit,
+                     jitter_cv=fig["jitter_cv"], shared_cores=int(fig["cores"]), submit_seconds=submit,
                      byte_seconds=per_byte, source=source)
 
 
