@@ -5,8 +5,8 @@ needs and writes ``calibrate-host.json``, which ``host_costs()`` reads before an
 (and says, in its ``source``, when it is missing, stale, or from another machine):
 
 - ``task_rate``: KaaS requests per second of tiny requests on 4 host workers (``dask kaas scheduler``,
-  ``dask kaas worker --nworkers 4`` and the client as separate processes, one ``client.submit`` each,
-  a window of 8 in flight);
+  ``dask kaas worker --nworkers 4`` and the client as separate processes, one ``client.submit`` each
+  from an asynchronous client, a window of 8 in flight, as ``validate-sim`` replays its scenarios);
 - ``client_cpu_s``, ``scheduler_cpu_s``, ``worker_cpu_s``: each process's CPU per tiny request (the
   workers' summed), read from the operating system around the same run;
 - ``byte_cpu_s``: the CPU of all of them per byte a request moves in and out, from the same run with
@@ -19,6 +19,7 @@ needs and writes ``calibrate-host.json``, which ``host_costs()`` reads before an
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import statistics
@@ -74,28 +75,33 @@ def cluster_figures(client, store, p: dict) -> dict:
     CPU per request, the same for a request moving ``IO_FLOATS`` floats in and out, and a no-op task's
     round trip (``p``: ``requests``, ``noops``)."""
     from benchmarks.deployed import scheduler_pid
+    from benchmarks.replay import LiveRun
     from benchmarks.scale import noop, vadd_request
-    from benchmarks.tenants import run_jobs
+    from dask_kaas.sim.workloads import Function, Workload
 
     rng = np.random.default_rng(0)
     cells = {}
+    address = client.scheduler.address
     pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(_getpid).values())}
     for name, n in (("tiny", TINY_FLOATS), ("io", IO_FLOATS)):
         w = rng.standard_normal(n).astype(np.float32)
         store.put("w", w, namespace=f"calibrate-{name}")
         req = vadd_request(f"calibrate-{name}", n)
         xs = [rng.standard_normal(n).astype(np.float32) for _ in range(p["requests"])]
-        jobs = [(None, req, x, x + w) for x in xs]
+        fn = Function(name, f"calibrate-{name}", (((f"calibrate-{name}", "w"), 4 * n),), 0.0)
 
-        def submit(i, jobs=jobs):
-            return client.submit(jobs[i][1], pure=False, x=jobs[i][2])
+        def run(count, xs=xs, w=w, req=req, fn=fn, name=name):
+            """``count`` requests, ``WINDOW`` in flight, by the asynchronous client the scenarios use."""
+            replay = LiveRun(Workload([fn], np.zeros(count), np.zeros(count, dtype=np.int64), window=WINDOW),
+                             [req] * count, xs[:count], [x + w for x in xs[:count]], [], None)
+            asyncio.run(replay.run(address))
+            if replay.errors:
+                raise WrongResult(f"calibrate {name}: {len(replay.errors)} failed or wrong results "
+                                  f"(first: {replay.errors[:3]})")
+            return count
 
-        def run(jobs=jobs, submit=submit, name=name):
-            run_jobs(client, jobs, submit, window=WINDOW, label=f"calibrate {name}")
-            return len(jobs)
-
-        run_jobs(client, jobs[: 2 * WINDOW], submit, window=WINDOW, label="calibrate warm-up")
-        cpu, rate = _cpu_per_task(client, pids, run)
+        run(2 * WINDOW)  # warm: the const, the runtime model
+        cpu, rate = _cpu_per_task(client, pids, lambda run=run: run(len(xs)))
         cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
     roundtrips = []
     for _ in range(p["noops"]):

@@ -42,15 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections import deque
 
 import numpy as np
 
 from benchmarks.common import Option, Suite, WrongResult, main
+from benchmarks.replay import LiveRun
 
 MiB = 2**20
 F32, K, BATCH = 4, 1024, 8
@@ -60,7 +61,7 @@ FIGURES = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate", "p99_ms", "lo
 JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
 TARGET = 0.10
 SETTLE_S = 0.3
-RECALIBRATE = {"requests": 120, "noops": 10}  # Dask's costs measured again before each scenario
+RECALIBRATE = {"requests": 300, "noops": 10}  # Dask's costs measured again before each scenario
 FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
         "resimulate": ""}
 SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
@@ -200,16 +201,18 @@ def fit_loads(seconds: dict) -> tuple[float, float]:
 
 
 def worker_loads(client, store, sizes_mib: list[int], rounds: int) -> dict:
-    """A cold load of each const size in a live worker process on the idle cluster, as the worker times
-    it (``worker_stats``' load seconds; the first, which also opens the store, not counted): ``{"seconds":
-    {MiB: median}, "latency_s", "bandwidth"}``. Live a worker's load takes several times what the same
-    load takes in this process (its event loop shares the interpreter), so this, not the in-process
-    figure, is the simulated load."""
+    """Cold loads of each const size in live worker processes, as the workers time them (``worker_stats``'
+    load seconds; each probe's first round, which also opens the store, not counted): one alone on the
+    idle cluster (``seconds``), and one on every worker at once (``together_s``, the regime of the
+    scenarios, where several workers load at the same time). The simulated load (``latency_s`` +
+    bytes / ``bandwidth``) is fitted to the loads together, less the stretch the simulator itself puts
+    on that many loads sharing the cores (``stretch``). Live a worker's load takes several times what the
+    same load takes in this process, and several times more again when every worker loads."""
     from benchmarks.tenants import reset
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((BATCH, K)).astype(np.float32)
-    out, runs, warm = {}, {}, {}
+    out, runs, warm, together = {}, {}, {}, {}
     for mib in sizes_mib:
         tenant = f"probe-{mib}"
         store.put("w", rng.standard_normal((K, mib * MiB // (K * F32))).astype(np.float32), namespace=tenant)
@@ -226,9 +229,34 @@ def worker_loads(client, store, sizes_mib: list[int], rounds: int) -> dict:
         out[mib] = statistics.median(times[1:])
         warm[str(mib)] = statistics.median(warm_times[1:])
         runs[str(mib)] = times[1:]
-    latency, bandwidth = fit_loads(out)
-    return {"seconds": {str(m): v for m, v in out.items()}, "runs": runs, "latency_s": latency,
-            "bandwidth": bandwidth, "warm_s": warm}
+        together[mib] = _loads_together(client, store, rng, mib, x, rounds, reset)
+    workers = len(client.scheduler_info()["workers"])
+    cores = os.cpu_count() or 1
+    # first come first served on the shared cores, `workers` loads at once take on average this many
+    # times one alone (the simulator's own stretch): what one load costs is the rest
+    stretch = float(np.mean([-(-j // cores) for j in range(1, workers + 1)]))
+    latency, bandwidth = fit_loads({m: v / stretch for m, v in together.items()})
+    return {"seconds": {str(m): v for m, v in out.items()}, "runs": runs, "warm_s": warm,
+            "together_s": {str(m): v for m, v in together.items()}, "stretch": stretch,
+            "latency_s": latency, "bandwidth": bandwidth}
+
+
+def _loads_together(client, store, rng, mib: int, x, rounds: int, reset) -> float:
+    """The mean load seconds when every worker loads a const of ``mib`` MiB at once (one tenant per worker
+    under ``static``), as the workers time them; the median over ``rounds``."""
+    workers = len(client.scheduler_info()["workers"])
+    tenants = [f"probe-{mib}-{k}" for k in range(workers)]
+    for tenant in tenants:
+        store.put("w", rng.standard_normal((K, mib * MiB // (K * F32))).astype(np.float32), namespace=tenant)
+    requests = [_request(t, mib * MiB) for t in tenants]
+    means = []
+    for _ in range(rounds + 1):
+        reset(client, "static")
+        time.sleep(SETTLE_S)
+        before = load_seconds(client)
+        client.gather([client.submit(r, pure=False, x=x) for r in requests])
+        means.append((load_seconds(client) - before) / workers)
+    return statistics.median(means[1:])
 
 
 def costs_in_place(in_place: dict, scenario: str | None = None):
@@ -269,64 +297,6 @@ def calibrate(config, p: dict) -> dict:
 
 
 # ------------------------------------------------------------------ live
-class LiveRun:
-    """One replay of a workload on the live cluster: per call its submission time and latency."""
-
-    def __init__(self, workload, requests: list, xs: list, expected: list, switches: list, set_policy_at):
-        self.workload, self.requests, self.xs, self.expected = workload, requests, xs, expected
-        self.switches, self.set_policy_at = switches, set_policy_at
-        n = len(workload)
-        self.latency = np.full(n, np.nan)
-        self.submitted = np.zeros(n)
-        self.errors: list = []
-
-    async def run(self, address: str) -> float:
-        from distributed import Client
-
-        async with Client(address, asynchronous=True) as client:
-            self.client = client
-            self.start = time.perf_counter()
-            open_calls, loops = self.workload.plan()
-            jobs = [self._open(open_calls)]
-            for calls, window in loops:
-                queue = deque(int(i) for i in calls)
-                jobs += [self._loop(queue) for _ in range(window)]
-            jobs += [self._switch(when, config) for when, config in self.switches]
-            await asyncio.gather(*jobs)
-            return time.perf_counter() - self.start
-
-    async def _call(self, i: int) -> None:
-        t0 = time.perf_counter()
-        self.submitted[i] = t0 - self.start
-        try:
-            result = await self.client.submit(self.requests[i], pure=False, x=self.xs[i])
-        except Exception as e:  # reported, and fails the run
-            self.errors.append((i, repr(e)))
-            return
-        self.latency[i] = time.perf_counter() - t0
-        y = result["y"]
-        if y.shape != self.expected[i].shape or not np.allclose(y, self.expected[i], rtol=1e-3, atol=1e-3):
-            self.errors.append((i, "wrong result"))
-
-    async def _loop(self, queue: deque) -> None:
-        while queue:
-            await self._call(queue.popleft())
-
-    async def _open(self, calls) -> None:
-        pending = []
-        times = self.workload.times
-        for i in calls:
-            delay = times[i] - (time.perf_counter() - self.start)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            pending.append(asyncio.ensure_future(self._call(int(i))))
-        await asyncio.gather(*pending)
-
-    async def _switch(self, when: float, config: str) -> None:
-        await asyncio.sleep(max(0.0, when - (time.perf_counter() - self.start)))
-        await asyncio.to_thread(self.set_policy_at, config)
-
-
 def seconds_of(client, phase: str) -> float:
     """The workers' seconds in ``phase`` so far, summed (``worker_stats`` counters' ``seconds``)."""
     from dask_kaas import worker_stats
@@ -360,6 +330,7 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
     from distributed import Client
 
     from benchmarks.calibrate import cluster_costs, cluster_figures
+    from benchmarks.deployed import wait_idle
     from benchmarks.tenants import counter_delta, counters, reset
     from dask_kaas import set_policy
     from dask_kaas.sim.workloads import Workload
@@ -393,7 +364,10 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         for rep in range(p["repeat"]):
             for sc in scenario_list:
                 requests, xs, expected = prepared[sc["name"]]
-                # this machine's speed drifts within minutes: its costs measured again just before
+                # this machine's speed drifts within minutes: its costs measured again just before, on a
+                # cluster left idle by the scenario before (its results released)
+                wait_idle(client)
+                time.sleep(SETTLE_S)
                 calibrations[sc["name"]].append(cluster_costs(cluster_figures(client, store, RECALIBRATE)))
                 for config in sc["configs"]:
                     reset(client, config.split(">")[0])

@@ -403,3 +403,21 @@ def test_gateway_attack_smoke(tmp_path):
     assert set(r["attack"]["statuses"]) <= {"400", "413"}  # every bomb refused (else a WrongResult)
     assert r["rss_mib"]["peak"] >= r["rss_mib"]["before"] > 0
     assert set(r["targets"]) == {"p99_ratio", "rss_growth_mib"}
+
+
+def test_validate_sim_fits_loads_and_judges_only_where_live_runs_agree():
+    """The load model is latency + bytes / bandwidth, least squares over const sizes; a figure is judged
+    only where the live runs agree within 10%, and a hit rate's error is in points."""
+    from benchmarks.validate_sim import MiB, compare, fit_loads
+
+    latency, bandwidth = fit_loads({m: 0.004 + m * MiB / 2e9 for m in (2, 4, 6, 8)})
+    assert latency == pytest.approx(0.004) and bandwidth == pytest.approx(2e9)
+    live = {"s": {"c": [{"throughput_rps": 100.0, "hit_rate": 0.5, "p50_ms": 10.0},
+                        {"throughput_rps": 105.0, "hit_rate": 0.9, "p50_ms": 10.0}]}}
+    sim = {"s": {"c": {"throughput_rps": 115.0, "hit_rate": 0.6, "p50_ms": 10.5}}}
+    (row,) = compare(live, sim)
+    f = row["figures"]
+    assert f["throughput_rps"]["judged"] and not f["throughput_rps"]["within"]
+    assert f["throughput_rps"]["error"] == pytest.approx(115 / 102.5 - 1)
+    assert not f["hit_rate"]["judged"] and f["hit_rate"]["error"] == pytest.approx(0.6 - 0.7)
+    assert f["p50_ms"]["judged"] and f["p50_ms"]["within"]

@@ -255,18 +255,22 @@ def test_shared_cores_cap_a_small_hosts_task_rate():
 def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, per):
     """Hints ride with each task, computed when it is dispatched (as live): on one worker queue-aware
     eviction beats LRU and comes within 8 points of Belady; on four workers of a cyclic trace the hints a
-    task carries are stale by the time it evicts (the tasks they counted have run), and queue-aware is no
-    better than LRU: what computing fresh hints at eviction time, as the simulator did until 2026-12-03,
-    hid (it put queue-aware within 5 points of Belady there, 49 points above what live delivery gives)."""
-    costs = host_costs().replace(shared_cores=None)  # workers computing in parallel, as GPUs do
+    task carries are partly stale by the time it evicts (requests they counted have run), and queue-aware
+    stays far below Belady: what computing fresh hints at eviction time, as the simulator did until
+    2026-12-03, hid (it put queue-aware within 5 points of Belady there). Fixed costs of the order this
+    host measures (the figures depend on how many requests the core sees queued)."""
+    from dask_kaas.sim.costs import CostModel
+
+    costs = CostModel(scheduler_seconds=2e-3, dispatch_seconds=5e-3, worker_seconds=3e-3, return_seconds=5e-3,
+                      store_bandwidth=2e9, device_bandwidth=1e18, jitter_cv=0.3, submit_seconds=1.5e-3)
     qa = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True,
                   eviction="queue-aware")
     lru = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True)
-    assert qa["hit_rate"] >= lru["hit_rate"]
+    assert qa["hit_rate"] > lru["hit_rate"] + 0.03
     if gpus == 1:
-        assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.08 and qa["hit_rate"] > lru["hit_rate"] + 0.03
+        assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.08
     else:
-        assert qa["hit_rate"] < 0.05 < 0.4 < qa["belady_hit_rate"]
+        assert qa["belady_hit_rate"] - qa["hit_rate"] > 0.2
 
 
 def test_jain():

@@ -211,7 +211,7 @@ class Simulation:
         self._submitted[i] = self.now
         work = self.costs.submit_seconds + fn.in_bytes * self.costs.byte_seconds
         if work > 0:
-            self._at(self._scheduler_work(work * self._jitter_draw()), ADMIT, i, None)
+            self._scheduler_work(work * self._jitter_draw(), ADMIT, i, None)
         else:
             self._admit(i)
 
@@ -236,16 +236,19 @@ class Simulation:
         """The scheduler sends call ``i`` to ``address`` with the core's hints for that worker, as the
         live plugin annotates the task when it places it: its share of the scheduler, then the wire."""
         hints = self.core.hints(address) if self.eviction == "queue-aware" else None
-        done = self._scheduler_work(self.costs.scheduler_seconds * self._jitter_draw())
-        self._at(done + self.costs.dispatch_seconds, START, i, (address, hints))
+        self._scheduler_work(self.costs.scheduler_seconds * self._jitter_draw(), START, i, (address, hints),
+                             delay=self.costs.dispatch_seconds)
 
-    def _scheduler_work(self, seconds: float) -> float:
-        """``seconds`` of Dask's CPU: on a shared core, else on the one scheduler; when it ends."""
+    def _scheduler_work(self, seconds: float, kind: int, a, b, delay: float = 0.0) -> None:
+        """``seconds`` of Dask's CPU (on the shared cores, else on the one scheduler), then event ``kind``
+        ``delay`` seconds after it ends."""
         if self._cores is not None:
-            return self._on_core(seconds)
+            self._at(self._on_core(seconds) + delay, kind, a, b)
+            return
         begin = self.now if self.now > self._scheduler_free else self._scheduler_free
         self._scheduler_free = begin + seconds
-        return self._scheduler_free
+        self._at(self._scheduler_free + delay, kind, a, b)
+
 
     def _switch(self, changes: dict) -> None:
         policy = changes.get("policy", self.core.policy)
@@ -300,18 +303,19 @@ class Simulation:
         load = costs.load_seconds(loaded, count)
         compute = load + fn.kernel_seconds  # what the task's own function takes, as Dask and the runtime time it
         seconds = (costs.worker_seconds + fn.out_bytes * costs.byte_seconds) * self._jitter_draw() + compute
-        end = self._on_core(seconds) if self._cores is not None else self.now + seconds
-        # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
-        stretch = (end - self.now) / seconds if seconds > 0 else 1.0
         worker.loaded += loaded
-        worker.load_seconds += load * stretch
         worker.busy_seconds += seconds
         worker.requests += 1
         self._worker_of[i] = self._index[worker.address]
-        self._at(end, DONE, i, (worker, compute * stretch, loaded))
+        end = self._on_core(seconds) if self._cores is not None else self.now + seconds
+        self._at(end, DONE, i, (worker, self.now, seconds, compute, load, loaded))
 
     def _done(self, i: int, ran) -> None:
-        worker, seconds, loaded = ran
+        worker, started, busy, compute, load, loaded = ran
+        # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
+        stretch = (self.now - started) / busy if busy > 0 else 1.0
+        worker.load_seconds += load * stretch
+        seconds = compute * stretch
         fn = self._functions[self._calls[i]]
         self.core.report(worker.address, self._report(worker, fn, seconds, loaded))
         self.core.finished(i, True, duration=seconds)
