@@ -11,8 +11,8 @@ needs and writes ``calibrate-host.json``, which ``host_costs()`` reads before an
   workers' summed), read from the operating system around the same run;
 - ``byte_cpu_s``: the CPU of all of them per byte a request moves in and out, from the same run with
   requests moving 128 KiB each way;
-- ``roundtrip_s`` and ``jitter_cv``: a no-op Dask task's round trip, median and the log-normal spread
-  of the runs;
+- ``roundtrip_s`` and ``jitter_cv``: a no-op Dask task's round trip (the same asynchronous client),
+  median and the log-normal spread of the runs;
 - ``runtime_s``: the runtime's own cost per request (``overhead``'s in-process fit);
 - ``store_bw`` and ``device_bw``: a worker's ``BufferStore.get`` of an 8 MiB const, and of 64 MiB
   (a host device's copy is a memcpy).
@@ -103,13 +103,22 @@ def cluster_figures(client, store, p: dict) -> dict:
         run(2 * WINDOW)  # warm: the const, the runtime model
         cpu, rate = _cpu_per_task(client, pids, lambda run=run: run(len(xs)))
         cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
-    roundtrips = []
-    for _ in range(p["noops"]):
-        time.sleep(0.005)
-        start = time.perf_counter()
-        client.submit(noop, pure=False).result()
-        roundtrips.append(time.perf_counter() - start)
+    roundtrips = asyncio.run(_noop_roundtrips(address, p["noops"], noop))
     return {"cells": cells, "roundtrip": spread(roundtrips), "roundtrip_runs": roundtrips}
+
+
+async def _noop_roundtrips(address: str, n: int, noop) -> list[float]:
+    """``n`` no-op Dask tasks' round trips, one at a time, 5 ms apart, from an asynchronous client."""
+    from distributed import Client
+
+    out = []
+    async with Client(address, asynchronous=True) as client:
+        for _ in range(n):
+            await asyncio.sleep(0.005)
+            start = time.perf_counter()
+            await client.submit(noop, pure=False)
+            out.append(time.perf_counter() - start)
+    return out
 
 
 def cluster_costs(live: dict) -> dict:
