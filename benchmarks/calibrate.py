@@ -108,13 +108,16 @@ def cluster_figures(client, store, p: dict) -> dict:
 
 
 async def _noop_roundtrips(address: str, n: int, noop) -> list[float]:
-    """``n`` no-op Dask tasks' round trips, one at a time, 5 ms apart, from an asynchronous client."""
+    """``n`` no-op Dask tasks' round trips, one at a time, from an asynchronous client; 5-50 ms apart at
+    random, since a round trip here depends on where it falls among Dask's periodic sends (one taken
+    every 5 ms read 5-6 ms or 15-17 ms, whole batches alike)."""
     from distributed import Client
 
+    rng = np.random.default_rng(1)
     out = []
     async with Client(address, asynchronous=True) as client:
         for _ in range(n):
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(float(rng.uniform(0.005, 0.05)))
             start = time.perf_counter()
             await client.submit(noop, pure=False)
             out.append(time.perf_counter() - start)

@@ -61,7 +61,7 @@ FIGURES = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate", "p99_ms", "lo
 JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
 TARGET = 0.10
 SETTLE_S = 0.3
-RECALIBRATE = {"requests": 300, "noops": 10}  # Dask's costs measured again before each scenario
+RECALIBRATE = {"requests": 300, "noops": 30}  # Dask's costs measured again before each scenario
 FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
         "resimulate": ""}
 SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
