@@ -53,10 +53,6 @@ def _cpu_per_task(client, pids: dict, run) -> tuple[dict, float]:
     return {k: (after[k] - before[k]) / n for k in before}, n / elapsed
 
 
-def _getpid() -> int:
-    return os.getpid()
-
-
 def _live(p: dict, root: str) -> dict:
     """On a cluster deployed as users deploy it (``dask kaas scheduler``, ``dask kaas worker --nworkers 4``,
     the client here): :func:`cluster_figures`."""
@@ -82,7 +78,7 @@ def cluster_figures(client, store, p: dict) -> dict:
     rng = np.random.default_rng(0)
     cells = {}
     address = client.scheduler.address
-    pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(_getpid).values())}
+    pids = {"scheduler": client.run_on_scheduler(scheduler_pid), "workers": list(client.run(os.getpid).values())}
     for name, n in (("tiny", TINY_FLOATS), ("io", IO_FLOATS)):
         w = rng.standard_normal(n).astype(np.float32)
         store.put("w", w, namespace=f"calibrate-{name}")

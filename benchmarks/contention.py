@@ -51,8 +51,8 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import Suite, bars, main, met, spread, timeit
-from benchmarks.tenants import (counter_delta, counters, device_capacity, device_memory, latency_figures, make_trace,
-                                reset, run_jobs, seed_tenants)
+from benchmarks.tenants import (counter_delta, counters, device_capacity, device_memory, hit_rate, latency_figures,
+                                lookups, make_trace, reset, run_jobs, seed_tenants)
 
 F32 = 4
 K = 1024
@@ -144,9 +144,8 @@ def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int
                       hit_rate=loaded["hits"] / n)
     else:
         delta, per_worker = counter_delta(before, counters(client))
-        lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
         result.update(bytes_from_store=int(delta["bytes_from_store"]), hits=int(delta["hits"]),
-                      misses=int(lookups - delta["hits"]), hit_rate=delta["hits"] / lookups if lookups else 0.0,
+                      misses=int(lookups(delta) - delta["hits"]), hit_rate=hit_rate(delta),
                       requests_per_worker=per_worker)
     return result
 

@@ -46,8 +46,8 @@ import numpy as np
 
 from benchmarks import schedcost
 from benchmarks.common import Option, Suite, bars, main, met, spread
-from benchmarks.tenants import (counter_delta, counters, device_capacity, latency_figures, make_trace, reset,
-                                run_jobs, seed_tenants)
+from benchmarks.tenants import (counter_delta, counters, device_capacity, hit_rate, latency_figures, make_trace,
+                                reset, run_jobs, seed_tenants)
 
 F32 = 4
 K, BATCH = 1024, 8
@@ -125,14 +125,13 @@ def run_trace(client, jobs, *, window: int, record_workers: bool = False) -> dic
         workers = [sorted(who[f.key])[0] if who.get(f.key) else None for f in keep]
         del keep
     delta, per_worker = counter_delta(before, counters(client))
-    lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
     return {
         **latency_figures(elapsed, latencies),
         "bytes_from_store": int(delta["bytes_from_store"]),
         "hits": int(delta["hits"]),
         "compulsory_misses": int(delta["compulsory_misses"]),
         "capacity_misses": int(delta["capacity_misses"]),
-        "hit_rate": delta["hits"] / lookups if lookups else 0.0,
+        "hit_rate": hit_rate(delta),
         "requests_per_worker": per_worker,
         "workers": workers,
     }

@@ -105,6 +105,17 @@ def counters(client) -> dict:
     return {addr: {k: s.get(k, 0) for k in COUNTERS} for addr, s in worker_stats(client).items()}
 
 
+def lookups(delta: dict) -> int:
+    """Const lookups in a counter delta: hits and both kinds of misses."""
+    return delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
+
+
+def hit_rate(delta: dict, default=0.0):
+    """Hits over lookups in a counter delta (``default`` when there were none)."""
+    n = lookups(delta)
+    return delta["hits"] / n if n else default
+
+
 def counter_delta(before: dict, after: dict) -> tuple[dict, list[int]]:
     """The counters summed over workers, ``after - before``; and requests per worker, most first."""
     delta = {k: sum(after[a][k] - before.get(a, {}).get(k, 0) for a in after) for k in COUNTERS}

@@ -314,14 +314,15 @@ def per_mib(seconds: float, nbytes: int) -> float | None:
 
 
 def live_figures(run: LiveRun, delta: dict, loading: float) -> dict:
+    from benchmarks.tenants import hit_rate
+
     ok = np.isfinite(run.latency)
     finished = run.submitted[ok] + run.latency[ok]
     span = float(finished.max() - run.submitted.min()) if ok.any() else float("nan")
     lat = run.latency[ok] * 1e3
-    lookups = delta["hits"] + delta["compulsory_misses"] + delta["capacity_misses"]
     return {"throughput_rps": float(ok.sum() / span), "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "bytes_loaded": int(delta["bytes_from_store"]),
-            "hit_rate": delta["hits"] / lookups if lookups else None, "span_s": span, "completed": int(ok.sum()),
+            "hit_rate": hit_rate(delta, None), "span_s": span, "completed": int(ok.sum()),
             "load_ms_per_mib": per_mib(loading, delta["bytes_from_store"])}
 
 

@@ -249,7 +249,6 @@ class Simulation:
         self._scheduler_free = begin + seconds
         self._at(self._scheduler_free + delay, kind, a, b)
 
-
     def _switch(self, changes: dict) -> None:
         policy = changes.get("policy", self.core.policy)
         clear = policy == "exclusive" and not self.exclusive  # live, switching to exclusive empties the caches
@@ -303,19 +302,18 @@ class Simulation:
         load = costs.load_seconds(loaded, count)
         compute = load + fn.kernel_seconds  # what the task's own function takes, as Dask and the runtime time it
         seconds = (costs.worker_seconds + fn.out_bytes * costs.byte_seconds) * self._jitter_draw() + compute
+        end = self._on_core(seconds) if self._cores is not None else self.now + seconds
+        # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
+        stretch = (end - self.now) / seconds if seconds > 0 else 1.0
         worker.loaded += loaded
+        worker.load_seconds += load * stretch
         worker.busy_seconds += seconds
         worker.requests += 1
         self._worker_of[i] = self._index[worker.address]
-        end = self._on_core(seconds) if self._cores is not None else self.now + seconds
-        self._at(end, DONE, i, (worker, self.now, seconds, compute, load, loaded))
+        self._at(end, DONE, i, (worker, compute * stretch, loaded))
 
     def _done(self, i: int, ran) -> None:
-        worker, started, busy, compute, load, loaded = ran
-        # waiting for a shared core stretches the whole request, its loads too, as the worker measures them
-        stretch = (self.now - started) / busy if busy > 0 else 1.0
-        worker.load_seconds += load * stretch
-        seconds = compute * stretch
+        worker, seconds, loaded = ran
         fn = self._functions[self._calls[i]]
         self.core.report(worker.address, self._report(worker, fn, seconds, loaded))
         self.core.finished(i, True, duration=seconds)
