@@ -60,6 +60,7 @@ CONFIGS = ("balance", "locality", "affinity", "affinity+queue-aware")
 FIGURES = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate", "p99_ms", "load_ms_per_mib")
 JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
 TARGET = 0.10
+SCENARIOS = ("zipf-closed", "zipf-two-sizes", "bursty-beside-steady", "open-poisson", "cyclic", "switch")
 SETTLE_S = 0.3
 RECALIBRATE = {"requests": 300, "noops": 30}  # Dask's costs measured again before each scenario
 FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
@@ -530,6 +531,11 @@ def draw(r: dict, plt):
 def validate(p: dict) -> str | None:
     if p["repeat"] < 1 or p["requests"] < 8 or p["seeds"] < 1:
         return "--repeat and --seeds must be >= 1 and --requests >= 8"
+    unknown = sorted(set(p["scenarios"].split(",")) - set(SCENARIOS)) if p["scenarios"] != "all" else []
+    if unknown:
+        return f"unknown scenario(s) {', '.join(unknown)}; --scenarios takes all or some of {', '.join(SCENARIOS)}"
+    if p["resimulate"] and not os.path.isfile(p["resimulate"]):
+        return f"--resimulate {p['resimulate']}: no such result file"
     return None
 
 

@@ -421,3 +421,15 @@ def test_validate_sim_fits_loads_and_judges_only_where_live_runs_agree():
     assert f["throughput_rps"]["error"] == pytest.approx(115 / 102.5 - 1)
     assert not f["hit_rate"]["judged"] and f["hit_rate"]["error"] == pytest.approx(0.6 - 0.7)
     assert f["p50_ms"]["judged"] and f["p50_ms"]["within"]
+
+
+def test_validate_sim_refuses_bad_options_before_running(tmp_path, capsys):
+    from benchmarks.validate_sim import SCENARIOS, SIZES, scenarios
+
+    assert [s["name"] for s in scenarios(SIZES["smoke"] | {"scenarios": "all"}, lambda mib: 0.001)] == list(SCENARIOS)
+    for argv, message in ((["--scenarios", "zipf-closed,nosuch"], "unknown scenario(s) nosuch"),
+                          (["--resimulate", str(tmp_path / "none.json")], "no such result file"),
+                          (["--repeat", "0"], "--repeat and --seeds")):
+        with pytest.raises(SystemExit):
+            parse_args(["validate-sim", "--smoke", *argv])
+        assert message in capsys.readouterr().err
