@@ -28,8 +28,8 @@ median; it is judged (target within 10%) only where the live runs agree with eac
 
 Costs in place, measured in the same run (this machine's speed drifts by tens of percent within
 minutes): ``python -m benchmarks calibrate``'s figures at the start, and Dask's costs (each process's
-CPU per request, the no-op round trip) again on the same cluster just before each scenario's live
-runs, each scenario simulated with the median of its own (``host_costs(calibrated=...)``); each
+CPU per request, the no-op round trip) again on the same cluster just before each live run, each run
+simulated with its own (``host_costs(calibrated=...)``; a figure is the median over the runs); each
 function's kernel seconds (its warm run in the runtime, in this process); a const's load (latency +
 bytes / bandwidth, fitted over the four const sizes) as a live worker process at rest times it.
 
@@ -62,7 +62,7 @@ JUDGED = ("throughput_rps", "p50_ms", "bytes_loaded", "hit_rate")
 TARGET = 0.10
 SCENARIOS = ("zipf-closed", "zipf-two-sizes", "bursty-beside-steady", "open-poisson", "cyclic", "switch")
 SETTLE_S = 0.3
-RECALIBRATE = {"requests": 300, "noops": 30}  # Dask's costs measured again before each scenario
+RECALIBRATE = {"requests": 200, "noops": 20}  # Dask's costs measured again before each live run
 FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
         "resimulate": ""}
 SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
@@ -260,20 +260,33 @@ def _loads_together(client, store, rng, mib: int, x, rounds: int, reset) -> floa
     return statistics.median(means[1:])
 
 
-def costs_in_place(in_place: dict, scenario: str | None = None):
-    """``host_costs()`` from this run's calibration (Dask's costs as measured just before ``scenario``'s
-    live runs, the median over its repeats, where measured), with this run's measured load model (the
-    fit includes the copy to the device)."""
+def costs_in_place(in_place: dict, again: dict | None = None):
+    """``host_costs()`` from this run's calibration, with Dask's costs as measured again just before a
+    live run (``again``, where given), and this run's measured load model (the fit includes the copy to
+    the device; ``load_cv``: the spread of the live workers' loads of each size)."""
     from dask_kaas.sim import host_costs
+    from dask_kaas.sim.costs import lognormal_cv
 
     calibrated = in_place.get("calibration")
-    again = (in_place.get("scenario_calibration") or {}).get(scenario)
     if calibrated is not None and again:
-        calibrated = {**calibrated, **{k: float(np.median([c[k] for c in again])) for k in again[0]}}
+        calibrated = {**calibrated, **again}
     costs = host_costs(calibrated=calibrated)
     fit = in_place.get("worker_loads") or {"latency_s": in_place["load_latency_s"],
                                            "bandwidth": in_place["load_bandwidth"]}
-    return costs.replace(store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18)
+    runs = [np.asarray(r) / np.median(r) for r in (fit.get("runs") or {}).values() if len(r)]
+    load_cv = lognormal_cv(np.concatenate(runs)) if runs else 0.0
+    return costs.replace(store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18,
+                         load_cv=load_cv)
+
+
+def run_calibrations(in_place: dict, scenario: str, runs: list[dict]) -> list[dict | None]:
+    """Dask's costs measured just before each live run (results recorded before 2026-12-03's per-run
+    calibration: the median of those measured before the scenario's runs, for each run)."""
+    if all(r.get("calibration") for r in runs):
+        return [r["calibration"] for r in runs]
+    before = (in_place.get("scenario_calibration") or {}).get(scenario)
+    median = {k: float(np.median([c[k] for c in before])) for k in before[0]} if before else None
+    return [median] * len(runs)
 
 
 def kernel_seconds(in_place: dict):
@@ -354,7 +367,6 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         expected = [(x.astype(np.float64) @ weights[c]).astype(np.float32) for x, c in zip(xs, wl.calls)]
         prepared[sc["name"]] = ([requests[c] for c in wl.calls], xs, expected)
     out = {sc["name"]: {c: [] for c in sc["configs"]} for sc in scenario_list}
-    calibrations = {sc["name"]: [] for sc in scenario_list}
     with Client(address) as client:
         loads = worker_loads(client, store, [2, 4, 6, 8], rounds=10 if p["repeat"] > 1 else 3)
         warm = scenario_list[0]
@@ -366,12 +378,12 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         for rep in range(p["repeat"]):
             for sc in scenario_list:
                 requests, xs, expected = prepared[sc["name"]]
-                # this machine's speed drifts within minutes: its costs measured again just before, on a
-                # cluster left idle by the scenario before (its results released)
-                wait_idle(client)
-                time.sleep(SETTLE_S)
-                calibrations[sc["name"]].append(cluster_costs(cluster_figures(client, store, RECALIBRATE)))
                 for config in sc["configs"]:
+                    # this machine's speed drifts within minutes: Dask's costs measured again just before each
+                    # run, on a cluster left idle by the run before (its results released)
+                    wait_idle(client)
+                    time.sleep(SETTLE_S)
+                    calibration = cluster_costs(cluster_figures(client, store, RECALIBRATE))
                     reset(client, config.split(">")[0])
 
                     def set_policy_at(name, client=client):
@@ -386,31 +398,41 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
                         raise WrongResult(f"validate-sim {sc['name']} {config}: {len(run.errors)} failed or wrong "
                                           f"results (first: {run.errors[:3]})")
                     figures = live_figures(run, delta, loading)
-                    out[sc["name"]][config].append(figures)
+                    out[sc["name"]][config].append({**figures, "calibration": calibration})
                     log(f"  {sc['name']:<21} {config:<21} run {rep + 1}: {figures['throughput_rps']:.0f} req/s, p50 "
                         f"{figures['p50_ms']:.1f} ms, hit rate {figures['hit_rate']:.1%}, loaded "
-                        f"{figures['bytes_loaded'] / MiB:.0f} MiB", flush=True)
-    return out, loads, calibrations
+                        f"{figures['bytes_loaded'] / MiB:.0f} MiB (calibrated just before: "
+                        f"{calibration['task_rate']:.0f} tiny req/s)", flush=True)
+    return out, loads
 
 
 # ------------------------------------------------------------------ simulated, and compared
-def simulate_all(scenario_list: list[dict], p: dict, costs: dict, capacity: int) -> dict:
-    """Each scenario's configurations simulated under its own costs (``costs[scenario name]``)."""
+def simulate_all(scenario_list: list[dict], p: dict, in_place: dict, live: dict, capacity: int) -> tuple[dict, dict]:
+    """Each scenario's configurations simulated once per live run, under the costs measured just before
+    that run (``seeds`` seeds each, their median); a figure is the median over the runs. Also the costs,
+    ``{scenario: {config: [per run]}}``."""
     from dask_kaas.sim import simulate
 
-    out = {}
+    out, costs = {}, {}
     for sc in scenario_list:
-        out[sc["name"]] = {}
+        out[sc["name"]], costs[sc["name"]] = {}, {}
         for config in sc["configs"]:
-            rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity,
-                             costs=costs[sc["name"]],
-                             seed=seed, switches=[(t, _settings(c)) for t, c in sc["switches"]])
-                    for seed in range(p["seeds"])]
-            for r in rows:
-                r["load_ms_per_mib"] = per_mib(r["load_seconds"], r["bytes_loaded"])
-            out[sc["name"]][config] = {k: float(np.median([r[k] for r in rows if r[k] is not None]))
-                                       for k in FIGURES if any(r[k] is not None for r in rows)}
-    return out
+            runs = live[sc["name"]][config]
+            per_run, run_costs = [], []
+            for again in run_calibrations(in_place, sc["name"], runs):
+                c = costs_in_place(in_place, again)
+                run_costs.append(c)
+                rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity, costs=c,
+                                 seed=seed, switches=[(t, _settings(x)) for t, x in sc["switches"]])
+                        for seed in range(p["seeds"])]
+                for r in rows:
+                    r["load_ms_per_mib"] = per_mib(r["load_seconds"], r["bytes_loaded"])
+                per_run.append({k: float(np.median([r[k] for r in rows if r[k] is not None]))
+                                for k in FIGURES if any(r[k] is not None for r in rows)})
+            out[sc["name"]][config] = {k: float(np.median([r[k] for r in per_run if k in r]))
+                                       for k in FIGURES if any(k in r for r in per_run)}
+            costs[sc["name"]][config] = run_costs
+    return out, costs
 
 
 def compare(live: dict, sim: dict) -> list[dict]:
@@ -472,11 +494,10 @@ def measure(config, p: dict) -> dict:
             live_source = {"file": None, "measured": "this run"}
             with deployed_cluster("host", p["workers"], device_memory=str(capacity), store_url=store_url) as (address,
                                                                                                               url):
-                live, in_place["worker_loads"], in_place["scenario_calibration"] = run_live(
+                live, in_place["worker_loads"] = run_live(
                     scenario_list, p, url, address, config.log)
         scenario_list = scenarios(p, kernel_seconds(in_place))
-        costs = {sc["name"]: costs_in_place(in_place, sc["name"]) for sc in scenario_list}
-        sim = simulate_all(scenario_list, p, costs, capacity)
+        sim, costs = simulate_all(scenario_list, p, in_place, live, capacity)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = compare(live, sim)
@@ -484,8 +505,9 @@ def measure(config, p: dict) -> dict:
             "scenarios": [{"name": s["name"], "note": s["note"], "requests": len(s["workload"]),
                            "configs": s["configs"]} for s in scenario_list],
             "in_place": in_place,
-            "costs": {name: {k: v for k, v in c.as_dict().items() if k != "source"} for name, c in costs.items()},
-            "costs_source": next(iter(costs.values())).source, "live_source": live_source, "live": live, "sim": sim,
+            "costs": {name: {config: [{k: v for k, v in c.as_dict().items() if k != "source"} for c in runs]
+                             for config, runs in by_config.items()} for name, by_config in costs.items()},
+            "costs_source": next(iter(next(iter(costs.values())).values()))[0].source, "live_source": live_source, "live": live, "sim": sim,
             "rows": rows, "summary": summary(rows)}
 
 

@@ -225,8 +225,7 @@ def test_calibrate_smoke_and_host_costs_read_it(tmp_path):
     costs = host_costs(tmp_path)
     cpu = f["client_cpu_s"] + f["scheduler_cpu_s"] + f["worker_cpu_s"]
     assert all(positive(f[k]) for k in ("client_cpu_s", "scheduler_cpu_s", "worker_cpu_s"))
-    assert costs.submit_seconds + costs.scheduler_seconds + costs.worker_seconds == \
-        pytest.approx(max(cpu, f["cores"] / f["task_rate"]))
+    assert costs.path_seconds + costs.worker_seconds == pytest.approx(max(cpu, f["cores"] / f["task_rate"]))
     assert costs.source["calibration"].startswith("calibrate-host.json, measured") and "STALE" not in \
         costs.source["calibration"]
     assert calibration(tmp_path, now=time.time() + 40 * 86400)[1].endswith("40 days old; run python -m benchmarks "
@@ -323,7 +322,11 @@ def test_validate_sim_smoke_and_resimulate(tmp_path):
         for fig in f.values():
             assert fig["error"] == pytest.approx(fig["sim"] - fig["live_median"] if fig is f["hit_rate"] else
                                                  (fig["sim"] - fig["live_median"]) / fig["live_median"])
-        assert all(run_["completed"] == 24 for run_ in r["live"][row["scenario"]][row["config"]])
+        runs = r["live"][row["scenario"]][row["config"]]
+        assert all(run_["completed"] == 24 and positive(run_["calibration"]["task_rate"]) for run_ in runs)
+        # each live run simulated with Dask's costs measured just before it
+        costs = r["costs"][row["scenario"]][row["config"]]
+        assert len(costs) == len(runs) and all(positive(c["scheduler_seconds"]) for c in costs)
     loads = r["in_place"]["worker_loads"]
     assert positive(loads["bandwidth"]) and set(loads["seconds"]) == {"2", "4", "6", "8"}
     again = run(Config("validate-sim", device="host", smoke=True, out=str(tmp_path / "again"), verbose=False,

@@ -236,10 +236,14 @@ def test_affinity_loads_3x_fewer_bytes_than_balance_on_the_placement_trace():
     assert rep["hit_rate"] > 0.85 > 0.6 > bal["hit_rate"]
 
 
+NO_STREAMS = dict(client_interval=0.0, to_worker_interval=0.0, from_worker_interval=0.0, to_client_interval=0.0)
+
+
 def test_shared_cores_cap_a_small_hosts_task_rate():
     wl = zipf_trace(4, 400, s=0.0, seed=0, const_bytes=MiB, kernel_seconds=1e-5, window=16)
     base = host_costs().replace(jitter_cv=0.0, scheduler_seconds=0.01, dispatch_seconds=0.0, return_seconds=0.0,
-                                submit_seconds=0.0, worker_seconds=0.0, byte_seconds=0.0)
+                                submit_seconds=0.0, worker_seconds=0.0, byte_seconds=0.0, finish_seconds=0.0,
+                                receive_seconds=0.0, load_cv=0.0, **NO_STREAMS)
     rates = {cores: simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=cores))
              ["throughput_rps"] for cores in (1, 2)}
     assert rates[1] == pytest.approx(100, rel=0.05) and rates[2] == pytest.approx(200, rel=0.05)
@@ -256,7 +260,7 @@ def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, p
     """Hints ride with each task, computed when it is dispatched (as live): on one worker queue-aware
     eviction beats LRU and comes within 8 points of Belady; on four workers of a cyclic trace the hints a
     task carries are partly stale by the time it evicts (requests they counted have run), and queue-aware
-    stays far below Belady: what computing fresh hints at eviction time, as the simulator did until
+    stays more than 10 points below Belady: what computing fresh hints at eviction time, as the simulator did until
     2026-12-03, hid (it put queue-aware within 5 points of Belady there). Fixed costs of the order this
     host measures (the figures depend on how many requests the core sees queued)."""
     from dask_kaas.sim.costs import CostModel
@@ -270,7 +274,7 @@ def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, p
     if gpus == 1:
         assert qa["belady_hit_rate"] - qa["hit_rate"] <= 0.08
     else:
-        assert qa["belady_hit_rate"] - qa["hit_rate"] > 0.2
+        assert qa["belady_hit_rate"] - qa["hit_rate"] > 0.1
 
 
 def test_jain():
@@ -429,7 +433,7 @@ def test_clients_of_their_own_mix_closed_and_open_loops():
 # ------------------------------------------------------------------ the model's timing, as live
 BARE = dict(scheduler_seconds=0.0, dispatch_seconds=0.0, worker_seconds=0.0, return_seconds=0.0, store_bandwidth=1e9,
             device_bandwidth=1e18, jitter_cv=0.0, store_latency=0.0, shared_cores=None, submit_seconds=0.0,
-            byte_seconds=0.0)
+            byte_seconds=0.0, finish_seconds=0.0, receive_seconds=0.0, load_cv=0.0, **NO_STREAMS)
 
 
 def _costs(**changes):
@@ -453,6 +457,84 @@ def test_the_core_sees_a_call_only_after_dask_spent_its_submit_cpu():
     assert seen == [pytest.approx(0.5 + 0.02 + 1000e-6)]
     expected = 0.02 + 1000e-6 + 0.003 + 0.001 + 0.004 + 3000e-6 + MiB / 1e9 + 0.01 + 0.002
     assert result.latency[0] == pytest.approx(expected)
+
+
+def test_the_core_frees_a_slot_only_after_dask_handled_the_completion():
+    """Live, a worker takes its next task as soon as it is done, but the scheduler learns of the completion
+    (and frees the slot) only after the worker's message and the scheduler's CPU on it; the client has the
+    result after the scheduler's news, the wire and its own CPU."""
+    fns = [Function("f", "t", ((("t", "w"), MiB),), 0.01)]
+    costs = _costs(worker_seconds=0.004, finish_seconds=0.006, receive_seconds=0.005, return_seconds=0.002)
+    sim = Simulation(1, capacity=8 * MiB, costs=costs)
+    finished = []
+    done = sim.core.finished
+    sim.core.finished = lambda key, ok, **kw: (finished.append(sim.now), done(key, ok, **kw))[1]
+    result = sim.run(Workload(fns, np.array([0.0]), np.array([0])))
+    worker_end = 0.004 + MiB / 1e9 + 0.01
+    assert finished == [pytest.approx(worker_end + 0.006)]
+    assert result.latency[0] == pytest.approx(worker_end + 0.006 + 0.002 + 0.005)
+
+
+def test_batched_stream_sends_as_dasks_batched_send():
+    """A message goes at once on a stream quiet for its interval, else with the batch leaving an interval
+    after the last: distributed's BatchedSend."""
+    from dask_kaas.sim.engine import BatchedStream
+
+    stream = BatchedStream(0.010)
+    assert stream.departure(0.0) == 0.0
+    assert stream.departure(0.003) == pytest.approx(0.010)  # waits for the next batch
+    assert stream.departure(0.005) == pytest.approx(0.010)  # joins it
+    assert stream.departure(0.012) == pytest.approx(0.020)  # the batch after
+    assert stream.departure(0.045) == pytest.approx(0.045)  # quiet long enough: at once
+
+
+@given(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=60), st.floats(1e-4, 0.05))
+def test_batched_stream_never_sends_early_and_keeps_its_interval(times, interval):
+    from dask_kaas.sim.engine import BatchedStream
+
+    stream, departures = BatchedStream(interval), []
+    for now in sorted(times):
+        departure = stream.departure(now)
+        assert now <= departure <= now + interval + 1e-12
+        departures.append(departure)
+    distinct = sorted(set(departures))
+    assert all(b - a >= interval - 1e-12 for a, b in zip(distinct, distinct[1:]))
+
+
+def test_batched_stream_intervals_are_distributeds():
+    """The cost model's stream intervals are the ones distributed hard-codes (its BatchedSend calls): a
+    Dask release that changes them fails here, not silently in the simulator's fidelity."""
+    import inspect
+
+    import distributed.client
+    import distributed.scheduler
+    import distributed.worker
+
+    from dask_kaas.sim.costs import CostModel
+
+    costs = CostModel(0, 0, 0, 0, 1e9, 1e9)
+
+    def intervals(module) -> list[float]:
+        import re
+
+        from dask.utils import parse_timedelta
+
+        return [parse_timedelta(m) for m in re.findall(r'BatchedSend\(interval="([^"]+)"', inspect.getsource(module))]
+
+    assert costs.client_interval in intervals(distributed.client)
+    assert {costs.to_worker_interval, costs.to_client_interval} <= set(intervals(distributed.scheduler))
+    assert costs.from_worker_interval in intervals(distributed.worker)
+
+
+def test_a_client_submitting_faster_than_its_stream_batches_its_calls():
+    """Calls submitted 3 ms apart on a client stream of 10 ms reach the core with the stream's batches."""
+    fns = [Function("f", "t", ((("t", "w"), MiB),), 0.001)]
+    sim = Simulation(2, capacity=8 * MiB, costs=_costs(client_interval=0.010))
+    seen = []
+    submit = sim.core.submit
+    sim.core.submit = lambda task: (seen.append(sim.now), submit(task))[1]
+    sim.run(Workload(fns, np.array([0.0, 0.003, 0.006, 0.013]), np.zeros(4, dtype=int)))
+    assert seen == [pytest.approx(t) for t in (0.0, 0.010, 0.010, 0.020)]
 
 
 def test_queue_aware_hints_travel_with_each_task_as_live():
@@ -490,7 +572,7 @@ def test_host_costs_split_each_processs_measured_cpu(tmp_path):
     import json
     import os
 
-    from dask_kaas.sim.costs import SUBMIT_SHARE
+    from dask_kaas.sim.costs import FINISH_SHARE, SUBMIT_SHARE
 
     cores = os.cpu_count()
     figures = {"task_rate": 50.0 * cores, "roundtrip_s": 0.05, "runtime_s": 3e-5, "store_bw": 4e9, "device_bw": 8e9,
@@ -500,11 +582,15 @@ def test_host_costs_split_each_processs_measured_cpu(tmp_path):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))
     costs = host_costs(tmp_path)
     scale = (1 / 50.0) / 0.012
-    assert costs.submit_seconds + costs.scheduler_seconds + costs.worker_seconds == pytest.approx(1 / 50.0)
+    on_path = costs.path_seconds
+    assert on_path + costs.worker_seconds == pytest.approx(1 / 50.0)
     assert costs.submit_seconds == pytest.approx(scale * (SUBMIT_SHARE["client"] + SUBMIT_SHARE["scheduler"]) * 0.004)
+    assert costs.finish_seconds == pytest.approx(scale * FINISH_SHARE["scheduler"] * 0.004)
+    assert costs.receive_seconds == pytest.approx(scale * FINISH_SHARE["client"] * 0.004)
+    assert costs.scheduler_seconds > 0
     assert costs.byte_seconds == pytest.approx(scale * 1e-8) and costs.worker_seconds == pytest.approx(scale * 0.004)
-    assert costs.dispatch_seconds == pytest.approx((0.05 - costs.submit_seconds - costs.scheduler_seconds) / 2)
-    assert "assumptions" in costs.source["submit_seconds"]
+    assert costs.dispatch_seconds == pytest.approx((0.05 - on_path) / 2)
+    assert all("assumptions" in costs.source[k] for k in ("submit_seconds", "finish_seconds", "receive_seconds"))
     figures["roundtrip_s"] = 0.001  # shorter than the CPU on a call's path: said, not silently clamped
     (tmp_path / "calibrate-host.json").write_text(json.dumps({"figures": figures, "machine": {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))

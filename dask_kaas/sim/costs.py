@@ -1,20 +1,26 @@
 """What things cost in the simulator, and where each figure comes from.
 
-A simulated request, once the scheduling core dispatches it to a worker:
+A simulated request:
 
-0. before the core sees a call at all, Dask spends ``submit_seconds`` on it (the client's submit and
-   the scheduler's ``update-graph``), plus ``byte_seconds`` per byte of its inputs (serialized,
-   sent, received): live, the plugin sees a task only once Dask has made it;
-1. the Dask scheduler spends ``scheduler_seconds`` on it (one scheduler: these are served one at a
-   time, so they cap the cluster's task rate), then it travels ``dispatch_seconds`` to its worker;
+0. before the core sees a call at all, it leaves on the client's batched stream and Dask spends
+   ``submit_seconds`` on it (the client's submit and the scheduler's ``update-graph``), plus
+   ``byte_seconds`` per byte of its inputs (serialized, sent, received): live, the plugin sees a task
+   only once Dask has made it;
+1. once the core dispatches it, the Dask scheduler spends ``scheduler_seconds`` on it (placing and
+   sending it), then it leaves on the scheduler's stream to its worker and travels ``dispatch_seconds``;
 2. the worker (one GPU: one request at a time, first come first served) spends ``worker_seconds``
    (the runtime and Dask's task handling) and ``byte_seconds`` per byte of its outputs, loads the
    consts it lacks (``store_latency`` per const, then store -> host at ``store_bandwidth``, host ->
-   device at ``device_bandwidth``), then runs its kernels;
-3. the result takes ``return_seconds`` back to the client.
+   device at ``device_bandwidth``; the load varies log-normally by ``load_cv``), then runs its kernels;
+3. its completion leaves on the worker's stream to the scheduler, which spends ``finish_seconds`` on
+   it (the core learns of it then); the news leaves on the scheduler's stream to the client, travels
+   ``return_seconds``, and the client spends ``receive_seconds`` taking the result.
 
-``jitter_cv``: the per-task overheads (1 and 2) vary, log-normally with this coefficient of
-variation and mean 1, as measured round trips do.
+The streams are Dask's ``BatchedSend``s (``*_interval``: the intervals distributed hard-codes): a
+message waits for the stream's next batch when the last left less than an interval ago.
+
+``jitter_cv``: the per-task overheads vary, log-normally with this coefficient of variation and
+mean 1, as measured round trips do.
 
 ``shared_cores``: None for GPU workers (each device works in parallel with the scheduler). On a
 small host running host-device workers, the scheduler, the client and every worker share these
@@ -52,6 +58,15 @@ class CostModel:
     shared_cores: int | None = None
     submit_seconds: float = 0.0
     byte_seconds: float = 0.0
+    load_cv: float = 0.0
+    finish_seconds: float = 0.0
+    receive_seconds: float = 0.0
+    # Dask's batched streams (distributed's BatchedSend intervals): a message waits for the stream's
+    # next batch when the last one left less than this long ago
+    client_interval: float = 0.010  # client -> scheduler (update-graph, releases)
+    to_worker_interval: float = 0.005  # scheduler -> worker (compute-task, free-keys)
+    from_worker_interval: float = 0.002  # worker -> scheduler (task-finished)
+    to_client_interval: float = 0.002  # scheduler -> client (key-in-memory)
     source: dict = field(default_factory=dict, compare=False)
 
     def load_seconds(self, nbytes: int, consts: int = 1) -> float:
@@ -59,6 +74,11 @@ class CostModel:
         if not nbytes:
             return 0.0
         return consts * self.store_latency + nbytes / self.store_bandwidth + nbytes / self.device_bandwidth
+
+    @property
+    def path_seconds(self) -> float:
+        """Dask's CPU on a call's path outside its worker (the client's and the scheduler's, all phases)."""
+        return self.submit_seconds + self.scheduler_seconds + self.finish_seconds + self.receive_seconds
 
     def replace(self, **changes) -> "CostModel":
         return replace(self, **changes)
@@ -187,12 +207,14 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
         for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
                      "device_bandwidth", "jitter_cv", "shared_cores"):
             source[name] = note.split(",")[0]
-    sched, submit, worker, per_byte = fig["cores"] / fig["task_rate"], 0.0, fig["runtime_s"], 0.0
+    split = {"scheduler_seconds": fig["cores"] / fig["task_rate"], "worker_seconds": fig["runtime_s"]}
     if calibrated is not None and "client_cpu_s" in calibrated:
-        sched, submit, worker, per_byte = _cpu_split(calibrated, source)
-    on_path = submit + sched  # a no-op's round trip holds at least the CPU on a call's path outside its worker
+        split = _cpu_split(calibrated, source)
+    # a no-op's round trip holds at least the CPU on a call's path outside its worker
+    on_path = sum(split.get(k, 0.0) for k in ("submit_seconds", "scheduler_seconds", "finish_seconds",
+                                               "receive_seconds"))
     travel = (fig["roundtrip_s"] - on_path) / 2
-    if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's share of the CPU
+    if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's CPU on its path
         source["dispatch_seconds"] = source["return_seconds"] = (
             f"0: the no-op round trip ({fig['roundtrip_s'] * 1e3:.2f} ms) is shorter than a task's CPU on its path "
             f"({on_path * 1e3:.2f} ms), so nothing is left for the legs")
@@ -200,35 +222,44 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
     for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
                  "device_bandwidth", "jitter_cv", "shared_cores"):
         source.setdefault(name, "HOST_FALLBACK (results file missing)")
-    source.setdefault("submit_seconds", "0: no calibration of each process's CPU (python -m benchmarks calibrate)")
-    source.setdefault("byte_seconds", source["submit_seconds"])
-    return CostModel(scheduler_seconds=sched, dispatch_seconds=travel, worker_seconds=worker,
-                     return_seconds=travel, store_bandwidth=fig["store_bw"], device_bandwidth=fig["device_bw"],
-                     jitter_cv=fig["jitter_cv"], shared_cores=int(fig["cores"]), submit_seconds=submit,
-                     byte_seconds=per_byte, source=source)
+    for name in ("submit_seconds", "byte_seconds", "finish_seconds", "receive_seconds"):
+        source.setdefault(name, "0: no calibration of each process's CPU (python -m benchmarks calibrate)")
+    return CostModel(dispatch_seconds=travel, return_seconds=travel, store_bandwidth=fig["store_bw"],
+                     device_bandwidth=fig["device_bw"], jitter_cv=fig["jitter_cv"], shared_cores=int(fig["cores"]),
+                     source=source, **split)
 
 
 SUBMIT_SHARE = {"client": 0.5, "scheduler": 0.25}  # of each process's CPU per task, spent before the core sees it
+FINISH_SHARE = {"client": 0.5, "scheduler": 0.4}  # spent after the worker is done: the scheduler's, then the client's
 
 
-def _cpu_split(fig: dict, source: dict) -> tuple[float, float, float, float]:
-    """``(scheduler_seconds, submit_seconds, worker_seconds, byte_seconds)`` from each process's measured
-    CPU per task: the client's submit (about half its CPU; the other half takes the result) and the
-    scheduler's reading of the graph (about a quarter: the rest places, sends and finishes the task)
-    come before the core sees a task; the workers' CPU is each worker's own, on its task."""
+def _cpu_split(fig: dict, source: dict) -> dict:
+    """Each phase's seconds from each process's measured CPU per task, where Dask spends it: the client's
+    submit (about half its CPU) and the scheduler's reading of the graph (about a quarter) before the
+    core sees a task (``submit_seconds``); the scheduler's placing and sending it (``scheduler_seconds``);
+    the workers' CPU on the worker's own task (``worker_seconds``); after the worker is done, the
+    scheduler's handling of its completion (``finish_seconds``; the core learns of it then) and the
+    client's taking the result (``receive_seconds``). ``byte_seconds``: per byte of inputs or outputs."""
     client, scheduler, worker = fig["client_cpu_s"], fig["scheduler_cpu_s"], fig["worker_cpu_s"]
     # the processes' CPU leaves some of the cores' time unexplained (nannies, the OS, gaps a closed loop
     # leaves): scaled so that the shared cores serve the measured tiny-request rate exactly
     scale = max(1.0, fig["cores"] / fig["task_rate"] / (client + scheduler + worker))
     submit = scale * (SUBMIT_SHARE["client"] * client + SUBMIT_SHARE["scheduler"] * scheduler)
-    sched = scale * (client + scheduler) - submit
+    finish = scale * FINISH_SHARE["scheduler"] * scheduler
+    receive = scale * FINISH_SHARE["client"] * client
     note = f" (x {scale:.2f}: cores / task_rate over the processes' CPU)"
+    shares = "(the shares are assumptions)"
     source["submit_seconds"] = (f"calibrate-host.json: {SUBMIT_SHARE['client']:g} x client_cpu_s + "
-                                f"{SUBMIT_SHARE['scheduler']:g} x scheduler_cpu_s{note} (the shares are assumptions)")
-    source["scheduler_seconds"] = f"calibrate-host.json: client_cpu_s + scheduler_cpu_s - submit_seconds{note}"
+                                f"{SUBMIT_SHARE['scheduler']:g} x scheduler_cpu_s{note} {shares}")
+    source["finish_seconds"] = f"calibrate-host.json: {FINISH_SHARE['scheduler']:g} x scheduler_cpu_s{note} {shares}"
+    source["receive_seconds"] = f"calibrate-host.json: {FINISH_SHARE['client']:g} x client_cpu_s{note} {shares}"
+    source["scheduler_seconds"] = (f"calibrate-host.json: client_cpu_s + scheduler_cpu_s - submit_seconds - "
+                                   f"finish_seconds - receive_seconds{note}")
     source["worker_seconds"] = f"calibrate-host.json worker_cpu_s (Dask's worker and the runtime){note}"
     source["byte_seconds"] = f"calibrate-host.json byte_cpu_s{note}"
-    return sched, submit, scale * worker, scale * fig["byte_cpu_s"]
+    return {"scheduler_seconds": scale * (client + scheduler) - submit - finish - receive, "submit_seconds": submit,
+            "finish_seconds": finish, "receive_seconds": receive, "worker_seconds": scale * worker,
+            "byte_seconds": scale * fig["byte_cpu_s"]}
 
 
 def gpu_costs(results: str | Path = RESULTS) -> CostModel:

@@ -3,7 +3,8 @@
 The scheduler side is :class:`dask_kaas.scheduling.SchedulingCore` itself, on the simulation's
 clock: admission, fair queueing, dispatch and placement are the code the scheduler plugin runs. It
 sees a call once Dask has spent its submit CPU on it (``CostModel.submit_seconds``), as the plugin
-sees a task only once Dask made it.
+sees a task only once Dask made it, and hears of its completion once the scheduler has handled the
+worker's message. Messages travel on Dask's batched streams (:class:`BatchedStream`).
 The workers are simulated: each serves the requests assigned to it one at a time, first come first
 served; its device cache evicts in :func:`dask_kaas.scheduling.eviction.eviction_order`'s order
 (the live cache's code) with the hints the core gave when it dispatched the worker's latest task
@@ -28,8 +29,26 @@ from ..scheduling.eviction import check_eviction, eviction_order
 from .costs import CostModel
 from .workloads import Workload
 
-ARRIVE, START, DONE, SWITCH, ADMIT = 0, 1, 2, 3, 4
+ARRIVE, START, DONE, SWITCH, ADMIT, FINISH, RESULT, SEND, WORK, NOTHING = range(10)
 SWITCHABLE = ("policy", "replication", "eviction")  # what a switch mid-run may change, as set_policy does live
+
+
+class BatchedStream:
+    """One of Dask's batched streams (``distributed.batched.BatchedSend``): a message goes at once when
+    the last batch left at least ``interval`` ago, else with the batch that leaves ``interval`` after
+    it. :meth:`departure` is asked in time order."""
+
+    __slots__ = ("interval", "last")
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.last = -np.inf
+
+    def departure(self, now: float) -> float:
+        if now <= self.last:  # the batch about to leave takes it
+            return self.last
+        self.last = now if now >= self.last + self.interval else self.last + self.interval
+        return self.last
 
 
 @dataclass(slots=True)
@@ -61,6 +80,8 @@ class SimWorker:
     requests: int = 0
     accesses: list | None = None  # (ref, nbytes) in the order this worker used them, when recorded
     wanted: dict = field(default_factory=dict)  # the hints that came with its latest task that had any
+    inbox: BatchedStream | None = None  # the scheduler's stream to it
+    outbox: BatchedStream | None = None  # its stream to the scheduler
 
 
 @dataclass
@@ -110,7 +131,10 @@ class Simulation:
                                    slack_tasks=slack_tasks, replication=replication, clock=lambda: self.now)
         width = len(str(gpus - 1))
         self.workers = {f"gpu-{i:0{width}d}": SimWorker(f"gpu-{i:0{width}d}", int(capacity)) for i in range(gpus)}
+        self._client_stream = BatchedStream(costs.client_interval)
+        self._to_client = BatchedStream(costs.to_client_interval)
         for w in self.workers.values():
+            w.inbox, w.outbox = BatchedStream(costs.to_worker_interval), BatchedStream(costs.from_worker_interval)
             self.core.add_worker(w.address)
             if record:
                 w.accesses = []
@@ -118,7 +142,8 @@ class Simulation:
                          "eviction": eviction, "depth": depth, "stickiness": stickiness, "admission": admission,
                          "seed": seed}
         self._rng = np.random.default_rng(seed)
-        self._jitter = self._jitter_draws()
+        self._jitter = self._jitter_draws(costs.jitter_cv)
+        self._load_jitter = self._jitter_draws(costs.load_cv)
         self._tick = itertools.count(1)
         self._events: list = []
         self._seq = itertools.count()
@@ -171,6 +196,14 @@ class Simulation:
                     self._switch(a)
                 elif kind == ADMIT:
                     self._admit(a)
+                elif kind == FINISH:
+                    self._finish(a, b)
+                elif kind == RESULT:
+                    self._result(a, b)
+                elif kind == SEND:
+                    self._send(a, *b)
+                elif kind == WORK:
+                    self._scheduler_work(*b)
                 else:  # ARRIVE: a closed loop's next call
                     self._submit(a)
             elif arrival != np.inf:
@@ -206,14 +239,12 @@ class Simulation:
         heapq.heappush(self._events, (when, next(self._seq), kind, a, b))
 
     def _submit(self, i: int) -> None:
-        """A client submits call ``i``: Dask's submit CPU, then the core sees it."""
+        """A client submits call ``i``: it leaves on the client's stream, Dask spends its submit CPU, then
+        the core sees it."""
         fn = self._functions[self._calls[i]]
         self._submitted[i] = self.now
         work = self.costs.submit_seconds + fn.in_bytes * self.costs.byte_seconds
-        if work > 0:
-            self._scheduler_work(work * self._jitter_draw(), ADMIT, i, None)
-        else:
-            self._admit(i)
+        self._send(self._client_stream, 0.0, WORK, None, (work * self._jitter_draw(), ADMIT, i, None))
 
     def _admit(self, i: int) -> None:
         fn = self._functions[self._calls[i]]
@@ -234,20 +265,31 @@ class Simulation:
 
     def _start(self, i: int, address: str) -> None:
         """The scheduler sends call ``i`` to ``address`` with the core's hints for that worker, as the
-        live plugin annotates the task when it places it: its share of the scheduler, then the wire."""
+        live plugin annotates the task when it places it: its share of the scheduler, the scheduler's
+        stream to the worker, then the wire."""
         hints = self.core.hints(address) if self.eviction == "queue-aware" else None
         self._scheduler_work(self.costs.scheduler_seconds * self._jitter_draw(), START, i, (address, hints),
-                             delay=self.costs.dispatch_seconds)
+                             self.costs.dispatch_seconds, self.workers[address].inbox)
 
-    def _scheduler_work(self, seconds: float, kind: int, a, b, delay: float = 0.0) -> None:
+    def _scheduler_work(self, seconds: float, kind: int, a, b, delay: float = 0.0,
+                        stream: BatchedStream | None = None) -> None:
         """``seconds`` of Dask's CPU (on the shared cores, else on the one scheduler), then event ``kind``
-        ``delay`` seconds after it ends."""
+        ``delay`` seconds after it ends (after leaving on ``stream``, when given)."""
         if self._cores is not None:
-            self._at(self._on_core(seconds) + delay, kind, a, b)
-            return
-        begin = self.now if self.now > self._scheduler_free else self._scheduler_free
-        self._scheduler_free = begin + seconds
-        self._at(self._scheduler_free + delay, kind, a, b)
+            end = self._on_core(seconds)
+        else:
+            end = self._scheduler_free = max(self.now, self._scheduler_free) + seconds
+        if stream is not None:
+            self._at(end, SEND, stream, (delay, kind, a, b))
+        else:
+            self._at(end + delay, kind, a, b)
+
+    def _send(self, stream: BatchedStream, delay: float, kind: int, a, b) -> None:
+        """A message leaves on ``stream`` now (or with its next batch); event ``kind`` ``delay`` seconds
+        after it leaves (WORK: Dask's CPU on it first, ``b`` being :meth:`_scheduler_work`'s arguments)."""
+        departure = stream.departure(self.now)
+        if kind != NOTHING:
+            self._at(departure + delay, kind, a, b)
 
     def _switch(self, changes: dict) -> None:
         policy = changes.get("policy", self.core.policy)
@@ -299,7 +341,7 @@ class Simulation:
             self._run_next(worker)
             return
         costs = self.costs
-        load = costs.load_seconds(loaded, count)
+        load = costs.load_seconds(loaded, count) * (next(self._load_jitter) if loaded else 1.0)
         compute = load + fn.kernel_seconds  # what the task's own function takes, as Dask and the runtime time it
         seconds = (costs.worker_seconds + fn.out_bytes * costs.byte_seconds) * self._jitter_draw() + compute
         end = self._on_core(seconds) if self._cores is not None else self.now + seconds
@@ -313,14 +355,30 @@ class Simulation:
         self._at(end, DONE, i, (worker, compute * stretch, loaded))
 
     def _done(self, i: int, ran) -> None:
+        """The worker is done with call ``i`` and takes its next; its ``task-finished`` leaves on its
+        stream to the scheduler, which then spends its CPU on the completion."""
+        worker = ran[0]
+        self._run_next(worker)
+        self._send(worker.outbox, 0.0, WORK, None, (self.costs.finish_seconds * self._jitter_draw(), FINISH, i, ran))
+
+    def _finish(self, i: int, ran) -> None:
+        """The scheduler has handled call ``i``'s completion: the core gets the worker's report and the
+        free slot; the news leaves on the scheduler's stream to the client, which fetches the result."""
         worker, seconds, loaded = ran
         fn = self._functions[self._calls[i]]
         self.core.report(worker.address, self._report(worker, fn, seconds, loaded))
         self.core.finished(i, True, duration=seconds)
-        self._latency[i] = self.now + self.costs.return_seconds - self._submitted[i]
-        self._after(i)
-        self._run_next(worker)
         self._dispatch()
+        self._send(self._to_client, self.costs.return_seconds, WORK, None,
+                   (self.costs.receive_seconds * self._jitter_draw(), RESULT, i, worker))
+
+    def _result(self, i: int, worker: SimWorker) -> None:
+        """The client has call ``i``'s result and releases it (its message on the client's stream, the
+        scheduler's to the worker on that worker's stream)."""
+        self._latency[i] = self.now - self._submitted[i]
+        self._send(self._client_stream, 0.0, SEND, worker.inbox, (0.0, NOTHING, None, None))
+        if self._loop_of[i] >= 0:  # its client sends its next call once it has this one's result
+            self._submit_next(self._loop_of[i], self.now)
 
     def _after(self, i: int) -> None:
         if self._loop_of[i] >= 0:  # its client sends its next call once it has this one's result
@@ -394,8 +452,7 @@ class Simulation:
         return report
 
     # -- jitter ------------------------------------------------------------------------------------
-    def _jitter_draws(self):
-        cv = self.costs.jitter_cv
+    def _jitter_draws(self, cv: float):
         if cv <= 0:
             while True:
                 yield 1.0
