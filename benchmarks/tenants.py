@@ -86,6 +86,20 @@ def _forget_caches(dask_scheduler) -> None:
     dask_scheduler.plugins["kaas"].core.cluster.forget_caches()
 
 
+def _forget_model(dask_scheduler) -> None:
+    from dask_kaas.scheduling.model import RuntimeModel
+
+    core = dask_scheduler.plugins["kaas"].core
+    core.model = RuntimeModel(core.model.default_bandwidth)
+
+
+def forget_model(client) -> None:
+    """The scheduler forgets what it learned of runtimes and load bandwidth (a fresh ``RuntimeModel``), as
+    a simulation starts: runs measured one after another start alike, not from what the run before
+    (or a calibration's tiny loads) taught it."""
+    client.run_on_scheduler(_forget_model)
+
+
 def reset(client, policy: str) -> None:
     """Switch the scheduler to ``policy`` with every cache emptied, and the scheduler's picture of them.
     ``policy`` may name additions as the simulator's configurations do: ``affinity+replication``,

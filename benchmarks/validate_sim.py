@@ -77,7 +77,8 @@ def _functions(sizes_mib: list[int], prefix: str, kernel_of) -> list:
     for i, mib in enumerate(sizes_mib):
         name = f"{prefix}-{i:02d}"
         out.append(Function(name, name, (((name, "w"), mib * MiB),), float(kernel_of(mib)),
-                            in_bytes=BATCH * K * F32, out_bytes=BATCH * (mib * MiB // (K * F32)) * F32))
+                            in_bytes=BATCH * K * F32, out_bytes=BATCH * (mib * MiB // (K * F32)) * F32,
+                            shape=f"matmul-{mib}MiB"))  # live, one shape token per size, whoever's
     return out
 
 
@@ -346,7 +347,7 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
 
     from benchmarks.calibrate import cluster_costs, cluster_figures
     from benchmarks.deployed import wait_idle
-    from benchmarks.tenants import counter_delta, counters, reset
+    from benchmarks.tenants import counter_delta, counters, forget_model, reset
     from dask_kaas import set_policy
     from dask_kaas.sim.workloads import Workload
     from dask_kaas.store import BufferStore
@@ -385,6 +386,7 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
                     time.sleep(SETTLE_S)
                     calibration = cluster_costs(cluster_figures(client, store, RECALIBRATE))
                     reset(client, config.split(">")[0])
+                    forget_model(client)  # each run starts from what a simulation starts from
 
                     def set_policy_at(name, client=client):
                         set_policy(client, name)

@@ -249,7 +249,7 @@ class Simulation:
     def _admit(self, i: int) -> None:
         fn = self._functions[self._calls[i]]
         deadline = fn.slo_seconds if self.admission else None
-        decision = self.core.submit(Task(i, fn.tenant, fn.name, fn.consts, submitted=self.now, deadline=deadline))
+        decision = self.core.submit(Task(i, fn.tenant, fn.shape_token, fn.consts, submitted=self.now, deadline=deadline))
         if decision.action == "reject":
             self._rejected[i] = True
             if self._loop_of[i] >= 0:
@@ -441,7 +441,7 @@ class Simulation:
         request's own time (loads and kernels, stretched by waits for a core), as the runtime
         reports it; Dask's handling of the task on the worker is not in it."""
         worker.seq += 1
-        report = {"ok": True, "tenant": fn.tenant, "shape": fn.name, "seconds": seconds, "bytes_loaded": loaded,
+        report = {"ok": True, "tenant": fn.tenant, "shape": fn.shape_token, "seconds": seconds, "bytes_loaded": loaded,
                   "capacity": worker.capacity, "used": worker.used, "pinned": 0, "seq": worker.seq,
                   "added": [[ns, key, "v", 1, n] for (ns, key), n in worker.added.items()],
                   "removed": [list(ref) for ref in worker.removed],

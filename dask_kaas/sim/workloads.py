@@ -25,7 +25,9 @@ MiB = 2**20
 @dataclass(frozen=True)
 class Function:
     """One callable function: whose it is, the consts it reads ((namespace, key), nbytes), its kernel
-    seconds; ``in_bytes`` and ``out_bytes``: what a call moves through Dask (its inputs, its outputs)."""
+    seconds; ``in_bytes`` and ``out_bytes``: what a call moves through Dask (its inputs, its outputs);
+    ``shape``: what the scheduler predicts its runtime by (live, ``Request.shape_token``: requests of the
+    same kernels and sizes share it, whoever's they are); its name when not given."""
 
     name: str
     tenant: str
@@ -34,6 +36,11 @@ class Function:
     slo_seconds: float | None = None
     in_bytes: int = 0
     out_bytes: int = 0
+    shape: str | None = None
+
+    @property
+    def shape_token(self) -> str:
+        return self.name if self.shape is None else self.shape
 
     @property
     def const_bytes(self) -> int:
@@ -164,10 +171,12 @@ def azure_like(functions: int = 10_000, *, duration: float = 86_400.0, rate: flo
 
 
 def tenant_functions(tenants: int, const_bytes: int, kernel_seconds: float) -> list[Function]:
-    """One function per tenant (``tenant-00`` ...), each reading one const ``w`` of ``const_bytes``."""
+    """One function per tenant (``tenant-00`` ...), each reading one const ``w`` of ``const_bytes``: all of
+    one shape, as live (the same kernels and sizes)."""
     width = max(2, len(str(tenants - 1)))
     return [Function(f"tenant-{i:0{width}d}", f"tenant-{i:0{width}d}", (((f"tenant-{i:0{width}d}", "w"),
-                     int(const_bytes)),), float(kernel_seconds)) for i in range(tenants)]
+                     int(const_bytes)),), float(kernel_seconds), shape=f"const-{int(const_bytes)}")
+            for i in range(tenants)]
 
 
 def zipf_trace(tenants: int, requests: int, *, s: float, seed: int, const_bytes: int, kernel_seconds: float,
