@@ -17,6 +17,7 @@ Version checks use ``BufferStore.cached_version``, the same (stat- or TTL-based)
 so the baselines pay no more for it than KaaS does. Dask places these tasks by its own
 least-loaded rule: no affinity, which is what KaaS adds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -136,11 +137,20 @@ def memory_budget(stats: dict, device: str) -> dict:
     pool = min(s["memory"].get("pool", s["memory"]["total"]) for s in stats.values())
     capacity = min(s["capacity"] for s in stats.values())
     if device == "cuda":
-        how = (f"own cupy.cuda.MemoryPool per worker process, limited to the KaaS worker's pool ({pool} bytes) "
-               "for dask-lru, unlimited (the GPU's remaining memory) for dask-dict; KaaS: its RMM pool")
+        how = (
+            f"own cupy.cuda.MemoryPool per worker process, limited to the KaaS worker's pool ({pool} bytes) "
+            "for dask-lru, unlimited (the GPU's remaining memory) for dask-dict; KaaS: its RMM pool"
+        )
     else:
-        how = ("host memory through NumPy, no pool: dask-lru's cache bounded by the KaaS host device's capacity, "
-               "dask-dict's unbounded")
-    return {"kaas_pool_bytes": pool, "kaas_cache_capacity": capacity,
-            "baseline_pool_bytes": pool if device == "cuda" else None, "baseline_cache_capacity": capacity,
-            "dask_dict": "cache unbounded" + (", pool unlimited" if device == "cuda" else ""), "allocator": how}
+        how = (
+            "host memory through NumPy, no pool: dask-lru's cache bounded by the KaaS host device's capacity, "
+            "dask-dict's unbounded"
+        )
+    return {
+        "kaas_pool_bytes": pool,
+        "kaas_cache_capacity": capacity,
+        "baseline_pool_bytes": pool if device == "cuda" else None,
+        "baseline_cache_capacity": capacity,
+        "dask_dict": "cache unbounded" + (", pool unlimited" if device == "cuda" else ""),
+        "allocator": how,
+    }

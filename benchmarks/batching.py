@@ -27,6 +27,7 @@ Ratios are within one run, arms interleaved. A loss is reported as measured.
 
     python -m benchmarks batching [--quick]
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,11 +44,11 @@ from dask_kaas.text import table
 
 TENANT = "bench-batching"
 GAP = 0.02  # seconds idle before each latency call (as in the overhead suite)
-SIZES = {"full": {"ks": (16, 64), "calls": 3000, "rounds": 3, "repeat": 150, "big_ns": (262144, 4194304),
-                  "big_repeat": 15},
-         "quick": {"ks": (16, 64), "calls": 800, "rounds": 1, "repeat": 40, "big_ns": (262144, 4194304),
-                   "big_repeat": 5},
-         "smoke": {"ks": (4,), "calls": 24, "rounds": 1, "repeat": 3, "big_ns": (131072,), "big_repeat": 2}}
+SIZES = {
+    "full": {"ks": (16, 64), "calls": 3000, "rounds": 3, "repeat": 150, "big_ns": (262144, 4194304), "big_repeat": 15},
+    "quick": {"ks": (16, 64), "calls": 800, "rounds": 1, "repeat": 40, "big_ns": (262144, 4194304), "big_repeat": 5},
+    "smoke": {"ks": (4,), "calls": 24, "rounds": 1, "repeat": 3, "big_ns": (131072,), "big_repeat": 2},
+}
 TARGETS = {"throughput_ratio": 10.0, "cpu_ratio": 1 / 8, "idle_ratio": 1.05, "gateway_over_direct": 1.2}
 
 
@@ -57,8 +58,19 @@ def vadd_request(n: int, tenant: str = TENANT):
     x = BufferSpec("x", 4 * n, dtype="float32", ephemeral=True)
     w = BufferSpec("w", 4 * n, key=f"bench/batching/w{n}", const=True)
     y = BufferSpec("y", 4 * n, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "vadd", max(1, min(n // 128, 65535)), 128, literals=[Literal("i", n)],
-                               arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=tenant)
+    return Request(
+        [
+            KernelSpec(
+                "builtin",
+                "vadd",
+                max(1, min(n // 128, 65535)),
+                128,
+                literals=[Literal("i", n)],
+                arguments=[(x, "i"), (w, "i"), (y, "o")],
+            )
+        ],
+        tenant=tenant,
+    )
 
 
 class Readings:
@@ -73,19 +85,25 @@ class Readings:
     def now(self) -> dict:
         counts = self.client.run_on_scheduler(deployed.read_bytes)
         tasks = sum(t.get("tasks", 0) for t in self.client.run_on_scheduler(_tenants).values())
-        return {"cpu": deployed.process_cpu(self.pid), "bytes": counts["read"] + counts["written"], "tasks": tasks,
-                "client_cpu": deployed.process_cpu(os.getpid()),
-                "workers_cpu": sum(deployed.process_cpu(pid) for pid in self.workers)}
+        return {
+            "cpu": deployed.process_cpu(self.pid),
+            "bytes": counts["read"] + counts["written"],
+            "tasks": tasks,
+            "client_cpu": deployed.process_cpu(os.getpid()),
+            "workers_cpu": sum(deployed.process_cpu(pid) for pid in self.workers),
+        }
 
     def wait_idle(self) -> None:
         deployed.wait_idle(self.client)
 
     def per_call(self, before: dict, after: dict, calls: int) -> dict:
-        return {"scheduler_cpu_us_per_call": (after["cpu"] - before["cpu"]) / calls * 1e6,
-                "client_cpu_us_per_call": (after["client_cpu"] - before["client_cpu"]) / calls * 1e6,
-                "workers_cpu_us_per_call": (after["workers_cpu"] - before["workers_cpu"]) / calls * 1e6,
-                "scheduler_bytes_per_call": (after["bytes"] - before["bytes"]) / calls,
-                "calls_per_task": calls / max(1, after["tasks"] - before["tasks"])}
+        return {
+            "scheduler_cpu_us_per_call": (after["cpu"] - before["cpu"]) / calls * 1e6,
+            "client_cpu_us_per_call": (after["client_cpu"] - before["client_cpu"]) / calls * 1e6,
+            "workers_cpu_us_per_call": (after["workers_cpu"] - before["workers_cpu"]) / calls * 1e6,
+            "scheduler_bytes_per_call": (after["bytes"] - before["bytes"]) / calls,
+            "calls_per_task": calls / max(1, after["tasks"] - before["tasks"]),
+        }
 
 
 def _tenants(dask_scheduler=None) -> dict:
@@ -130,10 +148,13 @@ async def _throughput(address, readings, p, log) -> list[dict]:
                 out = await submit(xs[i % len(xs)])
                 if not np.allclose(out["y"], wants[i % len(xs)]):
                     raise WrongResult(f"batching: caller {i} got a wrong y")
+
             return call
 
-        arms = {"one_task": caller(lambda x: client.submit(req, x=x, pure=False)),
-                "batched": caller(lambda x: batcher.submit(req, x=x))}
+        arms = {
+            "one_task": caller(lambda x: client.submit(req, x=x, pure=False)),
+            "batched": caller(lambda x: batcher.submit(req, x=x)),
+        }
         out = []
         for k in p["ks"]:
             runs = {name: [] for name in arms}
@@ -145,16 +166,25 @@ async def _throughput(address, readings, p, log) -> list[dict]:
                     calls = (max(1, p["calls"] // k) + 1) * k  # each caller's untimed first call too
                     row = {"calls_per_s": rate, **readings.per_call(before, readings.now(), calls)}
                     runs[name].append(row)
-                    log(f"  K={k:<3} {name:<9} round {r + 1}: {row['calls_per_s']:7.0f} calls/s, scheduler "
+                    log(
+                        f"  K={k:<3} {name:<9} round {r + 1}: {row['calls_per_s']:7.0f} calls/s, scheduler "
                         f"{row['scheduler_cpu_us_per_call']:6.0f} us CPU and {row['scheduler_bytes_per_call']:7.0f} B "
                         f"per call, {row['calls_per_task']:.1f} calls per task; CPU us per call: client "
-                        f"{row['client_cpu_us_per_call']:.0f}, workers {row['workers_cpu_us_per_call']:.0f}")
+                        f"{row['client_cpu_us_per_call']:.0f}, workers {row['workers_cpu_us_per_call']:.0f}"
+                    )
             arm = {name: {key: spread(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
             one, batched = arm["one_task"], arm["batched"]
-            out.append({"k": k, "calls": p["calls"], "arms": arm, "runs": runs,
-                        "throughput_ratio": batched["calls_per_s"]["median"] / one["calls_per_s"]["median"],
-                        "cpu_ratio": batched["scheduler_cpu_us_per_call"]["median"]
-                        / one["scheduler_cpu_us_per_call"]["median"]})
+            out.append(
+                {
+                    "k": k,
+                    "calls": p["calls"],
+                    "arms": arm,
+                    "runs": runs,
+                    "throughput_ratio": batched["calls_per_s"]["median"] / one["calls_per_s"]["median"],
+                    "cpu_ratio": batched["scheduler_cpu_us_per_call"]["median"]
+                    / one["scheduler_cpu_us_per_call"]["median"],
+                }
+            )
         return out
 
 
@@ -168,9 +198,14 @@ def idle_latency(client, batcher, p) -> dict:
     def checked(out):
         results.append(out["y"])
 
-    timing = interleaved({"submit": lambda: checked(client.submit(req, x=x, pure=False).result()),
-                          "batched": lambda: checked(batcher.submit(req, x=x).result())},
-                         repeat=p["repeat"], gap=GAP)
+    timing = interleaved(
+        {
+            "submit": lambda: checked(client.submit(req, x=x, pure=False).result()),
+            "batched": lambda: checked(batcher.submit(req, x=x).result()),
+        },
+        repeat=p["repeat"],
+        gap=GAP,
+    )
     if not all(np.allclose(y, want) for y in results):
         raise WrongResult("batching: a wrong y in the idle latency runs")
     s, b = timing["submit"]["median"], timing["batched"]["median"]
@@ -187,13 +222,15 @@ def large_payloads(client, readings, url, token, p, log) -> list[dict]:
         x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
         want = x + WEIGHTS[n]
 
-        def submit_direct():
+        def submit_direct(req=req, x=x):
             future = client.submit(req, x=client.scatter(x, direct=True, hash=False), pure=False)
             return client.gather(future, direct=True)["y"]
 
-        arms = {"gateway": lambda: gateway_call(tc, f"vadd{n}", token, x),
-                "submit_direct": submit_direct,
-                "submit": lambda: client.submit(req, x=x, pure=False).result()["y"]}
+        arms = {
+            "gateway": lambda n=n, x=x: gateway_call(tc, f"vadd{n}", token, x),
+            "submit_direct": submit_direct,
+            "submit": lambda req=req, x=x: client.submit(req, x=x, pure=False).result()["y"],
+        }
         for name, call in arms.items():  # warm, and checked
             if not np.allclose(call(), want):
                 raise WrongResult(f"batching: {name} returned a wrong y for n={n}")
@@ -206,11 +243,20 @@ def large_payloads(client, readings, url, token, p, log) -> list[dict]:
             cost[name] = readings.per_call(before, readings.now(), p["big_repeat"])
         timing = interleaved(arms, repeat=p["big_repeat"], gap=GAP)
         p50 = {name: t["median"] * 1e3 for name, t in timing.items()}
-        row = {"n": n, "bytes": int(x.nbytes), "p50_ms": p50, "timing_s": timing, "scheduler": cost,
-               "gateway_over_direct": p50["gateway"] / p50["submit_direct"]}
-        log(f"  n={n}: p50 ms " + ", ".join(f"{k} {v:.1f}" for k, v in p50.items())
-            + "; scheduler bytes per call " + ", ".join(f"{k} {v['scheduler_bytes_per_call']:.0f}"
-                                                        for k, v in cost.items()))
+        row = {
+            "n": n,
+            "bytes": int(x.nbytes),
+            "p50_ms": p50,
+            "timing_s": timing,
+            "scheduler": cost,
+            "gateway_over_direct": p50["gateway"] / p50["submit_direct"],
+        }
+        log(
+            f"  n={n}: p50 ms "
+            + ", ".join(f"{k} {v:.1f}" for k, v in p50.items())
+            + "; scheduler bytes per call "
+            + ", ".join(f"{k} {v['scheduler_bytes_per_call']:.0f}" for k, v in cost.items())
+        )
         out.append(row)
     return out
 
@@ -228,13 +274,21 @@ def measure(config, p: dict) -> dict:
 
     log = config.log
     tmp = tempfile.mkdtemp(prefix="kaas-bench-batching-")
-    payload = {"parameters": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}, "gap_s": GAP,
-                              "workers": 2, "deployment": "dask kaas scheduler + dask kaas worker --nworkers 2 + "
-                                                          "dask-kaas gateway, each its own process; client here"},
-               "method": __doc__}
+    payload = {
+        "parameters": {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+            "gap_s": GAP,
+            "workers": 2,
+            "deployment": "dask kaas scheduler + dask kaas worker --nworkers 2 + "
+            "dask-kaas gateway, each its own process; client here",
+        },
+        "method": __doc__,
+    }
     try:
-        with deployed.deployed_cluster("host", 2, device_memory="512MiB") as (address, store_url), \
-                Client(address) as client:
+        with (
+            deployed.deployed_cluster("host", 2, device_memory="512MiB") as (address, store_url),
+            Client(address) as client,
+        ):
             store = BufferStore(store_url)
             repo = FunctionRepository(store)
             rng = np.random.default_rng(0)
@@ -262,14 +316,25 @@ def measure(config, p: dict) -> dict:
     top = max(payload["throughput"], key=lambda r: r["k"])
     big = max(payload["large"], key=lambda r: r["n"])
     payload["targets"] = {
-        "throughput_ratio": {"value": top["throughput_ratio"], "k": top["k"],
-                             "rule": f">= {TARGETS['throughput_ratio']:g}x: batched calls/s / one-task calls/s"},
-        "cpu_ratio": {"value": top["cpu_ratio"], "k": top["k"],
-                      "rule": f"<= {TARGETS['cpu_ratio']:g}: batched / one-task scheduler CPU per call"},
-        "idle_ratio": {"value": payload["idle"]["idle_ratio"],
-                       "rule": f"<= {TARGETS['idle_ratio']:g}: batched / plain p50 of one call, idle"},
-        "gateway_over_direct": {"value": big["gateway_over_direct"], "n": big["n"],
-                                "rule": f"<= {TARGETS['gateway_over_direct']:g}: gateway / submit_direct p50"},
+        "throughput_ratio": {
+            "value": top["throughput_ratio"],
+            "k": top["k"],
+            "rule": f">= {TARGETS['throughput_ratio']:g}x: batched calls/s / one-task calls/s",
+        },
+        "cpu_ratio": {
+            "value": top["cpu_ratio"],
+            "k": top["k"],
+            "rule": f"<= {TARGETS['cpu_ratio']:g}: batched / one-task scheduler CPU per call",
+        },
+        "idle_ratio": {
+            "value": payload["idle"]["idle_ratio"],
+            "rule": f"<= {TARGETS['idle_ratio']:g}: batched / plain p50 of one call, idle",
+        },
+        "gateway_over_direct": {
+            "value": big["gateway_over_direct"],
+            "n": big["n"],
+            "rule": f"<= {TARGETS['gateway_over_direct']:g}: gateway / submit_direct p50",
+        },
     }
     for name, t in payload["targets"].items():
         t["met"] = bool(t["value"] >= TARGETS[name] if name == "throughput_ratio" else t["value"] <= TARGETS[name])
@@ -299,28 +364,61 @@ def draw(payload: dict, plt):
 
 
 def report(payload: dict):
-    yield table(["K", "arm", "calls/s", "sched us/call", "sched B/call", "calls/task", "client us/call",
-                 "workers us/call"],
-                [[r["k"], name, f"{a['calls_per_s']['median']:.0f}", f"{a['scheduler_cpu_us_per_call']['median']:.0f}",
-                  f"{a['scheduler_bytes_per_call']['median']:.0f}", f"{a['calls_per_task']['median']:.1f}",
-                  f"{a['client_cpu_us_per_call']['median']:.0f}", f"{a['workers_cpu_us_per_call']['median']:.0f}"]
-                 for r in payload["throughput"] for name, a in r["arms"].items()], right=(0, 2, 3, 4, 5, 6, 7))
+    yield table(
+        ["K", "arm", "calls/s", "sched us/call", "sched B/call", "calls/task", "client us/call", "workers us/call"],
+        [
+            [
+                r["k"],
+                name,
+                f"{a['calls_per_s']['median']:.0f}",
+                f"{a['scheduler_cpu_us_per_call']['median']:.0f}",
+                f"{a['scheduler_bytes_per_call']['median']:.0f}",
+                f"{a['calls_per_task']['median']:.1f}",
+                f"{a['client_cpu_us_per_call']['median']:.0f}",
+                f"{a['workers_cpu_us_per_call']['median']:.0f}",
+            ]
+            for r in payload["throughput"]
+            for name, a in r["arms"].items()
+        ],
+        right=(0, 2, 3, 4, 5, 6, 7),
+    )
     yield ""
     idle = payload["idle"]
     yield f"idle p50: submit {idle['p50_ms']['submit']:.2f} ms, batched {idle['p50_ms']['batched']:.2f} ms"
-    yield table(["n", "arm", "p50 ms", "sched B/call", "sched us/call"],
-                [[r["n"], name, f"{r['p50_ms'][name]:.1f}", f"{r['scheduler'][name]['scheduler_bytes_per_call']:.0f}",
-                  f"{r['scheduler'][name]['scheduler_cpu_us_per_call']:.0f}"]
-                 for r in payload["large"] for name in r["p50_ms"]], right=(0, 2, 3, 4))
+    yield table(
+        ["n", "arm", "p50 ms", "sched B/call", "sched us/call"],
+        [
+            [
+                r["n"],
+                name,
+                f"{r['p50_ms'][name]:.1f}",
+                f"{r['scheduler'][name]['scheduler_bytes_per_call']:.0f}",
+                f"{r['scheduler'][name]['scheduler_cpu_us_per_call']:.0f}",
+            ]
+            for r in payload["large"]
+            for name in r["p50_ms"]
+        ],
+        right=(0, 2, 3, 4),
+    )
     yield ""
     for name, t in payload["targets"].items():
         yield f"{name}: {t['value']:.3g} ({t['rule']}): {met(t['met'])}"
 
 
-SUITE = Suite("batching", __doc__, measure, report, SIZES, draw=draw, host_only=True,
-              options=(Option("--calls", int, "calls per throughput run"),
-                       Option("--rounds", int, "throughput runs of each arm"),
-                       Option("--repeat", int, "idle latency calls of each arm")))
+SUITE = Suite(
+    "batching",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    options=(
+        Option("--calls", int, "calls per throughput run"),
+        Option("--rounds", int, "throughput runs of each arm"),
+        Option("--repeat", int, "idle latency calls of each arm"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.batching ...: the same as python -m benchmarks batching ...

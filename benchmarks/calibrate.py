@@ -17,6 +17,7 @@ needs and writes ``calibrate-host.json``, which ``host_costs()`` reads before an
 - ``store_bw`` and ``device_bw``: a worker's ``BufferStore.get`` of an 8 MiB const, and of 64 MiB
   (a host device's copy is a memcpy).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,11 @@ import numpy as np
 
 from benchmarks.common import Suite, WrongResult, main, spread
 
-SIZES = {"full": {"requests": 400, "noops": 40, "rounds": 5, "batch": 200},
-         "quick": {"requests": 200, "noops": 20, "rounds": 3, "batch": 100},
-         "smoke": {"requests": 16, "noops": 4, "rounds": 1, "batch": 10}}
+SIZES = {
+    "full": {"requests": 400, "noops": 40, "rounds": 5, "batch": 200},
+    "quick": {"requests": 200, "noops": 20, "rounds": 3, "batch": 100},
+    "smoke": {"requests": 16, "noops": 4, "rounds": 1, "batch": 10},
+}
 WORKERS = 4
 WINDOW = 8
 TINY_FLOATS, IO_FLOATS = 256, 32768  # 1 KiB and 128 KiB in, and out, per request
@@ -44,8 +47,11 @@ def _cpu_per_task(client, pids: dict, run) -> tuple[dict, float]:
     from benchmarks.deployed import process_cpu
 
     def read():
-        return {"client": time.process_time(), "scheduler": process_cpu(pids["scheduler"]),
-                "workers": sum(process_cpu(pid) for pid in pids["workers"])}
+        return {
+            "client": time.process_time(),
+            "scheduler": process_cpu(pids["scheduler"]),
+            "workers": sum(process_cpu(pid) for pid in pids["workers"]),
+        }
 
     before, start = read(), time.perf_counter()
     n = run()
@@ -88,16 +94,23 @@ def cluster_figures(client, store, p: dict) -> dict:
 
         def run(count, xs=xs, w=w, req=req, fn=fn, name=name):
             """``count`` requests, ``WINDOW`` in flight, by the asynchronous client the scenarios use."""
-            replay = LiveRun(Workload([fn], np.zeros(count), np.zeros(count, dtype=np.int64), window=WINDOW),
-                             [req] * count, xs[:count], [x + w for x in xs[:count]], [], None)
+            replay = LiveRun(
+                Workload([fn], np.zeros(count), np.zeros(count, dtype=np.int64), window=WINDOW),
+                [req] * count,
+                xs[:count],
+                [x + w for x in xs[:count]],
+                [],
+                None,
+            )
             asyncio.run(replay.run(address))
             if replay.errors:
-                raise WrongResult(f"calibrate {name}: {len(replay.errors)} failed or wrong results "
-                                  f"(first: {replay.errors[:3]})")
+                raise WrongResult(
+                    f"calibrate {name}: {len(replay.errors)} failed or wrong results (first: {replay.errors[:3]})"
+                )
             return count
 
         run(2 * WINDOW)  # warm: the const, the runtime model
-        cpu, rate = _cpu_per_task(client, pids, lambda run=run: run(len(xs)))
+        cpu, rate = _cpu_per_task(client, pids, lambda run=run, xs=xs: run(len(xs)))
         cells[name] = {"cpu_s_per_task": cpu, "throughput_rps": rate, "bytes_moved": 2 * 4 * n}
     roundtrips = asyncio.run(_noop_roundtrips(address, p["noops"], noop))
     return {"cells": cells, "roundtrip": spread(roundtrips), "roundtrip_runs": roundtrips}
@@ -129,10 +142,16 @@ def cluster_costs(live: dict) -> dict:
         raise WrongResult("calibrate: no requests completed")
     cpu = tiny["cpu_s_per_task"]
     extra = sum(io["cpu_s_per_task"].values()) - sum(cpu.values())
-    return {"task_rate": tiny["throughput_rps"], "roundtrip_s": live["roundtrip"]["median"],
-            "jitter_cv": lognormal_cv(live["roundtrip_runs"]), "cores": os.cpu_count(),
-            "client_cpu_s": cpu["client"], "scheduler_cpu_s": cpu["scheduler"], "worker_cpu_s": cpu["workers"],
-            "byte_cpu_s": max(0.0, extra) / (io["bytes_moved"] - tiny["bytes_moved"])}
+    return {
+        "task_rate": tiny["throughput_rps"],
+        "roundtrip_s": live["roundtrip"]["median"],
+        "jitter_cv": lognormal_cv(live["roundtrip_runs"]),
+        "cores": os.cpu_count(),
+        "client_cpu_s": cpu["client"],
+        "scheduler_cpu_s": cpu["scheduler"],
+        "worker_cpu_s": cpu["workers"],
+        "byte_cpu_s": max(0.0, extra) / (io["bytes_moved"] - tiny["bytes_moved"]),
+    }
 
 
 def _store_bandwidths(root: str) -> tuple[float, float]:
@@ -162,23 +181,35 @@ def measure(config, p: dict) -> dict:
         store_bw, device_bw = _store_bandwidths(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    figures = {**cluster_costs(live), "runtime_s": max(0.0, runtime["per_request_overhead_us"]) * 1e-6,
-               "store_bw": store_bw, "device_bw": device_bw}
-    return {"parameters": {**p, "workers": WORKERS, "window": WINDOW, "tiny_floats": TINY_FLOATS,
-                           "io_floats": IO_FLOATS}, "figures": figures, "cells": live["cells"],
-            "roundtrip_s": live["roundtrip"], "seconds": time.perf_counter() - started}
+    figures = {
+        **cluster_costs(live),
+        "runtime_s": max(0.0, runtime["per_request_overhead_us"]) * 1e-6,
+        "store_bw": store_bw,
+        "device_bw": device_bw,
+    }
+    return {
+        "parameters": {**p, "workers": WORKERS, "window": WINDOW, "tiny_floats": TINY_FLOATS, "io_floats": IO_FLOATS},
+        "figures": figures,
+        "cells": live["cells"],
+        "roundtrip_s": live["roundtrip"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def report(payload: dict):
     f = payload["figures"]
-    yield (f"this machine ({f['cores']} cores), measured in {payload['seconds']:.1f} s: {f['task_rate']:.0f} tiny "
-           f"requests/s on {payload['parameters']['workers']} host workers, no-op round trip "
-           f"{f['roundtrip_s'] * 1e3:.2f} ms (cv {f['jitter_cv']:.2f}), runtime {f['runtime_s'] * 1e6:.0f} us per "
-           f"request, store {f['store_bw'] / 1e9:.2f} GB/s, device copy {f['device_bw'] / 1e9:.2f} GB/s")
-    yield (f"CPU per tiny request: client {f['client_cpu_s'] * 1e3:.2f} ms, scheduler {f['scheduler_cpu_s'] * 1e3:.2f} "
-           f"ms, workers {f['worker_cpu_s'] * 1e3:.2f} ms; {f['byte_cpu_s'] * 1e9:.2f} ns more per byte moved in or "
-           f"out ({payload['cells']['io']['throughput_rps']:.0f} requests/s moving "
-           f"{payload['cells']['io']['bytes_moved'] // 1024} KiB each)")
+    yield (
+        f"this machine ({f['cores']} cores), measured in {payload['seconds']:.1f} s: {f['task_rate']:.0f} tiny "
+        f"requests/s on {payload['parameters']['workers']} host workers, no-op round trip "
+        f"{f['roundtrip_s'] * 1e3:.2f} ms (cv {f['jitter_cv']:.2f}), runtime {f['runtime_s'] * 1e6:.0f} us per "
+        f"request, store {f['store_bw'] / 1e9:.2f} GB/s, device copy {f['device_bw'] / 1e9:.2f} GB/s"
+    )
+    yield (
+        f"CPU per tiny request: client {f['client_cpu_s'] * 1e3:.2f} ms, scheduler {f['scheduler_cpu_s'] * 1e3:.2f} "
+        f"ms, workers {f['worker_cpu_s'] * 1e3:.2f} ms; {f['byte_cpu_s'] * 1e9:.2f} ns more per byte moved in or "
+        f"out ({payload['cells']['io']['throughput_rps']:.0f} requests/s moving "
+        f"{payload['cells']['io']['bytes_moved'] // 1024} KiB each)"
+    )
 
 
 SUITE = Suite("calibrate", __doc__, measure, report, SIZES, host_only=True)

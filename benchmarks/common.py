@@ -16,6 +16,7 @@ A suite (``Suite``) is just its experiment: ``measure(config, params) -> dict`` 
 Measuring helpers the suites share: ``timeit``, ``interleaved``, ``spread``, ``bars``,
 ``local_kaas_cluster``, ``machine``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,27 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from collections.abc import Callable, Iterable
 from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")  # the default; KAAS_BENCH_RESULTS or --out override it
-SUITES = ("workloads", "overhead", "contention", "scale", "store_io", "placement", "gateway", "simulate", "engines",
-          "batching", "gateway_attack", "calibrate", "validate-sim")
+SUITES = (
+    "workloads",
+    "overhead",
+    "contention",
+    "scale",
+    "store_io",
+    "placement",
+    "gateway",
+    "simulate",
+    "engines",
+    "batching",
+    "gateway_attack",
+    "calibrate",
+    "validate-sim",
+)
 ALL = ("workloads", "overhead", "contention", "scale")  # what ``all`` runs, in this order
 SIZES = ("full", "quick", "smoke")
 DEVICES = ("auto", "host", "cuda")
@@ -170,8 +184,10 @@ def resolve_device(device: str) -> str:
 
     gpus = gpu_count()
     if device == "cuda" and gpus == 0:
-        raise RuntimeError("--device cuda, but no CUDA GPU answers here (is CuPy installed for this CUDA "
-                           "version, and is a GPU visible?); use --device host or auto")
+        raise RuntimeError(
+            "--device cuda, but no CUDA GPU answers here (is CuPy installed for this CUDA "
+            "version, and is a GPU visible?); use --device host or auto"
+        )
     return "cuda" if gpus else "host"
 
 
@@ -182,10 +198,17 @@ def run(config: Config) -> dict:
     config = config.resolved()
     started = time.perf_counter()
     measured = suite.measure(config, config.params())
-    payload = {"machine": machine(), "suite": suite.name, "device": config.device,
-               "device_requested": config.device_requested, "quick": config.quick,
-               **({"smoke": True} if config.smoke else {}), **measured,
-               "wall_s": time.perf_counter() - started, "source": source()}
+    payload = {
+        "machine": machine(),
+        "suite": suite.name,
+        "device": config.device,
+        "device_requested": config.device_requested,
+        "quick": config.quick,
+        **({"smoke": True} if config.smoke else {}),
+        **measured,
+        "wall_s": time.perf_counter() - started,
+        "source": source(),
+    }
     if config.note:
         payload["note"] = config.note
     payload["plot"] = plot_result(config, payload)
@@ -199,6 +222,7 @@ def kernel_s_per_request(before: dict, after: dict) -> float:
     """Kernel seconds per request between two ``worker_stats`` snapshots, as the devices measured them
     (CUDA events around a timed request's launches; the host's clock on the host device), averaged over
     the requests that were timed."""
+
     def total(stats, field, name=None):
         return sum((s.get("seconds", {}).get(name, 0.0) if name else s.get(field, 0)) for s in stats.values())
 
@@ -258,8 +282,11 @@ def print_result(payload: dict, file=None) -> None:
     print(f"\n{payload['suite']} on {payload['device']} ({size})", file=out)
     for line in get_suite(payload["suite"]).report(payload):
         print(line, file=out)
-    print(f"written: {payload.get('path')}" + (f" and {payload['plot']}" if payload.get("plot") else " (no plot)"),
-          file=out, flush=True)
+    print(
+        f"written: {payload.get('path')}" + (f" and {payload['plot']}" if payload.get("plot") else " (no plot)"),
+        file=out,
+        flush=True,
+    )
 
 
 def met(ok: bool) -> str:
@@ -297,23 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", choices=DEVICES, default="auto")
     size = common.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI)")
-    size.add_argument("--smoke", action="store_true",
-                      help="the smallest sizes, one repetition: proves the suite runs (tests), measures nothing")
-    common.add_argument("--out", default=None,
-                        help="results directory (default benchmarks/results; also $KAAS_BENCH_RESULTS)")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest sizes, one repetition: proves the suite runs (tests), measures nothing",
+    )
+    common.add_argument(
+        "--out", default=None, help="results directory (default benchmarks/results; also $KAAS_BENCH_RESULTS)"
+    )
     common.add_argument("--name", default=None, help="result file name without extension (default: the suite's)")
     common.add_argument("--note", default=None, help="free text stored in the result (e.g. the commit measured)")
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=USAGE, formatter_class=raw)
     sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     for name in SUITES:
         suite = get_suite(name)
-        p = sub.add_parser(name, parents=[common], help=suite.doc.strip().split("\n")[0], description=suite.doc,
-                           formatter_class=raw)
+        p = sub.add_parser(
+            name, parents=[common], help=suite.doc.strip().split("\n")[0], description=suite.doc, formatter_class=raw
+        )
         for opt in suite.options:
-            p.add_argument(opt.flag, type=opt.type, default=None,
-                           help=f"{opt.help} (default: {_defaults(suite, opt.dest)})".lstrip())
-    sub.add_parser("all", parents=[common], help=", ".join(ALL) + ", in that order", description=USAGE,
-                   formatter_class=raw)
+            p.add_argument(
+                opt.flag,
+                type=opt.type,
+                default=None,
+                help=f"{opt.help} (default: {_defaults(suite, opt.dest)})".lstrip(),
+            )
+    sub.add_parser(
+        "all", parents=[common], help=", ".join(ALL) + ", in that order", description=USAGE, formatter_class=raw
+    )
     return parser
 
 
@@ -378,7 +415,7 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -397,10 +434,12 @@ def source() -> dict:
     out = {"dask_kaas": where}
     try:
         git = ["git", "-C", where]
-        out["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       check=True).stdout.strip()
-        out["uncommitted"] = subprocess.run([*git, "status", "--porcelain", "dask_kaas"], capture_output=True,
-                                            text=True, check=True).stdout.split("\n")
+        out["commit"] = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        out["uncommitted"] = subprocess.run(
+            [*git, "status", "--porcelain", "dask_kaas"], capture_output=True, text=True, check=True
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         pass
     return out
@@ -461,8 +500,9 @@ class local_kaas_cluster:
 
         self._root = tempfile.mkdtemp(prefix="kaas-bench-store-")
         n = self.n_workers if self.n_workers is not None else (2 if self.device == "host" else None)
-        self.cluster = LocalKaasCluster(n_workers=n, device=self.device, dashboard_address=":0",
-                                        store=f"file://{self._root}", **self.kwargs)
+        self.cluster = LocalKaasCluster(
+            n_workers=n, device=self.device, dashboard_address=":0", store=f"file://{self._root}", **self.kwargs
+        )
         self.client = Client(self.cluster)
         return self.cluster, self.client
 

@@ -42,6 +42,7 @@ tenant completes exactly what it submitted, so that index is 1 by construction.
 
     python -m benchmarks contention [--quick] [--device host]
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,19 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import Suite, bars, main, met, spread, timeit
-from benchmarks.tenants import (counter_delta, counters, device_capacity, device_memory, hit_rate, latency_figures,
-                                lookups, make_trace, reset, run_jobs, seed_tenants)
+from benchmarks.tenants import (
+    counter_delta,
+    counters,
+    device_capacity,
+    device_memory,
+    hit_rate,
+    latency_figures,
+    lookups,
+    make_trace,
+    reset,
+    run_jobs,
+    seed_tenants,
+)
 
 F32 = 4
 K = 1024
@@ -65,14 +77,22 @@ POLICY = {"static": "static", "kaas-balance": "balance", "kaas-affinity": "affin
 # one entry per configuration; the last of the 8 MiB ones is the headline. The 32 MiB one makes loading weigh
 # more against the fixed per-request cost of a Dask task, to show which way the ratio moves.
 SIZES = {
-    "full": {"configs": [{"workers": 4, "tenants": 8, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
-                         {"workers": 4, "tenants": 12, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
-                         {"workers": 4, "tenants": 8, "requests": 240, "repeat": 3, "const_mib": 32, "per_worker": 3}],
-             "headline": 1},
-    "quick": {"configs": [{"workers": 2, "tenants": 4, "requests": 120, "repeat": 3, "const_mib": 8, "per_worker": 3}],
-              "headline": 0},
-    "smoke": {"configs": [{"workers": 2, "tenants": 4, "requests": 12, "repeat": 1, "const_mib": 1, "per_worker": 3}],
-              "headline": 0},
+    "full": {
+        "configs": [
+            {"workers": 4, "tenants": 8, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+            {"workers": 4, "tenants": 12, "requests": 400, "repeat": 3, "const_mib": 8, "per_worker": 3},
+            {"workers": 4, "tenants": 8, "requests": 240, "repeat": 3, "const_mib": 32, "per_worker": 3},
+        ],
+        "headline": 1,
+    },
+    "quick": {
+        "configs": [{"workers": 2, "tenants": 4, "requests": 120, "repeat": 3, "const_mib": 8, "per_worker": 3}],
+        "headline": 0,
+    },
+    "smoke": {
+        "configs": [{"workers": 2, "tenants": 4, "requests": 12, "repeat": 1, "const_mib": 1, "per_worker": 3}],
+        "headline": 0,
+    },
 }
 
 
@@ -85,8 +105,9 @@ def naive_matmul(url: str, tenant: str, x: np.ndarray) -> tuple[np.ndarray, int]
     return np.matmul(x, w), int(w.nbytes)
 
 
-def cached_matmul(url: str, tenant: str, x: np.ndarray, capacity: int | None, device: str,
-                  pool_bytes: int | None = None) -> tuple[np.ndarray, int]:
+def cached_matmul(
+    url: str, tenant: str, x: np.ndarray, capacity: int | None, device: str, pool_bytes: int | None = None
+) -> tuple[np.ndarray, int]:
     """The fair baselines (``benchmarks.baselines``): ``x @ w`` with ``w`` from a worker-local cache of the
     tenant's weights keyed by store version, bounded by ``capacity`` bytes (``dask-lru``) or not (``dask-dict``);
     on cuda ``x`` copied to the GPU, in the baselines' own pool of ``pool_bytes`` (None: unlimited)."""
@@ -100,11 +121,20 @@ def cached_matmul(url: str, tenant: str, x: np.ndarray, capacity: int | None, de
 # ------------------------------------------------------------------ running a trace
 def jain(values) -> float:
     values = np.asarray(list(values), dtype=float)
-    return float(values.sum() ** 2 / (len(values) * (values ** 2).sum())) if len(values) else float("nan")
+    return float(values.sum() ** 2 / (len(values) * (values**2).sum())) if len(values) else float("nan")
 
 
-def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int = 0, device: str = "host",
-              pool_bytes: int | None = None) -> dict:
+def run_trace(
+    client,
+    jobs,
+    system: str,
+    *,
+    window: int,
+    url: str,
+    capacity: int = 0,
+    device: str = "host",
+    pool_bytes: int | None = None,
+) -> dict:
     """Submit ``jobs`` [(tenant, request, x, expected)] with at most ``window`` in flight; verify every result.
     ``capacity`` and ``pool_bytes`` bound ``dask-lru``'s cache and (on cuda) its pool; ``dask-dict`` has neither."""
     before = counters(client) if system not in BASELINES else None
@@ -117,8 +147,16 @@ def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int
             return client.submit(naive_matmul, url, tenant, x, pure=False)
         if system in ("dask-lru", "dask-dict"):
             lru = system == "dask-lru"
-            return client.submit(cached_matmul, url, tenant, x, capacity if lru else None, device,
-                                 pool_bytes if lru else None, pure=False)
+            return client.submit(
+                cached_matmul,
+                url,
+                tenant,
+                x,
+                capacity if lru else None,
+                device,
+                pool_bytes if lru else None,
+                pure=False,
+            )
         return client.submit(request, pure=False, x=x)
 
     def output(out):
@@ -140,13 +178,21 @@ def run_trace(client, jobs, system: str, *, window: int, url: str, capacity: int
         "loadavg_1m_after": os.getloadavg()[0],
     }
     if system in BASELINES:
-        result.update(bytes_from_store=loaded["bytes"], hits=loaded["hits"], misses=n - loaded["hits"],
-                      hit_rate=loaded["hits"] / n)
+        result.update(
+            bytes_from_store=loaded["bytes"],
+            hits=loaded["hits"],
+            misses=n - loaded["hits"],
+            hit_rate=loaded["hits"] / n,
+        )
     else:
         delta, per_worker = counter_delta(before, counters(client))
-        result.update(bytes_from_store=int(delta["bytes_from_store"]), hits=int(delta["hits"]),
-                      misses=int(lookups(delta) - delta["hits"]), hit_rate=hit_rate(delta),
-                      requests_per_worker=per_worker)
+        result.update(
+            bytes_from_store=int(delta["bytes_from_store"]),
+            hits=int(delta["hits"]),
+            misses=int(lookups(delta) - delta["hits"]),
+            hit_rate=hit_rate(delta),
+            requests_per_worker=per_worker,
+        )
     return result
 
 
@@ -159,8 +205,18 @@ def _prepare(client, system: str) -> None:
 
 
 # ------------------------------------------------------------------ one configuration
-def measure_config(*, device: str, workers: int, tenants: int, requests: int, repeat: int, const_mib: int,
-                   per_worker: int, seed: int = 0, log=print) -> dict:
+def measure_config(
+    *,
+    device: str,
+    workers: int,
+    tenants: int,
+    requests: int,
+    repeat: int,
+    const_mib: int,
+    per_worker: int,
+    seed: int = 0,
+    log=print,
+) -> dict:
     from distributed import Client
 
     from benchmarks.baselines import memory_budget
@@ -187,8 +243,16 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
         }
 
         runs = {s: [] for s in SYSTEMS}
-        with LocalKaasCluster(n_workers=workers, device=device, device_memory=device_memory(cap, device),
-                              store=store, dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalKaasCluster(
+                n_workers=workers,
+                device=device,
+                device_memory=device_memory(cap, device),
+                store=store,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             # the KaaS device's pool and cache as the workers made them (on cuda the cache is a share of the
             # pool, kaas.cuda.cache-capacity): dask-lru gets the same bytes
             memory = memory_budget(worker_stats(client), device)
@@ -196,16 +260,20 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
             # warm up (not counted): imports, kernel modules, the scheduler's runtime model
             for system in SYSTEMS:
                 _prepare(client, system)
-                run_trace(client, jobs[: min(4 * window, len(jobs))], system, window=window, url=url,
-                          device=device, **bounds)
+                run_trace(
+                    client, jobs[: min(4 * window, len(jobs))], system, window=window, url=url, device=device, **bounds
+                )
             for rep in range(repeat):
                 for system in SYSTEMS:
                     _prepare(client, system)
                     r = run_trace(client, jobs, system, window=window, url=url, device=device, **bounds)
                     runs[system].append(r)
-                    log(f"  W={workers} T={tenants} {system:<13} run {rep + 1}: {r['throughput_rps']:6.1f} req/s, "
-                        f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms, hit {r.get('hit_rate', float('nan')):6.1%}, "
-                        f"loaded {r['bytes_from_store'] / 2**20:6.0f} MiB, Jain {r['fairness_jain']:.3f}")
+                    log(
+                        f"  W={workers} T={tenants} {system:<13} run {rep + 1}: {r['throughput_rps']:6.1f} req/s, "
+                        f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms, "
+                        f"hit {r.get('hit_rate', float('nan')):6.1%}, "
+                        f"loaded {r['bytes_from_store'] / 2**20:6.0f} MiB, Jain {r['fairness_jain']:.3f}"
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -221,13 +289,22 @@ def measure_config(*, device: str, workers: int, tenants: int, requests: int, re
         "naive_over_affinity_p99": naive["p99_ms"]["median"] / aff["p99_ms"]["median"],
         "affinity_over_static_throughput": aff["throughput_rps"]["median"]
         / summary["static"]["throughput_rps"]["median"],
-        "naive_over_affinity_bytes": (naive["bytes_from_store"]["median"] / aff["bytes_from_store"]["median"]
-                                      if aff["bytes_from_store"]["median"] else float("inf")),
+        "naive_over_affinity_bytes": (
+            naive["bytes_from_store"]["median"] / aff["bytes_from_store"]["median"]
+            if aff["bytes_from_store"]["median"]
+            else float("inf")
+        ),
     }
     return {
         "parameters": {
-            "workers": workers, "tenants": tenants, "requests": requests, "repeat": repeat, "window": window,
-            "const_bytes": const_bytes, "consts_per_worker": per_worker, "capacity_bytes": cap,
+            "workers": workers,
+            "tenants": tenants,
+            "requests": requests,
+            "repeat": repeat,
+            "window": window,
+            "const_bytes": const_bytes,
+            "consts_per_worker": per_worker,
+            "capacity_bytes": cap,
             "memory": memory,
             "request": f"y({BATCH}x{n}) = x({BATCH}x{K}) @ w({K}x{n}) float32; KaaS: one builtin sgemm",
             "trace": f"tenants i.i.d., p(rank r) ~ 1/r**{ZIPF}, ranks shuffled over tenants, seed {seed}",
@@ -253,24 +330,30 @@ def measure(config, p: dict) -> dict:
     headline = configs[p["headline"]]
     loads = [r["loadavg_1m_after"] for c in configs for rs in c["runs"].values() for r in rs]
     return {
-        "parameters": {"configs": p["configs"], "systems": list(SYSTEMS), "zipf_s": ZIPF, "batch": BATCH,
-                       "fairness": "Jain's index over tenants of 1 / (tenant's p50 latency)"},
+        "parameters": {
+            "configs": p["configs"],
+            "systems": list(SYSTEMS),
+            "zipf_s": ZIPF,
+            "batch": BATCH,
+            "fairness": "Jain's index over tenants of 1 / (tenant's p50 latency)",
+        },
         "configs": configs,
         "headline": {
             "config": {k: headline["parameters"][k] for k in ("workers", "tenants", "requests", "const_bytes")},
             "table": {s: {k: headline["summary"][s][k]["median"] for k in headline["summary"][s]} for s in SYSTEMS},
             "ratios": headline["ratios"],
             "paper_claim": "up to 50x throughput and 16x lower latency than static GPU allocation "
-                           "(Pemberton et al., arXiv:2212.08146)",
+            "(Pemberton et al., arXiv:2212.08146)",
             "targets": headline["targets"],
             "naive_note": "naive re-reads the weights from the store on every call: a strawman kept for "
-                          "reference; the comparisons that matter are against dask-lru and dask-dict",
+            "reference; the comparisons that matter are against dask-lru and dask-dict",
         },
         "machine_load": {
             "loadavg_1m_after_each_run": spread(loads),
             "note": "this benchmark alone keeps both cores busy (W worker processes + scheduler and client); "
-                    "a 1-minute load average well above W + 1 means something else ran beside it, and its "
-                    "figures are noisier than their spread suggests"},
+            "a 1-minute load average well above W + 1 means something else ran beside it, and its "
+            "figures are noisier than their spread suggests",
+        },
     }
 
 
@@ -282,10 +365,19 @@ def draw(payload: dict, plt):
     for j, c in enumerate(configs):
         p = c["parameters"]
         label = f"W={p['workers']} T={p['tenants']} {p['const_bytes'] >> 20} MiB"
-        for ax, key, scale in ((axes[0], "throughput_rps", 1), (axes[1], "p50_ms", 1),
-                               (axes[2], "bytes_from_store", 2**-20)):
-            bars(ax, xs + (j - (len(configs) - 1) / 2) * width, (c["summary"][s][key] for s in SYSTEMS),
-                 scale=scale, width=width, label=label)
+        for ax, key, scale in (
+            (axes[0], "throughput_rps", 1),
+            (axes[1], "p50_ms", 1),
+            (axes[2], "bytes_from_store", 2**-20),
+        ):
+            bars(
+                ax,
+                xs + (j - (len(configs) - 1) / 2) * width,
+                (c["summary"][s][key] for s in SYSTEMS),
+                scale=scale,
+                width=width,
+                label=label,
+            )
     for ax, title in zip(axes, ("throughput (req/s)", "p50 latency (ms)", "MiB loaded from the store")):
         ax.set_xticks(xs, SYSTEMS, rotation=15)
         ax.set_title(title)
@@ -296,23 +388,31 @@ def draw(payload: dict, plt):
 def report(payload: dict):
     for c in payload["configs"]:
         p = c["parameters"]
-        yield (f"W={p['workers']} T={p['tenants']} const {p['const_bytes'] >> 20} MiB ({p['requests']} requests, "
-               f"window {p['window']}, medians of {p['repeat']}); in-process: store get "
-               f"{c['local_cost_per_request']['store_get_ms']:.2f} ms, matmul "
-               f"{c['local_cost_per_request']['matmul_ms']:.2f} ms")
+        yield (
+            f"W={p['workers']} T={p['tenants']} const {p['const_bytes'] >> 20} MiB ({p['requests']} requests, "
+            f"window {p['window']}, medians of {p['repeat']}); in-process: store get "
+            f"{c['local_cost_per_request']['store_get_ms']:.2f} ms, matmul "
+            f"{c['local_cost_per_request']['matmul_ms']:.2f} ms"
+        )
         yield f"{'system':<14}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'loaded MiB':>12}{'hit rate':>10}{'Jain':>7}"
         for s in SYSTEMS:
             m = {k: v["median"] for k, v in c["summary"][s].items()}
-            yield (f"{s:<14}{m['throughput_rps']:>8.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
-                   f"{m['bytes_from_store'] / 2**20:>12.0f}{m['hit_rate']:>10.1%}{m['fairness_jain']:>7.3f}")
+            yield (
+                f"{s:<14}{m['throughput_rps']:>8.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                f"{m['bytes_from_store'] / 2**20:>12.0f}{m['hit_rate']:>10.1%}{m['fairness_jain']:>7.3f}"
+            )
         r, t = c["ratios"], c["targets"]
-        yield (f"affinity/dask-lru throughput {r['affinity_over_dask_lru_throughput']:.2f}x (target >= 1.5x: "
-               f"{met(t['affinity_1.5x_dask_lru_throughput'])}), affinity/dask-dict "
-               f"{r['affinity_over_dask_dict_throughput']:.2f}x (target >= 1x: "
-               f"{met(t['affinity_at_least_dask_dict_throughput'])})")
-        yield (f"affinity/naive throughput {r['affinity_over_naive_throughput']:.2f}x, naive/affinity p50 "
-               f"{r['naive_over_affinity_p50']:.2f}x, p99 {r['naive_over_affinity_p99']:.2f}x; "
-               f"affinity/static throughput {r['affinity_over_static_throughput']:.2f}x")
+        yield (
+            f"affinity/dask-lru throughput {r['affinity_over_dask_lru_throughput']:.2f}x (target >= 1.5x: "
+            f"{met(t['affinity_1.5x_dask_lru_throughput'])}), affinity/dask-dict "
+            f"{r['affinity_over_dask_dict_throughput']:.2f}x (target >= 1x: "
+            f"{met(t['affinity_at_least_dask_dict_throughput'])})"
+        )
+        yield (
+            f"affinity/naive throughput {r['affinity_over_naive_throughput']:.2f}x, naive/affinity p50 "
+            f"{r['naive_over_affinity_p50']:.2f}x, p99 {r['naive_over_affinity_p99']:.2f}x; "
+            f"affinity/static throughput {r['affinity_over_static_throughput']:.2f}x"
+        )
 
 
 SUITE = Suite("contention", __doc__, measure, report, SIZES, draw=draw)

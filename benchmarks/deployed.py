@@ -7,6 +7,7 @@ processes, the benchmark's client in this one, and readings taken inside the sch
   its TCP comms (its comms' frames counted where distributed's TCP comm reads and writes them;
   installed in the scheduler with ``client.run_on_scheduler``: measurement code, never the product).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,6 @@ import tempfile
 import time
 
 from benchmarks.gateway import free_port
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the benchmarks package is
 
@@ -37,12 +37,13 @@ class background:
     def __init__(self, args: list[str], log_path: str, env: dict | None = None):
         self.args, self.log_path, self.env = args, log_path, env or {}
 
-    def __enter__(self) -> "background":
+    def __enter__(self) -> background:
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, **self.env, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         return self
 
     def __exit__(self, *exc):
@@ -66,8 +67,14 @@ class deployed_cluster:
     ``dask kaas worker --nworkers N`` as their own processes, on ``store_url`` (default: a temporary
     file store); a cluster that does not come up raises with the tails of their logs."""
 
-    def __init__(self, device: str = "host", n_workers: int = 2, *, device_memory: str | None = None,
-                 store_url: str | None = None):
+    def __init__(
+        self,
+        device: str = "host",
+        n_workers: int = 2,
+        *,
+        device_memory: str | None = None,
+        store_url: str | None = None,
+    ):
         self.device, self.n_workers, self.device_memory, self.store_url = device, n_workers, device_memory, store_url
 
     def __enter__(self):
@@ -78,15 +85,33 @@ class deployed_cluster:
         port = free_port()
         address = f"tcp://127.0.0.1:{port}"
         env = {"DASK_KAAS__STORE": store_url}
-        worker = [*_command(), "worker", address, "--nworkers", str(self.n_workers), "--device", self.device,
-                  "--store", store_url, "--no-dashboard", "--local-directory", self.root]
+        worker = [
+            *_command(),
+            "worker",
+            address,
+            "--nworkers",
+            str(self.n_workers),
+            "--device",
+            self.device,
+            "--store",
+            store_url,
+            "--no-dashboard",
+            "--local-directory",
+            self.root,
+        ]
         if self.device_memory:
             worker += ["--device-memory", self.device_memory]
         self.stack = contextlib.ExitStack()
-        procs = [self.stack.enter_context(background(
-                     [*_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                     os.path.join(self.root, "scheduler.log"), env)),
-                 self.stack.enter_context(background(worker, os.path.join(self.root, "workers.log"), env))]
+        procs = [
+            self.stack.enter_context(
+                background(
+                    [*_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                    os.path.join(self.root, "scheduler.log"),
+                    env,
+                )
+            ),
+            self.stack.enter_context(background(worker, os.path.join(self.root, "workers.log"), env)),
+        ]
         try:
             with Client(address, timeout=120) as client:
                 client.wait_for_workers(self.n_workers, timeout=180)

@@ -29,6 +29,7 @@ Headline, at the largest K: batched KaaS req/s / one-task-per-request KaaS req/s
 batched KaaS req/s / Ray task calls/s (target >= 1), and idle p50 of one call through the Batcher /
 idle p50 of the same request with ``client.submit`` (target <= 1.05).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +66,19 @@ def vadd_request():
     x = BufferSpec("x", 4 * N, dtype="float32", ephemeral=True)
     w = BufferSpec("w", 4 * N, key=W_KEY, const=True)
     y = BufferSpec("y", 4 * N, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "vadd", grid=-(-N // 128), block=128, literals=[Literal("i", N)],
-                               arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=TENANT)
+    return Request(
+        [
+            KernelSpec(
+                "builtin",
+                "vadd",
+                grid=-(-N // 128),
+                block=128,
+                literals=[Literal("i", N)],
+                arguments=[(x, "i"), (w, "i"), (y, "o")],
+            )
+        ],
+        tenant=TENANT,
+    )
 
 
 def noop() -> None:
@@ -93,8 +106,13 @@ def ray_session(skipped: str | None):
     import ray
 
     # code_search_path: Ray's workers import benchmarks.engines (the no-op) whatever the cwd
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             job_config=ray.job_config.JobConfig(code_search_path=[ROOT]))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        job_config=ray.job_config.JobConfig(code_search_path=[ROOT]),
+    )
     try:
         yield ray
     finally:
@@ -126,8 +144,11 @@ class Arm:
 
     def check(self) -> None:
         for i, out in self._outs:
-            right = out is None if self.want is None else (
-                isinstance(out, dict) and np.allclose(out.get("y"), self.want(i), rtol=1e-6, atol=1e-6))
+            right = (
+                out is None
+                if self.want is None
+                else (isinstance(out, dict) and np.allclose(out.get("y"), self.want(i), rtol=1e-6, atol=1e-6))
+            )
             if not right:
                 raise WrongResult(f"engines: {self.name} call {i} returned a wrong result")
         self.checked += len(self._outs)
@@ -143,8 +164,10 @@ def ray_arms(ray) -> list[Arm]:
             return None
 
     actor = Noop.remote()
-    return [Arm("ray_task", "ray.remote no-op task, ray.get", lambda i: task.remote(), ray.get),
-            Arm("ray_actor", "no-op actor method, ray.get", lambda i: actor.noop.remote(), ray.get)]
+    return [
+        Arm("ray_task", "ray.remote no-op task, ray.get", lambda i: task.remote(), ray.get),
+        Arm("ray_actor", "no-op actor method, ray.get", lambda i: actor.noop.remote(), ray.get),
+    ]
 
 
 def dask_arms(client, batcher, req, xs: np.ndarray, want: np.ndarray) -> list[Arm]:
@@ -155,12 +178,26 @@ def dask_arms(client, batcher, req, xs: np.ndarray, want: np.ndarray) -> list[Ar
         return xs[i % len(xs)]
 
     return [
-        Arm("dask_noop", "client.submit(noop, pure=False), client.gather",
-            lambda i: client.submit(noop, pure=False), client.gather),
-        Arm("kaas_task", "client.submit(request, x=x, pure=False), client.gather: one Dask task per call",
-            lambda i: client.submit(req, x=x(i), pure=False), client.gather, right),
-        Arm("kaas_batched", "Batcher(client).submit(request, x=x), .result() of each",
-            lambda i: batcher.submit(req, x=x(i)), lambda fs: [f.result(timeout=120) for f in fs], right),
+        Arm(
+            "dask_noop",
+            "client.submit(noop, pure=False), client.gather",
+            lambda i: client.submit(noop, pure=False),
+            client.gather,
+        ),
+        Arm(
+            "kaas_task",
+            "client.submit(request, x=x, pure=False), client.gather: one Dask task per call",
+            lambda i: client.submit(req, x=x(i), pure=False),
+            client.gather,
+            right,
+        ),
+        Arm(
+            "kaas_batched",
+            "Batcher(client).submit(request, x=x), .result() of each",
+            lambda i: batcher.submit(req, x=x(i)),
+            lambda fs: [f.result(timeout=120) for f in fs],
+            right,
+        ),
     ]
 
 
@@ -198,13 +235,23 @@ def run_rounds(arms: list[Arm], p: dict, log) -> list[dict]:
         for k in p["ks"]:
             for a in arms:
                 rps[a.name][k].append(burst_rate(a, k, p["batches"]))
-        log(f"  round {r + 1}/{p['rounds']}: " + ", ".join(
-            f"{a.name} {timing[a.name]['median'] * 1e3:.2f} ms, {rps[a.name][max(p['ks'])][-1]:.0f}/s"
-            for a in arms))
-    return [{"arm": a.name, "what": a.what, "p50_ms": spread(latency[a.name])["median"] * 1e3,
-             "latency_s": spread(latency[a.name]),
-             "throughput": [{"k": k, "calls_per_s": spread(rps[a.name][k])} for k in p["ks"]],
-             "results_checked": a.checked} for a in arms]
+        log(
+            f"  round {r + 1}/{p['rounds']}: "
+            + ", ".join(
+                f"{a.name} {timing[a.name]['median'] * 1e3:.2f} ms, {rps[a.name][max(p['ks'])][-1]:.0f}/s" for a in arms
+            )
+        )
+    return [
+        {
+            "arm": a.name,
+            "what": a.what,
+            "p50_ms": spread(latency[a.name])["median"] * 1e3,
+            "latency_s": spread(latency[a.name]),
+            "throughput": [{"k": k, "calls_per_s": spread(rps[a.name][k])} for k in p["ks"]],
+            "results_checked": a.checked,
+        }
+        for a in arms
+    ]
 
 
 # ------------------------------------------------------------------ the figures that matter
@@ -215,8 +262,13 @@ def rps_at(rows: dict, arm: str, k: int) -> float | None:
 
 def ratio(numerator: str, denominator: str, num: float | None, den: float | None, target: str, ok) -> dict:
     value = None if num is None or den is None else num / den
-    return {"numerator": numerator, "denominator": denominator, "ratio": value, "target": target,
-            "met": None if value is None else bool(ok(value))}
+    return {
+        "numerator": numerator,
+        "denominator": denominator,
+        "ratio": value,
+        "target": target,
+        "met": None if value is None else bool(ok(value)),
+    }
 
 
 def headline(arms: list[dict], k: int) -> dict:
@@ -225,21 +277,38 @@ def headline(arms: list[dict], k: int) -> dict:
     return {
         "k": k,
         "batched_over_task_rps": ratio(
-            f"kaas_batched req/s at K={k}", f"kaas_task req/s at K={k}", batched, rps_at(rows, "kaas_task", k),
-            f">= {TARGET_BATCHED_OVER_TASK:g}", lambda r: r >= TARGET_BATCHED_OVER_TASK),
+            f"kaas_batched req/s at K={k}",
+            f"kaas_task req/s at K={k}",
+            batched,
+            rps_at(rows, "kaas_task", k),
+            f">= {TARGET_BATCHED_OVER_TASK:g}",
+            lambda r: r >= TARGET_BATCHED_OVER_TASK,
+        ),
         "batched_over_ray_task_rps": ratio(
-            f"kaas_batched req/s at K={k}", f"ray_task calls/s at K={k}", batched, rps_at(rows, "ray_task", k),
-            f">= {TARGET_BATCHED_OVER_RAY:g}", lambda r: r >= TARGET_BATCHED_OVER_RAY),
+            f"kaas_batched req/s at K={k}",
+            f"ray_task calls/s at K={k}",
+            batched,
+            rps_at(rows, "ray_task", k),
+            f">= {TARGET_BATCHED_OVER_RAY:g}",
+            lambda r: r >= TARGET_BATCHED_OVER_RAY,
+        ),
         "batched_idle_p50_over_submit_idle_p50": ratio(
-            "kaas_batched idle p50", "kaas_task idle p50 (client.submit)", rows["kaas_batched"]["p50_ms"],
-            rows["kaas_task"]["p50_ms"], f"<= {TARGET_IDLE_RATIO:g}", lambda r: r <= TARGET_IDLE_RATIO),
+            "kaas_batched idle p50",
+            "kaas_task idle p50 (client.submit)",
+            rows["kaas_batched"]["p50_ms"],
+            rows["kaas_task"]["p50_ms"],
+            f"<= {TARGET_IDLE_RATIO:g}",
+            lambda r: r <= TARGET_IDLE_RATIO,
+        ),
     }
 
 
 # ------------------------------------------------------------------ suite
-SIZES = {"full": {"rounds": 12, "latency_calls": 20, "ks": (16, 64), "batches": 5},
-         "quick": {"rounds": 4, "latency_calls": 10, "ks": (16, 64), "batches": 3},
-         "smoke": {"rounds": 1, "latency_calls": 2, "ks": (2, 4), "batches": 1}}
+SIZES = {
+    "full": {"rounds": 12, "latency_calls": 20, "ks": (16, 64), "batches": 5},
+    "quick": {"rounds": 4, "latency_calls": 10, "ks": (16, 64), "batches": 3},
+    "smoke": {"rounds": 1, "latency_calls": 2, "ks": (2, 4), "batches": 1},
+}
 
 
 def measure(config, p: dict) -> dict:
@@ -259,8 +328,11 @@ def measure(config, p: dict) -> dict:
         store_url = f"file://{tmp}/store"
         BufferStore(store_url).put(W_KEY, w, namespace=TENANT)
         log("  starting dask kaas scheduler and worker --nworkers 2" + ("" if skipped else ", and Ray"))
-        with deployed.deployed_cluster("host", 2, store_url=store_url) as (address, _), \
-                Client(address, timeout=60) as client, ray_session(skipped) as ray:
+        with (
+            deployed.deployed_cluster("host", 2, store_url=store_url) as (address, _),
+            Client(address, timeout=60) as client,
+            ray_session(skipped) as ray,
+        ):
             batcher = Batcher(client)
             arms = (ray_arms(ray) if ray else []) + dask_arms(client, batcher, req, xs, xs + w)
             warm(client, req, arms, xs, k_max)
@@ -272,13 +344,20 @@ def measure(config, p: dict) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "parameters": {**p, "ks": list(p["ks"]), "gap_s": GAP, "workers": 2,
-                       "request": f"vadd of {N} float32, x in the call (one of K), w tenant {TENANT}'s const "
-                                  f"{W_KEY}, cached on the workers"},
+        "parameters": {
+            **p,
+            "ks": list(p["ks"]),
+            "gap_s": GAP,
+            "workers": 2,
+            "request": f"vadd of {N} float32, x in the call (one of K), w tenant {TENANT}'s const "
+            f"{W_KEY}, cached on the workers",
+        },
         "method": __doc__,
-        "deployment": {"dask": "dask kaas scheduler, dask kaas worker --nworkers 2 --device host (own processes); "
-                               "client in the benchmark's process",
-                       "ray": skipped or "ray.init(num_cpus=2, include_dashboard=False) in the benchmark's process"},
+        "deployment": {
+            "dask": "dask kaas scheduler, dask kaas worker --nworkers 2 --device host (own processes); "
+            "client in the benchmark's process",
+            "ray": skipped or "ray.init(num_cpus=2, include_dashboard=False) in the benchmark's process",
+        },
         "ray": skipped or metadata.version("ray"),
         "ray_arms": skipped is None,
         "arms": rows,
@@ -302,8 +381,13 @@ def draw(payload: dict, plt):
     xs = np.arange(len(names))
     width = 0.8 / len(ks)
     for j, k in enumerate(ks):
-        bars(ax2, xs + (j - (len(ks) - 1) / 2) * width, (next(t["calls_per_s"] for t in a["throughput"] if t["k"] == k)
-                                                        for a in arms), width=width, label=f"K={k} in flight")
+        bars(
+            ax2,
+            xs + (j - (len(ks) - 1) / 2) * width,
+            (next(t["calls_per_s"] for t in a["throughput"] if t["k"] == k) for a in arms),
+            width=width,
+            label=f"K={k} in flight",
+        )
     ax2.set_xticks(xs, names, rotation=30)
     ax2.set_yscale("log")
     ax2.set_ylabel("calls/s (median; bars min-max)")
@@ -315,14 +399,23 @@ def draw(payload: dict, plt):
 
 def report(payload: dict):
     ks = payload["parameters"]["ks"]
-    rows = [[a["arm"], f"{a['p50_ms']:.2f}", *(f"{t['calls_per_s']['median']:.0f}" for t in a["throughput"]),
-             a["results_checked"]] for a in payload["arms"]]
+    rows = [
+        [
+            a["arm"],
+            f"{a['p50_ms']:.2f}",
+            *(f"{t['calls_per_s']['median']:.0f}" for t in a["throughput"]),
+            a["results_checked"],
+        ]
+        for a in payload["arms"]
+    ]
     yield table(["arm", "idle p50 ms", *(f"calls/s K={k}" for k in ks), "checked"], rows, right=range(1, len(ks) + 3))
     if not payload["ray_arms"]:
         yield f"ray: {payload['ray']}: the Ray arms were skipped"
     load = payload["loadavg_1m"]
-    yield (f"load average (1 min) before / after the rounds: {load['before']:.2f} / {load['after']:.2f} "
-           f"on {payload['machine']['cpus']} CPUs")
+    yield (
+        f"load average (1 min) before / after the rounds: {load['before']:.2f} / {load['after']:.2f} "
+        f"on {payload['machine']['cpus']} CPUs"
+    )
     b = payload["batcher"]
     yield f"batcher: {b['calls']} calls in {b['batches']} batches ({b['calls'] / max(b['batches'], 1):.1f} per batch)"
     h = payload["headline"]
@@ -332,10 +425,20 @@ def report(payload: dict):
         yield f"{r['numerator']} / {r['denominator']}: {value}, target {r['target']}"
 
 
-SUITE = Suite("engines", __doc__, measure, report, SIZES, draw=draw, host_only=True,
-              options=(Option("--rounds", int, "interleaved rounds"),
-                       Option("--latency-calls", int, "single calls per arm per round"),
-                       Option("--batches", int, "bursts of K per throughput sample")))
+SUITE = Suite(
+    "engines",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    options=(
+        Option("--rounds", int, "interleaved rounds"),
+        Option("--latency-calls", int, "single calls per arm per round"),
+        Option("--batches", int, "bursts of K per throughput sample"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.engines ...: the same as python -m benchmarks engines ...

@@ -24,6 +24,7 @@ very request from this process.
 A loss (ratio above 1) is the gateway's cost: HTTP, the OIP codec, one more process and one more
 Dask client between the caller and the scheduler; it is reported as measured.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -49,14 +50,27 @@ GAP = 0.02  # seconds idle before each latency call (as in the overhead suite)
 
 def vadd_function(n: int) -> dict:
     """The function document: ``y = x + w`` over ``n`` float32, ``w`` the const ``bench/gateway/w<n>``."""
-    return {"request": {"buffers": [
-        {"name": "x", "size": 4 * n, "dtype": "float32", "ephemeral": True},
-        {"name": "w", "size": 4 * n, "key": f"bench/gateway/w{n}", "const": True, "dtype": "float32"},
-        {"name": "y", "size": 4 * n, "dtype": "float32", "ephemeral": True}],
-        "kernels": [{"library": "builtin", "kernel": "vadd", "grid": [-(-n // 128)], "block": [128],
-                     "literals": [{"type": "i", "value": n}], "arguments": [["x", "i"], ["w", "i"], ["y", "o"]]}]},
+    return {
+        "request": {
+            "buffers": [
+                {"name": "x", "size": 4 * n, "dtype": "float32", "ephemeral": True},
+                {"name": "w", "size": 4 * n, "key": f"bench/gateway/w{n}", "const": True, "dtype": "float32"},
+                {"name": "y", "size": 4 * n, "dtype": "float32", "ephemeral": True},
+            ],
+            "kernels": [
+                {
+                    "library": "builtin",
+                    "kernel": "vadd",
+                    "grid": [-(-n // 128)],
+                    "block": [128],
+                    "literals": [{"type": "i", "value": n}],
+                    "arguments": [["x", "i"], ["w", "i"], ["y", "o"]],
+                }
+            ],
+        },
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [n]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [n]}]}
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [n]}],
+    }
 
 
 def check(y, want, what: str) -> None:
@@ -80,8 +94,22 @@ class gateway_process:
         cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dask_kaas.cli"]
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
-        self.args = [*cmd, "gateway", "--scheduler", scheduler, "--store", store_url, "--tokens", tokens,
-                     "--port", str(self.port), "--grpc-port", str(self.grpc_port), "--log-level", "warning"]
+        self.args = [
+            *cmd,
+            "gateway",
+            "--scheduler",
+            scheduler,
+            "--store",
+            store_url,
+            "--tokens",
+            tokens,
+            "--port",
+            str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--log-level",
+            "warning",
+        ]
         self.log_path = log_path
 
     def __enter__(self) -> str:
@@ -143,9 +171,11 @@ def grpc_call(gc, model: str, token: str, x: np.ndarray) -> np.ndarray:
 
 def latency(client, tc, gc, model, token, req, x, want, repeat: int) -> dict:
     """Like ``common.interleaved`` (round-robin, ``GAP`` idle before each), each result checked untimed."""
-    calls = {"gateway": lambda: gateway_call(tc, model, token, x),
-             "grpc": lambda: grpc_call(gc, model, token, x),
-             "submit": lambda: client.submit(req, x=x, pure=False).result()["y"]}
+    calls = {
+        "gateway": lambda: gateway_call(tc, model, token, x),
+        "grpc": lambda: grpc_call(gc, model, token, x),
+        "submit": lambda: client.submit(req, x=x, pure=False).result()["y"],
+    }
     runs = {name: [] for name in calls}
     for _ in range(repeat):
         for name, fn in calls.items():
@@ -156,9 +186,15 @@ def latency(client, tc, gc, model, token, req, x, want, repeat: int) -> dict:
             check(y, want, f"{name} (N={x.size})")
     timing = {name: spread(t) for name, t in runs.items()}
     g, r, s = (timing[name]["median"] for name in ("gateway", "grpc", "submit"))
-    return {"n": int(x.size), "bytes": int(x.nbytes), "timing_s": timing,
-            "p50_ms": {"gateway": g * 1e3, "grpc": r * 1e3, "submit": s * 1e3},
-            "ratio_gateway_over_submit": g / s, "ratio_grpc_over_gateway": r / g, "added_ms": (g - s) * 1e3}
+    return {
+        "n": int(x.size),
+        "bytes": int(x.nbytes),
+        "timing_s": timing,
+        "p50_ms": {"gateway": g * 1e3, "grpc": r * 1e3, "submit": s * 1e3},
+        "ratio_gateway_over_submit": g / s,
+        "ratio_grpc_over_gateway": r / g,
+        "added_ms": (g - s) * 1e3,
+    }
 
 
 def requests_per_second(k: int, calls: int, one_call) -> float:
@@ -207,15 +243,23 @@ def throughput(client, url, model, token, req, x, want, ks, calls: int, rounds: 
     out = []
     for k in ks:
         rps = {name: spread(v) for name, v in runs[k].items()}
-        out.append({"k": k, "calls": max(1, calls // k) * k, "rps": rps,
-                    "ratio_gateway_over_submit": rps["gateway"]["median"] / rps["submit"]["median"]})
+        out.append(
+            {
+                "k": k,
+                "calls": max(1, calls // k) * k,
+                "rps": rps,
+                "ratio_gateway_over_submit": rps["gateway"]["median"] / rps["submit"]["median"],
+            }
+        )
     return out
 
 
 # ------------------------------------------------------------------ suite
-SIZES = {"full": {"ns": (1024, 262144), "repeat": 200, "ks": (1, 8, 16), "calls": 480, "rounds": 3},
-         "quick": {"ns": (1024, 262144), "repeat": 40, "ks": (1, 8, 16), "calls": 160, "rounds": 1},
-         "smoke": {"ns": (1024,), "repeat": 3, "ks": (1, 2), "calls": 8, "rounds": 1}}
+SIZES = {
+    "full": {"ns": (1024, 262144), "repeat": 200, "ks": (1, 8, 16), "calls": 480, "rounds": 3},
+    "quick": {"ns": (1024, 262144), "repeat": 40, "ks": (1, 8, 16), "calls": 160, "rounds": 1},
+    "smoke": {"ns": (1024,), "repeat": 3, "ks": (1, 2), "calls": 8, "rounds": 1},
+}
 
 
 def measure(config, p: dict) -> dict:
@@ -227,10 +271,20 @@ def measure(config, p: dict) -> dict:
     tmp = tempfile.mkdtemp(prefix="kaas-bench-gateway-")
     tokens = os.path.join(tmp, "tokens.yaml")
     token = add_token(tokens, TENANT)
-    payload = {"parameters": {"quick": config.quick, "ns": list(p["ns"]), "repeat": p["repeat"], "ks": list(p["ks"]),
-                              "calls": p["calls"], "rounds": p["rounds"], "gap_s": GAP, "workers": 2,
-                              "function": "vadd of N float32, x in the call, w a cached const of the tenant"},
-               "method": __doc__}
+    payload = {
+        "parameters": {
+            "quick": config.quick,
+            "ns": list(p["ns"]),
+            "repeat": p["repeat"],
+            "ks": list(p["ks"]),
+            "calls": p["calls"],
+            "rounds": p["rounds"],
+            "gap_s": GAP,
+            "workers": 2,
+            "function": "vadd of N float32, x in the call, w a cached const of the tenant",
+        },
+        "method": __doc__,
+    }
     try:
         with local_kaas_cluster("host") as (cluster, client):
             repo = FunctionRepository(cluster.store)
@@ -241,11 +295,12 @@ def measure(config, p: dict) -> dict:
                 cluster.store.put(f"bench/gateway/w{n}", w, namespace=TENANT)
                 fn = repo.put(f"vadd{n}", vadd_function(n), namespace=TENANT)
                 data[n] = (f"vadd{n}", fn.request_for(TENANT), x, x + w)
-            gateway = gateway_process(cluster.scheduler_address, cluster.store.url, tokens,
-                                      os.path.join(tmp, "gateway.log"))
+            gateway = gateway_process(
+                cluster.scheduler_address, cluster.store.url, tokens, os.path.join(tmp, "gateway.log")
+            )
             with gateway as url:
                 tc, gc = triton_client(url), grpc_client(f"127.0.0.1:{gateway.grpc_port}")
-                for n, (model, req, x, want) in data.items():  # warm: the const on every worker, both paths
+                for model, req, x, want in data.values():  # warm: the const on every worker, both paths
                     for addr in client.scheduler_info()["workers"]:
                         check(client.submit(req, x=x, pure=False, workers=[addr]).result()["y"], want, "warm-up")
                     for _ in range(4):
@@ -257,8 +312,9 @@ def measure(config, p: dict) -> dict:
                     payload["latency"].append(latency(client, tc, gc, model, token, req, x, want, p["repeat"]))
                 log(f"  throughput K={list(p['ks'])}: {p['calls']} calls x {p['rounds']} round(s)")
                 model, req, x, want = data[min(data)]
-                payload["throughput"] = throughput(client, url, model, token, req, x, want, p["ks"], p["calls"],
-                                                   p["rounds"])
+                payload["throughput"] = throughput(
+                    client, url, model, token, req, x, want, p["ks"], p["calls"], p["rounds"]
+                )
                 payload["throughput_n"] = int(x.size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -269,8 +325,11 @@ def draw(payload: dict, plt):
     lat, thr = payload["latency"], payload["throughput"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     xs = np.arange(len(lat))
-    labels = {"gateway": "tritonclient.http -> gateway", "grpc": "tritonclient.grpc -> gateway",
-              "submit": "client.submit"}
+    labels = {
+        "gateway": "tritonclient.http -> gateway",
+        "grpc": "tritonclient.grpc -> gateway",
+        "submit": "client.submit",
+    }
     for i, (name, label) in enumerate(labels.items()):
         ax1.bar(xs + (i - 1) * 0.28, [r["p50_ms"][name] for r in lat], 0.28, color=f"C{i}", label=label)
     ax1.set_xticks(xs, [f"N={r['n']}\n{r['ratio_gateway_over_submit']:.2f}x, +{r['added_ms']:.1f} ms" for r in lat])
@@ -291,22 +350,54 @@ def draw(payload: dict, plt):
 
 
 def report(payload: dict):
-    yield table(["N", "bytes", "REST p50 ms", "gRPC p50 ms", "submit p50 ms", "REST/submit", "gRPC/REST",
-                 "added ms"],
-                [[r["n"], r["bytes"], f"{r['p50_ms']['gateway']:.2f}", f"{r['p50_ms']['grpc']:.2f}",
-                  f"{r['p50_ms']['submit']:.2f}", f"{r['ratio_gateway_over_submit']:.2f}x",
-                  f"{r['ratio_grpc_over_gateway']:.2f}x", f"{r['added_ms']:+.2f}"] for r in payload["latency"]],
-                right=range(8))
+    yield table(
+        ["N", "bytes", "REST p50 ms", "gRPC p50 ms", "submit p50 ms", "REST/submit", "gRPC/REST", "added ms"],
+        [
+            [
+                r["n"],
+                r["bytes"],
+                f"{r['p50_ms']['gateway']:.2f}",
+                f"{r['p50_ms']['grpc']:.2f}",
+                f"{r['p50_ms']['submit']:.2f}",
+                f"{r['ratio_gateway_over_submit']:.2f}x",
+                f"{r['ratio_grpc_over_gateway']:.2f}x",
+                f"{r['added_ms']:+.2f}",
+            ]
+            for r in payload["latency"]
+        ],
+        right=range(8),
+    )
     yield ""
-    yield table(["K", "calls", "gateway req/s", "submit req/s", "gateway/submit"],
-                [[r["k"], r["calls"], f"{r['rps']['gateway']['median']:.1f}", f"{r['rps']['submit']['median']:.1f}",
-                  f"{r['ratio_gateway_over_submit']:.2f}x"] for r in payload["throughput"]], right=range(5))
+    yield table(
+        ["K", "calls", "gateway req/s", "submit req/s", "gateway/submit"],
+        [
+            [
+                r["k"],
+                r["calls"],
+                f"{r['rps']['gateway']['median']:.1f}",
+                f"{r['rps']['submit']['median']:.1f}",
+                f"{r['ratio_gateway_over_submit']:.2f}x",
+            ]
+            for r in payload["throughput"]
+        ],
+        right=range(5),
+    )
 
 
-SUITE = Suite("gateway", __doc__, measure, report, SIZES, draw=draw, host_only=True,
-              options=(Option("--repeat", int, "latency rounds per size"),
-                       Option("--calls", int, "calls per throughput run"),
-                       Option("--rounds", int, "throughput runs of each K and path")))
+SUITE = Suite(
+    "gateway",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    options=(
+        Option("--repeat", int, "latency rounds per size"),
+        Option("--calls", int, "calls per throughput run"),
+        Option("--rounds", int, "throughput runs of each K and path"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.gateway ...: the same as python -m benchmarks gateway ...

@@ -21,6 +21,7 @@ Reported: the victim's p99 under attack over its idle p99 (target <= 2), the gat
 (its peak during the attack minus its RSS before it; target <= 100 MiB), the bombs sent, the status
 of each answer (400 or 413 expected: refused) and how long each took.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -63,8 +64,11 @@ class Attack:
     def __init__(self, url: str, model: str, token: str, n: int = 3):
         self.host, self.port = url.rsplit(":", 1)
         self.path = f"/v2/models/{model}/infer"
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                        "Content-Encoding": "gzip"}
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
         self.bodies = bombs()
         self.answers: list[tuple[int | None, float]] = []
         self.stop = threading.Event()
@@ -94,7 +98,7 @@ class Attack:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> "Attack":
+    def __enter__(self) -> Attack:
         for t in self.threads:
             t.start()
         return self
@@ -109,10 +113,17 @@ class Attack:
         for status, _ in self.answers:
             statuses[str(status)] = statuses.get(str(status), 0) + 1
         seconds = [s for _, s in self.answers]
-        return {"bombs": len(self.answers), "statuses": statuses,
-                "bomb_bytes": [len(b) for b in self.bodies], "inflated_bytes": BOMB_BYTES,
-                "answer_ms": {"p50": percentile(seconds, 50) * 1e3, "p99": percentile(seconds, 99) * 1e3,
-                              "max": max(seconds, default=float("nan")) * 1e3}}
+        return {
+            "bombs": len(self.answers),
+            "statuses": statuses,
+            "bomb_bytes": [len(b) for b in self.bodies],
+            "inflated_bytes": BOMB_BYTES,
+            "answer_ms": {
+                "p50": percentile(seconds, 50) * 1e3,
+                "p99": percentile(seconds, 99) * 1e3,
+                "max": max(seconds, default=float("nan")) * 1e3,
+            },
+        }
 
 
 class RssSampler:
@@ -131,7 +142,7 @@ class RssSampler:
         while not self.stop.wait(self.interval):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.before = self.peak = self.process.memory_info().rss
         self.thread.start()
         return self
@@ -143,8 +154,12 @@ class RssSampler:
         self.peak = max(self.peak, self.after)
 
     def mib(self) -> dict:
-        return {"before": self.before / 2**20, "peak": self.peak / 2**20, "after": self.after / 2**20,
-                "growth": (self.peak - self.before) / 2**20}
+        return {
+            "before": self.before / 2**20,
+            "peak": self.peak / 2**20,
+            "after": self.after / 2**20,
+            "growth": (self.peak - self.before) / 2**20,
+        }
 
 
 def victim_calls(call, *, calls: int | None = None, seconds: float | None = None) -> list[float]:
@@ -159,14 +174,20 @@ def victim_calls(call, *, calls: int | None = None, seconds: float | None = None
 
 
 def latency(seconds: list[float]) -> dict:
-    return {"calls": len(seconds), "p50_ms": percentile(seconds, 50) * 1e3, "p99_ms": percentile(seconds, 99) * 1e3,
-            "max_ms": max(seconds, default=float("nan")) * 1e3}
+    return {
+        "calls": len(seconds),
+        "p50_ms": percentile(seconds, 50) * 1e3,
+        "p99_ms": percentile(seconds, 99) * 1e3,
+        "max_ms": max(seconds, default=float("nan")) * 1e3,
+    }
 
 
 # ------------------------------------------------------------------ suite
-SIZES = {"full": {"calls": 500, "seconds": 20.0, "attackers": 3},
-         "quick": {"calls": 200, "seconds": 6.0, "attackers": 3},
-         "smoke": {"calls": 10, "seconds": 1.0, "attackers": 3}}
+SIZES = {
+    "full": {"calls": 500, "seconds": 20.0, "attackers": 3},
+    "quick": {"calls": 200, "seconds": 6.0, "attackers": 3},
+    "smoke": {"calls": 10, "seconds": 1.0, "attackers": 3},
+}
 
 
 def measure(config, p: dict) -> dict:
@@ -179,10 +200,17 @@ def measure(config, p: dict) -> dict:
     log = config.log
     tmp = tempfile.mkdtemp(prefix="kaas-bench-attack-")
     rng = np.random.default_rng(0)
-    payload = {"parameters": {**p, "n": N, "wide_n": WIDE, "workers": 2,
-                              "deployment": "dask kaas scheduler + dask kaas worker --nworkers 2 + dask-kaas gateway, "
-                                            "each its own process; callers here"},
-               "method": __doc__}
+    payload = {
+        "parameters": {
+            **p,
+            "n": N,
+            "wide_n": WIDE,
+            "workers": 2,
+            "deployment": "dask kaas scheduler + dask kaas worker --nworkers 2 + dask-kaas gateway, "
+            "each its own process; callers here",
+        },
+        "method": __doc__,
+    }
     try:
         with deployed.deployed_cluster("host", 2) as (address, store_url):
             store, tokens = BufferStore(store_url), os.path.join(tmp, "tokens.yaml")
@@ -212,15 +240,19 @@ def measure(config, p: dict) -> dict:
                 payload["rss_mib"] = rss.mib()
                 refused = sum(n for s, n in attack.summary()["statuses"].items() if s in ("400", "413"))
                 if refused != len(attack.answers):
-                    raise WrongResult(f"gateway_attack: bombs answered {attack.summary()['statuses']}, "
-                                      "not all refused with 400 or 413")
+                    raise WrongResult(
+                        f"gateway_attack: bombs answered {attack.summary()['statuses']}, "
+                        "not all refused with 400 or 413"
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = payload["attack"]["p99_ms"] / payload["idle"]["p99_ms"]
     payload["targets"] = {
         "p99_ratio": {"value": ratio, "rule": f"<= {TARGETS['p99_ratio']:g}: victim p99 under attack / idle p99"},
-        "rss_growth_mib": {"value": payload["rss_mib"]["growth"],
-                           "rule": f"<= {TARGETS['rss_growth_mib']:g}: gateway RSS peak during the attack - before"},
+        "rss_growth_mib": {
+            "value": payload["rss_mib"]["growth"],
+            "rule": f"<= {TARGETS['rss_growth_mib']:g}: gateway RSS peak during the attack - before",
+        },
     }
     for name, t in payload["targets"].items():
         t["met"] = bool(t["value"] <= TARGETS[name])
@@ -248,22 +280,41 @@ def draw(payload: dict, plt):
 
 def report(payload: dict):
     idle, attack, rss = payload["idle"], payload["attack"], payload["rss_mib"]
-    yield table(["victim", "calls", "p50 ms", "p99 ms", "max ms"],
-                [[name, r["calls"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}"]
-                 for name, r in (("idle", idle), ("under attack", attack))], right=range(1, 5))
+    yield table(
+        ["victim", "calls", "p50 ms", "p99 ms", "max ms"],
+        [
+            [name, r["calls"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}"]
+            for name, r in (("idle", idle), ("under attack", attack))
+        ],
+        right=range(1, 5),
+    )
     yield ""
-    yield (f"bombs: {attack['bombs']} ({', '.join(f'{s}: {n}' for s, n in sorted(attack['statuses'].items()))}), "
-           f"each answered in p50 {attack['answer_ms']['p50']:.1f} ms, max {attack['answer_ms']['max']:.1f} ms")
-    yield (f"gateway RSS: {rss['before']:.1f} MiB before, peak {rss['peak']:.1f}, after {rss['after']:.1f} "
-           f"(growth {rss['growth']:.1f} MiB)")
+    yield (
+        f"bombs: {attack['bombs']} ({', '.join(f'{s}: {n}' for s, n in sorted(attack['statuses'].items()))}), "
+        f"each answered in p50 {attack['answer_ms']['p50']:.1f} ms, max {attack['answer_ms']['max']:.1f} ms"
+    )
+    yield (
+        f"gateway RSS: {rss['before']:.1f} MiB before, peak {rss['peak']:.1f}, after {rss['after']:.1f} "
+        f"(growth {rss['growth']:.1f} MiB)"
+    )
     for name, t in payload["targets"].items():
         yield f"{name}: {t['value']:.2f} ({t['rule']}) {met(t['met'])}"
 
 
-SUITE = Suite("gateway_attack", __doc__, measure, report, SIZES, draw=draw, host_only=True,
-              options=(Option("--calls", int, "idle victim calls"),
-                       Option("--seconds", float, "seconds of attack"),
-                       Option("--attackers", int, "threads sending bombs")))
+SUITE = Suite(
+    "gateway_attack",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    options=(
+        Option("--calls", int, "idle victim calls"),
+        Option("--seconds", float, "seconds of attack"),
+        Option("--attackers", int, "threads sending bombs"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.gateway_attack ...: the same as python -m benchmarks gateway_attack

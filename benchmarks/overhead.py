@@ -33,6 +33,7 @@ own compute there), on CUDA a raw CuPy launch of the same cubin
 stream synchronize, fitted the same way (``a_raw + b_raw*K``). Runtime
 overhead: per request ``a - a_raw``, per launch ``b - b_raw``.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -42,8 +43,17 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (Suite, WrongResult, bars, interleaved, kernel_s_per_request, local_kaas_cluster, main,
-                               met, spread)
+from benchmarks.common import (
+    Suite,
+    WrongResult,
+    bars,
+    interleaved,
+    kernel_s_per_request,
+    local_kaas_cluster,
+    main,
+    met,
+    spread,
+)
 from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 
 N = 256
@@ -56,14 +66,22 @@ def tiny_request() -> Request:
     x = BufferSpec("x", N * F32, dtype="float32", ephemeral=True)
     w = BufferSpec("w", N * F32, key="bench/overhead/w", const=True, dtype="float32")
     y = BufferSpec("y", N * F32, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "vadd", 1, 256, literals=[Literal("i", N)],
-                               arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant="bench-overhead")
+    return Request(
+        [KernelSpec("builtin", "vadd", 1, 256, literals=[Literal("i", N)], arguments=[(x, "i"), (w, "i"), (y, "o")])],
+        tenant="bench-overhead",
+    )
 
 
 def fill_request(k: int) -> Request:
     y = BufferSpec("y", F32, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "fill", 1, 1, literals=[Literal("i", 1), Literal("f", float(i + 1))],
-                               arguments=[(y, "o")]) for i in range(k)])
+    return Request(
+        [
+            KernelSpec(
+                "builtin", "fill", 1, 1, literals=[Literal("i", 1), Literal("f", float(i + 1))], arguments=[(y, "o")]
+            )
+            for i in range(k)
+        ]
+    )
 
 
 def _noop():
@@ -102,20 +120,25 @@ def end_to_end(device: str, repeat: int) -> dict:
             results.append(out)
 
         before = worker_stats(client)
-        timing = interleaved({
-            "kaas": kaas,
-            "noop": lambda: client.submit(_noop, pure=False).result(),
-            "echo": lambda: client.submit(_echo, x, pure=False).result(),
-            "dask_numpy": lambda: client.submit(_add, x, wf, pure=False).result(),
-        }, repeat=repeat, gap=GAP)
+        timing = interleaved(
+            {
+                "kaas": kaas,
+                "noop": lambda: client.submit(_noop, pure=False).result(),
+                "echo": lambda: client.submit(_echo, x, pure=False).result(),
+                "dask_numpy": lambda: client.submit(_add, x, wf, pure=False).result(),
+            },
+            repeat=repeat,
+            gap=GAP,
+        )
         after = worker_stats(client)
     for out in results:
         if not np.allclose(out["y"], x + w, rtol=1e-6, atol=1e-6):
             raise WrongResult("overhead: the tiny KaaS request returned a wrong y")
 
     def phase(name):
-        return sum(after[a]["seconds"].get(name, 0.0) - before.get(a, {}).get("seconds", {}).get(name, 0.0)
-                   for a in after)
+        return sum(
+            after[a]["seconds"].get(name, 0.0) - before.get(a, {}).get("seconds", {}).get(name, 0.0) for a in after
+        )
 
     kernel_s = kernel_s_per_request(before, after)
     runtime_total_s = phase("total") / repeat
@@ -127,15 +150,18 @@ def end_to_end(device: str, repeat: int) -> dict:
         "timing_s": timing,
         "kernel_s_per_request": kernel_s,
         "runtime_total_s_per_request": runtime_total_s,
-        "const_hits": hits, "const_misses": misses,
+        "const_hits": hits,
+        "const_misses": misses,
         "gap_s": GAP,
         "ratio_kaas_over_noop_plus_kernels": kaas_med / (noop + kernel_s),
         "ratio_kaas_over_noop": kaas_med / noop,
         "ratio_kaas_over_dask_numpy": kaas_med / timing["dask_numpy"]["median"],
-        "budget": {"rule": f"kaas <= {BUDGET_E2E_RATIO} x noop, calls interleaved with {GAP * 1e3:.0f} ms idle "
-                           "before each", "bound_s": BUDGET_E2E_RATIO * noop,
-                   "met": bool(kaas_med <= BUDGET_E2E_RATIO * noop),
-                   "with_kernels": {"bound_s": bound, "met": bool(kaas_med <= bound)}},
+        "budget": {
+            "rule": f"kaas <= {BUDGET_E2E_RATIO} x noop, calls interleaved with {GAP * 1e3:.0f} ms idle before each",
+            "bound_s": BUDGET_E2E_RATIO * noop,
+            "met": bool(kaas_med <= BUDGET_E2E_RATIO * noop),
+            "with_kernels": {"bound_s": bound, "met": bool(kaas_med <= bound)},
+        },
     }
 
 
@@ -176,6 +202,7 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
             for _ in range(k):
                 dev.launch(module, "fill", launch, literals, [handle])
             dev.synchronize()
+
         return fn
 
     raw = raw_cupy(dev, lib, ks, rounds, batch) if device == "cuda" else None
@@ -183,7 +210,7 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
     per_k_launch = {k: [] for k in ks}
     for _ in range(rounds):
         for k in ks:
-            per_k[k].append(_per_call(lambda: rt.run(reqs[k], {}), batch))
+            per_k[k].append(_per_call(lambda k=k: rt.run(reqs[k], {}), batch))
             per_k_launch[k].append(_per_call(launches(k), batch))
     dev.free(handle)
     med = [statistics.median(per_k[k]) for k in ks]
@@ -191,7 +218,9 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
     a, b = fit(ks, med)
     a_dev, b_dev = fit(ks, med_launch)
     out = {
-        "ks": list(ks), "rounds": rounds, "batch": batch,
+        "ks": list(ks),
+        "rounds": rounds,
+        "batch": batch,
         "runtime_s": {str(k): spread(per_k[k]) for k in ks},
         "device_launch_s": {str(k): spread(per_k_launch[k]) for k in ks},
         "fit_runtime": {"a_us": a * 1e6, "b_us": b * 1e6},
@@ -204,14 +233,19 @@ def in_process(device: str, ks, rounds: int, batch: int) -> dict:
     else:  # host: the host twin run through HostDevice.launch is the kernel's own compute
         base_a, base_b, base = 0.0, b_dev, "HostDevice.launch of the same kernel (its NumPy twin)"
     per_request, per_launch = (a - base_a) * 1e6, (b - base_b) * 1e6
-    out.update({
-        "baseline": base,
-        "per_request_overhead_us": per_request,
-        "per_launch_overhead_us": per_launch,
-        "budget": {"per_request_us": BUDGET_REQUEST_US, "per_launch_us": BUDGET_LAUNCH_US,
-                   "per_request_met": bool(per_request < BUDGET_REQUEST_US),
-                   "per_launch_met": bool(per_launch < BUDGET_LAUNCH_US)},
-    })
+    out.update(
+        {
+            "baseline": base,
+            "per_request_overhead_us": per_request,
+            "per_launch_overhead_us": per_launch,
+            "budget": {
+                "per_request_us": BUDGET_REQUEST_US,
+                "per_launch_us": BUDGET_LAUNCH_US,
+                "per_request_met": bool(per_request < BUDGET_REQUEST_US),
+                "per_launch_met": bool(per_launch < BUDGET_LAUNCH_US),
+            },
+        }
+    )
     dev.close()
     shutil.rmtree(root, ignore_errors=True)
     return out
@@ -236,6 +270,7 @@ def raw_cupy(dev, lib, ks, rounds: int, batch: int) -> dict:
                     for _ in range(k):
                         fn((1,), (1,), args)
                 stream.synchronize()
+
             return call
 
         for k in ks:
@@ -251,25 +286,40 @@ def raw_cupy(dev, lib, ks, rounds: int, batch: int) -> dict:
 
 
 # ------------------------------------------------------------------ suite
-SIZES = {"full": {"repeat": 300, "ks": (1, 2, 4, 8, 16, 32, 64), "rounds": 15, "batch": 200},
-         "quick": {"repeat": 40, "ks": (1, 4, 16, 32), "rounds": 5, "batch": 50},
-         "smoke": {"repeat": 3, "ks": (1, 4), "rounds": 1, "batch": 5}}
+SIZES = {
+    "full": {"repeat": 300, "ks": (1, 2, 4, 8, 16, 32, 64), "rounds": 15, "batch": 200},
+    "quick": {"repeat": 40, "ks": (1, 4, 16, 32), "rounds": 5, "batch": 50},
+    "smoke": {"repeat": 3, "ks": (1, 4), "rounds": 1, "batch": 5},
+}
 
 
 def measure(config, p: dict) -> dict:
     device = config.device
-    payload = {"parameters": {"quick": config.quick, "repeat": p["repeat"], "ks": list(p["ks"]), "rounds": p["rounds"],
-                              "batch": p["batch"], "tiny_request": f"vadd of {N} float32, x in the call, w a cached const"},
-               "method": __doc__}
+    payload = {
+        "parameters": {
+            "quick": config.quick,
+            "repeat": p["repeat"],
+            "ks": list(p["ks"]),
+            "rounds": p["rounds"],
+            "batch": p["batch"],
+            "tiny_request": f"vadd of {N} float32, x in the call, w a cached const",
+        },
+        "method": __doc__,
+    }
     payload["in_process"] = d = in_process(device, p["ks"], p["rounds"], p["batch"])
     payload["end_to_end"] = e = end_to_end(device, p["repeat"])
     payload["budgets"] = {
         "per_request_under_100us": {"measured_us": d["per_request_overhead_us"], "met": d["budget"]["per_request_met"]},
-        "per_launch_under_10us": {"measured_us": d["per_launch_overhead_us"], "met": d["budget"]["per_launch_met"],
-                                  "over": d["baseline"]},
+        "per_launch_under_10us": {
+            "measured_us": d["per_launch_overhead_us"],
+            "met": d["budget"]["per_launch_met"],
+            "over": d["baseline"],
+        },
         "e2e_within_1.15x_noop": {"ratio": e["ratio_kaas_over_noop"], "met": e["budget"]["met"]},
-        "e2e_within_1.2x_noop_plus_kernels": {"ratio": e["ratio_kaas_over_noop_plus_kernels"],
-                                              "met": e["ratio_kaas_over_noop_plus_kernels"] <= 1.2},
+        "e2e_within_1.2x_noop_plus_kernels": {
+            "ratio": e["ratio_kaas_over_noop_plus_kernels"],
+            "met": e["ratio_kaas_over_noop_plus_kernels"] <= 1.2,
+        },
     }
     return payload
 
@@ -278,8 +328,11 @@ def draw(payload: dict, plt):
     d, e = payload["in_process"], payload["end_to_end"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ks = d["ks"]
-    for key, label in (("runtime_s", "Runtime.run"), ("device_launch_s", "device launches only"),
-                       ("raw_cupy_s", "raw CuPy launches")):
+    for key, label in (
+        ("runtime_s", "Runtime.run"),
+        ("device_launch_s", "device launches only"),
+        ("raw_cupy_s", "raw CuPy launches"),
+    ):
         if key in d:
             ax1.plot(ks, [d[key][str(k)]["median"] * 1e6 for k in ks], "o-", label=label)
     a, b = d["fit_runtime"]["a_us"], d["fit_runtime"]["b_us"]
@@ -301,15 +354,19 @@ def draw(payload: dict, plt):
 def report(payload: dict):
     d, e = payload["in_process"], payload["end_to_end"]
     t = e["timing_s"]
-    yield (f"runtime in process: {d['per_request_overhead_us']:.1f} us/request (budget < {BUDGET_REQUEST_US:.0f}: "
-           f"{met(d['budget']['per_request_met'])}), {d['per_launch_overhead_us']:.2f} us/launch over "
-           f"{'raw CuPy' if payload['device'] == 'cuda' else 'the host twin'} (budget < {BUDGET_LAUNCH_US:.0f}: "
-           f"{met(d['budget']['per_launch_met'])})")
-    yield (f"end to end: kaas {t['kaas']['median'] * 1e3:.2f} ms, noop {t['noop']['median'] * 1e3:.2f} ms, echo "
-           f"{t['echo']['median'] * 1e3:.2f} ms, dask+numpy {t['dask_numpy']['median'] * 1e3:.2f} ms, kernels "
-           f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop']:.2f}x of noop "
-           f"(budget <= {BUDGET_E2E_RATIO}: {met(e['budget']['met'])}), "
-           f"{e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels")
+    yield (
+        f"runtime in process: {d['per_request_overhead_us']:.1f} us/request (budget < {BUDGET_REQUEST_US:.0f}: "
+        f"{met(d['budget']['per_request_met'])}), {d['per_launch_overhead_us']:.2f} us/launch over "
+        f"{'raw CuPy' if payload['device'] == 'cuda' else 'the host twin'} (budget < {BUDGET_LAUNCH_US:.0f}: "
+        f"{met(d['budget']['per_launch_met'])})"
+    )
+    yield (
+        f"end to end: kaas {t['kaas']['median'] * 1e3:.2f} ms, noop {t['noop']['median'] * 1e3:.2f} ms, echo "
+        f"{t['echo']['median'] * 1e3:.2f} ms, dask+numpy {t['dask_numpy']['median'] * 1e3:.2f} ms, kernels "
+        f"{e['kernel_s_per_request'] * 1e6:.0f} us -> {e['ratio_kaas_over_noop']:.2f}x of noop "
+        f"(budget <= {BUDGET_E2E_RATIO}: {met(e['budget']['met'])}), "
+        f"{e['ratio_kaas_over_noop_plus_kernels']:.2f}x of noop+kernels"
+    )
 
 
 SUITE = Suite("overhead", __doc__, measure, report, SIZES, draw=draw)

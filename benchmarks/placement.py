@@ -36,6 +36,7 @@ GPU restriction, ``transition`` and ``handle_report`` no-ops, Dask's own
 
     python -m benchmarks placement [--quick] [--tenants 12] [--requests 600] ...
 """
+
 from __future__ import annotations
 
 import shutil
@@ -46,16 +47,37 @@ import numpy as np
 
 from benchmarks import schedcost
 from benchmarks.common import Option, Suite, bars, main, met, spread
-from benchmarks.tenants import (counter_delta, counters, device_capacity, hit_rate, latency_figures, make_trace,
-                                reset, run_jobs, seed_tenants)
+from benchmarks.tenants import (
+    counter_delta,
+    counters,
+    device_capacity,
+    hit_rate,
+    latency_figures,
+    make_trace,
+    reset,
+    run_jobs,
+    seed_tenants,
+)
 
 F32 = 4
 K, BATCH = 1024, 8
 POLICIES = ("affinity", "balance", "static", "affinity+replication", "affinity+replication+queue-aware")
-FULL = {"workers": 4, "tenants": 12, "requests": 600, "const_mib": 4, "per_worker": 4, "window": 8, "repeat": 5,
-        "zipf": 0.8, "seed": 0}
-SIZES = {"full": FULL, "quick": {**FULL, "requests": 150, "repeat": 1},
-         "smoke": {**FULL, "workers": 2, "tenants": 8, "requests": 16, "const_mib": 1, "repeat": 1}}
+FULL = {
+    "workers": 4,
+    "tenants": 12,
+    "requests": 600,
+    "const_mib": 4,
+    "per_worker": 4,
+    "window": 8,
+    "repeat": 5,
+    "zipf": 0.8,
+    "seed": 0,
+}
+SIZES = {
+    "full": FULL,
+    "quick": {**FULL, "requests": 150, "repeat": 1},
+    "smoke": {**FULL, "workers": 2, "tenants": 8, "requests": 16, "const_mib": 1, "repeat": 1},
+}
 
 
 # ------------------------------------------------------------------- belady
@@ -146,8 +168,11 @@ def _tenant_spread(tenants: list[int], workers: list[str]) -> dict:
     table: dict[str, list[int]] = {}
     for t, w in zip(tenants, workers):
         table.setdefault(f"tenant-{t:02d}", [0] * len(names))[names[w]] += 1
-    return {"mean_workers_per_tenant": float(np.mean(counts)), "max_workers_per_tenant": max(counts),
-            "requests_by_tenant_and_worker": dict(sorted(table.items()))}
+    return {
+        "mean_workers_per_tenant": float(np.mean(counts)),
+        "max_workers_per_tenant": max(counts),
+        "requests_by_tenant_and_worker": dict(sorted(table.items())),
+    }
 
 
 # ---------------------------------------------------------------- experiment
@@ -168,8 +193,12 @@ def measure(config, p: dict) -> dict:
         store = BufferStore(f"file://{root}/store")
         _, _, jobs = seed_tenants(store, rng, p["tenants"], trace, K, n, BATCH)
 
-        with LocalKaasCluster(n_workers=p["workers"], device="host", device_memory=cap, store=store,
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalKaasCluster(
+                n_workers=p["workers"], device="host", device_memory=cap, store=store, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             # warm up: kernel modules, worker imports, the scheduler's runtime model (not counted)
             reset(client, "balance")
             run_trace(client, jobs[: min(40, len(jobs))], window=p["window"])
@@ -182,24 +211,33 @@ def measure(config, p: dict) -> dict:
                     workers = result.pop("workers")
                     result["placement"] = _tenant_spread(trace, workers)
                     if policy == "affinity":  # Belady per worker, on this run's own placement
-                        hits = sum(belady_hits([t for t, ww in zip(trace, workers) if ww == w], p["per_worker"])
-                                   for w in set(workers))
+                        hits = sum(
+                            belady_hits([t for t, ww in zip(trace, workers) if ww == w], p["per_worker"])
+                            for w in set(workers)
+                        )
                         result["belady_per_worker_hit_rate"] = hits / len(trace)
                     runs[policy].append(result)
-                    log(f"  {policy:<9} run {rep + 1}: {result['throughput_rps']:.0f} req/s, "
+                    log(
+                        f"  {policy:<9} run {rep + 1}: {result['throughput_rps']:.0f} req/s, "
                         f"hit rate {result['hit_rate']:.1%}, loaded {result['bytes_from_store'] / 2**20:.0f} MiB, "
-                        f"{result['placement']['mean_workers_per_tenant']:.2f} workers/tenant", flush=True)
+                        f"{result['placement']['mean_workers_per_tenant']:.2f} workers/tenant",
+                        flush=True,
+                    )
 
             # Belady on the same trace
             global_hits = belady_hits(trace, p["workers"] * p["per_worker"])
             belady = {
-                "global": {"hits": global_hits, "hit_rate": global_hits / len(trace),
-                           "capacity_entries": p["workers"] * p["per_worker"]},
+                "global": {
+                    "hits": global_hits,
+                    "hit_rate": global_hits / len(trace),
+                    "capacity_entries": p["workers"] * p["per_worker"],
+                },
                 "per_worker_affinity_placement": {
                     "hit_rate": statistics.median(r["belady_per_worker_hit_rate"] for r in runs["affinity"]),
                     "runs": [r["belady_per_worker_hit_rate"] for r in runs["affinity"]],
                     "capacity_entries_per_worker": p["per_worker"],
-                    "note": "median over the affinity runs, each on its own placement (who_has)"},
+                    "note": "median over the affinity runs, each on its own placement (who_has)",
+                },
                 "headline": "global",
             }
 
@@ -230,30 +268,45 @@ def measure(config, p: dict) -> dict:
                             client.run_on_scheduler(_enable_hooks)
             med_on, med_off = statistics.median(e2e["enabled"]), statistics.median(e2e["disabled"])
             overhead["end_to_end"] = {
-                "method": ("wall time of the trace under policy balance, hooks enabled vs disabled (update_graph "
-                           "reduced to adding the GPU restriction; transition and handle_report no-ops; Dask's "
-                           "own get_comm_cost restored); interleaved"),
-                "enabled_s": e2e["enabled"], "disabled_s": e2e["disabled"],
-                "enabled_median_s": med_on, "disabled_median_s": med_off,
+                "method": (
+                    "wall time of the trace under policy balance, hooks enabled vs disabled (update_graph "
+                    "reduced to adding the GPU restriction; transition and handle_report no-ops; Dask's "
+                    "own get_comm_cost restored); interleaved"
+                ),
+                "enabled_s": e2e["enabled"],
+                "disabled_s": e2e["disabled"],
+                "enabled_median_s": med_on,
+                "disabled_median_s": med_off,
                 "us_per_task": (med_on - med_off) / len(jobs) * 1e6,
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    summary = {policy: {key: spread((r[key] for r in rs), runs=False)
-                        for key in ("bytes_from_store", "hit_rate", "throughput_rps", "p50_ms", "p99_ms")}
-               for policy, rs in runs.items()}
+    summary = {
+        policy: {
+            key: spread((r[key] for r in rs), runs=False)
+            for key in ("bytes_from_store", "hit_rate", "throughput_rps", "p50_ms", "p99_ms")
+        }
+        for policy, rs in runs.items()
+    }
     aff, bal = summary["affinity"], summary["balance"]
     ratios = {
-        "balance_over_affinity_bytes": (bal["bytes_from_store"]["median"] / aff["bytes_from_store"]["median"]
-                                        if aff["bytes_from_store"]["median"] else float("inf")),
-        "affinity_hit_rate_gap_to_belady_global_points": 100 * (belady["global"]["hit_rate"] - aff["hit_rate"]["median"]),
-        "affinity_hit_rate_gap_to_belady_per_worker_points":
-            100 * (belady["per_worker_affinity_placement"]["hit_rate"] - aff["hit_rate"]["median"]),
+        "balance_over_affinity_bytes": (
+            bal["bytes_from_store"]["median"] / aff["bytes_from_store"]["median"]
+            if aff["bytes_from_store"]["median"]
+            else float("inf")
+        ),
+        "affinity_hit_rate_gap_to_belady_global_points": 100
+        * (belady["global"]["hit_rate"] - aff["hit_rate"]["median"]),
+        "affinity_hit_rate_gap_to_belady_per_worker_points": 100
+        * (belady["per_worker_affinity_placement"]["hit_rate"] - aff["hit_rate"]["median"]),
     }
     rep = summary["affinity+replication"]
-    ratios["balance_over_replication_bytes"] = (bal["bytes_from_store"]["median"] / rep["bytes_from_store"]["median"]
-                                                if rep["bytes_from_store"]["median"] else float("inf"))
+    ratios["balance_over_replication_bytes"] = (
+        bal["bytes_from_store"]["median"] / rep["bytes_from_store"]["median"]
+        if rep["bytes_from_store"]["median"]
+        else float("inf")
+    )
     targets = {
         "replication_p99_le_balance": rep["p99_ms"]["median"] <= bal["p99_ms"]["median"],
         "replication_bytes_3x_fewer_than_balance": ratios["balance_over_replication_bytes"] >= 3.0,
@@ -262,9 +315,17 @@ def measure(config, p: dict) -> dict:
     }
     return {
         "parameters": {
-            "workers": p["workers"], "device": "host", "capacity_bytes": cap, "const_bytes": const_bytes,
-            "consts_per_worker": p["per_worker"], "tenants": p["tenants"], "requests": p["requests"],
-            "window": p["window"], "repeat": p["repeat"], "zipf_s": p["zipf"], "seed": p["seed"],
+            "workers": p["workers"],
+            "device": "host",
+            "capacity_bytes": cap,
+            "const_bytes": const_bytes,
+            "consts_per_worker": p["per_worker"],
+            "tenants": p["tenants"],
+            "requests": p["requests"],
+            "window": p["window"],
+            "repeat": p["repeat"],
+            "zipf_s": p["zipf"],
+            "seed": p["seed"],
             "request": f"y({BATCH}x{n}) = x({BATCH}x{K}) @ w({K}x{n}) float32, one builtin sgemm",
             "trace": "tenants i.i.d. with p(rank r) ~ 1/r**s, ranks shuffled over tenants",
             "tenant_popularity": popularity,
@@ -283,18 +344,32 @@ def draw(results: dict, plt):
     summary = results["summary"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     xs = np.arange(len(POLICIES))
-    for ax, key, scale, label in ((ax1, "bytes_from_store", 2**-20, "MiB loaded from the store"),
-                                  (ax2, "hit_rate", 100, "cache hit rate (%)")):
-        bars(ax, xs, (summary[p][key] for p in POLICIES), scale=scale, capsize=4,
-             color=["tab:green", "tab:gray", "tab:blue", "tab:olive", "tab:cyan"])
+    for ax, key, scale, label in (
+        (ax1, "bytes_from_store", 2**-20, "MiB loaded from the store"),
+        (ax2, "hit_rate", 100, "cache hit rate (%)"),
+    ):
+        bars(
+            ax,
+            xs,
+            (summary[p][key] for p in POLICIES),
+            scale=scale,
+            capsize=4,
+            color=["tab:green", "tab:gray", "tab:blue", "tab:olive", "tab:cyan"],
+        )
         ax.set_xticks(xs, [p.replace("+", "+\n") for p in POLICIES], fontsize=7)
         ax.set_ylabel(label)
     for name, style in (("global", "--"), ("per_worker_affinity_placement", ":")):
-        ax2.axhline(100 * results["belady"][name]["hit_rate"], color="k", linestyle=style,
-                    label=f"Belady ({name.split('_')[0].replace('per', 'per worker')})")
+        ax2.axhline(
+            100 * results["belady"][name]["hit_rate"],
+            color="k",
+            linestyle=style,
+            label=f"Belady ({name.split('_')[0].replace('per', 'per worker')})",
+        )
     ax2.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{results['parameters']['tenants']} tenants, {results['parameters']['requests']} requests, "
-                 f"{results['parameters']['workers']} host workers")
+    fig.suptitle(
+        f"{results['parameters']['tenants']} tenants, {results['parameters']['requests']} requests, "
+        f"{results['parameters']['workers']} host workers"
+    )
     return fig
 
 
@@ -303,22 +378,32 @@ def report(results: dict):
     yield f"{'policy':<33} {'loaded MiB':>11} {'hit rate':>9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
     for p in POLICIES:
         s = summary[p]
-        yield (f"{p:<33} {s['bytes_from_store']['median'] / 2**20:>11.0f} {s['hit_rate']['median']:>9.1%} "
-               f"{s['throughput_rps']['median']:>7.0f} {s['p50_ms']['median']:>7.1f} {s['p99_ms']['median']:>7.1f}")
-    yield (f"Belady global (headline) {belady['global']['hit_rate']:.1%}, per worker under affinity's placement "
-           f"{belady['per_worker_affinity_placement']['hit_rate']:.1%}")
+        yield (
+            f"{p:<33} {s['bytes_from_store']['median'] / 2**20:>11.0f} {s['hit_rate']['median']:>9.1%} "
+            f"{s['throughput_rps']['median']:>7.0f} {s['p50_ms']['median']:>7.1f} {s['p99_ms']['median']:>7.1f}"
+        )
+    yield (
+        f"Belady global (headline) {belady['global']['hit_rate']:.1%}, per worker under affinity's placement "
+        f"{belady['per_worker_affinity_placement']['hit_rate']:.1%}"
+    )
     r, t = results["ratios"], results["targets"]
-    yield (f"balance / affinity bytes {r['balance_over_affinity_bytes']:.2f}x (target >= 3x: "
-           f"{met(t['bytes_3x_fewer_than_balance'])}); affinity hit rate "
-           f"{r['affinity_hit_rate_gap_to_belady_global_points']:.1f} points below Belady global (target <= 5: "
-           f"{met(t['hit_rate_within_5_points_of_belady_global'])})")
-    yield (f"affinity+replication: p99 <= balance's {met(t['replication_p99_le_balance'])}, bytes "
-           f"{r['balance_over_replication_bytes']:.1f}x fewer than balance (target >= 3x: "
-           f"{met(t['replication_bytes_3x_fewer_than_balance'])})")
+    yield (
+        f"balance / affinity bytes {r['balance_over_affinity_bytes']:.2f}x (target >= 3x: "
+        f"{met(t['bytes_3x_fewer_than_balance'])}); affinity hit rate "
+        f"{r['affinity_hit_rate_gap_to_belady_global_points']:.1f} points below Belady global (target <= 5: "
+        f"{met(t['hit_rate_within_5_points_of_belady_global'])})"
+    )
+    yield (
+        f"affinity+replication: p99 <= balance's {met(t['replication_p99_le_balance'])}, bytes "
+        f"{r['balance_over_replication_bytes']:.1f}x fewer than balance (target >= 3x: "
+        f"{met(t['replication_bytes_3x_fewer_than_balance'])})"
+    )
     o = results["scheduler_overhead"]
-    yield (f"scheduler plugin: {o['plugin_cpu_us_per_task']:.1f} us/task CPU ({o['plugin_wall_us_per_task']:.1f} "
-           f"wall) in its hooks; end to end {o['end_to_end']['us_per_task']:.0f} us/task (enabled "
-           f"{o['end_to_end']['enabled_median_s']:.2f}s vs disabled {o['end_to_end']['disabled_median_s']:.2f}s)")
+    yield (
+        f"scheduler plugin: {o['plugin_cpu_us_per_task']:.1f} us/task CPU ({o['plugin_wall_us_per_task']:.1f} "
+        f"wall) in its hooks; end to end {o['end_to_end']['us_per_task']:.0f} us/task (enabled "
+        f"{o['end_to_end']['enabled_median_s']:.2f}s vs disabled {o['end_to_end']['disabled_median_s']:.2f}s)"
+    )
 
 
 def validate(p: dict) -> str | None:
@@ -326,15 +411,26 @@ def validate(p: dict) -> str | None:
 
 
 SUITE = Suite(
-    "placement", __doc__, measure, report, SIZES, draw=draw, host_only=True, per_device_files=False,
+    "placement",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    per_device_files=False,
     validate=validate,
-    options=(Option("--tenants", int, "tenants (8-16)"), Option("--requests", int, "requests in the trace"),
-             Option("--const-mib", int, "MiB of each tenant's const"),
-             Option("--per-worker", int, "consts that fit one worker"),
-             Option("--window", int, "requests in flight at most"),
-             Option("--repeat", int, "runs of each policy"),
-             Option("--zipf", float, "Zipf exponent of tenant popularity (0: uniform)"),
-             Option("--seed", int, "seed of the trace and the data")))
+    options=(
+        Option("--tenants", int, "tenants (8-16)"),
+        Option("--requests", int, "requests in the trace"),
+        Option("--const-mib", int, "MiB of each tenant's const"),
+        Option("--per-worker", int, "consts that fit one worker"),
+        Option("--window", int, "requests in flight at most"),
+        Option("--repeat", int, "runs of each policy"),
+        Option("--zipf", float, "Zipf exponent of tenant popularity (0: uniform)"),
+        Option("--seed", int, "seed of the trace and the data"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.placement ...: the same as python -m benchmarks placement ...

@@ -2,6 +2,7 @@
 simulator replays it: open-loop calls submitted at their times, each closed-loop client keeping its
 own calls in flight (the next call sent as each result arrives), policy switches at their times;
 every result checked against its expected value."""
+
 from __future__ import annotations
 
 import asyncio

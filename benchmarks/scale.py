@@ -44,6 +44,7 @@ Figures per cell (W, T, mode), each the median of ``repeat`` runs:
 
     python -m benchmarks scale [--quick] [--workers 64] [--tenants 8] [--modes separate,graph]
 """
+
 from __future__ import annotations
 
 import os
@@ -61,10 +62,11 @@ from benchmarks.common import Option, Suite, WrongResult, main, met, spread
 
 N = 256
 MODES = ("separate", "graph")
-SIZES = {"full": {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "modes": MODES, "requests": 600,
-                  "repeat": 3},
-         "quick": {"workers": (4, 16), "tenants": (1, 8), "modes": MODES, "requests": 160, "repeat": 2},
-         "smoke": {"workers": (2,), "tenants": (1, 2), "modes": MODES, "requests": 8, "repeat": 1}}
+SIZES = {
+    "full": {"workers": (4, 16, 64, 100), "tenants": (1, 8, 64), "modes": MODES, "requests": 600, "repeat": 3},
+    "quick": {"workers": (4, 16), "tenants": (1, 8), "modes": MODES, "requests": 160, "repeat": 2},
+    "smoke": {"workers": (2,), "tenants": (1, 2), "modes": MODES, "requests": 8, "repeat": 1},
+}
 TARGET = 0.10
 
 
@@ -74,8 +76,19 @@ def vadd_request(tenant: str, n: int = N):
     x = BufferSpec("x", 4 * n, dtype="float32", ephemeral=True)
     w = BufferSpec("w", 4 * n, key="w", const=True)
     y = BufferSpec("y", 4 * n, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "vadd", -(-n // 256), 256, literals=[Literal("i", n)],
-                               arguments=[(x, "i"), (w, "i"), (y, "o")])], tenant=tenant)
+    return Request(
+        [
+            KernelSpec(
+                "builtin",
+                "vadd",
+                -(-n // 256),
+                256,
+                literals=[Literal("i", n)],
+                arguments=[(x, "i"), (w, "i"), (y, "o")],
+            )
+        ],
+        tenant=tenant,
+    )
 
 
 def noop() -> None:
@@ -118,8 +131,9 @@ def _run_separate(client, jobs, *, window: int, plain: bool, wrong: list) -> flo
 
     def submit(i):
         request, x, _ = jobs[i]
-        return (client.submit(noop, pure=False, resources={"GPU": 1}) if plain
-                else client.submit(request, pure=False, x=x))
+        return (
+            client.submit(noop, pure=False, resources={"GPU": 1}) if plain else client.submit(request, pure=False, x=x)
+        )
 
     def done(i, future, latency):
         out = future.result()
@@ -185,28 +199,53 @@ class WorkerPool:
     """``n`` lightweight KaaS workers in one subprocess."""
 
     def __init__(self, address: str, n: int, store: str, device: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker_pool", address, str(n), "--kaas",
-                                      "--device", device, "--store", store], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True,
-                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.worker_pool",
+                address,
+                str(n),
+                "--kaas",
+                "--device",
+                device,
+                "--store",
+                store,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
 
     def close(self) -> None:
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
-        except Exception:  # noqa: BLE001 - a pool that will not stop is killed
+        except Exception:
             self.proc.kill()
             self.proc.wait()
 
 
-CELL_KEYS = ("throughput_rps", "scheduler_cpu_us_per_task", "scheduler_offload_cpu_us_per_task",
-             "plugin_cpu_us_per_task", "plugin_over_dask")
-PLAIN_KEYS = ("throughput_rps", "scheduler_cpu_us_per_task", "scheduler_offload_cpu_us_per_task",
-              "plugin_cpu_us_per_task", "dask_cpu_us_per_task")
+CELL_KEYS = (
+    "throughput_rps",
+    "scheduler_cpu_us_per_task",
+    "scheduler_offload_cpu_us_per_task",
+    "plugin_cpu_us_per_task",
+    "plugin_over_dask",
+)
+PLAIN_KEYS = (
+    "throughput_rps",
+    "scheduler_cpu_us_per_task",
+    "scheduler_offload_cpu_us_per_task",
+    "plugin_cpu_us_per_task",
+    "dask_cpu_us_per_task",
+)
 
 
-def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repeat: int, modes: tuple = MODES,
-            log=print) -> dict:
+def measure(
+    *, device: str, workers: tuple, tenants: tuple, requests: int, repeat: int, modes: tuple = MODES, log=print
+) -> dict:
     from distributed import Client, LocalCluster
 
     from dask_kaas import KaasSchedulerPlugin
@@ -229,9 +268,15 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
         def jobs_for(t: int):
             return [(reqs[names[i % t]], xs[i], xs[i] + weights[names[i % t]]) for i in range(requests)]
 
-        with LocalCluster(n_workers=0, processes=True, dashboard_address=":0",
-                          scheduler_kwargs={"plugins": [KaasSchedulerPlugin(policy="affinity")]}) as cluster, \
-                Client(cluster.scheduler_address) as client:
+        with (
+            LocalCluster(
+                n_workers=0,
+                processes=True,
+                dashboard_address=":0",
+                scheduler_kwargs={"plugins": [KaasSchedulerPlugin(policy="affinity")]},
+            ) as cluster,
+            Client(cluster.scheduler_address) as client,
+        ):
             if client.loop is cluster.loop:
                 raise RuntimeError("the client shares the scheduler's event loop: its CPU would be counted")
             client.run_on_scheduler(schedcost.install)
@@ -242,8 +287,13 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
                     window = min(2 * w, 128)
                     # warm up: every tenant's const on workers, the runtime model, both paths in every mode
                     for mode in modes:
-                        run_cell(client, jobs_for(max(tenants))[: max(2 * window, 2 * max(tenants))],
-                                 window=window, plain=False, mode=mode)
+                        run_cell(
+                            client,
+                            jobs_for(max(tenants))[: max(2 * window, 2 * max(tenants))],
+                            window=window,
+                            plain=False,
+                            mode=mode,
+                        )
                         run_cell(client, jobs_for(1)[: 2 * window], window=window, plain=True, mode=mode)
                     runs = {(m, t): [] for m in modes for t in tenants}
                     base = {m: [] for m in modes}
@@ -252,25 +302,43 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
                             b = run_cell(client, jobs_for(1), window=window, plain=True, mode=mode)
                             b["dask_cpu_us_per_task"] = b["scheduler_cpu_us_per_task"] - b["plugin_cpu_us_per_task"]
                             base[mode].append(b)
-                            log(f"  {mode:<8} W={w:<3} plain GPU task  run {rep + 1}: {b['throughput_rps']:6.0f} "
+                            log(
+                                f"  {mode:<8} W={w:<3} plain GPU task  run {rep + 1}: {b['throughput_rps']:6.0f} "
                                 f"tasks/s, scheduler {b['scheduler_cpu_us_per_task']:5.0f} us CPU/task "
                                 f"(Dask {b['dask_cpu_us_per_task']:.0f}, offload "
-                                f"{b['scheduler_offload_cpu_us_per_task']:.0f})")
+                                f"{b['scheduler_offload_cpu_us_per_task']:.0f})"
+                            )
                             for t in tenants:
                                 r = run_cell(client, jobs_for(t), window=window, plain=False, mode=mode)
                                 r["plugin_over_dask"] = r["plugin_cpu_us_per_task"] / b["dask_cpu_us_per_task"]
                                 runs[mode, t].append(r)
-                                log(f"  {mode:<8} W={w:<3} T={t:<3} run {rep + 1}: {r['throughput_rps']:6.0f} req/s, "
+                                log(
+                                    f"  {mode:<8} W={w:<3} T={t:<3} run {rep + 1}: {r['throughput_rps']:6.0f} req/s, "
                                     f"scheduler {r['scheduler_cpu_us_per_task']:5.0f} us CPU/task, plugin "
-                                    f"{r['plugin_cpu_us_per_task']:5.1f} us ({r['plugin_over_dask']:.1%} of Dask's)")
+                                    f"{r['plugin_cpu_us_per_task']:5.1f} us ({r['plugin_over_dask']:.1%} of Dask's)"
+                                )
                     for mode in modes:
                         win = window if mode == "separate" else None
                         for t in tenants:
-                            cells.append({"mode": mode, "workers": w, "tenants": t, "window": win,
-                                          "runs": runs[mode, t],
-                                          **{k: spread(r[k] for r in runs[mode, t]) for k in CELL_KEYS}})
-                        plain.append({"mode": mode, "workers": w, "window": win, "runs": base[mode],
-                                      **{k: spread(r[k] for r in base[mode]) for k in PLAIN_KEYS}})
+                            cells.append(
+                                {
+                                    "mode": mode,
+                                    "workers": w,
+                                    "tenants": t,
+                                    "window": win,
+                                    "runs": runs[mode, t],
+                                    **{k: spread(r[k] for r in runs[mode, t]) for k in CELL_KEYS},
+                                }
+                            )
+                        plain.append(
+                            {
+                                "mode": mode,
+                                "workers": w,
+                                "window": win,
+                                "runs": base[mode],
+                                **{k: spread(r[k] for r in base[mode]) for k in PLAIN_KEYS},
+                            }
+                        )
                 finally:
                     pool.close()
                     deadline = time.time() + 60
@@ -281,10 +349,17 @@ def measure(*, device: str, workers: tuple, tenants: tuple, requests: int, repea
         shutil.rmtree(root, ignore_errors=True)
     by_mode = {m: max(c["plugin_over_dask"]["median"] for c in cells if c["mode"] == m) for m in modes}
     worst = max(by_mode.values())
-    return {"cells": cells, "plain_dask": plain,
-            "target": {"rule": f"plugin CPU per KaaS task <= {TARGET:.0%} of Dask's own per GPU-restricted task "
-                               "(same submission mode), at every W and T, in every mode",
-                       "worst": worst, "worst_by_mode": by_mode, "met": bool(worst <= TARGET)}}
+    return {
+        "cells": cells,
+        "plain_dask": plain,
+        "target": {
+            "rule": f"plugin CPU per KaaS task <= {TARGET:.0%} of Dask's own per GPU-restricted task "
+            "(same submission mode), at every W and T, in every mode",
+            "worst": worst,
+            "worst_by_mode": by_mode,
+            "met": bool(worst <= TARGET),
+        },
+    }
 
 
 def _mode(entry: dict) -> str:
@@ -306,18 +381,43 @@ def draw(result: dict, plt):
         for t in result["parameters"]["tenants"]:
             cells = [c for c in result["cells"] if c["tenants"] == t and _mode(c) == mode]
             x = [c["workers"] for c in cells]
-            ax1.plot(x, [c["plugin_cpu_us_per_task"]["median"] for c in cells], "o" + ls, color=colors[t],
-                     label=f"KaaS plugin, T={t}, {mode}")
-            ax2.plot(x, [c["throughput_rps"]["median"] for c in cells], "o" + ls, color=colors[t],
-                     label=f"KaaS, T={t}, {mode}")
+            ax1.plot(
+                x,
+                [c["plugin_cpu_us_per_task"]["median"] for c in cells],
+                "o" + ls,
+                color=colors[t],
+                label=f"KaaS plugin, T={t}, {mode}",
+            )
+            ax2.plot(
+                x,
+                [c["throughput_rps"]["median"] for c in cells],
+                "o" + ls,
+                color=colors[t],
+                label=f"KaaS, T={t}, {mode}",
+            )
         base = [c for c in result["plain_dask"] if _mode(c) == mode]
         x = [c["workers"] for c in base]
-        ax1.plot(x, [c["dask_cpu_us_per_task"]["median"] for c in base], "s" + ls, color="k",
-                 label=f"Dask, GPU-restricted no-op, {mode}")
-        ax1.plot(x, [TARGET * c["dask_cpu_us_per_task"]["median"] for c in base], ls, color="0.6",
-                 label=f"{TARGET:.0%} of Dask, {mode}")
-        ax2.plot(x, [c["throughput_rps"]["median"] for c in base], "s" + ls, color="k",
-                 label=f"plain GPU-restricted no-op, {mode}")
+        ax1.plot(
+            x,
+            [c["dask_cpu_us_per_task"]["median"] for c in base],
+            "s" + ls,
+            color="k",
+            label=f"Dask, GPU-restricted no-op, {mode}",
+        )
+        ax1.plot(
+            x,
+            [TARGET * c["dask_cpu_us_per_task"]["median"] for c in base],
+            ls,
+            color="0.6",
+            label=f"{TARGET:.0%} of Dask, {mode}",
+        )
+        ax2.plot(
+            x,
+            [c["throughput_rps"]["median"] for c in base],
+            "s" + ls,
+            color="k",
+            label=f"plain GPU-restricted no-op, {mode}",
+        )
     for ax in (ax1, ax2):
         ax.set_xlabel("workers")
         ax.set_xscale("log")
@@ -331,8 +431,9 @@ def draw(result: dict, plt):
 
 
 def report(payload: dict):
-    yield (f"{'mode':<8} {'W':>4} {'T':>4} {'req/s':>7} {'sched us':>9} {'offload':>8} {'plugin us':>10} "
-           f"{'of Dask':>8}")
+    yield (
+        f"{'mode':<8} {'W':>4} {'T':>4} {'req/s':>7} {'sched us':>9} {'offload':>8} {'plugin us':>10} {'of Dask':>8}"
+    )
 
     def offload(c):
         s = c.get("scheduler_offload_cpu_us_per_task")
@@ -341,18 +442,24 @@ def report(payload: dict):
     for mode in _modes(payload):
         for c in payload["cells"]:
             if _mode(c) == mode:
-                yield (f"{mode:<8} {c['workers']:>4} {c['tenants']:>4} {c['throughput_rps']['median']:>7.0f} "
-                       f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {offload(c)} "
-                       f"{c['plugin_cpu_us_per_task']['median']:>10.1f} {c['plugin_over_dask']['median']:>8.1%}")
+                yield (
+                    f"{mode:<8} {c['workers']:>4} {c['tenants']:>4} {c['throughput_rps']['median']:>7.0f} "
+                    f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {offload(c)} "
+                    f"{c['plugin_cpu_us_per_task']['median']:>10.1f} {c['plugin_over_dask']['median']:>8.1%}"
+                )
         for c in payload["plain_dask"]:
             if _mode(c) == mode:
-                yield (f"{mode:<8} {c['workers']:>4} dask {c['throughput_rps']['median']:>7.0f} "
-                       f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {offload(c)} {'':>10} "
-                       f"(Dask's own {c['dask_cpu_us_per_task']['median']:.0f} us)")
+                yield (
+                    f"{mode:<8} {c['workers']:>4} dask {c['throughput_rps']['median']:>7.0f} "
+                    f"{c['scheduler_cpu_us_per_task']['median']:>9.0f} {offload(c)} {'':>10} "
+                    f"(Dask's own {c['dask_cpu_us_per_task']['median']:.0f} us)"
+                )
     t = payload["target"]
     by_mode = "".join(f"; {m} {v:.1%}" for m, v in t.get("worst_by_mode", {}).items())
-    yield (f"plugin CPU per task, worst cell: {t['worst']:.1%} of Dask's own{by_mode} "
-           f"(target <= {TARGET:.0%}: {met(t['met'])})")
+    yield (
+        f"plugin CPU per task, worst cell: {t['worst']:.1%} of Dask's own{by_mode} "
+        f"(target <= {TARGET:.0%}: {met(t['met'])})"
+    )
 
 
 def _ints(text: str) -> tuple:
@@ -380,23 +487,36 @@ def validate(p: dict) -> str | None:
 
 def measure_suite(config, p: dict) -> dict:
     return {
-        "parameters": {**p, "window": "separate: min(2 x workers, 128); graph: all the run's tasks at once",
-                       "policy": "affinity",
-                       "request": f"y = x + w, builtin vadd, n = {N} float32; w the tenant's const",
-                       "workers_process": "all workers in one process (benchmarks.worker_pool), 16 MiB host "
-                                          "devices, one thread each",
-                       "tenant_order": "round-robin"},
+        "parameters": {
+            **p,
+            "window": "separate: min(2 x workers, 128); graph: all the run's tasks at once",
+            "policy": "affinity",
+            "request": f"y = x + w, builtin vadd, n = {N} float32; w the tenant's const",
+            "workers_process": "all workers in one process (benchmarks.worker_pool), 16 MiB host "
+            "devices, one thread each",
+            "tenant_order": "round-robin",
+        },
         "method": __doc__.split("\n\n", 1)[1],
         **measure(device=config.device, log=config.log, **p),
     }
 
 
-SUITE = Suite("scale", __doc__, measure_suite, report, SIZES, draw=draw, validate=validate,
-              options=(Option("--workers", _ints, "worker counts W, comma-separated"),
-                       Option("--tenants", _ints, "tenant counts T, comma-separated"),
-                       Option("--modes", _names, f"submission modes, comma-separated ({', '.join(MODES)})"),
-                       Option("--requests", int, "tasks per run"),
-                       Option("--repeat", int, "runs of each cell")))
+SUITE = Suite(
+    "scale",
+    __doc__,
+    measure_suite,
+    report,
+    SIZES,
+    draw=draw,
+    validate=validate,
+    options=(
+        Option("--workers", _ints, "worker counts W, comma-separated"),
+        Option("--tenants", _ints, "tenant counts T, comma-separated"),
+        Option("--modes", _names, f"submission modes, comma-separated ({', '.join(MODES)})"),
+        Option("--requests", int, "tasks per run"),
+        Option("--repeat", int, "runs of each cell"),
+    ),
+)
 
 
 if __name__ == "__main__":  # python -m benchmarks.scale ...: the same as python -m benchmarks scale ...

@@ -7,6 +7,7 @@ separately, to subtract it) with timers of wall time and of the scheduler thread
 per-hook and per-task figures, the wrappers' own cost (calibrated on an empty function) subtracted.
 Used by the placement and scale suites.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,6 +24,7 @@ def _timed(store: dict, name: str, fn):
             row[0] += t1 - t0
             row[1] += 1
             row[2] += c1 - c0
+
     wrapper.__wrapped__ = fn
     return wrapper
 
@@ -44,8 +46,11 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
             wall -= net("base_comm_cost", 0) + calls * cal[0]
             cpu -= net("base_comm_cost", 1) + calls * cal[1]
             name = "get_comm_cost_extension"
-        hooks[name] = {"calls": timers[name if name in timers else "get_comm_cost"][1],
-                       "wall_us": max(0.0, wall) / 1e3, "cpu_us": max(0.0, cpu) / 1e3}
+        hooks[name] = {
+            "calls": timers[name if name in timers else "get_comm_cost"][1],
+            "wall_us": max(0.0, wall) / 1e3,
+            "cpu_us": max(0.0, cpu) / 1e3,
+        }
     hooks["get_comm_cost_extension"]["dask_base_cpu_us"] = net("base_comm_cost", 1) / 1e3
     return {
         "method_in_scheduler": (
@@ -55,7 +60,8 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
             "(wall) and thread_time_ns (CPU of the scheduler's thread); wrapper cost calibrated on an empty "
             "function and subtracted per call; one affinity run of the trace. The scheduler shares its process "
             "(and GIL) with the benchmark's client in a LocalCluster, so wall time includes GIL waits; CPU time "
-            "is the plugin's own cost"),
+            "is the plugin's own cost"
+        ),
         "wrapper_cost_ns": {"wall": cal[0], "cpu": cal[1]},
         "kaas_tasks": n_tasks,
         "hooks": hooks,
@@ -67,16 +73,27 @@ def scheduler_cost(timers: dict, n_tasks: int) -> dict:
 def install(dask_scheduler) -> None:
     """Wrap the KaaS plugin's hooks (and Dask's own get_comm_cost, to subtract it) with timers."""
     plugin = dask_scheduler.plugins["kaas"]
-    acc = {name: [0, 0, 0] for name in ("update_graph", "transition", "dispatch", "get_comm_cost",
-                                     "base_comm_cost", "handle_report", "calibration")}
+    acc = {
+        name: [0, 0, 0]
+        for name in (
+            "update_graph",
+            "transition",
+            "dispatch",
+            "get_comm_cost",
+            "base_comm_cost",
+            "handle_report",
+            "calibration",
+        )
+    }
     plugin._bench_timers = acc
     plugin.update_graph = _timed(acc, "update_graph", plugin.update_graph)
     plugin.transition = _timed(acc, "transition", plugin.transition)
     plugin._dispatch = _timed(acc, "dispatch", plugin._dispatch)
     plugin._base_comm_cost = _timed(acc, "base_comm_cost", plugin._base_comm_cost)
     dask_scheduler.get_comm_cost = _timed(acc, "get_comm_cost", dask_scheduler.get_comm_cost)
-    dask_scheduler.stream_handlers["kaas-report"] = _timed(acc, "handle_report",
-                                                           dask_scheduler.stream_handlers["kaas-report"])
+    dask_scheduler.stream_handlers["kaas-report"] = _timed(
+        acc, "handle_report", dask_scheduler.stream_handlers["kaas-report"]
+    )
     calibrate = _timed(acc, "calibration", lambda: None)
     for _ in range(20000):
         calibrate()

@@ -7,6 +7,7 @@ time to load a const from the store matters. Tenants are drawn i.i.d. from a Zip
 ``window`` requests in flight, every result checked against NumPy (``WrongResult`` otherwise); the
 cache counters are deltas of ``worker_stats`` around it.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,14 @@ def matmul_request(k: int, n: int, batch: int, tenant: str):
     w = BufferSpec("w", k * n * F32, key="w", const=True)
     y = BufferSpec("y", batch * n * F32, dtype="float32", shape=(batch, n), ephemeral=True)
     grid = (max(1, min(65535, -(-n // 16))), max(1, -(-batch // 16)))
-    kernel = KernelSpec("builtin", "sgemm", grid, (16, 16),
-                        literals=[Literal("i", batch), Literal("i", n), Literal("i", k)],
-                        arguments=[(x, "i"), (w, "i"), (y, "o")])
+    kernel = KernelSpec(
+        "builtin",
+        "sgemm",
+        grid,
+        (16, 16),
+        literals=[Literal("i", batch), Literal("i", n), Literal("i", k)],
+        arguments=[(x, "i"), (w, "i"), (y, "o")],
+    )
     return Request([kernel], tenant=tenant)
 
 
@@ -107,8 +113,13 @@ def reset(client, policy: str) -> None:
     from dask_kaas import set_policy
 
     base, *extras = policy.split("+")
-    set_policy(client, base, clear_caches=True, replication="replication" in extras,
-               eviction="queue-aware" if "queue-aware" in extras else "lru")
+    set_policy(
+        client,
+        base,
+        clear_caches=True,
+        replication="replication" in extras,
+        eviction="queue-aware" if "queue-aware" in extras else "lru",
+    )
     client.run_on_scheduler(_forget_caches)
 
 
@@ -158,13 +169,19 @@ def run_jobs(client, jobs, submit, *, window: int, label: str, output=None) -> t
 
     elapsed = run_windowed(client, len(jobs), submit, done, window=window)
     if wrong or failed:
-        raise WrongResult(f"{label}: {len(wrong)} wrong and {len(failed)} failed results of {len(jobs)} "
-                          f"(first: {wrong[:3]} {failed[:3]})")
+        raise WrongResult(
+            f"{label}: {len(wrong)} wrong and {len(failed)} failed results of {len(jobs)} "
+            f"(first: {wrong[:3]} {failed[:3]})"
+        )
     return elapsed, latencies
 
 
 def latency_figures(elapsed: float, latencies: list[float]) -> dict:
     """Elapsed seconds, requests per second, and the p50 and p99 latency in ms of one trace."""
     lat = np.array(latencies) * 1e3
-    return {"elapsed_s": elapsed, "throughput_rps": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {
+        "elapsed_s": elapsed,
+        "throughput_rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }

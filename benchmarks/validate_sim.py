@@ -38,6 +38,7 @@ bytes / bandwidth, fitted over the four const sizes) as a live worker process at
 
     python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2] [--resimulate FILE]
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,10 +64,20 @@ TARGET = 0.10
 SCENARIOS = ("zipf-closed", "zipf-two-sizes", "bursty-beside-steady", "open-poisson", "cyclic", "switch")
 SETTLE_S = 0.3
 RECALIBRATE = {"requests": 200, "noops": 20}  # Dask's costs measured again before each live run
-FULL = {"requests": 600, "repeat": 2, "seeds": 3, "rate": 90.0, "workers": WORKERS, "scenarios": "all",
-        "resimulate": ""}
-SIZES = {"full": FULL, "quick": {**FULL, "requests": 300},
-         "smoke": {**FULL, "requests": 24, "repeat": 1, "seeds": 1, "workers": 2, "scenarios": "zipf-closed,switch"}}
+FULL = {
+    "requests": 600,
+    "repeat": 2,
+    "seeds": 3,
+    "rate": 90.0,
+    "workers": WORKERS,
+    "scenarios": "all",
+    "resimulate": "",
+}
+SIZES = {
+    "full": FULL,
+    "quick": {**FULL, "requests": 300},
+    "smoke": {**FULL, "requests": 24, "repeat": 1, "seeds": 1, "workers": 2, "scenarios": "zipf-closed,switch"},
+}
 
 
 # ------------------------------------------------------------------ the scenarios, as simulator workloads
@@ -76,9 +87,17 @@ def _functions(sizes_mib: list[int], prefix: str, kernel_of) -> list:
     out = []
     for i, mib in enumerate(sizes_mib):
         name = f"{prefix}-{i:02d}"
-        out.append(Function(name, name, (((name, "w"), mib * MiB),), float(kernel_of(mib)),
-                            in_bytes=BATCH * K * F32, out_bytes=BATCH * (mib * MiB // (K * F32)) * F32,
-                            shape=f"matmul-{mib}MiB"))  # live, one shape token per size, whoever's
+        out.append(
+            Function(
+                name,
+                name,
+                (((name, "w"), mib * MiB),),
+                float(kernel_of(mib)),
+                in_bytes=BATCH * K * F32,
+                out_bytes=BATCH * (mib * MiB // (K * F32)) * F32,
+                shape=f"matmul-{mib}MiB",
+            )
+        )  # live, one shape token per size, whoever's
     return out
 
 
@@ -97,15 +116,22 @@ def scenarios(p: dict, kernel_of) -> list[dict]:
     out = []
 
     def add(name, workload, note, configs=CONFIGS, switches=()):
-        out.append({"name": name, "workload": workload, "configs": list(configs), "switches": list(switches),
-                    "note": note})
+        out.append(
+            {"name": name, "workload": workload, "configs": list(configs), "switches": list(switches), "note": note}
+        )
 
     fns = _functions([4] * 12, "zc", kernel_of)
-    add("zipf-closed", Workload(fns, np.zeros(n), _zipf_calls(rng, 12, n, 0.8), window=8),
-        "12 tenants x 4 MiB, Zipf 0.8, closed loop of 8 (the shape the costs were first tuned on)")
+    add(
+        "zipf-closed",
+        Workload(fns, np.zeros(n), _zipf_calls(rng, 12, n, 0.8), window=8),
+        "12 tenants x 4 MiB, Zipf 0.8, closed loop of 8 (the shape the costs were first tuned on)",
+    )
     fns = _functions([2, 8] * 8, "z2", kernel_of)
-    add("zipf-two-sizes", Workload(fns, np.zeros(n), _zipf_calls(rng, 16, n, 1.0), window=8),
-        "16 tenants of 2 and 8 MiB alternately, Zipf 1.0, closed loop of 8")
+    add(
+        "zipf-two-sizes",
+        Workload(fns, np.zeros(n), _zipf_calls(rng, 16, n, 1.0), window=8),
+        "16 tenants of 2 and 8 MiB alternately, Zipf 1.0, closed loop of 8",
+    )
     fns = _functions([4] * 12, "bs", kernel_of)
     steady, bursty = 3, 9
     n_bursty = (n * 3) // 5
@@ -117,23 +143,37 @@ def scenarios(p: dict, kernel_of) -> list[dict]:
     times = np.concatenate([times_b, np.zeros(len(calls_s))])
     calls = np.concatenate([calls_b, calls_s])
     clients = {f.tenant: (2 if i < steady else None) for i, f in enumerate(fns)}
-    add("bursty-beside-steady", Workload(fns, times, calls, clients=clients),
+    add(
+        "bursty-beside-steady",
+        Workload(fns, times, calls, clients=clients),
         f"3 steady tenants, each a client with 2 in flight, beside 9 bursty tenants open loop (Gamma CV 3, "
-        f"{rate:g} calls/s); 4 MiB each")
+        f"{rate:g} calls/s); 4 MiB each",
+    )
     fns = _functions([4] * 10, "op", kernel_of)
     times = np.cumsum(rng.exponential(1.0 / rate, n))
     times -= times[0]
-    add("open-poisson", Workload(fns, times, _zipf_calls(rng, 10, n, 1.0)),
-        f"10 tenants x 4 MiB, Zipf 1.0, Poisson arrivals at {rate:g} calls/s")
+    add(
+        "open-poisson",
+        Workload(fns, times, _zipf_calls(rng, 10, n, 1.0)),
+        f"10 tenants x 4 MiB, Zipf 1.0, Poisson arrivals at {rate:g} calls/s",
+    )
     fns = _functions([6] * 12, "cy", kernel_of)
-    add("cyclic", Workload(fns, np.zeros(n), np.arange(n) % 12, window=8),
-        "12 tenants x 6 MiB round robin, closed loop of 8 (2.7 consts fit a worker)")
+    add(
+        "cyclic",
+        Workload(fns, np.zeros(n), np.arange(n) % 12, window=8),
+        "12 tenants x 6 MiB round robin, closed loop of 8 (2.7 consts fit a worker)",
+    )
     fns = _functions([4] * 10, "sw", kernel_of)
     times = np.cumsum(rng.exponential(1.0 / rate, n))
     times -= times[0]
     wl = Workload(fns, times, _zipf_calls(rng, 10, n, 1.0))
-    add("switch", wl, f"open-poisson's shape at {rate:g} calls/s, balance switched to affinity at "
-        f"{wl.duration / 2:.1f} s", configs=("balance>affinity",), switches=[(wl.duration / 2, "affinity")])
+    add(
+        "switch",
+        wl,
+        f"open-poisson's shape at {rate:g} calls/s, balance switched to affinity at {wl.duration / 2:.1f} s",
+        configs=("balance>affinity",),
+        switches=[(wl.duration / 2, "affinity")],
+    )
     wanted = p["scenarios"]
     if wanted != "all":
         names = wanted.split(",")
@@ -189,8 +229,12 @@ def measure_in_place(store_url: str, sizes_mib: list[int], rounds: int) -> dict:
     finally:
         rt.close()
     latency, bandwidth = fit_loads({m: max(0.0, cold[m] - warm[m]) for m in sizes_mib})
-    return {"warm_s": {str(m): warm[m] for m in sizes_mib}, "cold_s": {str(m): cold[m] for m in sizes_mib},
-            "load_latency_s": latency, "load_bandwidth": bandwidth}
+    return {
+        "warm_s": {str(m): warm[m] for m in sizes_mib},
+        "cold_s": {str(m): cold[m] for m in sizes_mib},
+        "load_latency_s": latency,
+        "load_bandwidth": bandwidth,
+    }
 
 
 def fit_loads(seconds: dict) -> tuple[float, float]:
@@ -238,9 +282,15 @@ def worker_loads(client, store, sizes_mib: list[int], rounds: int) -> dict:
     # times one alone (the simulator's own stretch): what one load costs is the rest
     stretch = float(np.mean([-(-j // cores) for j in range(1, workers + 1)]))
     latency, bandwidth = fit_loads({m: v / stretch for m, v in together.items()})
-    return {"seconds": {str(m): v for m, v in out.items()}, "runs": runs, "warm_s": warm,
-            "together_s": {str(m): v for m, v in together.items()}, "stretch": stretch,
-            "latency_s": latency, "bandwidth": bandwidth}
+    return {
+        "seconds": {str(m): v for m, v in out.items()},
+        "runs": runs,
+        "warm_s": warm,
+        "together_s": {str(m): v for m, v in together.items()},
+        "stretch": stretch,
+        "latency_s": latency,
+        "bandwidth": bandwidth,
+    }
 
 
 def _loads_together(client, store, rng, mib: int, x, rounds: int, reset) -> float:
@@ -272,12 +322,15 @@ def costs_in_place(in_place: dict, again: dict | None = None):
     if calibrated is not None and again:
         calibrated = {**calibrated, **again}
     costs = host_costs(calibrated=calibrated)
-    fit = in_place.get("worker_loads") or {"latency_s": in_place["load_latency_s"],
-                                           "bandwidth": in_place["load_bandwidth"]}
+    fit = in_place.get("worker_loads") or {
+        "latency_s": in_place["load_latency_s"],
+        "bandwidth": in_place["load_bandwidth"],
+    }
     runs = [np.asarray(r) / np.median(r) for r in (fit.get("runs") or {}).values() if len(r)]
     load_cv = lognormal_cv(np.concatenate(runs)) if runs else 0.0
-    return costs.replace(store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18,
-                         load_cv=load_cv)
+    return costs.replace(
+        store_latency=fit["latency_s"], store_bandwidth=fit["bandwidth"], device_bandwidth=1e18, load_cv=load_cv
+    )
 
 
 def run_calibrations(in_place: dict, scenario: str, runs: list[dict]) -> list[dict | None]:
@@ -297,8 +350,9 @@ def kernel_seconds(in_place: dict):
     worse: most of it is waiting in the worker process, not work on a core.)"""
     from dask_kaas.sim.costs import HOST_FALLBACK, calibration
 
-    runtime = (in_place.get("calibration") or calibration()[0] or HOST_FALLBACK).get("runtime_s",
-                                                                                   HOST_FALLBACK["runtime_s"])
+    runtime = (in_place.get("calibration") or calibration()[0] or HOST_FALLBACK).get(
+        "runtime_s", HOST_FALLBACK["runtime_s"]
+    )
     return lambda mib: max(0.0, in_place["warm_s"][str(mib)] - runtime)
 
 
@@ -335,10 +389,16 @@ def live_figures(run: LiveRun, delta: dict, loading: float) -> dict:
     finished = run.submitted[ok] + run.latency[ok]
     span = float(finished.max() - run.submitted.min()) if ok.any() else float("nan")
     lat = run.latency[ok] * 1e3
-    return {"throughput_rps": float(ok.sum() / span), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "bytes_loaded": int(delta["bytes_from_store"]),
-            "hit_rate": hit_rate(delta, None), "span_s": span, "completed": int(ok.sum()),
-            "load_ms_per_mib": per_mib(loading, delta["bytes_from_store"])}
+    return {
+        "throughput_rps": float(ok.sum() / span),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "bytes_loaded": int(delta["bytes_from_store"]),
+        "hit_rate": hit_rate(delta, None),
+        "span_s": span,
+        "completed": int(ok.sum()),
+        "load_ms_per_mib": per_mib(loading, delta["bytes_from_store"]),
+    }
 
 
 def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, log) -> dict:
@@ -374,8 +434,16 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
         reset(client, "balance")
         requests, xs, expected = prepared[warm["name"]]
         k = min(40, len(xs))
-        asyncio.run(LiveRun(Workload(warm["workload"].functions, np.zeros(k), warm["workload"].calls[:k], window=8),
-                            requests[:k], xs[:k], expected[:k], [], None).run(address))
+        asyncio.run(
+            LiveRun(
+                Workload(warm["workload"].functions, np.zeros(k), warm["workload"].calls[:k], window=8),
+                requests[:k],
+                xs[:k],
+                expected[:k],
+                [],
+                None,
+            ).run(address)
+        )
         for rep in range(p["repeat"]):
             for sc in scenario_list:
                 requests, xs, expected = prepared[sc["name"]]
@@ -397,14 +465,19 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
                     delta, _ = counter_delta(before, counters(client))
                     loading = load_seconds(client) - loading
                     if run.errors:
-                        raise WrongResult(f"validate-sim {sc['name']} {config}: {len(run.errors)} failed or wrong "
-                                          f"results (first: {run.errors[:3]})")
+                        raise WrongResult(
+                            f"validate-sim {sc['name']} {config}: {len(run.errors)} failed or wrong "
+                            f"results (first: {run.errors[:3]})"
+                        )
                     figures = live_figures(run, delta, loading)
                     out[sc["name"]][config].append({**figures, "calibration": calibration})
-                    log(f"  {sc['name']:<21} {config:<21} run {rep + 1}: {figures['throughput_rps']:.0f} req/s, p50 "
+                    log(
+                        f"  {sc['name']:<21} {config:<21} run {rep + 1}: {figures['throughput_rps']:.0f} req/s, p50 "
                         f"{figures['p50_ms']:.1f} ms, hit rate {figures['hit_rate']:.1%}, loaded "
                         f"{figures['bytes_loaded'] / MiB:.0f} MiB (calibrated just before: "
-                        f"{calibration['task_rate']:.0f} tiny req/s)", flush=True)
+                        f"{calibration['task_rate']:.0f} tiny req/s)",
+                        flush=True,
+                    )
     return out, loads
 
 
@@ -424,15 +497,30 @@ def simulate_all(scenario_list: list[dict], p: dict, in_place: dict, live: dict,
             for again in run_calibrations(in_place, sc["name"], runs):
                 c = costs_in_place(in_place, again)
                 run_costs.append(c)
-                rows = [simulate(sc["workload"], _settings(config), gpus=p["workers"], capacity=capacity, costs=c,
-                                 seed=seed, switches=[(t, _settings(x)) for t, x in sc["switches"]])
-                        for seed in range(p["seeds"])]
+                rows = [
+                    simulate(
+                        sc["workload"],
+                        _settings(config),
+                        gpus=p["workers"],
+                        capacity=capacity,
+                        costs=c,
+                        seed=seed,
+                        switches=[(t, _settings(x)) for t, x in sc["switches"]],
+                    )
+                    for seed in range(p["seeds"])
+                ]
                 for r in rows:
                     r["load_ms_per_mib"] = per_mib(r["load_seconds"], r["bytes_loaded"])
-                per_run.append({k: float(np.median([r[k] for r in rows if r[k] is not None]))
-                                for k in FIGURES if any(r[k] is not None for r in rows)})
-            out[sc["name"]][config] = {k: float(np.median([r[k] for r in per_run if k in r]))
-                                       for k in FIGURES if any(k in r for r in per_run)}
+                per_run.append(
+                    {
+                        k: float(np.median([r[k] for r in rows if r[k] is not None]))
+                        for k in FIGURES
+                        if any(r[k] is not None for r in rows)
+                    }
+                )
+            out[sc["name"]][config] = {
+                k: float(np.median([r[k] for r in per_run if k in r])) for k in FIGURES if any(k in r for r in per_run)
+            }
             costs[sc["name"]][config] = run_costs
     return out, costs
 
@@ -455,8 +543,15 @@ def compare(live: dict, sim: dict) -> list[dict]:
                 if key == "hit_rate":  # a rate near 0 or 1: points, not a ratio of a tiny number
                     error = s - med
                 judged = key in JUDGED and len(values) > 1 and spread_ < TARGET
-                row["figures"][key] = {"live": values, "live_median": med, "live_spread": spread_, "sim": s,
-                                       "error": error, "judged": judged, "within": abs(error) <= TARGET}
+                row["figures"][key] = {
+                    "live": values,
+                    "live_median": med,
+                    "live_spread": spread_,
+                    "sim": s,
+                    "error": error,
+                    "judged": judged,
+                    "within": abs(error) <= TARGET,
+                }
             rows.append(row)
     return rows
 
@@ -467,11 +562,18 @@ def summary(rows: list[dict]) -> dict:
     for key in FIGURES:
         errors = [abs(f["error"]) for r in rows for k, f in r["figures"].items() if k == key]
         if errors:
-            by_figure[key] = {"median_abs_error": float(np.median(errors)), "max_abs_error": float(max(errors)),
-                              "judged": sum(1 for _, k, _ in judged if k == key),
-                              "within": sum(1 for _, k, f in judged if k == key and f["within"])}
-    return {"judged": len(judged), "within": sum(1 for _, _, f in judged if f["within"]),
-            "target_met": all(f["within"] for _, _, f in judged) and bool(judged), "by_figure": by_figure}
+            by_figure[key] = {
+                "median_abs_error": float(np.median(errors)),
+                "max_abs_error": float(max(errors)),
+                "judged": sum(1 for _, k, _ in judged if k == key),
+                "within": sum(1 for _, k, f in judged if k == key and f["within"]),
+            }
+    return {
+        "judged": len(judged),
+        "within": sum(1 for _, _, f in judged if f["within"]),
+        "target_met": all(f["within"] for _, _, f in judged) and bool(judged),
+        "by_figure": by_figure,
+    }
 
 
 # ------------------------------------------------------------------ the suite
@@ -494,23 +596,37 @@ def measure(config, p: dict) -> dict:
             in_place["calibration"] = calibrate(config, p)
             scenario_list = scenarios(p, kernel_seconds(in_place))
             live_source = {"file": None, "measured": "this run"}
-            with deployed_cluster("host", p["workers"], device_memory=str(capacity), store_url=store_url) as (address,
-                                                                                                              url):
-                live, in_place["worker_loads"] = run_live(
-                    scenario_list, p, url, address, config.log)
+            with deployed_cluster("host", p["workers"], device_memory=str(capacity), store_url=store_url) as (
+                address,
+                url,
+            ):
+                live, in_place["worker_loads"] = run_live(scenario_list, p, url, address, config.log)
         scenario_list = scenarios(p, kernel_seconds(in_place))
         sim, costs = simulate_all(scenario_list, p, in_place, live, capacity)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = compare(live, sim)
-    return {"parameters": {**p, "capacity_bytes": capacity, "target": TARGET},
-            "scenarios": [{"name": s["name"], "note": s["note"], "requests": len(s["workload"]),
-                           "configs": s["configs"]} for s in scenario_list],
-            "in_place": in_place,
-            "costs": {name: {config: [{k: v for k, v in c.as_dict().items() if k != "source"} for c in runs]
-                             for config, runs in by_config.items()} for name, by_config in costs.items()},
-            "costs_source": next(iter(next(iter(costs.values())).values()))[0].source, "live_source": live_source, "live": live, "sim": sim,
-            "rows": rows, "summary": summary(rows)}
+    return {
+        "parameters": {**p, "capacity_bytes": capacity, "target": TARGET},
+        "scenarios": [
+            {"name": s["name"], "note": s["note"], "requests": len(s["workload"]), "configs": s["configs"]}
+            for s in scenario_list
+        ],
+        "in_place": in_place,
+        "costs": {
+            name: {
+                config: [{k: v for k, v in c.as_dict().items() if k != "source"} for c in runs]
+                for config, runs in by_config.items()
+            }
+            for name, by_config in costs.items()
+        },
+        "costs_source": next(iter(next(iter(costs.values())).values()))[0].source,
+        "live_source": live_source,
+        "live": live,
+        "sim": sim,
+        "rows": rows,
+        "summary": summary(rows),
+    }
 
 
 def _cell(f: dict | None, key: str) -> str:
@@ -522,16 +638,22 @@ def _cell(f: dict | None, key: str) -> str:
 
 
 def report(r: dict):
-    yield (f"error of the simulation against the live median (live spread); judged where the live spread < "
-           f"{TARGET:.0%} (ok / !), hit rate in points:")
+    yield (
+        f"error of the simulation against the live median (live spread); judged where the live spread < "
+        f"{TARGET:.0%} (ok / !), hit rate in points:"
+    )
     yield f"  {'scenario':<21} {'configuration':<21} " + " ".join(f"{k:>18}" for k in FIGURES)
     for row in r["rows"]:
-        yield (f"  {row['scenario']:<21} {row['config']:<21} "
-               + " ".join(f"{_cell(row['figures'].get(k), k):>18}" for k in FIGURES))
+        yield (
+            f"  {row['scenario']:<21} {row['config']:<21} "
+            + " ".join(f"{_cell(row['figures'].get(k), k):>18}" for k in FIGURES)
+        )
     s = r["summary"]
     for key, b in s["by_figure"].items():
-        yield (f"  {key:<15} median |error| {100 * b['median_abs_error']:.0f}%, max {100 * b['max_abs_error']:.0f}%"
-               f"; judged {b['judged']}, within 10%: {b['within']}")
+        yield (
+            f"  {key:<15} median |error| {100 * b['median_abs_error']:.0f}%, max {100 * b['max_abs_error']:.0f}%"
+            f"; judged {b['judged']}, within 10%: {b['within']}"
+        )
     yield f"within {TARGET:.0%} where judged: {s['within']}/{s['judged']}"
 
 
@@ -564,11 +686,23 @@ def validate(p: dict) -> str | None:
 
 
 SUITE = Suite(
-    "validate-sim", __doc__, measure, report, SIZES, draw=draw, host_only=True, validate=validate,
-    options=(Option("--requests", int, "calls per scenario"), Option("--repeat", int, "live runs of each"),
-             Option("--seeds", int, "simulated runs of each (median)"), Option("--rate", float, "open-loop calls/s"),
-             Option("--scenarios", str, "comma-separated scenario names, or all"),
-             Option("--resimulate", str, "simulate again against the live runs recorded in this result file")))
+    "validate-sim",
+    __doc__,
+    measure,
+    report,
+    SIZES,
+    draw=draw,
+    host_only=True,
+    validate=validate,
+    options=(
+        Option("--requests", int, "calls per scenario"),
+        Option("--repeat", int, "live runs of each"),
+        Option("--seeds", int, "simulated runs of each (median)"),
+        Option("--rate", float, "open-loop calls/s"),
+        Option("--scenarios", str, "comma-separated scenario names, or all"),
+        Option("--resimulate", str, "simulate again against the live runs recorded in this result file"),
+    ),
+)
 
 
 if __name__ == "__main__":

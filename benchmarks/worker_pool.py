@@ -6,6 +6,7 @@ Each worker has one thread and the ``GPU`` resource; with ``--kaas`` each also c
 worker plugin (a host device of ``--memory``). The process runs until its standard input closes,
 so the parent ends it by closing the pipe (or killing it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,18 @@ async def run(address: str, n: int, kaas: bool, device: str, memory: str, store:
             from dask_kaas.plugins.worker import KaasWorkerPlugin
 
             plugins.append(KaasWorkerPlugin(device=device, device_memory=memory, store=store))
-        workers.append(Worker(address, nthreads=1, resources={"GPU": 1}, plugins=plugins, name=f"pool-{i}",
-                              dashboard=False, memory_limit=0, validate=False))
+        workers.append(
+            Worker(
+                address,
+                nthreads=1,
+                resources={"GPU": 1},
+                plugins=plugins,
+                name=f"pool-{i}",
+                dashboard=False,
+                memory_limit=0,
+                validate=False,
+            )
+        )
     await asyncio.gather(*workers)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()

@@ -18,36 +18,86 @@ The public names below are loaded on first use, so a process imports only the la
 ``compat.py``   every use of distributed's internals
 ==============  ========================================================================
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
 from . import config  # noqa: F401  (registers the kaas.* defaults)
-from .errors import (AdmissionRejected, ConfigError, DeviceMemoryError, FunctionNotFound, KaasError, KernelError,
-                     RequestError, StoreError, StoreKeyError, TenantError)
+from .errors import (
+    AdmissionRejected,
+    ConfigError,
+    DeviceMemoryError,
+    FunctionNotFound,
+    KaasError,
+    KernelError,
+    RequestError,
+    StoreError,
+    StoreKeyError,
+    TenantError,
+)
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "BufferSpec": "request", "KernelSpec": "request", "Literal": "request", "Request": "request",
-    "Library": "kernels", "builtin": "kernels", "register_library": "kernels", "resolve_library": "kernels",
+    "BufferSpec": "request",
+    "KernelSpec": "request",
+    "Literal": "request",
+    "Request": "request",
+    "Library": "kernels",
+    "builtin": "kernels",
+    "register_library": "kernels",
+    "resolve_library": "kernels",
     "BufferStore": "store",
-    "Function": "functions", "FunctionRepository": "functions",
-    "Runtime": "runtime", "run_request": "runtime",
-    "cluster_state": "api", "cluster_store": "api", "install": "api", "set_policy": "api", "worker_stats": "api",
+    "Function": "functions",
+    "FunctionRepository": "functions",
+    "Runtime": "runtime",
+    "run_request": "runtime",
+    "cluster_state": "api",
+    "cluster_store": "api",
+    "install": "api",
+    "set_policy": "api",
+    "worker_stats": "api",
     "LocalKaasCluster": "cluster",
     "Batcher": "batching",
-    "KaasWorkerPlugin": "plugins.worker", "KaasSchedulerPlugin": "plugins.scheduler",
+    "KaasWorkerPlugin": "plugins.worker",
+    "KaasSchedulerPlugin": "plugins.scheduler",
 }
 
 __all__ = [
-    "AdmissionRejected", "Batcher", "BufferSpec", "BufferStore", "ConfigError", "DeviceMemoryError", "Function",
-    "FunctionNotFound", "FunctionRepository", "KaasError",
-    "KaasSchedulerPlugin", "KaasWorkerPlugin", "KernelError", "KernelSpec", "Library", "Literal", "LocalKaasCluster",
-    "Request", "RequestError", "Runtime", "StoreError", "StoreKeyError", "TenantError", "builtin", "cluster_state",
+    "AdmissionRejected",
+    "Batcher",
+    "BufferSpec",
+    "BufferStore",
+    "ConfigError",
+    "DeviceMemoryError",
+    "Function",
+    "FunctionNotFound",
+    "FunctionRepository",
+    "KaasError",
+    "KaasSchedulerPlugin",
+    "KaasWorkerPlugin",
+    "KernelError",
+    "KernelSpec",
+    "Library",
+    "Literal",
+    "LocalKaasCluster",
+    "Request",
+    "RequestError",
+    "Runtime",
+    "StoreError",
+    "StoreKeyError",
+    "TenantError",
+    "builtin",
+    "cluster_state",
     "cluster_store",
-    "install", "register_library", "resolve_library", "run_request", "set_policy", "worker_stats",
+    "install",
+    "register_library",
+    "resolve_library",
+    "run_request",
+    "set_policy",
+    "worker_stats",
 ]
 
 

@@ -1,4 +1,5 @@
 """Client-side helpers: cluster-wide state, policy switching, installing KaaS on an existing cluster."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -6,10 +7,15 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, KaasError
 from .jupyter import ClusterState, WorkerStats
 from .plugins.scheduler import KaasSchedulerPlugin
-from .plugins.worker import (HOW_TO_INSTALL, KaasWorkerPlugin, clear_cache_on_worker, set_eviction_on_worker,
-                             store_on_worker,
-                             set_exclusive_on_worker,
-                             stats_on_worker)
+from .plugins.worker import (
+    HOW_TO_INSTALL,
+    KaasWorkerPlugin,
+    clear_cache_on_worker,
+    set_eviction_on_worker,
+    set_exclusive_on_worker,
+    stats_on_worker,
+    store_on_worker,
+)
 from .scheduling import POLICIES
 from .scheduling.eviction import EVICTIONS
 
@@ -64,8 +70,10 @@ def _from_kaas_workers(client: Client, function) -> dict:
     results = client.run(function)
     found = {addr: value for addr, value in results.items() if value is not None}
     if not found:
-        raise KaasError(f"none of this cluster's {len(results)} workers has the KaaS plugin, so none can run a "
-                        f"Request: {HOW_TO_INSTALL}")
+        raise KaasError(
+            f"none of this cluster's {len(results)} workers has the KaaS plugin, so none can run a "
+            f"Request: {HOW_TO_INSTALL}"
+        )
     return found
 
 
@@ -93,16 +101,19 @@ def cluster_store(client: Client):
     stores = _from_kaas_workers(client, store_on_worker)
     urls = {store.url for store in stores.values()}
     if len(urls) > 1:
-        raise KaasError(f"the cluster's workers read different stores ({', '.join(sorted(urls))}): give each "
-                        "the same --store")
+        raise KaasError(
+            f"the cluster's workers read different stores ({', '.join(sorted(urls))}): give each the same --store"
+        )
     return next(iter(stores.values()))
 
 
 def _scheduler_plugin(dask_scheduler) -> KaasSchedulerPlugin:
     plugin = dask_scheduler.plugins.get("kaas")
     if plugin is None:
-        raise KaasError("the scheduler has no KaaS plugin: use dask_kaas.LocalKaasCluster (or `dask kaas "
-                        "scheduler`), or dask_kaas.install(client)")
+        raise KaasError(
+            "the scheduler has no KaaS plugin: use dask_kaas.LocalKaasCluster (or `dask kaas "
+            "scheduler`), or dask_kaas.install(client)"
+        )
     return plugin
 
 
@@ -150,15 +161,23 @@ def cluster_state(client: Client) -> ClusterState:
     return ClusterState(client.run_on_scheduler(_scheduler_snapshot))
 
 
-def _set_policy_on_scheduler(dask_scheduler, policy: str, caches_cleared: bool = False,
-                             replication: bool | None = None) -> str:
+def _set_policy_on_scheduler(
+    dask_scheduler, policy: str, caches_cleared: bool = False, replication: bool | None = None
+) -> str:
     _scheduler_plugin(dask_scheduler).set_policy(policy, caches_cleared=caches_cleared, replication=replication)
     return policy
 
 
-def set_policy(client: Client, policy: str, *, clear_caches: bool = False, replication: bool | None = None,
-               eviction: str | None = None) -> None:
-    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``, ``locality``).
+def set_policy(
+    client: Client,
+    policy: str,
+    *,
+    clear_caches: bool = False,
+    replication: bool | None = None,
+    eviction: str | None = None,
+) -> None:
+    """Switch the placement policy of a running cluster (``affinity``, ``balance``, ``static``, ``exclusive``,
+    ``locality``).
 
     An unknown policy is a :class:`~dask_kaas.errors.ConfigError` (also a ``ValueError``), raised before
     anything changes.
@@ -214,12 +233,19 @@ def set_policy(client: Client, policy: str, *, clear_caches: bool = False, repli
         client.run(set_eviction_on_worker, eviction=eviction)
     if clear_caches:
         client.run(clear_cache_on_worker)
-    client.run_on_scheduler(_set_policy_on_scheduler, policy=policy, caches_cleared=clear_caches,
-                            replication=replication)
+    client.run_on_scheduler(
+        _set_policy_on_scheduler, policy=policy, caches_cleared=clear_caches, replication=replication
+    )
 
 
-def install(client: Client, *, device: str | None = None, device_memory: int | str | None = None,
-            store: BufferStore | str | None = None, policy: str | None = None) -> None:
+def install(
+    client: Client,
+    *,
+    device: str | None = None,
+    device_memory: int | str | None = None,
+    store: BufferStore | str | None = None,
+    policy: str | None = None,
+) -> None:
     """Make the cluster behind ``client`` a KaaS cluster: scheduler plugin plus a worker plugin on every worker.
 
     Workers should run one thread each (``dask worker --nthreads 1``); the
@@ -271,7 +297,8 @@ def install(client: Client, *, device: str | None = None, device_memory: int | s
     """
     # both built (and so checked) before either is sent: a bad option leaves the cluster as it was
     scheduler_plugin = KaasSchedulerPlugin(policy=policy)
-    worker_plugin = KaasWorkerPlugin(device=device, device_memory=device_memory, store=store,
-                                     policy=scheduler_plugin.policy)
+    worker_plugin = KaasWorkerPlugin(
+        device=device, device_memory=device_memory, store=store, policy=scheduler_plugin.policy
+    )
     client.register_plugin(scheduler_plugin)
     client.register_plugin(worker_plugin)

@@ -1,9 +1,11 @@
 """The ``dask-kaas`` command (also ``dask kaas`` through Dask's dask_cli entry point)."""
+
 from __future__ import annotations
 
 import json
 import sys
 import time
+from datetime import UTC
 
 import click
 import numpy as np
@@ -24,22 +26,41 @@ def main():
 
 @main.command(help="Run a multi-tenant GPU-kernel workload on an embedded local cluster and check every result.")
 @click.option("--workers", "n_workers", type=int, default=None, help="Worker processes (default: one per GPU, or 2).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default=None,
-              help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "host"]),
+    default=None,
+    help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].",
+)
 @click.option("--device-memory", default=None, help="Per-worker device capacity / RMM pool, e.g. 256MiB or 80%.")
-@click.option("--store", default=None,
-              help="Store profile or URL (default: kaas.store, else the profile local: ~/.local/share/dask-kaas/store).")
+@click.option(
+    "--store",
+    default=None,
+    help="Store profile or URL (default: kaas.store, else the profile local: ~/.local/share/dask-kaas/store).",
+)
 @click.option("--tenants", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--requests", "n_requests", type=click.IntRange(1), default=200, show_default=True,
-              help="MLP inference requests, spread over the tenants.")
+@click.option(
+    "--requests",
+    "n_requests",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="MLP inference requests, spread over the tenants.",
+)
 @click.option("--jacobi", type=click.IntRange(0), default=8, show_default=True, help="Jacobi solves.")
 @click.option("--dashboard-address", default=":8787", show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@click.option("--duration", type=click.FloatRange(0), default=0, show_default=True,
-              help="Keep the cluster (and its dashboard) up this many seconds after the workload.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(0),
+    default=0,
+    show_default=True,
+    help="Keep the cluster (and its dashboard) up this many seconds after the workload.",
+)
 @click.option("--hold", is_flag=True, help="Keep the cluster (and its dashboard) up until Ctrl-C.")
-def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, dashboard_address, no_progress,
-         duration, hold):
+def demo(
+    n_workers, device, device_memory, store, tenants, n_requests, jacobi, dashboard_address, no_progress, duration, hold
+):
     from distributed import Client
 
     from .api import worker_stats
@@ -47,14 +68,29 @@ def demo(n_workers, device, device_memory, store, tenants, n_requests, jacobi, d
     from .demo import build_workload, format_table, run_workload, summarize
 
     workload = build_workload(tenants=tenants, requests=n_requests, jacobi=jacobi)
-    click.echo(f"dask-kaas demo: {tenants} tenants x MLP (sgemm -> bias_relu -> sgemm -> softmax_rows), "
-               f"{jacobi} Jacobi solves, {len(workload.jobs)} requests")
-    with LocalKaasCluster(n_workers=n_workers, device=device, device_memory=device_memory, store=store,
-                          dashboard_address=dashboard_address) as cluster, Client(cluster) as client:
+    click.echo(
+        f"dask-kaas demo: {tenants} tenants x MLP (sgemm -> bias_relu -> sgemm -> softmax_rows), "
+        f"{jacobi} Jacobi solves, {len(workload.jobs)} requests"
+    )
+    with (
+        LocalKaasCluster(
+            n_workers=n_workers,
+            device=device,
+            device_memory=device_memory,
+            store=store,
+            dashboard_address=dashboard_address,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         click.echo(f"cluster: {len(cluster.workers)} {cluster.kaas_device} workers, store {cluster.store.url}")
         kaas_page = cluster.dashboard_link.rsplit("/", 1)[0] + "/kaas"
-        lasts = ("until Ctrl-C" if hold else f"and {duration:g} s after" if duration else
-                 "while the demo runs; --duration S or --hold keep it after")
+        lasts = (
+            "until Ctrl-C"
+            if hold
+            else f"and {duration:g} s after"
+            if duration
+            else "while the demo runs; --duration S or --hold keep it after"
+        )
         click.echo(f"dashboard: {kaas_page} (live {lasts})")
         report = run_workload(client, cluster.store, workload, progress=not no_progress)
         stats = worker_stats(client)
@@ -102,8 +138,13 @@ def _sleep_forever() -> None:
 @click.option("--scheduler", "address", required=True, help="Scheduler address, e.g. tcp://127.0.0.1:8786")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input buffer from a .npy file.")
 @click.option("--save", type=click.Path(file_okay=False), default=None, help="Also write each output as NAME.npy here.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to wait for the scheduler to answer.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the scheduler to answer.",
+)
 def submit(file, address, inputs, save, timeout):
     from distributed import Client
 
@@ -119,12 +160,13 @@ def submit(file, address, inputs, save, timeout):
             try:
                 call_inputs[name] = np.load(path)
             except (OSError, ValueError) as e:
-                raise click.BadParameter(f"cannot read {path!r} as a .npy array: {e}", param_hint="--input")
+                raise click.BadParameter(f"cannot read {path!r} as a .npy array: {e}", param_hint="--input") from None
         try:
             client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as e:
-            raise click.ClickException(f"cannot reach the scheduler at {address} within {timeout:g} s "
-                                       f"({type(e).__name__}: {e})") from None
+            raise click.ClickException(
+                f"cannot reach the scheduler at {address} within {timeout:g} s ({type(e).__name__}: {e})"
+            ) from None
         with client:
             outputs = client.submit(request, pure=False, **call_inputs).result()
     except KaasError as e:
@@ -166,14 +208,28 @@ def load_request_file(path: str):
 # -- dask-kaas store ------------------------------------------------------------------------------------------------
 
 
-@main.command(help="Check this node before it joins a cluster: versions, NVRTC, every built-in kernel against "
-                   "NumPy, the memory pool, copy bandwidth and launch cost. Exits 1 naming the failing check.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "host"]), default=None,
-              help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].")
-@click.option("--device-memory", default=None,
-              help="Pool (CUDA) or capacity (host) for the checks [default: 2GiB on CUDA, 1GiB on the host].")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also write every figure to this JSON file.")
+@main.command(
+    help="Check this node before it joins a cluster: versions, NVRTC, every built-in kernel against "
+    "NumPy, the memory pool, copy bandwidth and launch cost. Exits 1 naming the failing check."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "host"]),
+    default=None,
+    help="auto: CUDA where a GPU answers, else the host device [default: kaas.device, auto].",
+)
+@click.option(
+    "--device-memory",
+    default=None,
+    help="Pool (CUDA) or capacity (host) for the checks [default: 2GiB on CUDA, 1GiB on the host].",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write every figure to this JSON file.",
+)
 @click.option("--quick", is_flag=True, help="Fewer sizes and repeats, 64 MiB copies.")
 def doctor(device, device_memory, json_path, quick):
     from .doctor import diagnose, format_report
@@ -193,11 +249,11 @@ def store_group():
 
 
 def _iso(written) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if written is None:
         return "-"
-    return datetime.fromtimestamp(float(written), tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(float(written), tz=UTC).isoformat(timespec="seconds")
 
 
 def _shape_str(shape) -> str:
@@ -230,21 +286,37 @@ def store_ls(prefix, store_spec, namespace, all_namespaces, as_json):
         _fail(e)
     if as_json:
         for ns, key, info in rows:
-            click.echo(json.dumps({
-                "namespace": ns, "key": key, "version": info.get("version"), "nbytes": int(info["nbytes"]),
-                "dtype": str(np.dtype(info["dtype"])), "shape": [int(d) for d in info["shape"]],
-                "uid": info.get("uid"), "written": info.get("written"),
-            }))
+            click.echo(
+                json.dumps(
+                    {
+                        "namespace": ns,
+                        "key": key,
+                        "version": info.get("version"),
+                        "nbytes": int(info["nbytes"]),
+                        "dtype": str(np.dtype(info["dtype"])),
+                        "shape": [int(d) for d in info["shape"]],
+                        "uid": info.get("uid"),
+                        "written": info.get("written"),
+                    }
+                )
+            )
         return
     header = (["namespace"] if all_namespaces else []) + ["key", "version", "size", "dtype", "shape", "written"]
     table = []
     for ns, key, info in rows:
         nbytes = int(info["nbytes"])
         size = exact_bytes(nbytes)
-        table.append(([ns] if all_namespaces else []) + [
-            key, info.get("version", "-"), size, str(np.dtype(info["dtype"])), _shape_str(info["shape"]),
-            _iso(info.get("written")),
-        ])
+        table.append(
+            ([ns] if all_namespaces else [])
+            + [
+                key,
+                info.get("version", "-"),
+                size,
+                str(np.dtype(info["dtype"])),
+                _shape_str(info["shape"]),
+                _iso(info.get("written")),
+            ]
+        )
     where = "all namespaces" if all_namespaces else f"namespace {namespaces[0]!r}"
     if not table:
         click.echo(f"no keys{f' under {prefix!r}' if prefix else ''} in {where} of {store.url}")
@@ -254,8 +326,11 @@ def store_ls(prefix, store_spec, namespace, all_namespaces, as_json):
     click.echo(f"{len(rows)} keys, {format_bytes(total)} in {where} of {store.url}")
 
 
-@store_group.command(name="put", help="Store FILE under KEY: a .npy array, or any other file's raw bytes "
-                                      "(as --dtype, default uint8). Prints the new version.")
+@store_group.command(
+    name="put",
+    help="Store FILE under KEY: a .npy array, or any other file's raw bytes "
+    "(as --dtype, default uint8). Prints the new version.",
+)
 @click.argument("key")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @_store_options
@@ -271,8 +346,10 @@ def store_put(key, file, store_spec, namespace, dtype):
         _fail(e)
     ns = getattr(version, "namespace", None) or namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
     number = getattr(version, "version", version)
-    click.echo(f"{ns}/{key} version {number}: {array.dtype} {_shape_str(array.shape)}, "
-               f"{format_bytes(array.nbytes)} in {store.url}")
+    click.echo(
+        f"{ns}/{key} version {number}: {array.dtype} {_shape_str(array.shape)}, "
+        f"{format_bytes(array.nbytes)} in {store.url}"
+    )
 
 
 def _read_array_file(path: str, dtype) -> np.ndarray:
@@ -293,16 +370,23 @@ def _read_array_file(path: str, dtype) -> np.ndarray:
         raise click.BadParameter(f"{dtype!r} is not a NumPy dtype", param_hint="--dtype") from e
     raw = open(path, "rb").read()
     if dt.itemsize == 0 or len(raw) % dt.itemsize:
-        raise click.BadParameter(f"{path}: {len(raw)} bytes is not a whole number of {dt} items "
-                                 f"({dt.itemsize} bytes each)", param_hint="--dtype")
+        raise click.BadParameter(
+            f"{path}: {len(raw)} bytes is not a whole number of {dt} items ({dt.itemsize} bytes each)",
+            param_hint="--dtype",
+        )
     return np.frombuffer(raw, dtype=dt).copy()
 
 
 @store_group.command(name="get", help="Show KEY's version, dtype, shape and values, or save it with -o OUT.npy.")
 @click.argument("key")
 @_store_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the array to this .npy file.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the array to this .npy file.",
+)
 def store_get(key, store_spec, namespace, output):
     from .errors import KaasError
 
@@ -313,8 +397,10 @@ def store_get(key, store_spec, namespace, output):
     except KaasError as e:
         _fail(e)
     ns = namespace or getattr(store, "DEFAULT_NAMESPACE", "default")
-    summary = (f"{ns}/{key} version {info.get('version', '-')}: {array.dtype} {_shape_str(array.shape)}, "
-               f"{format_bytes(array.nbytes)}, written {_iso(info.get('written'))}")
+    summary = (
+        f"{ns}/{key} version {info.get('version', '-')}: {array.dtype} {_shape_str(array.shape)}, "
+        f"{format_bytes(array.nbytes)}, written {_iso(info.get('written'))}"
+    )
     if output:
         np.save(output, array, allow_pickle=False)
         click.echo(f"{summary} -> {output}")

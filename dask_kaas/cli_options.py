@@ -1,4 +1,5 @@
 """Options and helpers the command groups share (store selection, failing with a clear message)."""
+
 from __future__ import annotations
 
 import sys
@@ -7,11 +8,21 @@ import click
 
 
 def store_options(f):
-    f = click.option("--namespace", "-n", default=None, metavar="NS",
-                     help="Tenant namespace (default: the store's default namespace, \"default\").")(f)
-    f = click.option("--store", "-s", "store_spec", default=None, metavar="NAME_OR_URL",
-                     help="Store profile (stores/NAME.yaml) or URL (default: dask config kaas.store, "
-                          "else the profile \"local\").")(f)
+    f = click.option(
+        "--namespace",
+        "-n",
+        default=None,
+        metavar="NS",
+        help='Tenant namespace (default: the store\'s default namespace, "default").',
+    )(f)
+    f = click.option(
+        "--store",
+        "-s",
+        "store_spec",
+        default=None,
+        metavar="NAME_OR_URL",
+        help='Store profile (stores/NAME.yaml) or URL (default: dask config kaas.store, else the profile "local").',
+    )(f)
     return f
 
 

@@ -1,4 +1,5 @@
 """LocalKaasCluster: a local Dask cluster of KaaS worker processes."""
+
 from __future__ import annotations
 
 import copy
@@ -7,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import LocalCluster
 
-from .errors import ConfigError, KaasError
-from .device import resolve_kind
-from .device.cuda import gpu_count
 from .deploy.gpus import visible_devices, worker_slots
 from .deploy.main_guard import check_main_guard
+from .device import resolve_kind
+from .device.cuda import gpu_count
+from .errors import ConfigError, KaasError
 from .plugins.scheduler import KaasSchedulerPlugin
 from .plugins.worker import KaasWorkerPlugin
 from .store import open_store
@@ -103,15 +104,24 @@ class LocalKaasCluster(LocalCluster):
     >>> client.close(); cluster.close()  # doctest: +SKIP
     """
 
-    def __init__(self, n_workers: int | None = None, device: str | None = None,
-                 device_memory: int | str | None = None, store: BufferStore | str | None = None, *,
-                 policy: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        device: str | None = None,
+        device_memory: int | str | None = None,
+        store: BufferStore | str | None = None,
+        *,
+        policy: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         check_main_guard()
         kind = resolve_kind(device)
         devices = visible_devices(count=gpu_count()) if kind == "cuda" else []
         if kind == "cuda" and not devices:
-            raise ConfigError("device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version, "
-                              "and does CUDA_VISIBLE_DEVICES show one?)")
+            raise ConfigError(
+                "device='cuda' but no CUDA device answers (is CuPy installed for this CUDA version, "
+                "and does CUDA_VISIBLE_DEVICES show one?)"
+            )
         if n_workers is None:
             n_workers = len(devices) if kind == "cuda" else DEFAULT_HOST_WORKERS
         if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
@@ -151,8 +161,9 @@ class LocalKaasCluster(LocalCluster):
             except Exception as e:
                 self.close()
                 cause = e.__cause__ or e
-                raise KaasError(f"a worker of this LocalKaasCluster failed to start: {type(cause).__name__}: "
-                                f"{cause}") from e
+                raise KaasError(
+                    f"a worker of this LocalKaasCluster failed to start: {type(cause).__name__}: {cause}"
+                ) from e
             self.wait_for_workers(n_workers, timeout=120)
 
     def new_worker_spec(self):
@@ -167,8 +178,9 @@ class LocalKaasCluster(LocalCluster):
             spec = copy.deepcopy(spec)
             if slot.visible is not None:
                 spec["options"]["env"] = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": slot.visible}
-            plugin = KaasWorkerPlugin(**self._plugin_options, device_index=None if slot.visible is None else 0,
-                                      workers_per_device=slot.share)
+            plugin = KaasWorkerPlugin(
+                **self._plugin_options, device_index=None if slot.visible is None else 0, workers_per_device=slot.share
+            )
             spec["options"]["plugins"] = {plugin}
             specs[name] = spec
         return specs
@@ -188,5 +200,7 @@ class LocalKaasCluster(LocalCluster):
         return self.kaas_store
 
     def __repr__(self):
-        return (f"LocalKaasCluster({self.name!r}, {self.scheduler_address!r}, device={self.kaas_device!r}, "
-                f"workers={len(self.workers)}, store={self.kaas_store.url!r})")
+        return (
+            f"LocalKaasCluster({self.name!r}, {self.scheduler_address!r}, device={self.kaas_device!r}, "
+            f"workers={len(self.workers)}, store={self.kaas_store.url!r})"
+        )

@@ -7,11 +7,13 @@ was read in the distributed versions the pyproject allows (``distributed>=2025.1
 ``tests/test_compat.py`` fails loudly when an attribute one relies on disappears or changes its
 signature. No other module of dask_kaas touches a private attribute of distributed.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 logger = logging.getLogger("dask_kaas")
 TASK_METADATA_KEY = "kaas"
@@ -228,11 +230,14 @@ def _guarded_handler(op: str, base: Callable, refusal) -> Callable:
         return await result if inspect.isawaitable(result) else result
 
     if "serializers" in params:  # distributed passes a caller's serializers only to handlers that name them
+
         async def guarded(comm, serializers=None, **msg):
             return await call(comm, {**msg, "serializers": serializers})
     else:
+
         async def guarded(comm, **msg):
             return await call(comm, msg)
+
     guarded.__name__ = getattr(base, "__name__", op)
     return guarded
 
@@ -241,6 +246,7 @@ def guard_listeners(server, refusal: Callable[[dict | None], str | None]) -> Non
     """Refuse connections to ``server`` (a worker or nanny) whose TLS certificate ``refusal(cert)``
     names a reason for: closed before Dask's handshake, whose message a worker would already
     deserialize. Connections made before this call are checked too, and closed."""
+
     def before(comm) -> None:
         problem = refusal(peer_certificate(comm))
         if problem is not None:
@@ -308,7 +314,7 @@ def _restricted_read(comm, loads: Callable) -> Callable:
             return await read(*args, **kwargs)
         except (CommClosedError, OSError):
             raise
-        except Exception as e:  # noqa: BLE001 - a refused pickle, or bytes that are no message
+        except Exception as e:
             logger.warning("dask-kaas: closed the connection from %s: %s", comm.peer_address, e)
             comm.abort()
             raise CommClosedError(f"dask-kaas refused a message: {e}") from None
@@ -354,8 +360,11 @@ def refuse_keys(scheduler, client: str, keys, error: Exception) -> None:
 
     msg = error_message(error)
     for key in keys:
-        tell_client(scheduler, client, {"op": "task-erred", "key": key, "exception": msg["exception"],
-                                        "traceback": msg["traceback"]})
+        tell_client(
+            scheduler,
+            client,
+            {"op": "task-erred", "key": key, "exception": msg["exception"], "traceback": msg["traceback"]},
+        )
 
 
 def release_for_client(scheduler, client: str, keys, stimulus: str) -> None:
@@ -459,8 +468,14 @@ def fail_task(scheduler, key, error: Exception, stimulus: str) -> None:
     msg = error_message(error)
     stimulus_id = f"{stimulus}-{key}"
     recs, client_msgs, worker_msgs = scheduler._transition(
-        key, "erred", stimulus_id, cause=key, exception=msg["exception"], traceback=msg["traceback"],
-        exception_text=msg["exception_text"], traceback_text=msg["traceback_text"],
+        key,
+        "erred",
+        stimulus_id,
+        cause=key,
+        exception=msg["exception"],
+        traceback=msg["traceback"],
+        exception_text=msg["exception_text"],
+        traceback_text=msg["traceback_text"],
     )
     scheduler._transitions(recs, client_msgs, worker_msgs, stimulus_id)
     scheduler.send_all(client_msgs, worker_msgs)
@@ -597,7 +612,7 @@ def metrics_scheduler() -> Any:
 
         collectors = PrometheusHandler._collectors or ()
         return collectors[0].server if collectors else None
-    except Exception:  # noqa: BLE001 - moved: the caller falls back to the latest plugin
+    except Exception:
         return None
 
 

@@ -1,4 +1,5 @@
 """dask.config defaults for the ``kaas.`` namespace and size parsing."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ _fn = os.path.join(os.path.dirname(__file__), "kaas.yaml")
 with open(_fn) as f:
     _defaults = yaml.safe_load(f)
 dask.config.update_defaults(_defaults)
+
 
 def get(key: str):
     """``kaas.<key>`` from dask.config; its default is in ``kaas.yaml`` (never in code)."""

@@ -1,4 +1,5 @@
 """The demo workload: several tenants' MLP inference chains plus a Jacobi solve, checked against NumPy."""
+
 from __future__ import annotations
 
 import time
@@ -31,18 +32,38 @@ def mlp_request(prefix: str, *, batch: int, d_in: int, hidden: int, classes: int
         return (_grid(n, 16, 65535), _grid(m, 16, 65535))
 
     kernels = [
-        KernelSpec("builtin", "sgemm", gemm_grid(batch, hidden), tile,
-                   literals=[Literal("i", batch), Literal("i", hidden), Literal("i", d_in)],
-                   arguments=[(x, "i"), (w1, "i"), (h, "t")]),
-        KernelSpec("builtin", "bias_relu", _grid(batch * hidden, 256), 256,
-                   literals=[Literal("i", batch), Literal("i", hidden)],
-                   arguments=[(b1, "i"), (h, "t")]),
-        KernelSpec("builtin", "sgemm", gemm_grid(batch, classes), tile,
-                   literals=[Literal("i", batch), Literal("i", classes), Literal("i", hidden)],
-                   arguments=[(h, "t"), (w2, "i"), (logits, "t")]),
-        KernelSpec("builtin", "softmax_rows", batch, 128,
-                   literals=[Literal("i", batch), Literal("i", classes)],
-                   arguments=[(logits, "t"), (y, "o")]),
+        KernelSpec(
+            "builtin",
+            "sgemm",
+            gemm_grid(batch, hidden),
+            tile,
+            literals=[Literal("i", batch), Literal("i", hidden), Literal("i", d_in)],
+            arguments=[(x, "i"), (w1, "i"), (h, "t")],
+        ),
+        KernelSpec(
+            "builtin",
+            "bias_relu",
+            _grid(batch * hidden, 256),
+            256,
+            literals=[Literal("i", batch), Literal("i", hidden)],
+            arguments=[(b1, "i"), (h, "t")],
+        ),
+        KernelSpec(
+            "builtin",
+            "sgemm",
+            gemm_grid(batch, classes),
+            tile,
+            literals=[Literal("i", batch), Literal("i", classes), Literal("i", hidden)],
+            arguments=[(h, "t"), (w2, "i"), (logits, "t")],
+        ),
+        KernelSpec(
+            "builtin",
+            "softmax_rows",
+            batch,
+            128,
+            literals=[Literal("i", batch), Literal("i", classes)],
+            arguments=[(logits, "t"), (y, "o")],
+        ),
     ]
     return Request(kernels, tenant=tenant)
 
@@ -64,10 +85,22 @@ def jacobi_request(key: str, n: int, sweeps: int, tenant: str) -> Request:
     step = [Literal("i", n)]
     return Request(
         [
-            KernelSpec("builtin", "jacobi_step", grid, block, literals=step,
-                       arguments=[(a, "i"), (b, "i"), (x, "i"), (x_next, "t")]),
-            KernelSpec("builtin", "jacobi_step", grid, block, literals=step,
-                       arguments=[(a, "i"), (b, "i"), (x_next, "t"), (x, "o")]),
+            KernelSpec(
+                "builtin",
+                "jacobi_step",
+                grid,
+                block,
+                literals=step,
+                arguments=[(a, "i"), (b, "i"), (x, "i"), (x_next, "t")],
+            ),
+            KernelSpec(
+                "builtin",
+                "jacobi_step",
+                grid,
+                block,
+                literals=step,
+                arguments=[(a, "i"), (b, "i"), (x_next, "t"), (x, "o")],
+            ),
         ],
         n_iter=sweeps,
         tenant=tenant,
@@ -97,8 +130,10 @@ class Job:
 
     def check(self, result: dict) -> bool:
         got = result.get(self.output)
-        return got is not None and got.shape == self.expected.shape and bool(
-            np.allclose(got, self.expected, rtol=self.rtol, atol=self.atol)
+        return (
+            got is not None
+            and got.shape == self.expected.shape
+            and bool(np.allclose(got, self.expected, rtol=self.rtol, atol=self.atol))
         )
 
 
@@ -108,9 +143,19 @@ class Workload:
     jobs: list[Job]
 
 
-def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, seed: int = 0,
-                   batch: int = 32, d_in: int = 64, hidden: int = 256, classes: int = 10,
-                   jacobi_n: int = 256, sweeps: int = 25) -> Workload:
+def build_workload(
+    *,
+    tenants: int = 4,
+    requests: int = 200,
+    jacobi: int = 8,
+    seed: int = 0,
+    batch: int = 32,
+    d_in: int = 64,
+    hidden: int = 256,
+    classes: int = 10,
+    jacobi_n: int = 256,
+    sweeps: int = 25,
+) -> Workload:
     """Each tenant its own MLP weights, in its own store namespace; requests round-robin; plus ``jacobi`` solves."""
     rng = np.random.default_rng(seed)
     consts: dict[tuple[str, str], np.ndarray] = {}
@@ -122,8 +167,10 @@ def build_workload(*, tenants: int = 4, requests: int = 200, jacobi: int = 8, se
         b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
         w2 = (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
         consts.update({(name, f"{prefix}/w1"): w1, (name, f"{prefix}/b1"): b1, (name, f"{prefix}/w2"): w2})
-        tenant_reqs[name] = (mlp_request(prefix, batch=batch, d_in=d_in, hidden=hidden, classes=classes,
-                                         tenant=name), (w1, b1, w2))
+        tenant_reqs[name] = (
+            mlp_request(prefix, batch=batch, d_in=d_in, hidden=hidden, classes=classes, tenant=name),
+            (w1, b1, w2),
+        )
     jobs = []
     names = list(tenant_reqs)
     for i in range(requests):
@@ -223,21 +270,36 @@ def summarize(report: dict, stats: dict[str, dict]) -> list[dict]:
         lat = np.array(by_tenant[tenant]) * 1e3
         cache = per_tenant.get(tenant, {"hits": 0, "misses": 0, "bytes_loaded": 0})
         lookups = cache["hits"] + cache["misses"]
-        rows.append({
-            "tenant": tenant,
-            "requests": len(lat),
-            "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)),
-            "throughput": len(lat) / report["elapsed"],
-            "hit_rate": cache["hits"] / lookups if lookups else 0.0,
-            "bytes_loaded": int(cache["bytes_loaded"]),
-        })
+        rows.append(
+            {
+                "tenant": tenant,
+                "requests": len(lat),
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "throughput": len(lat) / report["elapsed"],
+                "hit_rate": cache["hits"] / lookups if lookups else 0.0,
+                "bytes_loaded": int(cache["bytes_loaded"]),
+            }
+        )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """The demo's per-tenant table."""
-    return table(["tenant", "requests", "p50 ms", "p99 ms", "req/s", "hit rate", "loaded"],
-                 ([r["tenant"], r["requests"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['throughput']:.1f}",
-                   f"{r['hit_rate']:.1%}", format_bytes(r["bytes_loaded"])] for r in rows),
-                 right=range(1, 7), rule=True)
+    return table(
+        ["tenant", "requests", "p50 ms", "p99 ms", "req/s", "hit rate", "loaded"],
+        (
+            [
+                r["tenant"],
+                r["requests"],
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['throughput']:.1f}",
+                f"{r['hit_rate']:.1%}",
+                format_bytes(r["bytes_loaded"]),
+            ]
+            for r in rows
+        ),
+        right=range(1, 7),
+        rule=True,
+    )

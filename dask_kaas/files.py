@@ -1,4 +1,5 @@
 """Local files written whole or not at all."""
+
 from __future__ import annotations
 
 import contextlib

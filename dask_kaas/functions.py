@@ -10,6 +10,7 @@ caller's), while its keys still name its own namespace's buffers.
 Records are documents in the store (``<namespace>/docs/functions/<name>/<version>``), so a function
 lives exactly as long and as far as the buffers it reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ import math
 import numbers
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -90,13 +92,17 @@ def _tensor(item, where: str, request: Request, names: tuple[str, ...], role: st
     shape = item.get("shape")
     if shape is None:
         shape = spec.shape if spec.shape is not None else (spec.size // dtype.itemsize,)
-    if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
         raise RequestError(f"{where}: shape must be a list of at most {MAX_DIMS} positive integers, got {show(shape)}")
     tensor = TensorSpec(name, datatype, tuple(shape))
     if tensor.nbytes != spec.size:
-        raise RequestError(f"{where}: {datatype} {list(shape)} is {tensor.nbytes} bytes, buffer {name!r} holds "
-                           f"{spec.size}")
+        raise RequestError(
+            f"{where}: {datatype} {list(shape)} is {tensor.nbytes} bytes, buffer {name!r} holds {spec.size}"
+        )
     return tensor
 
 
@@ -186,9 +192,15 @@ class Function:
         return built
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "namespace": self.namespace, "version": self.version,
-             "request": self.request.to_dict(), "inputs": [t.to_dict() for t in self.inputs],
-             "outputs": [t.to_dict() for t in self.outputs], "created": self.created}
+        d = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "version": self.version,
+            "request": self.request.to_dict(),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "created": self.created,
+        }
         if self.deadline is not None:
             d["deadline"] = self.deadline
         if self.description:
@@ -208,38 +220,64 @@ class Function:
         for namespace, key, nbytes, version in self.consts:
             now = current.get((namespace, key))
             if now is None:
-                return (f"function {self.qualified_name} (version {self.version}) reads {namespace}:{key}, which "
-                        f"the store no longer holds")
+                return (
+                    f"function {self.qualified_name} (version {self.version}) reads {namespace}:{key}, which "
+                    f"the store no longer holds"
+                )
             if now[0] != nbytes:
-                return (f"function {self.qualified_name} (version {self.version}) was written for "
-                        f"{namespace}:{key} of {nbytes} bytes (store version {version}); the store holds "
-                        f"{now[0]} bytes (version {now[1]}) now: put the function again for the new const, or "
-                        f"put back a const of {nbytes} bytes")
+                return (
+                    f"function {self.qualified_name} (version {self.version}) was written for "
+                    f"{namespace}:{key} of {nbytes} bytes (store version {version}); the store holds "
+                    f"{now[0]} bytes (version {now[1]}) now: put the function again for the new const, or "
+                    f"put back a const of {nbytes} bytes"
+                )
         return None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Function":
+    def from_dict(cls, d: Mapping[str, Any]) -> Function:
         """A stored record back (checked again: a record is read from a store others may write)."""
         fn = function_from_doc({k: d[k] for k in _FILE_FIELDS if k in d}, name=d["name"], namespace=d["namespace"])
-        return _with(fn, version=int(d["version"]), created=float(d.get("created", 0.0)),
-                     consts=_recorded_consts(d.get("consts", ())))
+        return _with(
+            fn,
+            version=int(d["version"]),
+            created=float(d.get("created", 0.0)),
+            consts=_recorded_consts(d.get("consts", ())),
+        )
 
 
 def _recorded_consts(items) -> tuple:
     """A stored record's ``consts``, checked (a record is read from a store others may write)."""
     out = []
     for item in items if isinstance(items, (list, tuple)) else ():
-        if not (isinstance(item, (list, tuple)) and len(item) == 4 and all(type(v) is str for v in item[:2])
-                and all(type(v) is int and v >= 0 for v in item[2:])):
-            raise RequestError(f"a function record's consts must be [namespace, key, nbytes, version] entries, got "
-                               f"{show(item)}")
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 4
+            and all(type(v) is str for v in item[:2])
+            and all(type(v) is int and v >= 0 for v in item[2:])
+        ):
+            raise RequestError(
+                f"a function record's consts must be [namespace, key, nbytes, version] entries, got {show(item)}"
+            )
         out.append(tuple(item))
     return tuple(out)
 
 
 def _with(fn: Function, **changes) -> Function:
-    values = {k: getattr(fn, k) for k in ("name", "namespace", "version", "request", "inputs", "outputs",
-                                          "deadline", "description", "created", "consts")}
+    values = {
+        k: getattr(fn, k)
+        for k in (
+            "name",
+            "namespace",
+            "version",
+            "request",
+            "inputs",
+            "outputs",
+            "deadline",
+            "description",
+            "created",
+            "consts",
+        )
+    }
     values.update(changes)
     return Function(**values)
 
@@ -279,8 +317,9 @@ def function_from_doc(doc, *, name: str, namespace: str = DEFAULT_NAMESPACE) -> 
     if "request" in doc:
         unknown = set(doc) - set(_FILE_FIELDS)
         if unknown:
-            raise RequestError(f"function {name!r}: unknown field(s) {sorted(map(str, unknown))}; "
-                               f"known: {', '.join(_FILE_FIELDS)}")
+            raise RequestError(
+                f"function {name!r}: unknown field(s) {sorted(map(str, unknown))}; known: {', '.join(_FILE_FIELDS)}"
+            )
         body = doc["request"]
     else:
         body, doc = doc, {}
@@ -289,18 +328,24 @@ def function_from_doc(doc, *, name: str, namespace: str = DEFAULT_NAMESPACE) -> 
     body = {k: v for k, v in body.items() if k not in ("tenant", "deadline")}
     request = Request.from_dict(body)
     if doc.get("inputs") is None:
-        inputs = tuple(_tensor({"name": n}, f"inputs ({n})", request, request.inputs, "input")
-                       for n in request.inputs if request.buffers[n].ephemeral)
+        inputs = tuple(
+            _tensor({"name": n}, f"inputs ({n})", request, request.inputs, "input")
+            for n in request.inputs
+            if request.buffers[n].ephemeral
+        )
     else:
         inputs = _tensors(doc["inputs"], "inputs", request, request.inputs, "input")
     declared = {t.name for t in inputs}
     missing = [n for n in request.inputs if request.buffers[n].ephemeral and n not in declared]
     if missing:
-        raise RequestError(f"function {name!r}: ephemeral input(s) {', '.join(missing)} must be declared in 'inputs' "
-                           "(they are in no store, so every call passes them)")
+        raise RequestError(
+            f"function {name!r}: ephemeral input(s) {', '.join(missing)} must be declared in 'inputs' "
+            "(they are in no store, so every call passes them)"
+        )
     if doc.get("outputs") is None:
-        outputs = tuple(_tensor({"name": n}, f"outputs ({n})", request, request.outputs, "output")
-                        for n in request.outputs)
+        outputs = tuple(
+            _tensor({"name": n}, f"outputs ({n})", request, request.outputs, "output") for n in request.outputs
+        )
     else:
         outputs = _tensors(doc["outputs"], "outputs", request, request.outputs, "output")
     if not outputs:
@@ -308,9 +353,16 @@ def function_from_doc(doc, *, name: str, namespace: str = DEFAULT_NAMESPACE) -> 
     description = doc.get("description", "")
     if not isinstance(description, str) or len(description) > 4096:
         raise RequestError(f"function {name!r}: description must be a string of at most 4096 characters")
-    return Function(name=name, namespace=namespace, version=0, request=request, inputs=inputs, outputs=outputs,
-                    deadline=_deadline(doc.get("deadline"), f"function {name!r}: deadline"),
-                    description=description)
+    return Function(
+        name=name,
+        namespace=namespace,
+        version=0,
+        request=request,
+        inputs=inputs,
+        outputs=outputs,
+        deadline=_deadline(doc.get("deadline"), f"function {name!r}: deadline"),
+        description=description,
+    )
 
 
 def split_model_name(model: str) -> tuple[str | None, str]:
@@ -362,8 +414,9 @@ class FunctionRepository:
     def put(self, name: str, doc, *, namespace: str = DEFAULT_NAMESPACE) -> Function:
         """Check ``doc`` (:func:`function_from_doc`) and store it as the next version of ``name``."""
         fn = function_from_doc(doc, name=name, namespace=namespace)
-        fn = _with(fn, consts=tuple((ns, key, *now) for (ns, key), now in self.consts_now(fn).items()
-                                    if now is not None))
+        fn = _with(
+            fn, consts=tuple((ns, key, *now) for (ns, key), now in self.consts_now(fn).items() if now is not None)
+        )
         for _ in range(64):
             version = max(self.versions(name, namespace=namespace), default=0) + 1
             stored = _with(fn, version=version, created=time.time())

@@ -5,6 +5,7 @@ library and NumPy, and uses the ``graphviz`` package only when it (and its
 ``dot`` program) is there. Every string taken from a request or the cluster is
 escaped with :func:`html.escape`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,10 +92,17 @@ def request_html(request) -> str:
     for index, k in enumerate(request.kernels):
         literals = ", ".join(f"{lit.type}={lit.value!r}" for lit in k.literals) or "-"
         args = ", ".join(f"{buf.name} ({io})" for buf, io in k.arguments) or "-"
-        kernel_rows.append([
-            (_e(index), True), _e(k.library_name), f"<b>{_e(k.kernel)}</b>",
-            _e(f"{_dims(k.grid)} / {_dims(k.block)}"), (_e(k.shared), True), _e(literals), _e(args),
-        ])
+        kernel_rows.append(
+            [
+                (_e(index), True),
+                _e(k.library_name),
+                f"<b>{_e(k.kernel)}</b>",
+                _e(f"{_dims(k.grid)} / {_dims(k.block)}"),
+                (_e(k.shared), True),
+                _e(literals),
+                _e(args),
+            ]
+        )
     uses = _buffer_uses(request)
     buffer_rows = []
     for name, spec in request.buffers.items():
@@ -103,10 +111,17 @@ def request_html(request) -> str:
         flags = [f for f, on in (("const", spec.const), ("ephemeral", spec.ephemeral)) if on]
         key = spec.store_key + (f" @{spec.offset}" if spec.offset else "")
         io = "<br>".join(_e(f"{i}:{kernel} {code} ({IO_ROLES[code]})") for i, kernel, code in uses[name])
-        buffer_rows.append([
-            f"<b>{_e(name)}</b>", (_e(human_bytes(spec.size)), True), _e(f"{dtype}{list(shape)}"),
-            "-" if spec.ephemeral else _e(key), _e(", ".join(flags) or "-"), _e(_request_role(request, name)), io,
-        ])
+        buffer_rows.append(
+            [
+                f"<b>{_e(name)}</b>",
+                (_e(human_bytes(spec.size)), True),
+                _e(f"{dtype}{list(shape)}"),
+                "-" if spec.ephemeral else _e(key),
+                _e(", ".join(flags) or "-"),
+                _e(_request_role(request, name)),
+                io,
+            ]
+        )
     temp_bytes = sum(request.buffers[n].size for n in request.temporaries)
     totals = [
         ("kernels", len(request.kernels)),
@@ -119,14 +134,19 @@ def request_html(request) -> str:
         ("deadline", f"{request.deadline:g} s" if request.deadline is not None else "none"),
     ]
     summary = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in totals)
-    return "".join([
-        '<div class="kaas-repr">', _STYLE,
-        f"<p><b>{_e(repr(request))}</b></p>",
-        _table("Kernels", ["#", "library", "kernel", "grid / block", "shared", "literals", "arguments"], kernel_rows),
-        _table("Buffers", ["name", "size", "dtype[shape]", "key", "flags", "role", "io per kernel"], buffer_rows),
-        f"<table><caption>Totals</caption><tbody>{summary}</tbody></table>",
-        "</div>",
-    ])
+    return "".join(
+        [
+            '<div class="kaas-repr">',
+            _STYLE,
+            f"<p><b>{_e(repr(request))}</b></p>",
+            _table(
+                "Kernels", ["#", "library", "kernel", "grid / block", "shared", "literals", "arguments"], kernel_rows
+            ),
+            _table("Buffers", ["name", "size", "dtype[shape]", "key", "flags", "role", "io per kernel"], buffer_rows),
+            f"<table><caption>Totals</caption><tbody>{summary}</tbody></table>",
+            "</div>",
+        ]
+    )
 
 
 # ------------------------------------------------------------------- dataflow
@@ -187,8 +207,9 @@ def request_digraph(request):
         fill = "#dbeafe" if spec.const else "#fef3c7" if name in request.temporaries else "#e5e7eb"
         g.node(f"b:{name}", dot_label(_buffer_label(spec)), shape="ellipse", style="filled", fillcolor=fill)
     for index, k in enumerate(request.kernels):
-        g.node(f"k{index}", dot_label(_kernel_label(index, k)), shape="box", style="filled,rounded",
-               fillcolor="#bbf7d0")
+        g.node(
+            f"k{index}", dot_label(_kernel_label(index, k)), shape="box", style="filled,rounded", fillcolor="#bbf7d0"
+        )
     for src, dst, label in _edges(request):
         g.edge(src, dst, label=label, style="dashed" if label == "t" else "solid")
     return g
@@ -221,7 +242,7 @@ def _layout(request) -> dict[str, tuple[int, int]]:
     """Node id -> ``(column, row)``: kernel i in column 2i+1, each buffer in the column just before the
     kernel that first reads it, or just after the kernel that first writes it."""
     columns: dict[str, int] = {}
-    for index, k in enumerate(request.kernels):
+    for index in range(len(request.kernels)):
         columns[f"k{index}"] = 2 * index + 1
     for index, k in enumerate(request.kernels):
         for buf, io in k.arguments:
@@ -273,23 +294,28 @@ def request_svg(request) -> str:
             path = f"M{x1},{y1} C{x1},{y1 + drop} {x2},{y2 + drop} {x2},{y2}"
             lx, ly = (x1 + x2) / 2, max(y1, y2) + drop * 0.75 + 4
         dash = ' stroke-dasharray="4,3"' if label == "t" else ""
-        parts.append(f'<path d="{path}" fill="none" stroke="#555" stroke-width="1.2"{dash} '
-                     f'marker-end="url(#kaas-arrow)"><title>{_e(f"{src} -> {dst} ({label})")}</title></path>')
+        parts.append(
+            f'<path d="{path}" fill="none" stroke="#555" stroke-width="1.2"{dash} '
+            f'marker-end="url(#kaas-arrow)"><title>{_e(f"{src} -> {dst} ({label})")}</title></path>'
+        )
         parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="middle" fill="#333">{_e(label)}</text>')
     for node in placed:
         x, y = box(node)
         if node.startswith("k"):
             index = int(node[1:])
             label = _kernel_label(index, request.kernels[index])
-            parts.append(f'<rect x="{x}" y="{y}" width="{_NODE_W}" height="{_NODE_H}" rx="6" '
-                         'fill="#bbf7d0" stroke="#15803d"/>')
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{_NODE_W}" height="{_NODE_H}" rx="6" fill="#bbf7d0" stroke="#15803d"/>'
+            )
         else:
             name = node[2:]
             spec = request.buffers[name]
             label = _buffer_label(spec)
             fill = "#dbeafe" if spec.const else "#fef3c7" if name in request.temporaries else "#e5e7eb"
-            parts.append(f'<ellipse cx="{x + _NODE_W / 2}" cy="{y + _NODE_H / 2}" rx="{_NODE_W / 2}" '
-                         f'ry="{_NODE_H / 2}" fill="{fill}" stroke="#555"/>')
+            parts.append(
+                f'<ellipse cx="{x + _NODE_W / 2}" cy="{y + _NODE_H / 2}" rx="{_NODE_W / 2}" '
+                f'ry="{_NODE_H / 2}" fill="{fill}" stroke="#555"/>'
+            )
         first, _, second = label.partition("\n")
         cx = x + _NODE_W / 2
         parts.append(f'<text x="{cx}" y="{y + 17}" text-anchor="middle" font-weight="bold">{_e(first)}</text>')
@@ -317,8 +343,10 @@ def visualize_request(request, filename=None, format=None):
     svg = SVG(request_svg(request))
     if filename is not None:
         if fmt != "svg":
-            raise ValueError(f"format {fmt!r} needs Graphviz (the graphviz package and its dot program); "
-                             "without it only 'svg' can be written")
+            raise ValueError(
+                f"format {fmt!r} needs Graphviz (the graphviz package and its dot program); "
+                "without it only 'svg' can be written"
+            )
         with open(filename, "w", encoding="utf-8") as f:
             f.write(svg.data)
     return svg
@@ -342,36 +370,52 @@ class ClusterState(dict):
         for addr, w in workers.items():
             cache = w.get("cache") or []
             cached_bytes = sum(entry.get("bytes", 0) for entry in cache)
-            entries = [f"{entry.get('namespace', '?')}:{entry.get('key', '?')} v{entry.get('version', '?')}"
-                       for entry in cache]
+            entries = [
+                f"{entry.get('namespace', '?')}:{entry.get('key', '?')} v{entry.get('version', '?')}" for entry in cache
+            ]
             listing = ", ".join(entries[:6]) + (f", ... ({len(entries) - 6} more)" if len(entries) > 6 else "")
             summary = f"{len(cache)} buffer{'' if len(cache) == 1 else 's'}, {human_bytes(cached_bytes)}"
-            worker_rows.append([
-                f"<b>{_e(addr)}</b>",
-                _e(summary) + (f"<br><small>{_e(listing)}</small>" if listing else ""),
-                (_e(human_bytes(w.get("capacity"))), True), (_e(human_bytes(w.get("used"))), True),
-                (_e(human_bytes(w.get("pinned"))), True), (_e(human_bytes(w.get("free"))), True),
-                (_e(w.get("queue", "-")), True), (_e(_ms(w.get("queued_seconds"))), True),
-            ])
+            worker_rows.append(
+                [
+                    f"<b>{_e(addr)}</b>",
+                    _e(summary) + (f"<br><small>{_e(listing)}</small>" if listing else ""),
+                    (_e(human_bytes(w.get("capacity"))), True),
+                    (_e(human_bytes(w.get("used"))), True),
+                    (_e(human_bytes(w.get("pinned"))), True),
+                    (_e(human_bytes(w.get("free"))), True),
+                    (_e(w.get("queue", "-")), True),
+                    (_e(_ms(w.get("queued_seconds"))), True),
+                ]
+            )
         tenant_rows = []
         for tenant, t in (self.get("tenants") or {}).items():
-            tenant_rows.append([
-                f"<b>{_e(tenant)}</b>", *[(_e(t.get(k, "-")), True) for k in ("submitted", "completed", "rejected",
-                                                                                "failed")],
-                (_e(_ms(t.get("latency_p50"))), True), (_e(_ms(t.get("latency_p99"))), True),
-                (_e(f"{t.get('gpu_seconds', 0.0):.3f} s"), True),
-            ])
+            tenant_rows.append(
+                [
+                    f"<b>{_e(tenant)}</b>",
+                    *[(_e(t.get(k, "-")), True) for k in ("submitted", "completed", "rejected", "failed")],
+                    (_e(_ms(t.get("latency_p50"))), True),
+                    (_e(_ms(t.get("latency_p99"))), True),
+                    (_e(f"{t.get('gpu_seconds', 0.0):.3f} s"), True),
+                ]
+            )
         recent = self.get("recent") or []
-        return "".join([
-            '<div class="kaas-repr">', _STYLE,
-            f"<p><b>KaaS cluster</b>: policy {_e(self.get('policy', '?'))}, {len(workers)} workers, "
-            f"{len(self.get('tenants') or {})} tenants, {len(recent)} recent requests</p>",
-            _table("Workers", ["worker", "cache", "capacity", "used", "pinned", "free", "queue", "queued"],
-                   worker_rows),
-            _table("Tenants", ["tenant", "submitted", "completed", "rejected", "failed", "p50", "p99",
-                               "GPU time"], tenant_rows),
-            "</div>",
-        ])
+        return "".join(
+            [
+                '<div class="kaas-repr">',
+                _STYLE,
+                f"<p><b>KaaS cluster</b>: policy {_e(self.get('policy', '?'))}, {len(workers)} workers, "
+                f"{len(self.get('tenants') or {})} tenants, {len(recent)} recent requests</p>",
+                _table(
+                    "Workers", ["worker", "cache", "capacity", "used", "pinned", "free", "queue", "queued"], worker_rows
+                ),
+                _table(
+                    "Tenants",
+                    ["tenant", "submitted", "completed", "rejected", "failed", "p50", "p99", "GPU time"],
+                    tenant_rows,
+                ),
+                "</div>",
+            ]
+        )
 
 
 # -------------------------------------------------------------- worker stats
@@ -384,16 +428,34 @@ class WorkerStats(dict):
         workers, tenants = [], []
         for addr, w in self.items():
             rate = w.get("hit_rate")
-            workers.append([addr, w.get("device", "?"), w.get("requests", 0), "-" if rate is None else f"{rate:.0%}",
-                            w.get("hits", 0), w.get("misses", 0), w.get("evictions", 0),
-                            human_bytes(w.get("bytes_from_store", 0)), human_bytes(w.get("used", 0)),
-                            human_bytes(w.get("capacity", 0)), w.get("errors", 0)])
+            workers.append(
+                [
+                    addr,
+                    w.get("device", "?"),
+                    w.get("requests", 0),
+                    "-" if rate is None else f"{rate:.0%}",
+                    w.get("hits", 0),
+                    w.get("misses", 0),
+                    w.get("evictions", 0),
+                    human_bytes(w.get("bytes_from_store", 0)),
+                    human_bytes(w.get("used", 0)),
+                    human_bytes(w.get("capacity", 0)),
+                    w.get("errors", 0),
+                ]
+            )
             for tenant, t in sorted((w.get("tenants") or {}).items()):
                 lookups = t.get("hits", 0) + t.get("misses", 0)
-                tenants.append([addr, tenant, t.get("requests", 0),
-                                f"{t.get('hits', 0) / lookups:.0%}" if lookups else "-",
-                                human_bytes(t.get("bytes_loaded", 0)), f"{t.get('seconds', 0.0):.3f} s",
-                                t.get("errors", 0)])
+                tenants.append(
+                    [
+                        addr,
+                        tenant,
+                        t.get("requests", 0),
+                        f"{t.get('hits', 0) / lookups:.0%}" if lookups else "-",
+                        human_bytes(t.get("bytes_loaded", 0)),
+                        f"{t.get('seconds', 0.0):.3f} s",
+                        t.get("errors", 0),
+                    ]
+                )
         return workers, tenants
 
     def __repr__(self) -> str:
@@ -407,12 +469,28 @@ class WorkerStats(dict):
 
     def _repr_html_(self) -> str:
         workers, tenants = self._rows()
-        return "".join(['<div class="kaas-repr">', _STYLE,
-                        _table("Workers", list(_WORKER_COLUMNS), [[_e(c) for c in r] for r in workers]),
-                        _table("Tenants per worker", list(_TENANT_COLUMNS), [[_e(c) for c in r] for r in tenants]),
-                        "</div>"])
+        return "".join(
+            [
+                '<div class="kaas-repr">',
+                _STYLE,
+                _table("Workers", list(_WORKER_COLUMNS), [[_e(c) for c in r] for r in workers]),
+                _table("Tenants per worker", list(_TENANT_COLUMNS), [[_e(c) for c in r] for r in tenants]),
+                "</div>",
+            ]
+        )
 
 
-_WORKER_COLUMNS = ("worker", "device", "requests", "hit rate", "hits", "misses", "evictions", "loaded", "used",
-                   "capacity", "errors")
+_WORKER_COLUMNS = (
+    "worker",
+    "device",
+    "requests",
+    "hit rate",
+    "hits",
+    "misses",
+    "evictions",
+    "loaded",
+    "used",
+    "capacity",
+    "errors",
+)
 _TENANT_COLUMNS = ("worker", "tenant", "requests", "hit rate", "loaded", "device time", "errors")

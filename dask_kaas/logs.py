@@ -4,6 +4,7 @@ Dask configures its loggers (``distributed``, ...) when distributed is imported,
 ``logging`` config; ``dask_kaas`` is not among them, so without this a worker's INFO lines (its
 device, capacity, pool and store) would never show.
 """
+
 from __future__ import annotations
 
 import logging

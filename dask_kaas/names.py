@@ -6,6 +6,7 @@ messages that workers send the scheduler. So each is a bounded string that UTF-8
 segments, kernel names are C identifiers. The checks are pure: each returns what is wrong
 (or None), and the caller raises its own error type.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,6 +16,9 @@ MAX_NAME = 256
 MAX_TENANT = 128
 MAX_KEY = 1024
 MAX_PATH = 4096
+# a store key's path segments become file and object names: 255 bytes is a file name's limit on the
+# usual file systems, and a key's last segment gets ".json" (its pointer) appended
+MAX_SEGMENT_BYTES = 250
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -30,7 +34,7 @@ def show(value, limit: int = 60) -> str:
     r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple = 3, limit, limit, 6, 6, 6
     try:
         text = r.repr(value)
-    except Exception:  # noqa: BLE001 - e.g. an int too long to print; a message must never fail
+    except Exception:
         return f"<{type(value).__name__}>"
     return text if len(text) <= 3 * limit else text[: 3 * limit] + "..."
 
@@ -64,10 +68,19 @@ def key_problem(key) -> str | None:
         return problem
     if "\\" in key or ":" in key:
         return f"store key {show(key)} must not contain a backslash or ':'"
+    if len(key.encode("utf-8")) > MAX_KEY:
+        return f"store key {show(key)} is {len(key.encode('utf-8'))} bytes in UTF-8, more than {MAX_KEY}"
     for seg in key.split("/"):
         if seg in ("", ".", "..") or seg.endswith(".json") or seg.startswith(".tmp"):
-            return (f"store key {show(key)}: segments separated by '/' must be non-empty, not '.' or '..', "
-                    "and not end in '.json' or start with '.tmp' (no leading or trailing '/')")
+            return (
+                f"store key {show(key)}: segments separated by '/' must be non-empty, not '.' or '..', "
+                "and not end in '.json' or start with '.tmp' (no leading or trailing '/')"
+            )
+        if len(seg.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            return (
+                f"store key {show(key)}: a segment between '/' is {len(seg.encode('utf-8'))} bytes in UTF-8, "
+                f"more than {MAX_SEGMENT_BYTES} (it names a file or object)"
+            )
     return None
 
 

@@ -6,6 +6,7 @@ calls its ``dask_setup`` before the scheduler's plugins start; so the page is re
 and the plugin added in ``dask_setup``. A restarted scheduler runs both again: nothing for a client
 to redo.
 """
+
 from __future__ import annotations
 
 from .dashboard import register_dashboard_page
@@ -23,5 +24,8 @@ def dask_setup(scheduler) -> None:
     from . import compat
 
     link = compat.dashboard_page_link(scheduler, "/kaas")
-    setup_logging().info("dask-kaas scheduler: KaaS plugin (policy %s); the KaaS page at %s",
-                         scheduler.plugins["kaas"].policy, link or "/kaas of the dashboard")
+    setup_logging().info(
+        "dask-kaas scheduler: KaaS plugin (policy %s); the KaaS page at %s",
+        scheduler.plugins["kaas"].policy,
+        link or "/kaas of the dashboard",
+    )

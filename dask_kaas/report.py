@@ -9,6 +9,7 @@ the whole picture instead, so a scheduler that missed one (its ``seq`` jumps) is
 
 Pure code on both sides: :class:`ReportBuilder` on the worker, :class:`CachePicture` on the scheduler.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,14 +51,16 @@ class ReportBuilder:
         report = dict(fields, seq=self.seq)
         if self._full_next or self.seq % self.full_every == 0:
             self._full_next = False
-            report.update(consts=[[*ref, *v] for ref, v in now.items()], counters=dict(counters),
-                          load_seconds=load_seconds)
+            report.update(
+                consts=[[*ref, *v] for ref, v in now.items()], counters=dict(counters), load_seconds=load_seconds
+            )
         else:
             report.update(
                 added=[[*ref, *v] for ref, v in now.items() if self._consts.get(ref) != v],
                 removed=[list(ref) for ref in self._consts if ref not in now],
-                counters_delta={k: v - self._counters.get(k, 0) for k, v in counters.items()
-                                if v != self._counters.get(k, 0)},
+                counters_delta={
+                    k: v - self._counters.get(k, 0) for k, v in counters.items() if v != self._counters.get(k, 0)
+                },
                 load_seconds_delta=load_seconds - self._load_seconds,
             )
         self._consts, self._counters, self._load_seconds = now, dict(counters), load_seconds

@@ -1,4 +1,5 @@
 """Plain text for people: byte sizes (Dask's ``format_bytes``) and aligned tables."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -23,8 +24,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence], *, right: Iterable[in
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     lines = [line(header)]
     if rule:

@@ -7,6 +7,7 @@ cached); each request carries its own right-hand side ``b`` and start ``x``, and
 runs ``2 * sweeps`` Jacobi steps (two kernels, repeated ``n_iter = sweeps``
 times). Exits non-zero if any solution is wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,13 @@ def main(argv=None) -> int:
     request = jacobi_request("jacobi/A", args.n, args.sweeps, tenant="jacobi")
     a64 = a.astype(np.float64)
     failures = 0
-    with tempfile.TemporaryDirectory(prefix="kaas-jacobi-") as directory, \
-            LocalKaasCluster(n_workers=2, device=args.device, store=f"file://{directory}",
-                             dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="kaas-jacobi-") as directory,
+        LocalKaasCluster(
+            n_workers=2, device=args.device, store=f"file://{directory}", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         cluster.store.put("jacobi/A", a, namespace="jacobi")
         futures = [client.submit(request, b=b, x=np.zeros(args.n, np.float32), pure=False) for b in rhs]
         for i, (b, result) in enumerate(zip(rhs, client.gather(futures))):
@@ -57,11 +61,15 @@ def main(argv=None) -> int:
             residual = np.linalg.norm(a64 @ x - b) / np.linalg.norm(b)
             ok = bool(np.isfinite(error) and error < TOLERANCE and residual < TOLERANCE)
             failures += not ok
-            print(f"system {i}: {2 * args.sweeps} steps, error vs solve {error:.2e}, residual {residual:.2e}"
-                  f" {'ok' if ok else 'WRONG'}")
+            print(
+                f"system {i}: {2 * args.sweeps} steps, error vs solve {error:.2e}, residual {residual:.2e}"
+                f" {'ok' if ok else 'WRONG'}"
+            )
         stats = worker_stats(client)
-        print(f"const A loaded {sum(s['compulsory_misses'] for s in stats.values())} time(s), "
-              f"served from a device cache {sum(s['hits'] for s in stats.values())} time(s)")
+        print(
+            f"const A loaded {sum(s['compulsory_misses'] for s in stats.values())} time(s), "
+            f"served from a device cache {sum(s['hits'] for s in stats.values())} time(s)"
+        )
     if failures:
         print(f"{failures} of {len(rhs)} solutions are wrong", file=sys.stderr)
         return 1

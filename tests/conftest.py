@@ -59,13 +59,15 @@ def s3_server():
     """
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
+    import dask.config
     import s3server
 
-    import dask.config
-
     # puts wait kaas.store-version-ttl before they return on S3: short here, except where a test says otherwise
-    with s3server.aws_test_env(), s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint, \
-            dask.config.set({"kaas.store-version-ttl": 0.05}):
+    with (
+        s3server.aws_test_env(),
+        s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint,
+        dask.config.set({"kaas.store-version-ttl": 0.05}),
+    ):
         yield "s3://kaas-test", s3server.storage_options(endpoint)
 
 
@@ -80,6 +82,7 @@ def cluster(store_url):
     """Two host-device worker processes of 64 MiB each, shared by a test module."""
     from dask_kaas import LocalKaasCluster
 
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store_url,
-                          dashboard_address=":0") as cluster:
+    with LocalKaasCluster(
+        n_workers=2, device="host", device_memory="64MiB", store=store_url, dashboard_address=":0"
+    ) as cluster:
         yield cluster

@@ -4,6 +4,7 @@ Workers serve their assigned tasks one at a time, first come first served; a tas
 is its kernel time plus the load time of the consts its worker lacks (then holds). Used to test
 the core's policies without timing: the clock is virtual, every run is deterministic.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -49,8 +50,9 @@ class Sim:
         """At the current time: a request of ``seconds`` kernel time needing ``consts`` ((ref, nbytes), ...)."""
         self.submitted[key] = self.now
         self._work[key] = seconds
-        decision = self.core.submit(Task(key, tenant, shape or f"shape-{seconds}", tuple(consts),
-                                         submitted=self.now, deadline=deadline))
+        decision = self.core.submit(
+            Task(key, tenant, shape or f"shape-{seconds}", tuple(consts), submitted=self.now, deadline=deadline)
+        )
         if decision.action == "reject":
             self.rejected[key] = decision
         elif decision.action == "run":
@@ -90,13 +92,22 @@ class Sim:
 
     def _done(self, worker: SimWorker, key, seconds: float, tenant: str, shape: str, load: int) -> None:
         self._reports += 1
-        self.core.report(worker.address, {
-            "ok": True, "tenant": tenant, "shape": shape,
-            "seconds": seconds, "capacity": worker.capacity, "used": sum(worker.cache.values()), "pinned": 0,
-            "consts": [[*ref, "uid", 1, n] for ref, n in worker.cache.items()],
-            "counters": {"bytes_from_store": worker.loaded}, "load_seconds": worker.loaded / self.bandwidth,
-            **self.report_fields(key, seconds),
-        })
+        self.core.report(
+            worker.address,
+            {
+                "ok": True,
+                "tenant": tenant,
+                "shape": shape,
+                "seconds": seconds,
+                "capacity": worker.capacity,
+                "used": sum(worker.cache.values()),
+                "pinned": 0,
+                "consts": [[*ref, "uid", 1, n] for ref, n in worker.cache.items()],
+                "counters": {"bytes_from_store": worker.loaded},
+                "load_seconds": worker.loaded / self.bandwidth,
+                **self.report_fields(key, seconds),
+            },
+        )
         self.core.finished(key, True, duration=seconds)
         self.finished[key] = self.now
         self.ran_on[key] = worker.address

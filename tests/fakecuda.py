@@ -6,6 +6,7 @@ reused and given back, and that modules load eagerly from bytes. It is a unit-te
 not a claim that CUDA works: kernels are recorded, never executed. ``install(monkeypatch)``
 puts ``cupy``, ``rmm`` and their submodules in ``sys.modules`` and returns the fake machine.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,6 +15,7 @@ import threading
 import time
 import types
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,10 +25,19 @@ GiB = 2**30
 class CUDARuntimeError(RuntimeError):
     """Like CuPy's: the CUDA status code in ``status``, the error's name in the message."""
 
-    NAMES = {1: "cudaErrorInvalidValue", 2: "cudaErrorMemoryAllocation", 101: "cudaErrorInvalidDevice", 200: "cudaErrorInvalidKernelImage",
-             222: "cudaErrorUnsupportedPtxVersion", 400: "cudaErrorInvalidResourceHandle",
-             500: "cudaErrorNotFound", 700: "cudaErrorIllegalAddress", 716: "cudaErrorMisalignedAddress",
-             719: "cudaErrorLaunchFailure", 999: "cudaErrorUnknown"}
+    NAMES: ClassVar[dict[int, str]] = {
+        1: "cudaErrorInvalidValue",
+        2: "cudaErrorMemoryAllocation",
+        101: "cudaErrorInvalidDevice",
+        200: "cudaErrorInvalidKernelImage",
+        222: "cudaErrorUnsupportedPtxVersion",
+        400: "cudaErrorInvalidResourceHandle",
+        500: "cudaErrorNotFound",
+        700: "cudaErrorIllegalAddress",
+        716: "cudaErrorMisalignedAddress",
+        719: "cudaErrorLaunchFailure",
+        999: "cudaErrorUnknown",
+    }
 
     def __init__(self, status: int):
         self.status = status
@@ -160,7 +171,11 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
 
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.getDevice, runtime.setDevice, runtime.memGetInfo, runtime.memsetAsync = (
-        getDevice, setDevice, memGetInfo, memsetAsync)
+        getDevice,
+        setDevice,
+        memGetInfo,
+        memsetAsync,
+    )
     runtime.memcpyAsync, runtime.memcpyHostToDevice, runtime.memcpyDeviceToHost = memcpyAsync, 1, 2
     runtime.getDeviceCount = lambda: len(m.gpus)
     runtime.getDeviceProperties = lambda i: {"name": f"Fake GPU {i}".encode()}
@@ -341,6 +356,7 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
 
             def release():
                 gpu.free += nbytes
+
             return release
 
     class PoolMemoryResource:
@@ -362,6 +378,7 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
 
             def release():
                 self.used -= nbytes
+
             return release
 
         def __del__(self):
@@ -383,8 +400,9 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
     class StatisticsResourceAdaptor:
         def __init__(self, upstream):
             self.upstream = upstream
-            self.allocation_counts = SimpleNamespace(current_bytes=0, current_count=0, peak_bytes=0, peak_count=0,
-                                                     total_bytes=0, total_count=0)
+            self.allocation_counts = SimpleNamespace(
+                current_bytes=0, current_count=0, peak_bytes=0, peak_count=0, total_bytes=0, total_count=0
+            )
 
         def get_upstream(self):
             return self.upstream
@@ -402,6 +420,7 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
                 release()
                 c.current_bytes -= nbytes
                 c.current_count -= 1
+
             return stats_release
 
     default_resource = CudaMemoryResource()
@@ -430,8 +449,10 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
     mr = types.ModuleType("rmm.mr")
     mr.CudaMemoryResource, mr.PoolMemoryResource = CudaMemoryResource, PoolMemoryResource
     mr.StatisticsResourceAdaptor, mr.LimitingResourceAdaptor = StatisticsResourceAdaptor, LimitingResourceAdaptor
-    mr.get_current_device_resource, mr.set_current_device_resource = (get_current_device_resource,
-                                                                      set_current_device_resource)
+    mr.get_current_device_resource, mr.set_current_device_resource = (
+        get_current_device_resource,
+        set_current_device_resource,
+    )
     allocators = types.ModuleType("rmm.allocators")
     allocators_cupy = types.ModuleType("rmm.allocators.cupy")
     allocators_cupy.rmm_cupy_allocator = rmm_cupy_allocator
@@ -444,9 +465,17 @@ def install(monkeypatch, **machine_kwargs) -> Machine:
     rmm.mr, rmm.allocators, rmm.pylibrmm, rmm.DeviceBuffer = mr, allocators, pylibrmm, DeviceBuffer
     m.rmm = rmm
 
-    for name, module in {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "rmm": rmm,
-                         "rmm.mr": mr, "rmm.allocators": allocators, "rmm.allocators.cupy": allocators_cupy,
-                         "rmm.pylibrmm": pylibrmm, "rmm.pylibrmm.stream": pylibrmm_stream}.items():
+    for name, module in {
+        "cupy": cupy,
+        "cupy.cuda": cuda,
+        "cupy.cuda.runtime": runtime,
+        "rmm": rmm,
+        "rmm.mr": mr,
+        "rmm.allocators": allocators,
+        "rmm.allocators.cupy": allocators_cupy,
+        "rmm.pylibrmm": pylibrmm,
+        "rmm.pylibrmm.stream": pylibrmm_stream,
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
     return m
 

@@ -11,6 +11,7 @@ process-wide default (``cuda.default_pool``, which counts what it hands out). A
 ``cuda.memory.OutOfMemoryError`` past its limit. ``make()`` returns a fresh ``cupy`` module to
 install with ``monkeypatch.setitem(sys.modules, "cupy", make())``. Nothing is computed on a GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ class OutOfMemoryError(MemoryError):
 class Memory:
     """One allocation; its bytes go back to the pool when the array holding it is gone."""
 
-    def __init__(self, pool: "MemoryPool", nbytes: int):
+    def __init__(self, pool: MemoryPool, nbytes: int):
         self.pool, self.nbytes = pool, nbytes
 
     def __del__(self):
@@ -45,8 +46,10 @@ class MemoryPool:
 
     def malloc(self, nbytes: int) -> Memory:
         if self.limit and self.used + nbytes > self.limit:
-            raise OutOfMemoryError(f"Out of memory allocating {nbytes:,} bytes (allocated so far: "
-                                   f"{self.used:,} bytes, limit set to: {self.limit:,} bytes).")
+            raise OutOfMemoryError(
+                f"Out of memory allocating {nbytes:,} bytes (allocated so far: "
+                f"{self.used:,} bytes, limit set to: {self.limit:,} bytes)."
+            )
         self.used += nbytes
         self.handed_out += nbytes
         return Memory(self, nbytes)
@@ -114,8 +117,10 @@ class ndarray(NDArrayOperatorsMixin):
     size = property(lambda self: self._array.size)
 
     def __array__(self, *args, **kwargs):
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
-                        "a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
+            "a NumPy array explicitly."
+        )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))

@@ -1,4 +1,5 @@
 """Requests shared by several test modules."""
+
 from dask_kaas import BufferSpec, KernelSpec, Literal, Request
 
 F = 4
@@ -9,7 +10,12 @@ def matvec_request(key, n=64, tenant=None, *, n_iter=1, deadline=None):
     x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
     a = BufferSpec("A", n * n * F, key=key, const=True)
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "sgemm", (-(-n // 16), 1), (16, 16),
-                   literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
-                   arguments=[(x, "i"), (a, "i"), (y, "o")])
+    k = KernelSpec(
+        "builtin",
+        "sgemm",
+        (-(-n // 16), 1),
+        (16, 16),
+        literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
+        arguments=[(x, "i"), (a, "i"), (y, "o")],
+    )
     return Request([k], tenant=tenant, n_iter=n_iter, deadline=deadline)

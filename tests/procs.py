@@ -1,4 +1,5 @@
 """Real processes for tests: a free port, commands started in the background and stopped at the end."""
+
 import os
 import signal
 import socket
@@ -21,8 +22,14 @@ class Processes:
     def start(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         """Start ``args`` as ``name``; ``env``: variables added to this process's environment."""
         log = open(self.directory / f"{name}.log", "w")
-        proc = subprocess.Popen([*args], stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                                start_new_session=True, env=None if env is None else {**os.environ, **env})
+        proc = subprocess.Popen(
+            [*args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+            start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
+        )
         self.procs[name] = proc
         return proc
 

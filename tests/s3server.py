@@ -5,6 +5,7 @@ over plain HTTP with ``endpoint_url``; nothing is patched. Moto keeps its
 state in the process that runs the server (the test process), so every
 client, whatever process it lives in, sees the same buckets.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,17 @@ ENV = {
     "AWS_REGION": "us-east-1",
 }
 #: Variables that could point clients elsewhere (a user's profile, a proxy).
-UNSET = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY",
-         "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+UNSET = (
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 HOST = "127.0.0.1"
 
 
@@ -38,8 +48,10 @@ def free_port() -> int:
 @contextlib.contextmanager
 def aws_test_env():
     """Set :data:`ENV` (and unset :data:`UNSET`) in ``os.environ``; restore afterwards."""
-    saved = {k: os.environ.get(k) for k in (*ENV, *UNSET, "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-                                            "NO_PROXY", "no_proxy")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (*ENV, *UNSET, "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "NO_PROXY", "no_proxy")
+    }
     try:
         for k in UNSET:
             os.environ.pop(k, None)
@@ -65,7 +77,7 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"S3 test server on {HOST}:{port} did not start in {timeout} s")
+                raise RuntimeError(f"S3 test server on {HOST}:{port} did not start in {timeout} s") from None
             time.sleep(0.05)
 
 

@@ -1,18 +1,22 @@
 """Who may do what under kaas.scheduler.tenant-clients (dask_kaas.plugins.access): pure rules."""
+
 import pytest
 
 from dask_kaas.errors import ConfigError
 from dask_kaas.plugins.access import TENANT_RPC, TENANT_STREAM, AccessRules, Role, foreign_keys
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def cert(name):
     return {"subject": ((("commonName", name),),)}
 
 
-LOCKED = AccessRules("requests-only", ("cluster", "worker-*"), ("operator", "gateway-?"), {"carol.example.org": "carol"})
+LOCKED = AccessRules(
+    "requests-only", ("cluster", "worker-*"), ("operator", "gateway-?"), {"carol.example.org": "carol"}
+)
 
 
 def test_roles_come_from_the_certificates_common_name():
@@ -49,7 +53,7 @@ def test_without_the_mode_everything_is_dasks_as_before():
 
 
 def test_the_mode_needs_worker_names_and_a_known_value():
-    with pytest.raises(ConfigError, match="needs kaas.scheduler.worker-names"):
+    with pytest.raises(ConfigError, match=r"needs kaas.scheduler.worker-names"):
         AccessRules("requests-only", None, (), {})
     with pytest.raises(ConfigError, match="null or 'requests-only'"):
         AccessRules("tenants", ("w",), (), {})
@@ -61,7 +65,7 @@ def test_the_plugin_refuses_the_mode_without_tls_identity():
     from dask_kaas import KaasSchedulerPlugin
 
     with dask.config.set({"kaas.scheduler.tenant-clients": "requests-only", "kaas.scheduler.worker-names": ["w-*"]}):
-        with pytest.raises(ConfigError, match="needs kaas.scheduler.tenant-identity: tls"):
+        with pytest.raises(ConfigError, match=r"needs kaas.scheduler.tenant-identity: tls"):
             KaasSchedulerPlugin()
         with dask.config.set({"kaas.scheduler.tenant-identity": "tls"}):
             assert KaasSchedulerPlugin().access.locked
@@ -81,8 +85,16 @@ def test_foreign_keys_are_those_another_owner_holds():
 
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
-ops = st.sampled_from(sorted(TENANT_RPC | TENANT_STREAM | {"run_function", "broadcast", "scatter", "update-data",
-                                                           "task-finished", "register_worker_plugin"})) | names
+ops = (
+    st.sampled_from(
+        sorted(
+            TENANT_RPC
+            | TENANT_STREAM
+            | {"run_function", "broadcast", "scatter", "update-data", "task-finished", "register_worker_plugin"}
+        )
+    )
+    | names
+)
 
 
 @given(names, ops)

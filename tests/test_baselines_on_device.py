@@ -3,26 +3,26 @@
 device arrays only and give NumPy back, and their device memory comes from their own pool,
 limited to the KaaS worker's pool bytes, never from the process-wide allocator (on a KaaS
 worker, the KaaS device's own RMM pool)."""
+
 from __future__ import annotations
 
 import importlib
 import os
 import sys
 
+import fakecupy_arrays
 import numpy as np
 import pytest
-
-import fakecupy_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the benchmarks package lives at the repository root, not in the installed package
     sys.path.insert(0, ROOT)
 
-from benchmarks import baselines  # noqa: E402
-from benchmarks.contention import cached_matmul  # noqa: E402
-from benchmarks.workloads import WORKLOADS  # noqa: E402
-from benchmarks.workloads.base import run_cached  # noqa: E402
-from dask_kaas.store import BufferStore  # noqa: E402
+from benchmarks import baselines
+from benchmarks.contention import cached_matmul
+from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads.base import run_cached
+from dask_kaas.store import BufferStore
 
 MiB = 2**20
 
@@ -39,7 +39,7 @@ def cupy(monkeypatch):
 def test_the_stand_in_refuses_what_cupy_refuses(cupy):
     a = cupy.asarray(np.ones((2, 2), np.float32))
     assert isinstance(np.exp(a) @ a + 1, cupy.ndarray)
-    with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+    with pytest.raises(TypeError, match=r"Unsupported type <class 'numpy.ndarray'>"):
         a @ np.ones((2, 2), np.float32)
     with pytest.raises(TypeError, match="Unsupported type"):
         np.maximum(np.ones(2), a[0])
@@ -99,8 +99,7 @@ def test_baselines_allocate_from_their_own_pool(cupy, tmp_path):
         store.put(wl.key(key), value, namespace=wl.tenant)
     keys = {key: wl.key(key) for key in wl.stored_consts()}
     before = pool.handed_out
-    wl.check(0, run_cached(wl.numpy_fn, wl.cases[0], store.url, wl.tenant, keys, kaas_capacity, "cuda", {},
-                           kaas_pool))
+    wl.check(0, run_cached(wl.numpy_fn, wl.cases[0], store.url, wl.tenant, keys, kaas_capacity, "cuda", {}, kaas_pool))
     assert cupy.cuda.default_pool.handed_out == 0 and pool.handed_out > before
 
     baselines.clear()
@@ -109,8 +108,10 @@ def test_baselines_allocate_from_their_own_pool(cupy, tmp_path):
 
 
 def test_memory_budget_records_what_each_system_may_use():
-    kaas = {"a": {"capacity": 95 * MiB, "memory": {"pool": 100 * MiB, "total": 80 * 2**30}},
-            "b": {"capacity": 95 * MiB, "memory": {"pool": 100 * MiB, "total": 80 * 2**30}}}
+    kaas = {
+        "a": {"capacity": 95 * MiB, "memory": {"pool": 100 * MiB, "total": 80 * 2**30}},
+        "b": {"capacity": 95 * MiB, "memory": {"pool": 100 * MiB, "total": 80 * 2**30}},
+    }
     m = baselines.memory_budget(kaas, "cuda")
     assert m["kaas_pool_bytes"] == m["baseline_pool_bytes"] == 100 * MiB
     assert m["kaas_cache_capacity"] == m["baseline_cache_capacity"] == 95 * MiB

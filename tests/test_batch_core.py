@@ -5,14 +5,16 @@ worth of service (so batching buys no share), admitted call by call against its 
 calls may be rejected while its first ones run), and counted call by call when it completes or fails.
 A discrete-event harness (``coresim``, extended to batches) checks the shares without any timing.
 """
+
 from collections import Counter
 
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+from coresim import Sim
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coresim import Sim
 from dask_kaas import config
 from dask_kaas.scheduling import Decision, SchedulingCore, Task
 from dask_kaas.scheduling.core import CANDIDATE_TENANTS
@@ -60,8 +62,9 @@ class BatchSim(Sim):
 
 
 # ------------------------------------------------------------------ (a) fairness under batching
-def call_shares(counts: dict, weights: dict | None, *, workers=2, depth=2, seconds=8.0, skip=1.0,
-                rate_ratio=10) -> tuple[dict, BatchSim]:
+def call_shares(
+    counts: dict, weights: dict | None, *, workers=2, depth=2, seconds=8.0, skip=1.0, rate_ratio=10
+) -> tuple[dict, BatchSim]:
     """Three tenants, all backlogged throughout: A submits tasks of ``counts["A"]`` calls ``rate_ratio``
     times as often as B and C submit theirs; each of B and C alone submits more calls than the whole
     cluster serves. Returns each tenant's share of the calls completed between ``skip`` and ``seconds``."""
@@ -118,8 +121,12 @@ def test_weighted_shares_are_shares_of_calls():
 
 
 @settings(max_examples=8, deadline=None, derandomize=True)
-@given(count_a=st.integers(1, 20), count_b=st.integers(1, 4),
-       weight_a=st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), weight_c=st.sampled_from([0.5, 1.0, 2.0]))
+@given(
+    count_a=st.integers(1, 20),
+    count_b=st.integers(1, 4),
+    weight_a=st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]),
+    weight_c=st.sampled_from([0.5, 1.0, 2.0]),
+)
 def test_shares_of_calls_follow_weights_whatever_the_batch_sizes(count_a, count_b, weight_a, weight_c):
     weights = {"A": weight_a, "C": weight_c}
     shares, _ = call_shares({"A": count_a, "B": count_b}, weights, seconds=5.0)
@@ -154,7 +161,7 @@ def test_a_batch_is_charged_per_call_and_cannot_jump_the_queue():
         clock[0] += PER_CALL * core.tasks[key].count
         core.finished(key, True)
         before = dict(core.queue.service)
-        for key, worker in core.dispatch():
+        for key, _worker in core.dispatch():
             tenant = core.tasks[key].tenant
             if core.queue.held(tenant):  # (the last of a backlog catches up to the floor as well: no credit)
                 charged.setdefault(tenant, set()).add(round(core.queue.service[tenant] - before[tenant], 9))
@@ -163,9 +170,9 @@ def test_a_batch_is_charged_per_call_and_cannot_jump_the_queue():
     assert charged == {"A": {round(20 * r, 9)}, "B": {round(r, 9)}}
     first, second, third = (order.index(("A", i)) for i in range(3))
     assert first <= 1  # its turn came at once (it was no less served than B)
-    between = [k[0] for k in order[first + 1:second]]
+    between = [k[0] for k in order[first + 1 : second]]
     assert set(between) == {"B"} and 19 <= len(between) <= 21, between
-    assert set(k[0] for k in order[second + 1:third]) == {"B"} and 19 <= third - second - 1 <= 21
+    assert set(k[0] for k in order[second + 1 : third]) == {"B"} and 19 <= third - second - 1 <= 21
 
 
 # ------------------------------------------------------------------ (c) admission per call
@@ -185,8 +192,9 @@ def observed_core(margin: float, clock: list) -> SchedulingCore:
     return core
 
 
-def calls_that_make_it(wait: float, runtime: float, count: int, deadline: float, margin: float,
-                       calibration: float) -> int:
+def calls_that_make_it(
+    wait: float, runtime: float, count: int, deadline: float, margin: float, calibration: float
+) -> int:
     """How many of a batch's first calls finish within the deadline (with the margin): the first at
     ``wait + runtime``, the ``i``-th ``i - 1`` runtimes after it, each prediction scaled by calibration."""
     n = 0
@@ -263,8 +271,7 @@ def test_a_batch_all_of_whose_calls_fit_is_admitted_whole():
 
 
 @settings(max_examples=60, deadline=None)
-@given(count=st.integers(1, 40), room=st.integers(0, 45), busy=st.booleans(),
-       margin=st.sampled_from([0.5, 0.85, 1.0]))
+@given(count=st.integers(1, 40), room=st.integers(0, 45), busy=st.booleans(), margin=st.sampled_from([0.5, 0.85, 1.0]))
 def test_admitted_calls_match_the_model(count, room, busy, margin):
     """Whatever the batch size and deadline: exactly the calls the model says finish in time run,
     the rest count as rejected, and the submitted count is every call."""
@@ -332,8 +339,17 @@ def backlogged_core(policy: str, clock: list, *, tenants=TENANTS, workers=("w0",
     consts = {t: (((t, "w"), 1 << 20),) for t in tenants}
     for w in workers:
         core.add_worker(w)
-        core.report(w, {"consts": [[t, "w", "u", 1, 1 << 20] for t in tenants], "capacity": 1 << 30,
-                        "used": len(tenants) << 20, "ok": True, "shape": "s", "seconds": PER_CALL})
+        core.report(
+            w,
+            {
+                "consts": [[t, "w", "u", 1, 1 << 20] for t in tenants],
+                "capacity": 1 << 30,
+                "used": len(tenants) << 20,
+                "ok": True,
+                "shape": "s",
+                "seconds": PER_CALL,
+            },
+        )
     running = []
     for i in range(per_tenant):
         for t in tenants:
@@ -371,8 +387,17 @@ def test_locality_still_wins_over_a_cold_least_served_tenant():
     clock = [0.0]
     core = make_core(policy="affinity", depth=1, clock=lambda: clock[0])
     core.add_worker("w")
-    core.report("w", {"consts": [["warm", "w", "u", 1, 1 << 20]], "capacity": 1 << 30, "used": 1 << 20,
-                      "ok": True, "shape": "s", "seconds": PER_CALL})
+    core.report(
+        "w",
+        {
+            "consts": [["warm", "w", "u", 1, 1 << 20]],
+            "capacity": 1 << 30,
+            "used": 1 << 20,
+            "ok": True,
+            "shape": "s",
+            "seconds": PER_CALL,
+        },
+    )
     core.submit(Task("first", "x", "s"))
     core.submit(Task("cold", "cold", "s", ((("cold", "w"), 1 << 20),)))
     core.submit(Task("hot", "warm", "s", ((("warm", "w"), 1 << 20),)))
@@ -399,8 +424,7 @@ def test_dispatch_makes_one_worker_choice_per_dispatched_task(policy):
 
 
 def _balance_core(clock: list, runtime: float) -> SchedulingCore:
-    core = SchedulingCore(**{**config.scheduler_settings(), "policy": "balance", "depth": 1,
-                             "clock": lambda: clock[0]})
+    core = SchedulingCore(**{**config.scheduler_settings(), "policy": "balance", "depth": 1, "clock": lambda: clock[0]})
     core.add_worker("w")
     core.report("w", {"ok": True, "shape": "s", "seconds": runtime})
     return core

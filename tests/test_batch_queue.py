@@ -4,9 +4,11 @@ Direct tests of its promises (an idle key sends each call alone, at once; under 
 to what queued; bounds on calls and bytes), and a hypothesis state machine that drives it with random
 arrivals, completions and slot changes against a simple model of what must have left.
 """
+
 from collections import deque
 
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,8 +127,12 @@ def test_a_batch_reports_its_length():
 
 
 @settings(max_examples=100, deadline=None)
-@given(calls=st.lists(st.tuples(st.sampled_from("fgh"), st.integers(0, 300)), max_size=60),
-       slots=st.integers(1, 3), max_calls=st.integers(1, 6), max_bytes=st.integers(1, 400))
+@given(
+    calls=st.lists(st.tuples(st.sampled_from("fgh"), st.integers(0, 300)), max_size=60),
+    slots=st.integers(1, 3),
+    max_calls=st.integers(1, 6),
+    max_bytes=st.integers(1, 400),
+)
 def test_each_arrival_with_a_free_slot_leaves_in_the_batch_it_returns(calls, slots, max_calls, max_bytes):
     """Arrivals only (no batch ever returns): the first ``slots`` calls of each key leave alone and at
     once, later ones all queue; nothing else ever leaves."""
@@ -176,8 +182,9 @@ class BatchQueueMachine(RuleBasedStateMachine):
             assert batch.nbytes == sum(nbytes for _, nbytes in expected)
             if self.waiting[key]:  # it stopped short of what queued: only because a bound was reached
                 nxt = self.waiting[key][0][1]
-                assert len(batch) == self.q.max_calls or batch.nbytes + nxt > self.q.max_bytes, \
+                assert len(batch) == self.q.max_calls or batch.nbytes + nxt > self.q.max_bytes, (
                     "a batch left smaller than its bounds allow while calls were queued behind it"
+                )
             self.left.setdefault(key, []).extend(batch.items)
             self.flying[key] = self.flying.get(key, 0) + 1
             assert self.flying[key] <= self.slots, "more batches in flight than slots"
@@ -238,5 +245,6 @@ class BatchQueueMachine(RuleBasedStateMachine):
 
 
 TestBatchQueueMachine = BatchQueueMachine.TestCase
-TestBatchQueueMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None,
-                                          suppress_health_check=[HealthCheck.too_slow])
+TestBatchQueueMachine.settings = settings(
+    max_examples=200, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

@@ -1,15 +1,16 @@
 """The benchmark harness (``benchmarks.common``): its config, argv parsing, results writer and printer,
 and every suite once in its smallest (``smoke``) size; a wrong result fails a run. Nothing here asserts
 a timing: the figures of a smoke run mean nothing, only their presence, shape and sanity do."""
+
 from __future__ import annotations
 
 import io
 import json
 import math
 import os
-import time
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,15 +22,38 @@ if ROOT not in sys.path:  # the benchmarks package lives at the repository root,
 from benchmarks import common
 from benchmarks.common import Config, parse_args, print_result, run, write_result
 
-RECORDED = {"workloads": "workloads-host", "overhead": "overhead-host", "contention": "contention-host",
-            "scale": "scale-host", "store_io": "store_io", "placement": "placement", "gateway": "gateway-host",
-            "simulate": "simulate", "engines": "engines-host", "batching": "batching-host",
-            "gateway_attack": "gateway_attack-host", "calibrate": "calibrate-host",
-            "validate-sim": "validate-sim-host"}
+RECORDED = {
+    "workloads": "workloads-host",
+    "overhead": "overhead-host",
+    "contention": "contention-host",
+    "scale": "scale-host",
+    "store_io": "store_io",
+    "placement": "placement",
+    "gateway": "gateway-host",
+    "simulate": "simulate",
+    "engines": "engines-host",
+    "batching": "batching-host",
+    "gateway_attack": "gateway_attack-host",
+    "calibrate": "calibrate-host",
+    "validate-sim": "validate-sim-host",
+}
 # dicts whose keys are data (tenant names, K values, worker addresses), not fields
-DATA_KEYS = {"machine", "source", "per_tenant_p50_ms", "tenant_popularity", "runtime_s", "device_launch_s",
-             "raw_cupy_s", "requests_by_tenant_and_worker", "scheduler_model_after_affinity_run", "plugin_hooks",
-             "scenario_calibration", "live", "sim", "costs"}  # validate-sim: keyed by scenario
+DATA_KEYS = {
+    "machine",
+    "source",
+    "per_tenant_p50_ms",
+    "tenant_popularity",
+    "runtime_s",
+    "device_launch_s",
+    "raw_cupy_s",
+    "requests_by_tenant_and_worker",
+    "scheduler_model_after_affinity_run",
+    "plugin_hooks",
+    "scenario_calibration",
+    "live",
+    "sim",
+    "costs",
+}  # validate-sim: keyed by scenario
 
 
 def positive(x) -> bool:
@@ -56,7 +80,7 @@ def smoke(suite: str, out) -> dict:
     name = common.get_suite(suite).file_name("host", "smoke")
     assert payload["path"] == str(out / f"{name}.json")
     written = json.loads((out / f"{name}.json").read_text())
-    assert list(written)[0] == "machine" and "path" not in written
+    assert next(iter(written)) == "machine" and "path" not in written
     assert written["suite"] == suite and written["device"] == "host" and written["smoke"] is True
     assert positive(written["wall_s"]) and written["machine"]["cpus"] >= 1
     with open(os.path.join(common.RESULTS, f"{RECORDED[suite]}.json")) as f:
@@ -105,10 +129,17 @@ def test_resolved_device():
 
 
 def test_parse_args(tmp_path):
-    [config] = parse_args(["placement", "--quick", "--requests", "30", "--zipf", "0.5", "--out", str(tmp_path),
-                           "--note", "abc"])
-    assert (config.suite, config.quick, config.smoke, config.device, config.out, config.note) == \
-        ("placement", True, False, "auto", str(tmp_path), "abc")
+    [config] = parse_args(
+        ["placement", "--quick", "--requests", "30", "--zipf", "0.5", "--out", str(tmp_path), "--note", "abc"]
+    )
+    assert (config.suite, config.quick, config.smoke, config.device, config.out, config.note) == (
+        "placement",
+        True,
+        False,
+        "auto",
+        str(tmp_path),
+        "abc",
+    )
     assert config.options == {"requests": 30, "zipf": 0.5}
     assert config.params()["requests"] == 30 and config.params()["tenants"] == 12
 
@@ -119,8 +150,14 @@ def test_parse_args(tmp_path):
     [config] = parse_args(["--mib", "8"], suite="store_io")  # python -m benchmarks.store_io --mib 8
     assert config.suite == "store_io" and config.params() == {"mib": 8, "repeat": 9}
 
-    for argv in (["nosuch"], ["overhead", "--tenants", "9"], ["placement", "--tenants", "20"],
-                 ["all", "--name", "x"], ["overhead", "--quick", "--smoke"], ["overhead", "--device", "tpu"]):
+    for argv in (
+        ["nosuch"],
+        ["overhead", "--tenants", "9"],
+        ["placement", "--tenants", "20"],
+        ["all", "--name", "x"],
+        ["overhead", "--quick", "--smoke"],
+        ["overhead", "--device", "tpu"],
+    ):
         with pytest.raises(SystemExit) as e:
             parse_args(argv)
         assert e.value.code == 2, argv
@@ -170,7 +207,7 @@ def test_check_functions_reject_wrong_outputs():
     for module in (mlp, sgemm, jacobi, cgemm):
         w = module.setup(quick=True)
         want = w.expected[0]
-        right = ({"re": want[0], "im": want[1]} if module is cgemm else {w.output: want})
+        right = {"re": want[0], "im": want[1]} if module is cgemm else {w.output: want}
         w.check(0, right)
         wrong = {k: v.copy() for k, v in right.items()}
         next(iter(wrong.values())).reshape(-1)[0] += 1.0
@@ -183,8 +220,13 @@ def test_check_functions_reject_wrong_outputs():
 
 # ------------------------------------------------------------------ the command line, end to end
 def test_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "store_io", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "store_io", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "store_io on host (smoke)" in proc.stdout and "== summary" in proc.stdout
     written = json.loads((tmp_path / "store_io_smoke.json").read_text())
@@ -226,10 +268,13 @@ def test_calibrate_smoke_and_host_costs_read_it(tmp_path):
     cpu = f["client_cpu_s"] + f["scheduler_cpu_s"] + f["worker_cpu_s"]
     assert all(positive(f[k]) for k in ("client_cpu_s", "scheduler_cpu_s", "worker_cpu_s"))
     assert costs.path_seconds + costs.worker_seconds == pytest.approx(max(cpu, f["cores"] / f["task_rate"]))
-    assert costs.source["calibration"].startswith("calibrate-host.json, measured") and "STALE" not in \
-        costs.source["calibration"]
-    assert calibration(tmp_path, now=time.time() + 40 * 86400)[1].endswith("40 days old; run python -m benchmarks "
-                                                                           "calibrate)")
+    assert (
+        costs.source["calibration"].startswith("calibrate-host.json, measured")
+        and "STALE" not in costs.source["calibration"]
+    )
+    assert calibration(tmp_path, now=time.time() + 40 * 86400)[1].endswith(
+        "40 days old; run python -m benchmarks calibrate)"
+    )
     data = json.loads((tmp_path / "calibrate-host.json").read_text())
     data["machine"]["cpus"] = (os.cpu_count() or 1) + 6
     (tmp_path / "calibrate-host.json").write_text(json.dumps(data))
@@ -247,8 +292,12 @@ def test_overhead_smoke(tmp_path):
     assert isinstance(d["budget"]["per_request_met"], bool) and isinstance(d["budget"]["per_launch_met"], bool)
     assert all(positive(e["timing_s"][s]["median"]) for s in ("kaas", "noop", "echo", "dask_numpy"))
     assert positive(e["ratio_kaas_over_noop"]) and positive(e["ratio_kaas_over_dask_numpy"])
-    assert set(r["budgets"]) == {"per_request_under_100us", "per_launch_under_10us", "e2e_within_1.15x_noop",
-                                 "e2e_within_1.2x_noop_plus_kernels"}
+    assert set(r["budgets"]) == {
+        "per_request_under_100us",
+        "per_launch_under_10us",
+        "e2e_within_1.15x_noop",
+        "e2e_within_1.2x_noop_plus_kernels",
+    }
     assert e["gap_s"] > 0 and e["const_hits"] > 0  # an idle gap before each call; the const cached
 
 
@@ -260,7 +309,9 @@ def test_workloads_smoke(tmp_path):
         assert row["correct"] is True and row["requests_checked"] > 0
         for system in ("kaas", "dask-lru", "dask-dict"):
             assert positive(row["latency_s"][system]["median"]) and positive(row["throughput_rps"][system]["median"])
-        assert positive(row["latency_ratio_kaas_over_dask-lru"]) and positive(row["throughput_ratio_kaas_over_dask-dict"])
+        assert positive(row["latency_ratio_kaas_over_dask-lru"]) and positive(
+            row["throughput_ratio_kaas_over_dask-dict"]
+        )
     assert r["workloads"]["mlp"]["accuracy"] >= 0.9
 
 
@@ -280,7 +331,11 @@ def test_contention_smoke(tmp_path):
 def test_scale_smoke(tmp_path):
     r = smoke("scale", tmp_path)
     assert sorted((c["mode"], c["workers"], c["tenants"]) for c in r["cells"]) == [
-        ("graph", 2, 1), ("graph", 2, 2), ("separate", 2, 1), ("separate", 2, 2)]
+        ("graph", 2, 1),
+        ("graph", 2, 2),
+        ("separate", 2, 1),
+        ("separate", 2, 2),
+    ]
     assert sorted(c["mode"] for c in r["plain_dask"]) == ["graph", "separate"]
     for cell in r["cells"]:
         assert positive(cell["plugin_cpu_us_per_task"]["median"]) and positive(cell["plugin_over_dask"]["median"])
@@ -298,7 +353,9 @@ def test_placement_smoke(tmp_path):
             assert sum(run_["requests_per_worker"]) == requests and run_["bytes_from_store"] > 0
     assert positive(r["ratios"]["balance_over_affinity_bytes"])
     assert 0 < r["belady"]["global"]["hit_rate"] <= 1 and isinstance(r["targets"]["bytes_3x_fewer_than_balance"], bool)
-    assert r["scheduler_overhead"]["kaas_tasks"] == requests and positive(r["scheduler_overhead"]["plugin_cpu_us_per_task"])
+    assert r["scheduler_overhead"]["kaas_tasks"] == requests and positive(
+        r["scheduler_overhead"]["plugin_cpu_us_per_task"]
+    )
 
 
 def test_simulate_smoke(tmp_path):
@@ -320,8 +377,11 @@ def test_validate_sim_smoke_and_resimulate(tmp_path):
         f = row["figures"]
         assert {"throughput_rps", "p50_ms", "bytes_loaded", "hit_rate"} <= set(f)
         for fig in f.values():
-            assert fig["error"] == pytest.approx(fig["sim"] - fig["live_median"] if fig is f["hit_rate"] else
-                                                 (fig["sim"] - fig["live_median"]) / fig["live_median"])
+            assert fig["error"] == pytest.approx(
+                fig["sim"] - fig["live_median"]
+                if fig is f["hit_rate"]
+                else (fig["sim"] - fig["live_median"]) / fig["live_median"]
+            )
         runs = r["live"][row["scenario"]][row["config"]]
         assert all(run_["completed"] == 24 and positive(run_["calibration"]["task_rate"]) for run_ in runs)
         # each live run simulated with Dask's costs measured just before it
@@ -329,8 +389,16 @@ def test_validate_sim_smoke_and_resimulate(tmp_path):
         assert len(costs) == len(runs) and all(positive(c["scheduler_seconds"]) for c in costs)
     loads = r["in_place"]["worker_loads"]
     assert positive(loads["bandwidth"]) and set(loads["seconds"]) == {"2", "4", "6", "8"}
-    again = run(Config("validate-sim", device="host", smoke=True, out=str(tmp_path / "again"), verbose=False,
-                       options={"resimulate": str(tmp_path / "validate-sim-host-smoke.json")}))
+    again = run(
+        Config(
+            "validate-sim",
+            device="host",
+            smoke=True,
+            out=str(tmp_path / "again"),
+            verbose=False,
+            options={"resimulate": str(tmp_path / "validate-sim-host-smoke.json")},
+        )
+    )
     assert again["live"] == r["live"] and again["live_source"]["file"].endswith("validate-sim-host-smoke.json")
 
 
@@ -362,12 +430,14 @@ def test_engines_smoke(tmp_path):
     arms = {a["arm"]: a for a in r["arms"]}
     assert set(arms) == (set(ARMS) if r["ray_arms"] else set(ARMS) - set(RAY_ARMS))
     assert r["ray_arms"] or "not installed" in r["ray"] or "skipped" in r["ray"]
-    per_arm = r["parameters"]["rounds"] * (r["parameters"]["latency_calls"] + r["parameters"]["batches"] * sum(
-        r["parameters"]["ks"]))
+    per_arm = r["parameters"]["rounds"] * (
+        r["parameters"]["latency_calls"] + r["parameters"]["batches"] * sum(r["parameters"]["ks"])
+    )
     for a in arms.values():  # every call of the timed rounds checked (the warm-up's too)
         assert positive(a["p50_ms"]) and a["results_checked"] > per_arm
-        assert [t["k"] for t in a["throughput"]] == [2, 4] and all(positive(t["calls_per_s"]["median"])
-                                                                    for t in a["throughput"])
+        assert [t["k"] for t in a["throughput"]] == [2, 4] and all(
+            positive(t["calls_per_s"]["median"]) for t in a["throughput"]
+        )
     assert r["results_checked"] == sum(a["results_checked"] for a in arms.values())
     h = r["headline"]
     assert h["k"] == 4 and positive(h["batched_over_task_rps"]["ratio"])
@@ -415,8 +485,14 @@ def test_validate_sim_fits_loads_and_judges_only_where_live_runs_agree():
 
     latency, bandwidth = fit_loads({m: 0.004 + m * MiB / 2e9 for m in (2, 4, 6, 8)})
     assert latency == pytest.approx(0.004) and bandwidth == pytest.approx(2e9)
-    live = {"s": {"c": [{"throughput_rps": 100.0, "hit_rate": 0.5, "p50_ms": 10.0},
-                        {"throughput_rps": 105.0, "hit_rate": 0.9, "p50_ms": 10.0}]}}
+    live = {
+        "s": {
+            "c": [
+                {"throughput_rps": 100.0, "hit_rate": 0.5, "p50_ms": 10.0},
+                {"throughput_rps": 105.0, "hit_rate": 0.9, "p50_ms": 10.0},
+            ]
+        }
+    }
     sim = {"s": {"c": {"throughput_rps": 115.0, "hit_rate": 0.6, "p50_ms": 10.5}}}
     (row,) = compare(live, sim)
     f = row["figures"]
@@ -430,9 +506,11 @@ def test_validate_sim_refuses_bad_options_before_running(tmp_path, capsys):
     from benchmarks.validate_sim import SCENARIOS, SIZES, scenarios
 
     assert [s["name"] for s in scenarios(SIZES["smoke"] | {"scenarios": "all"}, lambda mib: 0.001)] == list(SCENARIOS)
-    for argv, message in ((["--scenarios", "zipf-closed,nosuch"], "unknown scenario(s) nosuch"),
-                          (["--resimulate", str(tmp_path / "none.json")], "no such result file"),
-                          (["--repeat", "0"], "--repeat and --seeds")):
+    for argv, message in (
+        (["--scenarios", "zipf-closed,nosuch"], "unknown scenario(s) nosuch"),
+        (["--resimulate", str(tmp_path / "none.json")], "no such result file"),
+        (["--repeat", "0"], "--repeat and --seeds"),
+    ):
         with pytest.raises(SystemExit):
             parse_args(["validate-sim", "--smoke", *argv])
         assert message in capsys.readouterr().err

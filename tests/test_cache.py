@@ -1,17 +1,19 @@
 """Tests for dask_kaas.runtime.cache: a model-based state machine for BufferCache, plus unit tests."""
+
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from dask_kaas.runtime.cache import BufferCache, KernelCache
 from dask_kaas.errors import DeviceMemoryError
+from dask_kaas.runtime.cache import BufferCache, KernelCache
 from dask_kaas.runtime.counters import Counters
 
 N_KEYS = 8
@@ -65,9 +67,7 @@ class BufferCacheMachine(RuleBasedStateMachine):
     def setup(self, capacity, sizes):
         self.dev = FakeDevice()
         self.counters = Counters()
-        self.cache = BufferCache(
-            capacity, self.dev.allocate, self.dev.free, counters=self.counters
-        )
+        self.cache = BufferCache(capacity, self.dev.allocate, self.dev.free, counters=self.counters)
         self.capacity = capacity
         self.sizes = sizes
         # model: key -> {nbytes, const, pins, handle}, in LRU order (oldest first)
@@ -105,7 +105,7 @@ class BufferCacheMachine(RuleBasedStateMachine):
         result, raised = None, None
         try:
             result = call()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raised = exc
         new = self.dev.log[start:]
         for ev, h in new:
@@ -120,8 +120,12 @@ class BufferCacheMachine(RuleBasedStateMachine):
         return result
 
     # ---- rules -----------------------------------------------------------------------------
-    @rule(key=st.integers(0, N_KEYS - 1), const=st.booleans(),
-          fill_fails=st.sampled_from([False] * 9 + [True]), alloc_fails=st.sampled_from([False] * 19 + [True]))
+    @rule(
+        key=st.integers(0, N_KEYS - 1),
+        const=st.booleans(),
+        fill_fails=st.sampled_from([False] * 9 + [True]),
+        alloc_fails=st.sampled_from([False] * 19 + [True]),
+    )
     def acquire(self, key, const, fill_fails, alloc_fails):
         nbytes = self.sizes[key]
         events, exc = [], None
@@ -242,8 +246,7 @@ class BufferCacheMachine(RuleBasedStateMachine):
         if not hasattr(self, "cache"):
             return
         expected = [
-            {"key": k, "nbytes": e["nbytes"], "const": e["const"], "pinned": e["pins"] > 0,
-             "pins": e["pins"]}
+            {"key": k, "nbytes": e["nbytes"], "const": e["const"], "pinned": e["pins"] > 0, "pins": e["pins"]}
             for k, e in self.model.items()
         ]
         assert self.cache.contents() == expected
@@ -364,7 +367,7 @@ def test_misuse_errors():
     cache.acquire("a", 10)
     with pytest.raises(ValueError, match="pinned"):
         cache.drop("a")
-    with pytest.raises(ValueError, match="'a'.*10.*11"):
+    with pytest.raises(ValueError, match=r"'a'.*10.*11"):
         cache.acquire("a", 11)
     cache.release("a")
     with pytest.raises(ValueError, match="not pinned"):
@@ -398,7 +401,7 @@ def test_clear_keeps_pinned():
 
 def test_zero_byte_buffers():
     cache, _, _ = make_cache(capacity=0)
-    h, hit = cache.acquire("empty", 0)
+    _h, hit = cache.acquire("empty", 0)
     assert not hit and cache.used == 0
     with pytest.raises(DeviceMemoryError):
         cache.acquire("one", 1)
@@ -415,7 +418,7 @@ def test_thread_safety_smoke():
                 cache.acquire(key, 10 + key, const=key % 2 == 0)
                 cache.contents()
                 cache.release(key, keep=i % 5 != 0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
@@ -568,9 +571,12 @@ def test_refused_allocation_with_everything_pinned_fails_cleanly():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 7), st.integers(1, 40)),
-                    max_size=40),
-       block=st.sampled_from([1, 8, 16, 32]))
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 7), st.integers(1, 40)), max_size=40
+    ),
+    block=st.sampled_from([1, 8, 16, 32]),
+)
 def test_rounding_pool_never_fails_a_request_that_eviction_could_serve(ops, block):
     """Against a pool that rounds, an acquisition fails only when every other entry is pinned
     (or the byte count cannot fit at all), and the pool never holds a block the cache forgot."""

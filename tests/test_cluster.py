@@ -1,16 +1,29 @@
 """End to end on real worker processes: LocalKaasCluster, a plain Client, and a plain LocalCluster + install()."""
+
 import os
 
 import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-
 from helpers import matvec_request
 
 import dask_kaas
-from dask_kaas import (BufferSpec, BufferStore, ConfigError, DeviceMemoryError, KaasError, KernelError, KernelSpec,
-                       Library, Literal, LocalKaasCluster, Request, RequestError, worker_stats)
+from dask_kaas import (
+    BufferSpec,
+    BufferStore,
+    ConfigError,
+    DeviceMemoryError,
+    KaasError,
+    KernelError,
+    KernelSpec,
+    Library,
+    Literal,
+    LocalKaasCluster,
+    Request,
+    RequestError,
+    worker_stats,
+)
 
 F = 4
 N = 64
@@ -89,12 +102,24 @@ def test_requests_in_a_dask_graph_between_host_tasks(client, store_url):
 
 
 def test_original_kaas_dict_runs(client):
-    d = {"kernels": [{
-        "library": "builtin", "kernel": "axpy",
-        "arguments": [{"name": "x", "size": 40, "ephemeral": True}, {"name": "y", "size": 40, "ephemeral": True}],
-        "type_list": ["i", "io"], "gridDim": [1, 1, 1], "blockDim": [32, 1, 1], "sharedSize": 0,
-        "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
-    }], "nIter": 2}
+    d = {
+        "kernels": [
+            {
+                "library": "builtin",
+                "kernel": "axpy",
+                "arguments": [
+                    {"name": "x", "size": 40, "ephemeral": True},
+                    {"name": "y", "size": 40, "ephemeral": True},
+                ],
+                "type_list": ["i", "io"],
+                "gridDim": [1, 1, 1],
+                "blockDim": [32, 1, 1],
+                "sharedSize": 0,
+                "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
+            }
+        ],
+        "nIter": 2,
+    }
     r = Request.from_dict(d)
     x = np.arange(10, dtype=np.float32)
     out = client.submit(r, x=x, y=np.ones(10, np.float32)).result()
@@ -110,10 +135,10 @@ def test_bad_requests_raise_on_the_client_and_workers_go_on(client):
         client.submit(r).result()
     with pytest.raises(KaasError, match="nosuch/key"):
         client.submit(matvec_request("nosuch/key"), x=np.zeros(N, np.float32)).result()
-    lib = Library.from_source("faulty", 'extern "C" __global__ void k(int n, float* y) {}',
-                              twins={"k": _raise_in_twin})
-    bad = Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)],
-                              arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])])
+    lib = Library.from_source("faulty", 'extern "C" __global__ void k(int n, float* y) {}', twins={"k": _raise_in_twin})
+    bad = Request(
+        [KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)], arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])]
+    )
     with pytest.raises(KernelError, match="twin exploded"):
         client.submit(bad).result()
     # same worker processes, still serving correct results
@@ -136,8 +161,12 @@ def test_capacity_below_working_set(store_url):
     mats = [np.random.default_rng(10 + i).standard_normal((n, n)).astype(np.float32) for i in range(3)]
     for i, m in enumerate(mats):
         store.put(f"small/A{i}", m)
-    with LocalKaasCluster(n_workers=2, device="host", device_memory=mat_bytes + 4 * n * F, store=store_url,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalKaasCluster(
+            n_workers=2, device="host", device_memory=mat_bytes + 4 * n * F, store=store_url, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         futures, expected = [], []
         for rep in range(4):
             for i in range(3):
@@ -154,27 +183,45 @@ def test_capacity_below_working_set(store_url):
         assert all(s["used"] <= s["capacity"] for s in stats.values())
         # a request that can never fit fails clearly, and the worker goes on
         big = BufferSpec("big", 2 * mat_bytes, ephemeral=True)
-        too_big = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 1), Literal("f", 0.0)],
-                                      arguments=[(big, "o")])])
+        too_big = Request(
+            [
+                KernelSpec(
+                    "builtin", "fill", 1, 32, literals=[Literal("i", 1), Literal("f", 0.0)], arguments=[(big, "o")]
+                )
+            ]
+        )
         with pytest.raises(DeviceMemoryError, match="capacity"):
             client.submit(too_big).result()
         x = np.ones(n, np.float32)
-        np.testing.assert_allclose(client.submit(matvec_request("small/A0", n=n), x=x).result()["y"], x @ mats[0],
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            client.submit(matvec_request("small/A0", n=n), x=x).result()["y"], x @ mats[0], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_plain_local_cluster_with_install(store_url):
     """A plain distributed cluster becomes a KaaS cluster with install(); plain tasks keep working."""
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         dask_kaas.install(client, device="host", device_memory="32MiB", store=store_url)
-        r = Request([KernelSpec("builtin", "fill", 1, 64, literals=[Literal("i", 8), Literal("f", 2.5)],
-                                arguments=[(BufferSpec("y", 32, dtype="float32", ephemeral=True), "o")])])
+        r = Request(
+            [
+                KernelSpec(
+                    "builtin",
+                    "fill",
+                    1,
+                    64,
+                    literals=[Literal("i", 8), Literal("f", 2.5)],
+                    arguments=[(BufferSpec("y", 32, dtype="float32", ephemeral=True), "o")],
+                )
+            ]
+        )
         np.testing.assert_array_equal(client.submit(r).result()["y"], np.full(8, 2.5, np.float32))
         assert client.submit(sum, [1, 2, 3]).result() == 6
         workers = client.scheduler_info()["workers"].values()
         assert all(w["resources"].get("GPU") == 1 for w in workers)
-        assert list(worker_stats(client).values())[0]["requests"] == 1
+        assert next(iter(worker_stats(client).values()))["requests"] == 1
 
 
 def _worker_exclusive(dask_worker):
@@ -182,12 +229,14 @@ def _worker_exclusive(dask_worker):
 
 
 def test_install_checks_everything_first_and_set_policy_needs_the_scheduler_plugin(store_url):
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         # nothing is installed: set_policy fails before any worker changes, worker_stats says why
         with pytest.raises(KaasError, match="scheduler has no KaaS plugin"):
             dask_kaas.set_policy(client, "balance", clear_caches=True)
-        with pytest.raises(KaasError, match="none of this cluster.s 1 workers has the KaaS plugin, so none can run"):
+        with pytest.raises(KaasError, match=r"none of this cluster.s 1 workers has the KaaS plugin, so none can run"):
             worker_stats(client)
         # a bad worker option fails before the scheduler plugin is sent
         with pytest.raises(ConfigError, match="device_memory"):
@@ -221,14 +270,26 @@ def _poison_device(launch, n, y):
 def test_lost_device_restarts_the_worker(store_url):
     import time
 
-    lib = Library.from_source("poison", 'extern "C" __global__ void k(int n, float* y) {}',
-                              twins={"k": _poison_device})
-    bad = Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)],
-                              arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])])
-    good = Request([KernelSpec("builtin", "fill", 1, 8, literals=[Literal("i", 2), Literal("f", 3.0)],
-                               arguments=[(BufferSpec("y", 8, dtype="float32", ephemeral=True), "o")])])
-    with LocalKaasCluster(n_workers=1, device="host", store=store_url, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    lib = Library.from_source("poison", 'extern "C" __global__ void k(int n, float* y) {}', twins={"k": _poison_device})
+    bad = Request(
+        [KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)], arguments=[(BufferSpec("y", 4, ephemeral=True), "o")])]
+    )
+    good = Request(
+        [
+            KernelSpec(
+                "builtin",
+                "fill",
+                1,
+                8,
+                literals=[Literal("i", 2), Literal("f", 3.0)],
+                arguments=[(BufferSpec("y", 8, dtype="float32", ephemeral=True), "o")],
+            )
+        ]
+    )
+    with (
+        LocalKaasCluster(n_workers=1, device="host", store=store_url, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         (pid_before,) = client.run(os.getpid).values()
         with pytest.raises(KernelError, match="simulated"):
             client.submit(bad).result()
@@ -270,7 +331,7 @@ def test_tenant_cannot_read_another_tenants_key_on_the_cluster(client, store_url
 
 
 def test_memory_store_is_refused_for_worker_processes():
-    with pytest.raises(ValueError, match="memory://kaas-x.*worker processes"):
+    with pytest.raises(ValueError, match=r"memory://kaas-x.*worker processes"):
         LocalKaasCluster(n_workers=1, device="host", store="memory://kaas-x", dashboard_address=":0")
 
 
@@ -293,13 +354,14 @@ def test_plugins_travel_as_their_settings():
 def test_a_client_opens_the_store_its_cluster_reads(cluster, client):
     """cluster_store: the workers' own store, whatever the client's kaas.store says."""
     import numpy as np
+    from helpers import matvec_request
 
     from dask_kaas import cluster_store
-    from helpers import matvec_request
 
     store = cluster_store(client)
     assert store == cluster.store and store.url.startswith("file://")
     store.put("via-cluster-store", np.eye(64, dtype=np.float32) * 7, namespace="alice")
-    out = client.submit(matvec_request("via-cluster-store", tenant="alice"), x=np.ones(64, np.float32),
-                        pure=False).result()
+    out = client.submit(
+        matvec_request("via-cluster-store", tenant="alice"), x=np.ones(64, np.float32), pure=False
+    ).result()
     np.testing.assert_allclose(out["y"], np.full(64, 7, np.float32))

@@ -3,10 +3,12 @@ signature it was written against; an upgrade of distributed that moves one fails
 
 Each test names the compat function whose assumptions it checks. The live checks run on the real
 scheduler and workers of a LocalKaasCluster (``client.run``/``run_on_scheduler``)."""
+
 import inspect
 import re
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 import distributed
 import pytest
@@ -55,8 +57,16 @@ def test_scheduler_task_and_worker_state():
     from distributed.scheduler import TaskState, WorkerState
 
     # task_function, require_resource, restrict_to, lift_restrictions, processing_on
-    assert {"run_spec", "resource_restrictions", "worker_restrictions", "loose_restrictions", "processing_on",
-            "state", "dependencies", "key"} <= slots(TaskState)
+    assert {
+        "run_spec",
+        "resource_restrictions",
+        "worker_restrictions",
+        "loose_restrictions",
+        "processing_on",
+        "state",
+        "dependencies",
+        "key",
+    } <= slots(TaskState)
     # worker_is_running
     assert {"status", "address"} <= slots(WorkerState)
 
@@ -70,8 +80,9 @@ def test_worker_internals():
     assert params(Worker.batched_send) == ["msg"]
     # ensure_worker_resource
     assert inspect.iscoroutinefunction(Worker.set_resources)
-    assert [p.kind for p in inspect.signature(Worker.set_resources).parameters.values()][-1] == \
-        inspect.Parameter.VAR_KEYWORD
+    assert [p.kind for p in inspect.signature(Worker.set_resources).parameters.values()][
+        -1
+    ] == inspect.Parameter.VAR_KEYWORD
 
 
 def test_comm_internals():
@@ -94,7 +105,7 @@ def test_comm_internals():
         pass
 
     assert _expects_comm(handler)
-    assert "extra={\"client\": client}" in inspect.getsource(Scheduler.add_client).replace("'", '"')
+    assert 'extra={"client": client}' in inspect.getsource(Scheduler.add_client).replace("'", '"')
 
 
 def test_lockdown_internals():
@@ -107,7 +118,7 @@ def test_lockdown_internals():
     # guard_handlers: handle_comm looks a handler up as self.handlers[op] for every message, and answers an
     # "uncaught-error" status by raising the exception at the caller
     source = inspect.getsource(Server._handle_comm)
-    assert "self.handlers[op]" in source and "has_keyword(handler, \"serializers\")" in source
+    assert "self.handlers[op]" in source and 'has_keyword(handler, "serializers")' in source
     assert error_message(ValueError("x"), status="uncaught-error")["status"] == "uncaught-error"
     # guard_listeners: a listener's on_connection(comm, ...) runs Dask's handshake (the first read) before
     # comm_handler; a worker's or nanny's connections in Server._comms
@@ -225,10 +236,10 @@ def test_the_fenced_calls_on_a_live_cluster(cluster):
 def test_a_rejected_task_fails_through_the_fenced_path(cluster):
     """compat.fail_task end to end: a request the scheduler refuses fails on the client at once."""
     import numpy as np
+    from helpers import matvec_request
 
     from dask_kaas import RequestError
     from dask_kaas.request.model import _rebuild_request
-    from helpers import matvec_request
 
     bad = _rebuild_request(matvec_request("A").kernels, 1, "no/such tenant")
     with Client(cluster) as client:
@@ -239,7 +250,7 @@ def test_a_rejected_task_fails_through_the_fenced_path(cluster):
 def _bounds(name: str) -> SpecifierSet:
     deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
     spec = next(d for d in deps if re.match(rf"{name}\b", d))
-    return SpecifierSet(spec[len(name):])
+    return SpecifierSet(spec[len(name) :])
 
 
 @pytest.mark.parametrize("name, module", [("distributed", distributed), ("dask", pytest.importorskip("dask"))])
@@ -266,7 +277,7 @@ def test_a_graph_no_handler_took_is_not_kept():
     import asyncio
 
     class Comm:
-        extra_info: dict = {}
+        extra_info: ClassVar[dict] = {}
 
         def __init__(self, batches):
             self.batches = list(batches)

@@ -3,15 +3,17 @@
 ``fakecuda`` stands in for CuPy and RMM (see its docstring): these are unit tests of
 dask-kaas's decisions, not a claim that CUDA works; ``test_gpu.py`` runs the real thing.
 """
+
 import threading
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+import fakecuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fakecuda
 from dask_kaas import BufferSpec, BufferStore, KernelSpec, Library, Literal, Request
 from dask_kaas.device.cuda_errors import STICKY_STATUS, describe, is_out_of_memory, is_sticky, status_of
 from dask_kaas.device.cuda_memory import CONTEXT_RESERVE, is_default_resource, plan_memory, resource_bytes
@@ -77,16 +79,22 @@ def test_explicit_pool_that_does_not_fit_is_an_error():
 
 
 def test_existing_resource_size_is_taken():
-    plan = plan_memory(total=80 * GiB, free=40 * GiB, pool_size="80%", cache_capacity="95%",
-                       existing_bytes=30 * GiB, reuse=True)
+    plan = plan_memory(
+        total=80 * GiB, free=40 * GiB, pool_size="80%", cache_capacity="95%", existing_bytes=30 * GiB, reuse=True
+    )
     assert (plan.pool_bytes, plan.reuse) == (30 * GiB, True) and plan.capacity == int(30 * GiB * 0.95)
     unknown = plan_memory(total=80 * GiB, free=10 * GiB, pool_size="50%", cache_capacity="95%", reuse=True)
     assert unknown.pool_bytes == 40 * GiB and "size unknown" in unknown.note  # the pool already holds it
 
 
 @settings(max_examples=300, deadline=None)
-@given(total=st.integers(1, 2**40), free_share=st.floats(0, 1), pct=st.integers(1, 100), share=st.integers(1, 16),
-       cache_pct=st.integers(1, 100))
+@given(
+    total=st.integers(1, 2**40),
+    free_share=st.floats(0, 1),
+    pct=st.integers(1, 100),
+    share=st.integers(1, 16),
+    cache_pct=st.integers(1, 100),
+)
 def test_plans_stay_inside_the_gpu(total, free_share, pct, share, cache_pct):
     free = int(total * free_share)
     try:
@@ -128,7 +136,7 @@ def in_thread(fn):
     def target():
         try:
             out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
+        except BaseException as e:
             out["error"] = e
 
     t = threading.Thread(target=target)
@@ -326,7 +334,7 @@ def test_without_rmm_a_cupy_pool_of_its_own_is_limited(machine, monkeypatch):
 
 
 def test_bad_device_index_is_a_kernel_error(machine):
-    with pytest.raises(KernelError, match="open the device failed.*cudaErrorInvalidDevice"):
+    with pytest.raises(KernelError, match=r"open the device failed.*cudaErrorInvalidDevice"):
         make(5)
 
 
@@ -349,6 +357,7 @@ def test_gpu_presence_does_not_depend_on_cupy(monkeypatch):
 def test_gpu_tests_run_where_a_gpu_is_present_even_if_cupy_is_broken(monkeypatch):
     """The gpu marker skips only without a GPU: a present GPU with a broken stack fails loudly."""
     import conftest
+
     from dask_kaas import device
 
     monkeypatch.setattr(device, "gpu_present", lambda: True)
@@ -376,8 +385,10 @@ def io_request(tmp_path, n=64):
     lib = Library.from_file(kernel_file(tmp_path), signatures={"fill": "int n, float v, float* y"})
     a = BufferSpec("a", 4 * n, dtype="float32", ephemeral=True)
     b = BufferSpec("b", 4 * n, dtype="float32", ephemeral=True)
-    kernels = [KernelSpec(lib, "fill", 1, 1, literals=[Literal("i", 0), Literal("f", 0.0)], arguments=[(buf, "io")])
-               for buf in (a, b)]
+    kernels = [
+        KernelSpec(lib, "fill", 1, 1, literals=[Literal("i", 0), Literal("f", 0.0)], arguments=[(buf, "io")])
+        for buf in (a, b)
+    ]
     return Request(kernels, n_iter=3)
 
 
@@ -466,8 +477,18 @@ def warm_request(tmp_path, store):
     x = BufferSpec("x", 256, dtype="float32", ephemeral=True)
     w = BufferSpec("w", 256, key="w", const=True)
     y = BufferSpec("y", 256, dtype="float32", ephemeral=True)
-    return Request([KernelSpec(lib, "fill", 1, 1, literals=[Literal("i", 0), Literal("f", 0.0)],
-                               arguments=[(x, "i"), (w, "i"), (y, "o")])])
+    return Request(
+        [
+            KernelSpec(
+                lib,
+                "fill",
+                1,
+                1,
+                literals=[Literal("i", 0), Literal("f", 0.0)],
+                arguments=[(x, "i"), (w, "i"), (y, "o")],
+            )
+        ]
+    )
 
 
 def test_a_warm_one_kernel_request_makes_six_driver_calls(machine, tmp_path):
@@ -506,13 +527,16 @@ def test_kernels_are_timed_with_events_read_after_the_one_synchronize(machine, t
     request = warm_request(tmp_path, store)
     calls = len(machine.calls)
     runtime.run(request, {"x": np.ones(64, np.float32)})
-    timed = [c for c in machine.calls[calls:] if c in ("eventRecord", "eventElapsedTime", "memcpyAsync",
-                                                         "memsetAsync", "launch", "synchronize")]
+    timed = [
+        c
+        for c in machine.calls[calls:]
+        if c in ("eventRecord", "eventElapsedTime", "memcpyAsync", "memsetAsync", "launch", "synchronize")
+    ]
     records = [i for i, c in enumerate(timed) if c == "eventRecord"]
     assert len(records) == 4 and records[0] == 0
-    assert "launch" not in timed[:records[1]] and timed[records[1] + 1] == "launch"
+    assert "launch" not in timed[: records[1]] and timed[records[1] + 1] == "launch"
     assert timed[records[2] - 1] == "launch" and timed[records[2] + 1] == "memcpyAsync"
-    assert timed[records[3]:] == ["eventRecord", "synchronize"] + ["eventElapsedTime"] * 3
+    assert timed[records[3] :] == ["eventRecord", "synchronize"] + ["eventElapsedTime"] * 3
     for _ in range(7):
         runtime.run(request, {"x": np.ones(64, np.float32)})
     stats = runtime.stats()
@@ -561,8 +585,10 @@ def test_a_failed_requests_traceback_keeps_no_device_buffer_alive(machine, tmp_p
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps=st.lists(st.tuples(st.integers(1, 3 * 2**20), st.booleans()), max_size=20),
-       limit=st.integers(2**20, 16 * 2**20))
+@given(
+    steps=st.lists(st.tuples(st.integers(1, 3 * 2**20), st.booleans()), max_size=20),
+    limit=st.integers(2**20, 16 * 2**20),
+)
 def test_pinned_blocks_are_never_handed_out_while_held(steps, limit):
     from dask_kaas.device.reuse import PinnedBlocks
 

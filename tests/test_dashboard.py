@@ -1,4 +1,5 @@
 """The /kaas dashboard page, rendered by a real headless Chromium."""
+
 import re
 import shutil
 import time
@@ -12,14 +13,25 @@ from helpers import matvec_request
 from dask_kaas import LocalKaasCluster, cluster_state
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with LocalKaasCluster(n_workers=2, device="host", store=f"file://{tmp_path_factory.mktemp('dash-store')}",
-                          dashboard_address="127.0.0.1:0") as cluster:
+    with LocalKaasCluster(
+        n_workers=2,
+        device="host",
+        store=f"file://{tmp_path_factory.mktemp('dash-store')}",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
         yield cluster
 
 
@@ -31,8 +43,12 @@ def ran(cluster):
         for t in tenants:
             cluster.store.put("A", np.eye(64, dtype=np.float32), namespace=t)
         workers = sorted(client.scheduler_info()["workers"])
-        futures = [client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), workers=[w], pure=False)
-                   for t in tenants for w in workers for _ in range(3)]
+        futures = [
+            client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), workers=[w], pure=False)
+            for t in tenants
+            for w in workers
+            for _ in range(3)
+        ]
         client.gather(futures)
         state = cluster_state(client)
     assert set(state["workers"]) == set(workers)
@@ -94,8 +110,12 @@ def test_tables_change_while_a_workload_runs(cluster, ran):
     def workload():
         with Client(cluster) as client:
             while not stop.is_set():
-                client.gather([client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), pure=False)
-                               for t in tenants])
+                client.gather(
+                    [
+                        client.submit(matvec_request("A", tenant=t), x=np.ones(64, np.float32), pure=False)
+                        for t in tenants
+                    ]
+                )
                 stop.wait(0.2)  # a steady trickle: two cores must leave the browser time to draw
 
     with sync_api.sync_playwright() as p:
@@ -180,10 +200,18 @@ def scanned(cluster, ran):
     with Client(cluster) as client:
         for i in range(12):
             cluster.store.put(f"scan/{i}", np.eye(64, dtype=np.float32) * i, namespace="scanner")
-        client.gather([client.submit(matvec_request(f"scan/{i}", tenant="scanner"), x=np.ones(64, np.float32),
-                                     pure=False) for i in range(12)])
-        client.gather([client.submit(matvec_request("A", tenant="alice"), x=np.ones(64, np.float32), pure=False)
-                       for _ in range(4)])
+        client.gather(
+            [
+                client.submit(matvec_request(f"scan/{i}", tenant="scanner"), x=np.ones(64, np.float32), pure=False)
+                for i in range(12)
+            ]
+        )
+        client.gather(
+            [
+                client.submit(matvec_request("A", tenant="alice"), x=np.ones(64, np.float32), pure=False)
+                for _ in range(4)
+            ]
+        )
         stats = wait_for_reports(cluster, client)
     return [*tenants, "scanner"], workers, stats
 
@@ -205,8 +233,15 @@ def test_per_tenant_and_per_worker_figures_match_the_workers_in_chromium(cluster
     sync_api = pytest.importorskip("playwright.sync_api")
     tenants, workers, stats = scanned
     expected_tenants = {t: tenant_expectation(stats, t) for t in tenants}
-    expected_workers = {w: [str(stats[w]["hits"]), str(stats[w]["misses"]), str(stats[w]["evictions"]),
-                            format_bytes(stats[w]["bytes_from_store"])] for w in workers}
+    expected_workers = {
+        w: [
+            str(stats[w]["hits"]),
+            str(stats[w]["misses"]),
+            str(stats[w]["evictions"]),
+            format_bytes(stats[w]["bytes_from_store"]),
+        ]
+        for w in workers
+    }
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
@@ -261,8 +296,9 @@ def test_why_a_request_waited_and_why_one_was_turned_away(cluster, scanned):
     with Client(cluster) as client:
         done = client.submit(matvec_request("scan/3", tenant="scanner"), x=np.ones(64, np.float32), pure=False)
         done.result()
-        turned_away = client.submit(matvec_request("A", tenant="bob", deadline=1e-6), x=np.ones(64, np.float32),
-                                    pure=False)
+        turned_away = client.submit(
+            matvec_request("A", tenant="bob", deadline=1e-6), x=np.ones(64, np.float32), pure=False
+        )
         with pytest.raises(AdmissionRejected):
             turned_away.result()
         wait_for_reports(cluster, client)
@@ -271,7 +307,9 @@ def test_why_a_request_waited_and_why_one_was_turned_away(cluster, scanned):
     recent = page.recent_source.data
     row = recent["key"].index(str(done.key))
     assert recent["tenant"][row] == "scanner" and recent["waited"][row] is not None
-    assert all(recent[phase][row] is not None and recent[phase][row] >= 0 for phase in ("load", "h2d", "kernels_ms", "d2h"))
+    assert all(
+        recent[phase][row] is not None and recent[phase][row] >= 0 for phase in ("load", "h2d", "kernels_ms", "d2h")
+    )
     rejected = page.rejected_source.data
     row = rejected["key"].index(str(turned_away.key))
     assert rejected["tenant"][row] == "bob" and rejected["deadline"][row] == 0.0  # 1 µs, in ms to one decimal
@@ -297,8 +335,10 @@ def test_edge_states_read_for_a_person():
 
     assert _workers_text({}) == "no workers yet"
     assert _workers_text({"a": {"device": None}, "b": {"device": None}}) == "2 workers that have run no request yet"
-    assert _workers_text({"a": {"device": "host"}, "b": {"device": None}}) == \
-        "1 host worker + 1 worker that has run no request yet"
+    assert (
+        _workers_text({"a": {"device": "host"}, "b": {"device": None}})
+        == "1 host worker + 1 worker that has run no request yet"
+    )
     assert _workers_text({"a": {"device": "cuda"}, "b": {"device": "cuda"}}) == "2 cuda workers"
     assert _gpu_text({}) == "-" and _gpu_text({"gpu_utilization": 87.4}) == "87%"
 

@@ -1,6 +1,7 @@
 """The deployment recipes in docs/deploy/: each parsed and checked against what runs it (the Dask
 operator's DaskCluster schema, dask-jobqueue's own job script, distributed's ``dask spec`` that
 SSHCluster runs on each host), and against our own commands."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,11 +17,11 @@ import numpy as np
 import pytest
 import yaml
 from distributed import Client
+from helpers import matvec_request
 
 from dask_kaas import BufferStore, worker_stats
 from dask_kaas.deploy.commands import scheduler as scheduler_command
 from dask_kaas.deploy.commands import worker as worker_command
-from helpers import matvec_request
 
 DEPLOY = Path(__file__).resolve().parents[1] / "docs" / "deploy"
 
@@ -71,9 +72,13 @@ def test_kubernetes_daskcluster_manifest():
 
 
 def test_worker_takes_the_scheduler_address_from_the_operators_environment():
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dask-kaas"), "worker", "--device", "host",
-                           "--nthreads", "2"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1"})
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "dask-kaas"), "worker", "--device", "host", "--nthreads", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1"},
+    )
     # past the address check (it came from the environment), stopped by the next rule
     assert proc.returncode != 0 and "nthreads must be 1" in proc.stderr
 
@@ -81,8 +86,9 @@ def test_worker_takes_the_scheduler_address_from_the_operators_environment():
 # ------------------------------------------------------------------ SLURM
 def test_slurm_recipe_job_script():
     recipe = load_recipe("slurm")
-    with recipe.make_cluster(scheduler_options={"preload": ["dask_kaas.preload"], "dashboard_address": ":0"}) \
-            as cluster:
+    with recipe.make_cluster(
+        scheduler_options={"preload": ["dask_kaas.preload"], "dashboard_address": ":0"}
+    ) as cluster:
         script = cluster.job_script()
         assert "kaas" in cluster.scheduler.plugins  # the preload ran in this process's scheduler
     assert f"#SBATCH --gres=gpu:{recipe.GPUS_PER_NODE}" in script
@@ -106,12 +112,16 @@ def test_ssh_recipe_worker_spec_runs_as_sshcluster_runs_it(tmp_path):
     opts.pop("rmm_pool_size")  # a GPU option: refused on the host device
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=0, scheduler_kwargs={"preload": recipe.SCHEDULER_OPTIONS["preload"]},
-                      dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=0, scheduler_kwargs={"preload": recipe.SCHEDULER_OPTIONS["preload"]}, dashboard_address=":0"
+    ) as cluster:
         spec = json.dumps({"cls": recipe.WORKER_CLASS, "opts": opts})
-        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_spec", cluster.scheduler_address,
-                                 "--spec", spec], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_spec", cluster.scheduler_address, "--spec", spec],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             with Client(cluster) as client:
                 client.wait_for_workers(2, timeout=120)

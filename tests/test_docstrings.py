@@ -6,6 +6,7 @@ The examples run as doctests (ELLIPSIS, NORMALIZE_WHITESPACE), each docstring in
 globals, so every example imports what it uses. Examples that need a Dask cluster are marked
 ``# doctest: +SKIP``; everything else runs here, on the host device, in a few seconds.
 """
+
 from __future__ import annotations
 
 import doctest
@@ -101,9 +102,25 @@ def takes_parameters(obj) -> bool:
 
 def test_the_list_covers_the_exported_api():
     listed = {obj for obj, _ in DOCUMENTED}
-    for name in ("BufferSpec", "BufferStore", "KaasSchedulerPlugin", "KaasWorkerPlugin", "KernelSpec", "Library",
-                 "Literal", "LocalKaasCluster", "Request", "Runtime", "cluster_state", "install", "register_library",
-                 "resolve_library", "run_request", "set_policy", "worker_stats"):
+    for name in (
+        "BufferSpec",
+        "BufferStore",
+        "KaasSchedulerPlugin",
+        "KaasWorkerPlugin",
+        "KernelSpec",
+        "Library",
+        "Literal",
+        "LocalKaasCluster",
+        "Request",
+        "Runtime",
+        "cluster_state",
+        "install",
+        "register_library",
+        "resolve_library",
+        "run_request",
+        "set_policy",
+        "worker_stats",
+    ):
         assert getattr(dask_kaas, name) in listed, name
     assert dask_kaas.KaasWorkerPlugin is worker_plugin.KaasWorkerPlugin
     assert dask_kaas.KaasSchedulerPlugin is scheduler_plugin.KaasSchedulerPlugin
@@ -111,8 +128,9 @@ def test_the_list_covers_the_exported_api():
 
 @pytest.mark.parametrize(("obj", "required"), DOCUMENTED, ids=IDS)
 def test_numpydoc_sections(obj, required):
-    assert (P in required) == takes_parameters(obj), \
+    assert (P in required) == takes_parameters(obj), (
         f"{obj.__qualname__}: Parameters is listed iff it takes parameters other than self"
+    )
     missing = required - sections(obj)
     assert not missing, f"{obj.__qualname__}'s docstring lacks the section(s) {sorted(missing)}"
 

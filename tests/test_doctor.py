@@ -1,13 +1,14 @@
 """``dask-kaas doctor``: on the host device for real, its CUDA checks on the fakecuda stand-in."""
+
 import json
 
+import fakecuda
 import pytest
 from click.testing import CliRunner
 
-import fakecuda
 from dask_kaas import builtin, doctor
-from dask_kaas.kernels import nvrtc
 from dask_kaas.cli import main
+from dask_kaas.kernels import nvrtc
 
 needs_nvrtc = pytest.mark.skipif(not nvrtc.available(), reason="NVRTC is not installed")
 

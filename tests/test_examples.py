@@ -1,4 +1,5 @@
 """The examples run: both notebooks executed cell by cell (any cell error fails), and examples/jacobi.py."""
+
 import json
 import os
 import subprocess
@@ -50,7 +51,10 @@ def test_notebook_runs(name, tmp_path, kernel_manager_factory):
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "outputs not cleared"
     assert "cluster.close()" in nb.cells[-1].source, "a notebook must end by closing its cluster"
     client = nbclient.NotebookClient(
-        nb, km=kernel_manager_factory(), kernel_name="python3", timeout=300,
+        nb,
+        km=kernel_manager_factory(),
+        kernel_name="python3",
+        timeout=300,
         resources={"metadata": {"path": str(tmp_path)}},  # the kernel's cwd
     )
     client.execute()  # raises CellExecutionError on any cell error
@@ -63,8 +67,14 @@ def test_notebook_runs(name, tmp_path, kernel_manager_factory):
 @pytest.mark.slow
 def test_jacobi_script(tmp_path):
     env = {**os.environ, "DASK_KAAS__KERNEL_CACHE__DIRECTORY": str(tmp_path / "kernel-cache")}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "128", "--systems", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "128", "--systems", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all solutions agree with numpy.linalg.solve" in proc.stdout
     assert not any(tmp_path.iterdir()) or {p.name for p in tmp_path.iterdir()} <= {"kernel-cache", "dask-scratch-space"}
@@ -73,7 +83,12 @@ def test_jacobi_script(tmp_path):
 @pytest.mark.slow
 def test_jacobi_script_fails_on_a_wrong_result(tmp_path):
     # one sweep cannot reach the tolerance: the script must say so with a non-zero exit
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "64", "--sweeps", "1",
-                           "--systems", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "jacobi.py"), "--n", "64", "--sweeps", "1", "--systems", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "WRONG" in proc.stdout

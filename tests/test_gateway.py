@@ -1,5 +1,6 @@
 """The Open Inference Protocol gateway, end to end: a `dask-kaas gateway` process over a LocalKaasCluster,
 called by tritonclient (a client no one here wrote), curl and plain HTTP."""
+
 import concurrent.futures
 import json
 import os
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from distributed import Client
+from procs import Processes, free_port
 
 from dask_kaas import BufferStore, LocalKaasCluster, cluster_state
 from dask_kaas.cli import main as cli
 from dask_kaas.functions import FunctionRepository
 from dask_kaas.gateway.tokens import add_token
-from procs import Processes, free_port
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -30,27 +31,60 @@ METRICS_TOKEN = "kaas_metrics-scraper-token"  # the gateways' kaas.gateway.metri
 
 
 def vadd_function(n=N, key="model/w"):
-    return {"request": {"buffers": [
-        {"name": "x", "size": 4 * n, "dtype": "float32", "ephemeral": True},
-        {"name": "w", "size": 4 * n, "key": key, "const": True, "dtype": "float32"},
-        {"name": "y", "size": 4 * n, "dtype": "float32", "ephemeral": True}],
-        "kernels": [{"library": "builtin", "kernel": "vadd", "grid": [-(-n // 128)], "block": [128],
-                     "literals": [{"type": "i", "value": n}], "arguments": [["x", "i"], ["w", "i"], ["y", "o"]]}]},
+    return {
+        "request": {
+            "buffers": [
+                {"name": "x", "size": 4 * n, "dtype": "float32", "ephemeral": True},
+                {"name": "w", "size": 4 * n, "key": key, "const": True, "dtype": "float32"},
+                {"name": "y", "size": 4 * n, "dtype": "float32", "ephemeral": True},
+            ],
+            "kernels": [
+                {
+                    "library": "builtin",
+                    "kernel": "vadd",
+                    "grid": [-(-n // 128)],
+                    "block": [128],
+                    "literals": [{"type": "i", "value": n}],
+                    "arguments": [["x", "i"], ["w", "i"], ["y", "o"]],
+                }
+            ],
+        },
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [n]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [n]}]}
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [n]}],
+    }
 
 
-BROKEN = {"buffers": [{"name": "y", "size": 16, "dtype": "float32", "ephemeral": True}],
-          "kernels": [{"library": {"name": "notwin", "kind": "source",
-                                   "source": 'extern "C" __global__ void k(float* y) { }'},
-                       "kernel": "k", "grid": [1], "block": [1], "arguments": [["y", "o"]]}]}
+BROKEN = {
+    "buffers": [{"name": "y", "size": 16, "dtype": "float32", "ephemeral": True}],
+    "kernels": [
+        {
+            "library": {"name": "notwin", "kind": "source", "source": 'extern "C" __global__ void k(float* y) { }'},
+            "kernel": "k",
+            "grid": [1],
+            "block": [1],
+            "arguments": [["y", "o"]],
+        }
+    ],
+}
 
 
 class Gateway:
     def __init__(self, procs, scheduler, store, tokens, port):
         self.procs, self.port = procs, port
-        self.args = [os.path.join(BIN, "dask-kaas"), "gateway", "--scheduler", scheduler, "--store", store.url,
-                     "--tokens", tokens, "--port", str(port), "--max-body", "1MiB"]
+        self.args = [
+            os.path.join(BIN, "dask-kaas"),
+            "gateway",
+            "--scheduler",
+            scheduler,
+            "--store",
+            store.url,
+            "--tokens",
+            tokens,
+            "--port",
+            str(port),
+            "--max-body",
+            "1MiB",
+        ]
         self.url = f"127.0.0.1:{port}"
         self.env = {"DASK_KAAS__GATEWAY__METRICS_TOKEN": METRICS_TOKEN}  # settings of this gateway
 
@@ -103,13 +137,23 @@ def env(tmp_path_factory):
     tokens = {t: add_token(tokens_path, t) for t in ("alice", "bob", "carol")}
     tokens["dave"] = add_token(tokens_path, "dave", rate=0.01, burst=1)  # one call, then one per 100 s
     procs = Processes(root)
-    with LocalKaasCluster(n_workers=2, device="host", store=store, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalKaasCluster(n_workers=2, device="host", store=store, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         gw = Gateway(procs, cluster.scheduler_address, store, tokens_path, free_port())
         gw.start()
         try:
-            yield {"gw": gw, "store": store, "weights": weights, "tokens": tokens, "client": client, "repo": repo,
-                   "procs": procs, "tokens_path": tokens_path}
+            yield {
+                "gw": gw,
+                "store": store,
+                "weights": weights,
+                "tokens": tokens,
+                "client": client,
+                "repo": repo,
+                "procs": procs,
+                "tokens_path": tokens_path,
+            }
         finally:
             procs.stop_all()
 
@@ -137,8 +181,13 @@ def test_tritonclient_calls_with_binary_and_json_tensors(env):
     np.testing.assert_allclose(result.as_numpy("y"), x + w["alice"], rtol=1e-6)
     as_json = tritonclient_http.InferInput("x", [N], "FP32")
     as_json.set_data_from_numpy(2 * x, binary_data=False)
-    result = client.infer("vadd", [as_json], headers=bearer(tok), model_version="1",
-                          outputs=[tritonclient_http.InferRequestedOutput("y", binary_data=False)])
+    result = client.infer(
+        "vadd",
+        [as_json],
+        headers=bearer(tok),
+        model_version="1",
+        outputs=[tritonclient_http.InferRequestedOutput("y", binary_data=False)],
+    )
     np.testing.assert_allclose(result.as_numpy("y"), 2 * x + w["alice"], rtol=1e-6)
     assert result.get_response()["model_version"] == "1"
     # a shared function reads its owner's weights, whoever calls it
@@ -153,13 +202,27 @@ def test_curl_calls_a_function_registered_by_the_command(env, tmp_path):
     store.put("model/w", np.full(N, 0.5, np.float32), namespace="carol")
     path = tmp_path / "add_half.json"
     path.write_text(json.dumps(vadd_function()))
-    out = CliRunner().invoke(cli, ["function", "put", "add_half", str(path), "--store", store.url,
-                                   "--namespace", "carol"])
+    out = CliRunner().invoke(
+        cli, ["function", "put", "add_half", str(path), "--store", store.url, "--namespace", "carol"]
+    )
     assert out.exit_code == 0 and "carol:add_half version 1" in out.output, out.output
     body = json.dumps({"inputs": [{"name": "x", "shape": [N], "datatype": "FP32", "data": list(range(N))}]})
-    proc = subprocess.run(["curl", "-sS", "-H", f"Authorization: Bearer {tok}", "-H", "Content-Type: application/json",
-                           "-d", body, f"http://{gw.url}/v2/models/add_half/infer"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-H",
+            f"Authorization: Bearer {tok}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            f"http://{gw.url}/v2/models/add_half/infer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     answer = json.loads(proc.stdout)
     assert answer["model_name"] == "add_half" and answer["outputs"][0]["shape"] == [N]
     np.testing.assert_allclose(answer["outputs"][0]["data"], np.arange(N) + 0.5)
@@ -189,8 +252,7 @@ def test_several_tenants_at_once_each_get_their_own_results(env):
 
     jobs = [("alice", "vadd", w["alice"]), ("bob", "vadd", w["bob"]), ("carol", "shared_vadd", w["public"])]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        assert sorted(f.result(timeout=300) for f in [pool.submit(loop, *j) for j in jobs]) == ["alice", "bob",
-                                                                                                  "carol"]
+        assert sorted(f.result(timeout=300) for f in [pool.submit(loop, *j) for j in jobs]) == ["alice", "bob", "carol"]
     after = cluster_state(client)["tenants"]
     for tenant in ("alice", "bob", "carol"):  # each call ran as the token's tenant
         assert after[tenant]["completed"] - before.get(tenant, {}).get("completed", 0) == 8
@@ -205,8 +267,9 @@ def test_concurrent_calls_of_one_function_are_batched(env):
         x = np.full(N, i, np.float32)
         inp = tritonclient_http.InferInput("x", [N], "FP32")
         inp.set_data_from_numpy(x)
-        np.testing.assert_allclose(triton(gw).infer("vadd", [inp], headers=bearer(tokens["bob"])).as_numpy("y"),
-                                   x + w["bob"], rtol=1e-6)
+        np.testing.assert_allclose(
+            triton(gw).infer("vadd", [inp], headers=bearer(tokens["bob"])).as_numpy("y"), x + w["bob"], rtol=1e-6
+        )
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         for f in [pool.submit(one, i) for i in range(128)]:
@@ -229,22 +292,47 @@ def test_every_bad_call_gets_its_status_and_a_json_error(env):
         ("POST", "/v2/models/vadd/infer", good, None, None, 401, "bearer token"),
         ("POST", "/v2/models/vadd/infer", good, "kaas_not-a-token", None, 401, "bearer token"),
         ("GET", "/v2/models/vadd", None, None, None, 401, "bearer token"),
-        ("POST", "/v2/models/secret/infer", good, tok["alice"], None, 404, "not found"),      # bob's private one
+        ("POST", "/v2/models/secret/infer", good, tok["alice"], None, 404, "not found"),  # bob's private one
         ("POST", "/v2/models/bob:secret/infer", good, tok["alice"], None, 404, "not found"),
         ("GET", "/v2/models/bob:vadd", None, tok["alice"], None, 404, "not found"),
         ("POST", "/v2/models/..%2Fbob%2Fsecret/infer", good, tok["alice"], None, 404, ""),
         ("POST", "/v2/models/vadd/versions/7/infer", good, tok["alice"], None, 404, "no version 7"),
         ("GET", "/v2/nothing", None, tok["alice"], None, 404, "Not Found"),
         ("POST", "/v2/models/vadd/infer", infer_json(np.zeros(N - 1)), tok["alice"], None, 400, "input 'x': shape"),
-        ("POST", "/v2/models/vadd/infer",
-         {"inputs": [{"name": "x", "shape": [N], "datatype": "INT32", "data": [0] * N}]}, tok["alice"], None, 400,
-         "input 'x': datatype 'INT32'"),
-        ("POST", "/v2/models/vadd/infer",
-         json.dumps({"inputs": [{"name": "x", "shape": [N], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": 4 * N - 4}}]}).encode() + b"\0" * (4 * N - 4),
-         tok["alice"], "binary", 400, "input 'x': 1020 bytes"),
-        ("POST", "/v2/models/vadd/infer", infer_json(np.zeros(N), parameters={"tenant": "bob"}), tok["alice"], None,
-         400, "bearer token's"),
+        (
+            "POST",
+            "/v2/models/vadd/infer",
+            {"inputs": [{"name": "x", "shape": [N], "datatype": "INT32", "data": [0] * N}]},
+            tok["alice"],
+            None,
+            400,
+            "input 'x': datatype 'INT32'",
+        ),
+        (
+            "POST",
+            "/v2/models/vadd/infer",
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "shape": [N], "datatype": "FP32", "parameters": {"binary_data_size": 4 * N - 4}}
+                    ]
+                }
+            ).encode()
+            + b"\0" * (4 * N - 4),
+            tok["alice"],
+            "binary",
+            400,
+            "input 'x': 1020 bytes",
+        ),
+        (
+            "POST",
+            "/v2/models/vadd/infer",
+            infer_json(np.zeros(N), parameters={"tenant": "bob"}),
+            tok["alice"],
+            None,
+            400,
+            "bearer token's",
+        ),
         ("POST", "/v2/models/vadd/infer", b"x" * (2 << 20), tok["alice"], None, 413, "limit"),
         ("POST", "/v2/models/broken/infer", {"inputs": []}, tok["alice"], None, 500, "KernelError"),
     ]
@@ -271,8 +359,9 @@ def test_rate_limits_and_admission_are_429_with_retry_after(env):
     assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 90
     # the shape has run (earlier calls), so the scheduler predicts it: a microsecond deadline is refused
     assert call(gw, "POST", "/v2/models/vadd/infer", good, token=tok["alice"])[0] == 200
-    status, headers, raw = call(gw, "POST", "/v2/models/vadd/infer", infer_json(np.zeros(N),
-                                parameters={"timeout": 1}), token=tok["alice"])
+    status, headers, raw = call(
+        gw, "POST", "/v2/models/vadd/infer", infer_json(np.zeros(N), parameters={"timeout": 1}), token=tok["alice"]
+    )
     assert status == 429 and "admission" in json.loads(raw)["error"]
     assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
 
@@ -285,7 +374,7 @@ def test_metrics_count_calls_by_tenant_and_status(env):
     assert 'dask_kaas_gateway_requests_total{model="alice:vadd",status="200",tenant="alice"}' in text
     assert 'dask_kaas_gateway_errors_total{status="401",tenant="-"}' in text
     assert 'dask_kaas_gateway_errors_total{status="404",tenant="alice"}' in text
-    assert 'dask_kaas_gateway_request_seconds_bucket' in text and "secret" not in text
+    assert "dask_kaas_gateway_request_seconds_bucket" in text and "secret" not in text
 
 
 def test_a_killed_gateway_restarts_with_every_function_and_buffer(env):
@@ -331,15 +420,36 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     # the default store is the session's (conftest's XDG_DATA_HOME), for the workers and the commands alike
     env = {**os.environ, "HOME": str(home), "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
     procs = Processes(tmp_path)
-    procs.start("scheduler", os.path.join(BIN, "dask-kaas"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                "--no-dashboard")
+    procs.start(
+        "scheduler",
+        os.path.join(BIN, "dask-kaas"),
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+    )
     try:
-        procs.start("worker", os.path.join(BIN, "dask-kaas"), "worker", f"tcp://127.0.0.1:{port}", "--device", "host",
-                    "--no-dashboard")
+        procs.start(
+            "worker",
+            os.path.join(BIN, "dask-kaas"),
+            "worker",
+            f"tcp://127.0.0.1:{port}",
+            "--device",
+            "host",
+            "--no-dashboard",
+        )
         # files, not pipes: the gateway the script starts in the background keeps its output open
         with open(tmp_path / "out", "w") as out_file, open(tmp_path / "err", "w") as err_file:
-            run = subprocess.Popen(["bash", "-ec", script + "\necho TOKEN=$TOKEN\n"], cwd=tmp_path, env=env,
-                                   stdout=out_file, stderr=err_file, start_new_session=True)
+            run = subprocess.Popen(
+                ["bash", "-ec", script + "\necho TOKEN=$TOKEN\n"],
+                cwd=tmp_path,
+                env=env,
+                stdout=out_file,
+                stderr=err_file,
+                start_new_session=True,
+            )
         try:
             returncode = run.wait(timeout=240)
             out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
@@ -347,9 +457,13 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
             assert '"data":[11.0,12.0,13.0,14.0]' in out, out[-2000:]
             token = out.rsplit("TOKEN=", 1)[1].strip()
             for snippet in snippets:
-                printed = subprocess.run([sys.executable, "-c", ports(snippet)],
-                                         env={**os.environ, "TOKEN": token},  # as the script exported it
-                                         capture_output=True, text=True, timeout=120)
+                printed = subprocess.run(
+                    [sys.executable, "-c", ports(snippet)],
+                    env={**os.environ, "TOKEN": token},  # as the script exported it
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 assert printed.stdout.strip() == "[10. 11. 12. 13.]", printed.stderr[-2000:]
         finally:
             os.killpg(run.pid, signal.SIGTERM)

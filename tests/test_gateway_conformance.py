@@ -1,6 +1,7 @@
 """The gateway against the Open Inference Protocol and the clients that speak it, on a real `dask-kaas gateway`
 process (test_gateway's module-scoped cluster and gateway): kserve's request bodies, health bodies, Triton's
 model configuration and statistics extensions through tritonclient, JSON data and replies that stay JSON."""
+
 import json
 import os
 import time
@@ -8,9 +9,8 @@ import time
 import numpy as np
 import pytest
 import test_gateway
-from test_gateway import BIN, N, Gateway, bearer, call, infer_json, triton, tritonclient_http, vadd_function
-
 from procs import Processes, free_port
+from test_gateway import BIN, Gateway, N, bearer, call, infer_json, triton, tritonclient_http, vadd_function
 
 pytestmark = pytest.mark.slow
 env = test_gateway.env  # test_gateway's cluster, store, tokens and gateway process (module-scoped: one here)
@@ -18,8 +18,10 @@ env = test_gateway.env  # test_gateway's cluster, store, tokens and gateway proc
 
 def strict_json(raw: bytes):
     """JSON as orjson (kserve's parser) reads it: no NaN or Infinity."""
+
     def refuse(constant):
         raise AssertionError(f"{constant} in a reply: not JSON")
+
     return json.loads(raw, parse_constant=refuse)
 
 
@@ -40,18 +42,29 @@ def gw(env):
 # the bodies kserve 0.21's InferRequest.to_rest() produces (kserve's own output): it always sends id and
 # model_name; with binary inputs it sends the JSON header, then the raw bytes, as application/octet-stream
 def kserve_json(model, x, request_id="3f0c2b5e-kserve"):
-    return {"id": request_id, "model_name": model,
-            "inputs": [{"name": "x", "shape": [len(x)], "datatype": "FP32", "data": [float(v) for v in x]}]}
+    return {
+        "id": request_id,
+        "model_name": model,
+        "inputs": [{"name": "x", "shape": [len(x)], "datatype": "FP32", "data": [float(v) for v in x]}],
+    }
 
 
 def kserve_binary(model, x, request_id="3f0c2b5e-kserve"):
-    header = json.dumps({"id": request_id, "model_name": model,
-                         "inputs": [{"name": "x", "shape": [len(x)], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]},
-                        separators=(",", ":")).encode()
-    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
-                                  "Content-Type": "application/octet-stream"}
+    header = json.dumps(
+        {
+            "id": request_id,
+            "model_name": model,
+            "inputs": [
+                {"name": "x", "shape": [len(x)], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return header + x.tobytes(), {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def test_health_answers_have_the_specs_bodies(gw):
@@ -66,8 +79,16 @@ def test_health_answers_have_the_specs_bodies(gw):
 def test_not_ready_is_503_with_ready_false(env, tmp_path):
     procs = Processes(tmp_path)
     port = free_port()
-    procs.start("scheduler", os.path.join(BIN, "dask-kaas"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                "--no-dashboard")
+    procs.start(
+        "scheduler",
+        os.path.join(BIN, "dask-kaas"),
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+    )
     try:
         idle = Gateway(procs, f"tcp://127.0.0.1:{port}", env["store"], env["tokens_path"], free_port())
         procs.start("gateway", *idle.args)
@@ -85,8 +106,14 @@ def test_not_ready_is_503_with_ready_false(env, tmp_path):
 def test_kserve_request_bodies_infer(gw, env):
     tok, w = env["tokens"]["alice"], env["weights"]["alice"]
     x = np.linspace(-1, 1, N, dtype=np.float32)
-    status, _, raw = call(gw, "POST", "/v2/models/vadd/infer", kserve_json("vadd", x), token=tok,
-                          headers={"Content-Type": "application/json"})
+    status, _, raw = call(
+        gw,
+        "POST",
+        "/v2/models/vadd/infer",
+        kserve_json("vadd", x),
+        token=tok,
+        headers={"Content-Type": "application/json"},
+    )
     answer = strict_json(raw)
     assert status == 200 and answer["id"] == "3f0c2b5e-kserve" and answer["model_name"] == "vadd"
     np.testing.assert_allclose(answer["outputs"][0]["data"], x + w, rtol=1e-6)
@@ -102,17 +129,26 @@ def test_kserve_request_bodies_infer(gw, env):
     assert call(gw, "POST", "/v2/models/shared_vadd/infer", shared, token=env["tokens"]["carol"])[0] == 200
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_name": "shared_vadd"}, "model_name 'shared_vadd' is not the model called, 'vadd'"),
-    ({"model_name": "bob:vadd"}, "model_name 'bob:vadd' is not the model called"),
-    ({"model_version": "2"}, "model_version '2' is not the version called, '1'"),
-    ({"tenant": "bob"}, "the tenant is the bearer token's"),
-    ({"parameters": {"tenant": "bob"}}, "the tenant is the bearer token's"),
-    ({"inputs": [{"name": "x", "shape": [N], "datatype": "FP32", "data": [0.0] * N,
-                  "parameters": {"tenant": "bob"}}]}, "input 'x': parameter 'tenant'"),
-    ({"outputs": [{"name": "y", "parameters": {"tenant": "bob"}}]}, "output 'y': parameter 'tenant'"),
-    ({"outputs": [{"name": "y"}] * 2}, r"outputs[1]: output 'y' is requested twice"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_name": "shared_vadd"}, "model_name 'shared_vadd' is not the model called, 'vadd'"),
+        ({"model_name": "bob:vadd"}, "model_name 'bob:vadd' is not the model called"),
+        ({"model_version": "2"}, "model_version '2' is not the version called, '1'"),
+        ({"tenant": "bob"}, "the tenant is the bearer token's"),
+        ({"parameters": {"tenant": "bob"}}, "the tenant is the bearer token's"),
+        (
+            {
+                "inputs": [
+                    {"name": "x", "shape": [N], "datatype": "FP32", "data": [0.0] * N, "parameters": {"tenant": "bob"}}
+                ]
+            },
+            "input 'x': parameter 'tenant'",
+        ),
+        ({"outputs": [{"name": "y", "parameters": {"tenant": "bob"}}]}, "output 'y': parameter 'tenant'"),
+        ({"outputs": [{"name": "y"}] * 2}, r"outputs[1]: output 'y' is requested twice"),
+    ],
+)
 def test_a_foreign_model_a_tenant_or_a_repeated_output_is_400(gw, env, change, message):
     doc = {**kserve_json("vadd", np.zeros(N)), **change}
     status, _, raw = call(gw, "POST", "/v2/models/vadd/infer", doc, token=env["tokens"]["alice"])
@@ -140,8 +176,9 @@ def test_kserves_own_rest_client(gw, env):
                 inp = kserve.InferInput("x", [N], "FP32")
                 inp.set_data_from_numpy(x, binary_data=binary)
                 request = kserve.InferRequest(model_name="vadd", infer_inputs=[inp])
-                response = await client.infer(base, request, model_name="vadd",
-                                              headers={"Authorization": f"Bearer {tok}"})
+                response = await client.infer(
+                    base, request, model_name="vadd", headers={"Authorization": f"Bearer {tok}"}
+                )
                 results.append(response.outputs[0].as_numpy())
             return results
         finally:
@@ -161,8 +198,12 @@ def test_tritonclient_reads_the_model_configuration(gw, env):
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [N]}]
     assert client.get_model_config("vadd", "1", headers=bearer(tok)) == config
     assert client.get_model_config("public:shared_vadd", headers=bearer(tok))["name"] == "shared_vadd"
-    for model, version, token, code in [("vadd", "", None, "401"), ("secret", "", tok, "404"),
-                                        ("bob:secret", "", tok, "404"), ("vadd", "9", tok, "404")]:
+    for model, version, token, code in [
+        ("vadd", "", None, "401"),
+        ("secret", "", tok, "404"),
+        ("bob:secret", "", tok, "404"),
+        ("vadd", "9", tok, "404"),
+    ]:
         with pytest.raises(tritonclient_http.InferenceServerException, match=code):
             client.get_model_config(model, version, headers=bearer(token) if token else None)
 
@@ -204,22 +245,28 @@ def test_tritonclient_reads_each_tenants_own_statistics(gw, env):
     names = {s["name"] for s in everything}
     assert {"vadd", "stats_vadd", "public:stats_shared", "public:shared_vadd"} <= names
     assert not any(name.startswith("bob") or name == "secret" for name in names)
-    for model, token, code in [("stats_vadd", None, "401"), ("secret", tokens["alice"], "404"),
-                               ("bob:stats_vadd", tokens["alice"], "404")]:
+    for model, token, code in [
+        ("stats_vadd", None, "401"),
+        ("secret", tokens["alice"], "404"),
+        ("bob:stats_vadd", tokens["alice"], "404"),
+    ]:
         with pytest.raises(tritonclient_http.InferenceServerException, match=code):
             client.get_inference_statistics(model, headers=bearer(token) if token else None)
     assert call(gw, "GET", "/v2/models/stats")[0] == 401
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"[1, NaN]", "NaN is not a JSON value"),
-    (b"[1, Infinity]", "Infinity is not a JSON value"),
-    (b"[null, 1]", "input 'x': data is not FP32: element 0 is null"),
-    (b"[1, true]", "input 'x': data is not FP32: element 1 is true"),
-    (b"[1, 1e39]", "input 'x': data is not FP32: element 1 (1e+39) is beyond FP32's range"),
-    (b"[[1, 2], [3]]", "input 'x': data must be a flat list of 2 elements or lists nested as [2]"),
-    (b"[1, 2, 3]", "input 'x': data holds 3 elements, the shape needs 2"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"[1, NaN]", "NaN is not a JSON value"),
+        (b"[1, Infinity]", "Infinity is not a JSON value"),
+        (b"[null, 1]", "input 'x': data is not FP32: element 0 is null"),
+        (b"[1, true]", "input 'x': data is not FP32: element 1 is true"),
+        (b"[1, 1e39]", "input 'x': data is not FP32: element 1 (1e+39) is beyond FP32's range"),
+        (b"[[1, 2], [3]]", "input 'x': data must be a flat list of 2 elements or lists nested as [2]"),
+        (b"[1, 2, 3]", "input 'x': data holds 3 elements, the shape needs 2"),
+    ],
+)
 def test_json_data_that_json_or_the_datatype_cannot_hold_is_400(gw, env, data, message):
     body = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": %s}]}' % data
     status, _, raw = call(gw, "POST", "/v2/models/pair/infer", body, token=env["tokens"]["alice"])

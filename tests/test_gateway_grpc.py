@@ -4,6 +4,7 @@ Its messages against tritonclient's own generated ones (names, field numbers, by
 pure code, and a real ``dask-kaas gateway --grpc-port`` process (the REST tests' cluster, store and
 tokens) called by ``tritonclient.grpc`` with bearer tokens in the metadata.
 """
+
 import concurrent.futures
 import json
 import os
@@ -16,19 +17,27 @@ import numpy as np
 import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-import grpc  # noqa: E402 - after the skip: tritonclient[grpc] brings it
-from google.protobuf import json_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import grpc
+import test_gateway
+from google.protobuf import json_format
+from procs import free_port
+from test_gateway import N, call, vadd_function
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
-from dask_kaas.functions import function_from_doc  # noqa: E402
-from dask_kaas.gateway.grpc_protocol import (FILE, METHODS, SERVICE, infer_document, infer_response,  # noqa: E402
-                                             metadata_response, parameter_value, pb)
-from dask_kaas.gateway.grpc_service import grpc_code  # noqa: E402
-from dask_kaas.gateway.oip import OipError, build_call, model_metadata  # noqa: E402
-import test_gateway  # noqa: E402
-from procs import free_port  # noqa: E402
-from test_gateway import N, call, vadd_function  # noqa: E402
+from dask_kaas.functions import function_from_doc
+from dask_kaas.gateway.grpc_protocol import (
+    FILE,
+    METHODS,
+    SERVICE,
+    infer_document,
+    infer_response,
+    metadata_response,
+    parameter_value,
+    pb,
+)
+from dask_kaas.gateway.grpc_service import grpc_code
+from dask_kaas.gateway.oip import OipError, build_call, model_metadata
 
 env = test_gateway.env  # the REST tests' fixture: a cluster, a store with functions, tokens, a gateway process
 TRITON_POOL = service_pb2.DESCRIPTOR.pool
@@ -43,8 +52,15 @@ def _walk(descriptor):
 
 def _field(f):
     repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED  # protobuf < 6: label
-    return (f.name, f.number, repeated, f.type, f.message_type and f.message_type.full_name,
-            f.enum_type and f.enum_type.full_name, f.containing_oneof and f.containing_oneof.name)
+    return (
+        f.name,
+        f.number,
+        repeated,
+        f.type,
+        f.message_type and f.message_type.full_name,
+        f.enum_type and f.enum_type.full_name,
+        f.containing_oneof and f.containing_oneof.name,
+    )
 
 
 def test_every_message_field_and_method_is_tritons():
@@ -94,16 +110,34 @@ def test_a_tritonclient_message_round_trips_through_ours_byte_for_byte():
     response.raw_output_contents.append(b"\0" * 16)
     messages.append(response)
     config = service_pb2.ModelConfigResponse()
-    json_format.ParseDict({"name": "m", "platform": "dask-kaas", "max_batch_size": 0,
-                           "version_policy": {"specific": {"versions": [1, 3]}},
-                           "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2, 3]}],
-                           "output": [{"name": "y", "data_type": "TYPE_UINT8", "dims": [4]}]}, config.config)
+    json_format.ParseDict(
+        {
+            "name": "m",
+            "platform": "dask-kaas",
+            "max_batch_size": 0,
+            "version_policy": {"specific": {"versions": [1, 3]}},
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2, 3]}],
+            "output": [{"name": "y", "data_type": "TYPE_UINT8", "dims": [4]}],
+        },
+        config.config,
+    )
     messages.append(config)
     stats = service_pb2.ModelStatisticsResponse()
-    json_format.ParseDict({"model_stats": [{"name": "m", "version": "1", "last_inference": 7, "inference_count": 2,
-                                            "execution_count": 2, "inference_stats": {
-                                                "success": {"count": 2, "ns": 10}, "fail": {"count": 1, "ns": 3}}}]},
-                          stats)
+    json_format.ParseDict(
+        {
+            "model_stats": [
+                {
+                    "name": "m",
+                    "version": "1",
+                    "last_inference": 7,
+                    "inference_count": 2,
+                    "execution_count": 2,
+                    "inference_stats": {"success": {"count": 2, "ns": 10}, "fail": {"count": 1, "ns": 3}},
+                }
+            ]
+        },
+        stats,
+    )
     messages.append(stats)
     metadata = service_pb2.ModelMetadataResponse(name="m", versions=["1"], platform="p")
     metadata.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
@@ -123,11 +157,19 @@ def fn_of(doc=None, name="vadd"):
 def test_an_infer_request_becomes_the_rest_document():
     ours = pb.ModelInferRequest.FromString(_triton_request().SerializeToString())
     doc, binary = infer_document(ours)
-    assert doc == {"id": "req-1", "parameters": {"timeout": 5_000_000, "priority": 2, "flag": True, "ratio": 0.5,
-                                                 "tag": "t"},
-                   "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, N // 2],
-                               "parameters": {"content_type": "np", "binary_data_size": 4 * N}}],
-                   "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    assert doc == {
+        "id": "req-1",
+        "parameters": {"timeout": 5_000_000, "priority": 2, "flag": True, "ratio": 0.5, "tag": "t"},
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [2, N // 2],
+                "parameters": {"content_type": "np", "binary_data_size": 4 * N},
+            }
+        ],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
     assert binary == np.arange(N, dtype=np.float32).tobytes()
     assert parameter_value(pb.InferParameter()) is None
     # typed contents become data, checked as REST's JSON is
@@ -137,11 +179,13 @@ def test_an_infer_request_becomes_the_rest_document():
     call = build_call(*infer_document(typed), fn)
     np.testing.assert_array_equal(call.inputs["x"], np.arange(N, dtype=np.float32))
     answer = service_pb2.ModelInferResponse.FromString(
-        infer_response(fn, call, {"y": np.arange(N, dtype=np.float32) * 2}).SerializeToString())
+        infer_response(fn, call, {"y": np.arange(N, dtype=np.float32) * 2}).SerializeToString()
+    )
     assert answer.model_name == "vadd" and answer.outputs[0].datatype == "FP32" and list(answer.outputs[0].shape) == [N]
     np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32), np.arange(N) * 2)
     meta = service_pb2.ModelMetadataResponse.FromString(
-        metadata_response(model_metadata(fn, [1, 2])).SerializeToString())
+        metadata_response(model_metadata(fn, [1, 2])).SerializeToString()
+    )
     assert meta.versions == ["1", "2"] and meta.inputs[0].name == "x" and list(meta.inputs[0].shape) == [N]
 
 
@@ -161,18 +205,23 @@ def _request(datatype="FP32", shape=(N,), typed=False, nbytes=4 * N, extra=None,
     return request
 
 
-@pytest.mark.parametrize("request_, message", [
-    (_request(extra=b"\0"), "raw_input_contents holds 2 tensors, the request has 1 inputs"),
-    (_request(shape=[N - 1]), r"input 'x': shape \[255\], the model takes \[256\]"),
-    (_request(datatype="INT32"), "input 'x': datatype 'INT32', the model takes FP32"),
-    (_request(nbytes=4 * N - 4), "input 'x': 1020 bytes of binary data"),
-    (_request(datatype="FP16", typed=True), "input 'x': 'FP16' contents go in raw_input_contents"),
-    (_request(datatype="INT32", typed=True), "input 'x': 'INT32' contents go in contents.int_contents, got "
-                                             "contents.fp32_contents"),
-    (_request(tenant="request"), "tenant is the bearer token's"),
-    (_request(tenant="input"), "input 'x': parameter 'tenant' is not accepted"),
-    (_request(tenant="output"), "output 'y': parameter 'tenant' is not accepted"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (_request(extra=b"\0"), "raw_input_contents holds 2 tensors, the request has 1 inputs"),
+        (_request(shape=[N - 1]), r"input 'x': shape \[255\], the model takes \[256\]"),
+        (_request(datatype="INT32"), "input 'x': datatype 'INT32', the model takes FP32"),
+        (_request(nbytes=4 * N - 4), "input 'x': 1020 bytes of binary data"),
+        (_request(datatype="FP16", typed=True), "input 'x': 'FP16' contents go in raw_input_contents"),
+        (
+            _request(datatype="INT32", typed=True),
+            "input 'x': 'INT32' contents go in contents.int_contents, got contents.fp32_contents",
+        ),
+        (_request(tenant="request"), "tenant is the bearer token's"),
+        (_request(tenant="input"), "input 'x': parameter 'tenant' is not accepted"),
+        (_request(tenant="output"), "output 'y': parameter 'tenant' is not accepted"),
+    ],
+)
 def test_bad_infer_requests_are_400_naming_the_tensor(request_, message):
     with pytest.raises(OipError, match=message) as info:
         build_call(*infer_document(request_), fn_of())
@@ -191,9 +240,18 @@ def test_no_contents_and_both_kinds_of_contents_are_refused():
 
 
 def test_http_statuses_map_to_grpc_codes():
-    expected = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                413: "RESOURCE_EXHAUSTED", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
-                503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+    expected = {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        413: "RESOURCE_EXHAUSTED",
+        422: "INVALID_ARGUMENT",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        503: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
+    }
     assert {status: grpc_code(status).name for status in expected} == expected
 
 
@@ -214,8 +272,11 @@ def bits_function(n=N, datatype="INT32", shape=(N,), out_datatype="INT32", out_s
 def grpc_env(env):
     """The REST tests' gateway, restarted with ``--grpc-port``, and two functions of other datatypes."""
     env["repo"].put("bits", bits_function(), namespace="alice")
-    env["repo"].put("bytes", bits_function(datatype="UINT8", shape=(N // 4, 16), out_datatype="FP64",
-                                           out_shape=(N // 2,)), namespace="alice")
+    env["repo"].put(
+        "bytes",
+        bits_function(datatype="UINT8", shape=(N // 4, 16), out_datatype="FP64", out_shape=(N // 2,)),
+        namespace="alice",
+    )
     gw, port = env["gw"], free_port()
     gw.args += ["--grpc-port", str(port)]
     env["procs"].kill("gateway")
@@ -258,8 +319,13 @@ def test_tritonclient_grpc_calls_as_on_triton(grpc_env):
     np.testing.assert_allclose(result.as_numpy("y"), x + w["alice"], rtol=1e-6)
     assert result.get_response().id == "r-1" and result.get_response().model_version == "1"
     # a shared function of another tenant reads its owner's weights; bob's own vadd, his
-    result = client.infer("shared_vadd", [fp32_input(x)], headers=bearer(tok["carol"]), model_version="1",
-                          outputs=[grpcclient.InferRequestedOutput("y")])
+    result = client.infer(
+        "shared_vadd",
+        [fp32_input(x)],
+        headers=bearer(tok["carol"]),
+        model_version="1",
+        outputs=[grpcclient.InferRequestedOutput("y")],
+    )
     np.testing.assert_allclose(result.as_numpy("y"), x + w["public"], rtol=1e-6)
     result = client.infer("vadd", [fp32_input(x)], headers=bearer(tok["bob"]), timeout=60_000_000)
     np.testing.assert_allclose(result.as_numpy("y"), x + w["bob"], rtol=1e-6)
@@ -297,8 +363,9 @@ def test_other_datatypes_carry_their_bytes_exactly(grpc_env):
 def stub_call(grpc_env, method, request, token=None):
     with grpc.insecure_channel(grpc_env["grpc_url"]) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        return getattr(stub, method).with_call(request, metadata=tuple(bearer(token).items()) if token else None,
-                                               timeout=120)
+        return getattr(stub, method).with_call(
+            request, metadata=tuple(bearer(token).items()) if token else None, timeout=120
+        )
 
 
 @pytest.mark.slow
@@ -338,8 +405,9 @@ def test_errors_are_grpc_statuses_naming_what_is_wrong(grpc_env):
     assert _error(client.is_model_ready, "secret", headers=bearer(tok["alice"]))[0] == "NOT_FOUND"
     code, message = _error(client.infer, "vadd", [x], model_version="7", headers=bearer(tok["alice"]))
     assert code == "NOT_FOUND" and "no version 7" in message
-    code, message = _error(client.infer, "vadd", [fp32_input(np.zeros(N - 1, np.float32))],
-                           headers=bearer(tok["alice"]))
+    code, message = _error(
+        client.infer, "vadd", [fp32_input(np.zeros(N - 1, np.float32))], headers=bearer(tok["alice"])
+    )
     assert code == "INVALID_ARGUMENT" and "input 'x': shape [255], the model takes [256]" in message
     code, message = _error(client.infer, "vadd", [x], headers=bearer(tok["alice"]), parameters={"tenant": "bob"})
     assert code == "INVALID_ARGUMENT" and "the tenant is the bearer token's" in message
@@ -355,8 +423,10 @@ def test_errors_are_grpc_statuses_naming_what_is_wrong(grpc_env):
             channel.unary_unary(f"/{SERVICE}/ModelInfer")(b"\xff\xff\xff", metadata=tuple(bearer(tok["alice"]).items()))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # the gateway goes on serving
-    assert client.infer("vadd", [x], headers=bearer(tok["alice"])).as_numpy("y").tolist() == \
-        grpc_env["weights"]["alice"].tolist()
+    assert (
+        client.infer("vadd", [x], headers=bearer(tok["alice"])).as_numpy("y").tolist()
+        == grpc_env["weights"]["alice"].tolist()
+    )
 
 
 @pytest.mark.slow
@@ -390,8 +460,12 @@ def test_model_config_and_statistics_as_tritonclient_reads_them_and_as_rest_answ
         client.infer("secret", [x], headers=bearer(tok["bob"]))
     _error(client.infer, "secret", [fp32_input(np.ones(N - 1, np.float32))], headers=bearer(tok["bob"]))
     # a REST call counts in the same statistics
-    assert call(grpc_env["gw"], "POST", "/v2/models/secret/infer", test_gateway.infer_json(np.ones(N)),
-                token=tok["bob"])[0] == 200
+    assert (
+        call(grpc_env["gw"], "POST", "/v2/models/secret/infer", test_gateway.infer_json(np.ones(N)), token=tok["bob"])[
+            0
+        ]
+        == 200
+    )
     stats = client.get_inference_statistics("secret", headers=bearer(tok["bob"]))
     [entry] = stats.model_stats
     assert (entry.name, entry.version) == ("secret", "1")
@@ -402,8 +476,12 @@ def test_model_config_and_statistics_as_tritonclient_reads_them_and_as_rest_answ
     assert json_format.ParseDict(rest, service_pb2.ModelStatisticsResponse()) == stats
     everything = client.get_inference_statistics(headers=bearer(tok["bob"]))
     assert "secret" in {s.name for s in everything.model_stats}
-    assert json_format.ParseDict(rest_json(grpc_env, "/v2/models/stats", tok["bob"]),
-                                 service_pb2.ModelStatisticsResponse()) == everything
+    assert (
+        json_format.ParseDict(
+            rest_json(grpc_env, "/v2/models/stats", tok["bob"]), service_pb2.ModelStatisticsResponse()
+        )
+        == everything
+    )
     # alice's calls of "secret" were refused before any function was found: nothing of bob's shows
     assert _error(client.get_inference_statistics, "secret", headers=bearer(tok["alice"]))[0] == "NOT_FOUND"
     alice = client.get_inference_statistics(headers=bearer(tok["alice"]), as_json=True).get("model_stats", [])
@@ -425,8 +503,16 @@ def test_grpc_calls_are_counted_on_metrics_and_logged(grpc_env):
 @pytest.mark.slow
 def test_the_grpc_port_comes_from_kaas_gateway_grpc_port_and_a_port_in_use_is_an_error(grpc_env, monkeypatch):
     procs, alice = grpc_env["procs"], grpc_env["tokens"]["alice"]
-    args = [os.path.join(test_gateway.BIN, "dask-kaas"), "gateway", "--scheduler", grpc_env["client"].scheduler.address,
-            "--store", grpc_env["store"].url, "--tokens", grpc_env["tokens_path"]]
+    args = [
+        os.path.join(test_gateway.BIN, "dask-kaas"),
+        "gateway",
+        "--scheduler",
+        grpc_env["client"].scheduler.address,
+        "--store",
+        grpc_env["store"].url,
+        "--tokens",
+        grpc_env["tokens_path"],
+    ]
     monkeypatch.setenv("DASK_KAAS__GATEWAY__GRPC_PORT", "0")  # 0: a free port, which the log says
     procs.start("gateway0", *args, "--port", str(free_port()))
     deadline = time.monotonic() + 120
@@ -439,7 +525,11 @@ def test_the_grpc_port_comes_from_kaas_gateway_grpc_port_and_a_port_in_use_is_an
             assert client.get_model_metadata("vadd", headers=bearer(alice)).name == "vadd"
     finally:
         procs.kill("gateway0", signal.SIGTERM)
-    taken = subprocess.run([*args, "--port", str(free_port()), "--grpc-port", str(grpc_env["grpc_port"])],
-                           capture_output=True, text=True, timeout=120)
+    taken = subprocess.run(
+        [*args, "--port", str(free_port()), "--grpc-port", str(grpc_env["grpc_port"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert taken.returncode != 0
     assert f"could not serve gRPC on 127.0.0.1:{grpc_env['grpc_port']}" in taken.stdout + taken.stderr

@@ -1,6 +1,7 @@
 """The gateway's limits: what reading a body may cost (bounded by what the function declares), slow
 and vanishing callers, early answers that reach their callers, and /metrics for the operator only.
 Pure where the logic is pure; else against a `dask-kaas gateway` process over a LocalKaasCluster."""
+
 import concurrent.futures
 import gzip
 import json
@@ -13,25 +14,32 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from procs import Processes, free_port
+from test_gateway import METRICS_TOKEN, Gateway, bearer, call, infer_json, triton, tritonclient_http, vadd_function
 
 from dask_kaas import BufferStore, LocalKaasCluster
 from dask_kaas.functions import FunctionRepository, function_from_doc
-from dask_kaas.gateway.oip import (BodyBudget, JsonStructure, OipError, body_budget, check_structure, decode_body,
-                                   read_infer)
+from dask_kaas.gateway.oip import (
+    BodyBudget,
+    JsonStructure,
+    OipError,
+    body_budget,
+    check_structure,
+    decode_body,
+    read_infer,
+)
 from dask_kaas.gateway.tokens import add_token
-from procs import Processes, free_port
-from test_gateway import METRICS_TOKEN, Gateway, bearer, call, infer_json, triton, tritonclient_http, vadd_function
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the benchmarks package lives at the repository root, not in the installed package
     sys.path.insert(0, ROOT)
 
-from benchmarks.gateway_attack import Attack, RssSampler, bombs, latency, victim_calls  # noqa: E402
+from benchmarks.gateway_attack import Attack, RssSampler, bombs, latency, victim_calls
 
 requests = pytest.importorskip("requests")  # a standard client, beside tritonclient
 
 N = 256
-WIDE = 1 << 18         # elements the attacker's own function declares: a JSON budget of 12 MiB
+WIDE = 1 << 18  # elements the attacker's own function declares: a JSON budget of 12 MiB
 READ_TIMEOUT = 2.0
 MiB = 1 << 20
 
@@ -49,26 +57,37 @@ def test_a_body_budget_is_what_the_declared_inputs_need():
     small, wide = budget_of(fn_of(N)), budget_of(fn_of(WIDE))
     assert small.binary == 4 * N and small.total == small.json + small.binary
     assert small.json < 128 * 1024 < wide.json == 64 * 1024 + 48 * WIDE
-    assert budget_of(fn_of(1 << 20)).json == 16 * MiB                           # kaas.gateway.max-json
-    assert budget_of(fn_of(1 << 20), max_body=MiB).total == MiB                 # within kaas.gateway.max-body
-    nested = function_from_doc({**vadd_function(N), "inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 8, 8]}]},
-                               name="n", namespace="alice")
+    assert budget_of(fn_of(1 << 20)).json == 16 * MiB  # kaas.gateway.max-json
+    assert budget_of(fn_of(1 << 20), max_body=MiB).total == MiB  # within kaas.gateway.max-body
+    nested = function_from_doc(
+        {**vadd_function(N), "inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 8, 8]}]},
+        name="n",
+        namespace="alice",
+    )
     assert budget_of(nested).depth == budget_of(fn_of(N)).depth + 2
     assert budget_of(nested).arrays - budget_of(fn_of(N)).arrays == (1 + 4 + 32) - 1
 
 
 def legit_bodies(n):
     x = np.arange(n, dtype=np.float32) / 7
-    doc = {"id": 'a "[[[" id ]]]\\', "parameters": {"note": "}}}]]]{{{[[[ \\\" ]"},
-           "inputs": [{"name": "x", "shape": [n], "datatype": "FP32", "data": x.tolist()}],
-           "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    doc = {
+        "id": 'a "[[[" id ]]]\\',
+        "parameters": {"note": '}}}]]]{{{[[[ \\" ]'},
+        "inputs": [{"name": "x", "shape": [n], "datatype": "FP32", "data": x.tolist()}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+    }
     flat = json.dumps(doc).encode()
     pretty = json.dumps(doc, indent=4).encode()
-    header = json.dumps({"inputs": [{"name": "x", "shape": [n], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 4 * n}}]}).encode()
-    return x, [(flat, None, None), (pretty, None, None), (gzip.compress(flat), "gzip", None),
-               (header + x.tobytes(), None, str(len(header))), (gzip.compress(header + x.tobytes()), "gzip",
-                                                                 str(len(header)))]
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [n], "datatype": "FP32", "parameters": {"binary_data_size": 4 * n}}]}
+    ).encode()
+    return x, [
+        (flat, None, None),
+        (pretty, None, None),
+        (gzip.compress(flat), "gzip", None),
+        (header + x.tobytes(), None, str(len(header))),
+        (gzip.compress(header + x.tobytes()), "gzip", str(len(header))),
+    ]
 
 
 def test_what_a_caller_may_send_is_read_within_the_budget():
@@ -106,7 +125,7 @@ def test_the_scan_is_not_fooled_by_brackets_and_escapes_in_strings():
     escaped = b'{"id": "\\\\\\"' + b"]" * 5000 + b'", "inputs": ' + b"[" * 50 + b"]" * 50 + b"}"
     with pytest.raises(OipError, match="nests deeper"):
         check_structure(escaped, budget, "the body")
-    legit = json.dumps({"id": "\\\"[[[[[[[[[[[[[[[[[[[[\\", "p": {"q": "\\\\]]]]]]]]]]]]]]]]]]]"}}).encode()
+    legit = json.dumps({"id": '\\"[[[[[[[[[[[[[[[[[[[[\\', "p": {"q": "\\\\]]]]]]]]]]]]]]]]]]]"}}).encode()
     check_structure(legit, budget, "the body")
     for cut in range(1, len(legit)):  # fed in two pieces, wherever the cut falls (inside escapes too)
         structure = JsonStructure(budget, "the body")
@@ -159,8 +178,16 @@ def gw_env(tmp_path_factory):
         gw.args += ["--read-timeout", str(READ_TIMEOUT)]  # the flag, over kaas.gateway.read-timeout (30 s)
         gw.start()
         try:
-            yield {"gw": gw, "tokens": tokens, "weights": weights, "procs": procs, "root": root,
-                   "scheduler": cluster.scheduler_address, "store": store, "tokens_path": tokens_path}
+            yield {
+                "gw": gw,
+                "tokens": tokens,
+                "weights": weights,
+                "procs": procs,
+                "root": root,
+                "scheduler": cluster.scheduler_address,
+                "store": store,
+                "tokens_path": tokens_path,
+            }
         finally:
             procs.stop_all()
 
@@ -193,16 +220,19 @@ def test_gzip_bombs_are_refused_quickly_and_other_tenants_go_on(gw_env, record_p
     ratio = under["p99_ms"] / idle["p99_ms"]
     record_property("victim_p99_ratio", ratio)
     record_property("gateway_rss_growth_mib", rss.mib()["growth"])
-    print(f"victim p99 idle {idle['p99_ms']:.1f} ms, under attack {under['p99_ms']:.1f} ms ({ratio:.2f}x); "
-          f"{summary['bombs']} bombs {summary['statuses']}, answered in max {summary['answer_ms']['max']:.0f} ms; "
-          f"gateway RSS +{rss.mib()['growth']:.1f} MiB")
+    print(
+        f"victim p99 idle {idle['p99_ms']:.1f} ms, under attack {under['p99_ms']:.1f} ms ({ratio:.2f}x); "
+        f"{summary['bombs']} bombs {summary['statuses']}, answered in max {summary['answer_ms']['max']:.0f} ms; "
+        f"gateway RSS +{rss.mib()['growth']:.1f} MiB"
+    )
     assert summary["bombs"] >= 3 and set(summary["statuses"]) == {"400"}, summary
     assert summary["answer_ms"]["max"] < 10_000, summary
     assert rss.mib()["growth"] < 100, rss.mib()
     # at a function of small inputs the same bodies stop at its budget: 413
     for body in bombs():
-        status, _, raw = call(gw, "POST", "/v2/models/vadd/infer", body, token=tok["alice"],
-                              headers={"Content-Encoding": "gzip"})
+        status, _, raw = call(
+            gw, "POST", "/v2/models/vadd/infer", body, token=tok["alice"], headers={"Content-Encoding": "gzip"}
+        )
         assert status == 413 and "limit" in json.loads(raw)["error"]
 
 
@@ -214,7 +244,7 @@ def test_a_body_over_its_limit_reaches_the_caller_as_413_not_as_a_reset(gw_env, 
 
     def chunked():
         for i in range(0, len(big), MiB):
-            yield big[i:i + MiB]
+            yield big[i : i + MiB]
 
     with requests.Session() as session:
         for i in range(10):
@@ -229,8 +259,22 @@ def test_a_body_over_its_limit_reaches_the_caller_as_413_not_as_a_reset(gw_env, 
     # curl asks "Expect: 100-continue" for a large body: the answer comes before it sends any
     (tmp_path / "big").write_bytes(big)
     started = time.monotonic()
-    curl = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {tok['carol']}",
-                           "--data-binary", f"@{tmp_path / 'big'}", url], capture_output=True, text=True, timeout=120)
+    curl = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            f"Authorization: Bearer {tok['carol']}",
+            "--data-binary",
+            f"@{tmp_path / 'big'}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert curl.stdout.endswith("\n413") and "limit" in curl.stdout, curl.stdout[-300:] + curl.stderr[-300:]
     assert time.monotonic() - started < 30
     client = triton(gw)
@@ -242,8 +286,11 @@ def test_a_body_over_its_limit_reaches_the_caller_as_413_not_as_a_reset(gw_env, 
 
 def raw_request(gw, path, token, length, first: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=60)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode() + first)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        + first
+    )
     return sock
 
 
@@ -272,7 +319,7 @@ def test_a_slow_body_is_answered_408_and_its_connection_closed(gw_env):
     while not answer and time.monotonic() - started < READ_TIMEOUT + 10:
         try:
             answer = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             sock.sendall(b" ")
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert READ_TIMEOUT <= time.monotonic() - started < READ_TIMEOUT + 10
@@ -349,6 +396,7 @@ def test_calls_past_the_timeout_are_504_and_leave_no_task_exception(gw_env, tmp_
     fast.args += ["--timeout", "0.3"]
     fast.start()
     try:
+
         def one(i):
             return call(fast, "POST", "/v2/models/slow/infer", infer_json(np.zeros(N)), token=tok["alice"])[0]
 

@@ -4,15 +4,16 @@ schemathesis generates a few hundred calls from the document (valid and invalid 
 parameters, every endpoint, with and without a tenant's token); each answer must be a declared
 status with a body that matches its schema, and none may be a server error.
 """
+
 import json
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402 - after the skip: schemathesis brings it
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from test_gateway import call, env  # noqa: E402,F401 - env is the live gateway (a module-scoped fixture)
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from test_gateway import call, env  # noqa: F401 - env is the live gateway (a module-scoped fixture)
 
 pytestmark = pytest.mark.slow
 MODELS = ["vadd", "secret", "shared_vadd", "public:shared_vadd", "bob:secret", "missing", "vadd:", "..%2F"]
@@ -64,9 +65,10 @@ def test_no_server_error_and_every_answer_matches_the_schema(api_schema, env, mo
         def check(case):
             headers = {"Authorization": f"Bearer {token}"} if "Authorization" not in (case.headers or {}) else {}
             response = case.call(headers=headers, timeout=60)
-            case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
-                                                     response_schema_conformance])
-            calls[label] = calls.get(label, 0) + 1
+            case.validate_response(
+                response, checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+            )
+            calls[label] = calls.get(label, 0) + 1  # noqa: B023 - run within this iteration
 
         try:
             check()

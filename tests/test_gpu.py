@@ -3,6 +3,7 @@
 These need an NVIDIA GPU with CuPy and RMM (the cuda13/cuda12 extra). They skip only where no
 GPU is present; on a machine with a GPU and a broken stack they fail.
 """
+
 import numpy as np
 import pytest
 
@@ -105,11 +106,22 @@ def test_end_to_end_on_cuda_with_rmm(tmp_path):
     x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
     w = BufferSpec("A", n * n * F, key="gpu/A", const=True)
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    r = Request([KernelSpec("builtin", "sgemm", (n // 16, 1), (16, 16),
-                            literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
-                            arguments=[(x, "i"), (w, "i"), (y, "o")])])
-    with LocalKaasCluster(device="cuda", device_memory="1GiB", store=store_url, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    r = Request(
+        [
+            KernelSpec(
+                "builtin",
+                "sgemm",
+                (n // 16, 1),
+                (16, 16),
+                literals=[Literal("i", 1), Literal("i", n), Literal("i", n)],
+                arguments=[(x, "i"), (w, "i"), (y, "o")],
+            )
+        ]
+    )
+    with (
+        LocalKaasCluster(device="cuda", device_memory="1GiB", store=store_url, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         xs = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i in range(8)]
         for xv, out in zip(xs, client.gather([client.submit(r, x=xv, pure=False) for xv in xs])):
             np.testing.assert_allclose(out["y"], xv @ a, rtol=1e-3, atol=1e-3)

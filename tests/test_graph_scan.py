@@ -1,21 +1,30 @@
 """Where the scheduler finds Requests inside a task (pure: dask's task spec, no cluster)."""
+
 import functools
 import operator
 
 from dask._task_spec import convert_legacy_graph
 from dask.utils import apply
+from helpers import matvec_request
 
 from dask_kaas.plugins.graph_scan import requests_within
 from dask_kaas.request.batch import RequestBatch
-from helpers import matvec_request
 
 
 def test_every_form_that_reaches_a_request_is_found():
     r = matvec_request("A", tenant="bob")
-    forms = {"method": (r.__call__,), "partial": (functools.partial(r),), "apply": (apply, r, [], {}),
-             "nested": (operator.getitem, (apply, r, [], {}), "y"), "list": (len, [[r]]), "dict": (len, {"k": r}),
-             "kwargs": (apply, len, [], {"r": r}), "set": (len, frozenset([r])),
-             "batch": (RequestBatch(r, 1),), "partial-kw": (functools.partial(len, r=r),)}
+    forms = {
+        "method": (r.__call__,),
+        "partial": (functools.partial(r),),
+        "apply": (apply, r, [], {}),
+        "nested": (operator.getitem, (apply, r, [], {}), "y"),
+        "list": (len, [[r]]),
+        "dict": (len, {"k": r}),
+        "kwargs": (apply, len, [], {"r": r}),
+        "set": (len, frozenset([r])),
+        "batch": (RequestBatch(r, 1),),
+        "partial-kw": (functools.partial(len, r=r),),
+    }
     graph = convert_legacy_graph(forms)
     for name, task in graph.items():
         found, whole = requests_within(task)
@@ -41,9 +50,13 @@ def test_a_graph_of_requests_calls_nothing_else():
     from dask_kaas.plugins.graph_scan import foreign_call
 
     r = matvec_request("A", tenant="alice")
-    plain = [Task("a", r, x=DataNode(None, [1.0])), Task("b", operator.getitem, TaskRef("a"), "y"),
-             Task("c", RequestBatch(r, 2), List(TaskRef("a"), TaskRef("b"))), Alias("d", "a"),
-             DataNode("e", {"k": [1, 2]})]
+    plain = [
+        Task("a", r, x=DataNode(None, [1.0])),
+        Task("b", operator.getitem, TaskRef("a"), "y"),
+        Task("c", RequestBatch(r, 2), List(TaskRef("a"), TaskRef("b"))),
+        Alias("d", "a"),
+        DataNode("e", {"k": [1, 2]}),
+    ]
     assert all(foreign_call(t) is None for t in plain)
     hidden = Task("f", r, x=Task("g", len, [1, 2]))  # another call inside a request's arguments
     assert foreign_call(hidden) is len

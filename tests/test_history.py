@@ -1,4 +1,5 @@
 """The scheduler plugin's rolling history of the cache and tenants (dask_kaas.scheduling.history): pure."""
+
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import pytest
 from dask_kaas.scheduling.history import History
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def worker(hits=0, misses=0, evictions=0, loaded=0):
@@ -18,8 +20,11 @@ def test_rates_per_interval_gaps_when_idle_and_late_arrivals():
     h.sample(0, {"w1": worker()}, {})
     h.sample(1, {"w1": worker(3, 1, 0, 100)}, {"alice": {"completed": 4, "hits": 3, "misses": 1}})
     h.sample(2, {"w1": worker(3, 1, 0, 100)}, {"alice": {"completed": 4, "hits": 3, "misses": 1}})  # idle
-    h.sample(3, {"w1": worker(3, 3, 2, 300), "w2": worker(1, 0)},
-             {"alice": {"completed": 6, "hits": 3, "misses": 3}, "bob": {"completed": 1, "hits": 1}})
+    h.sample(
+        3,
+        {"w1": worker(3, 3, 2, 300), "w2": worker(1, 0)},
+        {"alice": {"completed": 6, "hits": 3, "misses": 3}, "bob": {"completed": 1, "hits": 1}},
+    )
     s = h.series()
     assert s["time"] == [1, 2, 3]
     assert s["hit_rate"][0] == 0.75 and math.isnan(s["hit_rate"][1]) and s["hit_rate"][2] == 1 / 3

@@ -3,19 +3,21 @@ and no string, size or shape in it gets anything but a RequestError naming the b
 
 The fuzz tests are bounded and derandomized: the same examples on every run.
 """
+
 import json
 import math
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dask_kaas import BufferSpec, KernelSpec, Library, Literal, Request, RequestError
+from dask_kaas.device import HostDevice
 from dask_kaas.kernels import builtin
 from dask_kaas.runtime import Runtime
-from dask_kaas.device import HostDevice
 from dask_kaas.store import BufferStore
 
 N = 16
@@ -24,16 +26,32 @@ N = 16
 def valid_dict():
     x = BufferSpec("x", 4 * N, dtype="float32", ephemeral=True)
     y = BufferSpec("y", 4 * N, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "axpy", 1, 32, literals=[("i", N), ("f", 2.0)],
-                               arguments=[(x, "i"), (y, "io")])], n_iter=2, tenant="alice").to_dict()
+    return Request(
+        [KernelSpec("builtin", "axpy", 1, 32, literals=[("i", N), ("f", 2.0)], arguments=[(x, "i"), (y, "io")])],
+        n_iter=2,
+        tenant="alice",
+    ).to_dict()
 
 
 def kaas_dict():
-    return {"kernels": [{
-        "library": "builtin", "kernel": "axpy",
-        "arguments": [{"name": "x", "size": 40, "ephemeral": True}, {"name": "y", "size": 40, "ephemeral": True}],
-        "type_list": ["i", "io"], "gridDim": [1, 1, 1], "blockDim": [32, 1, 1], "sharedSize": 0,
-        "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}]}], "nIter": 2}
+    return {
+        "kernels": [
+            {
+                "library": "builtin",
+                "kernel": "axpy",
+                "arguments": [
+                    {"name": "x", "size": 40, "ephemeral": True},
+                    {"name": "y", "size": 40, "ephemeral": True},
+                ],
+                "type_list": ["i", "io"],
+                "gridDim": [1, 1, 1],
+                "blockDim": [32, 1, 1],
+                "sharedSize": 0,
+                "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
+            }
+        ],
+        "nIter": 2,
+    }
 
 
 EVIL_SOURCE = 'extern "C" __global__ void k(int n, float* y) {}'
@@ -44,11 +62,21 @@ def evil_library(twin):
 
 
 # ------------------------------------------------------------------ no Python code in a request
-@pytest.mark.parametrize("twin", ["sys:exit", "builtins:print", "os:system", "subprocess:run",
-                                  "dask_kaas.kernels.twins:np",  # a module reached through an allowed one
-                                  "dask_kaas.kernels.twins:_need",  # private
-                                  "dask_kaas.kernels.twins:fill.__globals__",
-                                  "dask_kaas.kernels.twins:nope", "no_such_module:x", "justaname"])
+@pytest.mark.parametrize(
+    "twin",
+    [
+        "sys:exit",
+        "builtins:print",
+        "os:system",
+        "subprocess:run",
+        "dask_kaas.kernels.twins:np",  # a module reached through an allowed one
+        "dask_kaas.kernels.twins:_need",  # private
+        "dask_kaas.kernels.twins:fill.__globals__",
+        "dask_kaas.kernels.twins:nope",
+        "no_such_module:x",
+        "justaname",
+    ],
+)
 def test_a_request_cannot_name_python_code(twin):
     with pytest.raises(RequestError, match=r"(not allowed|not a function defined)"):
         Library.from_dict(evil_library(twin))
@@ -65,33 +93,48 @@ def test_twins_from_an_allowed_module_are_taken():
     import dask
 
     with dask.config.set({"kaas.twins.allowed-modules": []}):
-        with pytest.raises(RequestError, match="kaas.twins.allowed-modules"):
+        with pytest.raises(RequestError, match=r"kaas.twins.allowed-modules"):
             Library.from_dict(evil_library("dask_kaas.kernels.twins:fill"))
 
 
-@pytest.mark.parametrize("options, ok", [
-    (["-DN=4", "--use_fast_math", "-lineinfo", "--std=c++17", "--maxrregcount=64"], True),
-    (["-I/etc"], False), (["--include-path=/root"], False), (["--pre-include=/etc/passwd"], False),
-    (["-include", "/etc/passwd"], False), (["--dopt=on; rm -rf /"], False), ([1], False), ("-DX", False),
-])
+@pytest.mark.parametrize(
+    "options, ok",
+    [
+        (["-DN=4", "--use_fast_math", "-lineinfo", "--std=c++17", "--maxrregcount=64"], True),
+        (["-I/etc"], False),
+        (["--include-path=/root"], False),
+        (["--pre-include=/etc/passwd"], False),
+        (["-include", "/etc/passwd"], False),
+        (["--dopt=on; rm -rf /"], False),
+        ([1], False),
+        ("-DX", False),
+    ],
+)
 def test_nvrtc_options_in_a_request_are_code_generation_only(options, ok):
     d = {"name": "opts", "source": EVIL_SOURCE, "options": options}
     if ok:
         assert Library.from_dict(d).options == tuple(options)
     else:
-        with pytest.raises(RequestError, match="(not allowed|options must be)"):
+        with pytest.raises(RequestError, match=r"(not allowed|options must be)"):
             Library.from_dict(d)
 
 
-@pytest.mark.parametrize("include, ok", [("<cuda_fp16.h>", True), ("<cuda/std/cstdint>", False),
-                                         ('"/etc/passwd"', False), ("<../../etc/passwd>", False),
-                                         ('"local.h"', False)])
+@pytest.mark.parametrize(
+    "include, ok",
+    [
+        ("<cuda_fp16.h>", True),
+        ("<cuda/std/cstdint>", False),
+        ('"/etc/passwd"', False),
+        ("<../../etc/passwd>", False),
+        ('"local.h"', False),
+    ],
+)
 def test_a_requests_source_includes_only_nvrtc_headers(include, ok):
     d = {"name": "inc", "source": f"#include {include}\n{EVIL_SOURCE}"}
     if ok:
         Library.from_dict(d)
     else:
-        with pytest.raises(RequestError, match="#include .* is not allowed"):
+        with pytest.raises(RequestError, match=r"#include .* is not allowed"):
             Library.from_dict(d)
 
 
@@ -104,14 +147,13 @@ def test_a_library_path_must_be_allowed(tmp_path):
     with pytest.raises(RequestError, match=r"kernels\[0\]\.library: .*not inside a directory of kaas.library-paths"):
         Request.from_dict(d)
     d["kernels"][0]["library"] = "/etc/passwd.cu"
-    with pytest.raises(RequestError, match="kaas.library-paths"):
+    with pytest.raises(RequestError, match=r"kaas.library-paths"):
         Request.from_dict(d)
     with dask.config.set({"kaas.library-paths": [str(tmp_path)]}):
-        d["kernels"][0].update(library=str(tmp_path / "k.cu"), kernel="k", literals=[["i", 1]],
-                               arguments=[["y", "o"]])
+        d["kernels"][0].update(library=str(tmp_path / "k.cu"), kernel="k", literals=[["i", 1]], arguments=[["y", "o"]])
         assert Request.from_dict(d).kernels[0].kernel == "k"
         d["kernels"][0]["library"] = str(tmp_path / ".." / "k.cu")
-        with pytest.raises(RequestError, match="kaas.library-paths"):
+        with pytest.raises(RequestError, match=r"kaas.library-paths"):
             Request.from_dict(d)
 
 
@@ -138,8 +180,7 @@ def test_a_library_sent_in_a_request_is_private_to_its_tenant(tmp_path):
     y = BufferSpec("y", 4, dtype="float32", ephemeral=True)
 
     def request(lib, tenant):
-        return Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)], arguments=[(y, "o")])],
-                       tenant=tenant)
+        return Request([KernelSpec(lib, "k", 1, 1, literals=[Literal("i", 1)], arguments=[(y, "o")])], tenant=tenant)
 
     alices = Library.from_source("lib", EVIL_SOURCE, twins={"k": lambda launch, n, y: y.fill(1)})
     mallorys = Library.from_source("lib", EVIL_SOURCE, twins={"k": lambda launch, n, y: y.fill(666)})
@@ -151,8 +192,12 @@ def test_a_library_sent_in_a_request_is_private_to_its_tenant(tmp_path):
     assert runtime.run(request(alices, "mallory"))["y"][0] == 1  # the same library, loaded for mallory
     owners = sorted(str(owner) for owner, _ in runtime.kernels.keys())
     assert owners == ["alice", "mallory", "mallory"]
-    runtime.run(Request([KernelSpec("builtin", "fill", 1, 1, literals=[Literal("i", 1), Literal("f", 2.0)],
-                                    arguments=[(y, "o")])], tenant="alice"))
+    runtime.run(
+        Request(
+            [KernelSpec("builtin", "fill", 1, 1, literals=[Literal("i", 1), Literal("f", 2.0)], arguments=[(y, "o")])],
+            tenant="alice",
+        )
+    )
     assert (None, builtin) in runtime.kernels.keys()  # registered libraries are shared
 
 
@@ -163,15 +208,29 @@ def test_bad_tenants(tenant):
         Request.from_dict({**valid_dict(), "tenant": tenant})
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("name", "\udfff", "lone surrogate"), ("name", "x" * 300, "more than 256"), ("name", "a\x00b", "control"),
-    ("key", "k\ud800", "lone surrogate"), ("key", "../../x", "segments"), ("key", "ns/../:k", "namespace"),
-    ("size", 2**60, "at most 2\\*\\*48"), ("size", -4, "positive"), ("size", "64", "positive"),
-    ("offset", -1, "offset"), ("dtype", "f4," * 1000, "unknown dtype"), ("dtype", "object", "plain"),
-    ("dtype", {"names": ["a"], "formats": ["f4"], "offsets": [-1]}, "dtype"), ("dtype", "V8", "plain"),
-    ("shape", [[2]], "shape"), ("shape", [1] * 40, "at most 32"), ("ephemeral", [1, 2], "true or false"),
-    ("const", "yes", "true or false"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("name", "\udfff", "lone surrogate"),
+        ("name", "x" * 300, "more than 256"),
+        ("name", "a\x00b", "control"),
+        ("key", "k\ud800", "lone surrogate"),
+        ("key", "../../x", "segments"),
+        ("key", "ns/../:k", "namespace"),
+        ("size", 2**60, "at most 2\\*\\*48"),
+        ("size", -4, "positive"),
+        ("size", "64", "positive"),
+        ("offset", -1, "offset"),
+        ("dtype", "f4," * 1000, "unknown dtype"),
+        ("dtype", "object", "plain"),
+        ("dtype", {"names": ["a"], "formats": ["f4"], "offsets": [-1]}, "dtype"),
+        ("dtype", "V8", "plain"),
+        ("shape", [[2]], "shape"),
+        ("shape", [1] * 40, "at most 32"),
+        ("ephemeral", [1, 2], "true or false"),
+        ("const", "yes", "true or false"),
+    ],
+)
 def test_bad_buffer_fields(field, value, match):
     d = valid_dict()
     d["buffers"][0][field] = value
@@ -182,7 +241,7 @@ def test_bad_buffer_fields(field, value, match):
 def test_n_iter_and_sizes_are_bounded():
     import dask
 
-    with pytest.raises(RequestError, match="kaas.limits.n-iter"):
+    with pytest.raises(RequestError, match=r"kaas.limits.n-iter"):
         Request.from_dict({**valid_dict(), "n_iter": 2**40})
     with dask.config.set({"kaas.limits.n-iter": 10}):
         with pytest.raises(RequestError, match=r"n_iter 11 .*kaas.limits.n-iter \(10\)"):
@@ -203,25 +262,30 @@ def test_a_buffer_declared_twice_differently_is_an_error():
     assert Request.from_dict(d) == Request.from_dict(valid_dict())
 
 
-@pytest.mark.parametrize("mutate, path", [
-    (lambda d: d.update(kernels=["x"]), r"kernels\[0\]: expected an object"),
-    (lambda d: d.update(kernels=5), r"kernels: expected a list"),
-    (lambda d: d["kernels"][0].update(arguments=[["y", "o", "extra"]]), r"kernels\[0\]\.arguments\[0\]"),
-    (lambda d: d["kernels"][0].update(arguments=5), r"kernels\[0\]\.arguments: expected a list"),
-    (lambda d: d["kernels"][0].update(literals=[{"type": ["i"], "val": 4}, ["f", 1.0]]),
-     r"kernels\[0\]\.literals: unknown literal type \['i'\]"),
-    (lambda d: d["kernels"][0].update(grid=[[[[[[[[1]]]]]]]]), r"kernels\[0\]: kernel 'axpy': grid"),
-    (lambda d: d["kernels"][0].update(library=["builtin"]), r"kernels\[0\]\.library: expected a library"),
-    (lambda d: d["kernels"][0].update(library="nosuch"), r"kernels\[0\]\.library: unknown kernel library"),
-    (lambda d: d["kernels"][0].update(kernel="x; rm"), r"kernels\[0\]: kernel name must be a C identifier"),
-    (lambda d: d["kernels"][0].update(shared=2.5), r"kernels\[0\]: kernel 'axpy': shared memory"),
-    (lambda d: d["kernels"][0].update(block=[2048]), r"kernels\[0\]: kernel 'axpy': block"),
-    (lambda d: d.update(extra=1), r"request: unknown field\(s\) \['extra'\]"),
-    (lambda d: d["kernels"][0].update(gird=[1]), r"kernels\[0\]: unknown field\(s\) \['gird'\]"),
-    (lambda d: d.update(deadline="soon"), r"request: deadline"),
-    (lambda d: d.update(buffers={"x": 1}), r"buffers: expected a list"),
-    (lambda d: d["buffers"].__setitem__(0, 7), r"buffers\[0\]: a buffer must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "mutate, path",
+    [
+        (lambda d: d.update(kernels=["x"]), r"kernels\[0\]: expected an object"),
+        (lambda d: d.update(kernels=5), r"kernels: expected a list"),
+        (lambda d: d["kernels"][0].update(arguments=[["y", "o", "extra"]]), r"kernels\[0\]\.arguments\[0\]"),
+        (lambda d: d["kernels"][0].update(arguments=5), r"kernels\[0\]\.arguments: expected a list"),
+        (
+            lambda d: d["kernels"][0].update(literals=[{"type": ["i"], "val": 4}, ["f", 1.0]]),
+            r"kernels\[0\]\.literals: unknown literal type \['i'\]",
+        ),
+        (lambda d: d["kernels"][0].update(grid=[[[[[[[[1]]]]]]]]), r"kernels\[0\]: kernel 'axpy': grid"),
+        (lambda d: d["kernels"][0].update(library=["builtin"]), r"kernels\[0\]\.library: expected a library"),
+        (lambda d: d["kernels"][0].update(library="nosuch"), r"kernels\[0\]\.library: unknown kernel library"),
+        (lambda d: d["kernels"][0].update(kernel="x; rm"), r"kernels\[0\]: kernel name must be a C identifier"),
+        (lambda d: d["kernels"][0].update(shared=2.5), r"kernels\[0\]: kernel 'axpy': shared memory"),
+        (lambda d: d["kernels"][0].update(block=[2048]), r"kernels\[0\]: kernel 'axpy': block"),
+        (lambda d: d.update(extra=1), r"request: unknown field\(s\) \['extra'\]"),
+        (lambda d: d["kernels"][0].update(gird=[1]), r"kernels\[0\]: unknown field\(s\) \['gird'\]"),
+        (lambda d: d.update(deadline="soon"), r"request: deadline"),
+        (lambda d: d.update(buffers={"x": 1}), r"buffers: expected a list"),
+        (lambda d: d["buffers"].__setitem__(0, 7), r"buffers\[0\]: a buffer must be a mapping"),
+    ],
+)
 def test_malformed_fields_are_named_by_path(mutate, path):
     d = valid_dict()
     mutate(d)
@@ -241,8 +305,18 @@ def test_original_kaas_format_errors_are_named_by_path():
     assert Request.from_dict(kaas_dict()).n_iter == 2
 
 
-@pytest.mark.parametrize("text", ['{"kernels": ' + "[" * 5000 + "]" * 5000 + "}", "{", "[1, 2]", "1" * 5000,
-                                  b"\xff\xfe{}", '{"kernels": []}', '{"kernels": [], "buffers": []}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"kernels": ' + "[" * 5000 + "]" * 5000 + "}",
+        "{",
+        "[1, 2]",
+        "1" * 5000,
+        b"\xff\xfe{}",
+        '{"kernels": []}',
+        '{"kernels": [], "buffers": []}',
+    ],
+)
 def test_bad_json(text):
     with pytest.raises(RequestError) as info:
         Request.from_json(text)
@@ -261,8 +335,21 @@ def test_messages_never_echo_unbounded_input():
         Request.from_dict(d)
     assert len(str(info.value)) < 400
     with pytest.raises(RequestError) as info:
-        Literal("i", 10 ** 10000)
+        Literal("i", 10**10000)
     assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "value", [range(10**12), [range(10**12)], [[0.0] * N] * 10**6, [np.zeros(10**6)], [[[0.0] * 4] * 4] * 2]
+)
+def test_call_inputs_are_counted_before_they_are_converted(value):
+    """An input that would become more elements than its buffer holds is refused before NumPy converts it:
+    a range of 10**12 is a few bytes until it is an array (a MemoryError, or minutes of a worker's CPU)."""
+    r = Request.from_dict(valid_dict())
+    with pytest.raises(RequestError, match=r"input 'x': more elements than buffer 'x' holds \(64 bytes of float32\)"):
+        r.check_inputs({"x": value, "y": np.zeros(N, np.float32)})
+    ok = r.check_inputs({"x": [[0.0] * 4] * 4, "y": np.zeros(N, np.float32)})  # exactly its elements, nested
+    assert ok["x"].nbytes == 4 * N
 
 
 def test_positional_inputs_get_a_request_error():
@@ -272,22 +359,29 @@ def test_positional_inputs_get_a_request_error():
 
 
 # ------------------------------------------------------------------ fuzzing
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                      st.text(max_size=12), st.sampled_from(["i", "f", "o", "io", "t", "x", "y", "builtin", "axpy",
-                                                             "float32", "\ud800", "name", "size"]))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                             st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                          max_leaves=12)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["i", "f", "o", "io", "t", "x", "y", "builtin", "axpy", "float32", "\ud800", "name", "size"]),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _paths(obj, prefix=()):
     yield prefix
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
+            yield from _paths(v, (*prefix, k))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            yield from _paths(v, prefix + (i,))
+            yield from _paths(v, (*prefix, i))
 
 
 def _replace(obj, path, value):
@@ -310,8 +404,12 @@ def _assert_only_request_errors(d):
     json.dumps(r.to_dict())  # what parses, serializes back
 
 
-FUZZ = settings(max_examples=400, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @pytest.mark.slow
@@ -327,8 +425,11 @@ def test_fuzzed_mutations_of_valid_requests(data, base):
 
 
 @FUZZ
-@given(d=st.dictionaries(st.sampled_from(["kernels", "buffers", "n_iter", "nIter", "tenant", "deadline"]),
-                         json_value, max_size=5))
+@given(
+    d=st.dictionaries(
+        st.sampled_from(["kernels", "buffers", "n_iter", "nIter", "tenant", "deadline"]), json_value, max_size=5
+    )
+)
 @pytest.mark.slow
 def test_fuzzed_top_level_dicts(d):
     _assert_only_request_errors(d)

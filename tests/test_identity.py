@@ -1,4 +1,5 @@
 """TLS peers' names and who may join as a worker (pure)."""
+
 from dask_kaas.plugins.identity import common_name, worker_refusal
 
 

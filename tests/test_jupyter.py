@@ -1,12 +1,12 @@
 """Notebook views: Request._repr_html_, Request.visualize (Graphviz or the built-in SVG), ClusterState's HTML,
 and Dask's progress bar on KaaS futures."""
+
 import pickle
 import xml.dom.minidom
 
 import numpy as np
 import pytest
-from distributed import wait, Client, progress
-
+from distributed import Client, progress, wait
 from helpers import matvec_request
 
 import dask_kaas
@@ -42,8 +42,10 @@ def test_repr_html_escapes_everything():
     evil = "<script>alert(1)</script>"
     x = BufferSpec("x&<b>", 4 * N, dtype="float32", ephemeral=True)
     y = BufferSpec("y", 4 * N, key="k/<i>", dtype="float32")
-    valid = Request([KernelSpec("builtin", "vadd", 1, 64, literals=[Literal("i", N)],
-                                arguments=[(x, "i"), (x, "i"), (y, "o")])], deadline=2.5)
+    valid = Request(
+        [KernelSpec("builtin", "vadd", 1, 64, literals=[Literal("i", N)], arguments=[(x, "i"), (x, "i"), (y, "o")])],
+        deadline=2.5,
+    )
     with pytest.raises(RequestError, match="tenant"):  # no constructor accepts such a tenant ...
         Request(valid.kernels, tenant=evil)
     from dask_kaas.request.model import _set_request_fields
@@ -59,11 +61,14 @@ def test_repr_html_escapes_everything():
     xml.dom.minidom.parseString(svg)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: mlp_request("demo/mlp", batch=8, d_in=16, hidden=32, classes=4, tenant="t"),
-    lambda: jacobi_request("A", 32, 3, "t"),
-    lambda: matvec_request("A"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mlp_request("demo/mlp", batch=8, d_in=16, hidden=32, classes=4, tenant="t"),
+        lambda: jacobi_request("A", 32, 3, "t"),
+        lambda: matvec_request("A"),
+    ],
+)
 def test_visualize_svg_fallback_names_every_kernel_and_buffer(make, monkeypatch, tmp_path):
     monkeypatch.setattr(jupyter, "graphviz_available", lambda: False)
     r = make()
@@ -108,18 +113,48 @@ def test_visualize_uses_graphviz_when_available(mlp, monkeypatch, tmp_path):
 STATE = {
     "policy": "affinity",
     "workers": {
-        "tcp://10.0.0.1:4001": {"cache": [{"namespace": "alice", "key": "w", "version": 2, "uid": "u",
-                                           "bytes": 4096}],
-                                "capacity": 2**30, "used": 4096, "pinned": 0, "free": 2**30 - 4096, "queue": 3,
-                                "queued_seconds": 0.25, "counters": {}},
-        "tcp://10.0.0.2:4001": {"cache": [], "capacity": 2**30, "used": 0, "pinned": 0, "free": 2**30,
-                                "queue": 0, "queued_seconds": 0.0, "counters": {}},
+        "tcp://10.0.0.1:4001": {
+            "cache": [{"namespace": "alice", "key": "w", "version": 2, "uid": "u", "bytes": 4096}],
+            "capacity": 2**30,
+            "used": 4096,
+            "pinned": 0,
+            "free": 2**30 - 4096,
+            "queue": 3,
+            "queued_seconds": 0.25,
+            "counters": {},
+        },
+        "tcp://10.0.0.2:4001": {
+            "cache": [],
+            "capacity": 2**30,
+            "used": 0,
+            "pinned": 0,
+            "free": 2**30,
+            "queue": 0,
+            "queued_seconds": 0.0,
+            "counters": {},
+        },
     },
     "tenants": {
-        "alice": {"submitted": 5, "completed": 4, "rejected": 1, "failed": 0, "gpu_seconds": 0.5,
-                  "latency_p50": 0.012, "latency_p99": 0.034, "latency_mean": 0.02},
-        "<bob>": {"submitted": 0, "completed": 0, "rejected": 0, "failed": 0, "gpu_seconds": 0.0,
-                  "latency_p50": None, "latency_p99": None, "latency_mean": None},
+        "alice": {
+            "submitted": 5,
+            "completed": 4,
+            "rejected": 1,
+            "failed": 0,
+            "gpu_seconds": 0.5,
+            "latency_p50": 0.012,
+            "latency_p99": 0.034,
+            "latency_mean": 0.02,
+        },
+        "<bob>": {
+            "submitted": 0,
+            "completed": 0,
+            "rejected": 0,
+            "failed": 0,
+            "gpu_seconds": 0.0,
+            "latency_p50": None,
+            "latency_p99": None,
+            "latency_mean": None,
+        },
     },
     "recent": [],
 }
@@ -141,8 +176,12 @@ def test_cluster_state_is_the_dict_with_an_html_view():
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     store = f"file://{tmp_path_factory.mktemp('jupyter-store')}"
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalKaasCluster(
+            n_workers=2, device="host", device_memory="64MiB", store=store, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         a = np.random.default_rng(0).standard_normal((N, N)).astype(np.float32)
         cluster.store.put("A", a, namespace="nb1")
         cluster.store.put("A", a, namespace="nb2")
@@ -152,8 +191,9 @@ def client(tmp_path_factory):
 
 def test_progress_on_kaas_futures(client, capsys):
     xs = [np.random.default_rng(i).standard_normal(N).astype(np.float32) for i in range(12)]
-    futures = [client.submit(matvec_request("A", tenant=("nb1", "nb2")[i % 2]), x=x, pure=False)
-               for i, x in enumerate(xs)]
+    futures = [
+        client.submit(matvec_request("A", tenant=("nb1", "nb2")[i % 2]), x=x, pure=False) for i, x in enumerate(xs)
+    ]
     progress(futures, notebook=False)  # blocks until the scheduler has them all done
     wait(futures)  # the client learns of each completion a moment later
     assert all(f.status == "finished" for f in futures)
@@ -163,8 +203,9 @@ def test_progress_on_kaas_futures(client, capsys):
 
 
 def test_cluster_state_of_a_live_cluster(client):
-    client.gather([client.submit(matvec_request("A", tenant=t), x=np.ones(N, np.float32), pure=False)
-                   for t in ("nb1", "nb2")])
+    client.gather(
+        [client.submit(matvec_request("A", tenant=t), x=np.ones(N, np.float32), pure=False) for t in ("nb1", "nb2")]
+    )
     state = cluster_state(client)
     assert isinstance(state, jupyter.ClusterState) and isinstance(state, dict)
     assert state["policy"] and set(state["workers"]) == set(client.scheduler_info()["workers"])

@@ -1,8 +1,10 @@
 """The built-in kernels' NumPy host twins against straightforward references."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,8 +17,7 @@ SIZES = [0, 1, 15, 16, 17, 33, 100, 257]
 
 def run(kernel, literals, *arrays, launch=LAUNCHES[1]):
     """Run a twin through run_twin on uint8 copies; return the float32 results."""
-    raw = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint8).copy()
-           for a in arrays]
+    raw = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint8).copy() for a in arrays]
     builtin.run_twin(kernel, launch, literals, raw)
     return [r.view(np.float32) for r in raw]
 
@@ -47,13 +48,11 @@ def test_axpy(n):
     np.testing.assert_allclose(y, y0 + np.float32(0.75) * x, rtol=1e-6)
 
 
-@pytest.mark.parametrize("M, N, K", [(0, 3, 2), (1, 1, 1), (16, 16, 16), (17, 5, 33),
-                                     (31, 40, 7), (64, 48, 80)])
+@pytest.mark.parametrize("M, N, K", [(0, 3, 2), (1, 1, 1), (16, 16, 16), (17, 5, 33), (31, 40, 7), (64, 48, 80)])
 def test_sgemm(M, N, K):
     rng = np.random.default_rng(M * 100 + N)
     A, B = rand(rng, M, K), rand(rng, K, N)
-    *_, C = run("sgemm", [M, N, K], A, B, np.full(M * N, np.nan, np.float32),
-                launch=LaunchConfig((2, 3), (16, 16)))
+    *_, C = run("sgemm", [M, N, K], A, B, np.full(M * N, np.nan, np.float32), launch=LaunchConfig((2, 3), (16, 16)))
     np.testing.assert_allclose(C.reshape(M, N), A.astype(np.float64) @ B, rtol=1e-4, atol=1e-4)
 
 
@@ -135,8 +134,7 @@ def test_short_buffer_is_refused():
 
 
 @settings(max_examples=40, deadline=None)
-@given(M=st.integers(0, 40), N=st.integers(0, 40), K=st.integers(0, 40),
-       seed=st.integers(0, 2**16))
+@given(M=st.integers(0, 40), N=st.integers(0, 40), K=st.integers(0, 40), seed=st.integers(0, 2**16))
 def test_sgemm_property(M, N, K, seed):
     rng = np.random.default_rng(seed)
     A, B = rand(rng, M, K), rand(rng, K, N)
@@ -152,6 +150,5 @@ def test_run_twin_truncates_trailing_bytes(data, extra):
     raw_x = np.concatenate([x.view(np.uint8), np.full(extra, 0xFF, np.uint8)])
     out = np.zeros(4 + extra, np.uint8)
     builtin.run_twin("reduce_sum", LaunchConfig(1, 1), [n], [raw_x, out])
-    np.testing.assert_allclose(out[:4].view(np.float32)[0], x.astype(np.float64).sum(),
-                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out[:4].view(np.float32)[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-3)
     assert not out[4:].any()

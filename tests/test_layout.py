@@ -7,6 +7,7 @@ The import graph is read from the source (``ast``), deferred imports inside func
 and ``a/b/__init__``, so an edge to a module is an edge to its packages too (except the importer's
 own packages, which are already running, and the root package, whose names load lazily).
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,17 +25,57 @@ ROOT = "dask_kaas"
 
 # The layers below the plugins: what a worker's runtime, the store and the scheduling policy are made
 # of. None of them imports distributed, directly or through another module of dask_kaas.
-BELOW_PLUGINS = ("request", "kernels", "batching.queue", "store", "device", "runtime", "scheduling", "report", "names", "errors",
-                 "config", "files", "selfcheck", "logs", "text", "deploy.gpus", "functions", "datatypes",
-                 "gateway.tokens", "gateway.ratelimit", "gateway.oip", "gateway.catalog", "sim")
+BELOW_PLUGINS = (
+    "request",
+    "kernels",
+    "batching.queue",
+    "store",
+    "device",
+    "runtime",
+    "scheduling",
+    "report",
+    "names",
+    "errors",
+    "config",
+    "files",
+    "selfcheck",
+    "logs",
+    "text",
+    "deploy.gpus",
+    "functions",
+    "datatypes",
+    "gateway.tokens",
+    "gateway.ratelimit",
+    "gateway.oip",
+    "gateway.catalog",
+    "sim",
+)
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none
 # reaches the store, Zarr or fsspec.
 SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard", "preload")
 # Attributes of distributed's objects that only dask_kaas.compat may touch.
-INTERNALS = {"worker_restrictions", "loose_restrictions", "_transition", "_transitions", "transitions",
-             "get_comm_cost", "template_variables", "stream_handlers", "batched_send", "processing_on",
-             "client_comms", "run_spec", "resource_restrictions", "total_resources", "get_current_task",
-             "_collectors", "send_all", "set_resources", "applications", "extra_info"}
+INTERNALS = {
+    "worker_restrictions",
+    "loose_restrictions",
+    "_transition",
+    "_transitions",
+    "transitions",
+    "get_comm_cost",
+    "template_variables",
+    "stream_handlers",
+    "batched_send",
+    "processing_on",
+    "client_comms",
+    "run_spec",
+    "resource_restrictions",
+    "total_resources",
+    "get_current_task",
+    "_collectors",
+    "send_all",
+    "set_resources",
+    "applications",
+    "extra_info",
+}
 
 
 # ------------------------------------------------------------------ the graph
@@ -57,8 +98,9 @@ class _Imports(ast.NodeVisitor):
 
     def visit_If(self, node: ast.If) -> None:
         test = node.test
-        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-                (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
             for child in node.orelse:
                 self.visit(child)
             return
@@ -93,7 +135,7 @@ def absolute_targets(name: str) -> set[str]:
             out.update(alias.name for alias in node.names)
             continue
         if node.level:
-            target = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+            target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
         else:
             target = node.module or ""
         for alias in node.names:
@@ -181,8 +223,15 @@ def in_layer(name: str, layers) -> bool:
 
 # ------------------------------------------------------------------ the checker checks itself
 def test_cycle_finder_finds_circles():
-    g = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset({"a"}),
-         "e": frozenset({"f"}), "f": frozenset({"e"}), "g": frozenset()}
+    g = {
+        "a": frozenset({"b"}),
+        "b": frozenset({"c"}),
+        "c": frozenset({"a"}),
+        "d": frozenset({"a"}),
+        "e": frozenset({"f"}),
+        "f": frozenset({"e"}),
+        "g": frozenset(),
+    }
     assert sorted(cycles(g)) == [["a", "b", "c"], ["e", "f"]]
     assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
 
@@ -226,15 +275,22 @@ def test_distributed_internals_only_in_compat():
         for node in import_nodes(name):  # only ``from distributed import <public name>``
             if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "distributed" for a in node.names):
                 offenders.append(f"{name}: import {', '.join(a.name for a in node.names)}")
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "distributed":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").split(".")[0] == "distributed"
+            ):
                 import distributed
 
                 bad = [a.name for a in node.names if node.module != "distributed" or a.name not in distributed.__all__]
                 if bad:
                     offenders.append(f"{name}: from {node.module} import {', '.join(bad)}")
         for node in ast.walk(tree(name)):  # ``x.worker_restrictions`` and the like, but not ``compat.x``/``self.x``
-            if isinstance(node, ast.Attribute) and node.attr in INTERNALS and \
-                    not (isinstance(node.value, ast.Name) and node.value.id in ("compat", "self")):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in INTERNALS
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("compat", "self"))
+            ):
                 offenders.append(f"{name}:{node.lineno}: .{node.attr}")
     assert offenders == []
 
@@ -247,10 +303,12 @@ def test_scheduler_side_never_reaches_the_store():
 
 
 def test_a_scheduler_process_loads_no_store_zarr_or_device():
-    code = ("import sys, dask_kaas.plugins.scheduler, dask_kaas.dashboard, dask_kaas.scheduling, dask_kaas.preload; "
-            "import dask_kaas; dask_kaas.KaasSchedulerPlugin; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zarr', 'fsspec', 'cupy', 'rmm') "
-            "or m.startswith(('dask_kaas.store', 'dask_kaas.runtime', 'dask_kaas.device'))))")
+    code = (
+        "import sys, dask_kaas.plugins.scheduler, dask_kaas.dashboard, dask_kaas.scheduling, dask_kaas.preload; "
+        "import dask_kaas; dask_kaas.KaasSchedulerPlugin; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zarr', 'fsspec', 'cupy', 'rmm') "
+        "or m.startswith(('dask_kaas.store', 'dask_kaas.runtime', 'dask_kaas.device'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """Kernel libraries: signatures, NVRTC compilation, the binary cache, registry, constraints."""
+
 from __future__ import annotations
 
 import os
@@ -9,23 +10,21 @@ import numpy as np
 import pytest
 
 import dask_kaas
-from dask_kaas.kernels import nvrtc
 from dask_kaas.errors import KernelError, RequestError
 from dask_kaas.kernels import (
-    Library,
     LaunchConfig,
+    Library,
     Param,
     builtin,
+    nvrtc,
     parse_signatures,
     register_library,
     resolve_library,
 )
 
-BUILTIN_KERNELS = {"fill", "vadd", "axpy", "sgemm", "bias_relu", "softmax_rows",
-                   "jacobi_step", "reduce_sum"}
+BUILTIN_KERNELS = {"fill", "vadd", "axpy", "sgemm", "bias_relu", "softmax_rows", "jacobi_step", "reduce_sum"}
 
-needs_nvrtc = pytest.mark.skipif(not nvrtc.available(),
-                                 reason="NVRTC (libnvrtc) cannot be loaded here")
+needs_nvrtc = pytest.mark.skipif(not nvrtc.available(), reason="NVRTC (libnvrtc) cannot be loaded here")
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def cache_dir(tmp_path):
 
 # -- signatures -------------------------------------------------------------------------------
 
-TRICKY = r'''
+TRICKY = r"""
 #include <cuda_fp16.h>
 #define BLOCK 256   // extern "C" __global__ void not_a_kernel(int x)
 template <typename T> __global__ void templated(T* x) {}
@@ -64,13 +63,12 @@ extern "C" {
 }
 extern "C" __global__ void no_params() {}
 extern "C" __global__ void void_params(void) {}
-'''
+"""
 
 
 def test_parse_signatures_tricky():
     sigs = parse_signatures(TRICKY)
-    assert set(sigs) == {"scale", "in_block", "bounds_first", "after_struct", "no_params",
-                         "void_params"}
+    assert set(sigs) == {"scale", "in_block", "bounds_first", "after_struct", "no_params", "void_params"}
     scale = sigs["scale"]
     assert [p.name for p in scale.params] == ["n", "alpha", "x", "y"]
     assert scale.params[2] == Param("x", "float", pointer=True, const=True)
@@ -96,15 +94,31 @@ def test_scalars_first_detection():
     assert [p.name for p in sig.literals] == ["n"] and [p.name for p in sig.buffers] == ["y"]
 
 
-@pytest.mark.parametrize("ctype, dtype, code", [
-    ("float", np.float32, "f"), ("double", np.float64, "d"), ("int", np.int32, "i"),
-    ("int32_t", np.int32, "i"), ("unsigned", np.uint32, "I"), ("unsigned int", np.uint32, "I"),
-    ("uint32_t", np.uint32, "I"), ("long long", np.int64, "q"), ("int64_t", np.int64, "q"),
-    ("long", np.int64, "q"), ("unsigned long long", np.uint64, "Q"), ("uint64_t", np.uint64, "Q"),
-    ("size_t", np.uint64, "Q"), ("char", np.int8, None), ("int8_t", np.int8, None),
-    ("unsigned char", np.uint8, None), ("uint8_t", np.uint8, None), ("short", np.int16, None),
-    ("half", np.float16, None), ("__half", np.float16, None),
-])
+@pytest.mark.parametrize(
+    "ctype, dtype, code",
+    [
+        ("float", np.float32, "f"),
+        ("double", np.float64, "d"),
+        ("int", np.int32, "i"),
+        ("int32_t", np.int32, "i"),
+        ("unsigned", np.uint32, "I"),
+        ("unsigned int", np.uint32, "I"),
+        ("uint32_t", np.uint32, "I"),
+        ("long long", np.int64, "q"),
+        ("int64_t", np.int64, "q"),
+        ("long", np.int64, "q"),
+        ("unsigned long long", np.uint64, "Q"),
+        ("uint64_t", np.uint64, "Q"),
+        ("size_t", np.uint64, "Q"),
+        ("char", np.int8, None),
+        ("int8_t", np.int8, None),
+        ("unsigned char", np.uint8, None),
+        ("uint8_t", np.uint8, None),
+        ("short", np.int16, None),
+        ("half", np.float16, None),
+        ("__half", np.float16, None),
+    ],
+)
 def test_param_dtype_and_code(ctype, dtype, code):
     p = Param("v", ctype, pointer=False, const=False)
     assert p.dtype == np.dtype(dtype)
@@ -131,7 +145,7 @@ def test_builtin_signatures():
 
 @needs_nvrtc
 def test_nvrtc_basics():
-    major, minor = nvrtc.version()
+    major, _minor = nvrtc.version()
     assert major >= 11
     archs = nvrtc.supported_archs()
     assert 80 in archs and 90 in archs
@@ -217,16 +231,21 @@ def test_binary_cache_is_keyed_by_nvrtc_version(cache_dir, monkeypatch):
     monkeypatch.setattr(nvrtc, "version", lambda: (real_version[0], real_version[1] + 1))
     Library.from_source("versioned", source).binary("sm_80")
     assert len(calls) == 2
-    names = sorted(p for p in os.listdir(cache_dir) if "-sm_80-" in p and p.startswith(
-        Library.from_source("versioned", source).content_hash))
-    assert [n.rsplit("-", 1)[1] for n in names] == [f"nvrtc{real_version[0]}.{real_version[1]}.cubin",
-                                                   f"nvrtc{real_version[0]}.{real_version[1] + 1}.cubin"]
+    names = sorted(
+        p
+        for p in os.listdir(cache_dir)
+        if "-sm_80-" in p and p.startswith(Library.from_source("versioned", source).content_hash)
+    )
+    assert [n.rsplit("-", 1)[1] for n in names] == [
+        f"nvrtc{real_version[0]}.{real_version[1]}.cubin",
+        f"nvrtc{real_version[0]}.{real_version[1] + 1}.cubin",
+    ]
 
 
 @needs_nvrtc
 def test_binary_cache_is_reused(cache_dir, monkeypatch):
     source = 'extern "C" __global__ void k(int n, float* y) { if (n) y[0] = 1.0f; }'
-    first, kind = Library.from_source("cached", source).binary("sm_80")
+    first, _kind = Library.from_source("cached", source).binary("sm_80")
     path = cache_dir / cached_name(Library.from_source("cached", source), "sm_80")
     assert path.exists() and path.read_bytes() == first
     mtime = path.stat().st_mtime_ns
@@ -276,8 +295,9 @@ def test_prebuilt_files(tmp_path, cache_dir):
     assert ptx_lib.kind == "ptx" and ptx_lib.binary("sm_80") == (ptx, "ptx")
     assert ptx_lib.has_kernel("vadd") and not ptx_lib.has_kernel("anything")
 
-    typed = Library.from_file(tmp_path / "k.cubin", signatures={"vadd": "int n, const float* a, "
-                                                                        "const float* b, float* c"})
+    typed = Library.from_file(
+        tmp_path / "k.cubin", signatures={"vadd": "int n, const float* a, const float* b, float* c"}
+    )
     assert typed.signature("vadd").literal_codes == ("i",)
     assert typed.has_kernel("vadd") and not typed.has_kernel("anything")
 
@@ -291,7 +311,7 @@ def test_prebuilt_files(tmp_path, cache_dir):
 
 def test_unknown_extension(tmp_path):
     (tmp_path / "k.so").write_bytes(b"x")
-    with pytest.raises(KernelError, match="k.so"):
+    with pytest.raises(KernelError, match=r"k.so"):
         Library.from_file(tmp_path / "k.so")
 
 
@@ -342,7 +362,7 @@ def test_resolve_unknown_name():
 
 def test_resolve_missing_path(tmp_path):
     missing = str(tmp_path / "missing.cubin")
-    with pytest.raises(RequestError, match="missing.cubin"):
+    with pytest.raises(RequestError, match=r"missing.cubin"):
         resolve_library(missing)
 
 
@@ -360,8 +380,7 @@ def test_check_launch():
     with pytest.raises(RequestError, match="positive"):
         builtin.check_launch("vadd", 0, 32)
 
-    lib = Library.from_source("c", 'extern "C" __global__ void k() {}',
-                              constraints={"k": {"max_block": 128}})
+    lib = Library.from_source("c", 'extern "C" __global__ void k() {}', constraints={"k": {"max_block": 128}})
     lib.check_launch("k", 1, (8, 16))
     with pytest.raises(RequestError, match=r"'c'.*'k'.*max_block=128"):
         lib.check_launch("k", 1, (16, 16))
@@ -387,7 +406,7 @@ def test_run_twin_views_write_in_place():
     raw = [a.view(np.uint8).copy(), b.view(np.uint8).copy(), np.zeros(n * 4 + 3, np.uint8)]
     builtin.run_twin("vadd", LaunchConfig(1, 32), [n], raw)
     assert np.array_equal(raw[2][: n * 4].view(np.float32), a + 2)
-    assert not raw[2][n * 4:].any()  # trailing bytes that fill no element are untouched
+    assert not raw[2][n * 4 :].any()  # trailing bytes that fill no element are untouched
 
 
 def test_run_twin_passes_typed_arguments():
@@ -397,8 +416,11 @@ def test_run_twin_passes_typed_arguments():
         seen.update(launch=launch, n=n, x=x, y=y, p=p, q=q)
         q[:] = p[: q.size]
 
-    lib = Library.from_source("t", 'extern "C" __global__ void k(int n, double x, float y, '
-                              'const int64_t* p, unsigned char* q) {}', twins={"k": twin})
+    lib = Library.from_source(
+        "t",
+        'extern "C" __global__ void k(int n, double x, float y, const int64_t* p, unsigned char* q) {}',
+        twins={"k": twin},
+    )
     p = np.array([1, 2], dtype=np.int64).view(np.uint8)
     q = np.zeros(2, np.uint8)
     launch = LaunchConfig(1, 1)

@@ -1,4 +1,5 @@
 """``dask_kaas_*`` Prometheus metrics, scraped over HTTP from the scheduler's ``/metrics``."""
+
 import math
 import time
 import urllib.request
@@ -7,9 +8,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from distributed import Client
+from helpers import matvec_request
 
 from dask_kaas import AdmissionRejected, LocalKaasCluster, cluster_state, worker_stats
-from helpers import matvec_request
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -57,8 +58,9 @@ def reported(client, completed: int) -> None:
 
 @pytest.fixture
 def cluster(tmp_path):
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="16MiB", store=f"file://{tmp_path}",
-                          dashboard_address="127.0.0.1:0") as cluster:
+    with LocalKaasCluster(
+        n_workers=2, device="host", device_memory="16MiB", store=f"file://{tmp_path}", dashboard_address="127.0.0.1:0"
+    ) as cluster:
         yield cluster
 
 
@@ -67,8 +69,7 @@ def test_metrics_over_http(cluster):
         run_tenants(cluster, client, RUNS)
         # the runtime of this shape is known now: a deadline no request can meet is rejected at admission
         with pytest.raises(AdmissionRejected):
-            client.submit(matvec_request("A", N, "alice", deadline=1e-6), x=np.ones(N, np.float32),
-                          pure=False).result()
+            client.submit(matvec_request("A", N, "alice", deadline=1e-6), x=np.ones(N, np.float32), pure=False).result()
         completed = sum(RUNS.values())
         reported(client, completed)
         stats = worker_stats(client)
@@ -97,13 +98,20 @@ def test_metrics_over_http(cluster):
         assert by(samples, "dask_kaas_bytes_d2h_total", "worker")[address] == worker["bytes_d2h"]
         assert by(samples, "dask_kaas_cache_evictions_total", "worker")[address] == worker["evictions"]
         assert by(samples, "dask_kaas_queue_length", "worker")[address] == 0
-        device = {dict(labels)["state"]: value for labels, value in samples["dask_kaas_device_bytes"].items()
-                  if dict(labels)["worker"] == address}
+        device = {
+            dict(labels)["state"]: value
+            for labels, value in samples["dask_kaas_device_bytes"].items()
+            if dict(labels)["worker"] == address
+        }
         if not worker["requests"]:  # no report from it yet: no memory figures
             assert device == {}
             continue
-        assert device == {"used": worker["used"], "pinned": worker["pinned"], "capacity": worker["capacity"],
-                          "free": worker["capacity"] - worker["used"]}
+        assert device == {
+            "used": worker["used"],
+            "pinned": worker["pinned"],
+            "capacity": worker["capacity"],
+            "free": worker["capacity"] - worker["used"],
+        }
         assert worker["capacity"] == 16 * 2**20 and worker["used"] > 0
     assert sum(by(samples, "dask_kaas_bytes_loaded_total", "worker").values()) >= len(RUNS) * N * N * 4
 
@@ -113,10 +121,12 @@ def test_metrics_over_http(cluster):
     assert {t: tenant_hits[t] + tenant_misses[t] for t in RUNS} == RUNS
     assert sum(tenant_hits.values()) == sum(hits.values())
     assert all(tenant_misses[t] >= 1 for t in RUNS)  # each tenant's const loaded once at least
-    assert sum(by(samples, "dask_kaas_tenant_bytes_loaded_total", "tenant").values()) == \
-        sum(by(samples, "dask_kaas_bytes_loaded_total", "worker").values())
-    assert sum(by(samples, "dask_kaas_tenant_evictions_caused_total", "tenant").values()) == \
-        sum(by(samples, "dask_kaas_cache_evictions_total", "worker").values())
+    assert sum(by(samples, "dask_kaas_tenant_bytes_loaded_total", "tenant").values()) == sum(
+        by(samples, "dask_kaas_bytes_loaded_total", "worker").values()
+    )
+    assert sum(by(samples, "dask_kaas_tenant_evictions_caused_total", "tenant").values()) == sum(
+        by(samples, "dask_kaas_cache_evictions_total", "worker").values()
+    )
     assert all(v > 0 for v in by(samples, "dask_kaas_tenant_device_seconds_total", "tenant").values())
     assert by(samples, "dask_kaas_tenant_held_requests", "tenant") == {"alice": 0, "bob": 0}
 
@@ -124,9 +134,11 @@ def test_metrics_over_http(cluster):
     assert by(samples, "dask_kaas_request_latency_seconds_count", "tenant") == RUNS
     sums = by(samples, "dask_kaas_request_latency_seconds_sum", "tenant")
     for tenant, n in RUNS.items():
-        buckets = sorted((float(dict(labels)["le"]), value)
-                         for labels, value in samples["dask_kaas_request_latency_seconds_bucket"].items()
-                         if dict(labels)["tenant"] == tenant)
+        buckets = sorted(
+            (float(dict(labels)["le"]), value)
+            for labels, value in samples["dask_kaas_request_latency_seconds_bucket"].items()
+            if dict(labels)["tenant"] == tenant
+        )
         counts = [value for _, value in buckets]
         assert buckets[-1] == (math.inf, n)
         assert counts == sorted(counts)  # cumulative: never decreasing
@@ -138,8 +150,13 @@ def test_metrics_over_http(cluster):
 def test_two_clusters_one_after_the_other(tmp_path):
     """The collector is registered once per process and follows the latest scheduler."""
     for i, runs in enumerate(({"first": 2}, {"second": 3})):
-        with LocalKaasCluster(n_workers=1, device="host", device_memory="16MiB",
-                              store=f"file://{tmp_path / str(i)}", dashboard_address="127.0.0.1:0") as cluster:
+        with LocalKaasCluster(
+            n_workers=1,
+            device="host",
+            device_memory="16MiB",
+            store=f"file://{tmp_path / str(i)}",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster:
             with Client(cluster) as client:
                 run_tenants(cluster, client, runs)
                 reported(client, sum(runs.values()))
@@ -153,10 +170,22 @@ def test_two_clusters_one_after_the_other(tmp_path):
 @pytest.mark.slow
 def test_two_live_clusters_each_report_their_own(tmp_path):
     """With two schedulers alive in one process, each ``/metrics`` shows its own scheduler's figures."""
-    with LocalKaasCluster(n_workers=1, device="host", device_memory="16MiB", store=f"file://{tmp_path / 'a'}",
-                          dashboard_address="127.0.0.1:0") as a, \
-         LocalKaasCluster(n_workers=1, device="host", device_memory="16MiB", store=f"file://{tmp_path / 'b'}",
-                          dashboard_address="127.0.0.1:0") as b:
+    with (
+        LocalKaasCluster(
+            n_workers=1,
+            device="host",
+            device_memory="16MiB",
+            store=f"file://{tmp_path / 'a'}",
+            dashboard_address="127.0.0.1:0",
+        ) as a,
+        LocalKaasCluster(
+            n_workers=1,
+            device="host",
+            device_memory="16MiB",
+            store=f"file://{tmp_path / 'b'}",
+            dashboard_address="127.0.0.1:0",
+        ) as b,
+    ):
         for cluster, runs in ((a, {"ta": 2}), (b, {"tb": 1})):
             with Client(cluster) as client:
                 run_tenants(cluster, client, runs)

@@ -3,13 +3,14 @@
 ``.ci/run`` also runs this module with the oldest NVRTC 13 wheel the extras allow (whose
 libnvrtc has no RUNPATH) as well as the newest.
 """
+
 import subprocess
 import sys
 
 import pytest
 
-from dask_kaas.kernels import nvrtc
 from dask_kaas.errors import KernelError
+from dask_kaas.kernels import nvrtc
 
 needs_nvrtc = pytest.mark.skipif(not nvrtc.available(), reason="NVRTC is not installed")
 

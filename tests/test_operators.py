@@ -1,6 +1,7 @@
 """Operators: ``dask kaas scheduler`` and ``dask kaas worker`` as real processes, the scheduler
 preloads, which GPU each worker gets, the ``__main__`` guard, and the README's Quick start run as
 a saved file."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+from helpers import matvec_request
 from hypothesis import given
 from hypothesis import strategies as st
+from procs import Processes, free_port
 
 from dask_kaas import ConfigError, worker_stats
 from dask_kaas.deploy import visible_devices, worker_slots
 from dask_kaas.deploy.main_guard import unguarded_line
-from helpers import matvec_request
-from procs import Processes, free_port
 
 BIN = os.path.dirname(sys.executable)
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -67,15 +69,18 @@ def test_worker_slots_spread_evenly_and_see_their_gpu_first(n_gpus, n_workers):
 
 
 # ------------------------------------------------------------------ the __main__ guard
-@pytest.mark.parametrize("source, line, unguarded", [
-    ("import x\ncluster = f()\n", 2, True),
-    ('if __name__ == "__main__":\n    cluster = f()\n', 2, False),
-    ("if '__main__' == __name__:\n    cluster = f()\n", 2, False),
-    ('def main():\n    cluster = f()\n\nif __name__ == "__main__":\n    main()\n', 5, False),
-    ('if __name__ == "__main__":\n    pass\nelse:\n    cluster = f()\n', 4, True),
-    ("with f() as cluster:\n    g(cluster)\n", 2, True),
-    ("class A:\n    c = f()\n", 2, False),
-])
+@pytest.mark.parametrize(
+    "source, line, unguarded",
+    [
+        ("import x\ncluster = f()\n", 2, True),
+        ('if __name__ == "__main__":\n    cluster = f()\n', 2, False),
+        ("if '__main__' == __name__:\n    cluster = f()\n", 2, False),
+        ('def main():\n    cluster = f()\n\nif __name__ == "__main__":\n    main()\n', 5, False),
+        ('if __name__ == "__main__":\n    pass\nelse:\n    cluster = f()\n', 4, True),
+        ("with f() as cluster:\n    g(cluster)\n", 2, True),
+        ("class A:\n    c = f()\n", 2, False),
+    ],
+)
 def test_unguarded_line(source, line, unguarded):
     assert unguarded_line(source, line) is unguarded
 
@@ -83,7 +88,7 @@ def test_unguarded_line(source, line, unguarded):
 def quick_start_code() -> str:
     """The README's Quick start, as a user would copy it."""
     text = README.read_text()
-    section = text[text.index("## Quick start"):]
+    section = text[text.index("## Quick start") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -98,8 +103,8 @@ def test_the_quick_start_runs_as_a_saved_file(tmp_path):
 
 def test_an_unguarded_cluster_script_fails_at_once_saying_what_to_write(tmp_path):
     code = quick_start_code()
-    guarded = code[code.index('if __name__ == "__main__":'):]
-    unguarded = code[:code.index('if __name__ == "__main__":')] + textwrap.dedent(guarded.split("\n", 1)[1])
+    guarded = code[code.index('if __name__ == "__main__":') :]
+    unguarded = code[: code.index('if __name__ == "__main__":')] + textwrap.dedent(guarded.split("\n", 1)[1])
     script = tmp_path / "unguarded.py"
     script.write_text(unguarded)
     start = time.monotonic()
@@ -144,12 +149,27 @@ def test_two_commands_make_a_kaas_cluster_that_survives_a_scheduler_restart(proc
     store.put("A", np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), namespace="ops")
     port, dashboard = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
-    scheduler = dask_kaas("scheduler", "--host", "127.0.0.1", "--port", str(port),
-                          "--dashboard-address", f"127.0.0.1:{dashboard}")
+    scheduler = dask_kaas(
+        "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", f"127.0.0.1:{dashboard}"
+    )
     procs.start("scheduler", *scheduler)
     for i in (0, 1):  # two worker processes, each started by its own command
-        procs.start(f"worker{i}", *dask_kaas("worker", address, "--device", "host", "--device-memory", "32MiB",
-                                             "--store", store.url, "--name", f"w{i}", "--no-dashboard"))
+        procs.start(
+            f"worker{i}",
+            *dask_kaas(
+                "worker",
+                address,
+                "--device",
+                "host",
+                "--device-memory",
+                "32MiB",
+                "--store",
+                store.url,
+                "--name",
+                f"w{i}",
+                "--no-dashboard",
+            ),
+        )
     first = run_a_request(address, store)
     assert sorted(s["capacity"] for s in first["stats"].values()) == [32 * 2**20] * 2
     base = f"http://127.0.0.1:{dashboard}"
@@ -159,7 +179,9 @@ def test_two_commands_make_a_kaas_cluster_that_survives_a_scheduler_restart(proc
     assert "dask_kaas_" in http(f"{base}/metrics")[1]
     assert f"the KaaS page at {base}/kaas" in procs.log("scheduler")  # the scheduler says where its page is
     for i in (0, 1):
-        assert re.search(r"dask-kaas worker .*: host device .*cache capacity 32.00 MiB.*store file://", procs.log(f"worker{i}"))
+        assert re.search(
+            r"dask-kaas worker .*: host device .*cache capacity 32.00 MiB.*store file://", procs.log(f"worker{i}")
+        )
 
     procs.kill("scheduler")  # killed, then started again with the same command: no client action needed
     procs.start("scheduler", *scheduler)
@@ -178,12 +200,39 @@ def test_several_workers_of_one_command_and_the_dashboard_preload(procs, tmp_pat
     port, dashboard = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
     # plain dask scheduler with the page-only preload, the plugin from the other preload
-    procs.start("scheduler", os.path.join(BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                "--dashboard-address", f"127.0.0.1:{dashboard}", "--preload", "dask_kaas.dashboard",
-                "--preload", "dask_kaas.preload")
-    procs.start("workers", *dask_kaas("worker", address, "--device", "host", "--nworkers", "2",
-                                      "--device-memory", "2%", "--store", store.url, "--name", "node",
-                                      "--no-dashboard"))
+    procs.start(
+        "scheduler",
+        os.path.join(BIN, "dask"),
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dashboard-address",
+        f"127.0.0.1:{dashboard}",
+        "--preload",
+        "dask_kaas.dashboard",
+        "--preload",
+        "dask_kaas.preload",
+    )
+    procs.start(
+        "workers",
+        *dask_kaas(
+            "worker",
+            address,
+            "--device",
+            "host",
+            "--nworkers",
+            "2",
+            "--device-memory",
+            "2%",
+            "--store",
+            store.url,
+            "--name",
+            "node",
+            "--no-dashboard",
+        ),
+    )
     result = run_a_request(address, store)
     import psutil
 
@@ -219,17 +268,23 @@ def test_local_cluster_respects_the_parents_visible_gpus(monkeypatch, tmp_path):
     monkeypatch.setattr(cluster_module, "gpu_count", lambda: 2)
 
     async def specs():
-        cluster = cluster_module.LocalKaasCluster(n_workers=3, device="cuda", store=f"file://{tmp_path}",
-                                                  asynchronous=True, dashboard_address=":0")
+        cluster = cluster_module.LocalKaasCluster(
+            n_workers=3, device="cuda", store=f"file://{tmp_path}", asynchronous=True, dashboard_address=":0"
+        )
         try:
-            return [(s["options"]["env"]["CUDA_VISIBLE_DEVICES"], next(iter(s["options"]["plugins"])))
-                    for s in cluster.worker_spec.values()]
+            return [
+                (s["options"]["env"]["CUDA_VISIBLE_DEVICES"], next(iter(s["options"]["plugins"])))
+                for s in cluster.worker_spec.values()
+            ]
         finally:
             await cluster.close()
 
     got = asyncio.run(specs())
-    assert [(visible, p.workers_per_device, p.device_index) for visible, p in got] == \
-        [("2,3", 2, 0), ("3,2", 1, 0), ("2,3", 2, 0)]
+    assert [(visible, p.workers_per_device, p.device_index) for visible, p in got] == [
+        ("2,3", 2, 0),
+        ("3,2", 1, 0),
+        ("2,3", 2, 0),
+    ]
 
 
 def test_local_cluster_fails_within_seconds_with_the_workers_own_error(tmp_path):
@@ -237,6 +292,11 @@ def test_local_cluster_fails_within_seconds_with_the_workers_own_error(tmp_path)
 
     start = time.monotonic()
     with pytest.raises(KaasError, match="failed to start: ModuleNotFoundError: No module named 'no_such_module_xyz'"):
-        LocalKaasCluster(n_workers=2, device="host", store=f"file://{tmp_path}", dashboard_address=":0",
-                         preload=["no_such_module_xyz"])
+        LocalKaasCluster(
+            n_workers=2,
+            device="host",
+            store=f"file://{tmp_path}",
+            dashboard_address=":0",
+            preload=["no_such_module_xyz"],
+        )
     assert time.monotonic() - start < 60  # not the two-minute wait for workers that never arrive

@@ -1,4 +1,5 @@
 """Store profiles: stores/<name>.yaml, search order, ${VAR} expansion, resolve_store."""
+
 import os
 import textwrap
 
@@ -6,8 +7,15 @@ import dask.config
 import pytest
 
 from dask_kaas.errors import StoreError
-from dask_kaas.store.profiles import (BUILTIN_PROFILES, default_store_spec, expand_env, list_profiles, load_profile,
-                                profile_dirs, resolve_store)
+from dask_kaas.store.profiles import (
+    BUILTIN_PROFILES,
+    default_store_spec,
+    expand_env,
+    list_profiles,
+    load_profile,
+    profile_dirs,
+    resolve_store,
+)
 
 REPO_STORES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stores")
 
@@ -39,8 +47,11 @@ def test_repo_profiles_are_valid(cwd):
     for name in ("local", "memory", "s3"):
         assert profiles[name] == os.path.join(REPO_STORES, f"{name}.yaml")
     local = load_profile("local")
-    assert local == {"url": f"file://{os.environ['XDG_DATA_HOME']}/dask-kaas/store", "storage_options": {},
-                     "shared": ["public"]}
+    assert local == {
+        "url": f"file://{os.environ['XDG_DATA_HOME']}/dask-kaas/store",
+        "storage_options": {},
+        "shared": ["public"],
+    }
     assert load_profile("memory")["url"] == "memory://dask-kaas"
 
 
@@ -66,8 +77,11 @@ def test_cwd_profile_overrides_checkout_and_config_dir_overrides_cwd(cwd, tmp_pa
     extra = tmp_path_factory.mktemp("extra")
     write(extra / "local.yml", "url: memory://from-config\n")
     with dask.config.set({"kaas.store-profiles": [str(extra)], "kaas.store-shared": ["common"]}):
-        assert load_profile("local") == {"url": "memory://from-config", "storage_options": {},
-                                         "shared": ["common"]}  # no 'shared': the config default
+        assert load_profile("local") == {
+            "url": "memory://from-config",
+            "storage_options": {},
+            "shared": ["common"],
+        }  # no 'shared': the config default
         assert list_profiles()["local"] == str(extra / "local.yml")
 
 
@@ -88,15 +102,18 @@ def test_unknown_profile_names_it_and_the_dirs(cwd):
         load_profile("../etc")
 
 
-@pytest.mark.parametrize("text, match", [
-    ("url: [unclosed\n", "not valid YAML"),
-    ("- just\n- a list\n", "must be a mapping"),
-    ("shared: [a]\n", "'url' must be a non-empty string"),
-    ("url: s3://b\nstorage_options: [1, 2]\n", "'storage_options' must be a mapping"),
-    ("url: s3://b\nshared: [1]\n", "'shared' must be a list"),
-    ("url: s3://b\nbucket: x\n", "unknown field"),
-    ("url: s3://b\nstorage_options: {key: '${KAAS_TEST_UNSET_VAR}'}\n", "KAAS_TEST_UNSET_VAR is not set"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("url: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("shared: [a]\n", "'url' must be a non-empty string"),
+        ("url: s3://b\nstorage_options: [1, 2]\n", "'storage_options' must be a mapping"),
+        ("url: s3://b\nshared: [1]\n", "'shared' must be a list"),
+        ("url: s3://b\nbucket: x\n", "unknown field"),
+        ("url: s3://b\nstorage_options: {key: '${KAAS_TEST_UNSET_VAR}'}\n", "KAAS_TEST_UNSET_VAR is not set"),
+    ],
+)
 def test_malformed_profile_names_the_file(cwd, monkeypatch, text, match):
     monkeypatch.delenv("KAAS_TEST_UNSET_VAR", raising=False)
     path = write(cwd / "stores" / "bad.yaml", text)
@@ -109,8 +126,14 @@ def test_expand_env(monkeypatch):
     monkeypatch.setenv("KAAS_A", "x")
     monkeypatch.setenv("KAAS_EMPTY", "")
     monkeypatch.delenv("KAAS_B", raising=False)
-    value = {"a": "${KAAS_A}/${KAAS_B:-d}", "b": "${KAAS_B:-}", "c": "$${KAAS_A}", "n": 3,
-             "nested": {"e": "${KAAS_EMPTY:-fallback}", "gone": "${KAAS_EMPTY}"}, "l": ["${KAAS_A}"]}
+    value = {
+        "a": "${KAAS_A}/${KAAS_B:-d}",
+        "b": "${KAAS_B:-}",
+        "c": "$${KAAS_A}",
+        "n": 3,
+        "nested": {"e": "${KAAS_EMPTY:-fallback}", "gone": "${KAAS_EMPTY}"},
+        "l": ["${KAAS_A}"],
+    }
     assert expand_env(value) == {"a": "x/d", "c": "${KAAS_A}", "n": 3, "nested": {"e": "fallback"}, "l": ["x"]}
 
 

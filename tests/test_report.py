@@ -1,19 +1,33 @@
 """Worker reports: deltas that keep the scheduler's picture exact, riding in task-finished."""
+
 import numpy as np
 import pytest
 from distributed import Client
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+from helpers import matvec_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dask_kaas.errors import KaasError
 from dask_kaas.report import CachePicture, ReportBuilder
-from helpers import matvec_request
 
-const = st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["w1", "w2", "w3", "w4"]),
-                  st.sampled_from(["u1", "u2"]), st.integers(1, 3), st.integers(1, 100))
-states = st.lists(st.tuples(st.lists(const, max_size=5), st.dictionaries(st.sampled_from(["hits", "misses"]),
-                                                                          st.integers(0, 50)),
-                            st.booleans()), min_size=1, max_size=40)
+const = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(["w1", "w2", "w3", "w4"]),
+    st.sampled_from(["u1", "u2"]),
+    st.integers(1, 3),
+    st.integers(1, 100),
+)
+states = st.lists(
+    st.tuples(
+        st.lists(const, max_size=5),
+        st.dictionaries(st.sampled_from(["hits", "misses"]), st.integers(0, 50)),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
 def canonical(consts):
@@ -48,8 +62,8 @@ def test_a_cleared_cache_is_reported_whole():
     """Caches cleared on a policy switch: the scheduler forgets its pictures and each worker's next
     report is whole, so a const loaded again after the clear is seen (a delta would say nothing
     changed since the report before the clear, and the picture would stay empty)."""
-    from dask_kaas.runtime import Runtime
     from dask_kaas.device import HostDevice
+    from dask_kaas.runtime import Runtime
     from dask_kaas.scheduling.cluster import Cluster
 
     builder, cluster = ReportBuilder(), Cluster()
@@ -88,8 +102,9 @@ def _kaas_metadata(dask_scheduler, keys):
 def test_reports_ride_in_task_finished(cluster):
     with Client(cluster) as client:
         cluster.store.put("A", np.eye(64, dtype=np.float32), namespace="rep")
-        futures = [client.submit(matvec_request("A", tenant="rep"), x=np.ones(64, np.float32), pure=False)
-                   for _ in range(4)]
+        futures = [
+            client.submit(matvec_request("A", tenant="rep"), x=np.ones(64, np.float32), pure=False) for _ in range(4)
+        ]
         client.gather(futures)
         reports = client.run_on_scheduler(_kaas_metadata, keys=[f.key for f in futures])
         assert all(r is not None and r["ok"] and r["tenant"] == "rep" for r in reports)
@@ -100,9 +115,8 @@ def test_reports_ride_in_task_finished(cluster):
         cached = {(e["namespace"], e["key"]) for w in state["workers"].values() for e in w["cache"]}
         assert ("rep", "A") in cached
         before = sum(w["counters"].get("errors", 0) for w in state["workers"].values())
-        with pytest.raises(Exception):  # a failed request's report comes over the stream
-            client.submit(matvec_request("missing-key", tenant="rep"), x=np.ones(64, np.float32),
-                          pure=False).result()
+        with pytest.raises(KaasError):  # a failed request's report comes over the stream
+            client.submit(matvec_request("missing-key", tenant="rep"), x=np.ones(64, np.float32), pure=False).result()
         import time
 
         deadline = time.time() + 10

@@ -1,4 +1,5 @@
 """The request model: construction, validation rules, dict/JSON round trips, the original KaaS format."""
+
 import json
 import pickle
 
@@ -15,14 +16,25 @@ def vadd_request(n=N, *, tenant=None, n_iter=1, const_b=False):
     a = BufferSpec("a", 4 * n, dtype="float32")
     b = BufferSpec("b", 4 * n, dtype="float32", const=const_b)
     c = BufferSpec("c", 4 * n, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "vadd", (1,), (128,), literals=[Literal("i", n)],
-                   arguments=[(a, "i"), (b, "i"), (c, "o")])
+    k = KernelSpec(
+        "builtin", "vadd", (1,), (128,), literals=[Literal("i", n)], arguments=[(a, "i"), (b, "i"), (c, "o")]
+    )
     return Request([k], n_iter=n_iter, tenant=tenant)
 
 
 def test_exports_and_hierarchy():
-    for name in ("BufferSpec", "KernelSpec", "Literal", "Request", "builtin", "KaasError", "RequestError",
-                 "KernelError", "DeviceMemoryError", "StoreError"):
+    for name in (
+        "BufferSpec",
+        "KernelSpec",
+        "Literal",
+        "Request",
+        "builtin",
+        "KaasError",
+        "RequestError",
+        "KernelError",
+        "DeviceMemoryError",
+        "StoreError",
+    ):
         assert hasattr(dask_kaas, name)
     for err in (dask_kaas.RequestError, dask_kaas.KernelError, dask_kaas.DeviceMemoryError, dask_kaas.StoreError):
         assert issubclass(err, KaasError)
@@ -97,9 +109,19 @@ def test_original_kaas_format():
 
 
 def test_kaas_format_type_list_length_mismatch():
-    d = {"kernels": [{"library": "builtin", "kernel": "fill", "arguments": [{"name": "y", "size": 4}],
-                      "type_list": [], "gridDim": [1], "blockDim": [1],
-                      "literals": [{"type": "i", "val": 1}, {"type": "f", "val": 0.0}]}]}
+    d = {
+        "kernels": [
+            {
+                "library": "builtin",
+                "kernel": "fill",
+                "arguments": [{"name": "y", "size": 4}],
+                "type_list": [],
+                "gridDim": [1],
+                "blockDim": [1],
+                "literals": [{"type": "i", "val": 1}, {"type": "f", "val": 0.0}],
+            }
+        ]
+    }
     with pytest.raises(RequestError, match="type_list"):
         Request.from_dict(d)
 
@@ -144,8 +166,14 @@ def test_bad_buffer_fields():
 
 def test_unknown_io_code():
     with pytest.raises(RequestError, match=r"kernel 'fill'.*buffer 'y'.*unknown io code 'rw'"):
-        KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 1), Literal("f", 1.0)],
-                   arguments=[(BufferSpec("y", 4), "rw")])
+        KernelSpec(
+            "builtin",
+            "fill",
+            1,
+            32,
+            literals=[Literal("i", 1), Literal("f", 1.0)],
+            arguments=[(BufferSpec("y", 4), "rw")],
+        )
 
 
 def test_unknown_literal_type():
@@ -157,8 +185,20 @@ def test_unknown_literal_type():
 
 @pytest.mark.parametrize(
     "code,value",
-    [("i", 2**31), ("i", -(2**31) - 1), ("I", -1), ("I", 2**32), ("q", 2**63), ("Q", -1), ("Q", 2**64),
-     ("f", 1e39), ("f", -1e39), ("i", 1.5), ("i", True), ("f", "1.0")],
+    [
+        ("i", 2**31),
+        ("i", -(2**31) - 1),
+        ("I", -1),
+        ("I", 2**32),
+        ("q", 2**63),
+        ("Q", -1),
+        ("Q", 2**64),
+        ("f", 1e39),
+        ("f", -1e39),
+        ("i", 1.5),
+        ("i", True),
+        ("f", "1.0"),
+    ],
 )
 def test_literal_out_of_range_or_wrong_type(code, value):
     with pytest.raises(RequestError, match="literal"):
@@ -186,8 +226,9 @@ def test_bad_block(dims):
 
 def test_bad_shared():
     with pytest.raises(RequestError, match=r"kernel 'fill'.*shared"):
-        KernelSpec("builtin", "fill", 1, 32, shared=-1, literals=[("i", 1), ("f", 1.0)],
-                   arguments=[(BufferSpec("y", 4), "o")])
+        KernelSpec(
+            "builtin", "fill", 1, 32, shared=-1, literals=[("i", 1), ("f", 1.0)], arguments=[(BufferSpec("y", 4), "o")]
+        )
 
 
 @pytest.mark.parametrize("n_iter", [0, -1, 1.5, "2", None])
@@ -203,7 +244,7 @@ def test_unknown_library_and_kernel():
         KernelSpec("nosuchlib", "fill", 1, 32, arguments=[(y, "o")])
     with pytest.raises(RequestError, match="unknown kernel 'nosuchkernel' in library 'builtin'"):
         KernelSpec("builtin", "nosuchkernel", 1, 32, arguments=[(y, "o")])
-    with pytest.raises(RequestError, match="no/such/file.cubin"):
+    with pytest.raises(RequestError, match=r"no/such/file.cubin"):
         KernelSpec("no/such/file.cubin", "k", 1, 32, arguments=[(y, "o")])
 
 
@@ -214,19 +255,31 @@ def test_arguments_must_match_the_kernel_signature():
     with pytest.raises(RequestError, match=r"kernel 'fill'.*2 buffer arguments given.*takes 1"):
         KernelSpec("builtin", "fill", 1, 32, literals=[("i", 1), ("f", 1.0)], arguments=[(y, "o"), (y, "o")])
     with pytest.raises(RequestError, match="sgemm"):
-        KernelSpec("builtin", "sgemm", 1, (8, 8), literals=[("i", 1)] * 3,
-                   arguments=[(BufferSpec(n, 4), io) for n, io in (("A", "i"), ("B", "i"), ("C", "o"))])
+        KernelSpec(
+            "builtin",
+            "sgemm",
+            1,
+            (8, 8),
+            literals=[("i", 1)] * 3,
+            arguments=[(BufferSpec(n, 4), io) for n, io in (("A", "i"), ("B", "i"), ("C", "o"))],
+        )
 
 
 def test_pointer_before_scalar_is_rejected():
     """On CUDA the int would land in the pointer's slot (literals go first): an illegal address."""
     from dask_kaas import Library
 
-    lib = Library.from_source("ptrfirst", 'extern "C" __global__ void k(float* y, int n) { y[0] = n; }',
-                              twins={"k": lambda launch, n, y: None})
+    lib = Library.from_source(
+        "ptrfirst",
+        'extern "C" __global__ void k(float* y, int n) { y[0] = n; }',
+        twins={"k": lambda launch, n, y: None},
+    )
     y = BufferSpec("y", 4)
-    with pytest.raises(RequestError, match=r"kernel 'k' of library 'ptrfirst'.*pointer before a scalar"
-                                           r".*float\* y, int n.*literals first"):
+    with pytest.raises(
+        RequestError,
+        match=r"kernel 'k' of library 'ptrfirst'.*pointer before a scalar"
+        r".*float\* y, int n.*literals first",
+    ):
         KernelSpec(lib, "k", 1, 1, literals=[("i", 1)], arguments=[(y, "o")])
 
 
@@ -279,8 +332,9 @@ def test_input_that_is_not_a_buffer_or_not_an_input():
 def test_missing_ephemeral_input():
     x = BufferSpec("x", 40, ephemeral=True)
     y = BufferSpec("y", 40, ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 1, 32, literals=[("i", 10), ("f", 1.0)],
-                            arguments=[(x, "i"), (y, "io")])])
+    r = Request(
+        [KernelSpec("builtin", "axpy", 1, 32, literals=[("i", 10), ("f", 1.0)], arguments=[(x, "i"), (y, "io")])]
+    )
     with pytest.raises(RequestError, match="missing input 'x'"):
         r.check_inputs({"y": np.zeros(10, np.float32)})
 

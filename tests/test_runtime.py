@@ -1,9 +1,20 @@
 """The runtime on the host device: data flow, caching, capacity, errors that leak nothing."""
+
 import numpy as np
 import pytest
 
-from dask_kaas import (BufferSpec, BufferStore, DeviceMemoryError, KernelError, KernelSpec, Library, Literal,
-                       Request, RequestError, StoreError)
+from dask_kaas import (
+    BufferSpec,
+    BufferStore,
+    DeviceMemoryError,
+    KernelError,
+    KernelSpec,
+    Library,
+    Literal,
+    Request,
+    RequestError,
+    StoreError,
+)
 from dask_kaas.device import HostDevice
 from dask_kaas.runtime import Runtime
 
@@ -26,9 +37,14 @@ def assert_no_leak(rt):
 
 
 def gemm(m, n, k, a, b, c, *, tenant=None):
-    return KernelSpec("builtin", "sgemm", (-(-n // 16), -(-m // 16)), (16, 16),
-                      literals=[Literal("i", m), Literal("i", n), Literal("i", k)],
-                      arguments=[(a, "i"), (b, "i"), (c, "o")])
+    return KernelSpec(
+        "builtin",
+        "sgemm",
+        (-(-n // 16), -(-m // 16)),
+        (16, 16),
+        literals=[Literal("i", m), Literal("i", n), Literal("i", k)],
+        arguments=[(a, "i"), (b, "i"), (c, "o")],
+    )
 
 
 def test_vadd_typed_result_and_uint8_default(store):
@@ -38,10 +54,12 @@ def test_vadd_typed_result_and_uint8_default(store):
     b = BufferSpec("b", n * F, dtype="float32", ephemeral=True)
     c = BufferSpec("c", n * F, ephemeral=True)  # no dtype: raw bytes come back
     d = BufferSpec("d", n * F, dtype="float32", shape=(1, n), ephemeral=True)
-    r = Request([
-        KernelSpec("builtin", "vadd", 2, 32, literals=[Literal("i", n)], arguments=[(a, "i"), (b, "i"), (c, "o")]),
-        KernelSpec("builtin", "vadd", 2, 32, literals=[Literal("i", n)], arguments=[(a, "i"), (c, "i"), (d, "o")]),
-    ])
+    r = Request(
+        [
+            KernelSpec("builtin", "vadd", 2, 32, literals=[Literal("i", n)], arguments=[(a, "i"), (b, "i"), (c, "o")]),
+            KernelSpec("builtin", "vadd", 2, 32, literals=[Literal("i", n)], arguments=[(a, "i"), (c, "i"), (d, "o")]),
+        ]
+    )
     x, y = np.arange(n, dtype=np.float32), np.full(n, 2, np.float32)
     out = rt.run(r, {"a": x, "b": y})
     assert set(out) == {"c", "d"}
@@ -56,8 +74,9 @@ def test_vadd_typed_result_and_uint8_default(store):
 def test_calling_a_request_runs_it_locally():
     n = 8
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    r = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", n), Literal("f", 1.5)],
-                            arguments=[(y, "o")])])
+    r = Request(
+        [KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", n), Literal("f", 1.5)], arguments=[(y, "o")])]
+    )
     np.testing.assert_array_equal(r()["y"], np.full(n, 1.5, np.float32))
 
 
@@ -89,8 +108,13 @@ def test_const_passed_in_the_call_is_used_but_not_cached(store):
     rt = make_runtime(store)
     x = BufferSpec("x", 4 * F, key="xs", const=True)
     y = BufferSpec("y", 4 * F, dtype="float32", ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)],
-                            arguments=[(x, "i"), (y, "io")])])
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(x, "i"), (y, "io")]
+            )
+        ]
+    )
     out = rt.run(r, {"x": np.ones(4, np.float32), "y": np.ones(4, np.float32)})
     np.testing.assert_array_equal(out["y"], 2 * np.ones(4))
     assert rt.cache.used == 0 and rt.stats()["bytes_from_store"] == 0
@@ -101,8 +125,13 @@ def test_offset_reads_part_of_a_key(store):
     store.put("packed", np.arange(10, dtype=np.float32))
     x = BufferSpec("x", 4 * F, key="packed", offset=3 * F, const=True)
     y = BufferSpec("y", 4 * F, dtype="float32", ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)],
-                            arguments=[(x, "i"), (y, "io")])])
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(x, "i"), (y, "io")]
+            )
+        ]
+    )
     np.testing.assert_array_equal(rt.run(r, {"y": np.zeros(4, np.float32)})["y"], [3, 4, 5, 6])
 
 
@@ -111,8 +140,14 @@ def test_n_iter_repeats_in_place(store):
     n = 50
     x = BufferSpec("x", n * F, dtype="float32", ephemeral=True)
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 2, 32, literals=[Literal("i", n), Literal("f", 0.5)],
-                            arguments=[(x, "i"), (y, "io")])], n_iter=4)
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 2, 32, literals=[Literal("i", n), Literal("f", 0.5)], arguments=[(x, "i"), (y, "io")]
+            )
+        ],
+        n_iter=4,
+    )
     xv = np.arange(n, dtype=np.float32)
     out = rt.run(r, {"x": xv, "y": np.ones(n, np.float32)})
     np.testing.assert_allclose(out["y"], 1 + 4 * 0.5 * xv)
@@ -126,10 +161,12 @@ def test_keyed_input_from_store_and_output_persisted(store):
     x = BufferSpec("x", n * F, key="in/x")
     t = BufferSpec("t", n * F)
     total = BufferSpec("total", F, dtype="float32", key="out/total")
-    r = Request([
-        KernelSpec("builtin", "vadd", 1, 32, literals=[Literal("i", n)], arguments=[(x, "i"), (x, "i"), (t, "t")]),
-        KernelSpec("builtin", "reduce_sum", 2, 8, literals=[Literal("i", n)], arguments=[(t, "t"), (total, "o")]),
-    ])
+    r = Request(
+        [
+            KernelSpec("builtin", "vadd", 1, 32, literals=[Literal("i", n)], arguments=[(x, "i"), (x, "i"), (t, "t")]),
+            KernelSpec("builtin", "reduce_sum", 2, 8, literals=[Literal("i", n)], arguments=[(t, "t"), (total, "o")]),
+        ]
+    )
     out = rt.run(r)
     assert set(out) == {"total"}  # temporaries never come back
     expected = 2 * np.arange(n).sum()
@@ -143,9 +180,14 @@ def test_missing_keyed_input(store):
     rt = make_runtime(store)
     x = BufferSpec("x", 4 * F, key="not/there")
     y = BufferSpec("y", 4 * F, ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)],
-                            arguments=[(x, "i"), (y, "io")])])
-    with pytest.raises(RequestError, match="missing input 'x'.*not/there"):
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(x, "i"), (y, "io")]
+            )
+        ]
+    )
+    with pytest.raises(RequestError, match=r"missing input 'x'.*not/there"):
         rt.run(r, {"y": np.zeros(4, np.float32)})
     assert_no_leak(rt)
 
@@ -154,8 +196,13 @@ def test_missing_const_is_a_store_error_and_leaks_nothing(store):
     rt = make_runtime(store)
     x = BufferSpec("x", 4 * F, key="absent", const=True)
     y = BufferSpec("y", 4 * F, ephemeral=True)
-    r = Request([KernelSpec("builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)],
-                            arguments=[(x, "i"), (y, "io")])])
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(x, "i"), (y, "io")]
+            )
+        ]
+    )
     with pytest.raises(StoreError, match="absent"):
         rt.run(r, {"y": np.zeros(4, np.float32)})
     assert_no_leak(rt)
@@ -165,10 +212,12 @@ def test_missing_const_is_a_store_error_and_leaks_nothing(store):
 def test_outputs_start_zeroed(store):
     rt = make_runtime(store)
     y = BufferSpec("y", 10 * F, dtype="float32", ephemeral=True)
-    fill5 = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 5), Literal("f", 7.0)],
-                                arguments=[(y, "o")])])
-    fill10 = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 10), Literal("f", 9.0)],
-                                 arguments=[(y, "o")])])
+    fill5 = Request(
+        [KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 5), Literal("f", 7.0)], arguments=[(y, "o")])]
+    )
+    fill10 = Request(
+        [KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 10), Literal("f", 9.0)], arguments=[(y, "o")])]
+    )
     rt.run(fill10)  # leaves 9s in freed host memory
     np.testing.assert_array_equal(rt.run(fill5)["y"], [7] * 5 + [0] * 5)
 
@@ -202,8 +251,9 @@ def test_request_larger_than_capacity(store):
     n = 200
     a = BufferSpec("a", n * F, ephemeral=True)
     b = BufferSpec("b", n * F, ephemeral=True)
-    r = Request([KernelSpec("builtin", "vadd", 1, 32, literals=[Literal("i", n)],
-                            arguments=[(a, "i"), (a, "i"), (b, "o")])])
+    r = Request(
+        [KernelSpec("builtin", "vadd", 1, 32, literals=[Literal("i", n)], arguments=[(a, "i"), (a, "i"), (b, "o")])]
+    )
     with pytest.raises(DeviceMemoryError, match="1600"):
         rt.run(r, {"a": np.zeros(n, np.float32)})
     assert_no_leak(rt)
@@ -221,10 +271,14 @@ def test_kernel_failure_releases_everything(store):
     store.put("w", np.ones(4, np.float32))
     w = BufferSpec("w", 16, key="w", const=True)
     y = BufferSpec("y", 16, ephemeral=True)
-    r = Request([
-        KernelSpec("builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(w, "i"), (y, "io")]),
-        KernelSpec(lib, "boom", 1, 1, literals=[Literal("i", 4)], arguments=[(y, "io")]),
-    ])
+    r = Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 4, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(w, "i"), (y, "io")]
+            ),
+            KernelSpec(lib, "boom", 1, 1, literals=[Literal("i", 4)], arguments=[(y, "io")]),
+        ]
+    )
     with pytest.raises(KernelError, match="boom"):
         rt.run(r, {"y": np.zeros(4, np.float32)})
     assert_no_leak(rt)

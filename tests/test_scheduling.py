@@ -1,4 +1,6 @@
-"""The scheduler extension on real LocalKaasCluster worker processes: state, placement, stealing, fairness, admission."""
+"""The scheduler extension on real LocalKaasCluster worker processes: state, placement, stealing, fairness,
+admission."""
+
 import time
 from collections import Counter
 
@@ -6,12 +8,19 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, as_completed
-
-import dask_kaas
 from helpers import matvec_request
 
-from dask_kaas import (AdmissionRejected, BufferSpec, KernelSpec, Literal, Request,
-                       cluster_state, set_policy, worker_stats)
+import dask_kaas
+from dask_kaas import (
+    AdmissionRejected,
+    BufferSpec,
+    KernelSpec,
+    Literal,
+    Request,
+    cluster_state,
+    set_policy,
+    worker_stats,
+)
 
 F = 4
 
@@ -30,9 +39,14 @@ def busy_request(tenant, n=384, n_iter=16, deadline=None):
     x = BufferSpec("x", n * n * F, key="x", const=True)
     w = BufferSpec("W", n * n * F, key="w", const=True)
     y = BufferSpec("y", n * n * F, dtype="float32", ephemeral=True)
-    k = KernelSpec("builtin", "sgemm", (n // 16, n // 16), (16, 16),
-                   literals=[Literal("i", n), Literal("i", n), Literal("i", n)],
-                   arguments=[(x, "i"), (w, "i"), (y, "o")])
+    k = KernelSpec(
+        "builtin",
+        "sgemm",
+        (n // 16, n // 16),
+        (16, 16),
+        literals=[Literal("i", n), Literal("i", n), Literal("i", n)],
+        arguments=[(x, "i"), (w, "i"), (y, "o")],
+    )
     return Request([k], tenant=tenant, n_iter=n_iter, deadline=deadline)
 
 
@@ -61,8 +75,11 @@ def put_weights(cluster, tenants, n, seed=0):
 
 def test_cluster_state_mirrors_the_workers(cluster, client):
     weights = put_weights(cluster, ["s1", "s2"], 64)
-    futures = [client.submit(gemm_request(t, n=64), x=np.ones(64, np.float32), pure=False)
-               for t in ("s1", "s2") for _ in range(4)]
+    futures = [
+        client.submit(gemm_request(t, n=64), x=np.ones(64, np.float32), pure=False)
+        for t in ("s1", "s2")
+        for _ in range(4)
+    ]
     for f, t in zip(futures, ["s1"] * 4 + ["s2"] * 4):
         np.testing.assert_allclose(f.result()["y"], np.ones(64, np.float32) @ weights[t], rtol=1e-4, atol=1e-4)
     state = cluster_state(client)
@@ -105,8 +122,13 @@ def _run_trace(client, trace, n):
     after = worker_stats(client)
     assert set(after) == set(before), "a worker left or restarted during the trace"
     loaded = sum(after[w]["bytes_from_store"] - before[w]["bytes_from_store"] for w in after)
-    counters = {w: {k: (before[w][k], after[w][k]) for k in ("bytes_from_store", "hits", "compulsory_misses",
-                                                              "capacity_misses", "evictions")} for w in after}
+    counters = {
+        w: {
+            k: (before[w][k], after[w][k])
+            for k in ("bytes_from_store", "hits", "compulsory_misses", "capacity_misses", "evictions")
+        }
+        for w in after
+    }
     return loaded, ran_on(client, futures), counters
 
 
@@ -121,10 +143,14 @@ def test_affinity_loads_far_less_than_balance(cluster, client):
         set_policy(client, policy, clear_caches=True)
         assert cluster_state(client)["policy"] == policy
         loaded[policy], where, counters = _run_trace(client, trace, n)
-        details[policy] = {"ran_on": [(str(t), w) for t, w in zip(trace, where)], "counters": counters,
-                           "workers": {w: {k: v for k, v in s.items() if k != "cache"}
-                                       for w, s in cluster_state(client)["workers"].items()},
-                           "paused": client.run_on_scheduler(_paused_workers)}
+        details[policy] = {
+            "ran_on": [(str(t), w) for t, w in zip(trace, where)],
+            "counters": counters,
+            "workers": {
+                w: {k: v for k, v in s.items() if k != "cache"} for w, s in cluster_state(client)["workers"].items()
+            },
+            "paused": client.run_on_scheduler(_paused_workers),
+        }
     compulsory = 6 * n * n * F  # each tenant's weights loaded once
     why = f"bytes loaded {loaded}, compulsory {compulsory}; {details}"
     assert loaded["affinity"] <= 0.6 * loaded["balance"], why
@@ -145,8 +171,10 @@ def test_static_pins_each_tenant_to_one_worker(cluster, client):
     set_policy(client, "static", clear_caches=True)
     tenants = ["p1", "p2", "p3"]
     put_weights(cluster, tenants, 64, seed=3)
-    futures = {t: [client.submit(gemm_request(t, n=64), x=np.ones(64, np.float32), pure=False)
-                   for _ in range(6)] for t in tenants}
+    futures = {
+        t: [client.submit(gemm_request(t, n=64), x=np.ones(64, np.float32), pure=False) for _ in range(6)]
+        for t in tenants
+    }
     client.gather([f for fs in futures.values() for f in fs])
     homes = {t: set(ran_on(client, fs)) for t, fs in futures.items()}
     assert all(len(h) == 1 for h in homes.values()), homes
@@ -164,8 +192,13 @@ def test_exclusive_empties_the_cache_when_the_tenant_changes(cluster, client):
             f.result()
             futures.append(f)
     after = worker_stats(client)
-    reloads = sum(after[a]["compulsory_misses"] + after[a]["capacity_misses"] - before[a]["compulsory_misses"]
-                  - before[a]["capacity_misses"] for a in after)
+    reloads = sum(
+        after[a]["compulsory_misses"]
+        + after[a]["capacity_misses"]
+        - before[a]["compulsory_misses"]
+        - before[a]["capacity_misses"]
+        for a in after
+    )
     homes = set(ran_on(client, futures))
     if len(homes) == 1:  # both tenants on one worker: every switch is a cold start
         assert reloads == 6
@@ -176,7 +209,7 @@ def test_exclusive_empties_the_cache_when_the_tenant_changes(cluster, client):
 
 def _jain(xs):
     xs = np.asarray(xs, float)
-    return float(xs.sum() ** 2 / (len(xs) * (xs ** 2).sum()))
+    return float(xs.sum() ** 2 / (len(xs) * (xs**2).sum()))
 
 
 @pytest.mark.slow
@@ -240,7 +273,7 @@ def test_admission_control_on_the_cluster(cluster, client):
 def test_unknown_policy_is_refused(client):
     with pytest.raises(ValueError, match="policy"):
         set_policy(client, "random")
-    with pytest.raises(ValueError, match="kaas.scheduler.policy"):
+    with pytest.raises(ValueError, match=r"kaas.scheduler.policy"):
         dask_kaas.KaasSchedulerPlugin(policy="fastest")
 
 
@@ -272,9 +305,13 @@ def test_queued_requests_travel_to_the_worker_as_eviction_hints(tmp_path):
     from dask_kaas import LocalKaasCluster
 
     n = 64
-    with dask.config.set({"kaas.eviction": "queue-aware", "kaas.scheduler.queue-depth": 1}), \
-            LocalKaasCluster(n_workers=1, device="host", device_memory="64MiB", store=f"file://{tmp_path}",
-                             dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        dask.config.set({"kaas.eviction": "queue-aware", "kaas.scheduler.queue-depth": 1}),
+        LocalKaasCluster(
+            n_workers=1, device="host", device_memory="64MiB", store=f"file://{tmp_path}", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         rng = np.random.default_rng(0)
         weights = {t: rng.standard_normal((n, n)).astype(np.float32) for t in ("a", "b")}
         for t, w in weights.items():

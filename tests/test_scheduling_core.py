@@ -4,16 +4,18 @@ A hypothesis state machine drives the core with random events and checks its boo
 each; a discrete-event harness on a virtual clock (``coresim``) checks the policies' outcomes
 (shares, deadlines, bytes loaded) without any timing, so nothing here can be flaky.
 """
+
 from collections import Counter
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+from coresim import Sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from coresim import Sim
 from dask_kaas import config
 from dask_kaas.scheduling import FairQueue, SchedulingCore, Task
 
@@ -67,8 +69,12 @@ def test_withdrawn_keys_are_skipped():
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["push", "serve", "withdraw"]), st.sampled_from("abcd"),
-                              st.floats(0.001, 5.0)), max_size=80))
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["push", "serve", "withdraw"]), st.sampled_from("abcd"), st.floats(0.001, 5.0)),
+        max_size=80,
+    )
+)
 def test_service_goes_to_the_least_served(ops):
     """Whatever the order of events, each serve goes to a least-served backlogged tenant."""
     q = FairQueue({"a": 1, "b": 2, "c": 0.5, "d": 1})
@@ -109,14 +115,18 @@ class CoreMachine(RuleBasedStateMachine):
         self.dispatched: set = set()
         self.overfilled = False  # affinity may queue beyond a worker's slots; those tasks outlive a switch
 
-    @rule(policy=st.sampled_from(["affinity", "balance", "static", "exclusive", "locality"]), depth=st.integers(1, 3),
-          replication=st.booleans())
+    @rule(
+        policy=st.sampled_from(["affinity", "balance", "static", "exclusive", "locality"]),
+        depth=st.integers(1, 3),
+        replication=st.booleans(),
+    )
     @precondition(lambda self: self.core is None)
     def start(self, policy, depth, replication):
         self.policy = policy
         self.overfilled = policy == "affinity"
-        self.core = make_core(policy=policy, depth=depth, weights={"t0": 2.0}, replication=replication,
-                              clock=lambda: self.n * 0.01)
+        self.core = make_core(
+            policy=policy, depth=depth, weights={"t0": 2.0}, replication=replication, clock=lambda: self.n * 0.01
+        )
 
     @rule(policy=st.sampled_from(["affinity", "balance", "static", "exclusive", "locality"]))
     @precondition(lambda self: self.core is not None)
@@ -130,14 +140,19 @@ class CoreMachine(RuleBasedStateMachine):
     def add_worker(self, worker):
         self.core.add_worker(worker)
 
-    @rule(tenant=st.sampled_from(["t0", "t1", "t2"]), shared=st.booleans(), ready=st.booleans(),
-          count=st.sampled_from([1, 1, 3, 16]))
+    @rule(
+        tenant=st.sampled_from(["t0", "t1", "t2"]),
+        shared=st.booleans(),
+        ready=st.booleans(),
+        count=st.sampled_from([1, 1, 3, 16]),
+    )
     @precondition(lambda self: self.core is not None)
     def submit(self, tenant, shared, ready, count):
         self.n += 1
         consts = ((REFS[int(tenant[1])], 4 * MiB),) + (((REFS[3], MiB),) if shared else ())
-        decision = self.core.submit(Task(self.n, tenant, f"s{tenant}", consts, submitted=self.n, ready=ready,
-                                         count=count))
+        decision = self.core.submit(
+            Task(self.n, tenant, f"s{tenant}", consts, submitted=self.n, ready=ready, count=count)
+        )
         assert decision.action in ("run", "hold")
         if decision.action == "run":
             self._dispatched(self.n, decision.worker)
@@ -167,9 +182,19 @@ class CoreMachine(RuleBasedStateMachine):
             view = self.core.cluster.views[task.worker]
             resident = {ref: ("u", 1, n) for ref, n in task.consts}
             resident.update(view.resident)
-            self.core.report(task.worker, {"ok": True, "shape": task.shape, "seconds": 0.01, "capacity": 64 * MiB,
-                                           "used": 8 * MiB, "pinned": 0,
-                                           "consts": [[*r, *v] for r, v in resident.items()], "counters": {}})
+            self.core.report(
+                task.worker,
+                {
+                    "ok": True,
+                    "shape": task.shape,
+                    "seconds": 0.01,
+                    "capacity": 64 * MiB,
+                    "used": 8 * MiB,
+                    "pinned": 0,
+                    "consts": [[*r, *v] for r, v in resident.items()],
+                    "counters": {},
+                },
+            )
         self.core.finished(key, ok)
 
     @rule(data=st.data())
@@ -206,8 +231,9 @@ class CoreMachine(RuleBasedStateMachine):
         held_calls = Counter()
         for k in held_ready:
             held_calls[core.tasks[k].tenant] += core.tasks[k].count
-        assert +core.held_calls == +held_calls and core.held_calls_total == sum(held_calls.values()), \
+        assert +core.held_calls == +held_calls and core.held_calls_total == sum(held_calls.values()), (
             "calls waiting in the fair queue miscounted"
+        )
         for address, view in core.cluster.views.items():
             mine = [t for t in assigned.values() if t.worker == address]
             assert view.queued == len(mine) and view.queued_calls == sum(t.count for t in mine)
@@ -245,8 +271,9 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 TestCoreMachine = CoreMachine.TestCase
-TestCoreMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
-                                    suppress_health_check=[HealthCheck.too_slow])
+TestCoreMachine.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # ------------------------------------------------------------------ outcomes, on a virtual clock
@@ -378,8 +405,15 @@ def test_idle_workers_tie_exactly_whatever_the_durations():
 
 
 # ------------------------------------------------------------------ the cache per tenant
-@given(st.lists(st.tuples(st.sampled_from(["alice", "bob", "scanner"]), st.integers(0, 3), st.integers(0, 2),
-                          st.integers(0, 3)), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["alice", "bob", "scanner"]), st.integers(0, 3), st.integers(0, 2), st.integers(0, 3)
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_each_tenants_cache_figures_add_up_to_the_workers(reports):
     """Hits, misses, bytes loaded and evictions of each report go to the tenant of its task, and the
     tenants' sums are the worker's counters."""
@@ -389,20 +423,44 @@ def test_each_tenants_cache_figures_add_up_to_the_workers(reports):
     for i, (tenant, hits, misses, evictions) in enumerate(reports):
         key = f"k{i}"
         core.submit(Task(key, tenant, "shape", ((("ns", "A"), MiB),), submitted=0.0))
-        totals = {"hits": totals["hits"] + hits, "misses": totals["misses"] + misses,
-                  "bytes": totals["bytes"] + misses * MiB, "evictions": totals["evictions"] + evictions}
-        core.report("w", {"ok": True, "tenant": "forged", "hits": hits, "misses": misses, "bytes_loaded": misses * MiB,
-                          "seconds": 0.01, "capacity": 64 * MiB, "used": 0, "pinned": 0, "seq": i + 1,
-                          **({"consts": [], "counters": {"evictions": totals["evictions"]}} if i == 0 else
-                             {"added": [], "removed": [], "counters_delta": {"evictions": evictions}})}, key=key)
+        totals = {
+            "hits": totals["hits"] + hits,
+            "misses": totals["misses"] + misses,
+            "bytes": totals["bytes"] + misses * MiB,
+            "evictions": totals["evictions"] + evictions,
+        }
+        core.report(
+            "w",
+            {
+                "ok": True,
+                "tenant": "forged",
+                "hits": hits,
+                "misses": misses,
+                "bytes_loaded": misses * MiB,
+                "seconds": 0.01,
+                "capacity": 64 * MiB,
+                "used": 0,
+                "pinned": 0,
+                "seq": i + 1,
+                **(
+                    {"consts": [], "counters": {"evictions": totals["evictions"]}}
+                    if i == 0
+                    else {"added": [], "removed": [], "counters_delta": {"evictions": evictions}}
+                ),
+            },
+            key=key,
+        )
         core.finished(key, True, duration=0.01)
     tenants = core.snapshot()["tenants"]
     assert "forged" not in tenants  # a report's tenant is its task's
     assert sum(t["hits"] for t in tenants.values()) == totals["hits"]
     assert sum(t["misses"] for t in tenants.values()) == totals["misses"]
     assert sum(t["bytes_loaded"] for t in tenants.values()) == totals["bytes"]
-    assert sum(t["evictions_caused"] for t in tenants.values()) == totals["evictions"] == \
-        core.snapshot()["workers"]["w"]["counters"].get("evictions", 0)
+    assert (
+        sum(t["evictions_caused"] for t in tenants.values())
+        == totals["evictions"]
+        == core.snapshot()["workers"]["w"]["counters"].get("evictions", 0)
+    )
     for name, t in tenants.items():
         mine = [r for r in reports if r[0] == name]
         assert t["hits"] == sum(r[1] for r in mine) and t["held"] == 0

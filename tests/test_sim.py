@@ -1,5 +1,6 @@
 """The simulator (dask_kaas.sim) and the policies it measures: eviction order, replication, locality,
 the pinned baselines' dispatch, workloads and the Azure trace reader. Virtual time: deterministic."""
+
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
+import functools
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +20,20 @@ from dask_kaas import config
 from dask_kaas.runtime.cache import BufferCache
 from dask_kaas.scheduling import SchedulingCore, Task
 from dask_kaas.scheduling.eviction import EVICTIONS, eviction_order
-from dask_kaas.sim import (CONFIGURATIONS, Simulation, azure_like, belady_hits, cyclic_trace, gpu_costs, host_costs,
-                           jain, read_azure_trace, simulate, summarize, zipf_trace)
+from dask_kaas.sim import (
+    CONFIGURATIONS,
+    Simulation,
+    azure_like,
+    belady_hits,
+    cyclic_trace,
+    gpu_costs,
+    host_costs,
+    jain,
+    read_azure_trace,
+    simulate,
+    summarize,
+    zipf_trace,
+)
 from dask_kaas.sim.workloads import Function, Workload
 
 MiB = 2**20
@@ -31,8 +48,11 @@ class E:
 
 
 # ------------------------------------------------------------------ eviction order
-entries = st.lists(st.builds(E, st.sampled_from("abcdefgh"), st.booleans(), st.integers(0, 50), st.integers(1, 9)),
-                   max_size=8, unique_by=lambda e: e.key)
+entries = st.lists(
+    st.builds(E, st.sampled_from("abcdefgh"), st.booleans(), st.integers(0, 50), st.integers(1, 9)),
+    max_size=8,
+    unique_by=lambda e: e.key,
+)
 
 
 @given(entries, st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 5)), st.sampled_from(EVICTIONS))
@@ -83,16 +103,15 @@ def test_bad_eviction_setting_is_refused():
         BufferCache(1, lambda n: object(), lambda h: None, eviction="mru")
     import dask
 
-    with dask.config.set({"kaas.eviction": "fifo"}), pytest.raises(Exception, match="kaas.eviction must be one of"):
+    with dask.config.set({"kaas.eviction": "fifo"}), pytest.raises(Exception, match=r"kaas.eviction must be one of"):
         config.eviction()
 
 
 # ------------------------------------------------------------------ Belady
 def brute_force_hits(trace, capacity):
     """The most hits any eviction choice sequence reaches (exhaustive: small traces only)."""
-    from functools import lru_cache
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def best(i, cache):
         if i == len(trace):
             return 0
@@ -146,8 +165,17 @@ def test_replication_adds_a_replica_for_a_tenant_that_outgrows_its_holder():
             c.add_worker(w)
         ref = ("hot", "w")
         big = 2**31  # 2 s to load at the default 1 GiB/s: affinity alone waits 4 s of queue before moving
-        c.report("w0", {"consts": [["hot", "w", "u", 1, big]], "capacity": 2**40, "used": big, "ok": True,
-                        "shape": "s", "seconds": 1.0})
+        c.report(
+            "w0",
+            {
+                "consts": [["hot", "w", "u", 1, big]],
+                "capacity": 2**40,
+                "used": big,
+                "ok": True,
+                "shape": "s",
+                "seconds": 1.0,
+            },
+        )
         places = set()
         for i in range(4):  # a request every 0.1 s of 1 s each: ten workers' worth of work
             clock[0] = 0.1 * i
@@ -185,8 +213,9 @@ def test_static_dispatch_serves_each_tenant_on_its_worker_and_survives_a_policy_
     for key in picked:
         c.finished(key, True)
     again = dict(c.dispatch())
-    assert len(again) == 2 and all(w == c.static.worker_for(c.tasks[k].tenant, c.cluster.views)
-                                   for k, w in again.items())
+    assert len(again) == 2 and all(
+        w == c.static.worker_for(c.tasks[k].tenant, c.cluster.views) for k, w in again.items()
+    )
 
 
 def test_static_tasks_submitted_before_any_worker_run_once_one_joins():
@@ -200,10 +229,12 @@ def test_static_tasks_submitted_before_any_worker_run_once_one_joins():
 def test_simulation_is_deterministic_and_completes_every_call():
     wl = azure_like(40, duration=120.0, rate=3.0, seed=3)
     costs = gpu_costs()
-    a = simulate(wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6,
-                 capacity=8 * 2**30, costs=costs)
-    b = simulate(wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6,
-                 capacity=8 * 2**30, costs=costs)
+    a = simulate(
+        wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6, capacity=8 * 2**30, costs=costs
+    )
+    b = simulate(
+        wl.with_slo(5, costs.load_seconds), "affinity+replication+queue-aware", gpus=6, capacity=8 * 2**30, costs=costs
+    )
     a.pop("wall_s"), b.pop("wall_s")
     assert a == b and a["completed"] == len(wl) > 100 and a["failed"] == a["rejected"] == 0
     assert 0 < a["slo_attainment"] <= 1 and a["bytes_loaded"] > 0 and 0 < a["jain_fairness"] <= 1
@@ -241,21 +272,38 @@ NO_STREAMS = dict(client_interval=0.0, to_worker_interval=0.0, from_worker_inter
 
 def test_shared_cores_cap_a_small_hosts_task_rate():
     wl = zipf_trace(4, 400, s=0.0, seed=0, const_bytes=MiB, kernel_seconds=1e-5, window=16)
-    base = host_costs().replace(jitter_cv=0.0, scheduler_seconds=0.01, dispatch_seconds=0.0, return_seconds=0.0,
-                                submit_seconds=0.0, worker_seconds=0.0, byte_seconds=0.0, finish_seconds=0.0,
-                                receive_seconds=0.0, load_cv=0.0, **NO_STREAMS)
-    rates = {cores: simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=cores))
-             ["throughput_rps"] for cores in (1, 2)}
+    base = host_costs().replace(
+        jitter_cv=0.0,
+        scheduler_seconds=0.01,
+        dispatch_seconds=0.0,
+        return_seconds=0.0,
+        submit_seconds=0.0,
+        worker_seconds=0.0,
+        byte_seconds=0.0,
+        finish_seconds=0.0,
+        receive_seconds=0.0,
+        load_cv=0.0,
+        **NO_STREAMS,
+    )
+    rates = {
+        cores: simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=cores))[
+            "throughput_rps"
+        ]
+        for cores in (1, 2)
+    }
     assert rates[1] == pytest.approx(100, rel=0.05) and rates[2] == pytest.approx(200, rel=0.05)
     parallel = simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=None))
     assert parallel["throughput_rps"] == pytest.approx(100, rel=0.05)  # one scheduler, one task at a time
 
 
-@pytest.mark.parametrize("workload, gpus, per, beats", [
-    (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 4, 2.5, 0.03),
-    (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 11.5, 0.0),  # LRU is near Belady there
-    (zipf_trace(12, 800, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 4.25, 0.03),
-])
+@pytest.mark.parametrize(
+    "workload, gpus, per, beats",
+    [
+        (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 4, 2.5, 0.03),
+        (cyclic_trace(12, 480, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 11.5, 0.0),  # LRU is near Belady there
+        (zipf_trace(12, 800, s=0.8, seed=0, const_bytes=4 * MiB, kernel_seconds=0.002), 1, 4.25, 0.03),
+    ],
+)
 def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, per, beats):
     """Hints ride with each task, computed when it is dispatched (as live): on one worker queue-aware
     eviction beats LRU and comes within 8 points of Belady; on four workers of a cyclic trace the hints a
@@ -265,10 +313,19 @@ def test_queue_aware_eviction_with_hints_as_live_delivers_them(workload, gpus, p
     host measures (the figures depend on how many requests the core sees queued)."""
     from dask_kaas.sim.costs import CostModel
 
-    costs = CostModel(scheduler_seconds=2e-3, dispatch_seconds=5e-3, worker_seconds=3e-3, return_seconds=5e-3,
-                      store_bandwidth=2e9, device_bandwidth=1e18, jitter_cv=0.3, submit_seconds=1.5e-3)
-    qa = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True,
-                  eviction="queue-aware")
+    costs = CostModel(
+        scheduler_seconds=2e-3,
+        dispatch_seconds=5e-3,
+        worker_seconds=3e-3,
+        return_seconds=5e-3,
+        store_bandwidth=2e9,
+        device_bandwidth=1e18,
+        jitter_cv=0.3,
+        submit_seconds=1.5e-3,
+    )
+    qa = simulate(
+        workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True, eviction="queue-aware"
+    )
     lru = simulate(workload, "affinity", gpus=gpus, capacity=int(per * 4 * MiB), costs=costs, belady=True)
     assert qa["hit_rate"] > lru["hit_rate"] + beats
     if gpus == 1:
@@ -320,16 +377,25 @@ def write_csv(path, header, rows):
 
 def test_read_azure_trace_replays_per_minute_counts(tmp_path):
     minutes = [str(i) for i in range(1, 1441)]
-    inv = write_csv(tmp_path / "invocations_per_function_md.anon.d01.csv",
-                    ["HashOwner", "HashApp", "HashFunction", "Trigger", *minutes],
-                    [["o1", "a1", "f1", "http", *(["3", "0"] * 720)],
-                     ["o1", "a2", "f2", "timer", *(["0"] * 1439 + ["7"])],
-                     ["o2", "a3", "f3", "queue", *(["1"] * 1440)]])
-    dur = write_csv(tmp_path / "function_durations_percentiles.anon.d01.csv",
-                    ["HashOwner", "HashApp", "HashFunction", "Average", "Count", "Minimum", "Maximum"],
-                    [["o1", "a1", "f1", "250", "10", "1", "900"]])
-    mem = write_csv(tmp_path / "app_memory_percentiles.anon.d01.csv",
-                    ["HashOwner", "HashApp", "SampleCount", "AverageAllocatedMb"], [["o2", "a3", "5", "128"]])
+    inv = write_csv(
+        tmp_path / "invocations_per_function_md.anon.d01.csv",
+        ["HashOwner", "HashApp", "HashFunction", "Trigger", *minutes],
+        [
+            ["o1", "a1", "f1", "http", *(["3", "0"] * 720)],
+            ["o1", "a2", "f2", "timer", *(["0"] * 1439 + ["7"])],
+            ["o2", "a3", "f3", "queue", *(["1"] * 1440)],
+        ],
+    )
+    dur = write_csv(
+        tmp_path / "function_durations_percentiles.anon.d01.csv",
+        ["HashOwner", "HashApp", "HashFunction", "Average", "Count", "Minimum", "Maximum"],
+        [["o1", "a1", "f1", "250", "10", "1", "900"]],
+    )
+    mem = write_csv(
+        tmp_path / "app_memory_percentiles.anon.d01.csv",
+        ["HashOwner", "HashApp", "SampleCount", "AverageAllocatedMb"],
+        [["o2", "a3", "5", "128"]],
+    )
     wl = read_azure_trace(inv, durations=dur, memory=mem)
     assert len(wl) == 3 * 720 + 7 + 1440
     assert np.bincount(wl.calls).tolist() == [2160, 7, 1440]
@@ -344,13 +410,16 @@ def test_read_azure_trace_replays_per_minute_counts(tmp_path):
     assert r["completed"] == 5
 
 
-@pytest.mark.parametrize("header, row, message", [
-    (["HashOwner", "HashApp", "Trigger", "1"], ["o", "a", "http", "1"], "missing column"),
-    (["HashOwner", "HashApp", "HashFunction", "Trigger"], ["o", "a", "f", "http"], "no per-minute columns"),
-    (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1", "x"], "line 2: a per-minute count"),
-    (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1"], "line 2: 4 fields"),
-    (["HashOwner", "HashApp", "HashFunction", "1"], ["o", "a", "f", "-3"], "negative"),
-])
+@pytest.mark.parametrize(
+    "header, row, message",
+    [
+        (["HashOwner", "HashApp", "Trigger", "1"], ["o", "a", "http", "1"], "missing column"),
+        (["HashOwner", "HashApp", "HashFunction", "Trigger"], ["o", "a", "f", "http"], "no per-minute columns"),
+        (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1", "x"], "line 2: a per-minute count"),
+        (["HashOwner", "HashApp", "HashFunction", "1", "2"], ["o", "a", "f", "1"], "line 2: 4 fields"),
+        (["HashOwner", "HashApp", "HashFunction", "1"], ["o", "a", "f", "-3"], "negative"),
+    ],
+)
 def test_read_azure_trace_names_what_is_wrong(tmp_path, header, row, message):
     path = write_csv(tmp_path / "inv.csv", header, [row])
     with pytest.raises(ValueError, match=message):
@@ -367,14 +436,18 @@ def test_read_azure_trace_refuses_an_empty_file_and_a_bad_tenant(tmp_path):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), min_size=1, max_size=30),
-       st.sampled_from(["affinity", "balance", "static", "locality"]), st.booleans(), st.sampled_from(EVICTIONS))
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), min_size=1, max_size=30),
+    st.sampled_from(["affinity", "balance", "static", "locality"]),
+    st.booleans(),
+    st.sampled_from(EVICTIONS),
+)
 def test_any_small_workload_completes_and_leaves_the_core_empty(calls, policy, replication, eviction):
-    fns = [Function(f"f{i}", f"t{i % 2}", (((f"t{i % 2}", f"w{i}"), (i + 1) * MiB),), 0.001 * (i + 1))
-           for i in range(4)]
+    fns = [
+        Function(f"f{i}", f"t{i % 2}", (((f"t{i % 2}", f"w{i}"), (i + 1) * MiB),), 0.001 * (i + 1)) for i in range(4)
+    ]
     wl = Workload(fns, np.cumsum([gap * 0.001 for _, gap in calls]), [fn for fn, _ in calls])
-    sim = Simulation(3, capacity=5 * MiB, costs=host_costs(), policy=policy, replication=replication,
-                     eviction=eviction)
+    sim = Simulation(3, capacity=5 * MiB, costs=host_costs(), policy=policy, replication=replication, eviction=eviction)
     r = sim.run(wl)
     assert np.isfinite(r.latency).sum() == len(calls) and not sim.core.tasks and not len(sim.core.queue)
     assert not sim.core.wanted and all(w.used <= w.capacity for w in sim.workers.values())
@@ -414,8 +487,10 @@ def test_clients_of_their_own_mix_closed_and_open_loops():
     """A steady tenant in a closed loop of 2 beside a bursty open-loop one: the steady one never has more
     than 2 calls in flight and sends all its calls whatever their times; the bursty one's calls leave at
     their times."""
-    fns = [Function("steady", "steady", ((("steady", "w"), MiB),), 0.01),
-           Function("bursty", "bursty", ((("bursty", "w"), MiB),), 0.01)]
+    fns = [
+        Function("steady", "steady", ((("steady", "w"), MiB),), 0.01),
+        Function("bursty", "bursty", ((("bursty", "w"), MiB),), 0.01),
+    ]
     calls = np.array([0] * 30 + [1] * 20)
     times = np.concatenate([np.zeros(30), np.repeat([0.5, 2.0], 10)])
     wl = Workload(fns, times, calls, clients={"steady": 2, "bursty": None})
@@ -431,9 +506,23 @@ def test_clients_of_their_own_mix_closed_and_open_loops():
 
 
 # ------------------------------------------------------------------ the model's timing, as live
-BARE = dict(scheduler_seconds=0.0, dispatch_seconds=0.0, worker_seconds=0.0, return_seconds=0.0, store_bandwidth=1e9,
-            device_bandwidth=1e18, jitter_cv=0.0, store_latency=0.0, shared_cores=None, submit_seconds=0.0,
-            byte_seconds=0.0, finish_seconds=0.0, receive_seconds=0.0, load_cv=0.0, **NO_STREAMS)
+BARE = dict(
+    scheduler_seconds=0.0,
+    dispatch_seconds=0.0,
+    worker_seconds=0.0,
+    return_seconds=0.0,
+    store_bandwidth=1e9,
+    device_bandwidth=1e18,
+    jitter_cv=0.0,
+    store_latency=0.0,
+    shared_cores=None,
+    submit_seconds=0.0,
+    byte_seconds=0.0,
+    finish_seconds=0.0,
+    receive_seconds=0.0,
+    load_cv=0.0,
+    **NO_STREAMS,
+)
 
 
 def _costs(**changes):
@@ -447,8 +536,14 @@ def test_the_core_sees_a_call_only_after_dask_spent_its_submit_cpu():
     submit_seconds (plus the inputs' bytes at byte_seconds) after the call left its client, and the
     call's latency holds every leg."""
     fns = [Function("f", "t", ((("t", "w"), MiB),), 0.01, in_bytes=1000, out_bytes=3000)]
-    costs = _costs(submit_seconds=0.02, byte_seconds=1e-6, scheduler_seconds=0.003, dispatch_seconds=0.001,
-                   worker_seconds=0.004, return_seconds=0.002)
+    costs = _costs(
+        submit_seconds=0.02,
+        byte_seconds=1e-6,
+        scheduler_seconds=0.003,
+        dispatch_seconds=0.001,
+        worker_seconds=0.004,
+        return_seconds=0.002,
+    )
     sim = Simulation(1, capacity=8 * MiB, costs=costs)
     seen = []
     submit = sim.core.submit
@@ -479,8 +574,10 @@ def test_functions_of_one_shape_share_the_schedulers_estimate():
     """Live the scheduler predicts runtimes per request shape (same kernels and sizes, whoever's): functions
     given one ``shape`` share an estimate; without one, each function is its own."""
     consts = lambda t: (((t, "w"), MiB),)  # noqa: E731
-    shared = [Function("a", "ta", consts("ta"), 0.01, shape="matmul"), Function("b", "tb", consts("tb"), 0.01,
-                                                                               shape="matmul")]
+    shared = [
+        Function("a", "ta", consts("ta"), 0.01, shape="matmul"),
+        Function("b", "tb", consts("tb"), 0.01, shape="matmul"),
+    ]
     sim = Simulation(1, capacity=8 * MiB, costs=_costs(worker_seconds=0.001))
     sim.run(Workload(shared, np.array([0.0, 1.0]), np.array([0, 1])))
     assert set(sim.core.model.runtime) == {"matmul"}
@@ -513,7 +610,7 @@ def test_batched_stream_never_sends_early_and_keeps_its_interval(times, interval
         assert now <= departure <= now + interval + 1e-12
         departures.append(departure)
     distinct = sorted(set(departures))
-    assert all(b - a >= interval - 1e-12 for a, b in zip(distinct, distinct[1:]))
+    assert all(b - a >= interval - 1e-12 for a, b in itertools.pairwise(distinct))
 
 
 def test_batched_stream_intervals_are_distributeds():
@@ -560,7 +657,12 @@ def test_queue_aware_hints_travel_with_each_task_as_live():
         sim = Simulation(2, capacity=9 * MiB, costs=_costs(scheduler_seconds=1e-4), eviction=eviction)
         calls = []
         hints = sim.core.hints
-        sim.core.hints = lambda worker: (calls.append((sim.now, worker)), hints(worker))[1]
+
+        def recorded(worker, calls=calls, sim=sim, hints=hints):
+            calls.append((sim.now, worker))
+            return hints(worker)
+
+        sim.core.hints = recorded
         sim.run(wl)
         assert len(calls) == expect_calls
     assert any(w.wanted for w in sim.workers.values()) is False  # LRU: nothing delivered
@@ -590,11 +692,24 @@ def test_host_costs_split_each_processs_measured_cpu(tmp_path):
     from dask_kaas.sim.costs import FINISH_SHARE, SUBMIT_SHARE
 
     cores = os.cpu_count()
-    figures = {"task_rate": 50.0 * cores, "roundtrip_s": 0.05, "runtime_s": 3e-5, "store_bw": 4e9, "device_bw": 8e9,
-               "jitter_cv": 0.2, "cores": cores, "client_cpu_s": 0.004, "scheduler_cpu_s": 0.004,
-               "worker_cpu_s": 0.004, "byte_cpu_s": 1e-8}
-    (tmp_path / "calibrate-host.json").write_text(json.dumps({"figures": figures, "machine": {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))
+    figures = {
+        "task_rate": 50.0 * cores,
+        "roundtrip_s": 0.05,
+        "runtime_s": 3e-5,
+        "store_bw": 4e9,
+        "device_bw": 8e9,
+        "jitter_cv": 0.2,
+        "cores": cores,
+        "client_cpu_s": 0.004,
+        "scheduler_cpu_s": 0.004,
+        "worker_cpu_s": 0.004,
+        "byte_cpu_s": 1e-8,
+    }
+    (tmp_path / "calibrate-host.json").write_text(
+        json.dumps(
+            {"figures": figures, "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(), "cpus": cores}}
+        )
+    )
     costs = host_costs(tmp_path)
     scale = (1 / 50.0) / 0.012
     on_path = costs.path_seconds
@@ -607,6 +722,9 @@ def test_host_costs_split_each_processs_measured_cpu(tmp_path):
     assert costs.dispatch_seconds == pytest.approx((0.05 - on_path) / 2)
     assert all("assumptions" in costs.source[k] for k in ("submit_seconds", "finish_seconds", "receive_seconds"))
     figures["roundtrip_s"] = 0.001  # shorter than the CPU on a call's path: said, not silently clamped
-    (tmp_path / "calibrate-host.json").write_text(json.dumps({"figures": figures, "machine": {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpus": cores}}))
+    (tmp_path / "calibrate-host.json").write_text(
+        json.dumps(
+            {"figures": figures, "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(), "cpus": cores}}
+        )
+    )
     assert host_costs(tmp_path).source["dispatch_seconds"].startswith("0: the no-op round trip")

@@ -1,4 +1,5 @@
 """BufferStore over real local files (tmp_path) and fsspec's real memory:// filesystem."""
+
 import multiprocessing
 import os
 import pickle
@@ -8,12 +9,10 @@ import uuid
 import dask.config
 import numpy as np
 import pytest
-
 import zarr
 
-from dask_kaas.store import zarr_io
 from dask_kaas.errors import StoreError, StoreKeyError
-from dask_kaas.store import BufferStore, open_store
+from dask_kaas.store import BufferStore, open_store, zarr_io
 
 
 @pytest.fixture
@@ -56,7 +55,11 @@ def test_round_trip(anystore, dtype, shape):
     np.testing.assert_array_equal(y, x)
     info = anystore.info("w")
     assert {k: info[k] for k in ("nbytes", "dtype", "shape", "version")} == {
-        "nbytes": x.nbytes, "dtype": x.dtype, "shape": x.shape, "version": 1}
+        "nbytes": x.nbytes,
+        "dtype": x.dtype,
+        "shape": x.shape,
+        "version": 1,
+    }
 
 
 def test_non_contiguous_and_fortran_input(anystore):
@@ -169,6 +172,20 @@ def test_bad_keys(fstore, key, op):
     assert repr(key) in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    "key", ["\u20ac" * 84, "a/" + "\u00e9" * 126 + "/b", "\U0001f600" * 63, "x" * 251, "/".join(["\u20ac" * 80] * 5)]
+)
+def test_keys_are_bounded_in_encoded_bytes(anystore, key):
+    """A key within the character limits whose UTF-8 segments would exceed a file name's 255 bytes (with the
+    pointer's ".json") is refused by name on every backend, before any file or object is made."""
+    with pytest.raises(StoreError, match="bytes in UTF-8"):
+        anystore.put(key, np.arange(3))
+    assert anystore.keys() == []
+    ok = "\u20ac" * 83  # 249 bytes: its pointer's file name is 254
+    anystore.put(ok, np.arange(3))
+    assert anystore.get(ok).tolist() == [0, 1, 2]
+
+
 def test_get_bytes_ranges(anystore):
     x = np.arange(12, dtype="<i4").reshape(3, 4)
     raw = x.tobytes()
@@ -213,6 +230,7 @@ def test_fast_local_read_matches_zarr(fstore, monkeypatch):
 
 def test_fast_local_write_skips_zarrs_encoder(fstore, monkeypatch):
     """Local writes go straight to the chunk files on every zarr release (zarr >= 3.3 made the endian a string)."""
+
     def no_encode(self, *args, **kwargs):
         raise AssertionError("zarr's own write path was used")
 
@@ -351,8 +369,6 @@ def test_write_in_another_process(fstore):
     p.start()
     p.join(120)
     assert p.exitcode == 0
-    np.testing.assert_array_equal(
-        fstore.get("tenant/w"), np.arange(6, dtype="f4").reshape(2, 3) * 2
-    )
+    np.testing.assert_array_equal(fstore.get("tenant/w"), np.arange(6, dtype="f4").reshape(2, 3) * 2)
     assert fstore.keys() == ["tenant/w"]
-    assert os.path.isdir(fstore.url[len("file://"):])
+    assert os.path.isdir(fstore.url[len("file://") :])

@@ -1,4 +1,5 @@
 """`dask-kaas store ls|put|get|rm|profiles` through the installed command, on file stores."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,14 @@ BIN = os.path.dirname(sys.executable)
 
 
 def kaas(*args, cwd=None, env=None, timeout=120):
-    return subprocess.run([os.path.join(BIN, "dask-kaas"), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [os.path.join(BIN, "dask-kaas"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def ok(proc):
@@ -70,8 +77,12 @@ def test_namespaces_prefix_and_all_namespaces(tmp_path, url):
     assert {("alice", "w1"), ("alice", "w2"), ("bob", "other"), ("default", "w1")} <= rows
     assert out.splitlines()[0].split()[:3] == ["namespace", "key", "version"]
     rows = [json.loads(line) for line in ok(kaas("store", "ls", "-A", "--json", "--store", url)).splitlines()]
-    assert {(r["namespace"], r["key"]) for r in rows} == {("alice", "w1"), ("alice", "w2"), ("bob", "other"),
-                                                          ("default", "w1")}
+    assert {(r["namespace"], r["key"]) for r in rows} == {
+        ("alice", "w1"),
+        ("alice", "w2"),
+        ("bob", "other"),
+        ("default", "w1"),
+    }
     for r in rows:  # ISO written times from the store's float timestamps
         assert isinstance(r["written"], float)
     out = ok(kaas("store", "get", "other", "--store", url, "--namespace", "bob"))
@@ -83,8 +94,7 @@ def test_namespaces_prefix_and_all_namespaces(tmp_path, url):
 def test_put_raw_bytes_with_dtype(tmp_path, url):
     raw = np.arange(6, dtype="<i4")
     (tmp_path / "w.bin").write_bytes(raw.tobytes())
-    assert "int32 (6,)" in ok(kaas("store", "put", "raw", str(tmp_path / "w.bin"), "--dtype", "int32",
-                                   "--store", url))
+    assert "int32 (6,)" in ok(kaas("store", "put", "raw", str(tmp_path / "w.bin"), "--dtype", "int32", "--store", url))
     np.testing.assert_array_equal(BufferStore(url).get("raw"), raw)
     assert "uint8 (24,)" in ok(kaas("store", "put", "bytes", str(tmp_path / "w.bin"), "--store", url))
     proc = kaas("store", "put", "odd", str(tmp_path / "w.bin"), "--dtype", "complex128", "--store", url)
@@ -94,11 +104,13 @@ def test_put_raw_bytes_with_dtype(tmp_path, url):
 @pytest.mark.slow
 def test_by_profile_name_and_default_profile(tmp_path):
     (tmp_path / "stores").mkdir()
-    (tmp_path / "stores" / "mine.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "stores" / "mine.yaml").write_text(
+        textwrap.dedent("""\
         url: file://data/mine     # relative to the current directory
         shared: [public]
         storage_options: {}
-    """))
+    """)
+    )
     np.save(tmp_path / "a.npy", np.arange(5, dtype=np.int64))
     assert "version 1" in ok(kaas("store", "put", "k", "a.npy", "--store", "mine", cwd=tmp_path))
     assert (tmp_path / "data" / "mine").is_dir()

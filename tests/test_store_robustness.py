@@ -5,6 +5,7 @@ fsspec's memory filesystem and S3 (moto over HTTP on 127.0.0.1):
 - every acknowledged put has its own version number and readers never see one go back;
 - gc() leaves no temporaries behind and sees what is there now, not a cached listing.
 """
+
 import json
 import multiprocessing
 import os
@@ -15,10 +16,9 @@ import dask
 import numpy as np
 import pytest
 
-from dask_kaas.store import zarr_io
 from dask_kaas.errors import StoreKeyError
+from dask_kaas.store import BufferStore, zarr_io
 from dask_kaas.store.pointers import S3Pointers
-from dask_kaas.store import BufferStore
 
 
 @pytest.fixture(params=["file", "memory", "s3"])
@@ -40,7 +40,7 @@ def _rm(store, version, rel=""):
 def test_a_missing_chunk_is_an_error_never_zeros(anystore):
     v = anystore.put("k", np.full(10, 5.0))
     _rm(anystore, v, "/c/0")
-    with pytest.raises(StoreKeyError, match="version 1 of key 'k'.*is gone"):
+    with pytest.raises(StoreKeyError, match=r"version 1 of key 'k'.*is gone"):
         anystore.read(v)
     with pytest.raises(StoreKeyError, match="is gone"):
         anystore.get("k")
@@ -59,7 +59,7 @@ def test_multi_chunk_reads_by_range(anystore, monkeypatch):
     v = anystore.put("big", x)
     raw = x.reshape(-1).view(np.uint8)
     for offset, size in [(0, raw.nbytes), (4000, 5000), (4096, 4096), (23_999, 1), (raw.nbytes - 7, 7)]:
-        np.testing.assert_array_equal(anystore.read(v, offset, size), raw[offset: offset + size])
+        np.testing.assert_array_equal(anystore.read(v, offset, size), raw[offset : offset + size])
     _rm(anystore, v, "/c/2/0")  # one chunk in the middle
     np.testing.assert_array_equal(anystore.read(v, 0, 4096), raw[:4096])  # other chunks still read
     with pytest.raises(StoreKeyError, match="is gone"):
@@ -227,17 +227,19 @@ def test_s3_version_cache_is_stale_at_most_its_ttl_and_put_waits_it_out(s3_serve
 @pytest.mark.slow
 def test_a_request_after_put_returned_never_sees_the_old_bytes_on_s3(s3_server):
     from distributed import Client
+    from helpers import matvec_request
 
     from dask_kaas import LocalKaasCluster
-    from helpers import matvec_request
 
     url, options = s3_server
     url = f"{url}/{uuid.uuid4().hex[:8]}"
     store = BufferStore(url, storage_options=options)
     x = np.ones(64, np.float32)
-    with dask.config.set({"kaas.store-version-ttl": 0.3}), \
-            LocalKaasCluster(n_workers=1, device="host", store=store, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set({"kaas.store-version-ttl": 0.3}),
+        LocalKaasCluster(n_workers=1, device="host", store=store, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         for value in (1.0, 2.0, 3.0):
             store.put("A", np.eye(64, dtype=np.float32) * value, namespace="t")
             for _ in range(3):  # the second and third from the worker's cache

@@ -3,17 +3,18 @@
 The ``s3_server`` fixture (conftest.py, tests/s3server.py) runs the server for
 the session; every test here talks to it over HTTP, nothing is patched.
 """
+
 import re
 import time
 import uuid
 
 import numpy as np
 import pytest
+from helpers import matvec_request
 
 from dask_kaas import LocalKaasCluster
 from dask_kaas.errors import StoreError, StoreKeyError
 from dask_kaas.store import BufferStore
-from helpers import matvec_request
 
 F = 4
 
@@ -24,15 +25,19 @@ def store(s3_server):
     return BufferStore(f"{url}/{uuid.uuid4().hex[:8]}", storage_options=options, shared=["public"])
 
 
-@pytest.mark.parametrize("array", [
-    np.arange(1000, dtype=np.float32),
-    np.arange(24, dtype=np.int64).reshape(2, 3, 4) - 7,
-    np.array([True, False, True]),
-    (np.arange(6) + 1j * np.arange(6)).astype(np.complex128).reshape(3, 2),
-    np.array(3.5, dtype=np.float64),
-    np.arange(10, dtype=">u2"),  # big-endian: stored in native order
-    np.frombuffer(b"raw bytes", dtype=np.uint8),
-], ids=["f32", "i64-3d", "bool", "c128", "scalar", "be-u2", "bytes"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(1000, dtype=np.float32),
+        np.arange(24, dtype=np.int64).reshape(2, 3, 4) - 7,
+        np.array([True, False, True]),
+        (np.arange(6) + 1j * np.arange(6)).astype(np.complex128).reshape(3, 2),
+        np.array(3.5, dtype=np.float64),
+        np.arange(10, dtype=">u2"),  # big-endian: stored in native order
+        np.frombuffer(b"raw bytes", dtype=np.uint8),
+    ],
+    ids=["f32", "i64-3d", "bool", "c128", "scalar", "be-u2", "bytes"],
+)
 def test_round_trip(store, array):
     version = store.put("buf", array)
     assert version.version == 1 and version.nbytes == array.nbytes and version.shape == array.shape
@@ -70,9 +75,14 @@ def test_keys_namespaces_and_delete(store):
 
 
 def test_missing_key_names_key_and_url(store):
-    for call in (lambda: store.get("nope"), lambda: store.get_bytes("nope"), lambda: store.info("nope"),
-                 lambda: store.version("nope"), lambda: store.delete("nope"),
-                 lambda: store.get("w", namespace="carol")):
+    for call in (
+        lambda: store.get("nope"),
+        lambda: store.get_bytes("nope"),
+        lambda: store.info("nope"),
+        lambda: store.version("nope"),
+        lambda: store.delete("nope"),
+        lambda: store.get("w", namespace="carol"),
+    ):
         with pytest.raises(StoreKeyError) as e:
             call()
         assert store.url in str(e.value)
@@ -84,10 +94,17 @@ def test_get_bytes_ranges(store):
     a = np.arange(4096, dtype=np.float32).reshape(64, 64)
     store.put("m", a)
     raw = a.tobytes()
-    for offset, size in [(0, None), (0, 1), (5, 11), (4 * 64 * 3 + 2, 4 * 64 + 5), (len(raw) - 3, 3),
-                         (len(raw), 0), (100, None)]:
+    for offset, size in [
+        (0, None),
+        (0, 1),
+        (5, 11),
+        (4 * 64 * 3 + 2, 4 * 64 + 5),
+        (len(raw) - 3, 3),
+        (len(raw), 0),
+        (100, None),
+    ]:
         got = store.get_bytes("m", offset, size)
-        want = raw[offset:] if size is None else raw[offset:offset + size]
+        want = raw[offset:] if size is None else raw[offset : offset + size]
         assert got.dtype == np.uint8 and got.tobytes() == want, (offset, size)
     with pytest.raises(StoreError, match=re.escape(store.url)):
         store.get_bytes("m", len(raw) - 2, 3)
@@ -108,7 +125,7 @@ def test_s3_profile_with_endpoint_from_environment(s3_server, tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server[1]["endpoint_url"])
-    url, options, shared = resolve_store("s3")
+    url, options, _shared = resolve_store("s3")
     assert url == "s3://dask-kaas" and options["endpoint_url"] == s3_server[1]["endpoint_url"]
     store = open_store("s3")
     key = f"profile-{uuid.uuid4().hex[:8]}"
@@ -122,10 +139,13 @@ def test_unreachable_store_fails_fast_naming_it(s3_server):
     import s3server
 
     port = s3server.free_port()  # nobody listens there
-    store = BufferStore("s3://kaas-test/gone", storage_options={
-        "endpoint_url": f"http://127.0.0.1:{port}",
-        "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
-    })
+    store = BufferStore(
+        "s3://kaas-test/gone",
+        storage_options={
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
+        },
+    )
     t0 = time.monotonic()
     for call in (lambda: store.put("k", np.ones(3)), lambda: store.get("k"), lambda: store.keys()):
         with pytest.raises(StoreError) as e:
@@ -149,8 +169,12 @@ def test_cluster_reads_const_buffers_from_s3(s3_server):
     w_bob = rng.standard_normal((n, n)).astype(np.float32)
     store.put("w", w_alice, namespace="alice")
     store.put("w", w_bob, namespace="bob")  # same key, other tenant: must not be mixed up
-    with LocalKaasCluster(n_workers=2, device="host", device_memory="64MiB", store=store,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalKaasCluster(
+            n_workers=2, device="host", device_memory="64MiB", store=store, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         assert cluster.store.url == store.url
         pids = client.run(lambda: __import__("os").getpid())
         assert len(set(pids.values())) == 2

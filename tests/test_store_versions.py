@@ -1,4 +1,5 @@
 """Versions, atomic commits, concurrent writers and tenant namespaces, with real processes."""
+
 import multiprocessing
 import os
 import signal
@@ -94,8 +95,14 @@ def test_resolve_enforces_namespaces(store):
 def _axpy_request(key, tenant, *, n=4, dtype="float32"):
     x = BufferSpec("x", n * F, key=key, const=True, dtype=dtype)
     y = BufferSpec("y", n * F, dtype="float32", ephemeral=True)
-    return Request([KernelSpec("builtin", "axpy", 1, 32, literals=[Literal("i", n), Literal("f", 1.0)],
-                               arguments=[(x, "i"), (y, "io")])], tenant=tenant)
+    return Request(
+        [
+            KernelSpec(
+                "builtin", "axpy", 1, 32, literals=[Literal("i", n), Literal("f", 1.0)], arguments=[(x, "i"), (y, "io")]
+            )
+        ],
+        tenant=tenant,
+    )
 
 
 def test_runtime_never_reads_another_tenants_key(store):
@@ -116,8 +123,10 @@ def test_runtime_never_reads_another_tenants_key(store):
 def test_outputs_cannot_be_written_into_another_namespace(store):
     rt = Runtime(HostDevice(1 << 20), store)
     y = BufferSpec("y", 4 * F, dtype="float32", key="public:result")
-    r = Request([KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 4), Literal("f", 1.0)],
-                            arguments=[(y, "o")])], tenant="alice")
+    r = Request(
+        [KernelSpec("builtin", "fill", 1, 32, literals=[Literal("i", 4), Literal("f", 1.0)], arguments=[(y, "o")])],
+        tenant="alice",
+    )
     with pytest.raises(StoreAccessError, match="may not write"):
         rt.run(r)
     assert "result" not in store.namespace("public")
@@ -222,8 +231,10 @@ def test_worker_killed_mid_write_leaves_the_previous_version(tmp_path):
     store = BufferStore(url)
     store.put("weights", np.full(10, 1.0))
     marker = tmp_path / "data-written"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         (pid,) = client.run(_pid).values()
         future = client.submit(_slow_put, url, "weights", str(marker), pure=False)
         deadline = time.time() + 60

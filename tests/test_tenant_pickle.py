@@ -1,6 +1,7 @@
 """Unpickling a tenant's graph (dask_kaas.plugins.tenant_pickle): what a client of KaaS requests sends loads;
 code, unknown globals and graphs of exponential size are refused before anything runs; no bytes make it
 raise anything but PickleRefused."""
+
 import builtins
 import functools
 import operator
@@ -12,18 +13,19 @@ import numpy as np
 import pytest
 from dask._task_spec import Task, TaskRef
 from distributed.protocol.serialize import serialize, to_serialize
+from helpers import matvec_request
+from tenant_attacks import Opens
 
 from dask_kaas import compat
 from dask_kaas.errors import TenantError
 from dask_kaas.plugins.tenant_pickle import ALLOWED_GLOBALS, PickleRefused, check_shape, tenant_loads
 from dask_kaas.request.batch import BatchCalls, RequestBatch
-from helpers import matvec_request
-from tenant_attacks import Opens
 
 if not compat.graphs_arrive_as_expressions():
     pytest.skip("the requests-only mode needs distributed 2025.4 or later", allow_module_level=True)
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def as_client_sends(obj):
@@ -59,15 +61,18 @@ def test_what_a_client_of_requests_sends_loads_as_it_was():
     assert tenant_loads(*as_client_sends(delayed.__dask_graph__())) is not None
 
 
-@pytest.mark.parametrize("payload, name", [
-    (lambda: 1, "cloudpickle"),
-    (functools.partial(REQ), "functools.partial"),
-    (REQ.__call__, "builtins.getattr"),
-    (os.system, "posix.system"),
-    (builtins.eval, "builtins.eval"),
-    (operator.attrgetter("x"), "operator.attrgetter"),
-    (dask.utils.apply, "dask.utils.apply"),
-])
+@pytest.mark.parametrize(
+    "payload, name",
+    [
+        (lambda: 1, "cloudpickle"),
+        (functools.partial(REQ), "functools.partial"),
+        (REQ.__call__, "builtins.getattr"),
+        (os.system, "posix.system"),
+        (builtins.eval, "builtins.eval"),
+        (operator.attrgetter("x"), "operator.attrgetter"),
+        (dask.utils.apply, "dask.utils.apply"),
+    ],
+)
 def test_any_other_global_is_refused_by_name(payload, name):
     with pytest.raises(PickleRefused, match=name.split(".")[-1]):
         tenant_loads(*as_client_sends(graph_of(Task("t", REQ, x=payload))))
@@ -117,15 +122,18 @@ def test_cycles_and_depth_are_refused():
         check_shape(pickle.dumps(deep))
 
 
-@pytest.mark.parametrize("header, frames, match", [
-    ({"serializer": "dask"}, [b""], "pickled"),
-    ({"serializer": "kaas-vetted", "token": "x"}, [], "pickled"),
-    ("pickle", [b""], "pickled"),
-    ({"serializer": "pickle", "writeable": []}, [], "no frames"),
-    ({"serializer": "pickle", "writeable": [True]}, [pickle.dumps(1)], "does not match"),
-    ({"serializer": "pickle", "writeable": []}, [b"\x80\x05garbage"], "not a readable pickle"),
-    ({"serializer": "pickle", "writeable": []}, [pickle.dumps(1)[:-1]], "not a readable pickle"),
-])
+@pytest.mark.parametrize(
+    "header, frames, match",
+    [
+        ({"serializer": "dask"}, [b""], "pickled"),
+        ({"serializer": "kaas-vetted", "token": "x"}, [], "pickled"),
+        ("pickle", [b""], "pickled"),
+        ({"serializer": "pickle", "writeable": []}, [], "no frames"),
+        ({"serializer": "pickle", "writeable": [True]}, [pickle.dumps(1)], "does not match"),
+        ({"serializer": "pickle", "writeable": []}, [b"\x80\x05garbage"], "not a readable pickle"),
+        ({"serializer": "pickle", "writeable": []}, [pickle.dumps(1)[:-1]], "not a readable pickle"),
+    ],
+)
 def test_malformed_messages_are_refused(header, frames, match):
     with pytest.raises(PickleRefused, match=match):
         tenant_loads(header, frames)
@@ -143,11 +151,22 @@ def test_an_allowed_constructor_refusing_its_arguments_is_a_refusal():
 
 def test_the_allowed_globals_hold_no_known_gadget():
     names = {f"{m}.{n}" for m, n in ALLOWED_GLOBALS}
-    for gadget in ("builtins.getattr", "builtins.eval", "builtins.exec", "builtins.__import__", "os.system",
-                   "operator.attrgetter", "operator.methodcaller", "dask.utils.apply", "pickle.loads",
-                   "copyreg._reconstructor", "numpy.load", "numpy._core.multiarray._reconstruct"):
+    for gadget in (
+        "builtins.getattr",
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.__import__",
+        "os.system",
+        "operator.attrgetter",
+        "operator.methodcaller",
+        "dask.utils.apply",
+        "pickle.loads",
+        "copyreg._reconstructor",
+        "numpy.load",
+        "numpy._core.multiarray._reconstruct",
+    ):
         assert gadget not in names
-    for module, name in ALLOWED_GLOBALS:
+    for module, _name in ALLOWED_GLOBALS:
         assert not module.startswith(("os", "sys", "subprocess", "cloudpickle", "importlib", "pickle"))
 
 
@@ -169,7 +188,9 @@ def test_a_mutated_graph_loads_or_is_refused(position, value, cut):
     data = bytearray(bytes(LEGIT))
     data[position] = value
     try:
-        tenant_loads({"serializer": "pickle", "writeable": [False]}, [bytes(data[:max(cut, position + 1)]),
-                                                                         memoryview(X.tobytes())])
+        tenant_loads(
+            {"serializer": "pickle", "writeable": [False]},
+            [bytes(data[: max(cut, position + 1)]), memoryview(X.tobytes())],
+        )
     except PickleRefused:
         pass

@@ -3,6 +3,7 @@ requests on a LocalKaasCluster next to the same NumPy work as plain Dask tasks; 
 
     python -m benchmarks workloads [--device auto|host|cuda] [--quick]
 """
+
 from .suite import SUITE, WORKLOADS
 
 __all__ = ["SUITE", "WORKLOADS"]

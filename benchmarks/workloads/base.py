@@ -1,8 +1,10 @@
 """What a benchmark workload is: a KaaS request, its consts, its cases, a NumPy reference and a check."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +62,10 @@ class Workload:
             raise WrongResult(f"{self.name}: case {case}: non-finite values in the output")
         if not np.allclose(got, want, rtol=self.rtol, atol=self.atol):
             err = float(np.max(np.abs(got.astype(np.float64) - want)))
-            raise WrongResult(f"{self.name}: case {case}: max abs error {err:.3g} vs the NumPy reference "
-                              f"(rtol {self.rtol}, atol {self.atol})")
+            raise WrongResult(
+                f"{self.name}: case {case}: max abs error {err:.3g} vs the NumPy reference "
+                f"(rtol {self.rtol}, atol {self.atol})"
+            )
         return got
 
     def summary(self, outputs: dict[int, np.ndarray]) -> dict:
@@ -69,8 +73,17 @@ class Workload:
         return {}
 
 
-def run_cached(fn, inputs: dict, url: str, tenant: str, keys: dict, capacity: int | None, device: str,
-               travelling: dict, pool_bytes: int | None = None) -> np.ndarray:
+def run_cached(
+    fn,
+    inputs: dict,
+    url: str,
+    tenant: str,
+    keys: dict,
+    capacity: int | None,
+    device: str,
+    travelling: dict,
+    pool_bytes: int | None = None,
+) -> np.ndarray:
     """The fair baselines' task: the workload's consts from this worker's cache of the store
     (``benchmarks.baselines``, bounded by ``capacity`` bytes or not), then the same computation;
     on cuda with the inputs copied to the GPU, in the baselines' own pool of ``pool_bytes``."""

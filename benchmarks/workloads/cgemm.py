@@ -5,6 +5,7 @@ the call, ``C``, ``D`` (k x n) are consts. Kernels: ``sgemm`` A@C -> re;
 ``sgemm`` B@D -> bd; ``axpy`` re += -1 * bd; ``sgemm`` A@D -> ad; ``sgemm``
 B@C -> bc; ``vadd`` im = ad + bc. Checked against NumPy complex matmul.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,16 +33,31 @@ def cgemm_request(prefix: str, m: int, k: int, n: int, tenant: str) -> Request:
     def gemm(x, y, out):
         return KernelSpec("builtin", "sgemm", grid, (16, 16), literals=lits, arguments=[(x, "i"), (y, "i"), out])
 
-    return Request([
-        gemm(a, c, (re, "o")),
-        gemm(b, d, (bd, "t")),
-        KernelSpec("builtin", "axpy", vgrid, 256, literals=[Literal("i", size), Literal("f", -1.0)],
-                   arguments=[(bd, "t"), (re, "io")]),
-        gemm(a, d, (ad, "t")),
-        gemm(b, c, (bc, "t")),
-        KernelSpec("builtin", "vadd", vgrid, 256, literals=[Literal("i", size)],
-                   arguments=[(ad, "t"), (bc, "t"), (im, "o")]),
-    ], tenant=tenant)
+    return Request(
+        [
+            gemm(a, c, (re, "o")),
+            gemm(b, d, (bd, "t")),
+            KernelSpec(
+                "builtin",
+                "axpy",
+                vgrid,
+                256,
+                literals=[Literal("i", size), Literal("f", -1.0)],
+                arguments=[(bd, "t"), (re, "io")],
+            ),
+            gemm(a, d, (ad, "t")),
+            gemm(b, c, (bc, "t")),
+            KernelSpec(
+                "builtin",
+                "vadd",
+                vgrid,
+                256,
+                literals=[Literal("i", size)],
+                arguments=[(ad, "t"), (bc, "t"), (im, "o")],
+            ),
+        ],
+        tenant=tenant,
+    )
 
 
 def forward(inputs: dict, consts: dict) -> np.ndarray:
@@ -64,8 +80,17 @@ def setup(quick: bool, seed: int = 0) -> CgemmWorkload:
     consts = {name: (rng.standard_normal((k, n)) * scale).astype(np.float32) for name in ("C", "D")}
     cases = [{name: rng.standard_normal((m, k)).astype(np.float32) for name in ("A", "B")} for _ in range(4)]
     tenant, prefix = "bench-cgemm", "bench/cgemm"
-    w = CgemmWorkload(name="cgemm", tenant=tenant, prefix=prefix, request=cgemm_request(prefix, m, k, n, tenant),
-                      output="re+im", consts=consts, cases=cases, numpy_fn=forward, rtol=1e-3, atol=1e-4,
-                      parameters={"m": m, "k": k, "n": n, "kernels": ["sgemm", "sgemm", "axpy", "sgemm", "sgemm",
-                                                                       "vadd"]})
+    w = CgemmWorkload(
+        name="cgemm",
+        tenant=tenant,
+        prefix=prefix,
+        request=cgemm_request(prefix, m, k, n, tenant),
+        output="re+im",
+        consts=consts,
+        cases=cases,
+        numpy_fn=forward,
+        rtol=1e-3,
+        atol=1e-4,
+        parameters={"m": m, "k": k, "n": n, "kernels": ["sgemm", "sgemm", "axpy", "sgemm", "sgemm", "vadd"]},
+    )
     return w

@@ -2,6 +2,7 @@
 strictly diagonally dominant const A; checked against NumPy's Jacobi iteration and against
 ``numpy.linalg.solve`` (relative error and residual of the KaaS solution).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,18 @@ def setup(quick: bool, seed: int = 0) -> JacobiWorkload:
     cases = [{"b": rng.standard_normal(n).astype(np.float32), "x": np.zeros(n, np.float32)} for _ in range(4)]
     # "steps" travels with the consts to the NumPy baseline; only "A" is stored (see suite: stored_consts)
     consts = {"A": a, "steps": np.array(2 * sweeps)}
-    w = JacobiWorkload(name="jacobi", tenant=tenant, prefix=prefix, request=request, output="x", consts=consts,
-                       cases=cases, numpy_fn=forward, rtol=1e-3, atol=1e-5,
-                       parameters={"n": n, "sweeps": sweeps, "jacobi_steps": 2 * sweeps, "n_iter": sweeps})
+    w = JacobiWorkload(
+        name="jacobi",
+        tenant=tenant,
+        prefix=prefix,
+        request=request,
+        output="x",
+        consts=consts,
+        cases=cases,
+        numpy_fn=forward,
+        rtol=1e-3,
+        atol=1e-5,
+        parameters={"n": n, "sweeps": sweeps, "jacobi_steps": 2 * sweeps, "n_iter": sweeps},
+    )
     w.stored = ("A",)
     return w

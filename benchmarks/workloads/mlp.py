@@ -9,6 +9,7 @@ namespace. The held-out split (512 images, 8 requests of 64) is classified from
 the KaaS outputs; accuracy below 0.9 is a WrongResult, and every request's
 probabilities are checked against the NumPy forward pass.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,7 +61,7 @@ def train(x, y, *, hidden: int, epochs: int, seed: int = 0, lr: float = 3e-3, ba
             for k, g in grads.items():
                 m[k] = b1_ * m[k] + (1 - b1_) * g
                 v[k] = b2_ * v[k] + (1 - b2_) * g * g
-                mhat, vhat = m[k] / (1 - b1_ ** step), v[k] / (1 - b2_ ** step)
+                mhat, vhat = m[k] / (1 - b1_**step), v[k] / (1 - b2_**step)
                 params[k] -= lr * mhat / (np.sqrt(vhat) + eps)
     return {k: p.astype(np.float32) for k, p in params.items()}
 
@@ -80,8 +81,13 @@ class MlpWorkload(Workload):
         truth = np.concatenate(self.labels)
         accuracy = float((pred == truth).mean())
         ref = np.concatenate([e.argmax(axis=1) for e in self.expected])
-        out = {"accuracy": accuracy, "numpy_accuracy": float((ref == truth).mean()), "test_images": int(len(truth)),
-               "train_accuracy": self.parameters.get("train_accuracy"), "min_accuracy": MIN_ACCURACY}
+        out = {
+            "accuracy": accuracy,
+            "numpy_accuracy": float((ref == truth).mean()),
+            "test_images": len(truth),
+            "train_accuracy": self.parameters.get("train_accuracy"),
+            "min_accuracy": MIN_ACCURACY,
+        }
         if accuracy < MIN_ACCURACY:
             raise WrongResult(f"mlp: held-out accuracy {accuracy:.3f} from the KaaS outputs is below {MIN_ACCURACY}")
         return out
@@ -96,15 +102,32 @@ def setup(quick: bool, seed: int = 0) -> MlpWorkload:
     train_acc = float((forward({"x": xtr}, params).argmax(axis=1) == ytr).mean())
     tenant, prefix = "bench-mlp", "bench/mlp"
     request = mlp_request(prefix, batch=BATCH, d_in=xtr.shape[1], hidden=hidden, classes=CLASSES, tenant=tenant)
-    cases = [{"x": np.ascontiguousarray(xte[i:i + BATCH])} for i in range(0, TEST, BATCH)]
+    cases = [{"x": np.ascontiguousarray(xte[i : i + BATCH])} for i in range(0, TEST, BATCH)]
     w = MlpWorkload(
-        name="mlp", tenant=tenant, prefix=prefix, request=request, output="y", consts=params, cases=cases,
-        numpy_fn=forward, rtol=1e-3, atol=1e-5,
-        parameters={"dataset": "sklearn digits (1797 8x8 images)", "train_images": len(xtr), "test_images": TEST,
-                    "batch": BATCH, "hidden": hidden, "classes": CLASSES, "epochs": epochs, "optimizer": "Adam",
-                    "output_bias": "none (the request has none; trained without)", "train_s": train_s,
-                    "train_accuracy": train_acc,
-                    "kernels": list(request.kernel_names)},
+        name="mlp",
+        tenant=tenant,
+        prefix=prefix,
+        request=request,
+        output="y",
+        consts=params,
+        cases=cases,
+        numpy_fn=forward,
+        rtol=1e-3,
+        atol=1e-5,
+        parameters={
+            "dataset": "sklearn digits (1797 8x8 images)",
+            "train_images": len(xtr),
+            "test_images": TEST,
+            "batch": BATCH,
+            "hidden": hidden,
+            "classes": CLASSES,
+            "epochs": epochs,
+            "optimizer": "Adam",
+            "output_bias": "none (the request has none; trained without)",
+            "train_s": train_s,
+            "train_accuracy": train_acc,
+            "kernels": list(request.kernel_names),
+        },
     )
-    w.labels = [yte[i:i + BATCH] for i in range(0, TEST, BATCH)]
+    w.labels = [yte[i : i + BATCH] for i in range(0, TEST, BATCH)]
     return w

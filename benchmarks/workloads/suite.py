@@ -23,6 +23,7 @@ const of that workload (one element changed) after setup while the reference
 keeps the true value (the smallest const, element 0 + 100): the run must fail;
 the tests use it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,8 +57,9 @@ def seed_store(store, w) -> None:
 SYSTEMS = ("kaas", "dask-lru", "dask-dict")
 
 
-def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str,
-            pool_bytes: int | None = None) -> dict:
+def measure(
+    client, store, w, *, repeat: int, batch: int, rounds: int, capacity: int, device: str, pool_bytes: int | None = None
+) -> dict:
     from benchmarks.baselines import clear
     from dask_kaas import worker_stats
 
@@ -73,8 +75,20 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
 
     def baseline(bound, pool):
         def submit(i):
-            return client.submit(run_cached, w.numpy_fn, w.cases[i], store.url, w.tenant, keys, bound, device,
-                                 travelling, pool, pure=False)
+            return client.submit(
+                run_cached,
+                w.numpy_fn,
+                w.cases[i],
+                store.url,
+                w.tenant,
+                keys,
+                bound,
+                device,
+                travelling,
+                pool,
+                pure=False,
+            )
+
         return submit
 
     submitters = {"kaas": kaas, "dask-lru": baseline(capacity, pool_bytes), "dask-dict": baseline(None, None)}
@@ -97,6 +111,7 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
             i = counter[kind] % len(w.cases)
             counter[kind] += 1
             got[kind].append((i, submit(i).result()))
+
         return call
 
     k0 = worker_stats(client)
@@ -138,15 +153,22 @@ def measure(client, store, w, *, repeat: int, batch: int, rounds: int, capacity:
     return figures
 
 
-SIZES = {"full": {"repeat": 30, "batch": 32, "rounds": 3},
-         "quick": {"repeat": 4, "batch": 8, "rounds": 1},
-         "smoke": {"repeat": 1, "batch": 2, "rounds": 1}}
+SIZES = {
+    "full": {"repeat": 30, "batch": 32, "rounds": 3},
+    "quick": {"repeat": 4, "batch": 8, "rounds": 1},
+    "smoke": {"repeat": 1, "batch": 2, "rounds": 1},
+}
 
 
 def run_suite(config, p: dict) -> dict:
     device = config.device
-    params = {"repeat": p["repeat"], "throughput_batch": p["batch"], "throughput_rounds": p["rounds"],
-              "quick": config.quick, "workers": "2 host devices" if device == "host" else "one per GPU"}
+    params = {
+        "repeat": p["repeat"],
+        "throughput_batch": p["batch"],
+        "throughput_rounds": p["rounds"],
+        "quick": config.quick,
+        "workers": "2 host devices" if device == "host" else "one per GPU",
+    }
     payload = {"parameters": params, "workloads": {}, "method": __doc__.split("\n\n", 1)[1]}
     with local_kaas_cluster(device) as (cluster, client):
         from benchmarks.baselines import memory_budget
@@ -157,17 +179,29 @@ def run_suite(config, p: dict) -> dict:
         for name in WORKLOADS:
             w = importlib.import_module(f"benchmarks.workloads.{name}").setup(config.size != "full")
             try:
-                figures = measure(client, cluster.store, w, repeat=p["repeat"], batch=p["batch"], rounds=p["rounds"],
-                                  capacity=capacity, device=device, pool_bytes=memory["baseline_pool_bytes"])
+                figures = measure(
+                    client,
+                    cluster.store,
+                    w,
+                    repeat=p["repeat"],
+                    batch=p["batch"],
+                    rounds=p["rounds"],
+                    capacity=capacity,
+                    device=device,
+                    pool_bytes=memory["baseline_pool_bytes"],
+                )
             except WrongResult as e:
                 raise WrongResult(f"workload {name}: {e}") from e
             payload["workloads"][name] = {"parameters": w.parameters, **figures}
             lat, tp = figures["latency_s"], figures["throughput_rps"]
             extra = f", accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
-            config.log(f"  {name:<7} ok{extra}: latency ms kaas {lat['kaas']['median'] * 1e3:.2f}, dask-lru "
-                       f"{lat['dask-lru']['median'] * 1e3:.2f}, dask-dict {lat['dask-dict']['median'] * 1e3:.2f}; "
-                       f"req/s kaas {tp['kaas']['median']:.0f}, dask-lru {tp['dask-lru']['median']:.0f}, dask-dict "
-                       f"{tp['dask-dict']['median']:.0f}", flush=True)
+            config.log(
+                f"  {name:<7} ok{extra}: latency ms kaas {lat['kaas']['median'] * 1e3:.2f}, dask-lru "
+                f"{lat['dask-lru']['median'] * 1e3:.2f}, dask-dict {lat['dask-dict']['median'] * 1e3:.2f}; "
+                f"req/s kaas {tp['kaas']['median']:.0f}, dask-lru {tp['dask-lru']['median']:.0f}, dask-dict "
+                f"{tp['dask-dict']['median']:.0f}",
+                flush=True,
+            )
     return payload
 
 
@@ -175,12 +209,23 @@ def draw(payload: dict, plt):
     names = list(payload["workloads"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(len(names))
-    for ax, key, label in ((axes[0], "latency_s", "latency, ms (median; bars min-max)"),
-                           (axes[1], "throughput_rps", "throughput, requests/s")):
-        for off, kind, name in ((-0.27, "kaas", "KaaS"), (0, "dask-lru", "Dask + LRU cache"),
-                                (0.27, "dask-dict", "Dask + dict cache")):
-            bars(ax, x + off, (payload["workloads"][n][key][kind] for n in names),
-                 scale=1e3 if key == "latency_s" else 1.0, width=0.27, label=name)
+    for ax, key, label in (
+        (axes[0], "latency_s", "latency, ms (median; bars min-max)"),
+        (axes[1], "throughput_rps", "throughput, requests/s"),
+    ):
+        for off, kind, name in (
+            (-0.27, "kaas", "KaaS"),
+            (0, "dask-lru", "Dask + LRU cache"),
+            (0.27, "dask-dict", "Dask + dict cache"),
+        ):
+            bars(
+                ax,
+                x + off,
+                (payload["workloads"][n][key][kind] for n in names),
+                scale=1e3 if key == "latency_s" else 1.0,
+                width=0.27,
+                label=name,
+            )
         ax.set_xticks(x, names)
         ax.set_title(label)
         ax.legend()
@@ -193,8 +238,12 @@ def report(payload: dict):
     for name, row in payload["workloads"].items():
         lat, tp = row["latency_s"], row["throughput_rps"]
         extra = f", accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
-        yield (f"{name:<9}" + "".join(f"{lat[s]['median'] * 1e3:>9.2f}" for s in SYSTEMS)
-               + "".join(f"{tp[s]['median']:>8.0f}" for s in SYSTEMS) + f"  {row['requests_checked']}{extra}")
+        yield (
+            f"{name:<9}"
+            + "".join(f"{lat[s]['median'] * 1e3:>9.2f}" for s in SYSTEMS)
+            + "".join(f"{tp[s]['median']:>8.0f}" for s in SYSTEMS)
+            + f"  {row['requests_checked']}{extra}"
+        )
 
 
 SUITE = Suite("workloads", __doc__, run_suite, report, SIZES, draw=draw)

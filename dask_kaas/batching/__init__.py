@@ -5,6 +5,7 @@
 ``batcher``     :class:`Batcher`: the queue driven on a ``distributed.Client``'s event loop
 ==============  ========================================================================
 """
+
 from .batcher import Batcher, CallFuture
 
 __all__ = ["Batcher", "CallFuture"]

@@ -14,6 +14,7 @@ of fairness, admission and the counters, on the scheduler and the workers.
   straight to a worker and the task depends on it; results always come back straight from the
   worker (``gather(direct=True)``), so the scheduler never carries a batch's bytes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,8 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import dask
 
@@ -74,7 +76,7 @@ def _running_loop():
 
 
 class _Call:
-    __slots__ = ("inputs", "future", "nbytes")
+    __slots__ = ("future", "inputs", "nbytes")
 
     def __init__(self, inputs: dict, future: CallFuture, nbytes: int):
         self.inputs, self.future, self.nbytes = inputs, future, nbytes
@@ -137,17 +139,26 @@ class Batcher:
     True
     """
 
-    def __init__(self, client, *, max_calls: int | None = None, max_bytes: int | str | None = None,
-                 direct_bytes: int | str | None = None, in_flight: int | None = None) -> None:
+    def __init__(
+        self,
+        client,
+        *,
+        max_calls: int | None = None,
+        max_bytes: int | str | None = None,
+        direct_bytes: int | str | None = None,
+        in_flight: int | None = None,
+    ) -> None:
         self.client = client
         max_calls = int(max_calls if max_calls is not None else config.get("batch.max-calls"))
         limit = int(config.get("batch.max-calls"))
         if not 1 <= max_calls <= limit:
             raise ConfigError(f"max_calls must be 1 to kaas.batch.max-calls ({limit}), got {max_calls}")
-        max_bytes = config.parse_size(max_bytes if max_bytes is not None else config.get("batch.max-bytes"),
-                                      name="max_bytes")
-        self.direct_bytes = config.parse_size(direct_bytes if direct_bytes is not None
-                                              else config.get("batch.direct-bytes"), name="direct_bytes")
+        max_bytes = config.parse_size(
+            max_bytes if max_bytes is not None else config.get("batch.max-bytes"), name="max_bytes"
+        )
+        self.direct_bytes = config.parse_size(
+            direct_bytes if direct_bytes is not None else config.get("batch.direct-bytes"), name="direct_bytes"
+        )
         if in_flight is None:
             in_flight = config.get("batch.in-flight")
         if in_flight is not None and (isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1):
@@ -220,14 +231,20 @@ class Batcher:
         """``calls`` and ``batches`` sent, ``direct_batches`` (scattered), ``graph_updates``, and now:
         ``queued`` calls, ``in_flight`` batches, ``slots`` per request."""
         q = self._queue
-        return {"calls": q.calls, "batches": q.batches, **self._counts, "queued": q.queued(),
-                "in_flight": q.in_flight(), "slots": q.slots}
+        return {
+            "calls": q.calls,
+            "batches": q.batches,
+            **self._counts,
+            "queued": q.queued(),
+            "in_flight": q.in_flight(),
+            "slots": q.slots,
+        }
 
     def close(self) -> None:
         """Accept no more calls; those submitted still complete."""
         self.closed = True
 
-    def __enter__(self) -> "Batcher":
+    def __enter__(self) -> Batcher:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -280,7 +297,7 @@ class Batcher:
         if inline:
             try:
                 futures = self._submit_together(inline)
-            except Exception as e:  # noqa: BLE001 - the client is closed, say: each call gets the error
+            except Exception as e:
                 for batch in inline:
                     self._fail(batch, e)
                 return
@@ -293,8 +310,7 @@ class Batcher:
         if len(batches) == 1:
             (batch,) = batches
             return [self.client.submit(RequestBatch(batch.key, len(batch)), _calls(batch), pure=False)]
-        return self.client.compute([dask.delayed(RequestBatch(b.key, len(b)), pure=False)(_calls(b))
-                                    for b in batches])
+        return self.client.compute([dask.delayed(RequestBatch(b.key, len(b)), pure=False)(_calls(b)) for b in batches])
 
     async def _send_direct(self, batch: Batch) -> None:
         if self._direct is None:
@@ -302,7 +318,7 @@ class Batcher:
         if not self._direct:  # tenants held to requests reach no worker: through the scheduler
             try:
                 (future,) = self._submit_together([batch])
-            except Exception as e:  # noqa: BLE001 - the client is closed, say: each call gets the error
+            except Exception as e:
                 self._fail(batch, e)
                 return
             await self._collect(batch, future)
@@ -312,7 +328,7 @@ class Batcher:
             future = self.client.submit(RequestBatch(batch.key, len(batch)), data, pure=False)
             self._counts["direct_batches"] += 1
             self._counts["graph_updates"] += 1
-        except Exception as e:  # noqa: BLE001 - no worker to scatter to, a closed client: each call gets it
+        except Exception as e:
             self._fail(batch, e)
             return
         await self._collect(batch, future, data)
@@ -322,7 +338,7 @@ class Batcher:
             if self._direct is None:
                 await self._ask_scheduler()
             outcomes = await self.client.gather(future, direct=self._direct, asynchronous=True)
-        except BaseException as e:  # noqa: BLE001 - the batch failed as a whole (rejected, cancelled, lost)
+        except BaseException as e:
             self._fail(batch, e if isinstance(e, Exception) else KaasError(f"the batch was cancelled ({e!r})"))
             return
         finally:
@@ -330,8 +346,13 @@ class Batcher:
             for other in keep:
                 other.release()
         if not isinstance(outcomes, list) or len(outcomes) != len(batch.items):  # never: one outcome per call
-            self._fail(batch, KaasError(f"a batch of {len(batch.items)} calls came back with "
-                                        f"{len(outcomes) if isinstance(outcomes, list) else type(outcomes).__name__}"))
+            self._fail(
+                batch,
+                KaasError(
+                    f"a batch of {len(batch.items)} calls came back with "
+                    f"{len(outcomes) if isinstance(outcomes, list) else type(outcomes).__name__}"
+                ),
+            )
             return
         for call, outcome in zip(batch.items, outcomes):
             if isinstance(outcome, BaseException):
@@ -358,7 +379,7 @@ class Batcher:
         whether batches may go straight to workers; without an answer, keep the current figures."""
         try:
             info = await self.client.scheduler.kaas_batch_info()
-        except Exception:  # noqa: BLE001 - asked again later
+        except Exception:
             logger.debug("dask-kaas batcher: could not ask the scheduler", exc_info=True)
             info = None
         if not isinstance(info, dict):  # no KaaS plugin there: Dask's defaults

@@ -12,6 +12,7 @@ the slots were busy.
 The queue knows nothing of Dask or clocks: :class:`~dask_kaas.Batcher` drives it from the
 client's event loop, and tests drive it directly.
 """
+
 from __future__ import annotations
 
 from collections import deque

@@ -1,4 +1,5 @@
 """dask-kaas on the Dask dashboard: the ``/kaas`` page and Prometheus collectors."""
+
 from __future__ import annotations
 
 ROUTE = "/kaas"

@@ -15,6 +15,7 @@ Everything is read from the plugin's state at scrape time: per tenant
 worker's cumulative cache counters as of its last report, sent after every
 request).
 """
+
 from __future__ import annotations
 
 import threading
@@ -96,8 +97,8 @@ def labelled_tenants(tenants: dict, limit: int) -> list[tuple[str, list]]:
     if len(tenants) <= limit:
         return [(t, [s]) for t, s in sorted(tenants.items())]
     ranked = sorted(tenants.items(), key=lambda item: (-item[1].submitted, item[0]))
-    kept = sorted(ranked[:max(limit - 1, 0)])
-    return [(t, [s]) for t, s in kept] + [(OTHER, [s for _, s in ranked[max(limit - 1, 0):]])]
+    kept = sorted(ranked[: max(limit - 1, 0)])
+    return [(t, [s]) for t, s in kept] + [(OTHER, [s for _, s in ranked[max(limit - 1, 0) :]])]
 
 
 def families(plugin) -> list:
@@ -114,17 +115,23 @@ def families(plugin) -> list:
             family.add_metric([tenant], sum(getattr(stats, attr) for stats in group))
         out.append(family)
 
-    latency = HistogramMetricFamily(PREFIX + "request_latency_seconds",
-                                    "Latency of completed KaaS requests, submission to completion on the scheduler",
-                                    labels=["tenant"])
+    latency = HistogramMetricFamily(
+        PREFIX + "request_latency_seconds",
+        "Latency of completed KaaS requests, submission to completion on the scheduler",
+        labels=["tenant"],
+    )
     for tenant, group in tenants:
         bounds = [bound for bound, _ in group[0].histogram()]
         counts = [sum(column) for column in zip(*([n for _, n in s.histogram()] for s in group))]
-        latency.add_metric([tenant], [(floatToGoString(bound), n) for bound, n in zip(bounds, counts)],
-                           sum_value=sum(s.latency_sum for s in group))
+        latency.add_metric(
+            [tenant],
+            [(floatToGoString(bound), n) for bound, n in zip(bounds, counts)],
+            sum_value=sum(s.latency_sum for s in group),
+        )
     out.append(latency)
-    held = GaugeMetricFamily(PREFIX + "tenant_held_requests", "The tenant's KaaS tasks waiting in the fair queue",
-                             labels=["tenant"])
+    held = GaugeMetricFamily(
+        PREFIX + "tenant_held_requests", "The tenant's KaaS tasks waiting in the fair queue", labels=["tenant"]
+    )
     for tenant, _ in tenants:
         if tenant != OTHER:
             held.add_metric([tenant], plugin.dispatcher.held(tenant))
@@ -136,29 +143,42 @@ def families(plugin) -> list:
             family.add_metric([address], view.counters.get(key, 0))
         out.append(family)
         if name == "cache_hits":
-            misses = CounterMetricFamily(PREFIX + "cache_misses", "Const buffer lookups the device cache missed: "
-                                         "compulsory (never cached there before) or capacity (evicted since)",
-                                         labels=["worker", "kind"])
+            misses = CounterMetricFamily(
+                PREFIX + "cache_misses",
+                "Const buffer lookups the device cache missed: "
+                "compulsory (never cached there before) or capacity (evicted since)",
+                labels=["worker", "kind"],
+            )
             for address, view in workers:
                 for kind in ("compulsory", "capacity"):
                     misses.add_metric([address, kind], view.counters.get(f"{kind}_misses", 0))
             out.append(misses)
 
-    device = GaugeMetricFamily(PREFIX + "device_bytes", "Device cache bytes as of the worker's last report",
-                               labels=["worker", "state"])
-    queue = GaugeMetricFamily(PREFIX + "queue_length", "KaaS tasks assigned to the worker and not finished",
-                              labels=["worker"])
+    device = GaugeMetricFamily(
+        PREFIX + "device_bytes", "Device cache bytes as of the worker's last report", labels=["worker", "state"]
+    )
+    queue = GaugeMetricFamily(
+        PREFIX + "queue_length", "KaaS tasks assigned to the worker and not finished", labels=["worker"]
+    )
     for address, view in workers:
         if view.reports:  # a worker that has run no request yet has told the scheduler nothing of its memory
-            for state, value in (("used", view.used), ("pinned", view.pinned),
-                                 ("free", max(0, view.capacity - view.used)), ("capacity", view.capacity)):
+            for state, value in (
+                ("used", view.used),
+                ("pinned", view.pinned),
+                ("free", max(0, view.capacity - view.used)),
+                ("capacity", view.capacity),
+            ):
                 device.add_metric([address, state], value)
         queue.add_metric([address], view.queued)
     out += [device, queue]
 
-    out.append(GaugeMetricFamily(PREFIX + "held_requests",
-                                 "KaaS tasks waiting in the scheduler's fair-dispatch queues",
-                                 value=len(plugin.dispatcher)))
+    out.append(
+        GaugeMetricFamily(
+            PREFIX + "held_requests",
+            "KaaS tasks waiting in the scheduler's fair-dispatch queues",
+            value=len(plugin.dispatcher),
+        )
+    )
     return out
 
 

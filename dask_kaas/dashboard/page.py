@@ -4,6 +4,7 @@ Everything it draws comes from the KaaS scheduler plugin's ``snapshot()``, the
 same data :func:`dask_kaas.cluster_state` returns, so the page and the API
 never disagree. It refreshes every half second.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,17 @@ from datetime import datetime
 from html import escape
 
 from bokeh.layouts import column, row
-from bokeh.models import (BasicTicker, ColumnDataSource, DataRange1d, DataTable, Div, HoverTool, NumeralTickFormatter,
-                          Range1d, TableColumn)
+from bokeh.models import (
+    BasicTicker,
+    ColumnDataSource,
+    DataRange1d,
+    DataTable,
+    Div,
+    HoverTool,
+    NumeralTickFormatter,
+    Range1d,
+    TableColumn,
+)
 from bokeh.palettes import Category10
 from bokeh.plotting import figure
 
@@ -36,73 +46,206 @@ class KaasPage:
         self.scheduler = scheduler
         self.header = Div(text="", sizing_mode="stretch_width", name="kaas-header")
         self.memory_source = ColumnDataSource(dict(worker=[], cached=[], pinned=[], free=[]))
-        self.memory = figure(title="Device memory per worker (MiB)", y_range=[], height=260,
-                             sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-memory")
-        self.memory.hbar_stack(["cached", "pinned", "free"], y="worker", height=0.7, source=self.memory_source,
-                               color=[PALETTE["cached"], PALETTE["pinned"], PALETTE["free"]],
-                               legend_label=["cached", "pinned", "free"])
+        self.memory = figure(
+            title="Device memory per worker (MiB)",
+            y_range=[],
+            height=260,
+            sizing_mode="stretch_width",
+            tools="",
+            toolbar_location=None,
+            name="kaas-memory",
+        )
+        self.memory.hbar_stack(
+            ["cached", "pinned", "free"],
+            y="worker",
+            height=0.7,
+            source=self.memory_source,
+            color=[PALETTE["cached"], PALETTE["pinned"], PALETTE["free"]],
+            legend_label=["cached", "pinned", "free"],
+        )
         self.memory.legend.orientation = "horizontal"
         self.memory.add_layout(self.memory.legend[0], "above")  # off the bars
         self.memory.x_range.start = 0
-        self.memory.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("cached MiB", "@cached{0.0}"),
-                                                  ("pinned MiB", "@pinned{0.0}"), ("free MiB", "@free{0.0}")]))
+        self.memory.add_tools(
+            HoverTool(
+                tooltips=[
+                    ("worker", "@worker"),
+                    ("cached MiB", "@cached{0.0}"),
+                    ("pinned MiB", "@pinned{0.0}"),
+                    ("free MiB", "@free{0.0}"),
+                ]
+            )
+        )
 
         self.queue_source = ColumnDataSource(dict(worker=[], queue=[]))
-        self.queue = figure(title="Requests in flight per worker", y_range=[], x_range=Range1d(0, 2), height=260,
-                            sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-queue")
+        self.queue = figure(
+            title="Requests in flight per worker",
+            y_range=[],
+            x_range=Range1d(0, 2),
+            height=260,
+            sizing_mode="stretch_width",
+            tools="",
+            toolbar_location=None,
+            name="kaas-queue",
+        )
         self.queue.hbar(y="worker", right="queue", height=0.7, source=self.queue_source, color="#ff7f0e")
         self.queue.xaxis.ticker = BasicTicker(min_interval=1)  # requests come whole
 
         self.series = ColumnDataSource(dict(time=[], hit_rate=[], loaded=[]))  # the plugin's history
-        self.hits = figure(title="Cache hit rate", x_axis_type="datetime", height=220, y_range=(0, 1.05),
-                           sizing_mode="stretch_width", tools="", toolbar_location=None, name="kaas-hit-rate")
+        self.hits = figure(
+            title="Cache hit rate",
+            x_axis_type="datetime",
+            height=220,
+            y_range=(0, 1.05),
+            sizing_mode="stretch_width",
+            tools="",
+            toolbar_location=None,
+            name="kaas-hit-rate",
+        )
         self.hits.line("time", "hit_rate", source=self.series, line_width=2, color="#2ca02c")
         self.hits.yaxis.formatter = NumeralTickFormatter(format="0%")
-        self.loaded = figure(title="Bytes loaded from the store per second", x_axis_type="datetime", height=220,
-                             y_range=DataRange1d(start=0), sizing_mode="stretch_width", tools="",
-                             toolbar_location=None, name="kaas-loaded")
+        self.loaded = figure(
+            title="Bytes loaded from the store per second",
+            x_axis_type="datetime",
+            height=220,
+            y_range=DataRange1d(start=0),
+            sizing_mode="stretch_width",
+            tools="",
+            toolbar_location=None,
+            name="kaas-loaded",
+        )
         self.loaded.line("time", "loaded", source=self.series, line_width=2, color="#9467bd")
         self.loaded.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
 
         self.worker_lines = ColumnDataSource(dict(xs=[], hit_rate=[], evictions=[], loaded=[], worker=[], color=[]))
-        self.worker_hits = _lines("Cache hit rate per worker", "kaas-worker-hit-rate", self.worker_lines,
-                                  "hit_rate", "worker", Range1d(0, 1.05), "0%")
-        self.worker_evictions = _lines("Evictions per worker per interval", "kaas-worker-evictions",
-                                       self.worker_lines, "evictions", "worker", Range1d(0, 1))
-        self.worker_loaded = _lines("Bytes loaded from the store per worker per second", "kaas-worker-loaded",
-                                    self.worker_lines, "loaded", "worker", DataRange1d(start=0), "0.0 b")
-        self.worker_table = _data_table("kaas-workers", 160, [
-            ("worker", "worker"), ("state", "state"), ("requests", "requests"), ("hit_rate", "cache hits"),
-            ("hits", "hits"), ("misses", "misses"), ("evictions", "evictions"), ("loaded", "loaded"),
-            ("cached", "cached consts"), ("gpu", "GPU utilisation")])
+        self.worker_hits = _lines(
+            "Cache hit rate per worker",
+            "kaas-worker-hit-rate",
+            self.worker_lines,
+            "hit_rate",
+            "worker",
+            Range1d(0, 1.05),
+            "0%",
+        )
+        self.worker_evictions = _lines(
+            "Evictions per worker per interval",
+            "kaas-worker-evictions",
+            self.worker_lines,
+            "evictions",
+            "worker",
+            Range1d(0, 1),
+        )
+        self.worker_loaded = _lines(
+            "Bytes loaded from the store per worker per second",
+            "kaas-worker-loaded",
+            self.worker_lines,
+            "loaded",
+            "worker",
+            DataRange1d(start=0),
+            "0.0 b",
+        )
+        self.worker_table = _data_table(
+            "kaas-workers",
+            160,
+            [
+                ("worker", "worker"),
+                ("state", "state"),
+                ("requests", "requests"),
+                ("hit_rate", "cache hits"),
+                ("hits", "hits"),
+                ("misses", "misses"),
+                ("evictions", "evictions"),
+                ("loaded", "loaded"),
+                ("cached", "cached consts"),
+                ("gpu", "GPU utilisation"),
+            ],
+        )
         self.worker_table_source = self.worker_table.source
         self.tenant_lines = ColumnDataSource(dict(xs=[], hit_rate=[], tenant=[], color=[]))
-        self.tenant_hits = _lines("Cache hit rate per tenant", "kaas-tenant-hit-rate", self.tenant_lines,
-                                  "hit_rate", "tenant", Range1d(0, 1.05), "0%")
+        self.tenant_hits = _lines(
+            "Cache hit rate per tenant",
+            "kaas-tenant-hit-rate",
+            self.tenant_lines,
+            "hit_rate",
+            "tenant",
+            Range1d(0, 1.05),
+            "0%",
+        )
 
-        self.tenants = _data_table("kaas-tenants", 240, [
-            ("tenant", "tenant"), ("submitted", "submitted"), ("tasks", "tasks (batches)"), ("completed", "completed"),
-            ("throughput", f"req/s ({RATE_WINDOW:g} s)"), ("p50", "latency p50 (ms)"), ("p99", "latency p99 (ms)"),
-            ("rejected", "rejected"), ("failed", "failed"), ("hit_rate", "cache hits"), ("loaded", "loaded"),
-            ("evictions", "evictions caused"), ("device_s", "device s"), ("held", "held")])
+        self.tenants = _data_table(
+            "kaas-tenants",
+            240,
+            [
+                ("tenant", "tenant"),
+                ("submitted", "submitted"),
+                ("tasks", "tasks (batches)"),
+                ("completed", "completed"),
+                ("throughput", f"req/s ({RATE_WINDOW:g} s)"),
+                ("p50", "latency p50 (ms)"),
+                ("p99", "latency p99 (ms)"),
+                ("rejected", "rejected"),
+                ("failed", "failed"),
+                ("hit_rate", "cache hits"),
+                ("loaded", "loaded"),
+                ("evictions", "evictions caused"),
+                ("device_s", "device s"),
+                ("held", "held"),
+            ],
+        )
         self.tenant_source = self.tenants.source
-        self.throughput = figure(title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)", x_range=[],
-                                 height=240, sizing_mode="stretch_width", tools="", toolbar_location=None,
-                                 name="kaas-throughput")
+        self.throughput = figure(
+            title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)",
+            x_range=[],
+            height=240,
+            sizing_mode="stretch_width",
+            tools="",
+            toolbar_location=None,
+            name="kaas-throughput",
+        )
         self.throughput.vbar(x="tenant", top="throughput", width=0.7, source=self.tenant_source, color="#17becf")
-        self.cached = _data_table("kaas-cached", 240, [
-            ("worker", "worker"), ("tenant", "tenant (namespace)"), ("key", "key"), ("size", "size"),
-            ("last_used", "last used")])
+        self.cached = _data_table(
+            "kaas-cached",
+            240,
+            [
+                ("worker", "worker"),
+                ("tenant", "tenant (namespace)"),
+                ("key", "key"),
+                ("size", "size"),
+                ("last_used", "last used"),
+            ],
+        )
         self.cache_source = self.cached.source
-        self.recent = _data_table("kaas-recent", 300, [
-            ("time", "time"), ("tenant", "tenant"), ("kernels", "kernels"), ("worker", "worker"),
-            ("ms", "on the worker (ms)"), ("cache", "cache"), ("waited", "waited for a slot (ms)"),
-            ("load", "load (ms)"), ("h2d", "h2d (ms)"), ("kernels_ms", "kernels (ms)"), ("d2h", "d2h (ms)"),
-            ("key", "Dask task")])
+        self.recent = _data_table(
+            "kaas-recent",
+            300,
+            [
+                ("time", "time"),
+                ("tenant", "tenant"),
+                ("kernels", "kernels"),
+                ("worker", "worker"),
+                ("ms", "on the worker (ms)"),
+                ("cache", "cache"),
+                ("waited", "waited for a slot (ms)"),
+                ("load", "load (ms)"),
+                ("h2d", "h2d (ms)"),
+                ("kernels_ms", "kernels (ms)"),
+                ("d2h", "d2h (ms)"),
+                ("key", "Dask task"),
+            ],
+        )
         self.recent_source = self.recent.source
-        self.rejected = _data_table("kaas-rejected", 160, [
-            ("time", "time"), ("tenant", "tenant"), ("calls", "calls"), ("predicted", "predicted finish (ms)"),
-            ("deadline", "deadline (ms)"), ("key", "Dask task")])
+        self.rejected = _data_table(
+            "kaas-rejected",
+            160,
+            [
+                ("time", "time"),
+                ("tenant", "tenant"),
+                ("calls", "calls"),
+                ("predicted", "predicted finish (ms)"),
+                ("deadline", "deadline (ms)"),
+                ("key", "Dask task"),
+            ],
+        )
         self.rejected_source = self.rejected.source
         self.root = column(
             self.header,
@@ -159,70 +302,92 @@ class KaasPage:
         def ms(v):
             return round(v * 1e3, 1) if v is not None else None
 
-        _set_table(self.tenants, dict(
-            tenant=tenant_names,
-            submitted=[tenants[t]["submitted"] for t in tenant_names],
-            tasks=[tenants[t].get("tasks", 0) for t in tenant_names],
-            completed=[tenants[t]["completed"] for t in tenant_names],
-            throughput=[round(throughput.get(t, 0.0), 2) for t in tenant_names],
-            p50=[ms(tenants[t]["latency_p50"]) for t in tenant_names],
-            p99=[ms(tenants[t]["latency_p99"]) for t in tenant_names],
-            rejected=[tenants[t]["rejected"] for t in tenant_names],
-            failed=[tenants[t]["failed"] for t in tenant_names],
-            hit_rate=[_percent(tenants[t].get("hit_rate")) for t in tenant_names],
-            loaded=[format_bytes(tenants[t].get("bytes_loaded", 0)) for t in tenant_names],
-            evictions=[tenants[t].get("evictions_caused", 0) for t in tenant_names],
-            device_s=[round(tenants[t].get("gpu_seconds", 0.0), 3) for t in tenant_names],
-            held=[tenants[t].get("held", 0) for t in tenant_names],
-        ))
-        _set_table(self.worker_table, dict(
-            worker=names,
-            state=["reported" if w.get("reports") else "no report yet" for w in workers.values()],
-            requests=[w["counters"].get("requests", 0) for w in workers.values()],
-            hit_rate=[_percent(_hit_rate(w["counters"])) for w in workers.values()],
-            hits=[w["counters"].get("hits", 0) for w in workers.values()],
-            misses=[w["counters"].get("compulsory_misses", 0) + w["counters"].get("capacity_misses", 0)
-                    for w in workers.values()],
-            evictions=[w["counters"].get("evictions", 0) for w in workers.values()],
-            loaded=[format_bytes(w["counters"].get("bytes_from_store", 0)) for w in workers.values()],
-            cached=[len(w.get("cache", ())) for w in workers.values()],
-            gpu=[_gpu_text(compat.worker_metrics(self.scheduler, address)) for address in names],
-        ))
-        cached = sorted(((address, c) for address, w in workers.items() for c in w.get("cache", ())),
-                        key=lambda item: -(item[1].get("last_used") or 0))[:RECENT_ROWS * 4]
-        _set_table(self.cached, dict(
-            worker=[address for address, _ in cached],
-            tenant=[c["namespace"] for _, c in cached],
-            key=[c["key"] for _, c in cached],
-            size=[format_bytes(c["bytes"]) for _, c in cached],
-            last_used=[datetime.fromtimestamp(c["last_used"]).strftime("%H:%M:%S") if c.get("last_used") else "-"
-                       for _, c in cached],
-        ))
+        _set_table(
+            self.tenants,
+            dict(
+                tenant=tenant_names,
+                submitted=[tenants[t]["submitted"] for t in tenant_names],
+                tasks=[tenants[t].get("tasks", 0) for t in tenant_names],
+                completed=[tenants[t]["completed"] for t in tenant_names],
+                throughput=[round(throughput.get(t, 0.0), 2) for t in tenant_names],
+                p50=[ms(tenants[t]["latency_p50"]) for t in tenant_names],
+                p99=[ms(tenants[t]["latency_p99"]) for t in tenant_names],
+                rejected=[tenants[t]["rejected"] for t in tenant_names],
+                failed=[tenants[t]["failed"] for t in tenant_names],
+                hit_rate=[_percent(tenants[t].get("hit_rate")) for t in tenant_names],
+                loaded=[format_bytes(tenants[t].get("bytes_loaded", 0)) for t in tenant_names],
+                evictions=[tenants[t].get("evictions_caused", 0) for t in tenant_names],
+                device_s=[round(tenants[t].get("gpu_seconds", 0.0), 3) for t in tenant_names],
+                held=[tenants[t].get("held", 0) for t in tenant_names],
+            ),
+        )
+        _set_table(
+            self.worker_table,
+            dict(
+                worker=names,
+                state=["reported" if w.get("reports") else "no report yet" for w in workers.values()],
+                requests=[w["counters"].get("requests", 0) for w in workers.values()],
+                hit_rate=[_percent(_hit_rate(w["counters"])) for w in workers.values()],
+                hits=[w["counters"].get("hits", 0) for w in workers.values()],
+                misses=[
+                    w["counters"].get("compulsory_misses", 0) + w["counters"].get("capacity_misses", 0)
+                    for w in workers.values()
+                ],
+                evictions=[w["counters"].get("evictions", 0) for w in workers.values()],
+                loaded=[format_bytes(w["counters"].get("bytes_from_store", 0)) for w in workers.values()],
+                cached=[len(w.get("cache", ())) for w in workers.values()],
+                gpu=[_gpu_text(compat.worker_metrics(self.scheduler, address)) for address in names],
+            ),
+        )
+        cached = sorted(
+            ((address, c) for address, w in workers.items() for c in w.get("cache", ())),
+            key=lambda item: -(item[1].get("last_used") or 0),
+        )[: RECENT_ROWS * 4]
+        _set_table(
+            self.cached,
+            dict(
+                worker=[address for address, _ in cached],
+                tenant=[c["namespace"] for _, c in cached],
+                key=[c["key"] for _, c in cached],
+                size=[format_bytes(c["bytes"]) for _, c in cached],
+                last_used=[
+                    datetime.fromtimestamp(c["last_used"]).strftime("%H:%M:%S") if c.get("last_used") else "-"
+                    for _, c in cached
+                ],
+            ),
+        )
         recent = state["recent"][-RECENT_ROWS:][::-1]
-        _set_table(self.recent, dict(
-            time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in recent],
-            tenant=[r["tenant"] for r in recent],
-            kernels=[" -> ".join(r["kernels"]) for r in recent],
-            worker=[r["worker"] if r["worker"] in workers else f"{r['worker']} (gone)" for r in recent],
-            ms=[round(r["seconds"] * 1e3, 2) for r in recent],
-            cache=[("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent],
-            key=[str(r.get("key", "")) for r in recent],
-            waited=[ms(r.get("waited")) for r in recent],
-            load=[ms(r.get("phases", {}).get("load")) for r in recent],
-            h2d=[ms(r.get("phases", {}).get("h2d")) for r in recent],
-            kernels_ms=[ms(r.get("phases", {}).get("kernels")) for r in recent],
-            d2h=[ms(r.get("phases", {}).get("d2h")) for r in recent],
-        ))
+        _set_table(
+            self.recent,
+            dict(
+                time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in recent],
+                tenant=[r["tenant"] for r in recent],
+                kernels=[" -> ".join(r["kernels"]) for r in recent],
+                worker=[r["worker"] if r["worker"] in workers else f"{r['worker']} (gone)" for r in recent],
+                ms=[round(r["seconds"] * 1e3, 2) for r in recent],
+                cache=[
+                    ("miss" if r["misses"] else "hit" if r["hits"] else "-") if r["ok"] else "error" for r in recent
+                ],
+                key=[str(r.get("key", "")) for r in recent],
+                waited=[ms(r.get("waited")) for r in recent],
+                load=[ms(r.get("phases", {}).get("load")) for r in recent],
+                h2d=[ms(r.get("phases", {}).get("h2d")) for r in recent],
+                kernels_ms=[ms(r.get("phases", {}).get("kernels")) for r in recent],
+                d2h=[ms(r.get("phases", {}).get("d2h")) for r in recent],
+            ),
+        )
         rejected = state.get("rejections", [])[-RECENT_ROWS:][::-1]
-        _set_table(self.rejected, dict(
-            time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in rejected],
-            tenant=[r["tenant"] for r in rejected],
-            key=[str(r["key"]) for r in rejected],
-            calls=[r["calls"] for r in rejected],
-            predicted=[ms(r["predicted"]) for r in rejected],
-            deadline=[ms(r["deadline"]) for r in rejected],
-        ))
-
+        _set_table(
+            self.rejected,
+            dict(
+                time=[datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3] for r in rejected],
+                tenant=[r["tenant"] for r in rejected],
+                key=[str(r["key"]) for r in rejected],
+                calls=[r["calls"] for r in rejected],
+                predicted=[ms(r["predicted"]) for r in rejected],
+                deadline=[ms(r["deadline"]) for r in rejected],
+            ),
+        )
 
     def _draw_history(self, history) -> None:
         """The plots over time, from the plugin's history (so a reloaded page shows the last minutes);
@@ -235,21 +400,36 @@ class KaasPage:
         self.series.data = dict(time=times, hit_rate=series["hit_rate"], loaded=series["loaded"])
         workers = sorted(series["workers"])
         self.worker_lines.data = dict(
-            xs=[times] * len(workers), worker=workers, color=_colors(len(workers)),
+            xs=[times] * len(workers),
+            worker=workers,
+            color=_colors(len(workers)),
             hit_rate=[series["workers"][w]["hit_rate"] for w in workers],
             evictions=[series["workers"][w]["evictions"] for w in workers],
-            loaded=[series["workers"][w]["loaded"] for w in workers])
+            loaded=[series["workers"][w]["loaded"] for w in workers],
+        )
         top = max([1, *(v for w in workers for v in series["workers"][w]["evictions"] if v == v)])
         self.worker_evictions.y_range.end = top * 1.1
         tenants = sorted(series["tenants"])
-        self.tenant_lines.data = dict(xs=[times] * len(tenants), tenant=tenants, color=_colors(len(tenants)),
-                                      hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants])
+        self.tenant_lines.data = dict(
+            xs=[times] * len(tenants),
+            tenant=tenants,
+            color=_colors(len(tenants)),
+            hit_rate=[series["tenants"][t]["hit_rate"] for t in tenants],
+        )
 
 
 def _lines(title: str, name: str, source: ColumnDataSource, field: str, who: str, y_range, number: str | None = None):
     """One line per worker or tenant over time (``xs`` and ``field`` lists of ``source``), named on hover."""
-    fig = figure(title=title, x_axis_type="datetime", height=220, y_range=y_range, sizing_mode="stretch_width",
-                 tools="", toolbar_location=None, name=name)
+    fig = figure(
+        title=title,
+        x_axis_type="datetime",
+        height=220,
+        y_range=y_range,
+        sizing_mode="stretch_width",
+        tools="",
+        toolbar_location=None,
+        name=name,
+    )
     fig.multi_line("xs", field, source=source, color="color", line_width=2)
     if number is not None:
         fig.yaxis.formatter = NumeralTickFormatter(format=number)
@@ -260,8 +440,14 @@ def _lines(title: str, name: str, source: ColumnDataSource, field: str, who: str
 def _data_table(name: str, height: int, columns: list[tuple[str, str]]) -> DataTable:
     """A table of ``(field, title)`` columns over a source of those fields."""
     source = ColumnDataSource({field: [] for field, _ in columns})
-    return DataTable(source=source, height=height, sizing_mode="stretch_width", index_position=None, name=name,
-                     columns=[TableColumn(field=field, title=title) for field, title in columns])
+    return DataTable(
+        source=source,
+        height=height,
+        sizing_mode="stretch_width",
+        index_position=None,
+        name=name,
+        columns=[TableColumn(field=field, title=title) for field, title in columns],
+    )
 
 
 def _workers_text(workers: dict) -> str:
@@ -270,8 +456,9 @@ def _workers_text(workers: dict) -> str:
     waiting = kinds.pop(None, 0)
     parts = [f"{n} {kind} worker{'s' * (n != 1)}" for kind, n in sorted(kinds.items())]
     if waiting:
-        parts.append(f"{waiting} worker{'s' * (waiting != 1)} that {'have' if waiting != 1 else 'has'} run no "
-                     f"request yet")
+        parts.append(
+            f"{waiting} worker{'s' * (waiting != 1)} that {'have' if waiting != 1 else 'has'} run no request yet"
+        )
     return " + ".join(parts) or "no workers yet"
 
 
@@ -340,6 +527,7 @@ INDIVIDUAL = {
 
 def individual_doc(attribute: str):
     """The Bokeh document of one ``/individual-kaas-*`` plot: that model of a :class:`KaasPage` alone."""
+
     def make(scheduler, extra, doc):
         page = KaasPage(scheduler)
         page.update()

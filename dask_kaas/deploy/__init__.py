@@ -5,6 +5,7 @@ scheduler with the KaaS plugin and page from the start (``dask kaas scheduler``,
 ``KaasWorkers`` loads on first use (it needs distributed; the GPU rules do not), so
 ``worker_class="dask_kaas.deploy.KaasWorkers"`` works for ``SSHCluster`` and ``dask spec``.
 """
+
 from .gpus import WorkerSlot, visible_devices, worker_slots
 
 __all__ = ["KaasWorkers", "WorkerSlot", "visible_devices", "worker_slots"]

@@ -6,6 +6,7 @@ As ``dask cuda worker`` does, worker ``i`` sees every GPU the node lets it see, 
 they are, indices or UUIDs), so device 0 of the worker is its GPU. Workers beyond the GPU count
 share GPUs round-robin, and each knows how many share its GPU (they split a percentage pool).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,5 +55,7 @@ def worker_slots(devices: Sequence[str], n_workers: int | None) -> list[WorkerSl
         return [WorkerSlot(None, None, n_workers)] * n_workers
     n = len(devices)
     shares = [len(range(g, n_workers, n)) for g in range(n)]  # workers on GPU g: g, g+n, g+2n, ...
-    return [WorkerSlot(",".join(devices[i % n:] + devices[:i % n]), devices[i % n], shares[i % n])
-            for i in range(n_workers)]
+    return [
+        WorkerSlot(",".join(devices[i % n :] + devices[: i % n]), devices[i % n], shares[i % n])
+        for i in range(n_workers)
+    ]

@@ -5,6 +5,7 @@ there the unguarded cluster start runs again, the worker dies in Python's bootst
 its nanny starts it again, so the parent waits out a two-minute timeout. Found before anything
 starts, it is an error that says what to write.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,9 @@ def _is_main_test(node: ast.expr) -> bool:
     if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
         return False
     sides = [node.left, node.comparators[0]]
-    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
-        any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
+        isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
+    )
 
 
 def unguarded_line(source: str, line: int) -> bool:
@@ -63,4 +65,5 @@ def check_main_guard(what: str = "LocalKaasCluster") -> None:
             f"{what} is started at module level in {path} (line {line}); its worker processes import that "
             f"script again and would start it again. Put the cluster code under\n"
             f'    if __name__ == "__main__":\n'
-            f"(see the README's Quick start)")
+            f"(see the README's Quick start)"
+        )

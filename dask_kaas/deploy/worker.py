@@ -5,6 +5,7 @@ Each worker runs under its own nanny with one thread, the ``GPU`` resource and t
 plugin from the start, pinned to its GPU by ``CUDA_VISIBLE_DEVICES`` (:mod:`.gpus`); with the host
 device, ``nworkers`` host workers. Everything is checked here, before any process starts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,10 +66,19 @@ class KaasWorkers:
     ...         await workers.finished()
     """
 
-    def __init__(self, scheduler: str | None = None, *, nworkers: int | None = None, device: str | None = None,
-                 device_memory: int | str | None = None, rmm_pool_size: int | str | None = None,
-                 store: Any = None, name: str | None = None, resources: dict | None = None,
-                 **nanny_kwargs: Any) -> None:
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        *,
+        nworkers: int | None = None,
+        device: str | None = None,
+        device_memory: int | str | None = None,
+        rmm_pool_size: int | str | None = None,
+        store: Any = None,
+        name: str | None = None,
+        resources: dict | None = None,
+        **nanny_kwargs: Any,
+    ) -> None:
         if nanny_kwargs.pop("nthreads", 1) != 1:
             raise ConfigError("a KaaS worker runs one request at a time on its device: nthreads must be 1")
         kind = resolve_kind(device)
@@ -96,20 +106,39 @@ class KaasWorkers:
         base_env = dict(nanny_kwargs.pop("env", None) or {})
         self._specs = []  # the nannies' arguments; Nanny objects belong to the loop that starts them
         for i, slot in enumerate(self.slots):
-            plugin = KaasWorkerPlugin(device=kind, device_memory=device_memory, store=self.store,
-                                      device_index=0 if slot.visible else None, workers_per_device=slot.share)
+            plugin = KaasWorkerPlugin(
+                device=kind,
+                device_memory=device_memory,
+                store=self.store,
+                device_index=0 if slot.visible else None,
+                workers_per_device=slot.share,
+            )
             env = dict(base_env)
             if slot.visible is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slot.visible
             worker_name = None if name is None else (name if len(self.slots) == 1 else f"{name}-{i}")
-            self._specs.append(dict(scheduler_ip=scheduler, nthreads=1, resources=resources, plugins={plugin},
-                                    env=env, name=worker_name, **nanny_kwargs))
+            self._specs.append(
+                dict(
+                    scheduler_ip=scheduler,
+                    nthreads=1,
+                    resources=resources,
+                    plugins={plugin},
+                    env=env,
+                    name=worker_name,
+                    **nanny_kwargs,
+                )
+            )
         self.nannies: list[Nanny] = []
         self._closing = False
 
     async def start(self) -> KaasWorkers:
-        setup_logging().info("dask-kaas: starting %d %s worker%s (store %s)", len(self._specs), self.kind,
-                             "" if len(self._specs) == 1 else "s", self.store.url)
+        setup_logging().info(
+            "dask-kaas: starting %d %s worker%s (store %s)",
+            len(self._specs),
+            self.kind,
+            "" if len(self._specs) == 1 else "s",
+            self.store.url,
+        )
         self.nannies = [Nanny(**spec) for spec in self._specs]
         await asyncio.gather(*self.nannies)
         if self.nannies:  # requests-only: a nanny (run, plugin_add) takes the cluster's certificates only

@@ -1,4 +1,5 @@
 """Device layer: one protocol (``base.Device``), a CUDA backend and a host backend."""
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,11 @@ def resolve_kind(kind: str | None) -> str:
         if gpu_count() > 0:
             return "cuda"
         if gpu_present():
-            logger.warning("dask-kaas: this machine has an NVIDIA GPU but %s; using the host device "
-                           "(run `dask-kaas doctor` for details)", cuda_unavailable_reason())
+            logger.warning(
+                "dask-kaas: this machine has an NVIDIA GPU but %s; using the host device "
+                "(run `dask-kaas doctor` for details)",
+                cuda_unavailable_reason(),
+            )
         return "host"
     return kind
 
@@ -43,10 +47,20 @@ def make_device(kind: str | None = None, *, memory=None, device_index: int = 0, 
         return CudaDevice(device_index, pool_size=memory, share=share)
     import psutil  # (a dependency of distributed)
 
-    capacity = config.parse_size(memory if memory is not None else config.get("host.memory"), name="kaas.host.memory",
-                                 total=psutil.virtual_memory().total // max(1, share or 1))
+    capacity = config.parse_size(
+        memory if memory is not None else config.get("host.memory"),
+        name="kaas.host.memory",
+        total=psutil.virtual_memory().total // max(1, share or 1),
+    )
     return HostDevice(capacity)
 
 
-__all__ = ["Device", "HostDevice", "make_device", "resolve_kind", "gpu_count", "gpu_present",
-           "cuda_unavailable_reason"]
+__all__ = [
+    "Device",
+    "HostDevice",
+    "cuda_unavailable_reason",
+    "gpu_count",
+    "gpu_present",
+    "make_device",
+    "resolve_kind",
+]

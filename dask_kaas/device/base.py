@@ -4,12 +4,15 @@ A device owns raw memory and launches kernels; it knows nothing of requests,
 caches or stores. Handles are opaque to every caller: the runtime only passes
 them back to the device that made them.
 """
+
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +99,7 @@ class Device(ABC):
         """Seconds between the last request's marks (copies in, kernels, copies out), as the device
         measured them; None when that request was not timed. Read once, after the request."""
         marks, self._marks = self._marks, None
-        return [b - a for a, b in zip(marks, marks[1:])] if marks and len(marks) > 1 else None
+        return [b - a for a, b in itertools.pairwise(marks)] if marks and len(marks) > 1 else None
 
     @abstractmethod
     def synchronize(self) -> None:
@@ -106,7 +109,7 @@ class Device(ABC):
     def memory_info(self) -> dict:
         """``{"total": bytes, "free": bytes, ...}`` as the device itself reports it."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a device with nothing to release keeps this
         """Release the device's resources. The device is unusable afterwards."""
 
     def describe(self) -> dict:

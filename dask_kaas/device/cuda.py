@@ -19,10 +19,12 @@ next one of the same size (:class:`~.reuse.SpareBuffers`), so a warm request all
 nothing. On one request in ``kaas.cuda.time-every``, CUDA events time its copies in, its
 kernels and its copies out.
 """
+
 from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import logging
 import os
 import threading
@@ -30,8 +32,8 @@ import threading
 import numpy as np
 
 from .. import config
-from ..kernels import nvrtc
 from ..errors import ConfigError, DeviceMemoryError, KernelError
+from ..kernels import nvrtc
 from .base import Device
 from .cuda_errors import describe, is_out_of_memory, is_sticky
 from .cuda_memory import MemoryPlan, is_default_resource, plan_memory, resource_bytes
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: Freed device buffers kept for the next request, per device (spares never stop an allocation:
 #: they are let go before one is refused).
 SPARE_BYTES = 64 * 2**20
+
+
 def gpu_count() -> int:
     """How many CUDA devices CuPy can use in this process (0 without CuPy or a driver)."""
     try:
@@ -60,7 +64,7 @@ def gpu_present() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
-    if any(os.path.basename(p)[len("nvidia"):].isdigit() for p in glob.glob("/dev/nvidia[0-9]*")):
+    if any(os.path.basename(p)[len("nvidia") :].isdigit() for p in glob.glob("/dev/nvidia[0-9]*")):
         return True
     try:
         return bool(os.listdir("/proc/driver/nvidia/gpus"))
@@ -84,7 +88,7 @@ def cuda_unavailable_reason() -> str | None:
 class CudaModule:
     """One library loaded on one device, with its kernel functions looked up once each."""
 
-    def __init__(self, device: "CudaDevice", library, module, kind: str):
+    def __init__(self, device: CudaDevice, library, module, kind: str):
         self.library = library
         self.name = library.name
         self.kind = kind
@@ -100,8 +104,9 @@ class CudaModule:
             except Exception as e:
                 if is_sticky(e):  # the context is gone, not the kernel
                     raise translate_error(self._device, f"look up kernel {kernel!r}", e) from e
-                raise KernelError(f"kernel {kernel!r} is not in library {self.name!r} "
-                                  f"(loaded as {self.kind}): {describe(e)}") from e
+                raise KernelError(
+                    f"kernel {kernel!r} is not in library {self.name!r} (loaded as {self.kind}): {describe(e)}"
+                ) from e
             self._functions[kernel] = fn
         return fn
 
@@ -117,10 +122,12 @@ def _claim_shared(index: int, resource, share: int) -> tuple[int, int]:
     with _shared_lock:
         entry = _shared.setdefault(key, [resource, 0])
         if entry[1] >= share:
-            raise ConfigError(f"GPU {index}: the RMM resource this process set up is already used by {entry[1]} "
-                              f"KaaS device(s) of this process, each planned as 1/{share} of it "
-                              f"(kaas.cuda.workers-per-device {share}); raise kaas.cuda.workers-per-device to "
-                              "split it among more")
+            raise ConfigError(
+                f"GPU {index}: the RMM resource this process set up is already used by {entry[1]} "
+                f"KaaS device(s) of this process, each planned as 1/{share} of it "
+                f"(kaas.cuda.workers-per-device {share}); raise kaas.cuda.workers-per-device to "
+                "split it among more"
+            )
         entry[1] += 1
     return key
 
@@ -150,8 +157,9 @@ class CudaDevice(Device):
 
     kind = "cuda"
 
-    def __init__(self, device_index: int = 0, *, pool_size=None, capacity=None, use_rmm: bool = True,
-                 share: int | None = None):
+    def __init__(
+        self, device_index: int = 0, *, pool_size=None, capacity=None, use_rmm: bool = True, share: int | None = None
+    ):
         import cupy as cp
 
         self._cp = cp
@@ -175,16 +183,20 @@ class CudaDevice(Device):
         self.total_memory = int(total)
         self._target: str | None = None
         self.plan = self._setup_memory(
-            total=int(total), free=int(free),
+            total=int(total),
+            free=int(free),
             pool_size=pool_size if pool_size is not None else config.get("cuda.pool-size"),
             cache_capacity=capacity if capacity is not None else config.get("cuda.cache-capacity"),
             share=share if share is not None else int(config.get("cuda.workers-per-device")),
-            use_rmm=use_rmm)
+            use_rmm=use_rmm,
+        )
         self.pool_bytes = self.plan.pool_bytes
         self.capacity = self.plan.capacity
         self._spares = SpareBuffers(SPARE_BYTES)
-        self._pinned = PinnedBlocks(cp.cuda.alloc_pinned_memory,
-                                    config.parse_size(config.get("cuda.pinned-bytes"), name="kaas.cuda.pinned-bytes"))
+        self._pinned = PinnedBlocks(
+            cp.cuda.alloc_pinned_memory,
+            config.parse_size(config.get("cuda.pinned-bytes"), name="kaas.cuda.pinned-bytes"),
+        )
         self._time_every = int(config.get("cuda.time-every") or 0)
         self._sessions = 0
         self._in_session = False
@@ -204,22 +216,35 @@ class CudaDevice(Device):
                 logger.warning("RMM is not installed: using a CuPy memory pool (install the cuda13/cuda12 extra)")
                 rmm = None
         if rmm is None:
-            plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
-                               share=share)
+            plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity, share=share)
             self._pool = cp.cuda.MemoryPool()
             self._pool.set_limit(size=plan.pool_bytes)
             self._malloc = self._pool.malloc
             return plan
         current = rmm.mr.get_current_device_resource()
         reuse = not is_default_resource(current)
-        plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity,
-                           share=share, existing_bytes=resource_bytes(current) if reuse else None, reuse=reuse)
+        plan = plan_memory(
+            total=total,
+            free=free,
+            pool_size=pool_size,
+            cache_capacity=cache_capacity,
+            share=share,
+            existing_bytes=resource_bytes(current) if reuse else None,
+            reuse=reuse,
+        )
         if reuse:
             self._shared_key = _claim_shared(self.index, current, share)
         try:
             with self._errors(f"set up an RMM pool of {plan.pool_bytes} bytes"):
-                upstream = current if reuse else rmm.mr.PoolMemoryResource(
-                    rmm.mr.CudaMemoryResource(), initial_pool_size=plan.pool_bytes, maximum_pool_size=plan.pool_bytes)
+                upstream = (
+                    current
+                    if reuse
+                    else rmm.mr.PoolMemoryResource(
+                        rmm.mr.CudaMemoryResource(),
+                        initial_pool_size=plan.pool_bytes,
+                        maximum_pool_size=plan.pool_bytes,
+                    )
+                )
                 self._mr = rmm.mr.StatisticsResourceAdaptor(upstream)
                 self._rmm_stream = _rmm_stream(self.stream)
                 self._device_buffer = rmm.DeviceBuffer
@@ -285,8 +310,9 @@ class CudaDevice(Device):
             if not self._in_session:
                 self._bind()
             runtime = self._cp.cuda.runtime
-            runtime.memcpyAsync(handle.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice,
-                                self.stream.ptr)
+            runtime.memcpyAsync(
+                handle.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice, self.stream.ptr
+            )
 
     def copy_out(self, handle) -> np.ndarray:
         return self.copy_out_many([handle])[0]
@@ -305,8 +331,9 @@ class CudaDevice(Device):
                 if out is None:
                     out = np.empty(handle.nbytes, dtype=np.uint8)
                 self._pending = True
-                runtime.memcpyAsync(out.ctypes.data, handle.data.ptr, handle.nbytes, runtime.memcpyDeviceToHost,
-                                    self.stream.ptr)
+                runtime.memcpyAsync(
+                    out.ctypes.data, handle.data.ptr, handle.nbytes, runtime.memcpyDeviceToHost, self.stream.ptr
+                )
                 outs.append(out)
             self.mark()
         self.synchronize()
@@ -343,8 +370,14 @@ class CudaDevice(Device):
 
     def prepare(self, module: CudaModule, kernel, launch, literals):
         """The kernel's function, launch shape and literal values, ready for :meth:`run`."""
-        return (module.function(kernel), launch.grid, launch.block, launch.shared,
-                tuple(lit.numpy() for lit in literals), kernel)
+        return (
+            module.function(kernel),
+            launch.grid,
+            launch.block,
+            launch.shared,
+            tuple(lit.numpy() for lit in literals),
+            kernel,
+        )
 
     def run(self, prepared, buffers) -> None:
         fn, grid, block, shared, literals, kernel = prepared
@@ -352,7 +385,7 @@ class CudaDevice(Device):
             if not self._in_session:
                 self._bind()
             fn(grid, block, literals + tuple(buffers), shared_mem=shared, stream=self.stream)
-        except Exception as e:  # noqa: BLE001 - translated, as _errors does, without an object per launch
+        except Exception as e:
             raise self._translate(f"launch {kernel!r}", e) from e
 
     @contextlib.contextmanager
@@ -387,7 +420,7 @@ class CudaDevice(Device):
         self._timed = False
         events, elapsed = self._events[: self._marks], self._cp.cuda.get_elapsed_time
         with self._errors("read the request's events"):
-            return [elapsed(a, b) / 1e3 for a, b in zip(events, events[1:])]
+            return [elapsed(a, b) / 1e3 for a, b in itertools.pairwise(events)]
 
     def synchronize(self) -> None:
         with self._errors("synchronize"):
@@ -399,10 +432,18 @@ class CudaDevice(Device):
         with self._errors("read memory figures"):
             self._bind()
             free, total = self._cp.cuda.runtime.memGetInfo()
-        info = {"total": int(total), "free": int(free), "pool": self.pool_bytes, "capacity": self.capacity,
-                "rmm": self.rmm, "reused_rmm_resource": self.plan.reuse, "plan": self.plan.note,
-                "spare_bytes": self._spares.nbytes, "pinned_bytes": self._pinned.nbytes,
-                "pinned_busy_bytes": self._pinned.busy()}
+        info = {
+            "total": int(total),
+            "free": int(free),
+            "pool": self.pool_bytes,
+            "capacity": self.capacity,
+            "rmm": self.rmm,
+            "reused_rmm_resource": self.plan.reuse,
+            "plan": self.plan.note,
+            "spare_bytes": self._spares.nbytes,
+            "pinned_bytes": self._pinned.nbytes,
+            "pinned_busy_bytes": self._pinned.busy(),
+        }
         if self._pinned.failed is not None:
             info["pinned_failed"] = describe(self._pinned.failed)
         if self._mr is not None:
@@ -410,13 +451,19 @@ class CudaDevice(Device):
             for field in ("current_bytes", "current_count", "peak_bytes", "peak_count", "total_bytes", "total_count"):
                 info[f"rmm_{field}"] = int(getattr(counts, field))
         elif self._pool is not None:
-            info.update(cupy_pool_used_bytes=int(self._pool.used_bytes()),
-                        cupy_pool_total_bytes=int(self._pool.total_bytes()))
+            info.update(
+                cupy_pool_used_bytes=int(self._pool.used_bytes()), cupy_pool_total_bytes=int(self._pool.total_bytes())
+            )
         return info
 
     def describe(self) -> dict:
-        return {**super().describe(), "index": self.index, "driver": ".".join(map(str, self.driver)),
-                "pool": self.pool_bytes, "reused_rmm_resource": self.plan.reuse}
+        return {
+            **super().describe(),
+            "index": self.index,
+            "driver": ".".join(map(str, self.driver)),
+            "pool": self.pool_bytes,
+            "reused_rmm_resource": self.plan.reuse,
+        }
 
     def close(self) -> None:
         """Wait for queued work, then let go of the spares, the pinned blocks and the pool (its memory
@@ -479,4 +526,3 @@ class _CudaErrors:
         if exc is None or isinstance(exc, (KernelError, DeviceMemoryError)) or not isinstance(exc, Exception):
             return False
         raise translate_error(self.device, self.what, exc) from exc
-

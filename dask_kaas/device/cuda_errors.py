@@ -6,6 +6,7 @@ Pure functions of an exception, so they are tested on any machine. CuPy's
 reports CUDA failures as plain exceptions whose message names the error, so
 names are matched where no status code is found.
 """
+
 from __future__ import annotations
 
 #: Status codes after which "any further CUDA work will return the same error" (CUDA's own
@@ -31,11 +32,20 @@ STICKY_STATUS: dict[int, str] = {
 OUT_OF_MEMORY_STATUS = 2
 
 _RUNTIME_NAMES = {
-    214: "cudaErrorECCUncorrectable", 220: "cudaErrorNvlinkUncorrectable", 700: "cudaErrorIllegalAddress",
-    702: "cudaErrorLaunchTimeout", 710: "cudaErrorAssert", 714: "cudaErrorHardwareStackError",
-    715: "cudaErrorIllegalInstruction", 716: "cudaErrorMisalignedAddress", 717: "cudaErrorInvalidAddressSpace",
-    718: "cudaErrorInvalidPc", 719: "cudaErrorLaunchFailure", 721: "cudaErrorTensorMemoryLeak",
-    911: "cudaErrorExternalDevice", 999: "cudaErrorUnknown",
+    214: "cudaErrorECCUncorrectable",
+    220: "cudaErrorNvlinkUncorrectable",
+    700: "cudaErrorIllegalAddress",
+    702: "cudaErrorLaunchTimeout",
+    710: "cudaErrorAssert",
+    714: "cudaErrorHardwareStackError",
+    715: "cudaErrorIllegalInstruction",
+    716: "cudaErrorMisalignedAddress",
+    717: "cudaErrorInvalidAddressSpace",
+    718: "cudaErrorInvalidPc",
+    719: "cudaErrorLaunchFailure",
+    721: "cudaErrorTensorMemoryLeak",
+    911: "cudaErrorExternalDevice",
+    999: "cudaErrorUnknown",
 }
 _STICKY_NAMES = tuple(_RUNTIME_NAMES.values()) + tuple(f"CUDA_ERROR_{name}" for name in STICKY_STATUS.values())
 

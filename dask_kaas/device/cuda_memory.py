@@ -12,6 +12,7 @@ Pure decisions (tested on any machine); :mod:`.cuda` applies them with RMM and C
 - The buffer cache holds ``kaas.cuda.cache-capacity`` of the pool (95% by default): the rest
   absorbs the pool's rounding and fragmentation, so a request the cache thinks fits does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,16 @@ def _is_share(setting) -> bool:
     return isinstance(setting, str) and setting.strip().endswith("%")
 
 
-def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int = 1,
-                existing_bytes: int | None = None, reuse: bool = False) -> MemoryPlan:
+def plan_memory(
+    *,
+    total: int,
+    free: int,
+    pool_size,
+    cache_capacity,
+    share: int = 1,
+    existing_bytes: int | None = None,
+    reuse: bool = False,
+) -> MemoryPlan:
     """Decide a worker's pool and cache sizes on a GPU of ``total`` bytes with ``free`` free.
 
     ``pool_size``/``cache_capacity`` are the settings (bytes, ``"8GiB"``, ``"80%"``);
@@ -66,8 +75,10 @@ def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int 
             if pool > obtainable and not reuse:
                 pool, note = obtainable, note + f", cut to the {free} bytes free less {CONTEXT_RESERVE} reserved"
         elif pool > free and not reuse:
-            raise DeviceMemoryError(f"kaas.cuda.pool-size {pool_size} asks for {pool} bytes but only {free} of "
-                                    f"the GPU's {total} bytes are free")
+            raise DeviceMemoryError(
+                f"kaas.cuda.pool-size {pool_size} asks for {pool} bytes but only {free} of "
+                f"the GPU's {total} bytes are free"
+            )
         if reuse:
             note = f"the worker's RMM resource (size unknown; planned as {note})"
     pool -= pool % ALIGNMENT
@@ -75,8 +86,9 @@ def plan_memory(*, total: int, free: int, pool_size, cache_capacity, share: int 
         raise DeviceMemoryError(f"no GPU memory for a pool: {free} of {total} bytes free ({note})")
     capacity = config.parse_size(cache_capacity, total=pool, name="kaas.cuda.cache-capacity")
     if capacity > pool:
-        raise ConfigError(f"kaas.cuda.cache-capacity {cache_capacity} ({capacity} bytes) exceeds the pool "
-                         f"({pool} bytes, {note})")
+        raise ConfigError(
+            f"kaas.cuda.cache-capacity {cache_capacity} ({capacity} bytes) exceeds the pool ({pool} bytes, {note})"
+        )
     return MemoryPlan(pool_bytes=pool, capacity=capacity, reuse=reuse, note=note)
 
 

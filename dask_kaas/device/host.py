@@ -4,6 +4,7 @@ It behaves like a GPU where it matters to the rest of the system: memory is
 finite (allocation past the capacity fails), buffers are opaque, and every
 kernel must exist in the library.
 """
+
 from __future__ import annotations
 
 import threading

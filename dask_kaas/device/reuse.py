@@ -6,6 +6,7 @@
   GPU and handed to the caller as they are (no second copy); a block serves again once nothing
   refers to it any more.
 """
+
 from __future__ import annotations
 
 import sys
@@ -88,7 +89,7 @@ class PinnedBlocks:
             return None
         try:
             memory = self._allocate(size)
-        except Exception as e:  # noqa: BLE001 - any refusal to pin means: use pageable memory
+        except Exception as e:
             self.failed = e
             return None
         blocks.append(np.frombuffer(memory, dtype=np.uint8, count=size))  # the array keeps ``memory`` alive
@@ -97,8 +98,9 @@ class PinnedBlocks:
 
     def busy(self) -> int:
         """Bytes of blocks a caller still holds."""
-        return sum(b.nbytes for blocks in self._blocks.values() for b, refs in zip(blocks, _refcounts(blocks))
-                   if refs > _IDLE)
+        return sum(
+            b.nbytes for blocks in self._blocks.values() for b, refs in zip(blocks, _refcounts(blocks)) if refs > _IDLE
+        )
 
     def clear(self) -> None:
         """Forget every block (a busy one stays valid until its last holder lets go)."""

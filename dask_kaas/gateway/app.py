@@ -12,6 +12,7 @@ on the cluster as that tenant, through the scheduler plugin like any other KaaS 
 share, admission, namespaces and counters apply unchanged). Nothing is ever unpickled from a caller:
 bodies are JSON and raw tensor bytes, read by :mod:`dask_kaas.gateway.oip`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,18 +21,26 @@ import contextlib
 import hmac
 import logging
 import time
-
 from importlib import metadata
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request as HttpRequest
+from starlette.requests import ClientDisconnect
+from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .catalog import visible_name
-from .oip import (BINARY_HEADER, InferCall, OipError, body_budget, encode_outputs, model_config,
-                  model_metadata, read_infer)
+from .oip import (
+    BINARY_HEADER,
+    InferCall,
+    OipError,
+    body_budget,
+    encode_outputs,
+    model_config,
+    model_metadata,
+    read_infer,
+)
 from .openapi import openapi_document
 from .service import Gateway, GatewaySettings
 from .tokens import PREFIX, hash_token
@@ -40,9 +49,9 @@ __all__ = ["GatewaySettings", "create_app"]
 
 logger = logging.getLogger("dask_kaas.gateway")
 _OFFLOAD_BYTES = 2 << 20  # bodies larger than this are encoded off the event loop
-_PARSE_INLINE = 64 * 1024    # JSON up to this, not compressed, is parsed on the event loop; the rest in the threads
-_PARSERS = 2                 # bodies decompressed and parsed at once, whoever sends them; one tenant's: one at a time
-_DRAIN_BYTES = 64 << 20      # a body answered early is read and dropped up to this, so that its caller sees the answer
+_PARSE_INLINE = 64 * 1024  # JSON up to this, not compressed, is parsed on the event loop; the rest in the threads
+_PARSERS = 2  # bodies decompressed and parsed at once, whoever sends them; one tenant's: one at a time
+_DRAIN_BYTES = 64 << 20  # a body answered early is read and dropped up to this, so that its caller sees the answer
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -87,9 +96,9 @@ class _Body:
         self.receive, self.timeout = request.receive, timeout
         # a caller waiting for "100 Continue" sends nothing until then: an early answer needs no draining
         self.waiting = request.headers.get("expect", "").lower() == "100-continue"
-        self.deadline: float | None = None   # set by the first read
+        self.deadline: float | None = None  # set by the first read
         self.size = 0
-        self.complete = False   # its last chunk has arrived
+        self.complete = False  # its last chunk has arrived
         self.abandoned = False  # timed out or hung up: nothing more to read
 
     async def _chunk(self) -> bytes:
@@ -100,8 +109,12 @@ class _Body:
                 message = await self.receive()
         except TimeoutError:
             self.abandoned = True
-            raise OipError(408, f"the body did not arrive within the gateway's read timeout of {self.timeout:g} s "
-                                f"({self.size} bytes came)", {"connection": "close"}) from None
+            raise OipError(
+                408,
+                f"the body did not arrive within the gateway's read timeout of {self.timeout:g} s "
+                f"({self.size} bytes came)",
+                {"connection": "close"},
+            ) from None
         if message["type"] == "http.disconnect":
             self.abandoned = True
             raise ClientDisconnect()
@@ -142,8 +155,7 @@ def _content_length(request: HttpRequest) -> int | None:
     return int(length) if length is not None and length.isdigit() else None
 
 
-async def _read_call(gw: Gateway, parsers: _Parsers, body: _Body, request: HttpRequest, fn,
-                     tenant: str) -> InferCall:
+async def _read_call(gw: Gateway, parsers: _Parsers, body: _Body, request: HttpRequest, fn, tenant: str) -> InferCall:
     """The call in ``request``'s body: read, decompressed and parsed within what ``fn`` declares
     (:func:`~.oip.body_budget`), parsed on the event loop only when small and not compressed."""
     budget = body_budget(fn, gw.settings.max_body, gw.settings.max_json)
@@ -154,8 +166,11 @@ async def _read_call(gw: Gateway, parsers: _Parsers, body: _Body, request: HttpR
     if header_length is not None and header_length.isdigit():
         json_bytes = int(header_length)
         if json_bytes > budget.json:
-            raise OipError(413, f"Inference-Header-Content-Length is {json_bytes} bytes of JSON, more than the "
-                                f"limit of {budget.json} for this model's inputs")
+            raise OipError(
+                413,
+                f"Inference-Header-Content-Length is {json_bytes} bytes of JSON, more than the "
+                f"limit of {budget.json} for this model's inputs",
+            )
         if identity:
             limit = min(limit, json_bytes + budget.binary)
     if not identity:  # compressed data a little larger than what it holds
@@ -172,14 +187,24 @@ def _metrics_caller(gw: Gateway, metrics_hash: str | None, request: HttpRequest)
     if gw.settings.metrics_public:
         return
     if metrics_hash is None:
-        raise OipError(403, "/metrics is off: set kaas.gateway.metrics-token (a bearer token for the scraper) "
-                            "or kaas.gateway.metrics-public")
+        raise OipError(
+            403,
+            "/metrics is off: set kaas.gateway.metrics-token (a bearer token for the scraper) "
+            "or kaas.gateway.metrics-public",
+        )
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     token = token.strip()
-    if (scheme.lower() != "bearer" or not token or len(token) > 512
-            or not hmac.compare_digest(hash_token(token), metrics_hash)):
-        raise OipError(401, "/metrics needs the metrics bearer token (kaas.gateway.metrics-token)",
-                       {"www-authenticate": 'Bearer realm="dask-kaas metrics"'})
+    if (
+        scheme.lower() != "bearer"
+        or not token
+        or len(token) > 512
+        or not hmac.compare_digest(hash_token(token), metrics_hash)
+    ):
+        raise OipError(
+            401,
+            "/metrics needs the metrics bearer token (kaas.gateway.metrics-token)",
+            {"www-authenticate": 'Bearer realm="dask-kaas metrics"'},
+        )
 
 
 def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starlette:
@@ -200,9 +225,13 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     version = metadata.version("dask-kaas")
 
     async def server_metadata(request):
-        return JSONResponse({"name": "dask-kaas", "version": version,
-                             "extensions": ["binary_tensor_data", "model_repository", "model_configuration",
-                                            "statistics"]})
+        return JSONResponse(
+            {
+                "name": "dask-kaas",
+                "version": version,
+                "extensions": ["binary_tensor_data", "model_repository", "model_configuration", "statistics"],
+            }
+        )
 
     async def openapi(request):
         return JSONResponse(openapi_document(version))
@@ -249,9 +278,17 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     async def index(request):
         tenant = _tenant(gw, request)
         found = await run_in_threadpool(gw.catalog.visible, tenant)
-        return JSONResponse([{"name": visible_name(fn, tenant),
-                              "version": str(fn.version), "versions": [str(v) for v in versions],
-                              "state": "READY"} for fn, versions in found])
+        return JSONResponse(
+            [
+                {
+                    "name": visible_name(fn, tenant),
+                    "version": str(fn.version),
+                    "versions": [str(v) for v in versions],
+                    "state": "READY",
+                }
+                for fn, versions in found
+            ]
+        )
 
     async def infer(request):
         started = time.perf_counter()
@@ -275,13 +312,14 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
             return Response(payload, status_code=200, headers=headers)
         except ClientDisconnect:  # counted apart from the gateway's own errors, as nginx does
             status, bytes_in = 499, body.size
-            logger.info("gateway: the caller of %s hung up after %d bytes of its body (499)", request.url.path[:200],
-                        body.size)
+            logger.info(
+                "gateway: the caller of %s hung up after %d bytes of its body (499)", request.url.path[:200], body.size
+            )
             return Response(status_code=499)
         except OipError as e:
             status, bytes_in = e.status, body.size
             return _error(e.status, e.message, {**e.headers, **await body.drain(_content_length(request))})
-        except Exception:  # noqa: BLE001 - a caller gets a status, never a traceback; the log gets the cause
+        except Exception:
             logger.exception("gateway: unexpected error serving %s", request.url.path)
             return _error(500, "internal error in the gateway (see its log)")
         finally:
@@ -296,6 +334,7 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
     def route(path, handler, methods=("GET",)):
         async def endpoint(request):
             return await guarded(handler, request)
+
         return Route(path, endpoint, methods=list(methods))
 
     @contextlib.asynccontextmanager
@@ -326,10 +365,10 @@ def create_app(settings: GatewaySettings | None = None, *, client=None) -> Starl
         route("/v2/models/{model}/versions/{version}/stats", stats),
         route("/v2/models/{model}/versions/{version}/infer", infer, ("POST",)),
     ]
+
     async def http_error(request, exc):
         return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path[:200]}")
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: http_error, 405: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: http_error, 405: http_error})
     app.state.gateway = gw
     return app

@@ -7,11 +7,12 @@ changes with ``put`` and ``rm`` from other processes, so that list is trusted fo
 :meth:`Catalog.find` with ``cached_only`` answers from the caches alone or raises :class:`Uncached`:
 the gateway looks there first on its event loop and goes to a thread (and the store) only on a miss.
 """
+
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import FunctionNotFound, FunctionStale
 from ..functions import Function, FunctionRepository
@@ -71,8 +72,9 @@ class Catalog:
                 self._loaded.popitem(last=False)
         return fn
 
-    def find(self, model: str, tenant: str, version: str | None = None, *,
-             cached_only: bool = False) -> tuple[Function, list[int]]:
+    def find(
+        self, model: str, tenant: str, version: str | None = None, *, cached_only: bool = False
+    ) -> tuple[Function, list[int]]:
         """The function ``tenant`` calls as ``model`` (newest version unless given) and its versions;
         with ``cached_only``, :class:`Uncached` where answering needs the store."""
         wanted = None
@@ -85,8 +87,9 @@ class Catalog:
             if not versions:
                 continue
             if wanted is not None and wanted not in versions:
-                raise FunctionNotFound(f"model {show(model)} has no version {wanted} (versions: "
-                                       f"{', '.join(map(str, versions))})")
+                raise FunctionNotFound(
+                    f"model {show(model)} has no version {wanted} (versions: {', '.join(map(str, versions))})"
+                )
             fn = self._load(namespace, name, versions[-1] if wanted is None else wanted, cached_only)
             self.check_consts(fn, cached_only)
             return fn, versions

@@ -1,4 +1,5 @@
 """``dask kaas gateway``, ``dask kaas function put|ls|get|rm`` and ``dask kaas token add|ls|rm``."""
+
 from __future__ import annotations
 
 import json
@@ -16,31 +17,60 @@ def _tokens_path(path: str | None) -> str:
     return os.path.expanduser(path or config.get("gateway.tokens"))
 
 
-@click.command("gateway", help="Serve the Open Inference Protocol v2 (REST, and gRPC with --grpc-port) for the "
-                               "functions of the store: "
-                               "tenants call them over HTTP with their bearer tokens; each call runs as a KaaS "
-                               "request on the cluster.")
-@click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None,
-              help="The scheduler's address, e.g. tcp://127.0.0.1:8786 [env DASK_SCHEDULER_ADDRESS].")
+@click.command(
+    "gateway",
+    help="Serve the Open Inference Protocol v2 (REST, and gRPC with --grpc-port) for the "
+    "functions of the store: "
+    "tenants call them over HTTP with their bearer tokens; each call runs as a KaaS "
+    "request on the cluster.",
+)
+@click.option(
+    "--scheduler",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    default=None,
+    help="The scheduler's address, e.g. tcp://127.0.0.1:8786 [env DASK_SCHEDULER_ADDRESS].",
+)
 @click.option("--host", default=None, help="Address to listen on [default: kaas.gateway.host, 127.0.0.1].")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Port [default: kaas.gateway.port, 8000].")
-@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
-              help="Also serve the protocol's gRPC service (Triton's inference.GRPCInferenceService) on this port, "
-                   "0 for a free one [default: kaas.gateway.grpc-port, none: REST only].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [default: kaas.gateway.port, 8000].")
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the protocol's gRPC service (Triton's inference.GRPCInferenceService) on this port, "
+    "0 for a free one [default: kaas.gateway.grpc-port, none: REST only].",
+)
 @click.option("--store", default=None, help="Store profile or URL, the workers' [default: kaas.store].")
-@click.option("--tokens", default=None, type=click.Path(dir_okay=False),
-              help="The tokens file [default: kaas.gateway.tokens, ~/.config/dask-kaas/tokens.yaml].")
+@click.option(
+    "--tokens",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The tokens file [default: kaas.gateway.tokens, ~/.config/dask-kaas/tokens.yaml].",
+)
 @click.option("--max-body", default=None, help="Largest request body, e.g. 64MiB [default: kaas.gateway.max-body].")
-@click.option("--max-json", default=None,
-              help="Largest JSON of one infer body after decompression, e.g. 16MiB; each call's own allowance is "
-                   "smaller, from its function's tensors [default: kaas.gateway.max-json].")
-@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a request body may take to arrive before 408 [default: kaas.gateway.read-timeout].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a call may take before 504 [default: kaas.gateway.timeout].")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--max-json",
+    default=None,
+    help="Largest JSON of one infer body after decompression, e.g. 16MiB; each call's own allowance is "
+    "smaller, from its function's tensors [default: kaas.gateway.max-json].",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a request body may take to arrive before 408 [default: kaas.gateway.read-timeout].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a call may take before 504 [default: kaas.gateway.timeout].",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, max_json, read_timeout, timeout, log_level):
     from .. import config
     from ..errors import KaasError
@@ -50,13 +80,24 @@ def gateway(scheduler, host, port, grpc_port, store, tokens, max_body, max_json,
 
     setup_logging()
     try:
-        settings = GatewaySettings(scheduler=scheduler, store=store, tokens=_tokens_path(tokens), max_body=max_body,
-                                   max_json=max_json, read_timeout=read_timeout, timeout=timeout)
+        settings = GatewaySettings(
+            scheduler=scheduler,
+            store=store,
+            tokens=_tokens_path(tokens),
+            max_body=max_body,
+            max_json=max_json,
+            read_timeout=read_timeout,
+            timeout=timeout,
+        )
         if grpc_port is None and config.get("gateway.grpc-port") is not None:
             grpc_port = int(config.get("gateway.grpc-port"))
-        serve(settings, host=host or config.get("gateway.host"),
-              port=int(port if port is not None else config.get("gateway.port")), log_level=log_level,
-              grpc_port=grpc_port)
+        serve(
+            settings,
+            host=host or config.get("gateway.host"),
+            port=int(port if port is not None else config.get("gateway.port")),
+            log_level=log_level,
+            grpc_port=grpc_port,
+        )
     except KaasError as e:
         fail(e)
 
@@ -79,8 +120,11 @@ def _ns(namespace):
     return namespace or "default"
 
 
-@function_group.command("put", help="Register FILE.json (a request in either format, or {\"request\": ..., "
-                                    "\"inputs\": [...], \"outputs\": [...]}) as the next version of NAME.")
+@function_group.command(
+    "put",
+    help='Register FILE.json (a request in either format, or {"request": ..., '
+    '"inputs": [...], "outputs": [...]}) as the next version of NAME.',
+)
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @store_options
@@ -109,15 +153,33 @@ def function_ls(store_spec, namespace, as_json):
         fail(e)
     if as_json:
         for fn, versions in found:
-            click.echo(json.dumps({"name": fn.name, "namespace": fn.namespace, "version": fn.version,
-                                   "versions": versions, "inputs": [t.to_dict() for t in fn.inputs],
-                                   "outputs": [t.to_dict() for t in fn.outputs]}))
+            click.echo(
+                json.dumps(
+                    {
+                        "name": fn.name,
+                        "namespace": fn.namespace,
+                        "version": fn.version,
+                        "versions": versions,
+                        "inputs": [t.to_dict() for t in fn.inputs],
+                        "outputs": [t.to_dict() for t in fn.outputs],
+                    }
+                )
+            )
         return
     if not found:
         click.echo(f"no functions in namespace {_ns(namespace)!r} of {repo.store.url}")
         return
-    rows = [[fn.name, fn.version, ",".join(map(str, versions)), " ".join(t.name for t in fn.inputs) or "-",
-             " ".join(t.name for t in fn.outputs), " ".join(fn.request.kernel_names)] for fn, versions in found]
+    rows = [
+        [
+            fn.name,
+            fn.version,
+            ",".join(map(str, versions)),
+            " ".join(t.name for t in fn.inputs) or "-",
+            " ".join(t.name for t in fn.outputs),
+            " ".join(fn.request.kernel_names),
+        ]
+        for fn, versions in found
+    ]
     click.echo(table(["function", "version", "versions", "inputs", "outputs", "kernels"], rows))
 
 
@@ -157,15 +219,20 @@ def token_group():
     pass
 
 
-_tokens_option = click.option("--tokens", default=None, type=click.Path(dir_okay=False),
-                              help="The tokens file [default: kaas.gateway.tokens].")
+_tokens_option = click.option(
+    "--tokens", default=None, type=click.Path(dir_okay=False), help="The tokens file [default: kaas.gateway.tokens]."
+)
 
 
 @token_group.command("add", help="Create a token for TENANT and print it (once: only its hash is kept).")
 @click.argument("tenant")
 @_tokens_option
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Requests per second this tenant may send through the gateway.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Requests per second this tenant may send through the gateway.",
+)
 @click.option("--burst", type=click.FloatRange(min=1), default=None, help="Requests at once before the rate applies.")
 def token_add(tenant, tokens, rate, burst):
     from ..errors import KaasError
@@ -193,8 +260,12 @@ def token_ls(tokens):
     if not entries:
         click.echo(f"no tenants in {path}")
         return
-    click.echo(table(["tenant", "tokens", "rate", "burst"],
-                     [[t, len(e.hashes), e.rate or "-", e.burst or "-"] for t, e in entries.items()]))
+    click.echo(
+        table(
+            ["tenant", "tokens", "rate", "burst"],
+            [[t, len(e.hashes), e.rate or "-", e.burst or "-"] for t, e in entries.items()],
+        )
+    )
 
 
 @token_group.command("rm", help="Revoke every token of TENANT.")

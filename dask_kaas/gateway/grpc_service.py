@@ -7,6 +7,7 @@ function as that tenant sees it, the same checks of the call (:func:`~.oip.build
 Batcher and the same metrics. Messages are read and written by :mod:`.grpc_protocol`; nothing is
 ever unpickled. An :class:`~.oip.OipError` becomes the gRPC status of its HTTP one (:func:`grpc_code`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,17 @@ from google.protobuf.message import DecodeError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConfigError
-from .grpc_protocol import (METHODS, SERVICE, config_response, infer_document, infer_response, metadata_response, pb,
-                            statistics_response)
 from .catalog import visible_name
+from .grpc_protocol import (
+    METHODS,
+    SERVICE,
+    config_response,
+    infer_document,
+    infer_response,
+    metadata_response,
+    pb,
+    statistics_response,
+)
 from .oip import OipError, build_call, model_config, model_metadata
 
 __all__ = ["GrpcServer", "grpc_code"]
@@ -32,11 +41,17 @@ _OFFLOAD_BYTES = 2 << 20  # messages larger than this are parsed and encoded off
 #                            costs more than parsing a megabyte of tensor bytes on a loaded machine)
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 
-_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
-          409: grpc.StatusCode.FAILED_PRECONDITION,
-          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
@@ -69,10 +84,13 @@ class GrpcServer:
 
     async def start(self) -> int:
         limit = min(self.gw.settings.max_body, 2**31 - 1)
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server beside the first
-        ])
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server beside the first
+            ]
+        )
         self._server.add_generic_rpc_handlers((self._handler(),))
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
@@ -91,15 +109,25 @@ class GrpcServer:
             self._server = None
 
     def _handler(self) -> grpc.GenericRpcHandler:
-        behaviors = {"ServerLive": self.server_live, "ServerReady": self.server_ready,
-                     "ServerMetadata": self.server_metadata, "ModelReady": self.model_ready,
-                     "ModelMetadata": self.model_metadata, "ModelInfer": self.model_infer,
-                     "ModelConfig": self.model_config, "ModelStatistics": self.model_statistics,
-                     "RepositoryIndex": self.repository_index}
+        behaviors = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelReady": self.model_ready,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+            "ModelConfig": self.model_config,
+            "ModelStatistics": self.model_statistics,
+            "RepositoryIndex": self.repository_index,
+        }
         assert behaviors.keys() == METHODS.keys()
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(self._guarded(name, behavior))
-            for name, behavior in behaviors.items()})
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                name: grpc.unary_unary_rpc_method_handler(self._guarded(name, behavior))
+                for name, behavior in behaviors.items()
+            },
+        )
 
     def _guarded(self, name: str, behavior):
         """The method's handler: parse the request (ours to do, so a bad message is INVALID_ARGUMENT), run
@@ -119,7 +147,7 @@ class GrpcServer:
                 return answer if isinstance(answer, bytes) else answer.SerializeToString()
             except OipError as e:
                 error = e
-            except Exception:  # noqa: BLE001 - a caller gets a status, never a traceback; the log gets the cause
+            except Exception:
                 logger.exception("gateway: unexpected error serving gRPC %s", name)
                 error = OipError(500, "internal error in the gateway (see its log)")
             await context.abort(grpc_code(error.status), error.message, tuple(error.headers.items()))
@@ -137,8 +165,7 @@ class GrpcServer:
         return pb.ServerReadyResponse(ready=await self.gw.ready())
 
     async def server_metadata(self, request, context):
-        return pb.ServerMetadataResponse(name="dask-kaas", version=metadata.version("dask-kaas"),
-                                         extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name="dask-kaas", version=metadata.version("dask-kaas"), extensions=EXTENSIONS)
 
     async def model_ready(self, request, context):
         await self._find(request, self.gw.tenant(_authorization(context)))
@@ -167,9 +194,9 @@ class GrpcServer:
         tenant = self.gw.tenant(_authorization(context))
         found = await run_in_threadpool(self.gw.catalog.visible, tenant)
         index = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            index(name=visible_name(fn, tenant), version=str(fn.version),
-                  state="READY") for fn, _ in found])
+        return pb.RepositoryIndexResponse(
+            models=[index(name=visible_name(fn, tenant), version=str(fn.version), state="READY") for fn, _ in found]
+        )
 
     async def model_infer(self, request, context):
         gw = self.gw

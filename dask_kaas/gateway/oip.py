@@ -9,6 +9,7 @@ JSON ``data`` (flattened, row-major) or, when asked for (``binary_data`` on a re
 Everything here reads hostile input: each problem is an :class:`OipError` with the HTTP status to
 answer and a message naming the field or tensor.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +27,23 @@ from ..functions import Function, TensorSpec
 from ..names import show
 from .catalog import visible_name
 
-__all__ = ["OipError", "InferCall", "InferenceStats", "decode_body", "parse_infer", "build_call", "encode_outputs",
-           "model_metadata", "model_config", "BINARY_HEADER", "BodyBudget", "body_budget", "JsonStructure",
-           "check_structure", "read_infer"]
+__all__ = [
+    "BINARY_HEADER",
+    "BodyBudget",
+    "InferCall",
+    "InferenceStats",
+    "JsonStructure",
+    "OipError",
+    "body_budget",
+    "build_call",
+    "check_structure",
+    "decode_body",
+    "encode_outputs",
+    "model_config",
+    "model_metadata",
+    "parse_infer",
+    "read_infer",
+]
 
 BINARY_HEADER = "inference-header-content-length"
 
@@ -52,7 +68,7 @@ class InferCall:
     """A parsed infer request: inputs as NumPy arrays by buffer name, and how to answer."""
 
     inputs: dict[str, np.ndarray]
-    outputs: list[tuple[TensorSpec, bool]]   # (output, as binary)
+    outputs: list[tuple[TensorSpec, bool]]  # (output, as binary)
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -89,13 +105,13 @@ def decode_body(body: bytes, encoding: str | None, limit: int, feed=None) -> byt
             return b"".join(pieces)
 
 
-JSON_OVERHEAD = 64 * 1024   # bytes of an infer body's JSON beyond its tensors' data: names, shapes, parameters
-CHARS_PER_ELEMENT = 48      # the longest number (24 characters), its separator, a pretty-printer's newline and indent
-NESTING_MARGIN = 6          # levels above a tensor's data: the body, inputs, the tensor; parameters inside those
-STRUCTURE_MARGIN = 64       # arrays and objects a body may hold beyond its tensors' (outputs, parameters)
-COMMA_MARGIN = 4096         # separators beyond one per element, array and field: parameters, outputs
-_SCAN_BLOCK = 1 << 18       # bytes of JSON scanned at a time (NumPy temporaries of a few MiB at most)
-_INFLATE_STEP = 1 << 18     # bytes decompressed at a time, each checked before the next is inflated
+JSON_OVERHEAD = 64 * 1024  # bytes of an infer body's JSON beyond its tensors' data: names, shapes, parameters
+CHARS_PER_ELEMENT = 48  # the longest number (24 characters), its separator, a pretty-printer's newline and indent
+NESTING_MARGIN = 6  # levels above a tensor's data: the body, inputs, the tensor; parameters inside those
+STRUCTURE_MARGIN = 64  # arrays and objects a body may hold beyond its tensors' (outputs, parameters)
+COMMA_MARGIN = 4096  # separators beyond one per element, array and field: parameters, outputs
+_SCAN_BLOCK = 1 << 18  # bytes of JSON scanned at a time (NumPy temporaries of a few MiB at most)
+_INFLATE_STEP = 1 << 18  # bytes decompressed at a time, each checked before the next is inflated
 
 
 @dataclass(frozen=True)
@@ -127,16 +143,22 @@ def body_budget(fn: Function, max_body: int, max_json: int) -> BodyBudget:
         elements += math.prod(spec.shape)
         binary += spec.nbytes
         deepest = max(deepest, len(spec.shape))
-        nested, rows = 0, 1   # lists nested as the shape: 1 + d0 + d0*d1 + ... (the innermost hold elements)
+        nested, rows = 0, 1  # lists nested as the shape: 1 + d0 + d0*d1 + ... (the innermost hold elements)
         for d in spec.shape:
             nested, rows = nested + rows, rows * d
-        arrays += 1 + max(1, nested)   # its shape and its data
-        objects += 2                   # the tensor and its parameters
+        arrays += 1 + max(1, nested)  # its shape and its data
+        objects += 2  # the tensor and its parameters
     objects += 2 * len(fn.outputs)
     json_bytes = min(max_json, max_body, JSON_OVERHEAD + elements * CHARS_PER_ELEMENT)
-    return BodyBudget(json=json_bytes, binary=binary, total=min(max_body, json_bytes + binary),
-                      depth=3 + deepest + NESTING_MARGIN, arrays=arrays, objects=objects,
-                      commas=elements + arrays + 16 * objects + COMMA_MARGIN)
+    return BodyBudget(
+        json=json_bytes,
+        binary=binary,
+        total=min(max_body, json_bytes + binary),
+        depth=3 + deepest + NESTING_MARGIN,
+        arrays=arrays,
+        objects=objects,
+        commas=elements + arrays + 16 * objects + COMMA_MARGIN,
+    )
 
 
 class JsonStructure:
@@ -159,7 +181,7 @@ class JsonStructure:
             piece = piece.replace(b"\\\\", b"  ").replace(b'\\"', b"  ")
         view = np.frombuffer(piece, np.uint8)
         for start in range(0, len(view), _SCAN_BLOCK):
-            self._block(view[start:start + _SCAN_BLOCK])
+            self._block(view[start : start + _SCAN_BLOCK])
 
     def _block(self, block: np.ndarray) -> None:
         quotes = block == 34
@@ -174,10 +196,12 @@ class JsonStructure:
         self.deepest = max(self.deepest, self.depth + int(level.max()))
         self.depth += int(level[-1])
         budget = self.budget
-        for problem, got, most in (("nests deeper than {} levels", self.deepest, budget.depth),
-                                   ("holds more than {} arrays", self.arrays, budget.arrays),
-                                   ("holds more than {} objects", self.objects, budget.objects),
-                                   ("holds more than {} commas", self.commas, budget.commas)):
+        for problem, got, most in (
+            ("nests deeper than {} levels", self.deepest, budget.depth),
+            ("holds more than {} arrays", self.arrays, budget.arrays),
+            ("holds more than {} objects", self.objects, budget.objects),
+            ("holds more than {} commas", self.commas, budget.commas),
+        ):
             if got > most:
                 raise OipError(400, f"{self.what} {problem.format(most)}: more than this model's inputs need")
 
@@ -187,8 +211,9 @@ def check_structure(text: bytes, budget: BodyBudget, what: str) -> None:
     JsonStructure(budget, what).feed(text)
 
 
-def read_infer(body: bytes, encoding: str | None, header_length: str | None, fn: Function,
-               budget: BodyBudget) -> InferCall:
+def read_infer(
+    body: bytes, encoding: str | None, header_length: str | None, fn: Function, budget: BodyBudget
+) -> InferCall:
     """:func:`parse_infer` of a body as received: decompressed no further than ``budget`` allows (its
     JSON, and with ``Inference-Header-Content-Length`` its binary data too), the JSON checked against
     it before it is parsed. Everything reading a body costs is bounded by what ``fn`` declares.
@@ -208,8 +233,11 @@ def read_infer(body: bytes, encoding: str | None, header_length: str | None, fn:
 def _json(text: bytes, what: str, budget: BodyBudget | None = None):
     if budget is not None:
         if len(text) > budget.json:
-            raise OipError(413, f"{what} is {len(text)} bytes of JSON, more than the limit of {budget.json} "
-                                f"for this model's inputs (large tensors go as binary data: binary_data_size)")
+            raise OipError(
+                413,
+                f"{what} is {len(text)} bytes of JSON, more than the limit of {budget.json} "
+                f"for this model's inputs (large tensors go as binary data: binary_data_size)",
+            )
         check_structure(text, budget, what)
     try:
         return json.loads(text, parse_constant=_not_json)
@@ -218,8 +246,11 @@ def _json(text: bytes, what: str, budget: BodyBudget | None = None):
 
 
 def _shape(value, where: str) -> tuple[int, ...]:
-    if (not isinstance(value, list) or len(value) > 32
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) > 32
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+    ):
         raise OipError(400, f"{where}: shape must be a list of non-negative integers, got {show(value)}")
     return tuple(value)
 
@@ -248,13 +279,19 @@ def _leaves(data, shape: tuple[int, ...], where: str) -> list:
         for item in level:
             if not isinstance(item, list) or len(item) != n:
                 got = f"a list of {len(item)}" if isinstance(item, list) else show(item)
-                raise OipError(400, f"{where}: data must be a flat list of {count} elements or lists nested as "
-                                    f"{list(shape)}; at depth {depth} it holds {got} where the shape has {n}")
+                raise OipError(
+                    400,
+                    f"{where}: data must be a flat list of {count} elements or lists nested as "
+                    f"{list(shape)}; at depth {depth} it holds {got} where the shape has {n}",
+                )
             deeper.extend(item)
         level = deeper
     if list in set(map(type, level)):
-        raise OipError(400, f"{where}: data must be a flat list of {count} elements or lists nested as "
-                            f"{list(shape)}; it is nested deeper")
+        raise OipError(
+            400,
+            f"{where}: data must be a flat list of {count} elements or lists nested as "
+            f"{list(shape)}; it is nested deeper",
+        )
     return level
 
 
@@ -333,14 +370,20 @@ def parse_infer(body: bytes, header_length: str | None, fn: Function, budget: Bo
         except ValueError:
             n = -1
         if not 0 <= n <= len(body):
-            raise OipError(400, f"Inference-Header-Content-Length {show(header_length)} is not a byte count "
-                                f"within the body's {len(body)} bytes")
+            raise OipError(
+                400,
+                f"Inference-Header-Content-Length {show(header_length)} is not a byte count "
+                f"within the body's {len(body)} bytes",
+            )
         header, binary = body[:n], memoryview(body)[n:]
     else:
         header, binary = body, memoryview(b"")
     if budget is not None and len(binary) > budget.binary:
-        raise OipError(413, f"the body has {len(binary)} bytes of binary data, more than the limit of "
-                            f"{budget.binary} for this model's inputs")
+        raise OipError(
+            413,
+            f"the body has {len(binary)} bytes of binary data, more than the limit of "
+            f"{budget.binary} for this model's inputs",
+        )
     return build_call(_json(header, "the inference request", budget), binary, fn)
 
 
@@ -373,8 +416,10 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
         raise OipError(400, f"id must be a string of at most 256 characters, got {show(request_id)}")
     parameters = _parameters(doc.get("parameters"), "the inference request")
     _no_tenant(doc, parameters, "the inference request")
-    for key, what, called in (("model_name", "model", (fn.name, fn.qualified_name)),
-                              ("model_version", "version", (str(fn.version),))):
+    for key, what, called in (
+        ("model_name", "model", (fn.name, fn.qualified_name)),
+        ("model_version", "version", (str(fn.version),)),
+    ):
         value = doc.get(key)
         if value is not None and not isinstance(value, str):
             raise OipError(400, f"{key} must be a string, got {show(value)}")
@@ -392,8 +437,9 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
         name = item.get("name")
         where = f"input {show(name)}"
         if not isinstance(name, str) or name not in declared:
-            raise OipError(400, f"{where} is not an input of model {fn.name!r} "
-                                f"(inputs: {', '.join(declared) or 'none'})")
+            raise OipError(
+                400, f"{where} is not an input of model {fn.name!r} (inputs: {', '.join(declared) or 'none'})"
+            )
         if name in inputs:
             raise OipError(400, f"{where} is given twice")
         item_parameters = _parameters(item.get("parameters"), where)
@@ -411,11 +457,13 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise OipError(400, f"{where}: binary_data_size must be a byte count, got {show(size)}")
             if size != spec.nbytes:
-                raise OipError(400, f"{where}: {size} bytes of binary data, {spec.datatype} {list(spec.shape)} "
-                                    f"is {spec.nbytes} bytes")
+                raise OipError(
+                    400,
+                    f"{where}: {size} bytes of binary data, {spec.datatype} {list(spec.shape)} is {spec.nbytes} bytes",
+                )
             if offset + size > len(binary):
                 raise OipError(400, f"{where}: binary data ends after {len(binary) - offset} of its {size} bytes")
-            inputs[name] = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype).reshape(spec.shape)
+            inputs[name] = np.frombuffer(binary[offset : offset + size], dtype=spec.dtype).reshape(spec.shape)
             offset += size
         else:
             if "data" not in item:
@@ -439,8 +487,10 @@ def build_call(doc, binary: bytes | memoryview, fn: Function) -> InferCall:
         for j, out in enumerate(requested):
             name = out.get("name") if isinstance(out, dict) else out
             if not isinstance(out, dict) or not isinstance(name, str) or name not in by_name:
-                raise OipError(400, f"outputs[{j}]: {show(name)} is not an output of model {fn.name!r} "
-                                    f"(outputs: {', '.join(by_name)})")
+                raise OipError(
+                    400,
+                    f"outputs[{j}]: {show(name)} is not an output of model {fn.name!r} (outputs: {', '.join(by_name)})",
+                )
             if name in seen:
                 raise OipError(400, f"outputs[{j}]: output {name!r} is requested twice")
             seen.add(name)
@@ -472,9 +522,12 @@ def encode_outputs(fn: Function, call: InferCall, results: Mapping[str, np.ndarr
         else:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 i = int(np.argmin(np.isfinite(array).ravel()))
-                raise OipError(422, f"output {spec.name!r}: {_element(i, spec.shape)} is {array.ravel()[i]}, which "
-                                    f"JSON cannot carry; ask for this output as binary data (\"binary_data\": true "
-                                    f"in its parameters, or \"binary_data_output\": true in the request's)")
+                raise OipError(
+                    422,
+                    f"output {spec.name!r}: {_element(i, spec.shape)} is {array.ravel()[i]}, which "
+                    f'JSON cannot carry; ask for this output as binary data ("binary_data": true '
+                    f'in its parameters, or "binary_data_output": true in the request\'s)',
+                )
             tensor["data"] = array.ravel().tolist()
         tensors.append(tensor)
     doc: dict[str, Any] = {"model_name": fn.name, "model_version": str(fn.version), "outputs": tensors}
@@ -483,8 +536,10 @@ def encode_outputs(fn: Function, call: InferCall, results: Mapping[str, np.ndarr
     header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if not blobs:
         return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
-                                        "inference-header-content-length": str(len(header))}
+    return b"".join([header, *blobs]), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
 
 
 def model_metadata(fn: Function, versions: list[int]) -> dict[str, Any]:
@@ -505,12 +560,19 @@ def _triton_type(datatype: str) -> str:
 def model_config(fn: Function, versions: list[int]) -> dict[str, Any]:
     """``GET /v2/models/{name}/config``: the function as Triton's model configuration (its JSON form), which
     ``tritonclient``'s ``get_model_config`` reads. No batch dimension: a function's shapes are whole."""
+
     def tensors(specs):
         return [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": list(t.shape)} for t in specs]
 
-    return {"name": fn.name, "platform": "dask-kaas", "backend": "dask-kaas", "max_batch_size": 0,
-            "version_policy": {"specific": {"versions": list(versions)}},
-            "input": tensors(fn.inputs), "output": tensors(fn.outputs)}
+    return {
+        "name": fn.name,
+        "platform": "dask-kaas",
+        "backend": "dask-kaas",
+        "max_batch_size": 0,
+        "version_policy": {"specific": {"versions": list(versions)}},
+        "input": tensors(fn.inputs),
+        "output": tensors(fn.outputs),
+    }
 
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
@@ -542,11 +604,20 @@ class InferenceStats:
         for fn, versions in found:
             name = visible_name(fn, tenant)
             for version in versions:
-                ok, ok_ns, failed, failed_ns, last = self._calls.get((tenant, fn.qualified_name, version),
-                                                                     (0, 0, 0, 0, 0))
+                ok, ok_ns, failed, failed_ns, last = self._calls.get(
+                    (tenant, fn.qualified_name, version), (0, 0, 0, 0, 0)
+                )
                 stages = {stage: {"count": 0, "ns": 0} for stage in _STAGES}
                 stages["success"], stages["fail"] = {"count": ok, "ns": ok_ns}, {"count": failed, "ns": failed_ns}
-                stats.append({"name": name, "version": str(version), "last_inference": last,
-                              "inference_count": ok, "execution_count": ok, "inference_stats": stages,
-                              "batch_stats": []})
+                stats.append(
+                    {
+                        "name": name,
+                        "version": str(version),
+                        "last_inference": last,
+                        "inference_count": ok,
+                        "execution_count": ok,
+                        "inference_stats": stages,
+                        "batch_stats": [],
+                    }
+                )
         return {"model_stats": stats}

@@ -1,4 +1,5 @@
 """Per-tenant rate limits: a token bucket each, on a clock the caller passes (pure, testable)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

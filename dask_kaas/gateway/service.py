@@ -6,6 +6,7 @@ finds functions as its tenant sees them, and its parsed call runs on the cluster
 through one asynchronous Dask client and its :class:`~dask_kaas.Batcher`. Every refusal is an
 :class:`~.oip.OipError` with the HTTP status to answer; a transport maps it to its own codes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,18 +37,18 @@ logger = logging.getLogger("dask_kaas.gateway")
 class GatewaySettings:
     """What one gateway serves; defaults from ``kaas.gateway.*``."""
 
-    scheduler: str | None = None   # the scheduler's address (None: the client passed to create_app)
+    scheduler: str | None = None  # the scheduler's address (None: the client passed to create_app)
     store: str | BufferStore | None = None
     tokens: str | None = None
     max_body: int | str | None = None
     timeout: float | None = None
     function_ttl: float | None = None
-    max_json: int | str | None = None       # JSON of one infer body at most, after decompression
-    read_timeout: float | None = None       # seconds a body may take to arrive (then 408)
-    metrics_token: str | None = None        # the bearer token /metrics needs (or its "sha256:" hash)
-    metrics_public: bool | None = None      # /metrics for anyone
+    max_json: int | str | None = None  # JSON of one infer body at most, after decompression
+    read_timeout: float | None = None  # seconds a body may take to arrive (then 408)
+    metrics_token: str | None = None  # the bearer token /metrics needs (or its "sha256:" hash)
+    metrics_public: bool | None = None  # /metrics for anyone
 
-    def resolved(self) -> "GatewaySettings":
+    def resolved(self) -> GatewaySettings:
         def pick(value, key):
             return value if value is not None else config.get(f"gateway.{key}")
 
@@ -62,7 +63,9 @@ class GatewaySettings:
             max_json=config.parse_size(pick(self.max_json, "max-json"), name="kaas.gateway.max-json"),
             read_timeout=float(pick(self.read_timeout, "read-timeout")),
             metrics_token=None if token is None or token == "" else str(token),
-            metrics_public=config.parse_bool(pick(self.metrics_public, "metrics-public"), "kaas.gateway.metrics-public"),
+            metrics_public=config.parse_bool(
+                pick(self.metrics_public, "metrics-public"), "kaas.gateway.metrics-public"
+            ),
         )
 
 
@@ -88,8 +91,9 @@ class Gateway:
     def _refresh_tokens(self) -> None:
         self.tokens.refresh()
         if self.tokens.loads != self._limits_loaded:  # the rates change only when the file is read again
-            self.limiter.configure({t: (e.rate, e.burst or max(1.0, e.rate)) for t, e in self.tokens.tenants.items()
-                                    if e.rate is not None})
+            self.limiter.configure(
+                {t: (e.rate, e.burst or max(1.0, e.rate)) for t, e in self.tokens.tenants.items() if e.rate is not None}
+            )
             self._limits_loaded = self.tokens.loads
 
     async def start(self) -> None:
@@ -98,8 +102,13 @@ class Gateway:
 
             self.client = await Client(self.settings.scheduler, asynchronous=True, direct_to_workers=True)
         self.batcher = Batcher(self.client)
-        logger.info("gateway on scheduler %s, store %s, tokens %s (%d tenants)", self.client.scheduler.address,
-                    self.store.url, self.tokens.path, len(self.tokens.tenants))
+        logger.info(
+            "gateway on scheduler %s, store %s, tokens %s (%d tenants)",
+            self.client.scheduler.address,
+            self.store.url,
+            self.tokens.path,
+            len(self.tokens.tenants),
+        )
         if self.grpc_address is not None:
             from .grpc_service import GrpcServer
 
@@ -126,16 +135,20 @@ class Gateway:
         self._refresh_tokens()
         tenant = self.tokens.tenant_of(authorization)
         if tenant is None:
-            raise OipError(401, "a valid bearer token is required (Authorization: Bearer <token>)",
-                           {"www-authenticate": 'Bearer realm="dask-kaas"'})
+            raise OipError(
+                401,
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                {"www-authenticate": 'Bearer realm="dask-kaas"'},
+            )
         return tenant
 
     def served(self, tenant: str | None, fn, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         """Account one infer call as it ends, whichever transport served it (``fn`` None: its function was
         never found): the metrics (which counted it in flight when it started) and the statistics."""
         self.metrics.in_flight.dec()
-        self.metrics.observe(tenant, fn.qualified_name if fn is not None else None, status, seconds, bytes_in,
-                             bytes_out)
+        self.metrics.observe(
+            tenant, fn.qualified_name if fn is not None else None, status, seconds, bytes_in, bytes_out
+        )
         if fn is not None:
             self.statistics.record(tenant, fn, status == 200, seconds)
 
@@ -168,10 +181,11 @@ class Gateway:
         future = self.batcher.submit(kaas_request, **call.inputs)
         try:
             return await asyncio.wait_for(future, self.settings.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             future.cancel()  # a call still queued never leaves; one in a running batch is left to finish
-            raise OipError(504, f"the call did not finish within the gateway's timeout of "
-                                f"{self.settings.timeout:g} s") from None
+            raise OipError(
+                504, f"the call did not finish within the gateway's timeout of {self.settings.timeout:g} s"
+            ) from None
         except AdmissionRejected as e:
             late = (e.predicted or 0.0) - (e.deadline or 0.0)
             raise OipError(429, f"admission: {e.message}", retry_after(late)) from None
@@ -189,7 +203,7 @@ class Gateway:
             return False
         try:
             return bool(await asyncio.wait_for(client.nthreads(), 5))
-        except Exception:  # noqa: BLE001 - not answering is not ready
+        except Exception:
             return False
 
 

@@ -13,6 +13,7 @@ cannot be brute-forced, and lookup is one dict access. The file never holds a to
 ``dask kaas token add TENANT`` prints a new one once. The gateway reads the file again when it
 changes, so tokens are added and revoked without a restart.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ from ..errors import ConfigError
 from ..files import write_atomic
 from ..names import namespace_problem, show
 
-__all__ = ["Tokens", "TenantEntry", "hash_token", "new_token", "add_token", "revoke_tenant", "load_tokens"]
+__all__ = ["TenantEntry", "Tokens", "add_token", "hash_token", "load_tokens", "new_token", "revoke_tenant"]
 
 PREFIX = "sha256:"
 MAX_TOKEN = 512
@@ -49,7 +50,7 @@ def new_token() -> str:
 class TenantEntry:
     tenant: str
     hashes: tuple[str, ...] = ()
-    rate: float | None = None    # requests per second
+    rate: float | None = None  # requests per second
     burst: float | None = None
 
     def to_dict(self) -> dict:
@@ -87,12 +88,19 @@ def _parse(doc, path: str) -> dict[str, TenantEntry]:
             raise ConfigError(f"tokens file {path}: tenant {tenant!r}: expected fields tokens, rate, burst")
         hashes = entry.get("tokens") or []
         if not isinstance(hashes, list) or not all(
-                isinstance(h, str) and h.startswith(PREFIX) and len(h) == len(PREFIX) + 64 for h in hashes):
-            raise ConfigError(f"tokens file {path}: tenant {tenant!r}: tokens must be a list of 'sha256:<64 hex>' "
-                              "hashes (never tokens themselves: add them with `dask kaas token add`)")
+            isinstance(h, str) and h.startswith(PREFIX) and len(h) == len(PREFIX) + 64 for h in hashes
+        ):
+            raise ConfigError(
+                f"tokens file {path}: tenant {tenant!r}: tokens must be a list of 'sha256:<64 hex>' "
+                "hashes (never tokens themselves: add them with `dask kaas token add`)"
+            )
         where = f"tokens file {path}: tenant {tenant!r}"
-        out[tenant] = TenantEntry(tenant, tuple(hashes), _positive(entry.get("rate"), f"{where}: rate"),
-                                  _positive(entry.get("burst"), f"{where}: burst"))
+        out[tenant] = TenantEntry(
+            tenant,
+            tuple(hashes),
+            _positive(entry.get("rate"), f"{where}: rate"),
+            _positive(entry.get("burst"), f"{where}: burst"),
+        )
     return out
 
 
@@ -129,9 +137,12 @@ def add_token(path: str, tenant: str, *, rate: float | None = None, burst: float
     entries = load_tokens(path)
     old = entries.get(tenant, TenantEntry(tenant))
     token = new_token()
-    entries[tenant] = TenantEntry(tenant, (*old.hashes, hash_token(token)),
-                                  _positive(rate, "rate") if rate is not None else old.rate,
-                                  _positive(burst, "burst") if burst is not None else old.burst)
+    entries[tenant] = TenantEntry(
+        tenant,
+        (*old.hashes, hash_token(token)),
+        _positive(rate, "rate") if rate is not None else old.rate,
+        _positive(burst, "burst") if burst is not None else old.burst,
+    )
     _save(path, entries)
     return token
 

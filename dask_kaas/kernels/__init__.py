@@ -2,13 +2,14 @@
 
 | module | one job |
 |---|---|
-| ``library.py`` | :class:`Library` (source or binary, identity, compiled-binary cache, host twins) and the registry of names |
+| ``library.py`` | :class:`Library` (source or binary, identity, compiled-binary cache, host twins), the registry |
 | ``library_input.py`` | what a library given inside a request dict may hold (no Python code, no files) |
 | ``signatures.py`` | kernel parameters parsed from CUDA C++ |
 | ``launch.py`` | grid and block shapes, checked once |
 | ``nvrtc.py`` | compiling CUDA C++ with NVRTC |
 | ``builtin.py``, ``builtin.cu``, ``twins.py`` | the built-in library, its CUDA source and NumPy twins |
 """
+
 from __future__ import annotations
 
 from .builtin import builtin
@@ -18,5 +19,16 @@ from .signatures import KernelSignature, Param, parse_params, parse_signatures
 
 register_library(builtin)
 
-__all__ = ["KernelSignature", "LaunchConfig", "Library", "Param", "builtin", "is_registered", "parse_params",
-           "parse_signatures", "register_library", "registered_libraries", "resolve_library"]
+__all__ = [
+    "KernelSignature",
+    "LaunchConfig",
+    "Library",
+    "Param",
+    "builtin",
+    "is_registered",
+    "parse_params",
+    "parse_signatures",
+    "register_library",
+    "registered_libraries",
+    "resolve_library",
+]

@@ -1,4 +1,5 @@
 """The built-in kernel library: ``builtin.cu`` with its NumPy host twins and launch constraints."""
+
 from __future__ import annotations
 
 import os

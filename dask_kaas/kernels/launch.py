@@ -1,4 +1,5 @@
 """Launch shapes: grid and block dimensions, checked once for the request model and the libraries."""
+
 from __future__ import annotations
 
 import numbers
@@ -24,8 +25,11 @@ def dims(value: Any, what: str, where: str = "", limits: tuple[int, int, int] | 
     :class:`RequestError` naming ``where`` and ``what`` otherwise."""
     prefix = f"{where}: " if where else ""
     value_dims = (value,) if _is_int(value) else value
-    if not isinstance(value_dims, (tuple, list, np.ndarray)) or not 1 <= len(value_dims) <= 3 \
-            or not all(_is_int(d) and d > 0 for d in value_dims):
+    if (
+        not isinstance(value_dims, (tuple, list, np.ndarray))
+        or not 1 <= len(value_dims) <= 3
+        or not all(_is_int(d) and d > 0 for d in value_dims)
+    ):
         raise RequestError(f"{prefix}{what} must be 1 to 3 positive integers, got {show(value)}")
     out = tuple(int(d) for d in value_dims) + (1,) * (3 - len(value_dims))
     for axis, (d, limit) in enumerate(zip(out, limits or (None, None, None))):

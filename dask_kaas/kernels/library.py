@@ -2,6 +2,7 @@
 twins, the compiled-binary cache, and the registry of names (``dask_kaas.kernels`` registers the
 built-in library there).
 """
+
 from __future__ import annotations
 
 import base64
@@ -127,11 +128,17 @@ class Library:
     dask_kaas.errors.RequestError: kernel 'scale' of library 'doc_scale': literals have types i, the kernel takes if
     """
 
-    def __init__(self, name: str, *, source: str | None = None, path: str | os.PathLike | None = None,
-                 twins: Mapping[str, Callable] | None = None,
-                 constraints: Mapping[str, Mapping[str, Any]] | None = None,
-                 options: Sequence[str] = (),
-                 signatures: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        source: str | None = None,
+        path: str | os.PathLike | None = None,
+        twins: Mapping[str, Callable] | None = None,
+        constraints: Mapping[str, Mapping[str, Any]] | None = None,
+        options: Sequence[str] = (),
+        signatures: Mapping[str, str] | None = None,
+    ) -> None:
         if (source is None) == (path is None):
             raise KernelError(f"library {name!r}: give exactly one of source= or path=")
         self.name = str(name)
@@ -140,8 +147,9 @@ class Library:
         if path is not None:
             ext = os.path.splitext(self.path)[1].lower()
             if ext not in _KINDS:
-                raise KernelError(f"library {name!r}: cannot load {self.path!r}, expected a "
-                                  f"file ending in {', '.join(_KINDS)}")
+                raise KernelError(
+                    f"library {name!r}: cannot load {self.path!r}, expected a file ending in {', '.join(_KINDS)}"
+                )
             self.kind = _KINDS[ext]
             try:
                 with open(self.path, "rb") as f:
@@ -160,18 +168,24 @@ class Library:
         for kernel, rules in self.constraints.items():
             unknown = set(rules) - {"block", "max_block"}
             if unknown:
-                raise KernelError(f"library {name!r} kernel {kernel!r}: unknown constraint(s) "
-                                  f"{sorted(unknown)}; known: 'block', 'max_block'")
+                raise KernelError(
+                    f"library {name!r} kernel {kernel!r}: unknown constraint(s) "
+                    f"{sorted(unknown)}; known: 'block', 'max_block'"
+                )
         self.signatures = dict(signatures or {})
         content = self.source.encode() if self.source is not None else self._data
         h = hashlib.sha256(self.kind.encode() + b"\0" + content)
         for opt in self.options:
             h.update(b"\0" + opt.encode())
         self.content_hash = h.hexdigest()
-        behaviour = {"constraints": self.constraints, "signatures": self.signatures,
-                     "twins": {k: _twin_identity(fn) for k, fn in self.twins.items()}}
-        self.hash = hashlib.sha256(self.content_hash.encode() + json.dumps(
-            behaviour, sort_keys=True, default=list).encode()).hexdigest()
+        behaviour = {
+            "constraints": self.constraints,
+            "signatures": self.signatures,
+            "twins": {k: _twin_identity(fn) for k, fn in self.twins.items()},
+        }
+        self.hash = hashlib.sha256(
+            self.content_hash.encode() + json.dumps(behaviour, sort_keys=True, default=list).encode()
+        ).hexdigest()
         self._init_caches()
 
     def _init_caches(self) -> None:
@@ -180,8 +194,7 @@ class Library:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_source(cls, name: str, source: str, twins: Mapping[str, Callable] | None = None,
-                    **kwargs) -> Library:
+    def from_source(cls, name: str, source: str, twins: Mapping[str, Callable] | None = None, **kwargs) -> Library:
         """A library compiled from CUDA C++ ``source``: ``Library(name, source=source, twins=twins, **kwargs)``.
 
         ``kwargs`` are ``constraints``, ``options`` and ``signatures`` (see :class:`Library`).
@@ -189,8 +202,9 @@ class Library:
         return cls(name, source=source, twins=twins, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, twins: Mapping[str, Callable] | None = None, *,
-                  name: str | None = None, **kwargs) -> Library:
+    def from_file(
+        cls, path: str | os.PathLike, twins: Mapping[str, Callable] | None = None, *, name: str | None = None, **kwargs
+    ) -> Library:
         """A library from a ``.cu``, ``.cubin``, ``.ptx`` or ``.fatbin`` file; ``name``
         defaults to the file's stem."""
         path = os.fspath(path)
@@ -237,9 +251,10 @@ class Library:
         if self.options:
             d["options"] = list(self.options)
         if self.constraints:
-            d["constraints"] = {k: {r: list(v) if isinstance(v, tuple) else v
-                                    for r, v in rules.items()}
-                                for k, rules in self.constraints.items()}
+            d["constraints"] = {
+                k: {r: list(v) if isinstance(v, tuple) else v for r, v in rules.items()}
+                for k, rules in self.constraints.items()
+            }
         if self.signatures:
             d["signatures"] = dict(self.signatures)
         twins = {k: _import_path(fn) for k, fn in self.twins.items()}
@@ -247,8 +262,7 @@ class Library:
             d["twins"] = {k: v for k, v in twins.items() if v}
         return d
 
-    DICT_FIELDS = ("name", "kind", "hash", "source", "data", "path", "options", "constraints", "signatures",
-                   "twins")
+    DICT_FIELDS = ("name", "kind", "hash", "source", "data", "path", "options", "constraints", "signatures", "twins")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Library:
@@ -275,10 +289,12 @@ class Library:
         kind = d.get("kind", "source")
         if kind not in _KINDS.values():
             raise RequestError(f"{where}: unknown kind {show(kind)}; expected one of {', '.join(_KINDS.values())}")
-        common = dict(twins=checks.allowed_twins(d.get("twins"), where),
-                      constraints=checks.constraints(d.get("constraints"), where),
-                      options=checks.allowed_options(d.get("options", ()), where),
-                      signatures=checks.signatures(d.get("signatures"), where))
+        common = dict(
+            twins=checks.allowed_twins(d.get("twins"), where),
+            constraints=checks.constraints(d.get("constraints"), where),
+            options=checks.allowed_options(d.get("options", ()), where),
+            signatures=checks.signatures(d.get("signatures"), where),
+        )
         try:
             if kind == "source":
                 lib = cls(name, source=checks.source_text(d.get("source"), where), **common)
@@ -287,14 +303,15 @@ class Library:
         except KernelError as e:
             raise RequestError(f"{where}: {e}") from None
         if "hash" in d and d["hash"] != lib.hash:
-            raise RequestError(f"{where}: its content (source or binary, options, constraints, signatures, host "
-                               f"twins) does not match its hash {show(d['hash'])}; host twins that are not "
-                               "importable functions cannot travel in a dict: register the library on the workers")
+            raise RequestError(
+                f"{where}: its content (source or binary, options, constraints, signatures, host "
+                f"twins) does not match its hash {show(d['hash'])}; host twins that are not "
+                "importable functions cannot travel in a dict: register the library on the workers"
+            )
         return lib
 
     @classmethod
-    def _from_bytes(cls, name: str, kind: str, data: bytes, path: str | None,
-                    **kwargs) -> Library:
+    def _from_bytes(cls, name: str, kind: str, data: bytes, path: str | None, **kwargs) -> Library:
         ext = {v: k for k, v in _KINDS.items()}[kind]
         with tempfile.TemporaryDirectory() as tmp:  # the constructor reads binaries from files
             fn = os.path.join(tmp, "lib" + ext)
@@ -350,16 +367,19 @@ class Library:
             raise RequestError(f"{where}: {e}") from None
         threads = block3[0] * block3[1] * block3[2]
         if threads > MAX_THREADS_PER_BLOCK:
-            raise RequestError(f"{where}: block {block3} has {threads} threads, CUDA allows at "
-                               f"most {MAX_THREADS_PER_BLOCK} per block")
+            raise RequestError(
+                f"{where}: block {block3} has {threads} threads, CUDA allows at most {MAX_THREADS_PER_BLOCK} per block"
+            )
         rules = self.constraints.get(kernel, {})
         if "block" in rules:
             want = dims(rules["block"], "block constraint")
             if block3 != want:
                 raise RequestError(f"{where}: needs block == {want}, got block {block3}")
         if "max_block" in rules and threads > int(rules["max_block"]):
-            raise RequestError(f"{where}: needs at most max_block={int(rules['max_block'])} "
-                               f"threads per block, got block {block3} ({threads} threads)")
+            raise RequestError(
+                f"{where}: needs at most max_block={int(rules['max_block'])} "
+                f"threads per block, got block {block3} ({threads} threads)"
+            )
 
     # -- binaries ----------------------------------------------------------------------------
 
@@ -433,8 +453,9 @@ class Library:
         """The NumPy host twin of ``kernel``, or None."""
         return self.twins.get(kernel)
 
-    def run_twin(self, kernel: str, launch: LaunchConfig, literal_values: Sequence,
-                 buffers: Sequence[np.ndarray]) -> None:
+    def run_twin(
+        self, kernel: str, launch: LaunchConfig, literal_values: Sequence, buffers: Sequence[np.ndarray]
+    ) -> None:
         """Run ``kernel``'s host twin as ``twin(launch, *literals, *typed_views)``.
 
         ``buffers`` are 1-D uint8 arrays (host device memory), in the order of the kernel's
@@ -444,22 +465,23 @@ class Library:
         """
         self.prepare_twin(kernel, launch, literal_values)(buffers)
 
-    def prepare_twin(self, kernel: str, launch: LaunchConfig,
-                     literal_values: Sequence) -> Callable[[Sequence[np.ndarray]], None]:
+    def prepare_twin(
+        self, kernel: str, launch: LaunchConfig, literal_values: Sequence
+    ) -> Callable[[Sequence[np.ndarray]], None]:
         """:meth:`run_twin` with everything but the buffers decided once: the twin, the checks
         against the signature, the literals cast; returns ``call(buffers)``."""
         fn = self.twin(kernel)
         if fn is None:
-            raise KernelError(f"kernel {kernel!r} of library {self.name!r} has no host twin, "
-                              "it can only run on a CUDA device")
+            raise KernelError(
+                f"kernel {kernel!r} of library {self.name!r} has no host twin, it can only run on a CUDA device"
+            )
         sig = self.signature(kernel)
         literals = list(literal_values)
         where = f"library {self.name!r} kernel {kernel!r}"
         dtypes = None
         if sig is not None:
             if len(literals) != len(sig.literals):
-                raise RequestError(f"{where}: takes {len(sig.literals)} literal(s), got "
-                                   f"{len(literals)}")
+                raise RequestError(f"{where}: takes {len(sig.literals)} literal(s), got {len(literals)}")
             literals = [_cast_literal(p, v) for p, v in zip(sig.literals, literals)]
             dtypes = [p.dtype for p in sig.buffers]
 
@@ -475,7 +497,6 @@ class Library:
         return call
 
 
-
 def _twin_identity(fn: Callable) -> str:
     """What identifies a host twin in a library's hash: its import path, else its pickled bytes."""
     path = _import_path(fn)
@@ -485,7 +506,7 @@ def _twin_identity(fn: Callable) -> str:
         import cloudpickle
 
         return "pickle:" + hashlib.sha256(cloudpickle.dumps(fn)).hexdigest()
-    except Exception:  # noqa: BLE001 - unpicklable: unique to this object
+    except Exception:
         return f"object:{type(fn).__qualname__}:{id(fn)}"
 
 
@@ -650,8 +671,7 @@ def resolve_library(spec: Library | str | os.PathLike) -> Library:
     if isinstance(spec, Library):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
-        raise RequestError(f"a kernel library is a Library, a registered name or a path, "
-                           f"got {spec!r}")
+        raise RequestError(f"a kernel library is a Library, a registered name or a path, got {spec!r}")
     key = os.fspath(spec)
     lib = _registry.get(key)
     if lib is not None:
@@ -661,8 +681,7 @@ def resolve_library(spec: Library | str | os.PathLike) -> Library:
         try:
             st = os.stat(path)
         except OSError:
-            raise RequestError(f"kernel library file {key!r} does not exist "
-                               f"(looked at {path!r})") from None
+            raise RequestError(f"kernel library file {key!r} does not exist (looked at {path!r})") from None
         memo = (path, st.st_mtime_ns, st.st_size)
         with _registry_lock:
             lib = _by_path.get(memo)
@@ -671,5 +690,7 @@ def resolve_library(spec: Library | str | os.PathLike) -> Library:
                 _by_path[memo] = lib
         return lib
     names = ", ".join(repr(n) for n in sorted(_registry))
-    raise RequestError(f"unknown kernel library {spec!r}: registered libraries are {names}; "
-                       f"or give a path to a .cu, .cubin, .ptx or .fatbin file")
+    raise RequestError(
+        f"unknown kernel library {spec!r}: registered libraries are {names}; "
+        f"or give a path to a .cu, .cubin, .ptx or .fatbin file"
+    )

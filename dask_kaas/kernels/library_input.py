@@ -5,6 +5,7 @@ there), NVRTC options that change code generation only, sources that ``#include`
 own headers, binaries as bounded base64. Each check returns the validated value or raises
 :class:`RequestError` naming the library and the rule.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,13 +32,16 @@ def library_name(name) -> str:
     if problem:
         raise RequestError(problem)
     return name
+
+
 # NVRTC options a tenant may pass: code generation only, nothing that names a file or directory.
 _SAFE_OPTIONS = re.compile(
     r"^(-D[A-Za-z_]\w*(=[\w.+-]*)?|--define-macro=[A-Za-z_]\w*(=[\w.+-]*)?|-U[A-Za-z_]\w*|"
     r"--use_fast_math|-use_fast_math|-lineinfo|--generate-line-info|-G|--device-debug|"
     r"--(fmad|ftz|prec-div|prec-sqrt|extra-device-vectorization|restrict)(=(true|false))?|"
     r"-(fmad|ftz|prec-div|prec-sqrt)=(true|false)|--std=c\+\+(11|14|17|20)|-std=c\+\+(11|14|17|20)|"
-    r"--maxrregcount=\d{1,3}|-maxrregcount=\d{1,3}|-default-device|--default-device)$")
+    r"--maxrregcount=\d{1,3}|-maxrregcount=\d{1,3}|-default-device|--default-device)$"
+)
 _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*(.*)$", re.M)
 _NVRTC_HEADER = re.compile(r"^<[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(\.h|\.hpp|\.cuh)?>\s*(//.*)?$")
 
@@ -59,7 +63,8 @@ def allowed_twins(value, where: str) -> dict[str, Callable]:
             raise RequestError(
                 f"{where}: host twin {show(spec)} of kernel {kernel!r} is not allowed: a request cannot name "
                 f"Python code. Register the library on the workers (dask_kaas.register_library), or list its "
-                f"module in kaas.twins.allowed-modules (now: {', '.join(sorted(allowed)) or 'none'})")
+                f"module in kaas.twins.allowed-modules (now: {', '.join(sorted(allowed)) or 'none'})"
+            )
         fn = getattr(importlib.import_module(module), qualname, None)
         if not callable(fn) or getattr(fn, "__module__", None) != module:
             raise RequestError(f"{where}: {show(spec)} is not a function defined in module {module!r}")
@@ -71,10 +76,12 @@ def constraints(value, where: str):
     if value is None:
         return None
     if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(r, Mapping) and all(isinstance(n, str) for n in r)
-            for k, r in value.items()):
-        raise RequestError(f"{where}: constraints must map kernel names to {{'block': [x, y, z]}} or "
-                           f"{{'max_block': n}}, got {show(value)}")
+        isinstance(k, str) and isinstance(r, Mapping) and all(isinstance(n, str) for n in r) for k, r in value.items()
+    ):
+        raise RequestError(
+            f"{where}: constraints must map kernel names to {{'block': [x, y, z]}} or "
+            f"{{'max_block': n}}, got {show(value)}"
+        )
     for kernel, rules in value.items():
         block, most = rules.get("block"), rules.get("max_block")
         if block is not None:
@@ -92,17 +99,22 @@ def allowed_options(value, where: str) -> tuple[str, ...]:
         raise RequestError(f"{where}: options must be a list of at most 32 NVRTC options, got {show(value)}")
     for option in value:
         if not isinstance(option, str) or not _SAFE_OPTIONS.match(option):
-            raise RequestError(f"{where}: NVRTC option {show(option)} is not allowed in a request (only options "
-                               "that change code generation, such as -DNAME=1, --use_fast_math, -lineinfo, "
-                               "--std=c++17, --maxrregcount=N)")
+            raise RequestError(
+                f"{where}: NVRTC option {show(option)} is not allowed in a request (only options "
+                "that change code generation, such as -DNAME=1, --use_fast_math, -lineinfo, "
+                "--std=c++17, --maxrregcount=N)"
+            )
     return tuple(value)
 
 
 def signatures(value, where: str):
     if value is None:
         return None
-    if not isinstance(value, Mapping) or len(value) > 1024 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(v) <= 4096 for k, v in value.items()):
+    if (
+        not isinstance(value, Mapping)
+        or len(value) > 1024
+        or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 4096 for k, v in value.items())
+    ):
         raise RequestError(f"{where}: signatures must map kernel names to C parameter lists, got {show(value)}")
     return value
 
@@ -110,8 +122,9 @@ def signatures(value, where: str):
 def source_text(source, where: str) -> str:
     """A tenant's CUDA source: bounded text that includes only NVRTC's own headers."""
     if not isinstance(source, str) or len(source) > MAX_SOURCE:
-        raise RequestError(f"{where}: source must be CUDA C++ text of at most {MAX_SOURCE} "
-                           f"characters, got {show(source)}")
+        raise RequestError(
+            f"{where}: source must be CUDA C++ text of at most {MAX_SOURCE} characters, got {show(source)}"
+        )
     check_includes(source, where)
     return source
 
@@ -120,8 +133,10 @@ def check_includes(source: str, where: str) -> None:
     """A tenant's source may include NVRTC's own headers (``<cuda_fp16.h>``), never a file by path."""
     for m in _INCLUDE.finditer(source):
         if not _NVRTC_HEADER.match(m.group(1).strip()):
-            raise RequestError(f"{where}: #include {show(m.group(1).strip())} is not allowed in a request's source "
-                               "(only NVRTC's built-in headers, as <name.h>)")
+            raise RequestError(
+                f"{where}: #include {show(m.group(1).strip())} is not allowed in a request's source "
+                "(only NVRTC's built-in headers, as <name.h>)"
+            )
 
 
 def decode_binary(value, where: str) -> bytes:

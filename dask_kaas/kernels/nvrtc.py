@@ -10,6 +10,7 @@ The library is searched for, loaded once, lazily (first call that needs it):
 
 If none loads, every entry point except :func:`available` raises :class:`KernelError`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -144,8 +145,7 @@ def _load() -> ctypes.CDLL:
             _load_error = (
                 "NVRTC (libnvrtc) is missing, so CUDA kernel sources cannot be compiled; "
                 "install the dask-kaas `cuda13` or `cuda12` extra (or the `nvidia-cuda-nvrtc` "
-                "wheel), or set CUDA_HOME to a CUDA toolkit"
-                + (f" (tried: {'; '.join(errors)})" if errors else "")
+                "wheel), or set CUDA_HOME to a CUDA toolkit" + (f" (tried: {'; '.join(errors)})" if errors else "")
             )
         raise KernelError(_load_error)
 
@@ -210,13 +210,13 @@ def compile(source: str, *, name: str, arch: str, options: Sequence[str] = ()) -
     elif arch.startswith("compute_"):
         want_cubin = False
     else:
-        raise KernelError(f"library {name}: unknown GPU architecture {arch!r} "
-                          "(expected 'sm_XX' for a CUBIN or 'compute_XX' for PTX)")
+        raise KernelError(
+            f"library {name}: unknown GPU architecture {arch!r} (expected 'sm_XX' for a CUBIN or 'compute_XX' for PTX)"
+        )
     lib = _load()
     prog = ctypes.c_void_p()
     _check(
-        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(),
-                               0, None, None),
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None),
         "nvrtcCreateProgram",
     )
     try:
@@ -226,9 +226,7 @@ def compile(source: str, *, name: str, arch: str, options: Sequence[str] = ()) -
             log = _log(lib, prog)
             err = lib.nvrtcGetErrorString(result)
             err = err.decode(errors="replace") if err else f"error {result}"
-            raise KernelError(
-                f"compiling kernel library {name!r} for {arch} failed ({err}):\n{log}"
-            )
+            raise KernelError(f"compiling kernel library {name!r} for {arch} failed ({err}):\n{log}")
         size = ctypes.c_size_t()
         if want_cubin:
             _check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")
@@ -258,11 +256,29 @@ def _log(lib: ctypes.CDLL, prog: ctypes.c_void_p) -> str:
 #: The PTX ISA version that each CUDA release reads and writes (its newest), per the PTX ISA
 #: release notes. A driver JIT-compiles PTX of its own ISA version or older only.
 PTX_ISA: dict[tuple[int, int], tuple[int, int]] = {
-    (11, 0): (7, 0), (11, 1): (7, 1), (11, 2): (7, 2), (11, 3): (7, 3), (11, 4): (7, 4),
-    (11, 5): (7, 5), (11, 6): (7, 6), (11, 7): (7, 7), (11, 8): (7, 8),
-    (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4),
-    (12, 5): (8, 5), (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8),
-    (13, 0): (9, 0), (13, 1): (9, 1), (13, 2): (9, 2), (13, 3): (9, 3), (13, 4): (9, 4),
+    (11, 0): (7, 0),
+    (11, 1): (7, 1),
+    (11, 2): (7, 2),
+    (11, 3): (7, 3),
+    (11, 4): (7, 4),
+    (11, 5): (7, 5),
+    (11, 6): (7, 6),
+    (11, 7): (7, 7),
+    (11, 8): (7, 8),
+    (12, 0): (8, 0),
+    (12, 1): (8, 1),
+    (12, 2): (8, 2),
+    (12, 3): (8, 3),
+    (12, 4): (8, 4),
+    (12, 5): (8, 5),
+    (12, 6): (8, 5),
+    (12, 8): (8, 7),
+    (12, 9): (8, 8),
+    (13, 0): (9, 0),
+    (13, 1): (9, 1),
+    (13, 2): (9, 2),
+    (13, 3): (9, 3),
+    (13, 4): (9, 4),
     (13, 5): (9, 5),
 }
 
@@ -312,7 +328,9 @@ def choose_target(compute_capability: int, supported: Sequence[int]) -> str:
         return f"sm_{compute_capability}"
     older = [a for a in supported if a <= compute_capability]
     if not older:
-        raise KernelError(f"GPU architecture sm_{compute_capability} is older than every architecture "
-                          f"this NVRTC {'.'.join(map(str, version()))} supports ({sorted(supported)}); "
-                          "install an older NVRTC (the cuda12 extra)")
+        raise KernelError(
+            f"GPU architecture sm_{compute_capability} is older than every architecture "
+            f"this NVRTC {'.'.join(map(str, version()))} supports ({sorted(supported)}); "
+            "install an older NVRTC (the cuda12 extra)"
+        )
     return f"compute_{max(older)}"

@@ -3,6 +3,7 @@
 Kernel parameters are passed *literals (scalars) first, then buffers (pointers)*; a
 :class:`KernelSignature` exposes both groups and whether the declared order already matches.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,18 +14,42 @@ import numpy as np
 from ..errors import KernelError
 
 _DTYPES = {
-    "float": "float32", "double": "float64",
-    "int": "int32", "signed": "int32", "signed int": "int32", "int32_t": "int32",
-    "unsigned": "uint32", "unsigned int": "uint32", "uint32_t": "uint32",
-    "long": "int64", "long int": "int64", "long long": "int64", "long long int": "int64",
-    "signed long long": "int64", "int64_t": "int64", "ptrdiff_t": "int64",
-    "unsigned long": "uint64", "unsigned long int": "uint64", "unsigned long long": "uint64",
-    "unsigned long long int": "uint64", "uint64_t": "uint64", "size_t": "uint64",
-    "char": "int8", "signed char": "int8", "int8_t": "int8",
-    "unsigned char": "uint8", "uint8_t": "uint8", "void": "uint8",
-    "short": "int16", "short int": "int16", "int16_t": "int16",
-    "unsigned short": "uint16", "unsigned short int": "uint16", "uint16_t": "uint16",
-    "half": "float16", "__half": "float16",
+    "float": "float32",
+    "double": "float64",
+    "int": "int32",
+    "signed": "int32",
+    "signed int": "int32",
+    "int32_t": "int32",
+    "unsigned": "uint32",
+    "unsigned int": "uint32",
+    "uint32_t": "uint32",
+    "long": "int64",
+    "long int": "int64",
+    "long long": "int64",
+    "long long int": "int64",
+    "signed long long": "int64",
+    "int64_t": "int64",
+    "ptrdiff_t": "int64",
+    "unsigned long": "uint64",
+    "unsigned long int": "uint64",
+    "unsigned long long": "uint64",
+    "unsigned long long int": "uint64",
+    "uint64_t": "uint64",
+    "size_t": "uint64",
+    "char": "int8",
+    "signed char": "int8",
+    "int8_t": "int8",
+    "unsigned char": "uint8",
+    "uint8_t": "uint8",
+    "void": "uint8",
+    "short": "int16",
+    "short int": "int16",
+    "int16_t": "int16",
+    "unsigned short": "uint16",
+    "unsigned short int": "uint16",
+    "uint16_t": "uint16",
+    "half": "float16",
+    "__half": "float16",
     "bool": "bool",
 }
 _CODES = {"int32": "i", "uint32": "I", "int64": "q", "uint64": "Q", "float32": "f", "float64": "d"}
@@ -90,8 +115,7 @@ class KernelSignature:
 
 def _strip_comments(source: str) -> str:
     """Blank out comments, string literals other than "C", and preprocessor lines."""
-    pattern = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'',
-                         re.S)
+    pattern = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
 
     def repl(m: re.Match) -> str:
         text = m.group(0)
@@ -101,8 +125,7 @@ def _strip_comments(source: str) -> str:
 
     out = pattern.sub(repl, source)
     # Preprocessor directives, including backslash-continued lines.
-    return re.sub(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", lambda m: re.sub(r"[^\n]", " ", m.group(0)),
-                  out, flags=re.M)
+    return re.sub(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", lambda m: re.sub(r"[^\n]", " ", m.group(0)), out, flags=re.M)
 
 
 def _parse_param(text: str, index: int) -> Param | None:
@@ -183,7 +206,7 @@ def parse_signatures(source: str) -> dict[str, KernelSignature]:
     blocks = _extern_c_blocks(text)
     found: dict[str, KernelSignature] = {}
     for m in re.finditer(r"\b__global__\b", text):
-        before = text[:m.start()]
+        before = text[: m.start()]
         stmt_start = max(before.rfind(";"), before.rfind("}"), before.rfind("{")) + 1
         prefix = before[stmt_start:]
         in_block = any(s < m.start() < e for s, e in blocks)
@@ -205,5 +228,5 @@ def parse_signatures(source: str) -> dict[str, KernelSignature]:
             continue
         end = _skip_parens(text, paren.end() - 1)
         name = words[-1]
-        found[name] = KernelSignature(name, parse_params(text[paren.end():end - 1]))
+        found[name] = KernelSignature(name, parse_params(text[paren.end() : end - 1]))
     return found

@@ -5,6 +5,7 @@ memory; it writes its outputs in place and, like the kernels, ignores the launch
 Arithmetic is float32 (reduce_sum accumulates in float64, then rounds). A buffer too small for
 the sizes given raises :class:`RequestError` where the kernel would read out of bounds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ from ..errors import RequestError
 
 def _need(kernel: str, buf: np.ndarray, count: int, what: str) -> None:
     if buf.size < count:
-        raise RequestError(f"builtin kernel {kernel!r}: buffer {what!r} holds {buf.size} "
-                           f"elements, the sizes given need {count}")
+        raise RequestError(
+            f"builtin kernel {kernel!r}: buffer {what!r} holds {buf.size} elements, the sizes given need {count}"
+        )
 
 
 def fill(launch, n, v, y):
@@ -43,14 +45,14 @@ def sgemm(launch, M, N, K, A, B, C):
     _need("sgemm", A, M * K, "A")
     _need("sgemm", B, K * N, "B")
     _need("sgemm", C, M * N, "C")
-    np.matmul(A[:M * K].reshape(M, K), B[:K * N].reshape(K, N), out=C[:M * N].reshape(M, N))
+    np.matmul(A[: M * K].reshape(M, K), B[: K * N].reshape(K, N), out=C[: M * N].reshape(M, N))
 
 
 def bias_relu(launch, rows, cols, bias, x):
     rows, cols = max(rows, 0), max(cols, 0)
     _need("bias_relu", bias, cols if rows else 0, "bias")
     _need("bias_relu", x, rows * cols, "x")
-    x2 = x[:rows * cols].reshape(rows, cols)
+    x2 = x[: rows * cols].reshape(rows, cols)
     np.maximum(x2 + bias[:cols], np.float32(0), out=x2)
 
 
@@ -60,9 +62,9 @@ def softmax_rows(launch, rows, cols, x, y):
     _need("softmax_rows", y, rows * cols, "y")
     if rows * cols == 0:
         return
-    x2 = x[:rows * cols].reshape(rows, cols)
+    x2 = x[: rows * cols].reshape(rows, cols)
     e = np.exp(x2 - x2.max(axis=1, keepdims=True))
-    np.divide(e, e.sum(axis=1, keepdims=True), out=y[:rows * cols].reshape(rows, cols))
+    np.divide(e, e.sum(axis=1, keepdims=True), out=y[: rows * cols].reshape(rows, cols))
 
 
 def jacobi_step(launch, n, A, b, x, x_next):
@@ -70,7 +72,7 @@ def jacobi_step(launch, n, A, b, x, x_next):
     _need("jacobi_step", A, n * n, "A")
     for buf, what in ((b, "b"), (x, "x"), (x_next, "x_next")):
         _need("jacobi_step", buf, n, what)
-    A2 = A[:n * n].reshape(n, n)
+    A2 = A[: n * n].reshape(n, n)
     d = np.diagonal(A2)
     off = A2 @ x[:n] - d * x[:n]
     with np.errstate(divide="ignore", invalid="ignore"):  # the device gives inf/nan too

@@ -13,6 +13,7 @@ With ``kaas.scheduler.tenant-clients: requests-only`` a tenant's connection may 
 of KaaS requests needs (:data:`TENANT_RPC`, :data:`TENANT_STREAM`): submit graphs of requests, gather,
 release and cancel its own keys. Workers and nannies take connections from workers and operators only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .identity import common_name, matches_any
 
-__all__ = ["QUIET_STREAM", "AccessRules", "Role", "TENANT_CLIENT_MODES", "TENANT_RPC", "TENANT_STREAM", "foreign_keys"]
+__all__ = ["QUIET_STREAM", "TENANT_CLIENT_MODES", "TENANT_RPC", "TENANT_STREAM", "AccessRules", "Role", "foreign_keys"]
 
 TENANT_CLIENT_MODES = (None, "requests-only")
 
@@ -29,8 +30,9 @@ TENANT_RPC = frozenset({"identity", "register-client", "gather", "kaas_batch_inf
 # answered by their own checks (register-worker: kaas.scheduler.worker-names, which requests-only requires)
 CHECKED_ELSEWHERE = frozenset({"register-worker"})
 # messages on a tenant client's stream to the scheduler
-TENANT_STREAM = frozenset({"update-graph", "client-desires-keys", "client-releases-keys", "cancel-keys",
-                           "heartbeat-client", "close-client"})
+TENANT_STREAM = frozenset(
+    {"update-graph", "client-desires-keys", "client-releases-keys", "cancel-keys", "heartbeat-client", "close-client"}
+)
 # what a client sends on its own at start (Dask's print and warning topics): dropped without a warning
 QUIET_STREAM = frozenset({"subscribe-topic", "unsubscribe-topic"})
 # of those, the ones naming keys, which must be the tenant's own
@@ -62,11 +64,14 @@ class AccessRules:
 
     def __post_init__(self) -> None:
         if self.tenant_clients not in TENANT_CLIENT_MODES:
-            raise ConfigError(f"kaas.scheduler.tenant-clients must be null or 'requests-only', "
-                              f"got {self.tenant_clients!r}")
+            raise ConfigError(
+                f"kaas.scheduler.tenant-clients must be null or 'requests-only', got {self.tenant_clients!r}"
+            )
         if self.locked and not self.worker_names:
-            raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.worker-names "
-                              "(the certificates that may join as workers; every other one is a tenant's)")
+            raise ConfigError(
+                "kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.worker-names "
+                "(the certificates that may join as workers; every other one is a tenant's)"
+            )
 
     @property
     def locked(self) -> bool:
@@ -102,14 +107,22 @@ class AccessRules:
         return f"{_who(role)} may not connect to a worker ({_MODE}: tenants reach workers through the scheduler)"
 
     def to_dict(self) -> dict:
-        return {"tenant_clients": self.tenant_clients, "worker_names": list(self.worker_names or ()) or None,
-                "operator_names": list(self.operator_names), "tenant_map": dict(self.tenant_map)}
+        return {
+            "tenant_clients": self.tenant_clients,
+            "worker_names": list(self.worker_names or ()) or None,
+            "operator_names": list(self.operator_names),
+            "tenant_map": dict(self.tenant_map),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> AccessRules:
         names = d.get("worker_names")
-        return cls(d.get("tenant_clients"), tuple(names) if names else None, tuple(d.get("operator_names") or ()),
-                   dict(d.get("tenant_map") or {}))
+        return cls(
+            d.get("tenant_clients"),
+            tuple(names) if names else None,
+            tuple(d.get("operator_names") or ()),
+            dict(d.get("tenant_map") or {}),
+        )
 
 
 _MODE = "kaas.scheduler.tenant-clients: requests-only"

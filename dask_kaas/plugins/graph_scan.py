@@ -6,6 +6,7 @@ bound method (``request.__call__``), ``functools.partial(request)``, an argument
 low-level graph, an element of a list argument. Every one of them runs the request through KaaS's
 own call path, so the scheduler looks through a task's whole run spec, not only its function.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,7 @@ from ..request import Request
 from ..request.batch import RequestBatch
 from ..request.model import InvalidRequest
 
-__all__ = ["SCAN_LIMIT", "PLUMBING", "foreign_call", "requests_within"]
+__all__ = ["PLUMBING", "SCAN_LIMIT", "foreign_call", "requests_within"]
 
 SCAN_LIMIT = 100_000  # objects looked at in one task, at most (a task holding more is refused where it matters)
 _LEAVES = (str, bytes, bytearray, memoryview, int, float, complex, bool, type(None), np.ndarray, np.generic)

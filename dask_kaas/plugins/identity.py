@@ -1,4 +1,5 @@
 """Who a TLS peer is: the common name of its certificate, and which names may join as workers (pure)."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -27,6 +28,8 @@ def worker_refusal(cert: dict | None, patterns) -> str | None:
     if name is None:
         return "a worker must present a TLS certificate with a common name (kaas.scheduler.worker-names is set)"
     if not matches_any(name, patterns):
-        return (f"the certificate {name!r} may not join as a worker: its common name matches none of "
-                f"kaas.scheduler.worker-names")
+        return (
+            f"the certificate {name!r} may not join as a worker: its common name matches none of "
+            f"kaas.scheduler.worker-names"
+        )
     return None

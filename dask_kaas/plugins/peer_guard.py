@@ -7,6 +7,7 @@ through the scheduler, so a connection whose certificate is no worker's or opera
 Dask's handshake. The rules come from the scheduler (its ``kaas_access`` handler), so a worker started
 without the operator's settings still follows them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ async def cluster_access(scheduler_rpc) -> dict | None:
     without the KaaS scheduler plugin."""
     try:
         info = await scheduler_rpc.kaas_access()
-    except Exception:  # noqa: BLE001 - no KaaS plugin there (an unknown handler), or no scheduler yet
+    except Exception:
         logger.debug("dask-kaas: the scheduler did not say its access rules", exc_info=True)
         return None
     return info if isinstance(info, dict) else None

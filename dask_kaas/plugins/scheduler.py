@@ -16,6 +16,7 @@ A task is a KaaS task when its function is a :class:`~dask_kaas.Request`, as wit
 - **transitions**: where a task runs, when it leaves its worker, its worker's report (which rides
   in the task's ``task-finished`` metadata; failed requests' reports come as ``kaas-report``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,11 +29,9 @@ from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, KaasError, RequestError, TenantError
 from ..names import namespace_problem, show, split_key
 from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
-
-RESERVED_ANNOTATIONS = frozenset({REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION})
 from ..request import Request
-from ..request.model import InvalidRequest
 from ..request.batch import RequestBatch
+from ..request.model import InvalidRequest
 from ..scheduling import POLICIES, SchedulingCore, Task
 from ..scheduling.history import History
 from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
@@ -41,6 +40,8 @@ from .identity import worker_refusal
 from .tenant_pickle import MAX_DEPTH, restricted_loads, tenant_loads
 
 logger = logging.getLogger(__name__)
+
+RESERVED_ANNOTATIONS = frozenset({REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION})
 
 RESOURCE = "GPU"
 HELD = "kaas://held-for-fair-dispatch"  # a worker that never exists: held tasks wait in no-worker
@@ -65,12 +66,16 @@ def _hidden_request(ts) -> TenantError | None:
     top = func if isinstance(func, (Request, RequestBatch, InvalidRequest)) else None
     hidden = [r for r in found if r is not top]
     if hidden:
-        return TenantError(f"{hidden[0]!r} is inside task {show(str(ts.key), 80)} other than as its function: this "
-                           f"scheduler binds tenants to TLS certificates and checks a Request only as a task's "
-                           f"function (client.submit(request, ...), dask.delayed(request)(...))")
+        return TenantError(
+            f"{hidden[0]!r} is inside task {show(str(ts.key), 80)} other than as its function: this "
+            f"scheduler binds tenants to TLS certificates and checks a Request only as a task's "
+            f"function (client.submit(request, ...), dask.delayed(request)(...))"
+        )
     if not whole:
-        return TenantError(f"task {show(str(ts.key), 80)} holds more than {SCAN_LIMIT} objects: this scheduler "
-                           f"binds tenants to TLS certificates and looks through every task for Requests")
+        return TenantError(
+            f"task {show(str(ts.key), 80)} holds more than {SCAN_LIMIT} objects: this scheduler "
+            f"binds tenants to TLS certificates and looks through every task for Requests"
+        )
     return None
 
 
@@ -94,10 +99,15 @@ def _patterns(name: str, allow_null: bool = False) -> tuple[str, ...] | None:
     value = config.get(name)
     if value is None and allow_null:
         return None
-    if value is None or isinstance(value, str) or not isinstance(value, (list, tuple)) or \
-            not all(type(p) is str for p in value):
-        raise ConfigError(f"kaas.{name} must be {'null or ' if allow_null else ''}a list of name patterns, "
-                          f"got {value!r}")
+    if (
+        value is None
+        or isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not all(type(p) is str for p in value)
+    ):
+        raise ConfigError(
+            f"kaas.{name} must be {'null or ' if allow_null else ''}a list of name patterns, got {value!r}"
+        )
     return tuple(value)
 
 
@@ -172,21 +182,31 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.identity = config.get("scheduler.tenant-identity")
         if self.identity not in (None, "tls"):
             raise ConfigError(f"kaas.scheduler.tenant-identity must be null or 'tls', got {self.identity!r}")
-        self.access = AccessRules(config.get("scheduler.tenant-clients"),
-                                  _patterns("scheduler.worker-names", allow_null=True),
-                                  _patterns("scheduler.operator-names"), config.get_dict("scheduler.tenant-map"))
+        self.access = AccessRules(
+            config.get("scheduler.tenant-clients"),
+            _patterns("scheduler.worker-names", allow_null=True),
+            _patterns("scheduler.operator-names"),
+            config.get_dict("scheduler.tenant-map"),
+        )
         if self.access.locked and not compat.graphs_arrive_as_expressions():
-            raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs distributed 2025.4 or later "
-                              "(clients send graphs as expressions of task specs)")
+            raise ConfigError(
+                "kaas.scheduler.tenant-clients: requests-only needs distributed 2025.4 or later "
+                "(clients send graphs as expressions of task specs)"
+            )
         if self.access.locked and self.identity != "tls":
-            raise ConfigError("kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.tenant-identity: tls "
-                              "(a tenant is known by its client's certificate)")
+            raise ConfigError(
+                "kaas.scheduler.tenant-clients: requests-only needs kaas.scheduler.tenant-identity: tls "
+                "(a tenant is known by its client's certificate)"
+            )
         self.graph_objects = config.get("scheduler.tenant-graph-objects")
         if type(self.graph_objects) is not int or self.graph_objects < 1:
-            raise ConfigError(f"kaas.scheduler.tenant-graph-objects must be a positive integer, got {self.graph_objects!r}")
+            raise ConfigError(
+                f"kaas.scheduler.tenant-graph-objects must be a positive integer, got {self.graph_objects!r}"
+            )
         self._owners: dict = {}  # requests-only: key -> the tenant whose client made its task ("" an operator's)
-        self.history = History(float(config.get("dashboard.history-seconds")),
-                               float(config.get("dashboard.history-interval")))
+        self.history = History(
+            float(config.get("dashboard.history-seconds")), float(config.get("dashboard.history-interval"))
+        )
         self._history_callback = None
         settings = config.scheduler_settings()
         if weights is not None:
@@ -249,8 +269,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if self.access.locked:
             compat.guard_handlers(scheduler, self._handler_refusal)
             # a message's ToPickle parts are unpickled while it is read: a tenant's, with tenant_pickle's rules
-            compat.restrict_unpickling(scheduler, lambda cert: None if self.access.role(cert).trusted else
-                                       restricted_loads)
+            compat.restrict_unpickling(
+                scheduler, lambda cert: None if self.access.role(cert).trusted else restricted_loads
+            )
         scheduler.handlers["kaas_batch_info"] = self.batch_info
         scheduler.handlers["kaas_access"] = self.access_info
         if self.access.worker_names is not None:
@@ -324,17 +345,18 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         now = time.time()
         try:
             tenant_only = self._tenant_only(scheduler, client, tasks, keys) if self.access.locked else {}
-        except Exception as e:  # noqa: BLE001 - fail closed: Dask would run the tasks unchecked
+        except Exception as e:
             logger.exception("dask-kaas: could not check a graph update; its tasks are refused")
-            tenant_only = {key: KaasError(f"the KaaS scheduler plugin could not check this task ({e!r})")
-                           for key in tasks}
+            tenant_only = {
+                key: KaasError(f"the KaaS scheduler plugin could not check this task ({e!r})") for key in tasks
+            }
         for key in tasks:
             ts = scheduler.tasks.get(key)
             if ts is None or key in self.core.tasks:
                 continue
             try:
                 self._admit(scheduler, client, ts, tenant_only.get(key), now)
-            except Exception as e:  # noqa: BLE001 - fail closed, as above
+            except Exception as e:
                 logger.exception("dask-kaas: could not check task %s; it is refused", show(str(key), 80))
                 self._reject(scheduler, ts, KaasError(f"the KaaS scheduler plugin could not check this task ({e!r})"))
         self._schedule_dispatch()
@@ -363,16 +385,30 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             return
         compat.require_resource(ts, RESOURCE, 1)
         compat.annotate(ts, TENANT_ANNOTATION, request.tenant or "")  # the worker runs it as this tenant only
-        task = Task(ts.key, request.tenant or client, request.shape_token, _consts(request), submitted=now,
-                    deadline=request.deadline, ready=not ts.dependencies, count=calls)
+        task = Task(
+            ts.key,
+            request.tenant or client,
+            request.shape_token,
+            _consts(request),
+            submitted=now,
+            deadline=request.deadline,
+            ready=not ts.dependencies,
+            count=calls,
+        )
         decision = self.core.submit(task)
         if decision.action == "reject":
-            self._reject(scheduler, ts, AdmissionRejected(f"{request!r} {decision.message}", decision.predicted,
-                                                          request.deadline))
+            self._reject(
+                scheduler,
+                ts,
+                AdmissionRejected(f"{request!r} {decision.message}", decision.predicted, request.deadline),
+            )
             return
         if decision.admitted is not None:  # a batch admitted in part: its worker answers the rest
-            compat.annotate(ts, REJECTED_ANNOTATION, [decision.admitted, f"{request!r} {decision.message}",
-                                                      decision.predicted, request.deadline])
+            compat.annotate(
+                ts,
+                REJECTED_ANNOTATION,
+                [decision.admitted, f"{request!r} {decision.message}", decision.predicted, request.deadline],
+            )
         if decision.action == "run":
             compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
             self._hint(ts, decision.worker)
@@ -398,9 +434,11 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         for key in made:
             self._owners[key] = owner
         if foreign:
-            error = TenantError(f"task {show(str(foreign[0]), 80)} belongs to another tenant (or an operator): a "
-                                f"tenant's graph may use only its own tasks (kaas.scheduler.tenant-clients: "
-                                f"requests-only)")
+            error = TenantError(
+                f"task {show(str(foreign[0]), 80)} belongs to another tenant (or an operator): a "
+                f"tenant's graph may use only its own tasks (kaas.scheduler.tenant-clients: "
+                f"requests-only)"
+            )
             wanted = [k for k in foreign if k in set(keys)]
             scheduler.loop.add_callback(self._turn_away, client, wanted, error)
             return {key: error for key in made}
@@ -412,8 +450,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         func = foreign_call(compat.task_spec(ts))
         if func is not None:
             name = "a task too large to look through" if func is ... else _function_name(func)
-            return TenantError(f"a tenant's certificate may submit KaaS requests only, not {name} "
-                               f"(kaas.scheduler.tenant-clients: requests-only)")
+            return TenantError(
+                f"a tenant's certificate may submit KaaS requests only, not {name} "
+                f"(kaas.scheduler.tenant-clients: requests-only)"
+            )
         return None
 
     def _turn_away(self, client: str, keys: list, error: Exception) -> None:
@@ -433,8 +473,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 return "gather takes a list of keys"
             theirs = [k for k in keys if not _hashable(k) or self._owners.get(k) != role.tenant]
             if theirs:
-                return (f"the tenant certificate {role.name!r} may gather only its own tasks' results, not "
-                        f"{show(repr(theirs[0]), 80)}")
+                return (
+                    f"the tenant certificate {role.name!r} may gather only its own tasks' results, not "
+                    f"{show(repr(theirs[0]), 80)}"
+                )
         elif op == "register-client":
             client = msg.get("client")
             if not isinstance(client, str) or client in self.scheduler.clients:
@@ -450,8 +492,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         op, client = msg.get("op"), msg.get("client")
         problem = self.access.stream_refusal(role, op)
         if problem is not None:
-            logger.log(logging.DEBUG if op in QUIET_STREAM else logging.WARNING,
-                       "dask-kaas: dropped a message from %s: %s", comm.peer_address, problem)
+            logger.log(
+                logging.DEBUG if op in QUIET_STREAM else logging.WARNING,
+                "dask-kaas: dropped a message from %s: %s",
+                comm.peer_address,
+                problem,
+            )
             return None
         if op == "update-graph":
             header, frames, keys = compat.update_graph_parts(msg)
@@ -468,11 +514,16 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 return None
             own = [k for k in keys if _hashable(k) and self._owners.get(k) == role.tenant]
             if len(own) < len(keys):
-                logger.warning("dask-kaas: %s from %s named tasks not its tenant's; those were left out",
-                               op, comm.peer_address)
+                logger.warning(
+                    "dask-kaas: %s from %s named tasks not its tenant's; those were left out", op, comm.peer_address
+                )
                 if op == "client-desires-keys":
-                    compat.refuse_keys(self.scheduler, client, [k for k in keys if _hashable(k) and k not in own],
-                                       TenantError("a tenant may want only its own tasks' results"))
+                    compat.refuse_keys(
+                        self.scheduler,
+                        client,
+                        [k for k in keys if _hashable(k) and k not in own],
+                        TenantError("a tenant may want only its own tasks' results"),
+                    )
             return {**msg, "keys": own} if own else None
         return msg
 
@@ -503,8 +554,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             if bound is None or request.tenant != bound:
                 return TenantError(
                     f"{request!r}: this scheduler binds tenants to TLS client certificates, and "
-                    + (f"this client's certificate is tenant {bound!r}, not {request.tenant!r}" if bound
-                       else "this client presented no certificate with a common name"))
+                    + (
+                        f"this client's certificate is tenant {bound!r}, not {request.tenant!r}"
+                        if bound
+                        else "this client presented no certificate with a common name"
+                    )
+                )
         return None
 
     def _reject(self, scheduler, ts, error: Exception) -> None:
@@ -576,8 +631,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 report = compat.finished_metadata(kwargs)
                 if report is not None:
                     core.report(kwargs.get("worker"), report, key=key)
-                core.finished(key, True, duration=compat.compute_seconds(kwargs),
-                              failed=report.get("failed", 0) if isinstance(report, dict) else 0)
+                core.finished(
+                    key,
+                    True,
+                    duration=compat.compute_seconds(kwargs),
+                    failed=report.get("failed", 0) if isinstance(report, dict) else 0,
+                )
             elif finish == "erred":
                 core.finished(key, False)
             else:  # released (its worker is gone, say): Dask runs it again, through the fair queue

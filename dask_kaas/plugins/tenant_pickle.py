@@ -18,6 +18,7 @@ Each allowed callable is safe to call with any arguments built from allowed obje
 ``getattr``, ``eval``, ``apply``, ``methodcaller`` or ``attrgetter``, nothing that imports, opens
 files or unpickles again.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,31 +29,59 @@ from typing import Any
 
 from ..errors import TenantError
 
-__all__ = ["ALLOWED_GLOBALS", "MAX_DEPTH", "MAX_NODES", "PickleRefused", "check_shape", "restricted_loads",
-           "tenant_loads"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "PickleRefused",
+    "check_shape",
+    "restricted_loads",
+    "tenant_loads",
+]
 
 MAX_NODES = 5_000_000  # objects in a graph's tree, shared references counted each time
 MAX_DEPTH = 200  # nesting: dask and the checks after this recurse through arguments
 
-ALLOWED_GLOBALS = frozenset({
-    ("dask._expr", "Expr._reconstruct"), ("dask._expr", "LLGExpr"), ("dask._expr", "HLGExpr"),
-    ("dask._expr", "_HLGExprSequence"), ("dask._expr", "_HLGExprGroup"),
-    ("dask._task_spec", "Task"), ("dask._task_spec", "Alias"), ("dask._task_spec", "TaskRef"),
-    ("dask._task_spec", "DataNode"), ("dask._task_spec", "List"), ("dask._task_spec", "Tuple"),
-    ("dask._task_spec", "Dict"), ("dask._task_spec", "Set"),
-    ("dask.highlevelgraph", "HighLevelGraph"), ("dask.highlevelgraph", "MaterializedLayer"),
-    ("dask.delayed", "optimize"), ("dask.delayed", "single_key"),
-    ("_operator", "getitem"), ("operator", "getitem"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
-    ("numpy", "dtype"), ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-    ("dask_kaas.request.model", "_rebuild_request"),
-    ("dask_kaas.request.specs", "BufferSpec"), ("dask_kaas.request.specs", "KernelSpec"),
-    ("dask_kaas.request.specs", "Literal"),
-    ("dask_kaas.request.batch", "_rebuild_batch"), ("dask_kaas.request.batch", "BatchCalls"),
-    # what distributed's client wraps in its messages: the calling code shown on the dashboard, and
-    # (in older releases) the graph itself
-    ("distributed.client", "SourceCode"), ("distributed.protocol.serialize", "ToPickle"),
-})
+ALLOWED_GLOBALS = frozenset(
+    {
+        ("dask._expr", "Expr._reconstruct"),
+        ("dask._expr", "LLGExpr"),
+        ("dask._expr", "HLGExpr"),
+        ("dask._expr", "_HLGExprSequence"),
+        ("dask._expr", "_HLGExprGroup"),
+        ("dask._task_spec", "Task"),
+        ("dask._task_spec", "Alias"),
+        ("dask._task_spec", "TaskRef"),
+        ("dask._task_spec", "DataNode"),
+        ("dask._task_spec", "List"),
+        ("dask._task_spec", "Tuple"),
+        ("dask._task_spec", "Dict"),
+        ("dask._task_spec", "Set"),
+        ("dask.highlevelgraph", "HighLevelGraph"),
+        ("dask.highlevelgraph", "MaterializedLayer"),
+        ("dask.delayed", "optimize"),
+        ("dask.delayed", "single_key"),
+        ("_operator", "getitem"),
+        ("operator", "getitem"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("builtins", "complex"),
+        ("numpy", "dtype"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("dask_kaas.request.model", "_rebuild_request"),
+        ("dask_kaas.request.specs", "BufferSpec"),
+        ("dask_kaas.request.specs", "KernelSpec"),
+        ("dask_kaas.request.specs", "Literal"),
+        ("dask_kaas.request.batch", "_rebuild_batch"),
+        ("dask_kaas.request.batch", "BatchCalls"),
+        # what distributed's client wraps in its messages: the calling code shown on the dashboard, and
+        # (in older releases) the graph itself
+        ("distributed.client", "SourceCode"),
+        ("distributed.protocol.serialize", "ToPickle"),
+    }
+)
 
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"})
 _PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
@@ -105,7 +134,7 @@ def check_shape(data: bytes | memoryview, max_nodes: int = MAX_NODES, max_depth:
                     stack.extend(_Node(popped) for _ in opcode.stack_after)
     except PickleRefused:
         raise
-    except Exception as e:  # noqa: BLE001 - truncated, a memo it never set, an opcode's wrong operands
+    except Exception as e:
         raise PickleRefused(f"the graph is not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(root, _Node):
         raise PickleRefused("the graph is not a readable pickle (it builds nothing)")
@@ -146,8 +175,10 @@ def _tree_size(root: _Node, max_nodes: int, max_depth: int) -> int:
             size = 1 + sum(sizes[id(c)] for c in node.children)
             depth = 1 + max((depths[id(c)] for c in node.children), default=0)
             if size > max_nodes:
-                raise PickleRefused(f"the graph's objects, shared references counted where they are reached, "
-                                    f"exceed {max_nodes:,} (kaas.scheduler.tenant-graph-objects)")
+                raise PickleRefused(
+                    f"the graph's objects, shared references counted where they are reached, "
+                    f"exceed {max_nodes:,} (kaas.scheduler.tenant-graph-objects)"
+                )
             if depth > max_depth:
                 raise PickleRefused(f"the graph nests deeper than {max_depth} levels")
             sizes[key], depths[key] = size, depth
@@ -168,9 +199,18 @@ def _tree_size(root: _Node, max_nodes: int, max_depth: int) -> int:
 
 # exceptions may come from these modules (the scheduler's own errors, checked by unpickling them in the
 # tenant's connection): any exception class there, once the module is imported, and nothing else
-EXCEPTION_MODULES = frozenset({"builtins", "dask_kaas.errors", "distributed.core", "distributed.client",
-                               "distributed.comm.core", "distributed.scheduler", "asyncio.exceptions",
-                               "concurrent.futures._base"})
+EXCEPTION_MODULES = frozenset(
+    {
+        "builtins",
+        "dask_kaas.errors",
+        "distributed.core",
+        "distributed.client",
+        "distributed.comm.core",
+        "distributed.scheduler",
+        "asyncio.exceptions",
+        "concurrent.futures._base",
+    }
+)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -181,8 +221,10 @@ class _Unpickler(pickle.Unpickler):
             found = super().find_class(module, name)  # imported already: an attribute lookup
             if isinstance(found, type) and issubclass(found, BaseException):
                 return found
-        raise PickleRefused(f"a tenant's graph may hold KaaS requests and dask's graph nodes only, not "
-                            f"{module}.{name} (kaas.scheduler.tenant-clients: requests-only)")
+        raise PickleRefused(
+            f"a tenant's graph may hold KaaS requests and dask's graph nodes only, not "
+            f"{module}.{name} (kaas.scheduler.tenant-clients: requests-only)"
+        )
 
     def persistent_load(self, pid) -> Any:
         raise PickleRefused("a tenant's graph may not hold persistent references")
@@ -193,8 +235,10 @@ def tenant_loads(header: dict, frames: list, max_nodes: int = MAX_NODES, max_dep
     the shape checked first (:func:`check_shape`), then unpickled with :data:`ALLOWED_GLOBALS` only.
     Raises :class:`PickleRefused` (a :class:`~dask_kaas.errors.TenantError`) naming the reason."""
     if not isinstance(header, dict) or header.get("serializer") != "pickle":
-        raise PickleRefused(f"a tenant's graph must come pickled, not as "
-                            f"{header.get('serializer') if isinstance(header, dict) else type(header).__name__!r}")
+        raise PickleRefused(
+            f"a tenant's graph must come pickled, not as "
+            f"{header.get('serializer') if isinstance(header, dict) else type(header).__name__!r}"
+        )
     if not frames:
         raise PickleRefused("the graph is not a readable pickle (no frames)")
     data, buffers = frames[0], list(frames[1:])
@@ -216,5 +260,5 @@ def restricted_loads(data, buffers=(), max_nodes: int = MAX_NODES, max_depth: in
         return _Unpickler(io.BytesIO(data), buffers=buffers).load()
     except PickleRefused:
         raise
-    except Exception as e:  # noqa: BLE001 - an allowed constructor refusing its arguments, a short buffer
+    except Exception as e:
         raise PickleRefused(f"the graph could not be unpickled: {type(e).__name__}: {str(e)[:200]}") from None

@@ -1,4 +1,5 @@
 """The Dask WorkerPlugin that owns a worker's device, caches and runtime."""
+
 from __future__ import annotations
 
 import logging
@@ -8,14 +9,14 @@ from typing import TYPE_CHECKING
 from distributed import WorkerPlugin, get_worker
 
 from .. import compat, config
+from ..device import KINDS, make_device
 from ..errors import AdmissionRejected, ConfigError, KaasError, TenantError
 from ..logs import setup_logging
 from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
-from ..scheduling.eviction import check_eviction
-from ..text import format_bytes
-from ..device import KINDS, make_device
 from ..runtime import Runtime
+from ..scheduling.eviction import check_eviction
 from ..store import BufferStore, open_store
+from ..text import format_bytes
 from .peer_guard import cluster_access, guard_server
 
 if TYPE_CHECKING:  # annotations only
@@ -103,9 +104,15 @@ class KaasWorkerPlugin(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = False
 
-    def __init__(self, device: str | None = None, device_memory: int | str | None = None,
-                 store: BufferStore | str | None = None, device_index: int | None = None,
-                 policy: str | None = None, workers_per_device: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        device_memory: int | str | None = None,
+        store: BufferStore | str | None = None,
+        device_index: int | None = None,
+        policy: str | None = None,
+        workers_per_device: int | None = None,
+    ) -> None:
         if device is not None and device not in KINDS:
             raise ConfigError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
         if device_memory is not None:
@@ -124,8 +131,9 @@ class KaasWorkerPlugin(WorkerPlugin):
 
     async def setup(self, worker: Worker) -> None:
         """Build the worker's device and runtime (Dask calls this on the worker)."""
-        device = make_device(self.device, memory=self.device_memory, device_index=self.device_index or 0,
-                             share=self.workers_per_device)
+        device = make_device(
+            self.device, memory=self.device_memory, device_index=self.device_index or 0, share=self.workers_per_device
+        )
         self.runtime = Runtime(device, self.store)
         self.runtime.on_device_lost = lambda error: _restart_soon(worker, error)
         self.runtime.on_report = lambda report: _send_report(worker, report)
@@ -136,10 +144,17 @@ class KaasWorkerPlugin(WorkerPlugin):
         self.runtime.exclusive = (self.policy or config.get("scheduler.policy")) == "exclusive"
         await compat.ensure_worker_resource(worker, "GPU", 1)
         pool = getattr(device, "pool_bytes", None)
-        setup_logging().info("dask-kaas worker %s: %s device %r (CUDA_VISIBLE_DEVICES=%s), cache capacity %s%s, "
-                             "store %s, pid %d", worker.address, device.kind, device.name,
-                             os.environ.get("CUDA_VISIBLE_DEVICES", "-"), format_bytes(device.capacity),
-                             f", RMM pool {format_bytes(pool)}" if pool else "", self.store.url, os.getpid())
+        setup_logging().info(
+            "dask-kaas worker %s: %s device %r (CUDA_VISIBLE_DEVICES=%s), cache capacity %s%s, store %s, pid %d",
+            worker.address,
+            device.kind,
+            device.name,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
+            format_bytes(device.capacity),
+            f", RMM pool {format_bytes(pool)}" if pool else "",
+            self.store.url,
+            os.getpid(),
+        )
 
     def teardown(self, worker: Worker) -> None:
         """Close the runtime and its device (Dask calls this when the worker closes)."""
@@ -176,7 +191,7 @@ def _send_report(worker, report: dict) -> None:
         if report.get("ok") and compat.set_task_metadata(worker, report):
             return
         compat.send_to_scheduler(worker, {"op": "kaas-report", **report})
-    except Exception:  # noqa: BLE001 - a lost report costs the scheduler one update, never the worker
+    except Exception:
         logger.exception("dask-kaas: could not deliver a report")
 
 
@@ -193,8 +208,10 @@ def _restart_soon(worker, error) -> None:
     worker.loop.add_callback(lambda: worker.loop.call_later(RESTART_DELAY, close))
 
 
-HOW_TO_INSTALL = ("start the cluster with dask_kaas.LocalKaasCluster (or `dask kaas worker`), or make an existing one "
-                  "a KaaS cluster with dask_kaas.install(client)")
+HOW_TO_INSTALL = (
+    "start the cluster with dask_kaas.LocalKaasCluster (or `dask kaas worker`), or make an existing one "
+    "a KaaS cluster with dask_kaas.install(client)"
+)
 NO_PLUGIN = f"has no KaaS plugin, so it cannot run a Request: {HOW_TO_INSTALL}"
 
 
@@ -230,9 +247,14 @@ def check_approved_tenant(worker, request, bound: bool) -> None:
     if approved is None and not bound:
         return
     if type(approved) is not str or approved != tenant:
-        raise TenantError(f"{request!r} is running in a task the scheduler approved "
-                          + (f"for tenant {approved!r}, not {tenant!r}" if isinstance(approved, str)
-                             else "for no KaaS request (a Request runs only as a task's function)"))
+        raise TenantError(
+            f"{request!r} is running in a task the scheduler approved "
+            + (
+                f"for tenant {approved!r}, not {tenant!r}"
+                if isinstance(approved, str)
+                else "for no KaaS request (a Request runs only as a task's function)"
+            )
+        )
 
 
 def _rejection(annotation) -> tuple[int, AdmissionRejected] | None:
@@ -242,7 +264,6 @@ def _rejection(annotation) -> tuple[int, AdmissionRejected] | None:
         return int(first), AdmissionRejected(str(message), predicted, deadline)
     except (TypeError, ValueError):
         return None
-
 
 
 def stats_on_worker(dask_worker) -> dict | None:

@@ -7,11 +7,21 @@
 ``call``       which runtime a called request runs on
 =============  =======================================================================
 """
+
 from .model import BufferRole, Request
 from .specs import IO_CODES, LITERAL_TYPES, BufferSpec, KernelSpec, Literal
 
-__all__ = ["BufferRole", "BufferSpec", "IO_CODES", "KernelSpec", "LITERAL_TYPES", "Literal", "Request",
-           "request_from_dict", "request_from_json"]
+__all__ = [
+    "IO_CODES",
+    "LITERAL_TYPES",
+    "BufferRole",
+    "BufferSpec",
+    "KernelSpec",
+    "Literal",
+    "Request",
+    "request_from_dict",
+    "request_from_json",
+]
 
 
 def request_from_dict(d) -> Request:

@@ -10,9 +10,11 @@ returns one outcome per call: its outputs, or the error that call alone raised.
 
 :class:`dask_kaas.Batcher` builds these; nothing here knows Dask.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from dask.sizeof import sizeof
@@ -35,6 +37,9 @@ class BatchCalls:
     __slots__ = ("calls",)
 
     def __init__(self, calls: Sequence[Mapping[str, Any]]):
+        for i, call in enumerate(calls):
+            if not isinstance(call, Mapping):
+                raise RequestError(f"a batch's call #{i} must map buffer names to inputs, got {type(call).__name__}")
         self.calls = [dict(c) for c in calls]
 
     def __len__(self) -> int:
@@ -110,7 +115,7 @@ class RequestBatch:
     'RequestError'
     """
 
-    __slots__ = ("request", "count")
+    __slots__ = ("count", "request")
 
     def __init__(self, request: Request, count: int):
         if not isinstance(request, Request):
@@ -130,8 +135,10 @@ class RequestBatch:
 
     def __call__(self, calls: BatchCalls) -> list:
         if not isinstance(calls, BatchCalls) or len(calls) != self.count:
-            raise RequestError(f"{self!r} takes a BatchCalls of {self.count} calls, got "
-                               f"{len(calls) if isinstance(calls, BatchCalls) else type(calls).__name__}")
+            raise RequestError(
+                f"{self!r} takes a BatchCalls of {self.count} calls, got "
+                f"{len(calls) if isinstance(calls, BatchCalls) else type(calls).__name__}"
+            )
         return BatchResults(current_runtime().run_batch(self.request, calls.calls))
 
     def __reduce__(self):

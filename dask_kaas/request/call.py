@@ -7,10 +7,12 @@ and the first answer runs the request. By default the Dask worker's KaaS runtime
 (:func:`dask_kaas.plugins.worker.worker_runtime`, an error on a worker without the KaaS plugin)
 comes first, then one runtime per process (:func:`dask_kaas.runtime.local_runtime`).
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import config
 from ..errors import ConfigError, KaasError

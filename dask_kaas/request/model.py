@@ -6,16 +6,18 @@ so an invalid request never reaches a device; the inputs of a call are checked b
 (``request(**inputs)``) runs it on the runtime of the current context
 (:mod:`dask_kaas.request.call`), which is what makes ``client.submit(request, x=x)`` work.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from . import parse
 from .call import current_runtime
 from .specs import BufferSpec, KernelSpec, _check, _is_int
 
+
 @dataclass(frozen=True)
 class BufferRole:
     """How one request uses one buffer, derived from all its kernel arguments."""
@@ -33,8 +36,8 @@ class BufferRole:
     spec: BufferSpec
     first_io: str
     reads_first: bool  # its first use reads it: it needs data from the call, the cache or the store
-    written: bool      # some kernel writes it
-    temporary: bool    # some use is "t": device scratch, never loaded or returned
+    written: bool  # some kernel writes it
+    temporary: bool  # some use is "t": device scratch, never loaded or returned
 
 
 @dataclass(frozen=True, eq=True)
@@ -122,8 +125,14 @@ class Request:
     deadline: float | None = None
     _roles: dict = field(default=None, compare=False, hash=False, repr=False)
 
-    def __init__(self, kernels: KernelSpec | Sequence[KernelSpec], *, n_iter: int = 1, tenant: str | None = None,
-                 deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        kernels: KernelSpec | Sequence[KernelSpec],
+        *,
+        n_iter: int = 1,
+        tenant: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
         if isinstance(kernels, KernelSpec):
             kernels = (kernels,)
         if not isinstance(kernels, (tuple, list)):
@@ -136,19 +145,26 @@ class Request:
                 raise RequestError(f"kernels must be KernelSpec objects, got {show(k)}")
         limits = config.get("limits")
         if len(kernels) > limits["kernels"]:
-            raise RequestError(f"a request has {len(kernels)} kernels, more than kaas.limits.kernels "
-                               f"({limits['kernels']})")
+            raise RequestError(
+                f"a request has {len(kernels)} kernels, more than kaas.limits.kernels ({limits['kernels']})"
+            )
         if not _is_int(n_iter) or n_iter < 1:
             raise RequestError(f"n_iter must be an integer >= 1, got {show(n_iter)}")
         if n_iter > limits["n-iter"] or n_iter * len(kernels) > limits["launches"]:
-            raise RequestError(f"n_iter {n_iter} x {len(kernels)} kernels is beyond kaas.limits.n-iter "
-                               f"({limits['n-iter']}) or kaas.limits.launches ({limits['launches']})")
+            raise RequestError(
+                f"n_iter {n_iter} x {len(kernels)} kernels is beyond kaas.limits.n-iter "
+                f"({limits['n-iter']}) or kaas.limits.launches ({limits['launches']})"
+            )
         if isinstance(tenant, str):  # an exact str (numpy's str_ is a subclass): no subclass decides == for it
             tenant = str.__str__(tenant)
         if tenant is not None:
             _check(namespace_problem(tenant, "tenant"))
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
-                                     or not math.isfinite(deadline) or deadline <= 0):
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, numbers.Real)
+            or not math.isfinite(deadline)
+            or deadline <= 0
+        ):
             raise RequestError(f"deadline must be a positive number of seconds or None, got {show(deadline)}")
         _set_request_fields(self, kernels, int(n_iter), tenant, None if deadline is None else float(deadline))
 
@@ -253,7 +269,7 @@ class Request:
             if not role.reads_first or role.temporary:
                 what = "a temporary" if role.temporary else "written before it is read (an output)"
                 raise RequestError(f"input {name!r}: buffer {name!r} is {what}, so it takes no input data")
-            raw = _as_bytes(value, name, role.spec.dtype)
+            raw = _as_bytes(value, name, role.spec.dtype, role.spec.size)
             if raw.nbytes != role.spec.size:
                 raise RequestError(
                     f"input {name!r}: {raw.nbytes} bytes given, buffer {name!r} is declared with size {role.spec.size}"
@@ -327,8 +343,10 @@ class Request:
         dask_kaas.errors.RequestError: Request(vadd) takes its inputs by buffer name (a, b), ...
         """
         if args:
-            raise RequestError(f"{self!r} takes its inputs by buffer name ({', '.join(self.inputs) or 'none'}), "
-                               f"e.g. client.submit(request, x=...); got {len(args)} positional argument(s)")
+            raise RequestError(
+                f"{self!r} takes its inputs by buffer name ({', '.join(self.inputs) or 'none'}), "
+                f"e.g. client.submit(request, x=...); got {len(args)} positional argument(s)"
+            )
         return current_runtime().run(self, inputs)
 
     # -- serialisation --------------------------------------------------------
@@ -402,7 +420,7 @@ class Request:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str | bytes | bytearray | memoryview) -> "Request":
+    def from_json(cls, text: str | bytes | bytearray | memoryview) -> Request:
         """:meth:`from_dict` of a JSON text (either format), read as hostile input.
 
         Parameters
@@ -438,7 +456,7 @@ class Request:
         return parse.request_from_json(text, cls)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Request":
+    def from_dict(cls, d: Mapping[str, Any]) -> Request:
         """Build a request from :meth:`to_dict` output or from the original KaaS dict format.
 
         The dict is read as hostile input (:mod:`dask_kaas.request.parse`): anything malformed
@@ -508,13 +526,23 @@ class Request:
         parts = [self.n_iter]
         for k in self.kernels:
             lib = k.library if isinstance(k.library, str) else k.library.hash
-            parts.append([lib, k.kernel, k.grid, k.block, k.shared, [(lit.type, lit.value) for lit in k.literals],
-                          [(b.size, io) for b, io in k.arguments]])
+            parts.append(
+                [
+                    lib,
+                    k.kernel,
+                    k.grid,
+                    k.block,
+                    k.shared,
+                    [(lit.type, lit.value) for lit in k.literals],
+                    [(b.size, io) for b, io in k.arguments],
+                ]
+            )
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     @cached_property
     def token(self) -> str:
         """A stable content hash (libraries by their own hash)."""
+
         def lib_id(k):
             return k.library if isinstance(k.library, str) else k.library.hash
 
@@ -586,21 +614,54 @@ def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
     return req
 
 
-def _as_bytes(value, name: str, dtype: str | None = None) -> np.ndarray:
+def _elements_over(value, budget: int) -> bool:
+    """Whether ``value`` (nested sequences, ranges, arrays, scalars) holds more than ``budget`` elements,
+    counted without converting it: a ``range(10**12)`` is a few bytes until NumPy makes it an array."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            count += item.size
+        elif isinstance(item, range):
+            count += len(item)
+        elif isinstance(item, (list, tuple)):
+            if count + len(item) > budget:  # every element is at least one
+                return True
+            stack.extend(item)
+            continue
+        else:
+            count += 1
+        if count > budget:
+            return True
+    return False
+
+
+def _as_bytes(value, name: str, dtype: str | None = None, size: int | None = None) -> np.ndarray:
+    """``value`` as the bytes of a buffer of ``dtype``; ``size``: the buffer's bytes, which bounds the
+    elements converted (more could only be refused after NumPy allocated them all)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return np.frombuffer(value, dtype=np.uint8)
     want = np.dtype(dtype) if dtype is not None else None
     if not isinstance(value, np.ndarray):  # lists and scalars take the buffer's dtype (uint8 without one)
+        if size is not None and _elements_over(value, size // (want.itemsize if want is not None else 1)):
+            raise RequestError(
+                f"input {name!r}: more elements than buffer {name!r} holds ({size} bytes"
+                f"{f' of {want}' if want is not None else ''})"
+            )
         try:
             value = np.asarray(value, dtype=want or np.uint8)
         except (OverflowError, ValueError, TypeError) as e:
-            raise RequestError(f"input {name!r}: cannot be read as {want or 'uint8 (the buffer declares no dtype)'}"
-                               f" ({type(e).__name__}: {show(str(e), 100)})") from None
+            raise RequestError(
+                f"input {name!r}: cannot be read as {want or 'uint8 (the buffer declares no dtype)'}"
+                f" ({type(e).__name__}: {show(str(e), 100)})"
+            ) from None
     if value.dtype.hasobject:
         raise RequestError(f"input {name!r}: object arrays cannot be copied to a device")
     if want is not None and value.dtype != want and value.dtype != np.uint8:
-        raise RequestError(f"input {name!r}: {value.dtype} data for a {want} buffer; convert it "
-                           f"(x.astype({want.name!r})) or pass its raw bytes")
+        raise RequestError(
+            f"input {name!r}: {value.dtype} data for a {want} buffer; convert it "
+            f"(x.astype({want.name!r})) or pass its raw bytes"
+        )
     return np.ascontiguousarray(value).reshape(-1).view(np.uint8)
 
 

@@ -11,13 +11,13 @@ A request dict can come from any tenant, so nothing in it is trusted:
   strings are registered names;
 - sizes, counts and nesting are bounded, so no string or size in it can take a worker down.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
 from contextlib import contextmanager
-
 from typing import TYPE_CHECKING
 
 from .. import config
@@ -112,8 +112,9 @@ def _buffers(items: list) -> dict[str, BufferSpec]:
             spec = BufferSpec.from_dict(item)
         known = by_name.get(spec.name)
         if known is not None and known != spec:
-            raise RequestError(f"buffers[{i}]: buffer {spec.name!r} is declared twice with different specs "
-                               f"({known} and {spec})")
+            raise RequestError(
+                f"buffers[{i}]: buffer {spec.name!r} is declared twice with different specs ({known} and {spec})"
+            )
         by_name[spec.name] = spec
     return by_name
 
@@ -185,7 +186,9 @@ def _allowed_path(value: str, path: str) -> str:
         raise RequestError(f"{path}: cannot read {show(value)} as a path") from None
     roots = [os.path.realpath(os.path.expanduser(str(p))) for p in config.get_list("library-paths")]
     if not any(os.path.commonpath([real, root]) == root for root in roots):
-        raise RequestError(f"{path}: library file {show(value)} is not inside a directory of kaas.library-paths "
-                           f"({', '.join(roots) or 'none configured'}); request dicts name registered libraries, "
-                           "inline libraries, or files an operator allows")
+        raise RequestError(
+            f"{path}: library file {show(value)} is not inside a directory of kaas.library-paths "
+            f"({', '.join(roots) or 'none configured'}); request dicts name registered libraries, "
+            "inline libraries, or files an operator allows"
+        )
     return real

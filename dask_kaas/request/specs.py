@@ -5,12 +5,14 @@ A :class:`BufferSpec` declares a device buffer (size, store key, const or epheme
 kernel over literals and buffers. All three are immutable, and raise :class:`RequestError`
 naming the field when something is wrong.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,8 +36,8 @@ LITERAL_TYPES = {
     "f": np.float32,
     "d": np.float64,
 }
-MAX_BYTES = 2**48          # no buffer, offset or shared-memory size beyond 256 TiB
-MAX_DIMS = 32              # NumPy's own limit on a shape's dimensions
+MAX_BYTES = 2**48  # no buffer, offset or shared-memory size beyond 256 TiB
+MAX_DIMS = 32  # NumPy's own limit on a shape's dimensions
 MAX_LITERALS = 64
 MAX_ARGUMENTS = 256
 _DTYPE_KINDS = frozenset("biufc")  # bool, ints, floats, complex: what a kernel buffer can hold
@@ -152,14 +154,24 @@ class BufferSpec:
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
 
-    def __init__(self, name: str, size: int, *, key: str | None = None, offset: int = 0, ephemeral: bool = False,
-                 const: bool = False, dtype: DTypeLike | None = None,
-                 shape: int | Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        *,
+        key: str | None = None,
+        offset: int = 0,
+        ephemeral: bool = False,
+        const: bool = False,
+        dtype: DTypeLike | None = None,
+        shape: int | Sequence[int] | None = None,
+    ) -> None:
         _check(text_problem(name, "buffer name"))
         where = f"buffer {name!r}"
         if not _is_int(size) or not 0 < size <= MAX_BYTES:
-            raise RequestError(f"{where}: size must be a positive integer number of bytes (at most 2**48), "
-                               f"got {show(size)}")
+            raise RequestError(
+                f"{where}: size must be a positive integer number of bytes (at most 2**48), got {show(size)}"
+            )
         if key is not None:
             _check(buffer_key_problem(key), where)
         if not _is_int(offset) or not 0 <= offset <= MAX_BYTES:
@@ -187,7 +199,9 @@ class BufferSpec:
                     f"but size is {size}"
                 )
         elif np_dtype is not None and size % np_dtype.itemsize:
-            raise RequestError(f"{where}: size {size} is not a multiple of the {np_dtype} item size {np_dtype.itemsize}")
+            raise RequestError(
+                f"{where}: size {size} is not a multiple of the {np_dtype} item size {np_dtype.itemsize}"
+            )
         set_ = object.__setattr__
         set_(self, "name", name)
         set_(self, "size", int(size))
@@ -228,16 +242,23 @@ class BufferSpec:
     FIELDS = ("name", "size", "key", "offset", "ephemeral", "const", "dtype", "shape")
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "BufferSpec":
+    def from_dict(cls, d: Mapping) -> BufferSpec:
         """The buffer a :meth:`to_dict` mapping (or an original KaaS buffer dict) describes."""
         if not isinstance(d, Mapping) or "name" not in d or "size" not in d:
             raise RequestError(f"a buffer must be a mapping with 'name' and 'size', got {show(d)}")
         unknown = [k for k in d if k not in cls.FIELDS]
         if unknown:
             raise RequestError(f"buffer {show(d['name'])}: unknown fields {show(unknown)}")
-        return cls(d["name"], d["size"], key=d.get("key"), offset=d.get("offset", 0),
-                   ephemeral=d.get("ephemeral", False), const=d.get("const", False), dtype=d.get("dtype"),
-                   shape=d.get("shape"))
+        return cls(
+            d["name"],
+            d["size"],
+            key=d.get("key"),
+            offset=d.get("offset", 0),
+            ephemeral=d.get("ephemeral", False),
+            const=d.get("const", False),
+            dtype=d.get("dtype"),
+            shape=d.get("shape"),
+        )
 
 
 # -------------------------------------------------------------------- literals
@@ -313,7 +334,7 @@ class Literal:
         return {"type": self.type, "value": self.value}
 
     @classmethod
-    def from_dict(cls, d: Literal | Mapping[str, Any] | Sequence[Any]) -> "Literal":
+    def from_dict(cls, d: Literal | Mapping[str, Any] | Sequence[Any]) -> Literal:
         """A literal from a :class:`Literal` (as is), ``{"type", "value"}`` (or the original KaaS
         ``{"type", "val"}``), or a ``(type, value)`` pair; :class:`RequestError` otherwise."""
         if isinstance(d, Literal):
@@ -402,10 +423,17 @@ class KernelSpec:
     literals: tuple[Literal, ...] = ()
     arguments: tuple[tuple[BufferSpec, str], ...] = ()
 
-    def __init__(self, library: Library | str | os.PathLike, kernel: str, grid: int | Sequence[int],
-                 block: int | Sequence[int], *, shared: int = 0,
-                 literals: Sequence[Literal | Mapping[str, Any] | Sequence[Any]] = (),
-                 arguments: Sequence[tuple[BufferSpec, str]] = ()) -> None:
+    def __init__(
+        self,
+        library: Library | str | os.PathLike,
+        kernel: str,
+        grid: int | Sequence[int],
+        block: int | Sequence[int],
+        *,
+        shared: int = 0,
+        literals: Sequence[Literal | Mapping[str, Any] | Sequence[Any]] = (),
+        arguments: Sequence[tuple[BufferSpec, str]] = (),
+    ) -> None:
         _check(identifier_problem(kernel, "kernel name"))
         where = f"kernel {kernel!r}"
         if isinstance(library, str):
@@ -420,8 +448,10 @@ class KernelSpec:
         if not isinstance(literals, (tuple, list)) or len(literals) > MAX_LITERALS:
             raise RequestError(f"{where}: literals must be a list of at most {MAX_LITERALS}, got {show(literals)}")
         if not isinstance(arguments, (tuple, list)) or len(arguments) > MAX_ARGUMENTS:
-            raise RequestError(f"{where}: arguments must be a list of at most {MAX_ARGUMENTS} (BufferSpec, io) "
-                               f"pairs, got {show(arguments)}")
+            raise RequestError(
+                f"{where}: arguments must be a list of at most {MAX_ARGUMENTS} (BufferSpec, io) "
+                f"pairs, got {show(arguments)}"
+            )
         try:
             literals = tuple(Literal.from_dict(lit) for lit in literals)
         except RequestError as e:

@@ -7,8 +7,9 @@
 ``local``     the runtime of a process that is not a KaaS worker; ``run_request``
 ============  ====================================================================
 """
+
 from .counters import Counters
 from .local import local_runtime, run_request
-from .runtime import ConstId, ModuleKey, Runtime, RunBufferId, module_key
+from .runtime import ConstId, ModuleKey, RunBufferId, Runtime, module_key
 
 __all__ = ["ConstId", "Counters", "ModuleKey", "RunBufferId", "Runtime", "local_runtime", "module_key", "run_request"]

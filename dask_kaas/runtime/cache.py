@@ -8,6 +8,7 @@ Both caches are thread-safe: every public method holds one re-entrant lock, incl
 it calls the user's callables (so ``fill`` and ``load`` run under the lock; keep them free of
 calls back into another thread that needs this cache).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,8 +54,9 @@ class BufferCache(Generic[Handle]):
     Counters (when given): only ``const=True`` acquisitions count ``hits`` /
     ``compulsory_misses`` (key never resident in this cache before) / ``capacity_misses``
     (key resident before, since evicted, dropped or cleared); misses are counted once the
-    buffer is successfully inserted. Every entry evicted to make room (by ``acquire``) counts ``evictions`` and its size in ``bytes_evicted``; explicit frees
-    (``drop``, ``clear``, ``release(keep=False)``) are not evictions.
+    buffer is successfully inserted. Every entry evicted to make room (by ``acquire``) counts
+    ``evictions`` and its size in ``bytes_evicted``; explicit frees (``drop``, ``clear``,
+    ``release(keep=False)``) are not evictions.
     """
 
     def __init__(
@@ -122,8 +124,7 @@ class BufferCache(Generic[Handle]):
         """
         with self._lock:
             return [
-                {"key": e.key, "nbytes": e.nbytes, "const": e.const,
-                 "pinned": e.pins > 0, "pins": e.pins}
+                {"key": e.key, "nbytes": e.nbytes, "const": e.const, "pinned": e.pins > 0, "pins": e.pins}
                 for e in self._entries.values()
             ]
 
@@ -185,8 +186,7 @@ class BufferCache(Generic[Handle]):
             if entry is not None:
                 if entry.nbytes != nbytes:
                     raise ValueError(
-                        f"buffer {key!r} is cached with {entry.nbytes} bytes but was "
-                        f"acquired with {nbytes} bytes"
+                        f"buffer {key!r} is cached with {entry.nbytes} bytes but was acquired with {nbytes} bytes"
                     )
                 if not entry.pins:
                     self._pinned += entry.nbytes

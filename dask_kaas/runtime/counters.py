@@ -3,6 +3,7 @@
 Everything that measures (the caches, the runtime) writes here; everything that
 reports (``worker_stats``, the scheduler extension) reads ``snapshot()``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -62,7 +63,7 @@ class Counters:
                 self.seconds[name] += value
             self.counts["timed_requests"] += 1
 
-    def phase(self, name: str) -> "_Phase":
+    def phase(self, name: str) -> _Phase:
         """``with counters.phase("load"): ...`` adds the block's seconds to that phase."""
         return _Phase(self, name)
 

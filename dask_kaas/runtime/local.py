@@ -1,8 +1,10 @@
 """The runtime of a process that is not a KaaS worker: one per process, on the ``kaas.device`` device."""
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -8,13 +8,15 @@ The loop, for each request:
   copy outputs back, persist the non-ephemeral ones under their keys
   release pins (consts stay cached; everything else is freed)
 """
+
 from __future__ import annotations
 
 import itertools
 import threading
 import time
 import traceback
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,7 +29,6 @@ from ..request import Request
 from ..store import BufferStore, open_store, plan_store_access
 from .cache import BufferCache, KernelCache
 from .counters import Counters
-
 
 REPORTED_PHASES = ("load", "h2d", "kernels", "d2h")  # what a report says a request spent its time on
 _ACCOUNTED = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store")
@@ -60,7 +61,7 @@ class ConstId(NamedTuple):
     version: int
 
     @classmethod
-    def of(cls, spec, version) -> "ConstId":
+    def of(cls, spec, version) -> ConstId:
         return cls(version.namespace, version.key, version.uid, spec.offset, spec.size, version.version)
 
 
@@ -144,13 +145,25 @@ class Runtime:
     >>> rt.close()
     """
 
-    def __init__(self, device: Device, store: BufferStore | str | None = None, *, counters: Counters | None = None,
-                 kernel_cache_entries: int | None = None) -> None:
+    def __init__(
+        self,
+        device: Device,
+        store: BufferStore | str | None = None,
+        *,
+        counters: Counters | None = None,
+        kernel_cache_entries: int | None = None,
+    ) -> None:
         self.device = device
         self.store = open_store(store)
         self.counters = counters or Counters()
-        self.cache = BufferCache(device.capacity, device.allocate, device.free, counters=self.counters,
-                                 eviction=config.eviction(), hint_key=_const_ref)
+        self.cache = BufferCache(
+            device.capacity,
+            device.allocate,
+            device.free,
+            counters=self.counters,
+            eviction=config.eviction(),
+            hint_key=_const_ref,
+        )
         if kernel_cache_entries is None:
             kernel_cache_entries = int(config.get("kernel-cache.modules"))
         self.kernels = KernelCache(self._load_module, max_entries=kernel_cache_entries, counters=self.counters)
@@ -252,8 +265,9 @@ class Runtime:
                 if self.on_report is not None:
                     self.on_report(self.report(request, time.perf_counter() - start, ok))
 
-    def run_batch(self, request: Request, calls: Sequence[Mapping[str, Any]],
-                  rejected: tuple[int, KaasError] | None = None) -> list:
+    def run_batch(
+        self, request: Request, calls: Sequence[Mapping[str, Any]], rejected: tuple[int, KaasError] | None = None
+    ) -> list:
         """Run ``request`` once for each call's inputs, in order, in one turn of the device; one outcome
         per call: its outputs, or the :class:`~dask_kaas.KaasError` it alone raised.
 
@@ -319,8 +333,11 @@ class Runtime:
                         failed += 1
                         continue
                     if not getattr(self.device, "healthy", True):
-                        outcomes.append(KernelError(f"{request!r}: not run, the device was lost earlier in this "
-                                                    "batch (the worker restarts)"))
+                        outcomes.append(
+                            KernelError(
+                                f"{request!r}: not run, the device was lost earlier in this batch (the worker restarts)"
+                            )
+                        )
                         failed += 1
                         continue
                     ran += 1
@@ -332,12 +349,15 @@ class Runtime:
             finally:
                 seconds = time.perf_counter() - start
                 counts = self.counters.counts
-                self.last_request = {"tenant": request.tenant, "kernels": request.kernel_names, "seconds": seconds,
-                                     **{k: counts[k] - before.get(k, 0) for k in _ACCOUNTED},
-                                     "phases": self._phases_since(phases_before)}
+                self.last_request = {
+                    "tenant": request.tenant,
+                    "kernels": request.kernel_names,
+                    "seconds": seconds,
+                    **{k: counts[k] - before.get(k, 0) for k in _ACCOUNTED},
+                    "phases": self._phases_since(phases_before),
+                }
                 if self.on_report is not None:
-                    self.on_report(self.report(request, seconds / max(ran, 1), True, count=len(calls),
-                                               failed=failed))
+                    self.on_report(self.report(request, seconds / max(ran, 1), True, count=len(calls), failed=failed))
         return outcomes
 
     def _run_one(self, request: Request, inputs: Mapping[str, Any], memo: dict | None = None) -> dict[str, np.ndarray]:
@@ -378,8 +398,10 @@ class Runtime:
             data = request.check_inputs(inputs)
             shared = memo.get(frozenset(data)) if memo is not None else None
             if shared is None:
-                cache.check_fits(request.footprint, lambda: f"{request!r} pins {request.footprint} bytes in "
-                                                            f"{len(request.roles)} buffers")
+                cache.check_fits(
+                    request.footprint,
+                    lambda: f"{request!r} pins {request.footprint} bytes in {len(request.roles)} buffers",
+                )
                 shared = (plan_store_access(self.store, request, data), self._launches(request))
                 if memo is not None:
                     memo[frozenset(data)] = shared
@@ -396,16 +418,21 @@ class Runtime:
                         version = plan.reads[name]
                         cid = ConstId.of(spec, version)
                         with counters.phase("load"):
-                            handle, hit = cache.acquire(cid, spec.size, const=True,
-                                                        fill=self._filler_from_store(spec, version))
+                            handle, hit = cache.acquire(
+                                cid, spec.size, const=True, fill=self._filler_from_store(spec, version)
+                            )
                         if not hit:
                             self._drop_stale(cid)
                         held.append((cid, True))
                     else:
                         cid = RunBufferId(run_id, name)
                         with counters.phase("h2d" if name in data else "allocate"):
-                            handle, _ = cache.acquire(cid, spec.size, const=False,
-                                                      fill=self._filler(role, data.get(name), plan.reads.get(name)))
+                            handle, _ = cache.acquire(
+                                cid,
+                                spec.size,
+                                const=False,
+                                fill=self._filler(role, data.get(name), plan.reads.get(name)),
+                            )
                         held.append((cid, False))
                     handles[name] = handle
                 del handle
@@ -443,13 +470,22 @@ class Runtime:
         out = []
         for kernel in request.kernels:
             module = self.kernels.get(module_key(resolve_library(kernel.library), request.tenant))
-            key = (id(module), kernel.kernel, kernel.grid, kernel.block, kernel.shared,
-                   tuple((lit.type, lit.value) for lit in kernel.literals))
+            key = (
+                id(module),
+                kernel.kernel,
+                kernel.grid,
+                kernel.block,
+                kernel.shared,
+                tuple((lit.type, lit.value) for lit in kernel.literals),
+            )
             known = self._prepared.get(key)
             if known is None or known[0] is not module:  # (an id can come back for another module)
-                known = (module, self.device.prepare(module, kernel.kernel,
-                                                     LaunchConfig(kernel.grid, kernel.block, kernel.shared),
-                                                     kernel.literals))
+                known = (
+                    module,
+                    self.device.prepare(
+                        module, kernel.kernel, LaunchConfig(kernel.grid, kernel.block, kernel.shared), kernel.literals
+                    ),
+                )
                 self._prepared[key] = known
                 if len(self._prepared) > PREPARED_LAUNCHES:
                     self._prepared.pop(next(iter(self._prepared)))
@@ -460,8 +496,12 @@ class Runtime:
         """Free cached copies of other versions of the key just loaded: no later request can use them."""
         for entry in self.cache.contents():
             other = entry["key"]
-            if (isinstance(other, ConstId) and (other.namespace, other.key) == (cid.namespace, cid.key)
-                    and other.uid != cid.uid and not entry["pinned"]):
+            if (
+                isinstance(other, ConstId)
+                and (other.namespace, other.key) == (cid.namespace, cid.key)
+                and other.uid != cid.uid
+                and not entry["pinned"]
+            ):
                 self.cache.drop(other)
 
     def _filler_from_store(self, spec, version) -> Callable:
@@ -488,9 +528,11 @@ class Runtime:
 
     def _filler(self, role, raw: np.ndarray | None, version=None) -> Callable:
         if raw is not None:
+
             def fill(handle):
                 self.device.copy_in(handle, raw)
                 self.counters.add("bytes_h2d", raw.nbytes)
+
             return fill
         if version is not None:
             return self._filler_from_store(role.spec, version)
@@ -531,8 +573,11 @@ class Runtime:
 
     def resident_consts(self) -> list[tuple]:
         """``(namespace, key, uid, version, nbytes)`` of every const buffer the cache holds."""
-        return [(cid.namespace, cid.key, cid.uid, cid.version, e["nbytes"])
-                for e in self.cache.contents() if isinstance(cid := e["key"], ConstId)]
+        return [
+            (cid.namespace, cid.key, cid.uid, cid.version, e["nbytes"])
+            for e in self.cache.contents()
+            if isinstance(cid := e["key"], ConstId)
+        ]
 
     def report(self, request: Request, seconds: float, ok: bool, *, count: int = 1, failed: int = 0) -> dict[str, Any]:
         """What the scheduler learns after each request (:mod:`dask_kaas.report`): the request's cost,
@@ -607,8 +652,12 @@ class Runtime:
         }
         if count != 1 or failed:
             fields.update(count=count, failed=failed)
-        return self._reports.build(fields, consts=self.resident_consts(), counters=self.counters.counts,
-                                   load_seconds=self.counters.seconds["load"])
+        return self._reports.build(
+            fields,
+            consts=self.resident_consts(),
+            counters=self.counters.counts,
+            load_seconds=self.counters.seconds["load"],
+        )
 
     def clear_cache(self) -> int:
         """Drop every unpinned cached buffer; the next report carries the whole cache again.
@@ -656,4 +705,4 @@ class Runtime:
             self.device.close()
 
 
-__all__ = ["ConstId", "ModuleKey", "Runtime", "RunBufferId", "module_key"]
+__all__ = ["ConstId", "ModuleKey", "RunBufferId", "Runtime", "module_key"]

@@ -7,6 +7,7 @@
 - The workers with a free slot, in a heap by queued work: the least loaded one in O(log workers).
 - Sums over all workers (tasks queued, service rate), kept up to date, for admission's predictions.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -97,9 +98,17 @@ class WorkerView:
 
     def snapshot(self) -> dict:
         return {
-            "cache": [{"namespace": ns, "key": key, "version": version, "uid": uid, "bytes": nbytes,
-                       "last_used": self.last_used.get((ns, key))}
-                      for (ns, key), (uid, version, nbytes) in sorted(self.resident.items())],
+            "cache": [
+                {
+                    "namespace": ns,
+                    "key": key,
+                    "version": version,
+                    "uid": uid,
+                    "bytes": nbytes,
+                    "last_used": self.last_used.get((ns, key)),
+                }
+                for (ns, key), (uid, version, nbytes) in sorted(self.resident.items())
+            ],
             "capacity": self.capacity,
             "used": self.used,
             "pinned": self.pinned,

@@ -16,6 +16,7 @@ their own clock. Events:
 Costs: per task O(log tenants + log workers + consts), never a scan of all workers or tenants
 (the ``static``/``exclusive`` baselines look at the workers with requests queued for them).
 """
+
 from __future__ import annotations
 
 import time
@@ -100,9 +101,19 @@ class SchedulingCore:
     the defaults live in ``kaas.yaml`` only.
     """
 
-    def __init__(self, *, policy: str, depth: int, weights: dict | None, margin: float, stickiness: float,
-                 load_bandwidth: float, slack_tasks: float = 1.0, replication: bool = False,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        policy: str,
+        depth: int,
+        weights: dict | None,
+        margin: float,
+        stickiness: float,
+        load_bandwidth: float,
+        slack_tasks: float = 1.0,
+        replication: bool = False,
+        clock: Callable[[], float] = time.time,
+    ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
@@ -174,9 +185,16 @@ class SchedulingCore:
             rejection = self._admit(task)
             if rejection is not None and rejection.action == "reject":
                 stats.rejected += task.count
-                self.rejections.append({"time": self.clock(), "tenant": task.tenant, "key": task.key,
-                                        "calls": task.count, "predicted": rejection.predicted,
-                                        "deadline": task.deadline})
+                self.rejections.append(
+                    {
+                        "time": self.clock(),
+                        "tenant": task.tenant,
+                        "key": task.key,
+                        "calls": task.count,
+                        "predicted": rejection.predicted,
+                        "deadline": task.deadline,
+                    }
+                )
                 return rejection
             if rejection is not None:
                 part = rejection
@@ -300,22 +318,33 @@ class SchedulingCore:
             stats.misses += report.get("misses", 0)
             stats.bytes_loaded += report.get("bytes_loaded", 0)
             stats.evictions_caused += max(0, view.counters.get("evictions", 0) - evicted_before)
-        self.model.observe_load(view.counters.get("bytes_from_store", 0) - loaded_before,
-                                view.picture.load_seconds - load_before)
+        self.model.observe_load(
+            view.counters.get("bytes_from_store", 0) - loaded_before, view.picture.load_seconds - load_before
+        )
         count, failed = report.get("count", 1), report.get("failed", 0)
         if report.get("ok") and "shape" in report and failed < count:
             self.model.observe(report["shape"], report.get("seconds", 0.0))  # a batch: seconds per call
             if not report.get("bytes_loaded"):
                 self.model.observe_warm(report["shape"], report.get("seconds", 0.0))
-        self.recent.append({
-            "time": self.clock(), "tenant": tenant, "kernels": report.get("kernels", []), "key": key,
-            # why it took what it took: waiting for a slot (fair share, full workers), then on the worker
-            "waited": task.assigned - task.submitted if task is not None and task.assigned else None,
-            "phases": dict(report.get("phases") or {}),
-            "worker": worker, "seconds": report.get("seconds", 0.0), "hits": report.get("hits", 0),
-            "misses": report.get("misses", 0), "bytes_loaded": report.get("bytes_loaded", 0),
-            "ok": bool(report.get("ok")) and not failed, "calls": count, "failed": failed,
-        })
+        self.recent.append(
+            {
+                "time": self.clock(),
+                "tenant": tenant,
+                "kernels": report.get("kernels", []),
+                "key": key,
+                # why it took what it took: waiting for a slot (fair share, full workers), then on the worker
+                "waited": task.assigned - task.submitted if task is not None and task.assigned else None,
+                "phases": dict(report.get("phases") or {}),
+                "worker": worker,
+                "seconds": report.get("seconds", 0.0),
+                "hits": report.get("hits", 0),
+                "misses": report.get("misses", 0),
+                "bytes_loaded": report.get("bytes_loaded", 0),
+                "ok": bool(report.get("ok")) and not failed,
+                "calls": count,
+                "failed": failed,
+            }
+        )
 
     def hints(self, worker: str) -> dict:
         """For each const cached on ``worker``, how many requests want it (held in the fair queue, or
@@ -337,8 +366,9 @@ class SchedulingCore:
         task = self.tasks.get(key)
         if task is None or self.policy != "affinity":
             return 0.0
-        return placement_cost(self.cluster, worker, task.consts, stickiness=self.stickiness,
-                              bandwidth=self.model.load_bandwidth())
+        return placement_cost(
+            self.cluster, worker, task.consts, stickiness=self.stickiness, bandwidth=self.model.load_bandwidth()
+        )
 
     # -- internals --------------------------------------------------------------------------
     def _choose(self, task: Task) -> str | None:
@@ -347,9 +377,17 @@ class SchedulingCore:
         if self.replication:
             backlog = self.queue.held(task.tenant) * task.estimate
             demand = self.demand(task.tenant, self.model.warm_estimate(task.shape))
-        return choose_worker(self.cluster, task.consts, self.policy, stickiness=self.stickiness,
-                             bandwidth=self.model.load_bandwidth(), pinned=task.pinned,
-                             replicate=self.replication, backlog=backlog, demand=demand)
+        return choose_worker(
+            self.cluster,
+            task.consts,
+            self.policy,
+            stickiness=self.stickiness,
+            bandwidth=self.model.load_bandwidth(),
+            pinned=task.pinned,
+            replicate=self.replication,
+            backlog=backlog,
+            demand=demand,
+        )
 
     def _arrived(self, tenant: str) -> None:
         now = self.clock()
@@ -358,7 +396,10 @@ class SchedulingCore:
             self.arrivals[tenant] = (now, float("inf"))
             return
         gap = now - last[0]
-        self.arrivals[tenant] = (now, gap if last[1] == float("inf") else (1 - ARRIVAL_ALPHA) * last[1] + ARRIVAL_ALPHA * gap)
+        self.arrivals[tenant] = (
+            now,
+            gap if last[1] == float("inf") else (1 - ARRIVAL_ALPHA) * last[1] + ARRIVAL_ALPHA * gap,
+        )
 
     def demand(self, tenant: str, seconds: float) -> float:
         """Workers' worth of work ``tenant`` brings: its arrival rate (a moving average of the gaps
@@ -501,8 +542,11 @@ class SchedulingCore:
         first = wait + max(runtime, interval)
         calibration = max(self.model.calibration, self._running_late())
         budget = task.deadline * self.margin / calibration
-        admitted = task.count if first + (task.count - 1) * runtime <= budget else \
-            (0 if first > budget else min(task.count, 1 + int((budget - first) / max(runtime, 1e-12))))
+        admitted = (
+            task.count
+            if first + (task.count - 1) * runtime <= budget
+            else (0 if first > budget else min(task.count, 1 + int((budget - first) / max(runtime, 1e-12))))
+        )
         if admitted:
             task.predicted = first + (admitted - 1) * runtime
             self._admitted[task.key] = task
@@ -511,12 +555,15 @@ class SchedulingCore:
         raw = first + admitted * runtime
         predicted = raw * calibration
         call = f"call {admitted + 1} of {task.count} of its batch " if task.count > 1 else ""
-        message = (f"{call}would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(raw - wait)}"
-                   f"{f' x {calibration:.2f} calibration' if calibration != 1 else ''}), too close to its "
-                   f"deadline of {_ms(task.deadline)} (admission keeps a {1 - self.margin:.0%} margin for "
-                   "dispatch and result transfer)")
-        return Decision("partial" if admitted else "reject", message=message, predicted=predicted,
-                        admitted=admitted or None)
+        message = (
+            f"{call}would finish in {_ms(predicted)} (queue {_ms(wait)} + run {_ms(raw - wait)}"
+            f"{f' x {calibration:.2f} calibration' if calibration != 1 else ''}), too close to its "
+            f"deadline of {_ms(task.deadline)} (admission keeps a {1 - self.margin:.0%} margin for "
+            "dispatch and result transfer)"
+        )
+        return Decision(
+            "partial" if admitted else "reject", message=message, predicted=predicted, admitted=admitted or None
+        )
 
     def _predicted_wait(self, task: Task) -> tuple[float, float]:
         """Seconds until the task would start (the work ahead of it in its queue and on the workers,
@@ -559,12 +606,23 @@ class SchedulingCore:
         workers = {}
         for address, view in self.cluster.views.items():
             c = view.counters
-            workers[address] = {"hits": c.get("hits", 0), "evictions": c.get("evictions", 0),
-                                "misses": c.get("compulsory_misses", 0) + c.get("capacity_misses", 0),
-                                "bytes_loaded": c.get("bytes_from_store", 0)}
-        tenants = {t: {"completed": s.completed, "rejected": s.rejected, "hits": s.hits, "misses": s.misses,
-                       "bytes_loaded": s.bytes_loaded, "evictions_caused": s.evictions_caused}
-                   for t, s in self.tenants.items()}
+            workers[address] = {
+                "hits": c.get("hits", 0),
+                "evictions": c.get("evictions", 0),
+                "misses": c.get("compulsory_misses", 0) + c.get("capacity_misses", 0),
+                "bytes_loaded": c.get("bytes_from_store", 0),
+            }
+        tenants = {
+            t: {
+                "completed": s.completed,
+                "rejected": s.rejected,
+                "hits": s.hits,
+                "misses": s.misses,
+                "bytes_loaded": s.bytes_loaded,
+                "evictions_caused": s.evictions_caused,
+            }
+            for t, s in self.tenants.items()
+        }
         return workers, tenants
 
     def snapshot(self) -> dict:
@@ -572,10 +630,15 @@ class SchedulingCore:
             "policy": self.policy,
             "replication": self.replication,
             "workers": {addr: view.snapshot() for addr, view in sorted(self.cluster.views.items())},
-            "tenants": {tenant: {**stats.snapshot(), "held": self.queue.held(tenant)}
-                        for tenant, stats in sorted(self.tenants.items())},
-            "model": {"shapes": len(self.model.runtime), "overhead": self.model.overhead,
-                      "load_bandwidth": self.model.load_bandwidth()},
+            "tenants": {
+                tenant: {**stats.snapshot(), "held": self.queue.held(tenant)}
+                for tenant, stats in sorted(self.tenants.items())
+            },
+            "model": {
+                "shapes": len(self.model.runtime),
+                "overhead": self.model.overhead,
+                "load_bandwidth": self.model.load_bandwidth(),
+            },
             "held": len(self.queue),
             "decisions": self.decisions,
             "recent": list(self.recent),

@@ -16,6 +16,7 @@ The worker's device cache (:class:`dask_kaas.runtime.cache.BufferCache`) and the
 Belady's offline optimum (evict the const used furthest in the future) needs the whole future,
 so it lives with the simulator's figures (:func:`dask_kaas.sim.belady.belady_hits`), not here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping

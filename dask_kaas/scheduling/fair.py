@@ -7,6 +7,7 @@ backlogged, so idle time banks no credit and a burst buys nothing. Backlogged te
 heap by service (entries made stale by a later change are skipped when they surface), so finding
 the least-served one, and the few within a slack of it, costs O(log tenants).
 """
+
 from __future__ import annotations
 
 import heapq

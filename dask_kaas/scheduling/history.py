@@ -6,12 +6,14 @@ tenant; :meth:`History.series` turns consecutive samples into rates per interval
 the minutes before it. An interval in which nothing was looked up has no hit rate (``nan``: a gap in a
 plot, not 0%), and a worker or tenant that appears later has no figures before it appeared.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
-__all__ = ["History", "WORKER_FIELDS", "TENANT_FIELDS"]
+__all__ = ["TENANT_FIELDS", "WORKER_FIELDS", "History"]
 
 WORKER_FIELDS = ("hits", "misses", "evictions", "bytes_loaded")
 TENANT_FIELDS = ("completed", "rejected", "hits", "misses", "bytes_loaded", "evictions_caused")
@@ -45,7 +47,7 @@ class History:
         workers = {w: {k: [] for k in _WORKER_SERIES} for w in sorted({w for _, ws, _ in samples for w in ws})}
         tenants = {t: {k: [] for k in _TENANT_SERIES} for t in sorted({t for _, _, ts in samples for t in ts})}
         out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": workers, "tenants": tenants}
-        for (t0, w0, n0), (t1, w1, n1) in zip(samples, samples[1:]):
+        for (t0, w0, n0), (t1, w1, n1) in itertools.pairwise(samples):
             if since is not None and t1 <= since:
                 continue
             dt = t1 - t0
@@ -66,8 +68,11 @@ def _worker_figures(d: dict, dt: float) -> dict:
 
 
 def _tenant_figures(d: dict, dt: float) -> dict:
-    return {"throughput": d["completed"] / dt, "hit_rate": _rate(d["hits"], d["misses"]),
-            "rejected": d["rejected"] / dt}
+    return {
+        "throughput": d["completed"] / dt,
+        "hit_rate": _rate(d["hits"], d["misses"]),
+        "rejected": d["rejected"] / dt,
+    }
 
 
 def _append(rows: dict, before: dict, after: dict, fields, figures, dt: float) -> list[dict]:

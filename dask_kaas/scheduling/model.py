@@ -1,4 +1,5 @@
 """What the scheduler predicts: a request's runtime (by shape), per-task overhead, and store load bandwidth."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -27,7 +28,7 @@ class RuntimeModel:
         self.runtime: dict[str, float] = {}
         self._runtime_sum = 0.0  # of runtime's values, kept as they change: the mean is O(1) with many shapes
         self.warm: dict[str, float] = {}  # the same, of requests that loaded nothing (their consts were cached)
-        self.overhead: float = 0.0         # dispatch + result handling per task, seconds
+        self.overhead: float = 0.0  # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
         self.ratios: deque = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
         self.calibration = CALIBRATION_PRIOR

@@ -16,6 +16,7 @@
 - ``balance``: the least loaded worker with a free slot (Dask's own least-loaded idea).
 - ``static`` and ``exclusive``: each tenant's one worker (round robin in order of first appearance).
 """
+
 from __future__ import annotations
 
 from .cluster import Cluster, Consts
@@ -25,9 +26,18 @@ REPLICATE_AT = 0.8  # busy share of its holders beyond which a tenant's consts g
 PINNED = ("static", "exclusive")
 
 
-def choose_worker(cluster: Cluster, consts: Consts, policy: str, *, stickiness: float, bandwidth: float,
-                  pinned: str | None = None, replicate: bool = False, backlog: float = 0.0,
-                  demand: float = 0.0) -> str | None:
+def choose_worker(
+    cluster: Cluster,
+    consts: Consts,
+    policy: str,
+    *,
+    stickiness: float,
+    bandwidth: float,
+    pinned: str | None = None,
+    replicate: bool = False,
+    backlog: float = 0.0,
+    demand: float = 0.0,
+) -> str | None:
     """The worker the task should go to, or None when it should wait (no free slot anywhere, or, pinned,
     none on its worker). ``backlog``: seconds of the task's tenant's requests waiting in the fair queue;
     ``demand``: workers' worth of work the tenant brings (arrival rate x seconds per request)."""

@@ -1,10 +1,11 @@
 """Per-tenant accounting on the scheduler: submitted, completed, rejected, failed, latency percentiles."""
+
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 

@@ -9,13 +9,30 @@
 
 See ``docs/simulator.md`` for the model, its calibration and its validation against the live cluster.
 """
+
 from .belady import belady_hits
 from .costs import CostModel, gpu_costs, host_costs
-from .engine import Simulation, SimResult
+from .engine import SimResult, Simulation
 from .metrics import jain, summarize
 from .policies import CONFIGURATIONS, policy_table, simulate
 from .workloads import Function, Workload, azure_like, cyclic_trace, read_azure_trace, zipf_trace
 
-__all__ = ["CONFIGURATIONS", "CostModel", "Function", "SimResult", "Simulation", "Workload", "azure_like",
-           "belady_hits", "cyclic_trace", "gpu_costs", "host_costs", "jain", "policy_table", "read_azure_trace",
-           "simulate", "summarize", "zipf_trace"]
+__all__ = [
+    "CONFIGURATIONS",
+    "CostModel",
+    "Function",
+    "SimResult",
+    "Simulation",
+    "Workload",
+    "azure_like",
+    "belady_hits",
+    "cyclic_trace",
+    "gpu_costs",
+    "host_costs",
+    "jain",
+    "policy_table",
+    "read_azure_trace",
+    "simulate",
+    "summarize",
+    "zipf_trace",
+]

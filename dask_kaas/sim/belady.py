@@ -4,6 +4,7 @@ Exact for equal sizes; with sizes that differ (where the optimum is NP-hard) it 
 furthest-next-use heuristic, evicting until the new const fits, which is what the figures call
 "Belady" there.
 """
+
 from __future__ import annotations
 
 import heapq

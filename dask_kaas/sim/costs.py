@@ -33,6 +33,7 @@ five live runs of ``validate-sim`` it put 179 of 244 judged figures within 10% a
 (host devices; which file and field each comes from is in ``source``); :func:`gpu_costs` does the
 same from GPU results where they exist, else states its assumed datacenter figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,7 +81,7 @@ class CostModel:
         """Dask's CPU on a call's path outside its worker (the client's and the scheduler's, all phases)."""
         return self.submit_seconds + self.scheduler_seconds + self.finish_seconds + self.receive_seconds
 
-    def replace(self, **changes) -> "CostModel":
+    def replace(self, **changes) -> CostModel:
         return replace(self, **changes)
 
     def as_dict(self) -> dict:
@@ -104,8 +105,15 @@ def lognormal_cv(samples) -> float:
 
 # Used where a results file is missing (a checkout without benchmarks/results): the figures the
 # files held when this was written, so the model never silently changes scale.
-HOST_FALLBACK = {"task_rate": 91.0, "roundtrip_s": 0.0108, "runtime_s": 49e-6, "store_bw": 2.2e9, "device_bw": 9.6e9,
-                 "jitter_cv": 0.31, "cores": 2}
+HOST_FALLBACK = {
+    "task_rate": 91.0,
+    "roundtrip_s": 0.0108,
+    "runtime_s": 49e-6,
+    "store_bw": 2.2e9,
+    "device_bw": 9.6e9,
+    "jitter_cv": 0.31,
+    "cores": 2,
+}
 
 
 CALIBRATION = ("calibrate-host.json", "calibrate-host-quick.json")  # python -m benchmarks calibrate
@@ -135,8 +143,10 @@ def calibration(results: str | Path = RESULTS, *, now: float | None = None) -> t
         if cpus is not None and cpus != os.cpu_count():
             note += f" (STALE: on {cpus} cores, this machine has {os.cpu_count()}; run python -m benchmarks calibrate)"
         elif age is None or age > STALE_DAYS:
-            note += (f" (STALE: {'of unknown age' if age is None else f'{age:.0f} days old'}; run python -m "
-                     f"benchmarks calibrate)")
+            note += (
+                f" (STALE: {'of unknown age' if age is None else f'{age:.0f} days old'}; run python -m "
+                f"benchmarks calibrate)"
+            )
         return dict(data["figures"]), note
     return None, "missing: no calibrate-host.json (python -m benchmarks calibrate measures this machine in seconds)"
 
@@ -170,11 +180,17 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
     source, fig = {}, dict(HOST_FALLBACK)
     scale = _load(results, "scale-host.json")
     if scale:
-        rates = [r["throughput_rps"] for c in scale["cells"]
-                 if c["workers"] == 4 and c.get("mode", "separate") == "separate" for r in c["runs"]]
+        rates = [
+            r["throughput_rps"]
+            for c in scale["cells"]
+            if c["workers"] == 4 and c.get("mode", "separate") == "separate"
+            for r in c["runs"]
+        ]
         if rates:
             fig["task_rate"] = float(np.median(rates))
-            source["scheduler_seconds"] = "shared_cores / median throughput_rps, scale-host.json cells with 4 workers, separate submits"
+            source["scheduler_seconds"] = (
+                "shared_cores / median throughput_rps, scale-host.json cells with 4 workers, separate submits"
+            )
         fig["cores"] = int(scale.get("machine", {}).get("cpus") or fig["cores"])
         source["shared_cores"] = "scale-host.json machine.cpus"
     overhead = _load(results, "overhead-host.json")
@@ -184,8 +200,9 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
         if noop.get("runs"):
             fig["jitter_cv"] = lognormal_cv(noop["runs"])
         fig["runtime_s"] = float(overhead["in_process"]["per_request_overhead_us"]) * 1e-6
-        source["dispatch_seconds"] = source["return_seconds"] = \
+        source["dispatch_seconds"] = source["return_seconds"] = (
             "(overhead-host.json end_to_end noop median - scheduler_seconds) / 2"
+        )
         source["worker_seconds"] = "overhead-host.json in_process per_request_overhead_us"
         source["jitter_cv"] = "log-normal fit of overhead-host.json end_to_end noop runs"
     store = _load(results, "store_io.json")
@@ -204,29 +221,54 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
     source["calibration"] = note
     if calibrated is not None:
         fig.update({k: calibrated[k] for k in HOST_FALLBACK if k in calibrated})
-        for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
-                     "device_bandwidth", "jitter_cv", "shared_cores"):
+        for name in (
+            "scheduler_seconds",
+            "dispatch_seconds",
+            "return_seconds",
+            "worker_seconds",
+            "store_bandwidth",
+            "device_bandwidth",
+            "jitter_cv",
+            "shared_cores",
+        ):
             source[name] = note.split(",")[0]
     split = {"scheduler_seconds": fig["cores"] / fig["task_rate"], "worker_seconds": fig["runtime_s"]}
     if calibrated is not None and "client_cpu_s" in calibrated:
         split = _cpu_split(calibrated, source)
     # a no-op's round trip holds at least the CPU on a call's path outside its worker
-    on_path = sum(split.get(k, 0.0) for k in ("submit_seconds", "scheduler_seconds", "finish_seconds",
-                                               "receive_seconds"))
+    on_path = sum(
+        split.get(k, 0.0) for k in ("submit_seconds", "scheduler_seconds", "finish_seconds", "receive_seconds")
+    )
     travel = (fig["roundtrip_s"] - on_path) / 2
     if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's CPU on its path
         source["dispatch_seconds"] = source["return_seconds"] = (
             f"0: the no-op round trip ({fig['roundtrip_s'] * 1e3:.2f} ms) is shorter than a task's CPU on its path "
-            f"({on_path * 1e3:.2f} ms), so nothing is left for the legs")
+            f"({on_path * 1e3:.2f} ms), so nothing is left for the legs"
+        )
         travel = 0.0
-    for name in ("scheduler_seconds", "dispatch_seconds", "return_seconds", "worker_seconds", "store_bandwidth",
-                 "device_bandwidth", "jitter_cv", "shared_cores"):
+    for name in (
+        "scheduler_seconds",
+        "dispatch_seconds",
+        "return_seconds",
+        "worker_seconds",
+        "store_bandwidth",
+        "device_bandwidth",
+        "jitter_cv",
+        "shared_cores",
+    ):
         source.setdefault(name, "HOST_FALLBACK (results file missing)")
     for name in ("submit_seconds", "byte_seconds", "finish_seconds", "receive_seconds"):
         source.setdefault(name, "0: no calibration of each process's CPU (python -m benchmarks calibrate)")
-    return CostModel(dispatch_seconds=travel, return_seconds=travel, store_bandwidth=fig["store_bw"],
-                     device_bandwidth=fig["device_bw"], jitter_cv=fig["jitter_cv"], shared_cores=int(fig["cores"]),
-                     source=source, **split)
+    return CostModel(
+        dispatch_seconds=travel,
+        return_seconds=travel,
+        store_bandwidth=fig["store_bw"],
+        device_bandwidth=fig["device_bw"],
+        jitter_cv=fig["jitter_cv"],
+        shared_cores=int(fig["cores"]),
+        source=source,
+        **split,
+    )
 
 
 SUBMIT_SHARE = {"client": 0.5, "scheduler": 0.25}  # of each process's CPU per task, spent before the core sees it
@@ -249,17 +291,25 @@ def _cpu_split(fig: dict, source: dict) -> dict:
     receive = scale * FINISH_SHARE["client"] * client
     note = f" (x {scale:.2f}: cores / task_rate over the processes' CPU)"
     shares = "(the shares are assumptions)"
-    source["submit_seconds"] = (f"calibrate-host.json: {SUBMIT_SHARE['client']:g} x client_cpu_s + "
-                                f"{SUBMIT_SHARE['scheduler']:g} x scheduler_cpu_s{note} {shares}")
+    source["submit_seconds"] = (
+        f"calibrate-host.json: {SUBMIT_SHARE['client']:g} x client_cpu_s + "
+        f"{SUBMIT_SHARE['scheduler']:g} x scheduler_cpu_s{note} {shares}"
+    )
     source["finish_seconds"] = f"calibrate-host.json: {FINISH_SHARE['scheduler']:g} x scheduler_cpu_s{note} {shares}"
     source["receive_seconds"] = f"calibrate-host.json: {FINISH_SHARE['client']:g} x client_cpu_s{note} {shares}"
-    source["scheduler_seconds"] = (f"calibrate-host.json: client_cpu_s + scheduler_cpu_s - submit_seconds - "
-                                   f"finish_seconds - receive_seconds{note}")
+    source["scheduler_seconds"] = (
+        f"calibrate-host.json: client_cpu_s + scheduler_cpu_s - submit_seconds - finish_seconds - receive_seconds{note}"
+    )
     source["worker_seconds"] = f"calibrate-host.json worker_cpu_s (Dask's worker and the runtime){note}"
     source["byte_seconds"] = f"calibrate-host.json byte_cpu_s{note}"
-    return {"scheduler_seconds": scale * (client + scheduler) - submit - finish - receive, "submit_seconds": submit,
-            "finish_seconds": finish, "receive_seconds": receive, "worker_seconds": scale * worker,
-            "byte_seconds": scale * fig["byte_cpu_s"]}
+    return {
+        "scheduler_seconds": scale * (client + scheduler) - submit - finish - receive,
+        "submit_seconds": submit,
+        "finish_seconds": finish,
+        "receive_seconds": receive,
+        "worker_seconds": scale * worker,
+        "byte_seconds": scale * fig["byte_cpu_s"],
+    }
 
 
 def gpu_costs(results: str | Path = RESULTS) -> CostModel:
@@ -295,6 +345,14 @@ def gpu_costs(results: str | Path = RESULTS) -> CostModel:
     source["dispatch_seconds"] = source["return_seconds"] = "assumed: 1 ms on a datacenter network"
     source["jitter_cv"] = "assumed: 0.3"
     source["store_latency"] = "assumed: 5 ms to open a const in an object store"
-    return CostModel(scheduler_seconds=sched, dispatch_seconds=1e-3, worker_seconds=worker, return_seconds=1e-3,
-                     store_bandwidth=2e9, device_bandwidth=device_bw, jitter_cv=0.3, store_latency=5e-3,
-                     source=source)
+    return CostModel(
+        scheduler_seconds=sched,
+        dispatch_seconds=1e-3,
+        worker_seconds=worker,
+        return_seconds=1e-3,
+        store_bandwidth=2e9,
+        device_bandwidth=device_bw,
+        jitter_cv=0.3,
+        store_latency=5e-3,
+        source=source,
+    )

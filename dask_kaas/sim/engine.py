@@ -14,6 +14,7 @@ changes only). Costs: :mod:`dask_kaas.sim.costs`.
 
 ``exclusive`` (the paper's baseline): a worker empties its cache whenever the tenant changes.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -116,19 +117,40 @@ class Simulation:
     worker's const accesses (for Belady's optimum over the same placement).
     """
 
-    def __init__(self, gpus: int, *, capacity: int, costs: CostModel, policy: str = "affinity",
-                 replication: bool = False, eviction: str = "lru", depth: int = 2, stickiness: float = 2.0,
-                 margin: float = 0.85, slack_tasks: float = 1.0, admission: bool = False, record: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self,
+        gpus: int,
+        *,
+        capacity: int,
+        costs: CostModel,
+        policy: str = "affinity",
+        replication: bool = False,
+        eviction: str = "lru",
+        depth: int = 2,
+        stickiness: float = 2.0,
+        margin: float = 0.85,
+        slack_tasks: float = 1.0,
+        admission: bool = False,
+        record: bool = False,
+        seed: int = 0,
+    ):
         self.costs = costs
         self.eviction = check_eviction(eviction)
         self.exclusive = policy == "exclusive"
         self.admission = admission
         self.now = 0.0
         # as live, the core starts from kaas.scheduler.load-bandwidth and learns the rest from reports
-        self.core = SchedulingCore(policy=policy, depth=depth, weights=None, margin=margin, stickiness=stickiness,
-                                   load_bandwidth=config.scheduler_settings()["load_bandwidth"],
-                                   slack_tasks=slack_tasks, replication=replication, clock=lambda: self.now)
+        self.core = SchedulingCore(
+            policy=policy,
+            depth=depth,
+            weights=None,
+            margin=margin,
+            stickiness=stickiness,
+            load_bandwidth=config.scheduler_settings()["load_bandwidth"],
+            slack_tasks=slack_tasks,
+            replication=replication,
+            clock=lambda: self.now,
+        )
         width = len(str(gpus - 1))
         self.workers = {f"gpu-{i:0{width}d}": SimWorker(f"gpu-{i:0{width}d}", int(capacity)) for i in range(gpus)}
         self._client_stream = BatchedStream(costs.client_interval)
@@ -138,9 +160,17 @@ class Simulation:
             self.core.add_worker(w.address)
             if record:
                 w.accesses = []
-        self.settings = {"gpus": gpus, "capacity": int(capacity), "policy": policy, "replication": replication,
-                         "eviction": eviction, "depth": depth, "stickiness": stickiness, "admission": admission,
-                         "seed": seed}
+        self.settings = {
+            "gpus": gpus,
+            "capacity": int(capacity),
+            "policy": policy,
+            "replication": replication,
+            "eviction": eviction,
+            "depth": depth,
+            "stickiness": stickiness,
+            "admission": admission,
+            "seed": seed,
+        }
         self._rng = np.random.default_rng(seed)
         self._jitter = self._jitter_draws(costs.jitter_cv)
         self._load_jitter = self._jitter_draws(costs.load_cv)
@@ -158,8 +188,9 @@ class Simulation:
         for when, changes in switches:
             unknown = set(changes) - set(SWITCHABLE)
             if unknown or not when >= 0:
-                raise ValueError(f"a switch is (seconds >= 0, settings of {', '.join(SWITCHABLE)}), got "
-                                 f"({when!r}, {changes!r})")
+                raise ValueError(
+                    f"a switch is (seconds >= 0, settings of {', '.join(SWITCHABLE)}), got ({when!r}, {changes!r})"
+                )
             self._at(float(when), SWITCH, dict(changes), None)
         n = len(workload)
         self._workload = workload
@@ -215,15 +246,24 @@ class Simulation:
             events += 1
         accesses = {w.address: w.accesses for w in self.workers.values()} if self._record else None
         return SimResult(
-            workload=workload, latency=self._latency, submitted=self._submitted, rejected=self._rejected,
+            workload=workload,
+            latency=self._latency,
+            submitted=self._submitted,
+            rejected=self._rejected,
             failed=self._failed,
-            worker_of=self._worker_of, end=self.now, hits=self.hits, misses=self.misses,
+            worker_of=self._worker_of,
+            end=self.now,
+            hits=self.hits,
+            misses=self.misses,
             bytes_loaded=sum(w.loaded for w in self.workers.values()),
             load_seconds=sum(w.load_seconds for w in self.workers.values()),
             gpu_seconds=sum(w.busy_seconds for w in self.workers.values()),
-            requests_per_worker=[w.requests for w in self.workers.values()], accesses=accesses,
-            capacity=next(iter(self.workers.values())).capacity if self.workers else 0, events=events,
-            settings=dict(self.settings, costs=self.costs.as_dict()))
+            requests_per_worker=[w.requests for w in self.workers.values()],
+            accesses=accesses,
+            capacity=next(iter(self.workers.values())).capacity if self.workers else 0,
+            events=events,
+            settings=dict(self.settings, costs=self.costs.as_dict()),
+        )
 
     @property
     def _record(self) -> bool:
@@ -249,7 +289,9 @@ class Simulation:
     def _admit(self, i: int) -> None:
         fn = self._functions[self._calls[i]]
         deadline = fn.slo_seconds if self.admission else None
-        decision = self.core.submit(Task(i, fn.tenant, fn.shape_token, fn.consts, submitted=self.now, deadline=deadline))
+        decision = self.core.submit(
+            Task(i, fn.tenant, fn.shape_token, fn.consts, submitted=self.now, deadline=deadline)
+        )
         if decision.action == "reject":
             self._rejected[i] = True
             if self._loop_of[i] >= 0:
@@ -268,11 +310,18 @@ class Simulation:
         live plugin annotates the task when it places it: its share of the scheduler, the scheduler's
         stream to the worker, then the wire."""
         hints = self.core.hints(address) if self.eviction == "queue-aware" else None
-        self._scheduler_work(self.costs.scheduler_seconds * self._jitter_draw(), START, i, (address, hints),
-                             self.costs.dispatch_seconds, self.workers[address].inbox)
+        self._scheduler_work(
+            self.costs.scheduler_seconds * self._jitter_draw(),
+            START,
+            i,
+            (address, hints),
+            self.costs.dispatch_seconds,
+            self.workers[address].inbox,
+        )
 
-    def _scheduler_work(self, seconds: float, kind: int, a, b, delay: float = 0.0,
-                        stream: BatchedStream | None = None) -> None:
+    def _scheduler_work(
+        self, seconds: float, kind: int, a, b, delay: float = 0.0, stream: BatchedStream | None = None
+    ) -> None:
         """``seconds`` of Dask's CPU (on the shared cores, else on the one scheduler), then event ``kind``
         ``delay`` seconds after it ends (after leaving on ``stream``, when given)."""
         if self._cores is not None:
@@ -369,8 +418,13 @@ class Simulation:
         self.core.report(worker.address, self._report(worker, fn, seconds, loaded))
         self.core.finished(i, True, duration=seconds)
         self._dispatch()
-        self._send(self._to_client, self.costs.return_seconds, WORK, None,
-                   (self.costs.receive_seconds * self._jitter_draw(), RESULT, i, worker))
+        self._send(
+            self._to_client,
+            self.costs.return_seconds,
+            WORK,
+            None,
+            (self.costs.receive_seconds * self._jitter_draw(), RESULT, i, worker),
+        )
 
     def _result(self, i: int, worker: SimWorker) -> None:
         """The client has call ``i``'s result and releases it (its message on the client's stream, the
@@ -441,12 +495,21 @@ class Simulation:
         request's own time (loads and kernels, stretched by waits for a core), as the runtime
         reports it; Dask's handling of the task on the worker is not in it."""
         worker.seq += 1
-        report = {"ok": True, "tenant": fn.tenant, "shape": fn.shape_token, "seconds": seconds, "bytes_loaded": loaded,
-                  "capacity": worker.capacity, "used": worker.used, "pinned": 0, "seq": worker.seq,
-                  "added": [[ns, key, "v", 1, n] for (ns, key), n in worker.added.items()],
-                  "removed": [list(ref) for ref in worker.removed],
-                  "counters_delta": {"bytes_from_store": worker.loaded - worker.reported_loaded},
-                  "load_seconds_delta": worker.load_seconds - worker.reported_load_seconds}
+        report = {
+            "ok": True,
+            "tenant": fn.tenant,
+            "shape": fn.shape_token,
+            "seconds": seconds,
+            "bytes_loaded": loaded,
+            "capacity": worker.capacity,
+            "used": worker.used,
+            "pinned": 0,
+            "seq": worker.seq,
+            "added": [[ns, key, "v", 1, n] for (ns, key), n in worker.added.items()],
+            "removed": [list(ref) for ref in worker.removed],
+            "counters_delta": {"bytes_from_store": worker.loaded - worker.reported_loaded},
+            "load_seconds_delta": worker.load_seconds - worker.reported_load_seconds,
+        }
         worker.added, worker.removed = {}, set()
         worker.reported_loaded, worker.reported_load_seconds = worker.loaded, worker.load_seconds
         return report

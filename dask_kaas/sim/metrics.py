@@ -1,5 +1,6 @@
 """The figures of a simulated run: goodput, latency percentiles, SLO attainment, bytes loaded,
 GPU-seconds, hit rate, Jain's fairness; and Belady's hit rate over the same placement."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The policy configurations the figures compare, and a table of them over one workload."""
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,17 @@ CONFIGURATIONS = {
 }
 
 
-def simulate(workload: Workload, configuration: str | dict, *, gpus: int, capacity: int, costs: CostModel,
-             belady: bool = False, switches=(), **settings) -> dict:
+def simulate(
+    workload: Workload,
+    configuration: str | dict,
+    *,
+    gpus: int,
+    capacity: int,
+    costs: CostModel,
+    belady: bool = False,
+    switches=(),
+    **settings,
+) -> dict:
     """Run ``workload`` under one configuration (a name of :data:`CONFIGURATIONS` or settings);
     its figures (:func:`summarize`) plus the wall seconds the simulation took. ``switches``:
     ``(seconds, configuration)`` pairs that change the policy (replication, eviction) mid-run."""
@@ -33,8 +43,16 @@ def simulate(workload: Workload, configuration: str | dict, *, gpus: int, capaci
     return {**summarize(result, belady=belady), "wall_s": wall, "events": result.events}
 
 
-def policy_table(workload: Workload, *, gpus: int, capacity: int, costs: CostModel, configurations=None,
-                 baseline: str = "static", **settings) -> dict:
+def policy_table(
+    workload: Workload,
+    *,
+    gpus: int,
+    capacity: int,
+    costs: CostModel,
+    configurations=None,
+    baseline: str = "static",
+    **settings,
+) -> dict:
     """Every configuration over the same workload, with throughput, goodput and p99 as ratios to ``baseline``."""
     names = list(configurations or CONFIGURATIONS)
     rows = {name: simulate(workload, name, gpus=gpus, capacity=capacity, costs=costs, **settings) for name in names}

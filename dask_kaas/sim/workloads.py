@@ -10,6 +10,7 @@
   per-minute counts, and optionally ``function_durations_percentiles.*`` and
   ``app_memory_percentiles.*``), so a user with the real trace replays it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -94,7 +95,8 @@ class Workload:
         if self.window is None and self.clients is None and len(self.times) > 1 and np.any(np.diff(self.times) < 0):
             raise ValueError("an open-loop workload's times must be sorted")
         if self.clients is not None and not all(
-                w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1) for w in self.clients.values()):
+            w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1) for w in self.clients.values()
+        ):
             raise ValueError(f"clients maps tenants to a window (a positive int) or None, got {self.clients!r}")
 
     def __len__(self) -> int:
@@ -104,13 +106,15 @@ class Workload:
     def duration(self) -> float:
         return float(self.times[-1]) if len(self.times) else 0.0
 
-    def with_slo(self, scale: float, load_seconds) -> "Workload":
+    def with_slo(self, scale: float, load_seconds) -> Workload:
         """Each function's SLO: ``scale`` x (its kernel time + the time to load its consts cold),
         as AlpaServe sets SLOs as a multiple of a model's own latency."""
-        functions = [replace(f, slo_seconds=scale * (f.kernel_seconds + load_seconds(f.const_bytes)))
-                     for f in self.functions]
-        return Workload(functions, self.times, self.calls, self.window, {**self.description, "slo_scale": scale},
-                        self.clients)
+        functions = [
+            replace(f, slo_seconds=scale * (f.kernel_seconds + load_seconds(f.const_bytes))) for f in self.functions
+        ]
+        return Workload(
+            functions, self.times, self.calls, self.window, {**self.description, "slo_scale": scale}, self.clients
+        )
 
 
 def zipf_popularity(n: int, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -124,9 +128,20 @@ def _lognormal(rng, median: float, sigma: float, n: int, lo: float, hi: float) -
     return np.clip(rng.lognormal(np.log(median), sigma, n), lo, hi)
 
 
-def azure_like(functions: int = 10_000, *, duration: float = 86_400.0, rate: float = 30.0, zipf: float = 1.0,
-               cv: float = 2.0, tenants: int | None = None, kernel_median: float = 2.0, kernel_sigma: float = 1.0,
-               weight_median: float = 1 * GiB, weight_sigma: float = 1.0, seed: int = 0) -> Workload:
+def azure_like(
+    functions: int = 10_000,
+    *,
+    duration: float = 86_400.0,
+    rate: float = 30.0,
+    zipf: float = 1.0,
+    cv: float = 2.0,
+    tenants: int | None = None,
+    kernel_median: float = 2.0,
+    kernel_sigma: float = 1.0,
+    weight_median: float = 1 * GiB,
+    weight_sigma: float = 1.0,
+    seed: int = 0,
+) -> Workload:
     """An Azure-Functions-shaped trace: ``rate`` calls per second in all over ``duration`` seconds.
 
     Popularity: Zipf(``zipf``) over functions. Arrivals per function: Gamma renewal with rate
@@ -162,40 +177,74 @@ def azure_like(functions: int = 10_000, *, duration: float = 86_400.0, rate: flo
     width = len(str(functions - 1))
     names = [f"fn-{i:0{width}d}" for i in range(functions)]
     owner_of = [f"tenant-{i % owners:0{len(str(owners - 1))}d}" for i in range(functions)]
-    funcs = [Function(names[i], owner_of[i], (((owner_of[i], f"{names[i]}/weights"), int(weights[i])),),
-                      float(kernels[i])) for i in range(functions)]
-    return Workload(funcs, t[order], c[order], description={
-        "kind": "azure-like", "functions": functions, "duration_s": duration, "rate_per_s": rate, "zipf": zipf,
-        "cv": cv, "kernel_median_s": kernel_median, "kernel_sigma": kernel_sigma,
-        "weight_median_bytes": weight_median, "weight_sigma": weight_sigma, "seed": seed})
+    funcs = [
+        Function(names[i], owner_of[i], (((owner_of[i], f"{names[i]}/weights"), int(weights[i])),), float(kernels[i]))
+        for i in range(functions)
+    ]
+    return Workload(
+        funcs,
+        t[order],
+        c[order],
+        description={
+            "kind": "azure-like",
+            "functions": functions,
+            "duration_s": duration,
+            "rate_per_s": rate,
+            "zipf": zipf,
+            "cv": cv,
+            "kernel_median_s": kernel_median,
+            "kernel_sigma": kernel_sigma,
+            "weight_median_bytes": weight_median,
+            "weight_sigma": weight_sigma,
+            "seed": seed,
+        },
+    )
 
 
 def tenant_functions(tenants: int, const_bytes: int, kernel_seconds: float) -> list[Function]:
     """One function per tenant (``tenant-00`` ...), each reading one const ``w`` of ``const_bytes``: all of
     one shape, as live (the same kernels and sizes)."""
     width = max(2, len(str(tenants - 1)))
-    return [Function(f"tenant-{i:0{width}d}", f"tenant-{i:0{width}d}", (((f"tenant-{i:0{width}d}", "w"),
-                     int(const_bytes)),), float(kernel_seconds), shape=f"const-{int(const_bytes)}")
-            for i in range(tenants)]
+    return [
+        Function(
+            f"tenant-{i:0{width}d}",
+            f"tenant-{i:0{width}d}",
+            (((f"tenant-{i:0{width}d}", "w"), int(const_bytes)),),
+            float(kernel_seconds),
+            shape=f"const-{int(const_bytes)}",
+        )
+        for i in range(tenants)
+    ]
 
 
-def zipf_trace(tenants: int, requests: int, *, s: float, seed: int, const_bytes: int, kernel_seconds: float,
-               window: int | None = 8) -> Workload:
+def zipf_trace(
+    tenants: int, requests: int, *, s: float, seed: int, const_bytes: int, kernel_seconds: float, window: int | None = 8
+) -> Workload:
     """Tenants drawn i.i.d. with ``p(rank r) ~ 1/r**s`` (ranks shuffled, seeded), one const each:
     the placement benchmark's trace (same draws for the same seed)."""
     rng = np.random.default_rng(seed)
     p = zipf_popularity(tenants, s, rng)
     calls = rng.choice(tenants, size=requests, p=p)
-    return Workload(tenant_functions(tenants, const_bytes, kernel_seconds), np.zeros(requests), calls, window,
-                    {"kind": "zipf", "tenants": tenants, "requests": requests, "zipf": s, "seed": seed})
+    return Workload(
+        tenant_functions(tenants, const_bytes, kernel_seconds),
+        np.zeros(requests),
+        calls,
+        window,
+        {"kind": "zipf", "tenants": tenants, "requests": requests, "zipf": s, "seed": seed},
+    )
 
 
-def cyclic_trace(tenants: int, requests: int, *, const_bytes: int, kernel_seconds: float,
-                 window: int | None = 8) -> Workload:
+def cyclic_trace(
+    tenants: int, requests: int, *, const_bytes: int, kernel_seconds: float, window: int | None = 8
+) -> Workload:
     """Tenants served round robin: a cyclic working set (LRU's worst case when it exceeds the cache)."""
-    return Workload(tenant_functions(tenants, const_bytes, kernel_seconds), np.zeros(requests),
-                    np.arange(requests) % tenants, window, {"kind": "cyclic", "tenants": tenants,
-                                                            "requests": requests})
+    return Workload(
+        tenant_functions(tenants, const_bytes, kernel_seconds),
+        np.zeros(requests),
+        np.arange(requests) % tenants,
+        window,
+        {"kind": "cyclic", "tenants": tenants, "requests": requests},
+    )
 
 
 # ----------------------------------------------------------------------- the Azure CSV files
@@ -209,10 +258,17 @@ def _rows(path):
         yield from reader
 
 
-def read_azure_trace(invocations: str | Path, *, durations: str | Path | None = None,
-                     memory: str | Path | None = None, seed: int = 0, minutes: int | None = None,
-                     default_kernel_seconds: float = 1.0, default_const_bytes: int = 256 * MiB,
-                     tenant: str = "owner") -> Workload:
+def read_azure_trace(
+    invocations: str | Path,
+    *,
+    durations: str | Path | None = None,
+    memory: str | Path | None = None,
+    seed: int = 0,
+    minutes: int | None = None,
+    default_kernel_seconds: float = 1.0,
+    default_const_bytes: int = 256 * MiB,
+    tenant: str = "owner",
+) -> Workload:
     """A workload from the Azure Functions 2019 trace's CSV files.
 
     ``invocations``: ``invocations_per_function_md.anon.dXX.csv`` (``HashOwner, HashApp,
@@ -261,9 +317,19 @@ def read_azure_trace(invocations: str | Path, *, durations: str | Path | None = 
     t = np.concatenate(times) if times else np.zeros(0)
     c = np.concatenate(calls) if calls else np.zeros(0, dtype=np.int64)
     order = np.argsort(t, kind="stable")
-    return Workload(funcs, t[order], c[order], description={
-        "kind": "azure-functions-2019", "invocations": str(invocations), "functions": len(funcs),
-        "minutes": len(minute_cols), "tenant": tenant, "seed": seed})
+    return Workload(
+        funcs,
+        t[order],
+        c[order],
+        description={
+            "kind": "azure-functions-2019",
+            "invocations": str(invocations),
+            "functions": len(funcs),
+            "minutes": len(minute_cols),
+            "tenant": tenant,
+            "seed": seed,
+        },
+    )
 
 
 def _column_map(path, key: str, value: str) -> dict:

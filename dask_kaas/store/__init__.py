@@ -11,6 +11,7 @@
 ``urls``            one spelling of a store URL
 ==================  ==================================================================
 """
+
 from ..errors import StoreError, StoreKeyError
 from .access import StorePlan, plan_store_access
 from .buffer_store import CHUNK_BYTES, BufferStore, NamespaceView, open_store
@@ -19,7 +20,23 @@ from .profiles import default_store_spec, list_profiles, load_profile, profile_d
 from .versions import Version
 
 __all__ = [
-    "BufferStore", "CHUNK_BYTES", "NamespaceView", "StoreAccessError", "StoreError", "StoreKeyError", "StorePlan", "Version", "check_key",
-    "check_namespace", "default_store_spec", "list_profiles", "load_profile", "open_store", "plan_store_access",
-    "profile_dirs", "resolve_key", "resolve_store", "tenant_namespace",
+    "CHUNK_BYTES",
+    "BufferStore",
+    "NamespaceView",
+    "StoreAccessError",
+    "StoreError",
+    "StoreKeyError",
+    "StorePlan",
+    "Version",
+    "check_key",
+    "check_namespace",
+    "default_store_spec",
+    "list_profiles",
+    "load_profile",
+    "open_store",
+    "plan_store_access",
+    "profile_dirs",
+    "resolve_key",
+    "resolve_store",
+    "tenant_namespace",
 ]

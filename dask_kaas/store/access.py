@@ -6,10 +6,12 @@ namespace rules and against its spec (bytes and dtype), and pinned to the
 version committed now; every persisted output is checked for write access.
 A request that breaks a rule fails here, having read nothing.
 """
+
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Collection
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:  # the request layer sits above the store
 
 @dataclass
 class StorePlan:
-    reads: dict[str, Version] = field(default_factory=dict)        # buffer name -> version to load
+    reads: dict[str, Version] = field(default_factory=dict)  # buffer name -> version to load
     writes: dict[str, tuple[str, str]] = field(default_factory=dict)  # buffer name -> (namespace, key)
 
 
@@ -37,8 +39,11 @@ def plan_store_access(store: BufferStore, request: Request, passed: Collection[s
         namespace, key = store.resolve(spec.store_key, tenant)
         try:
             # consts: the version cache (exact locally, bounded staleness remotely); other inputs: the pointer
-            version = (store.cached_version(key, namespace=namespace) if spec.const
-                       else store.version(key, namespace=namespace))
+            version = (
+                store.cached_version(key, namespace=namespace)
+                if spec.const
+                else store.version(key, namespace=namespace)
+            )
         except StoreKeyError:
             if spec.const:
                 raise
@@ -56,10 +61,13 @@ def plan_store_access(store: BufferStore, request: Request, passed: Collection[s
 
 
 def _check_agrees(store: BufferStore, name: str, spec, version: Version) -> None:
-    where = f"buffer {name!r}: key {version.key!r} (namespace {version.namespace!r}, version {version.version}) " \
-            f"in store {store.url}"
+    where = (
+        f"buffer {name!r}: key {version.key!r} (namespace {version.namespace!r}, version {version.version}) "
+        f"in store {store.url}"
+    )
     if spec.offset + spec.size > version.nbytes:
-        raise StoreError(f"{where} holds {version.nbytes} bytes, the spec needs bytes "
-                         f"[{spec.offset}, {spec.offset + spec.size})")
+        raise StoreError(
+            f"{where} holds {version.nbytes} bytes, the spec needs bytes [{spec.offset}, {spec.offset + spec.size})"
+        )
     if spec.dtype is not None and np.dtype(spec.dtype) != version.dtype:
         raise StoreError(f"{where} holds {version.dtype}, the spec says {np.dtype(spec.dtype)}")

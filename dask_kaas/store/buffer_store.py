@@ -17,6 +17,7 @@ Keys live in namespaces, one per tenant (``"default"`` when none is given). A
 request reaches another namespace only with an explicit ``"namespace:key"``,
 and only to read a namespace the store lists in ``shared``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,8 @@ import json
 import os
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -39,7 +41,7 @@ from .profiles import default_store_spec, resolve_store
 from .urls import is_location, normalize_url
 from .versions import COMMIT_ATTEMPTS, Version, new_uid, next_record, referenced, uid_time
 
-__all__ = ["BufferStore", "NamespaceView", "open_store", "CHUNK_BYTES"]
+__all__ = ["CHUNK_BYTES", "BufferStore", "NamespaceView", "open_store"]
 
 CHUNK_BYTES = zarr_io.CHUNK_BYTES
 _ORPHAN_AGE = 3600.0  # seconds before gc() treats unreferenced data as abandoned, not in flight
@@ -114,8 +116,9 @@ class BufferStore:
 
     DEFAULT_NAMESPACE = DEFAULT_NAMESPACE
 
-    def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None,
-                 shared: str | Sequence[str] = ()) -> None:
+    def __init__(
+        self, url: str, *, storage_options: dict[str, Any] | None = None, shared: str | Sequence[str] = ()
+    ) -> None:
         if isinstance(url, str) and url.strip() and not is_location(url.strip()):
             # the rule of open_store and the command line: a bare name is a store profile, not a folder here
             url, profile_options, profile_shared = resolve_store(url)
@@ -126,7 +129,7 @@ class BufferStore:
         if isinstance(shared, str):
             shared = (shared,)
         self.shared = tuple(check_namespace(ns) for ns in shared)
-        self._local_root = self.url[len("file://"):] if self.url.startswith("file://") else None
+        self._local_root = self.url[len("file://") :] if self.url.startswith("file://") else None
         self._lock = threading.Lock()
         self._fs = None
         self._root_path = None
@@ -186,7 +189,7 @@ class BufferStore:
         return DEFAULT_NAMESPACE if namespace is None else check_namespace(namespace)
 
     # -- namespaces and access ----------------------------------------------------
-    def namespace(self, name: str) -> "NamespaceView":
+    def namespace(self, name: str) -> NamespaceView:
         """The same store with every call bound to namespace ``name``.
 
         Parameters
@@ -393,8 +396,14 @@ class BufferStore:
             self._versions.pop(next(iter(self._versions)))
 
     # -- writing ----------------------------------------------------------------------
-    def put(self, key: str, array: np.ndarray | bytes | bytearray | memoryview, *, namespace: str | None = None,
-            wait: bool = True) -> Version:
+    def put(
+        self,
+        key: str,
+        array: np.ndarray | bytes | bytearray | memoryview,
+        *,
+        namespace: str | None = None,
+        wait: bool = True,
+    ) -> Version:
         """Store ``array`` as the next version of ``key``; return the committed :class:`Version`.
 
         Any numpy array with size >= 1 and a bool, integer, float, complex or
@@ -462,13 +471,20 @@ class BufferStore:
             for _ in range(COMMIT_ATTEMPTS):
                 with pointers.lock(path):
                     text, token = pointers.read(path)
-                    record, expired = next_record(json.loads(text) if text else None, uid, data, time.time(),
-                                                   float(config.get("store-retain-seconds")))
+                    record, expired = next_record(
+                        json.loads(text) if text else None,
+                        uid,
+                        data,
+                        time.time(),
+                        float(config.get("store-retain-seconds")),
+                    )
                     if pointers.swap(path, json.dumps(record).encode(), token):
                         break
             else:
-                raise StoreError(f"cannot commit key {key!r} (namespace {ns!r}) in store {self.url}: "
-                                 f"{COMMIT_ATTEMPTS} other writers committed first")
+                raise StoreError(
+                    f"cannot commit key {key!r} (namespace {ns!r}) in store {self.url}: "
+                    f"{COMMIT_ATTEMPTS} other writers committed first"
+                )
         for old_uid in expired:
             self._remove_data(ns, old_uid)
         committed = Version.from_json(ns, key, json.dumps(record))
@@ -625,8 +641,14 @@ class BufferStore:
         (24, (2, 3), 1)
         """
         v = self.version(key, namespace=namespace)
-        return {"nbytes": v.nbytes, "dtype": v.dtype, "shape": v.shape, "version": v.version, "uid": v.uid,
-                "written": v.written}
+        return {
+            "nbytes": v.nbytes,
+            "dtype": v.dtype,
+            "shape": v.shape,
+            "version": v.version,
+            "uid": v.uid,
+            "written": v.written,
+        }
 
     def get(self, key: str, *, namespace: str | None = None) -> np.ndarray:
         """The current version of ``key`` as a new array of its stored dtype and shape.
@@ -670,8 +692,9 @@ class BufferStore:
         v, raw = self._read_current(key, namespace, 0, None)
         return raw.view(v.dtype).reshape(v.shape)
 
-    def get_bytes(self, key: str, offset: int = 0, size: int | None = None, *,
-                  namespace: str | None = None) -> np.ndarray:
+    def get_bytes(
+        self, key: str, offset: int = 0, size: int | None = None, *, namespace: str | None = None
+    ) -> np.ndarray:
         """Bytes ``[offset, offset + size)`` of the current version as 1-D uint8 (``size=None``: to the end).
 
         Only the chunks that hold the range are read (a const buffer's ``offset`` reads this way).
@@ -738,8 +761,15 @@ class BufferStore:
         self._backend()
         with self._errors(version.key, f"read version {version.version} of", version.namespace):
             try:
-                return zarr_io.read_bytes(self._zstore, version.data_path, offset, size, local_root=self._local_root,
-                                          fs=self._fs, root=self._root_path)
+                return zarr_io.read_bytes(
+                    self._zstore,
+                    version.data_path,
+                    offset,
+                    size,
+                    local_root=self._local_root,
+                    fs=self._fs,
+                    root=self._root_path,
+                )
             except FileNotFoundError as e:
                 raise StoreKeyError(
                     f"version {version.version} of key {version.key!r} (namespace {version.namespace!r}) is gone "
@@ -787,7 +817,7 @@ class BufferStore:
                 return []
         out = []
         for path in found:
-            rel = path[len(base):].lstrip("/") if path.startswith(base) else path.split("/refs/", 1)[-1]
+            rel = path[len(base) :].lstrip("/") if path.startswith(base) else path.split("/refs/", 1)[-1]
             name = rel.rsplit("/", 1)[-1]
             if rel.endswith(".json") and not name.startswith(".tmp"):
                 out.append(rel[: -len(".json")])

@@ -9,6 +9,7 @@ A document is created with the same compare-and-swap a buffer's commit uses
 creating the same path, one wins and the other is told so, on local files, S3
 and ``memory://`` alike. Readers see a whole document or none.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,7 @@ from ..errors import StoreKeyError
 from .buffer_store import BufferStore
 from .namespaces import check_key, check_namespace
 
-__all__ = ["create_document", "read_document", "list_documents", "delete_document"]
+__all__ = ["create_document", "delete_document", "list_documents", "read_document"]
 
 
 def _path(store: BufferStore, namespace: str, kind: str, path: str) -> str:
@@ -65,7 +66,7 @@ def list_documents(store: BufferStore, namespace: str, kind: str, prefix: str = 
     root = _path(store, namespace, kind, "x")[: -len("x")]
     out = []
     for p in found:
-        rel = p[len(root):] if p.startswith(root) else p.split(f"/docs/{kind}/", 1)[-1]
+        rel = p[len(root) :] if p.startswith(root) else p.split(f"/docs/{kind}/", 1)[-1]
         if not rel.rsplit("/", 1)[-1].startswith(".tmp"):
             out.append(rel)
     return sorted(out)

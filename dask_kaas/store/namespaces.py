@@ -5,6 +5,7 @@ another namespace only with an explicit ``"namespace:key"``, and only to read a 
 store lists in ``shared``. The rules are pure functions of the key, the tenant and the shared
 list; :class:`~dask_kaas.store.BufferStore` applies them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -12,7 +13,7 @@ from collections.abc import Collection
 from ..errors import StoreError
 from ..names import DEFAULT_NAMESPACE, key_problem, namespace_problem
 
-__all__ = ["StoreAccessError", "check_key", "check_namespace", "tenant_namespace", "resolve_key"]
+__all__ = ["StoreAccessError", "check_key", "check_namespace", "resolve_key", "tenant_namespace"]
 
 
 class StoreAccessError(StoreError):
@@ -40,8 +41,9 @@ def tenant_namespace(tenant: str | None) -> str:
     return DEFAULT_NAMESPACE if tenant is None else check_namespace(tenant)
 
 
-def resolve_key(key: str, tenant: str | None, shared: Collection[str], *, write: bool = False,
-                where: str = "the store") -> tuple[str, str]:
+def resolve_key(
+    key: str, tenant: str | None, shared: Collection[str], *, write: bool = False, where: str = "the store"
+) -> tuple[str, str]:
     """``(namespace, key)`` that a tenant's buffer key names, or :class:`StoreAccessError`.
 
     A plain key lives in the tenant's own namespace; ``"ns:key"`` names namespace ``ns``, which a

@@ -12,6 +12,7 @@ between; otherwise it reads again and retries. How that is made atomic depends o
 - any other fsspec backend: read and write without a guarantee (the last writer wins, and two
   concurrent writers may commit the same number).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -20,6 +20,7 @@ name wins. ``local`` (``$XDG_DATA_HOME/dask-kaas/store``, by default
 (``memory://dask-kaas``) are built in, so they exist even without any
 profile file.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,16 +33,27 @@ from .. import config
 from ..errors import StoreError
 from .urls import is_location, normalize_url
 
-__all__ = ["profile_dirs", "list_profiles", "load_profile", "resolve_store", "default_store_spec",
-           "expand_env", "BUILTIN_PROFILES", "DEFAULT_PROFILE"]
+__all__ = [
+    "BUILTIN_PROFILES",
+    "DEFAULT_PROFILE",
+    "default_store_spec",
+    "expand_env",
+    "list_profiles",
+    "load_profile",
+    "profile_dirs",
+    "resolve_store",
+]
 
 #: The profile used when neither ``--store`` nor ``kaas.store`` names one.
 DEFAULT_PROFILE = "local"
 
 #: Profiles that exist without a file (a file of the same name overrides them).
 BUILTIN_PROFILES = {
-    "local": {"url": "file://${XDG_DATA_HOME:-~/.local/share}/dask-kaas/store", "storage_options": {},
-              "shared": ["public"]},
+    "local": {
+        "url": "file://${XDG_DATA_HOME:-~/.local/share}/dask-kaas/store",
+        "storage_options": {},
+        "shared": ["public"],
+    },
     "memory": {"url": "memory://dask-kaas", "storage_options": {}, "shared": ["public"]},
 }
 
@@ -156,6 +168,7 @@ def expand_env(value, *, where: str = "value"):
     (str, list or dict, recursively); dict entries that end up as empty
     strings are dropped. An unset ``${VAR}`` without default is a StoreError."""
     if isinstance(value, str):
+
         def sub(m):
             if m.group(0) == "$$":
                 return "$"
@@ -164,8 +177,9 @@ def expand_env(value, *, where: str = "value"):
             if default is not None:
                 return got if got else default
             if got is None:
-                raise StoreError(f"{where}: environment variable {var} is not set "
-                                 f"(write ${{{var}:-}} to allow it to be unset)")
+                raise StoreError(
+                    f"{where}: environment variable {var} is not set (write ${{{var}:-}} to allow it to be unset)"
+                )
             return got
 
         return _VAR.sub(sub, value)

@@ -1,4 +1,5 @@
 """Store URLs in one spelling, so the same store compares equal and means the same on every worker."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ def normalize_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise StoreError(f"store URL must be a non-empty str, got {url!r}")
     if url.startswith("file://"):
-        return "file://" + os.path.abspath(os.path.expanduser(url[len("file://"):]))
+        return "file://" + os.path.abspath(os.path.expanduser(url[len("file://") :]))
     if "://" not in url:
         return "file://" + os.path.abspath(os.path.expanduser(url))
     scheme, _, rest = url.partition("://")

@@ -5,6 +5,7 @@ number, the uid of its data directory, dtype, shape, byte size and commit time, 
 superseded versions still kept for in-flight readers. These functions decide the next record;
 :mod:`dask_kaas.store.pointers` makes swapping it in atomic.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Version", "COMMIT_ATTEMPTS", "MAX_RETIRED", "new_uid", "next_record", "referenced", "uid_time"]
+__all__ = ["COMMIT_ATTEMPTS", "MAX_RETIRED", "Version", "new_uid", "next_record", "referenced", "uid_time"]
 
 COMMIT_ATTEMPTS = 64  # compare-and-swap retries before a put gives up on a key many writers race for
-MAX_RETIRED = 32      # superseded versions a pointer keeps alive for in-flight readers
+MAX_RETIRED = 32  # superseded versions a pointer keeps alive for in-flight readers
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,30 @@ class Version:
         return f"{self.namespace}/data/{self.uid}"
 
     def to_json(self) -> str:
-        return json.dumps({"version": self.version, "uid": self.uid, "dtype": self.dtype.str,
-                           "shape": list(self.shape), "nbytes": self.nbytes, "written": self.written})
+        return json.dumps(
+            {
+                "version": self.version,
+                "uid": self.uid,
+                "dtype": self.dtype.str,
+                "shape": list(self.shape),
+                "nbytes": self.nbytes,
+                "written": self.written,
+            }
+        )
 
     @classmethod
-    def from_json(cls, namespace: str, key: str, text: bytes | str) -> "Version":
+    def from_json(cls, namespace: str, key: str, text: bytes | str) -> Version:
         d = json.loads(text)
-        return cls(namespace, key, int(d["version"]), str(d["uid"]), np.dtype(d["dtype"]), tuple(d["shape"]),
-                   int(d["nbytes"]), float(d["written"]))
+        return cls(
+            namespace,
+            key,
+            int(d["version"]),
+            str(d["uid"]),
+            np.dtype(d["dtype"]),
+            tuple(d["shape"]),
+            int(d["nbytes"]),
+            float(d["written"]),
+        )
 
 
 def new_uid() -> str:
@@ -81,8 +98,16 @@ def next_record(old: dict | None, uid: str, data: np.ndarray, now: float, retain
     """The pointer record that commits ``uid`` after ``old`` (None: a new key), and the uids of
     superseded versions whose data may now go: the one just replaced stays (one write longer), and
     older ones stay while retired for less than ``retain`` seconds (at most MAX_RETIRED of them)."""
-    record = {"version": 1, "uid": uid, "dtype": data.dtype.str, "shape": list(data.shape),
-              "nbytes": int(data.nbytes), "written": now, "previous": None, "retired": []}
+    record = {
+        "version": 1,
+        "uid": uid,
+        "dtype": data.dtype.str,
+        "shape": list(data.shape),
+        "nbytes": int(data.nbytes),
+        "written": now,
+        "previous": None,
+        "retired": [],
+    }
     if old is None:
         return record, []
     retired = [[str(u), float(t)] for u, t in old.get("retired", ()) if u]

@@ -4,6 +4,7 @@ One array per stored version, never modified after it is written. Layout,
 chosen by measurement (see README "Store layout"): no compression, one chunk up
 to :data:`CHUNK_BYTES`, larger arrays chunked along axis 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,9 +110,9 @@ def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bo
         chunk_path = os.path.join(base, *meta.encode_chunk_key(coords).split("/"))
         os.makedirs(os.path.dirname(chunk_path), exist_ok=True)
         with open(chunk_path, "wb", buffering=0) as f:
-            view = flat[i * chunk_bytes: (i + 1) * chunk_bytes]
+            view = flat[i * chunk_bytes : (i + 1) * chunk_bytes]
             while len(view):
-                view = view[f.write(view):]
+                view = view[f.write(view) :]
             if (i + 1) * chunk_bytes > len(flat):
                 f.truncate(chunk_bytes)  # zarr stores an edge chunk at full size
 
@@ -123,8 +124,9 @@ def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bo
     return True
 
 
-def read_bytes(zstore, path: str, offset: int, size: int, *, local_root: str | None = None, fs=None,
-               root: str | None = None) -> np.ndarray:
+def read_bytes(
+    zstore, path: str, offset: int, size: int, *, local_root: str | None = None, fs=None, root: str | None = None
+) -> np.ndarray:
     """Bytes ``[offset, offset + size)`` of the array at ``path`` as a 1-D uint8 array.
 
     Never zeros for data that is gone: zarr reads a missing chunk as its fill value, so the
@@ -150,7 +152,7 @@ def read_bytes(zstore, path: str, offset: int, size: int, *, local_root: str | N
     if arr.nchunks_initialized < arr.nchunks:
         raise FileNotFoundError(f"chunks of {path} are gone ({arr.nchunks_initialized} of {arr.nchunks} left)")
     flat = np.require(data, requirements="C").reshape(-1).view(np.uint8)
-    return flat[offset - start: offset - start + size]
+    return flat[offset - start : offset - start + size]
 
 
 def _chunk_spans(arr, offset: int, size: int):
@@ -179,7 +181,7 @@ def _read_remote_chunks(arr, fs, base: str, offset: int, size: int) -> np.ndarra
             raise part
         if len(part) != b - a:
             raise EOFError(f"chunk {path} is truncated: {len(part)} bytes where {b - a} were expected")
-        out[pos: pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+        out[pos : pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
         pos += len(part)
     return out
 
@@ -195,7 +197,7 @@ def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) 
         chunk_path = os.path.join(base, *key.split("/"))
         with open(chunk_path, "rb", buffering=0) as f:
             f.seek(a)
-            view = buf[pos: pos + b - a]
+            view = buf[pos : pos + b - a]
             while len(view):
                 n = f.readinto(view)
                 if not n:

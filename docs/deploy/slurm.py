@@ -3,6 +3,7 @@
 
     python slurm.py            # 2 nodes of 4 GPUs, then a request
 """
+
 from __future__ import annotations
 
 GPUS_PER_NODE = 4
@@ -13,9 +14,10 @@ def make_cluster(**overrides):
     from dask_jobqueue import SLURMCluster
 
     options = dict(
-        cores=1, processes=1,            # one `dask kaas worker` per job (--nthreads 1); it starts one worker per GPU
-        job_cpu=GPUS_PER_NODE,           # CPUs per job (--cpus-per-task)
-        memory="64GB",                   # per job; Dask's memory limit is per worker process
+        cores=1,
+        processes=1,  # one `dask kaas worker` per job (--nthreads 1); it starts one worker per GPU
+        job_cpu=GPUS_PER_NODE,  # CPUs per job (--cpus-per-task)
+        memory="64GB",  # per job; Dask's memory limit is per worker process
         walltime="04:00:00",
         job_extra_directives=[f"--gres=gpu:{GPUS_PER_NODE}"],
         worker_command="dask_kaas.cli worker",  # `python -m dask_kaas.cli worker SCHEDULER ...`

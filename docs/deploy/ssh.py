@@ -4,6 +4,7 @@ first host, on every other host the KaaS workers of that node (one per GPU), sta
 
     python ssh.py gpu-head gpu-node-1 gpu-node-2
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,12 @@ def make_cluster(hosts: list[str], **overrides):
     """The SSHCluster of this recipe; ``hosts[0]`` runs the scheduler."""
     from distributed import SSHCluster
 
-    options = dict(worker_class=WORKER_CLASS, worker_options=WORKER_OPTIONS, scheduler_options=SCHEDULER_OPTIONS,
-                   connect_options={"known_hosts": None})
+    options = dict(
+        worker_class=WORKER_CLASS,
+        worker_options=WORKER_OPTIONS,
+        scheduler_options=SCHEDULER_OPTIONS,
+        connect_options={"known_hosts": None},
+    )
     return SSHCluster(hosts, **{**options, **overrides})
 
 
