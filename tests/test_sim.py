@@ -272,19 +272,7 @@ NO_STREAMS = dict(client_interval=0.0, to_worker_interval=0.0, from_worker_inter
 
 def test_shared_cores_cap_a_small_hosts_task_rate():
     wl = zipf_trace(4, 400, s=0.0, seed=0, const_bytes=MiB, kernel_seconds=1e-5, window=16)
-    base = host_costs().replace(
-        jitter_cv=0.0,
-        scheduler_seconds=0.01,
-        dispatch_seconds=0.0,
-        return_seconds=0.0,
-        submit_seconds=0.0,
-        worker_seconds=0.0,
-        byte_seconds=0.0,
-        finish_seconds=0.0,
-        receive_seconds=0.0,
-        load_cv=0.0,
-        **NO_STREAMS,
-    )
+    base = _costs(scheduler_seconds=0.01)
     rates = {
         cores: simulate(wl, "balance", gpus=4, capacity=8 * MiB, costs=base.replace(shared_cores=cores))[
             "throughput_rps"
