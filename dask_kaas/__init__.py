@@ -22,6 +22,7 @@ The public names below are loaded on first use, so a process imports only the la
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from . import config  # noqa: F401  (registers the kaas.* defaults)
@@ -38,7 +39,10 @@ from .errors import (
     TenantError,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("dask-kaas")  # written once, in pyproject.toml
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "BufferSpec": "request",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, KaasError
+from .eviction import EVICTIONS
 from .jupyter import ClusterState, WorkerStats
 from .plugins.scheduler import KaasSchedulerPlugin
 from .plugins.worker import (
@@ -17,7 +18,6 @@ from .plugins.worker import (
     store_on_worker,
 )
 from .scheduling import POLICIES
-from .scheduling.eviction import EVICTIONS
 
 if TYPE_CHECKING:  # annotations only
     from distributed import Client

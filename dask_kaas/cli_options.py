@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -26,7 +27,7 @@ def store_options(f):
     return f
 
 
-def fail(e) -> None:
+def fail(e) -> NoReturn:
     click.echo(f"error: {type(e).__name__}: {e}", err=True)
     sys.exit(2)
 

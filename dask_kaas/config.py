@@ -82,8 +82,8 @@ def scheduler_settings() -> dict:
 
 
 def eviction() -> str:
-    """``kaas.eviction``: the device cache's eviction order (:mod:`dask_kaas.scheduling.eviction`)."""
-    from .scheduling.eviction import EVICTIONS
+    """``kaas.eviction``: the device cache's eviction order (:mod:`dask_kaas.eviction`)."""
+    from .eviction import EVICTIONS
 
     value = get("eviction")
     if value not in EVICTIONS:

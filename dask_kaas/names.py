@@ -15,7 +15,6 @@ DEFAULT_NAMESPACE = "default"
 MAX_NAME = 256
 MAX_TENANT = 128
 MAX_KEY = 1024
-MAX_PATH = 4096
 # a store key's path segments become file and object names: 255 bytes is a file name's limit on the
 # usual file systems, and a key's last segment gets ".json" (its pointer) appended
 MAX_SEGMENT_BYTES = 250

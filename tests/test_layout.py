@@ -34,6 +34,7 @@ BELOW_PLUGINS = (
     "runtime",
     "scheduling",
     "report",
+    "eviction",
     "names",
     "errors",
     "config",

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dask_kaas import config
+from dask_kaas.eviction import EVICTIONS, eviction_order
 from dask_kaas.runtime.cache import BufferCache
 from dask_kaas.scheduling import SchedulingCore, Task
-from dask_kaas.scheduling.eviction import EVICTIONS, eviction_order
 from dask_kaas.sim import (
     CONFIGURATIONS,
     Simulation,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import KaasError
 from ..functions import Function, TensorSpec
 from ..names import show
 from .catalog import visible_name
@@ -53,7 +54,7 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not a JSON value (JSON has no NaN or Infinity)")
 
 
-class OipError(Exception):
+class OipError(KaasError):
     """A call the protocol answers with ``status`` and ``{"error": message}``."""
 
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):

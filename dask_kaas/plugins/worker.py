@@ -11,10 +11,10 @@ from distributed import WorkerPlugin, get_worker
 from .. import compat, config
 from ..device import KINDS, make_device
 from ..errors import AdmissionRejected, ConfigError, KaasError, TenantError
+from ..eviction import check_eviction
 from ..logs import setup_logging
 from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
 from ..runtime import Runtime
-from ..scheduling.eviction import check_eviction
 from ..store import BufferStore, open_store
 from ..text import format_bytes
 from .peer_guard import cluster_access, guard_server
@@ -226,7 +226,7 @@ def worker_runtime() -> Runtime | None:
         worker = get_worker()
     except ValueError:
         return None
-    runtime = getattr(worker.plugins.get(PLUGIN_NAME), "runtime", None)
+    runtime = _runtime_of(worker)
     if runtime is None:
         raise KaasError(f"Dask worker {worker.address} {NO_PLUGIN}")
     hints = compat.current_task_annotation(worker, WANTED_ANNOTATION)
@@ -266,23 +266,25 @@ def _rejection(annotation) -> tuple[int, AdmissionRejected] | None:
         return None
 
 
+def _runtime_of(dask_worker) -> Runtime | None:
+    """The runtime of ``dask_worker``'s KaaS plugin, or None without the plugin (or before its setup)."""
+    return getattr(dask_worker.plugins.get(PLUGIN_NAME), "runtime", None)
+
+
 def stats_on_worker(dask_worker) -> dict | None:
     """Runs on a worker (through ``client.run``): its runtime's counters, or None without one."""
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    runtime = getattr(plugin, "runtime", None)
+    runtime = _runtime_of(dask_worker)
     return None if runtime is None else runtime.stats()
 
 
 def store_on_worker(dask_worker) -> BufferStore | None:
     """Runs on a worker (``client.run``): the store its KaaS plugin reads, or None without the plugin."""
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    return getattr(plugin, "store", None) if plugin is not None else None
+    return getattr(dask_worker.plugins.get(PLUGIN_NAME), "store", None)
 
 
 def set_exclusive_on_worker(dask_worker, exclusive: bool) -> bool:
     """Runs on a worker (``client.run``): switch the exclusive-tenant baseline on or off."""
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    runtime = getattr(plugin, "runtime", None)
+    runtime = _runtime_of(dask_worker)
     if runtime is None:
         return False
     runtime.exclusive = exclusive
@@ -291,7 +293,7 @@ def set_exclusive_on_worker(dask_worker, exclusive: bool) -> bool:
 
 def set_eviction_on_worker(dask_worker, eviction: str) -> str:
     """Runs on a worker (``client.run``): the device cache's eviction order from now on."""
-    runtime = getattr(dask_worker.plugins.get(PLUGIN_NAME), "runtime", None)
+    runtime = _runtime_of(dask_worker)
     if runtime is not None:
         runtime.cache.eviction = check_eviction(eviction)
     return eviction
@@ -299,8 +301,7 @@ def set_eviction_on_worker(dask_worker, eviction: str) -> str:
 
 def clear_cache_on_worker(dask_worker) -> int:
     """Runs on a worker (``client.run``): drop every unpinned cached buffer; returns how many bytes remain."""
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    runtime = getattr(plugin, "runtime", None)
+    runtime = _runtime_of(dask_worker)
     if runtime is None:
         return 0
     return runtime.clear_cache()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import DeviceMemoryError
-from ..scheduling.eviction import check_eviction, eviction_order
+from ..eviction import check_eviction, eviction_order
 from ..text import exact_bytes
 from .counters import Counters
 
@@ -46,7 +46,7 @@ class BufferCache(Generic[Handle]):
     Each entry holds ``key, handle, nbytes, const, pins, last_use``. Pinned entries
     (``pins > 0``) are in use by a running request and are never evicted or freed. Unpinned
     entries stay resident (cached) until room is needed, then are evicted non-const first,
-    then const, in ``eviction``'s order (:mod:`dask_kaas.scheduling.eviction`: ``lru``, least
+    then const, in ``eviction``'s order (:mod:`dask_kaas.eviction`: ``lru``, least
     recently used first; ``queue-aware``, consts no queued request wants first, by uses, then
     those wanted, as the last :meth:`want` said). Nothing is written back: a const
     never changes on the device, and outputs are copied out by the request that wrote them.

@@ -568,9 +568,6 @@ class Runtime:
         )
         return out
 
-    def cache_contents(self) -> list[dict]:
-        return self.cache.contents()
-
     def resident_consts(self) -> list[tuple]:
         """``(namespace, key, uid, version, nbytes)`` of every const buffer the cache holds."""
         return [

@@ -6,7 +6,7 @@ sees a call once Dask has spent its submit CPU on it (``CostModel.submit_seconds
 sees a task only once Dask made it, and hears of its completion once the scheduler has handled the
 worker's message. Messages travel on Dask's batched streams (:class:`BatchedStream`).
 The workers are simulated: each serves the requests assigned to it one at a time, first come first
-served; its device cache evicts in :func:`dask_kaas.scheduling.eviction.eviction_order`'s order
+served; its device cache evicts in :func:`dask_kaas.eviction.eviction_order`'s order
 (the live cache's code) with the hints the core gave when it dispatched the worker's latest task
 that carried any (:meth:`SchedulingCore.hints`, as live they travel in the task's annotation);
 after each request it reports to the core in the live reports' format (:mod:`dask_kaas.report`,
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import config
+from ..eviction import check_eviction, eviction_order
 from ..scheduling import SchedulingCore, Task
-from ..scheduling.eviction import check_eviction, eviction_order
 from .costs import CostModel
 from .workloads import Workload
 

@@ -33,7 +33,6 @@ MISSING = "missing"  # the signature of a pointer that does not exist
 class Pointers:
     """Unconditional pointers over any fsspec filesystem (the fallback)."""
 
-    atomic = False
     #: Whether a version read from this backend may be trusted for ``kaas.store-version-ttl`` seconds
     #: without asking again (remote stores); local files have :meth:`signature` instead.
     remote = True
@@ -69,7 +68,6 @@ class Pointers:
 class LocalPointers(Pointers):
     """Local files: flock around read and replace, and replace by rename."""
 
-    atomic = True
     remote = False
 
     def signature(self, path: str):
@@ -118,7 +116,6 @@ class LocalPointers(Pointers):
 class MemoryPointers(Pointers):
     """fsspec's memory filesystem: one process, so a lock per pointer path is enough."""
 
-    atomic = True
     remote = False  # reading the pointer is a dict lookup
 
     @contextlib.contextmanager
@@ -131,8 +128,6 @@ class MemoryPointers(Pointers):
 
 class S3Pointers(Pointers):
     """S3 through s3fs: conditional PUTs on the pointer's ETag."""
-
-    atomic = True
 
     def read(self, path: str) -> tuple[bytes | None, object]:
         from fsspec.asyn import sync
