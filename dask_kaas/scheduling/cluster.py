@@ -165,7 +165,7 @@ class Cluster:
             view.running = running
             self._reopen(view)
 
-    def __contains__(self, address: str) -> bool:
+    def __contains__(self, address: object) -> bool:
         return address in self.views
 
     def __len__(self) -> int:

@@ -196,7 +196,7 @@ class SchedulingCore:
                     }
                 )
                 return rejection
-            if rejection is not None:
+            if rejection is not None and rejection.admitted is not None:
                 part = rejection
                 stats.rejected += task.count - rejection.admitted
                 task.count = rejection.admitted
@@ -248,7 +248,7 @@ class SchedulingCore:
         """A dispatched task could not go to its worker after all (or lost it): held again, at the
         head of its queue when ``ready``, else until :meth:`set_ready`."""
         task = self.tasks.get(key)
-        if task is None or task.state != "assigned":
+        if task is None or task.state != "assigned" or task.worker is None:
             return
         self.cluster.release(task.worker, task.consts, task.estimate, task.count)
         task.worker, task.ready = None, ready
@@ -536,8 +536,8 @@ class SchedulingCore:
         first: those that would miss the deadline are rejected (``Decision("partial", admitted=n)``
         when its first ``n`` calls make it)."""
         runtime = self.model.estimate(task.shape)
-        if runtime is None:
-            return None  # nothing known about this shape yet: admit, and learn from it
+        if runtime is None or task.deadline is None:
+            return None  # nothing known about this shape yet (or no deadline): admit, and learn from it
         wait, interval = self._predicted_wait(task)
         first = wait + max(runtime, interval)
         calibration = max(self.model.calibration, self._running_late())
@@ -594,10 +594,11 @@ class SchedulingCore:
         percentile of elapsed / predicted (0 with fewer than a handful in flight). Completed requests
         calibrate predictions only once they finish; when the workers slow down, the requests still in
         flight show it first, so admission reacts before deadlines are missed."""
-        if len(self._admitted) < 5:
-            return 0.0
         now = self.clock()
-        return float(np.quantile([(now - t.submitted) / t.predicted for t in self._admitted.values()], 0.9))
+        ratios = [(now - t.submitted) / t.predicted for t in self._admitted.values() if t.predicted]
+        if len(ratios) < 5:
+            return 0.0
+        return float(np.quantile(ratios, 0.9))
 
     # -- state ------------------------------------------------------------------------------
     def counters(self) -> tuple[dict, dict]:

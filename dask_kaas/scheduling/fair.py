@@ -114,7 +114,8 @@ class FairQueue:
     def least_served(self, limit: int, within: float | None = None) -> list[str]:
         """Up to ``limit`` backlogged tenants in order of service, least first; with ``within``, only
         those within ``within`` of the least. The heap is left as it was."""
-        out, taken = [], []
+        out: list = []
+        taken: list = []
         while self._heap and len(out) < limit:
             entry = heapq.heappop(self._heap)
             service, _, tenant = entry

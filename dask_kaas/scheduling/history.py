@@ -44,8 +44,12 @@ class History:
         Every list has one value per ``time``; ``nan`` where there is nothing to say (no lookups, not
         there yet)."""
         samples = list(self.samples)
-        workers = {w: {k: [] for k in _WORKER_SERIES} for w in sorted({w for _, ws, _ in samples for w in ws})}
-        tenants = {t: {k: [] for k in _TENANT_SERIES} for t in sorted({t for _, _, ts in samples for t in ts})}
+        workers: dict[str, dict[str, list]] = {
+            w: {k: [] for k in _WORKER_SERIES} for w in sorted({w for _, ws, _ in samples for w in ws})
+        }
+        tenants: dict[str, dict[str, list]] = {
+            t: {k: [] for k in _TENANT_SERIES} for t in sorted({t for _, _, ts in samples for t in ts})
+        }
         out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": workers, "tenants": tenants}
         for (t0, w0, n0), (t1, w1, n1) in itertools.pairwise(samples):
             if since is not None and t1 <= since:

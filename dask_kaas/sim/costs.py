@@ -336,6 +336,8 @@ def gpu_costs(results: str | Path = RESULTS) -> CostModel:
     source["device_bandwidth"] = "assumed: PCIe Gen4 x16, pinned host memory"
     for path in sorted(results.glob("overhead-gpu*.json")):
         data = _load(results, path.name)
+        if data is None:
+            continue
         try:
             worker = float(data["in_process"]["per_request_overhead_us"]) * 1e-6
             source["worker_seconds"] = f"{path.name} in_process per_request_overhead_us"

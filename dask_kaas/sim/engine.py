@@ -21,6 +21,7 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
@@ -160,7 +161,7 @@ class Simulation:
             self.core.add_worker(w.address)
             if record:
                 w.accesses = []
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "gpus": gpus,
             "capacity": int(capacity),
             "policy": policy,
@@ -297,13 +298,13 @@ class Simulation:
             if self._loop_of[i] >= 0:
                 self._submit_next(self._loop_of[i], self.now)
             return
-        if decision.action == "run":
+        if decision.action == "run" and decision.worker is not None:
             self._start(i, decision.worker)
         self._dispatch()
 
     def _dispatch(self) -> None:
         for key, worker in self.core.dispatch():
-            self._start(key, worker)
+            self._start(cast(int, key), worker)  # the simulation's task keys are call indices
 
     def _start(self, i: int, address: str) -> None:
         """The scheduler sends call ``i`` to ``address`` with the core's hints for that worker, as the
@@ -360,8 +361,9 @@ class Simulation:
 
     def _on_core(self, seconds: float) -> float:
         """``seconds`` of work on the first shared core free: when it ends."""
-        end = max(self.now, self._cores[0]) + seconds
-        heapq.heapreplace(self._cores, end)
+        cores = cast(list, self._cores)  # only called with shared cores
+        end = max(self.now, cores[0]) + seconds
+        heapq.heapreplace(cores, end)
         return end
 
     def _arrive(self, i: int, address: str, hints: dict | None) -> None:

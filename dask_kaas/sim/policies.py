@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .costs import CostModel
 from .engine import Simulation
@@ -10,7 +11,7 @@ from .metrics import summarize
 from .workloads import Workload
 
 # name -> Simulation settings: the paper's baselines, Dask-like balance, KaaS's affinity and its additions
-CONFIGURATIONS = {
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "static": {"policy": "static"},
     "exclusive": {"policy": "exclusive"},
     "balance": {"policy": "balance"},

@@ -293,7 +293,9 @@ def read_azure_trace(
         raise ValueError(f"{invocations}: no per-minute columns (1, 2, ..., 1440) in the header")
     if minutes is not None:
         minute_cols = minute_cols[:minutes]
-    funcs, times, calls = [], [], []
+    funcs: list[Function] = []
+    times: list[np.ndarray] = []
+    calls: list[np.ndarray] = []
     for line, row in enumerate(rows, start=2):
         if len(row) < len(header):
             raise ValueError(f"{invocations}, line {line}: {len(row)} fields, the header has {len(header)}")

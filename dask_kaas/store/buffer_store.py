@@ -132,7 +132,7 @@ class BufferStore:
         self._local_root = self.url[len("file://") :] if self.url.startswith("file://") else None
         self._lock = threading.Lock()
         self._fs = None
-        self._root_path = None
+        self._root_path: str | None = None
         self._zstore = None
         self._pointer_ops: Pointers | None = None
         self._versions: dict = {}  # (namespace, key) -> (Version, signature or time read): cached_version
@@ -142,7 +142,8 @@ class BufferStore:
         return {"url": self.url, "storage_options": self.storage_options, "shared": self.shared}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], storage_options=state["storage_options"], shared=state.get("shared", ()))
+        shared = state.get("shared", ())
+        BufferStore.__init__(self, state["url"], storage_options=state["storage_options"], shared=shared)
 
     def __repr__(self):
         return f"BufferStore({self.url!r})"

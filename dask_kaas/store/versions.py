@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def next_record(old: dict | None, uid: str, data: np.ndarray, now: float, retain
     }
     if old is None:
         return record, []
-    retired = [[str(u), float(t)] for u, t in old.get("retired", ()) if u]
+    retired: list[list[Any]] = [[str(u), float(t)] for u, t in old.get("retired", ()) if u]
     if "retired" not in old and old.get("previous"):  # a pointer from before retirement times were kept
         retired.append([old["previous"], 0.0])
     retired.append([old["uid"], now])

@@ -86,7 +86,7 @@ def _raw_native_layout(meta, shape: tuple[int, ...], chunks: tuple[int, ...]) ->
 
     That is the layout :func:`write_array` makes, and the one the local fast paths read and write.
     """
-    codecs = getattr(meta, "codecs", ())
+    codecs: tuple = tuple(getattr(meta, "codecs", ()))
     if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or chunks[1:] != shape[1:]:
         return False
     endian = codecs[0].endian  # an Endian enum up to zarr 3.2, a plain string from zarr 3.3
@@ -100,7 +100,7 @@ def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bo
     chunks = tuple(arr.chunks)
     if not _raw_native_layout(meta, shape, chunks):
         return False
-    flat = memoryview(data.reshape(-1).view(np.uint8))
+    flat = data.reshape(-1).view(np.uint8).data
     chunk_bytes = math.prod(chunks) * data.dtype.itemsize
     base = os.path.join(local_root, *path.split("/"))
     n_chunks = -(-shape[0] // chunks[0]) if shape else 1
@@ -148,7 +148,7 @@ def read_bytes(
     else:  # only the rows that cover the range
         row_bytes = nbytes // shape[0]
         r0, r1 = offset // row_bytes, -(-(offset + size) // row_bytes)
-        data, start = arr[r0:r1], r0 * row_bytes
+        data, start = np.asarray(arr[r0:r1]), r0 * row_bytes
     if arr.nchunks_initialized < arr.nchunks:
         raise FileNotFoundError(f"chunks of {path} are gone ({arr.nchunks_initialized} of {arr.nchunks} left)")
     flat = np.require(data, requirements="C").reshape(-1).view(np.uint8)
@@ -190,7 +190,7 @@ def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) 
     """Read straight from a local store's chunk files into one buffer, skipping zarr's decode-and-copy;
     a missing chunk file raises FileNotFoundError."""
     out = np.empty(size, dtype=np.uint8)
-    buf = memoryview(out)
+    buf = out.data
     base = os.path.join(local_root, *path.split("/"))
     pos = 0
     for key, a, b in _chunk_spans(arr, offset, size):
