@@ -160,7 +160,9 @@ async def _throughput(address, readings, p, log) -> list[dict]:
             runs = {name: [] for name in arms}
             for r in range(p["rounds"]):
                 for name, call in arms.items():
-                    readings.wait_idle()
+                    # in a thread: this client's loop must run meanwhile to release the previous arm's results
+                    # (blocking it here left their tasks on the scheduler until wait_idle's 30 s timeout)
+                    await asyncio.to_thread(readings.wait_idle)
                     before = readings.now()
                     rate = await callers_per_second(k, p["calls"], call)
                     calls = (max(1, p["calls"] // k) + 1) * k  # each caller's untimed first call too

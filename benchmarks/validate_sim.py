@@ -64,6 +64,7 @@ TARGET = 0.10
 SCENARIOS = ("zipf-closed", "zipf-two-sizes", "bursty-beside-steady", "open-poisson", "cyclic", "switch")
 SETTLE_S = 0.3
 RECALIBRATE = {"requests": 200, "noops": 20}  # Dask's costs measured again before each live run
+RECALIBRATE_SMOKE = {"requests": 24, "noops": 5}  # a smoke run checks the machinery, not the figures
 FULL = {
     "requests": 600,
     "repeat": 2,
@@ -452,7 +453,8 @@ def run_live(scenario_list: list[dict], p: dict, store_url: str, address: str, l
                     # run, on a cluster left idle by the run before (its results released)
                     wait_idle(client)
                     time.sleep(SETTLE_S)
-                    calibration = cluster_costs(cluster_figures(client, store, RECALIBRATE))
+                    sample = RECALIBRATE if p["repeat"] > 1 else RECALIBRATE_SMOKE
+                    calibration = cluster_costs(cluster_figures(client, store, sample))
                     reset(client, config.split(">")[0])
                     forget_model(client)  # each run starts from what a simulation starts from
 
