@@ -35,6 +35,7 @@ BELOW_PLUGINS = (
     "scheduling",
     "report",
     "eviction",
+    "validators",
     "names",
     "errors",
     "config",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,25 +9,22 @@ import numpy as np
 
 from ..errors import RequestError
 from ..names import show
+from ..validators import is_int
 
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def dims(value: Any, what: str, where: str = "", limits: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """``value`` (an int or 1-3 ints) as a 3-tuple of positive ints, within ``limits`` per axis;
     :class:`RequestError` naming ``where`` and ``what`` otherwise."""
     prefix = f"{where}: " if where else ""
-    value_dims = (value,) if _is_int(value) else value
+    value_dims = (value,) if is_int(value) else value
     if (
         not isinstance(value_dims, (tuple, list, np.ndarray))
         or not 1 <= len(value_dims) <= 3
-        or not all(_is_int(d) and d > 0 for d in value_dims)
+        or not all(is_int(d) and d > 0 for d in value_dims)
     ):
         raise RequestError(f"{prefix}{what} must be 1 to 3 positive integers, got {show(value)}")
     out = tuple(int(d) for d in value_dims) + (1,) * (3 - len(value_dims))

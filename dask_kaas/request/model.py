@@ -24,9 +24,11 @@ import numpy as np
 from .. import config
 from ..errors import RequestError
 from ..names import namespace_problem, show
+from ..validators import check, is_int
 from . import parse
 from .call import current_runtime
-from .specs import BufferSpec, KernelSpec, _check, _is_int
+from .inputs import check_call_inputs
+from .specs import BufferSpec, KernelSpec
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class Request:
             raise RequestError(
                 f"a request has {len(kernels)} kernels, more than kaas.limits.kernels ({limits['kernels']})"
             )
-        if not _is_int(n_iter) or n_iter < 1:
+        if not is_int(n_iter) or n_iter < 1:
             raise RequestError(f"n_iter must be an integer >= 1, got {show(n_iter)}")
         if n_iter > limits["n-iter"] or n_iter * len(kernels) > limits["launches"]:
             raise RequestError(
@@ -158,7 +160,7 @@ class Request:
         if isinstance(tenant, str):  # an exact str (numpy's str_ is a subclass): no subclass decides == for it
             tenant = str.__str__(tenant)
         if tenant is not None:
-            _check(namespace_problem(tenant, "tenant"))
+            check(namespace_problem(tenant, "tenant"))
         if deadline is not None and (
             isinstance(deadline, bool)
             or not isinstance(deadline, numbers.Real)
@@ -259,29 +261,7 @@ class Request:
         ...
         dask_kaas.errors.RequestError: input 'x': float64 data for a float32 buffer; convert it ...
         """
-        out = {}
-        for name, value in inputs.items():
-            role = self._roles.get(name) if isinstance(name, str) else None
-            if role is None:
-                raise RequestError(
-                    f"input {show(name)} is not a buffer of this request (buffers: {', '.join(self._roles)})"
-                )
-            if not role.reads_first or role.temporary:
-                what = "a temporary" if role.temporary else "written before it is read (an output)"
-                raise RequestError(f"input {name!r}: buffer {name!r} is {what}, so it takes no input data")
-            raw = _as_bytes(value, name, role.spec.dtype, role.spec.size)
-            if raw.nbytes != role.spec.size:
-                raise RequestError(
-                    f"input {name!r}: {raw.nbytes} bytes given, buffer {name!r} is declared with size {role.spec.size}"
-                )
-            out[name] = raw
-        for name in self.inputs:
-            spec = self._roles[name].spec
-            if name not in out and spec.ephemeral:
-                raise RequestError(
-                    f"missing input {name!r}: the buffer is ephemeral (never in the store), so the call must pass it"
-                )
-        return out
+        return check_call_inputs(self._roles, self.inputs, inputs)
 
     def __call__(self, *args: Any, **inputs: Any) -> dict[str, np.ndarray]:
         """Run the request on the runtime of the current context; return its outputs.
@@ -612,57 +592,6 @@ def _rebuild_request(kernels, n_iter, tenant, deadline=None, shape_token=None):
     if type(shape_token) is str:
         req.__dict__["shape_token"] = shape_token
     return req
-
-
-def _elements_over(value, budget: int) -> bool:
-    """Whether ``value`` (nested sequences, ranges, arrays, scalars) holds more than ``budget`` elements,
-    counted without converting it: a ``range(10**12)`` is a few bytes until NumPy makes it an array."""
-    stack, count = [value], 0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, np.ndarray):
-            count += item.size
-        elif isinstance(item, range):
-            count += len(item)
-        elif isinstance(item, (list, tuple)):
-            if count + len(item) > budget:  # every element is at least one
-                return True
-            stack.extend(item)
-            continue
-        else:
-            count += 1
-        if count > budget:
-            return True
-    return False
-
-
-def _as_bytes(value, name: str, dtype: str | None = None, size: int | None = None) -> np.ndarray:
-    """``value`` as the bytes of a buffer of ``dtype``; ``size``: the buffer's bytes, which bounds the
-    elements converted (more could only be refused after NumPy allocated them all)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return np.frombuffer(value, dtype=np.uint8)
-    want = np.dtype(dtype) if dtype is not None else None
-    if not isinstance(value, np.ndarray):  # lists and scalars take the buffer's dtype (uint8 without one)
-        if size is not None and _elements_over(value, size // (want.itemsize if want is not None else 1)):
-            raise RequestError(
-                f"input {name!r}: more elements than buffer {name!r} holds ({size} bytes"
-                f"{f' of {want}' if want is not None else ''})"
-            )
-        try:
-            value = np.asarray(value, dtype=want or np.uint8)
-        except (OverflowError, ValueError, TypeError) as e:
-            raise RequestError(
-                f"input {name!r}: cannot be read as {want or 'uint8 (the buffer declares no dtype)'}"
-                f" ({type(e).__name__}: {show(str(e), 100)})"
-            ) from None
-    if value.dtype.hasobject:
-        raise RequestError(f"input {name!r}: object arrays cannot be copied to a device")
-    if want is not None and value.dtype != want and value.dtype != np.uint8:
-        raise RequestError(
-            f"input {name!r}: {value.dtype} data for a {want} buffer; convert it "
-            f"(x.astype({want.name!r})) or pass its raw bytes"
-        )
-    return np.ascontiguousarray(value).reshape(-1).view(np.uint8)
 
 
 def _derive_roles(kernels: Sequence[KernelSpec]) -> dict[str, BufferRole]:

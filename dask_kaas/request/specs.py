@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import RequestError
 from ..kernels.launch import MAX_BLOCK, MAX_GRID, MAX_THREADS_PER_BLOCK, dims
 from ..names import buffer_key_problem, identifier_problem, show, text_problem
+from ..validators import check, is_int
 
 if TYPE_CHECKING:  # annotations only
     import os
@@ -41,15 +42,6 @@ MAX_DIMS = 32  # NumPy's own limit on a shape's dimensions
 MAX_LITERALS = 64
 MAX_ARGUMENTS = 256
 _DTYPE_KINDS = frozenset("biufc")  # bool, ints, floats, complex: what a kernel buffer can hold
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check(problem: str | None, where: str = "") -> None:
-    if problem is not None:
-        raise RequestError(f"{where}: {problem}" if where else problem)
 
 
 def _flag(value, what: str, where: str) -> bool:
@@ -166,15 +158,15 @@ class BufferSpec:
         dtype: DTypeLike | None = None,
         shape: int | Sequence[int] | None = None,
     ) -> None:
-        _check(text_problem(name, "buffer name"))
+        check(text_problem(name, "buffer name"))
         where = f"buffer {name!r}"
-        if not _is_int(size) or not 0 < size <= MAX_BYTES:
+        if not is_int(size) or not 0 < size <= MAX_BYTES:
             raise RequestError(
                 f"{where}: size must be a positive integer number of bytes (at most 2**48), got {show(size)}"
             )
         if key is not None:
-            _check(buffer_key_problem(key), where)
-        if not _is_int(offset) or not 0 <= offset <= MAX_BYTES:
+            check(buffer_key_problem(key), where)
+        if not is_int(offset) or not 0 <= offset <= MAX_BYTES:
             raise RequestError(f"{where}: offset must be a non-negative integer (at most 2**48), got {show(offset)}")
         ephemeral, const = _flag(ephemeral, "ephemeral", where), _flag(const, "const", where)
         if const and ephemeral:
@@ -185,11 +177,11 @@ class BufferSpec:
                 raise RequestError(f"{where}: without key=, the name is the store key: {problem}")
         np_dtype = None if dtype is None else _dtype(dtype, where)
         if shape is not None:
-            if _is_int(shape):
+            if is_int(shape):
                 shape = (shape,)
             if not isinstance(shape, (tuple, list)) or len(shape) > MAX_DIMS:
                 raise RequestError(f"{where}: shape must be a tuple of at most {MAX_DIMS} integers, got {show(shape)}")
-            if not all(_is_int(s) and 0 <= s <= MAX_BYTES for s in shape):
+            if not all(is_int(s) and 0 <= s <= MAX_BYTES for s in shape):
                 raise RequestError(f"{where}: shape must be a tuple of non-negative integers, got {show(shape)}")
             shape = tuple(int(s) for s in shape)
             itemsize = np_dtype.itemsize if np_dtype is not None else 1
@@ -308,7 +300,7 @@ class Literal:
         np_type = LITERAL_TYPES[self.type]
         value = self.value
         if np.issubdtype(np_type, np.integer):
-            if not _is_int(value):
+            if not is_int(value):
                 raise RequestError(f"literal of type {self.type!r} needs an integer, got {show(value)}")
             info = np.iinfo(np_type)
             if not info.min <= int(value) <= info.max:
@@ -434,16 +426,16 @@ class KernelSpec:
         literals: Sequence[Literal | Mapping[str, Any] | Sequence[Any]] = (),
         arguments: Sequence[tuple[BufferSpec, str]] = (),
     ) -> None:
-        _check(identifier_problem(kernel, "kernel name"))
+        check(identifier_problem(kernel, "kernel name"))
         where = f"kernel {kernel!r}"
         if isinstance(library, str):
-            _check(text_problem(library, "library", 4096), where)
+            check(text_problem(library, "library", 4096), where)
         grid = dims(grid, "grid", where, MAX_GRID)
         block = dims(block, "block", where, MAX_BLOCK)
         threads = math.prod(block)
         if threads > MAX_THREADS_PER_BLOCK:
             raise RequestError(f"{where}: block {block} has {threads} threads, more than {MAX_THREADS_PER_BLOCK}")
-        if not _is_int(shared) or not 0 <= shared <= MAX_BYTES:
+        if not is_int(shared) or not 0 <= shared <= MAX_BYTES:
             raise RequestError(f"{where}: shared memory must be a non-negative integer of bytes, got {show(shared)}")
         if not isinstance(literals, (tuple, list)) or len(literals) > MAX_LITERALS:
             raise RequestError(f"{where}: literals must be a list of at most {MAX_LITERALS}, got {show(literals)}")
