@@ -2,7 +2,10 @@
 
 | module | one job |
 |---|---|
-| ``library.py`` | :class:`Library` (source or binary, identity, compiled-binary cache, host twins), the registry |
+| ``library.py`` | :class:`Library`: source or binary, identity, kernels, dict form, host twins |
+| ``registry.py`` | libraries by name (per process) and :func:`resolve_library` |
+| ``binary_cache.py`` | compiled binaries on disk (``kaas.kernel-cache.directory``) |
+| ``twin_runner.py`` | a twin run on host-device buffers (typed views, cast literals) |
 | ``library_input.py`` | what a library given inside a request dict may hold (no Python code, no files) |
 | ``signatures.py`` | kernel parameters parsed from CUDA C++ |
 | ``launch.py`` | grid and block shapes, checked once |
@@ -14,7 +17,8 @@ from __future__ import annotations
 
 from .builtin import builtin
 from .launch import LaunchConfig
-from .library import Library, is_registered, register_library, registered_libraries, resolve_library
+from .library import Library
+from .registry import is_registered, register_library, registered_libraries, resolve_library
 from .signatures import KernelSignature, Param, parse_params, parse_signatures
 
 register_library(builtin)

@@ -1,6 +1,6 @@
-"""Kernel libraries: CUDA source or prebuilt binaries, their kernels, launch constraints, NumPy host
-twins, the compiled-binary cache, and the registry of names (``dask_kaas.kernels`` registers the
-built-in library there).
+"""A kernel library as a value: CUDA source or prebuilt binaries, its identity (content hash, pickling),
+its kernels and their launch constraints, its dict form and its host twins. Compiled binaries on disk:
+:mod:`.binary_cache`; running a twin: :mod:`.twin_runner`; the registry of names: :mod:`.registry`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import config
 from ..errors import KernelError, RequestError
-from ..files import write_atomic
 from ..names import show
+from . import binary_cache, twin_runner
 from . import library_input as checks
-from . import nvrtc
 from .launch import MAX_THREADS_PER_BLOCK, LaunchConfig, dims
-from .signatures import KernelSignature, Param, parse_params, parse_signatures
+from .signatures import KernelSignature, parse_params, parse_signatures
 
 _KINDS = {".cu": "source", ".cubin": "cubin", ".ptx": "ptx", ".fatbin": "fatbin"}
 KINDS = tuple(_KINDS)  # file extensions a library may be loaded from
-
-
-def cache_directory() -> str:
-    """The compiled-kernel cache directory (``kaas.kernel-cache.directory``), created."""
-    path = config.get("kernel-cache.directory")
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    os.makedirs(path, exist_ok=True)
-    return path
+REGISTERED: dict[str, Library] = {}  # the registry's table by name (kept by kernels/registry.py)
 
 
 class Library:
@@ -282,7 +273,7 @@ class Library:
         if unknown:
             raise RequestError(f"library: unknown field(s) {show(unknown)}; known: {', '.join(cls.DICT_FIELDS)}")
         name = checks.library_name(d.get("name"))
-        registered = _registry.get(name)
+        registered = REGISTERED.get(name)
         if registered is not None and isinstance(d.get("hash"), str) and registered.hash == d["hash"]:
             return registered
         where = f"library {name!r}"
@@ -383,19 +374,13 @@ class Library:
 
     # -- binaries ----------------------------------------------------------------------------
 
-    def _cache_path(self, arch: str) -> str:
-        """``<hash>-<arch>-nvrtc<major>.<minor>.<cubin|ptx>``: a new NVRTC compiles afresh."""
-        ext = "cubin" if arch.startswith("sm_") else "ptx"
-        major, minor = nvrtc.version()
-        return os.path.join(cache_directory(), f"{self.content_hash}-{arch}-nvrtc{major}.{minor}.{ext}")
-
     def binary(self, arch: str) -> tuple[bytes, str]:
         """``(bytes, kind)`` to load on a device of ``arch`` (e.g. ``"sm_90"``).
 
         Source libraries compile with NVRTC: ``sm_XX`` gives ``"cubin"``, ``compute_XX``
         ``"ptx"``; results are cached on disk as ``<hash>-<arch>-nvrtc<version>.<kind>`` in
-        :func:`cache_directory` (written atomically) and in memory. Prebuilt libraries return
-        their file's bytes and kind whatever ``arch``.
+        ``kaas.kernel-cache.directory`` (:mod:`~dask_kaas.kernels.binary_cache`, written atomically)
+        and in memory. Prebuilt libraries return their file's bytes and kind whatever ``arch``.
         """
         if self.kind != "source":
             return self._data, self.kind  # type: ignore[return-value]
@@ -406,7 +391,7 @@ class Library:
         with self._lock:
             data = self._binaries.get(arch)
             if data is None:
-                data = self._load_or_compile(arch, kind)
+                data = binary_cache.load_or_compile(self, arch, kind)
                 self._binaries[arch] = data
         return data, kind
 
@@ -414,38 +399,10 @@ class Library:
         """The compiled (or prebuilt) bytes for ``arch``: :meth:`binary` without the kind."""
         return self.binary(arch)[0]
 
-    def _load_or_compile(self, arch: str, kind: str) -> bytes:
-        path = self._cache_path(arch)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            if data and (kind != "cubin" or data.startswith(b"\x7fELF")):
-                return data
-        except OSError:
-            pass
-        data = nvrtc.compile(self.source, name=self.name, arch=arch, options=self.options)
-        try:
-            write_atomic(path, data)
-        except OSError:
-            pass  # a read-only cache only costs recompiles
-        return data
-
     def binary_path(self, arch: str) -> str:
         """A file holding :meth:`binary` for ``arch`` (CuPy loads modules from paths): the
         cache file for sources, else the original file, or a cached copy where it is gone."""
-        if self.kind == "source":
-            path = self._cache_path(arch)
-            if not os.path.exists(path):
-                data, _ = self.binary(arch)
-                if not os.path.exists(path):
-                    write_atomic(path, data)
-            return path
-        if self.path and _file_holds(self.path, self._data):
-            return self.path
-        path = os.path.join(cache_directory(), f"{self.content_hash}.{self.kind}")
-        if not os.path.exists(path):
-            write_atomic(path, self._data)  # type: ignore[arg-type]
-        return path
+        return binary_cache.binary_path(self, arch)
 
     # -- host twins --------------------------------------------------------------------------
 
@@ -470,31 +427,7 @@ class Library:
     ) -> Callable[[Sequence[np.ndarray]], None]:
         """:meth:`run_twin` with everything but the buffers decided once: the twin, the checks
         against the signature, the literals cast; returns ``call(buffers)``."""
-        fn = self.twin(kernel)
-        if fn is None:
-            raise KernelError(
-                f"kernel {kernel!r} of library {self.name!r} has no host twin, it can only run on a CUDA device"
-            )
-        sig = self.signature(kernel)
-        literals = list(literal_values)
-        where = f"library {self.name!r} kernel {kernel!r}"
-        dtypes = None
-        if sig is not None:
-            if len(literals) != len(sig.literals):
-                raise RequestError(f"{where}: takes {len(sig.literals)} literal(s), got {len(literals)}")
-            literals = [_cast_literal(p, v) for p, v in zip(sig.literals, literals)]
-            dtypes = [p.dtype for p in sig.buffers]
-
-        def call(buffers: Sequence[np.ndarray]) -> None:
-            if dtypes is None:
-                views = [_as_bytes(b) for b in buffers]
-            elif len(buffers) != len(dtypes):
-                raise RequestError(f"{where}: takes {len(dtypes)} buffer(s), got {len(buffers)}")
-            else:
-                views = [_typed_view(_as_bytes(b), d) for b, d in zip(buffers, dtypes)]
-            fn(launch, *literals, *views)
-
-        return call
+        return twin_runner.prepare(self, kernel, launch, literal_values)
 
 
 def _twin_identity(fn: Callable) -> str:
@@ -528,169 +461,3 @@ def _import_object(spec: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _file_holds(path: str, data: bytes | None) -> bool:
-    try:
-        if os.path.getsize(path) != len(data or b""):
-            return False
-        with open(path, "rb") as f:
-            return f.read() == data
-    except OSError:
-        return False
-
-
-def _as_bytes(buf: Any) -> np.ndarray:
-    arr = np.asarray(buf)
-    if arr.dtype != np.uint8 or arr.ndim != 1:
-        arr = arr.reshape(-1).view(np.uint8)  # view (not copy) for contiguous inputs
-    return arr
-
-
-def _typed_view(buf: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    if dtype is None or dtype == np.uint8:
-        return buf
-    n = buf.nbytes // dtype.itemsize
-    return buf[: n * dtype.itemsize].view(dtype)
-
-
-def _cast_literal(param: Param, value: Any) -> Any:
-    dtype = param.dtype
-    if dtype is None:
-        return value
-    if dtype.kind in "iu":
-        return int(value)
-    if dtype.kind == "b":
-        return bool(value)
-    return dtype.type(value)
-
-
-# -- the registry ----------------------------------------------------------------------
-
-_registry: dict[str, Library] = {}
-_by_path: dict[tuple[str, int, int], Library] = {}
-_registry_lock = threading.Lock()
-
-
-def register_library(lib: Library) -> Library:
-    """Make ``lib`` resolvable by its name (replacing any library of that name); returns it.
-
-    A registered library can be named by a string in a :class:`~dask_kaas.KernelSpec` and in
-    request dicts and JSON (which can carry no Python code, so this is how host twins reach
-    them), and its loaded modules are shared by every tenant on a worker (a library a request
-    brings is loaded for its tenant alone). The registry is per process: a request that names a
-    library by string needs it registered where the request is built and on the workers that run
-    it (in a worker plugin or a module they import); a request holding the :class:`Library`
-    object carries it along. ``dask_kaas.kernels`` registers ``builtin``.
-
-    Parameters
-    ----------
-    lib : Library
-        The library to register under ``lib.name``.
-
-    Returns
-    -------
-    Library
-        ``lib`` itself.
-
-    Raises
-    ------
-    TypeError
-        When ``lib`` is not a :class:`Library`.
-
-    See Also
-    --------
-    resolve_library
-
-    Examples
-    --------
-    >>> from dask_kaas import Library, register_library, resolve_library
-    >>> lib = register_library(Library.from_source("doc_noop", 'extern "C" __global__ void noop(int n) {}'))
-    >>> resolve_library("doc_noop") is lib
-    True
-    """
-    if not isinstance(lib, Library):
-        raise TypeError(f"register_library expects a Library, got {type(lib).__name__}")
-    with _registry_lock:
-        _registry[lib.name] = lib
-    return lib
-
-
-def registered_libraries() -> dict[str, Library]:
-    """Registered libraries by name (``"builtin"`` included)."""
-    return dict(_registry)
-
-
-def is_registered(lib: Library) -> bool:
-    """Whether ``lib`` is the library registered under its name (shared by every tenant)."""
-    registered = _registry.get(lib.name)
-    return registered is lib or (registered is not None and registered.hash == lib.hash)
-
-
-def resolve_library(spec: Library | str | os.PathLike) -> Library:
-    """The library for ``spec``: a :class:`Library` (as is), a registered name, or a path
-    ending in ``.cu``/``.cubin``/``.ptx``/``.fatbin`` (loaded once per path and mtime).
-
-    A registered name wins over a file of the same name. Paths are not limited to
-    ``kaas.library-paths`` here: that rule applies to request dicts, which check it before
-    they get here.
-
-    Parameters
-    ----------
-    spec : Library, str or os.PathLike
-        The library, its registered name, or a path (``~`` expanded).
-
-    Returns
-    -------
-    Library
-
-    Raises
-    ------
-    RequestError
-        For an unknown name (the message lists the registered ones), a path that does not
-        exist, or a ``spec`` of another type.
-    KernelError
-        When a file named by path cannot be read.
-
-    See Also
-    --------
-    register_library
-
-    Examples
-    --------
-    >>> from dask_kaas import builtin, resolve_library
-    >>> resolve_library("builtin") is builtin
-    True
-    >>> sorted(resolve_library(builtin).kernels)[:3]
-    ['axpy', 'bias_relu', 'fill']
-    >>> resolve_library("no_such_library")
-    Traceback (most recent call last):
-    ...
-    dask_kaas.errors.RequestError: unknown kernel library 'no_such_library': registered libraries are ...
-    """
-    if isinstance(spec, Library):
-        return spec
-    if not isinstance(spec, (str, os.PathLike)):
-        raise RequestError(f"a kernel library is a Library, a registered name or a path, got {spec!r}")
-    key = os.fspath(spec)
-    lib = _registry.get(key)
-    if lib is not None:
-        return lib
-    if os.path.splitext(key)[1].lower() in _KINDS:
-        path = os.path.abspath(os.path.expanduser(key))
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise RequestError(f"kernel library file {key!r} does not exist (looked at {path!r})") from None
-        memo = (path, st.st_mtime_ns, st.st_size)
-        with _registry_lock:
-            lib = _by_path.get(memo)
-            if lib is None:
-                lib = Library.from_file(path)
-                _by_path[memo] = lib
-        return lib
-    names = ", ".join(repr(n) for n in sorted(_registry))
-    raise RequestError(
-        f"unknown kernel library {spec!r}: registered libraries are {names}; "
-        f"or give a path to a .cu, .cubin, .ptx or .fatbin file"
-    )

@@ -164,7 +164,8 @@ def _kaas_kernel(k, path: str) -> KernelSpec:
 def _library(value, path: str):
     """A library field: a registered name, a path inside ``kaas.library-paths``, or an inline
     library (:meth:`Library.from_dict`)."""
-    from ..kernels.library import KINDS, Library, registered_libraries
+    from ..kernels.library import KINDS, Library
+    from ..kernels.registry import registered_libraries
 
     if isinstance(value, Mapping):
         with _at(path):
