@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import dask
 
@@ -57,7 +57,7 @@ class CallFuture(concurrent.futures.Future):
                     if not waiter.done():
                         waiter.set_result(None)
                 else:
-                    loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+                    loop.call_soon_threadsafe(_wake, waiter)
 
             self.add_done_callback(wake)
             try:
@@ -75,10 +75,15 @@ def _running_loop():
         return None
 
 
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Call:
     __slots__ = ("future", "inputs", "nbytes")
 
-    def __init__(self, inputs: dict, future: CallFuture, nbytes: int):
+    def __init__(self, inputs: dict | None, future: CallFuture, nbytes: int):
         self.inputs, self.future, self.nbytes = inputs, future, nbytes
 
 
@@ -309,8 +314,10 @@ class Batcher:
         self._counts["graph_updates"] += 1
         if len(batches) == 1:
             (batch,) = batches
-            return [self.client.submit(RequestBatch(batch.key, len(batch)), _calls(batch), pure=False)]
-        return self.client.compute([dask.delayed(RequestBatch(b.key, len(b)), pure=False)(_calls(b)) for b in batches])
+            return [self.client.submit(RequestBatch(cast(Request, batch.key), len(batch)), _calls(batch), pure=False)]
+        return self.client.compute(
+            [dask.delayed(RequestBatch(cast(Request, b.key), len(b)), pure=False)(_calls(b)) for b in batches]
+        )
 
     async def _send_direct(self, batch: Batch) -> None:
         if self._direct is None:
@@ -325,7 +332,7 @@ class Batcher:
             return
         try:
             data = await self.client.scatter(_calls(batch), direct=True, hash=False, asynchronous=True)
-            future = self.client.submit(RequestBatch(batch.key, len(batch)), data, pure=False)
+            future = self.client.submit(RequestBatch(cast(Request, batch.key), len(batch)), data, pure=False)
             self._counts["direct_batches"] += 1
             self._counts["graph_updates"] += 1
         except Exception as e:

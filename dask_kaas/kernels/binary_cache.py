@@ -43,7 +43,7 @@ def load_or_compile(lib: Library, arch: str, kind: str) -> bytes:
             return data
     except OSError:
         pass
-    data = nvrtc.compile(lib.source, name=lib.name, arch=arch, options=lib.options)
+    data = nvrtc.compile(lib.source or "", name=lib.name, arch=arch, options=lib.options)  # a source library
     try:
         write_atomic(path, data)
     except OSError:

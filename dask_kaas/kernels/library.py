@@ -135,7 +135,7 @@ class Library:
         self.name = str(name)
         self.path = os.path.abspath(os.fspath(path)) if path is not None else None
         self.options = tuple(str(o) for o in options)
-        if path is not None:
+        if self.path is not None:
             ext = os.path.splitext(self.path)[1].lower()
             if ext not in _KINDS:
                 raise KernelError(
@@ -164,7 +164,7 @@ class Library:
                     f"{sorted(unknown)}; known: 'block', 'max_block'"
                 )
         self.signatures = dict(signatures or {})
-        content = self.source.encode() if self.source is not None else self._data
+        content = self.source.encode() if self.source is not None else (self._data or b"")
         h = hashlib.sha256(self.kind.encode() + b"\0" + content)
         for opt in self.options:
             h.update(b"\0" + opt.encode())

@@ -8,6 +8,9 @@ the sizes given raises :class:`RequestError` where the kernel would read out of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ..errors import RequestError
@@ -87,7 +90,7 @@ def reduce_sum(launch, n, x, out):
     out[0] += np.float32(x[:n].sum(dtype=np.float64))
 
 
-TWINS = {
+TWINS: dict[str, Callable[..., Any]] = {
     "fill": fill,
     "vadd": vadd,
     "axpy": axpy,

@@ -273,7 +273,7 @@ class BufferCache(Generic[Handle]):
         caller's list of victims goes."""
         del self._entries[entry.key]
         self._used -= entry.nbytes
-        handle, entry.handle = entry.handle, None
+        handle, entry.handle = entry.handle, None  # type: ignore[assignment]  # the entry is gone
         self._free(handle)
 
     def _victims(self) -> list[_Entry[Handle]]:
@@ -323,7 +323,7 @@ class KernelCache(Generic[Module]):
 
     def __init__(
         self,
-        load: Callable[[Hashable], Module],
+        load: Callable[[Any], Module],
         *,
         max_entries: int = 64,
         unload: Callable[[Module], None] | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
 COUNTERS = (
     "requests",
@@ -74,7 +75,7 @@ class Counters:
 
     def snapshot(self) -> dict:
         with self._lock:
-            out = dict(self.counts)
+            out: dict[str, Any] = dict(self.counts)
             out["seconds"] = dict(self.seconds)
             out["tenants"] = {t: dict(row) for t, row in self.tenants.items()}
         out["misses"] = out["compulsory_misses"] + out["capacity_misses"]

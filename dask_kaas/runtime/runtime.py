@@ -70,7 +70,7 @@ def _const_ref(key) -> tuple | None:
     return (key.namespace, key.key) if isinstance(key, ConstId) else None
 
 
-def _forget_locals(exc: BaseException) -> None:
+def _forget_locals(exc: BaseException | None) -> None:
     """Clear the locals of the finished frames in ``exc``'s traceback, and in those of the exceptions it
     came from. Dask keeps a failed task's exception with its traceback; its frames' locals would keep
     device buffers alive that the cache has counted as freed. File names and lines stay."""
@@ -382,7 +382,8 @@ class Runtime:
             raise
         finally:
             self._account(request, before, time.perf_counter() - start)
-            self.last_request["phases"] = self._phases_since(phases_before)
+            if self.last_request is not None:
+                self.last_request["phases"] = self._phases_since(phases_before)
 
     def _phases_since(self, before: dict) -> dict:
         """Seconds spent in each stage a request's wait is explained by, since ``before`` (the phase timers)."""
@@ -416,14 +417,14 @@ class Runtime:
                     spec = role.spec
                     if spec.const and name not in data:
                         version = plan.reads[name]
-                        cid = ConstId.of(spec, version)
+                        const = ConstId.of(spec, version)
                         with counters.phase("load"):
                             handle, hit = cache.acquire(
-                                cid, spec.size, const=True, fill=self._filler_from_store(spec, version)
+                                const, spec.size, const=True, fill=self._filler_from_store(spec, version)
                             )
                         if not hit:
-                            self._drop_stale(cid)
-                        held.append((cid, True))
+                            self._drop_stale(const)
+                        held.append((const, True))
                     else:
                         cid = RunBufferId(run_id, name)
                         with counters.phase("h2d" if name in data else "allocate"):
