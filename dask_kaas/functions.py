@@ -427,7 +427,7 @@ class FunctionRepository:
 
     def consts_now(self, fn: Function) -> dict[tuple[str, str], tuple[int, int] | None]:
         """``(nbytes, version)`` of each const ``fn`` reads as the store holds it now (None: missing)."""
-        out = {}
+        out: dict[tuple[str, str], tuple[int, int] | None] = {}
         for namespace, key in fn.const_keys():
             try:
                 info = self.store.info(key, namespace=namespace)

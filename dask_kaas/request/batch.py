@@ -116,6 +116,8 @@ class RequestBatch:
     """
 
     __slots__ = ("count", "request")
+    request: Request
+    count: int
 
     def __init__(self, request: Request, count: int):
         if not isinstance(request, Request):

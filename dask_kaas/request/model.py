@@ -125,7 +125,7 @@ class Request:
     n_iter: int = 1
     tenant: str | None = None
     deadline: float | None = None
-    _roles: dict = field(default=None, compare=False, hash=False, repr=False)
+    _roles: dict = field(default=None, compare=False, hash=False, repr=False)  # type: ignore[arg-type]
 
     def __init__(
         self,
@@ -503,7 +503,7 @@ class Request:
     def shape_token(self) -> str:
         """Identifies requests that cost the same: same kernels, launch shapes, literals, buffer sizes and n_iter
         (not keys, names or tenant). The scheduler predicts runtimes per shape."""
-        parts = [self.n_iter]
+        parts: list[Any] = [self.n_iter]
         for k in self.kernels:
             lib = k.library if isinstance(k.library, str) else k.library.hash
             parts.append(

@@ -178,7 +178,7 @@ class BufferSpec:
         np_dtype = None if dtype is None else _dtype(dtype, where)
         if shape is not None:
             if is_int(shape):
-                shape = (shape,)
+                shape = (shape,)  # type: ignore[assignment]  # is_int said so
             if not isinstance(shape, (tuple, list)) or len(shape) > MAX_DIMS:
                 raise RequestError(f"{where}: shape must be a tuple of at most {MAX_DIMS} integers, got {show(shape)}")
             if not all(is_int(s) and 0 <= s <= MAX_BYTES for s in shape):
@@ -302,7 +302,7 @@ class Literal:
         if np.issubdtype(np_type, np.integer):
             if not is_int(value):
                 raise RequestError(f"literal of type {self.type!r} needs an integer, got {show(value)}")
-            info = np.iinfo(np_type)
+            info = np.iinfo(np_type)  # type: ignore[type-var]  # an integer type: issubdtype said so
             if not info.min <= int(value) <= info.max:
                 raise RequestError(
                     f"literal {show(value)} is out of range for type {self.type!r} ({info.min}..{info.max})"
@@ -319,7 +319,7 @@ class Literal:
 
     def numpy(self):
         """The value as the NumPy scalar a kernel launch passes."""
-        return LITERAL_TYPES[self.type](self.value)
+        return LITERAL_TYPES[self.type](self.value)  # type: ignore[arg-type]  # checked against the type
 
     def to_dict(self) -> dict:
         """``{"type": ..., "value": ...}``, which :meth:`from_dict` reads back."""
