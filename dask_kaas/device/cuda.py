@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +167,9 @@ class CudaDevice(Device):
         self.index = int(device_index)
         self.healthy = True
         self._closed = False
-        self._mr = self._pool = self._shared_key = None
+        self._mr: Any = None
+        self._pool: Any = None
+        self._shared_key: tuple[int, int] | None = None
         self.rmm = False
         with self._errors("open the device"):
             self._bind()
@@ -201,20 +204,21 @@ class CudaDevice(Device):
         self._sessions = 0
         self._in_session = False
         self._timed = False
-        self._marks = 0
+        self._marks_made = 0
         self._pending = False  # copies out queued since the last synchronize
 
     # -- memory setup ---------------------------------------------------------
     def _setup_memory(self, *, total, free, pool_size, cache_capacity, share, use_rmm) -> MemoryPlan:
         cp = self._cp
-        rmm = None
+        rmm: Any = None
         if use_rmm:
             try:
-                import rmm
-                import rmm.mr
+                import rmm as rmm_module
+                import rmm.mr as _rmm_mr  # noqa: F401 - loads the submodule that rmm.mr names below
+
+                rmm = rmm_module
             except ImportError:
                 logger.warning("RMM is not installed: using a CuPy memory pool (install the cuda13/cuda12 extra)")
-                rmm = None
         if rmm is None:
             plan = plan_memory(total=total, free=free, pool_size=pool_size, cache_capacity=cache_capacity, share=share)
             self._pool = cp.cuda.MemoryPool()
@@ -397,7 +401,7 @@ class CudaDevice(Device):
         self._in_session = True
         self._timed = self._time_every > 0 and self._sessions % self._time_every == 0
         self._sessions += 1
-        self._marks = 0
+        self._marks_made = 0
         try:
             yield
         finally:
@@ -408,17 +412,17 @@ class CudaDevice(Device):
                 self._pending = False
 
     def mark(self) -> None:
-        if self._timed and self._marks < len(self._events):
+        if self._timed and self._marks_made < len(self._events):
             with self._errors("record an event"):
-                self._events[self._marks].record(self.stream)
-            self._marks += 1
+                self._events[self._marks_made].record(self.stream)
+            self._marks_made += 1
 
     def stage_seconds(self) -> list[float] | None:
         """The spans between a timed request's marks, read from its CUDA events (after its synchronize)."""
-        if not self._timed or self._marks < 2:
+        if not self._timed or self._marks_made < 2:
             return None
         self._timed = False
-        events, elapsed = self._events[: self._marks], self._cp.cuda.get_elapsed_time
+        events, elapsed = self._events[: self._marks_made], self._cp.cuda.get_elapsed_time
         with self._errors("read the request's events"):
             return [elapsed(a, b) / 1e3 for a, b in itertools.pairwise(events)]
 

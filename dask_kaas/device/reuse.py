@@ -92,7 +92,7 @@ class PinnedBlocks:
         except Exception as e:
             self.failed = e
             return None
-        blocks.append(np.frombuffer(memory, dtype=np.uint8, count=size))  # the array keeps ``memory`` alive
+        blocks.append(np.frombuffer(memory, dtype=np.uint8, count=size))  # type: ignore[call-overload]  # a buffer
         self.nbytes += size
         return blocks[-1][:nbytes]
 
