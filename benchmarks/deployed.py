@@ -168,10 +168,17 @@ def read_bytes(dask_scheduler=None) -> dict:
 
 
 def wait_idle(client, timeout: float = 30.0) -> None:
-    """Until the scheduler holds no task (the previous arm's results released)."""
+    """Until the scheduler holds no task (the previous arm's results released); said on stderr when it
+    still holds some after ``timeout`` (a client whose results are never released: its loop blocked)."""
     deadline = time.monotonic() + timeout
-    while client.run_on_scheduler(_n_tasks) and time.monotonic() < deadline:
+    while (left := client.run_on_scheduler(_n_tasks)) and time.monotonic() < deadline:
         time.sleep(0.05)
+    if left:
+        print(
+            f"warning: the scheduler still holds {left} task(s) after {timeout:g} s; measuring anyway",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _n_tasks(dask_scheduler=None) -> int:
