@@ -67,17 +67,18 @@ def key_problem(key) -> str | None:
         return problem
     if "\\" in key or ":" in key:
         return f"store key {show(key)} must not contain a backslash or ':'"
-    if len(key.encode("utf-8")) > MAX_KEY:
-        return f"store key {show(key)} is {len(key.encode('utf-8'))} bytes in UTF-8, more than {MAX_KEY}"
+    nbytes = len(key.encode("utf-8"))
+    if nbytes > MAX_KEY:
+        return f"store key {show(key)} is {nbytes} bytes in UTF-8, more than {MAX_KEY}"
     for seg in key.split("/"):
         if seg in ("", ".", "..") or seg.endswith(".json") or seg.startswith(".tmp"):
             return (
                 f"store key {show(key)}: segments separated by '/' must be non-empty, not '.' or '..', "
                 "and not end in '.json' or start with '.tmp' (no leading or trailing '/')"
             )
-        if len(seg.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        if (seg_bytes := len(seg.encode("utf-8"))) > MAX_SEGMENT_BYTES:
             return (
-                f"store key {show(key)}: a segment between '/' is {len(seg.encode('utf-8'))} bytes in UTF-8, "
+                f"store key {show(key)}: a segment between '/' is {seg_bytes} bytes in UTF-8, "
                 f"more than {MAX_SEGMENT_BYTES} (it names a file or object)"
             )
     return None

@@ -37,10 +37,7 @@ class BatchCalls:
     __slots__ = ("calls",)
 
     def __init__(self, calls: Sequence[Mapping[str, Any]]):
-        for i, call in enumerate(calls):
-            if not isinstance(call, Mapping):
-                raise RequestError(f"a batch's call #{i} must map buffer names to inputs, got {type(call).__name__}")
-        self.calls = [dict(c) for c in calls]
+        self.calls = [_call_dict(i, c) for i, c in enumerate(calls)]
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -55,6 +52,12 @@ class BatchCalls:
 
     def __repr__(self) -> str:
         return f"BatchCalls({len(self.calls)} calls, {self.nbytes} bytes)"
+
+
+def _call_dict(i: int, call: Any) -> dict:
+    if not isinstance(call, Mapping):
+        raise RequestError(f"a batch's call #{i} must map buffer names to inputs, got {type(call).__name__}")
+    return dict(call)
 
 
 def _nbytes(value: Any) -> int:

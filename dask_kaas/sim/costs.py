@@ -235,10 +235,18 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
     split = {"scheduler_seconds": fig["cores"] / fig["task_rate"], "worker_seconds": fig["runtime_s"]}
     if calibrated is not None and "client_cpu_s" in calibrated:
         split = _cpu_split(calibrated, source)
-    # a no-op's round trip holds at least the CPU on a call's path outside its worker
-    on_path = sum(
-        split.get(k, 0.0) for k in ("submit_seconds", "scheduler_seconds", "finish_seconds", "receive_seconds")
+    model = CostModel(
+        dispatch_seconds=0.0,
+        return_seconds=0.0,
+        store_bandwidth=fig["store_bw"],
+        device_bandwidth=fig["device_bw"],
+        jitter_cv=fig["jitter_cv"],
+        shared_cores=int(fig["cores"]),
+        source=source,
+        **split,
     )
+    # a no-op's round trip holds at least the CPU on a call's path outside its worker
+    on_path = model.path_seconds
     travel = (fig["roundtrip_s"] - on_path) / 2
     if travel < 0:  # said, not silently clamped: the no-op round trip is shorter than a task's CPU on its path
         source["dispatch_seconds"] = source["return_seconds"] = (
@@ -259,16 +267,7 @@ def host_costs(results: str | Path = RESULTS, *, calibrated: dict | None = None)
         source.setdefault(name, "HOST_FALLBACK (results file missing)")
     for name in ("submit_seconds", "byte_seconds", "finish_seconds", "receive_seconds"):
         source.setdefault(name, "0: no calibration of each process's CPU (python -m benchmarks calibrate)")
-    return CostModel(
-        dispatch_seconds=travel,
-        return_seconds=travel,
-        store_bandwidth=fig["store_bw"],
-        device_bandwidth=fig["device_bw"],
-        jitter_cv=fig["jitter_cv"],
-        shared_cores=int(fig["cores"]),
-        source=source,
-        **split,
-    )
+    return model.replace(dispatch_seconds=travel, return_seconds=travel)
 
 
 SUBMIT_SHARE = {"client": 0.5, "scheduler": 0.25}  # of each process's CPU per task, spent before the core sees it
