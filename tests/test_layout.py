@@ -35,6 +35,7 @@ BELOW_PLUGINS = (
     "scheduling",
     "report",
     "eviction",
+    "bounded",
     "validators",
     "names",
     "errors",
@@ -55,6 +56,13 @@ BELOW_PLUGINS = (
 # The scheduler process loads these (the plugin, its policy, the dashboard page and metrics); none
 # reaches the store, Zarr or fsspec.
 SCHEDULER_SIDE = ("plugins.scheduler", "scheduling", "dashboard", "preload")
+# Settings whose values name modules ("module" or "module:function") imported at run time: edges the
+# source never shows, so the checks below read them from the defaults.
+CONFIGURED_IMPORTS = (("runtime-resolvers",), ("twins", "allowed-modules"))
+# The one such edge that leaves the layers below the plugins, and why: a Request called on a Dask worker
+# runs on that worker's runtime, which only the worker plugin knows. It is imported the first time a
+# request is called, never by importing dask_kaas.request or building a Request.
+ACCEPTED_CONFIGURED = {"dask_kaas.plugins.worker"}
 # Attributes of distributed's objects that only dask_kaas.compat may touch.
 INTERNALS = {
     "worker_restrictions",
@@ -314,6 +322,50 @@ def test_a_scheduler_process_loads_no_store_zarr_or_device():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def configured_specs() -> list[str]:
+    import yaml
+
+    defaults = yaml.safe_load((PACKAGE / "kaas.yaml").read_text())["kaas"]
+    specs = []
+    for path in CONFIGURED_IMPORTS:
+        value = defaults
+        for part in path:
+            value = value[part]
+        specs.extend(value)
+    return specs
+
+
+def test_modules_named_in_the_config_keep_the_layers():
+    import importlib
+
+    specs = configured_specs()
+    named = {spec.partition(":")[0] for spec in specs}
+    assert {"dask_kaas.plugins.worker", "dask_kaas.runtime", "dask_kaas.kernels.twins"} <= named  # seen at all
+    for spec in specs:
+        module, sep, function = spec.partition(":")
+        assert module in modules(), spec
+        if sep:
+            assert callable(getattr(importlib.import_module(module), function)), spec
+    crossing = {m for m in named if not in_layer(m, BELOW_PLUGINS)}
+    assert crossing == ACCEPTED_CONFIGURED, f"a setting makes a lower layer import {crossing - ACCEPTED_CONFIGURED}"
+
+
+def test_the_configured_edge_up_is_taken_only_when_a_request_is_called():
+    code = (
+        "import sys; from dask_kaas.request import Request, KernelSpec, BufferSpec; "
+        "from dask_kaas.request.call import runtime_resolvers; "
+        "w = BufferSpec('w', 128, ephemeral=True); "
+        "Request([KernelSpec('builtin', 'fill', 1, 32, literals=[('i', 1), ('f', 1.0)], arguments=[(w, 'o')])]); "
+        "import dask_kaas.runtime, dask_kaas.store, dask_kaas.scheduling; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'distributed' "
+        "or m.startswith('dask_kaas.plugins'))); "
+        "runtime_resolvers(); print('dask_kaas.plugins.worker' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]
 
 
 def test_plugins_package_imports_nothing_eagerly():

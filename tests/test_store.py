@@ -206,7 +206,7 @@ def test_multi_chunk_arrays(anystore, monkeypatch):
     monkeypatch.setattr(zarr_io, "CHUNK_BYTES", 1000)
     x = np.random.default_rng(1).random((101, 3)).astype("f8")  # 24-byte rows
     v = anystore.put("big", x)
-    assert zarr.open_array(store=anystore._zstore, path=v.data_path).chunks == (41, 3)
+    assert zarr.open_array(store=anystore.backend.zstore, path=v.data_path).chunks == (41, 3)
     np.testing.assert_array_equal(anystore.get("big"), x)
     raw = x.tobytes()
     for offset, size in [(0, None), (980, 30), (984, 984), (1, 2422), (2400, 24)]:
@@ -215,7 +215,7 @@ def test_multi_chunk_arrays(anystore, monkeypatch):
     # rows bigger than the chunk limit: one row per chunk
     y = np.arange(4 * 300, dtype="f8").reshape(4, 300)
     v = anystore.put("rows", y)
-    assert zarr.open_array(store=anystore._zstore, path=v.data_path).chunks == (1, 300)
+    assert zarr.open_array(store=anystore.backend.zstore, path=v.data_path).chunks == (1, 300)
     np.testing.assert_array_equal(anystore.get("rows"), y)
 
 
@@ -223,8 +223,8 @@ def test_fast_local_read_matches_zarr(fstore, monkeypatch):
     monkeypatch.setattr(zarr_io, "CHUNK_BYTES", 4096)
     x = np.random.default_rng(2).random((1000, 7)).astype("f4")
     v = fstore.put("w", x)
-    arr = zarr.open_array(store=fstore._zstore, path=v.data_path)
-    assert zarr_io._read_local_chunks(arr, fstore._local_root, v.data_path, 0, x.nbytes) is not None  # fast path
+    arr = zarr.open_array(store=fstore.backend.zstore, path=v.data_path)
+    assert zarr_io._read_local_chunks(arr, fstore.backend.local_root, v.data_path, 0, x.nbytes) is not None  # fast path
     np.testing.assert_array_equal(fstore.get("w"), arr[...])
 
 

@@ -6,7 +6,6 @@ fsspec's memory filesystem and S3 (moto over HTTP on 127.0.0.1):
 - gc() leaves no temporaries behind and sees what is there now, not a cached listing.
 """
 
-import json
 import multiprocessing
 import os
 import time
@@ -32,9 +31,8 @@ def anystore(request, tmp_path):
 
 
 def _rm(store, version, rel=""):
-    fs, root = store._backend()
-    fs.rm(f"{root}/{version.data_path}{rel}", recursive=not rel)
-    store._fresh_listings()
+    store.backend.fs.rm(f"{store.backend.root}/{version.data_path}{rel}", recursive=not rel)
+    store.backend.fresh_listings()
 
 
 def test_a_missing_chunk_is_an_error_never_zeros(anystore):
@@ -138,7 +136,7 @@ def test_s3_commit_that_loses_the_race_takes_the_next_number(s3_server):
     url = f"{url}/{uuid.uuid4().hex[:8]}"
     mine, theirs = BufferStore(url, storage_options=options), BufferStore(url, storage_options=options)
     mine.put("k", np.zeros(4))
-    pointers = mine._pointers()
+    pointers = mine.backend.pointers
     assert isinstance(pointers, S3Pointers)
     real_read, raced = pointers.read, []
 
@@ -154,7 +152,7 @@ def test_s3_commit_that_loses_the_race_takes_the_next_number(s3_server):
     fresh = BufferStore(url, storage_options=options)
     assert fresh.version("k").version == 3
     np.testing.assert_array_equal(fresh.get("k"), np.full(4, 2.0))
-    record = json.loads(fresh._pointers().read(fresh._ref_path("default", "k"))[0])
+    record = fresh.backend.pointers.record(fresh.backend.ref_path("default", "k"))
     assert record["previous"] == raced[0].uid  # the chain of versions has no gap
 
 
@@ -180,9 +178,8 @@ def test_gc_on_s3_sees_what_is_there_now(s3_server):
     gcer, writer = BufferStore(url, storage_options=options), BufferStore(url, storage_options=options)
     writer.put("k", np.arange(4))
     assert gcer.keys() == ["k"] and gcer.gc(older_than=0) == 0  # lists (and s3fs caches) the store now
-    writer._backend()
     for i in range(5):  # what writers killed before their commits leave behind
-        zarr_io.write_array(writer._zstore, f"default/data/{int(time.time() * 1e6):x}-orphan{i}", np.arange(3))
+        zarr_io.write_array(writer.backend.zstore, f"default/data/{int(time.time() * 1e6):x}-orphan{i}", np.arange(3))
     writer.put("k2", np.arange(2))
     assert gcer.gc(older_than=0) == 5
     assert sorted(gcer.keys()) == ["k", "k2"]

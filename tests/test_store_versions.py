@@ -59,8 +59,7 @@ def test_uncommitted_data_is_invisible_and_gc_removes_it(store, tmp_path):
     # what a writer killed before its commit leaves behind: data, no pointer
     from dask_kaas.store import zarr_io
 
-    store._backend()
-    zarr_io.write_array(store._zstore, "default/data/1-orphan", np.arange(10))
+    zarr_io.write_array(store.backend.zstore, "default/data/1-orphan", np.arange(10))
     assert store.keys() == ["w"]
     np.testing.assert_array_equal(store.get("w"), np.arange(3))
     assert store.gc(older_than=0) == 1
@@ -217,7 +216,7 @@ def _slow_put(url, key, marker):
         open(marker, "w").close()
         time.sleep(600)
 
-    store._pointers().swap = hang  # the commit
+    store.backend.pointers.swap = hang  # the commit
     store.put(key, np.full(4_000_000, 2.0))
     return "finished"
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import config
+from ..bounded import BoundedDict
 from ..device import Device
 from ..errors import KaasError, KernelError
 from ..kernels import LaunchConfig, is_registered, resolve_library
@@ -181,7 +182,7 @@ class Runtime:
         # the running task for the request's tenant)
         self.check_tenant: Callable[[Request], None] | None = None
         self._last_tenant: str | None = None
-        self._prepared: dict[tuple, tuple] = {}  # launch key -> (module, prepared launch), oldest first
+        self._prepared: BoundedDict[tuple, tuple] = BoundedDict(PREPARED_LAUNCHES)  # launch key -> (module, launch)
         self._reports = ReportBuilder()
 
     def _load_module(self, key: ModuleKey):
@@ -488,8 +489,6 @@ class Runtime:
                     ),
                 )
                 self._prepared[key] = known
-                if len(self._prepared) > PREPARED_LAUNCHES:
-                    self._prepared.pop(next(iter(self._prepared)))
             out.append((known[1], [buf.name for buf, _ in kernel.arguments]))
         return out
 

@@ -10,8 +10,9 @@ replacing the key's pointer (an atomic rename on local files, a single PUT on
 object stores). A reader reads the pointer, then that version's data: it sees
 the old version or the new one, never a mix. A writer killed before its commit
 leaves the previous version in place and nothing visible under the key (its
-orphaned data is removed by :meth:`BufferStore.gc`). The previous version's
-data is kept one write longer, so readers that just read the old pointer finish.
+orphaned data is removed by :meth:`BufferStore.gc`). A superseded version's
+data is kept one write longer and at least ``kaas.store-retain-seconds``, so
+readers that just read an older pointer finish.
 
 Keys live in namespaces, one per tenant (``"default"`` when none is given). A
 request reaches another namespace only with an explicit ``"namespace:key"``,
@@ -20,32 +21,29 @@ and only to read a namespace the store lists in ``shared``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from .. import config
-from ..errors import KaasError, StoreError, StoreKeyError
+from ..errors import StoreError, StoreKeyError
 from ..names import DEFAULT_NAMESPACE, NAMESPACE_RE
 from . import zarr_io
+from .backend import StoreBackend
+from .gc import ORPHAN_AGE, collect_garbage
+from .namespace_view import NamespaceView
 from .namespaces import check_key, check_namespace, resolve_key, tenant_namespace
-from .pointers import Pointers, pointers_for
 from .profiles import default_store_spec, resolve_store
 from .urls import is_location, normalize_url
-from .versions import COMMIT_ATTEMPTS, Version, new_uid, next_record, referenced, uid_time
+from .version_cache import VersionCache
+from .versions import COMMIT_ATTEMPTS, Version, new_uid, next_record, referenced
 
 __all__ = ["CHUNK_BYTES", "BufferStore", "NamespaceView", "open_store"]
 
 CHUNK_BYTES = zarr_io.CHUNK_BYTES
-_ORPHAN_AGE = 3600.0  # seconds before gc() treats unreferenced data as abandoned, not in flight
-VERSION_CACHE_ENTRIES = 4096
 
 
 class BufferStore:
@@ -129,13 +127,8 @@ class BufferStore:
         if isinstance(shared, str):
             shared = (shared,)
         self.shared = tuple(check_namespace(ns) for ns in shared)
-        self._local_root = self.url[len("file://") :] if self.url.startswith("file://") else None
-        self._lock = threading.Lock()
-        self._fs = None
-        self._root_path: str | None = None
-        self._zstore = None
-        self._pointer_ops: Pointers | None = None
-        self._versions: dict = {}  # (namespace, key) -> (Version, signature or time read): cached_version
+        self.backend = StoreBackend(self.url, self.storage_options)
+        self._versions = VersionCache()
 
     # -- identity and pickling ------------------------------------------------
     def __getstate__(self):
@@ -156,36 +149,7 @@ class BufferStore:
     def __hash__(self):
         return hash((BufferStore, self.url))
 
-    # -- backend ----------------------------------------------------------------
-    def _backend(self):
-        if self._fs is None:
-            with self._lock:
-                if self._fs is None:
-                    with self._errors("<root>", "open"):
-                        if self._local_root is not None:
-                            os.makedirs(self._local_root, exist_ok=True)
-                            fs, root = fsspec.filesystem("file"), self._local_root
-                        else:
-                            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-                        self._zstore = zarr_io.open_zarr_store(self.url, self._local_root, self.storage_options)
-                        self._root_path = root.rstrip("/")
-                        self._fs = fs
-        return self._fs, self._root_path
-
-    @contextlib.contextmanager
-    def _errors(self, key: str, action: str, namespace: str | None = None):
-        """Re-raise anything that is not already a KaasError as StoreError naming key and store."""
-        try:
-            yield
-        except KaasError:
-            raise
-        except Exception as exc:
-            where = f"key {key!r}" + (f" (namespace {namespace!r})" if namespace else "")
-            raise StoreError(f"cannot {action} {where} in store {self.url}: {type(exc).__name__}: {exc}") from exc
-
-    def _ref_path(self, namespace: str, key: str) -> str:
-        return f"{self._backend()[1]}/{namespace}/refs/{key}.json"
-
+    # -- names -----------------------------------------------------------------------
     def _ns(self, namespace: str | None) -> str:
         return DEFAULT_NAMESPACE if namespace is None else check_namespace(namespace)
 
@@ -295,11 +259,11 @@ class BufferStore:
         >>> store.namespaces()
         ['bob', 'default']
         """
-        fs, root = self._backend()
-        self._fresh_listings()
-        with self._errors("<all>", "list"):
+        backend = self.backend
+        backend.fresh_listings()
+        with backend.errors("<all>", "list"):
             try:
-                entries = fs.ls(root, detail=True)
+                entries = backend.fs.ls(backend.root, detail=True)
             except FileNotFoundError:
                 return []
         names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
@@ -342,25 +306,18 @@ class BufferStore:
         """
         ns = self._ns(namespace)
         check_key(key)
-        fs, _ = self._backend()
-        path = self._ref_path(ns, key)
-        with self._errors(key, "read", ns):
+        backend = self.backend
+        with backend.errors(key, "read", ns):
             try:
-                text = fs.cat_file(path)
+                text = backend.fs.cat_file(backend.ref_path(ns, key))
             except FileNotFoundError:
                 text = None
             except IsADirectoryError:
                 text = None
         if text is None:
             raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
-        with self._errors(key, "decode the pointer of", ns):
+        with backend.errors(key, "decode the pointer of", ns):
             return Version.from_json(ns, key, text)
-
-    def _pointers(self) -> Pointers:
-        if self._pointer_ops is None:
-            fs, _ = self._backend()
-            self._pointer_ops = pointers_for(fs, self._local_root)
-        return self._pointer_ops
 
     def cached_version(self, key: str, *, namespace: str | None = None) -> Version:
         """The committed version of ``key``, without a store round trip where that stays exact.
@@ -372,29 +329,14 @@ class BufferStore:
         returned never sees the old bytes); ``memory://`` is read each time (a dict lookup).
         """
         ns = self._ns(namespace)
-        pointers = self._pointers()
-        path = self._ref_path(ns, key)
-        entry = self._versions.get((ns, key))
-        if pointers.remote:
-            ttl = float(config.get("store-version-ttl"))
-            if entry is not None and time.monotonic() - entry[1] < ttl:
-                return entry[0]
-            version = self.version(key, namespace=ns)
-            self._remember(version, time.monotonic())
-            return version
-        signature = pointers.signature(path)
-        if signature is None:
-            return self.version(key, namespace=ns)
-        if entry is not None and entry[1] == signature:
-            return entry[0]
-        version = self.version(key, namespace=ns)
-        self._remember(version, signature)
-        return version
-
-    def _remember(self, version: Version, check) -> None:
-        self._versions[(version.namespace, version.key)] = (version, check)
-        if len(self._versions) > VERSION_CACHE_ENTRIES:
-            self._versions.pop(next(iter(self._versions)))
+        return self._versions.lookup(
+            self.backend.pointers,
+            self.backend.ref_path(ns, key),
+            ns,
+            key,
+            lambda: self.version(key, namespace=ns),
+            float(config.get("store-version-ttl")),
+        )
 
     # -- writing ----------------------------------------------------------------------
     def put(
@@ -463,44 +405,31 @@ class BufferStore:
         ns = self._ns(namespace)
         check_key(key)
         data = zarr_io.as_storable(key, array)
-        self._backend()
         uid = new_uid()
-        path = self._ref_path(ns, key)
-        pointers = self._pointers()
-        with self._errors(key, "write", ns):
-            zarr_io.write_array(self._zstore, f"{ns}/data/{uid}", data, self._local_root)
-            for _ in range(COMMIT_ATTEMPTS):
-                with pointers.lock(path):
-                    text, token = pointers.read(path)
-                    record, expired = next_record(
-                        json.loads(text) if text else None,
-                        uid,
-                        data,
-                        time.time(),
-                        float(config.get("store-retain-seconds")),
-                    )
-                    if pointers.swap(path, json.dumps(record).encode(), token):
-                        break
-            else:
-                raise StoreError(
-                    f"cannot commit key {key!r} (namespace {ns!r}) in store {self.url}: "
-                    f"{COMMIT_ATTEMPTS} other writers committed first"
-                )
+        backend = self.backend
+        retain = float(config.get("store-retain-seconds"))
+        with backend.errors(key, "write", ns):
+            zarr_io.write_array(backend.zstore, f"{ns}/data/{uid}", data, backend.local_root)
+            committed = backend.pointers.commit(
+                backend.ref_path(ns, key),
+                lambda old: next_record(old, uid, data, time.time(), retain),
+                COMMIT_ATTEMPTS,
+            )
+        if committed is None:
+            backend.remove_data(ns, uid)
+            raise StoreError(
+                f"cannot commit key {key!r} (namespace {ns!r}) in store {self.url}: "
+                f"{COMMIT_ATTEMPTS} other writers committed first"
+            )
+        record, expired = committed
         for old_uid in expired:
-            self._remove_data(ns, old_uid)
-        committed = Version.from_json(ns, key, json.dumps(record))
-        self._versions.pop((ns, key), None)
-        if pointers.remote:
-            self._remember(committed, time.monotonic())
-            ttl = float(config.get("store-version-ttl"))
-            if wait and ttl > 0:
-                time.sleep(ttl)
-        return committed
-
-    def _remove_data(self, namespace: str, uid: str) -> None:
-        fs, root = self._backend()
-        with contextlib.suppress(FileNotFoundError, OSError):
-            fs.rm(f"{root}/{namespace}/data/{uid}", recursive=True)
+            backend.remove_data(ns, old_uid)
+        version = Version.from_json(ns, key, json.dumps(record))
+        self._versions.committed(version, backend.pointers)
+        ttl = float(config.get("store-version-ttl"))
+        if backend.pointers.remote and wait and ttl > 0:
+            time.sleep(ttl)
+        return version
 
     def delete(self, key: str, *, namespace: str | None = None) -> None:
         """Remove ``key`` (its pointer first, then its data); StoreKeyError if absent.
@@ -539,19 +468,16 @@ class BufferStore:
         """
         ns = self._ns(namespace)
         check_key(key)
-        path = self._ref_path(ns, key)
-        pointers = self._pointers()
-        with self._errors(key, "delete", ns):
-            with pointers.lock(path):
-                text, _ = pointers.read(path)
-                if text is None:
-                    raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
-                pointers.remove(path)
-        self._versions.pop((ns, key), None)
-        for uid in referenced(json.loads(text), time.time(), retain=float("inf")):
-            self._remove_data(ns, uid)
+        backend = self.backend
+        with backend.errors(key, "delete", ns):
+            record = backend.pointers.take(backend.ref_path(ns, key))
+        if record is None:
+            raise StoreKeyError(f"key {key!r} is not in namespace {ns!r} of store {self.url}")
+        self._versions.forget(ns, key)
+        for uid in referenced(record, time.time(), retain=float("inf")):
+            backend.remove_data(ns, uid)
 
-    def gc(self, *, older_than: float = _ORPHAN_AGE) -> int:
+    def gc(self, *, older_than: float = ORPHAN_AGE) -> int:
         """Delete data no pointer references any more and older than ``older_than`` seconds (left by
         writers killed before their commit), and, on local stores, temporary files as old; return
         how many data directories went.
@@ -576,33 +502,13 @@ class BufferStore:
         >>> store.gc()
         0
         """
-        fs, root = self._backend()
-        self._fresh_listings()
-        pointers = self._pointers()
-        retain = float(config.get("store-retain-seconds"))
-        removed = 0
-        for ns in self.namespaces():
-            live: set[str] = set()
-            for key in self.keys(namespace=ns):
-                text, _ = pointers.read(self._ref_path(ns, key))
-                if text:
-                    live |= referenced(json.loads(text), time.time(), retain)
-            with contextlib.suppress(FileNotFoundError):
-                for entry in fs.ls(f"{root}/{ns}/data", detail=False):
-                    uid = entry.rstrip("/").rsplit("/", 1)[-1]
-                    born = uid_time(uid)
-                    if uid not in live and born is not None and time.time() - born > older_than:
-                        self._remove_data(ns, uid)
-                        removed += 1
-            if self._local_root is not None:
-                _remove_stale_temporaries(os.path.join(self._local_root, ns), older_than)
-        return removed
-
-    def _fresh_listings(self) -> None:
-        """Forget cached directory listings (s3fs keeps them): listings must show what is there now."""
-        fs, _ = self._backend()
-        with contextlib.suppress(Exception):
-            fs.invalidate_cache()  # all of it: s3fs forgets a path and its parents, not the dirs below
+        return collect_garbage(
+            self.backend,
+            self.namespaces(),
+            lambda ns: self.keys(namespace=ns),
+            retain=float(config.get("store-retain-seconds")),
+            older_than=older_than,
+        )
 
     # -- reading ----------------------------------------------------------------------
     def info(self, key: str, *, namespace: str | None = None) -> dict[str, Any]:
@@ -759,17 +665,17 @@ class BufferStore:
                 f"byte range [{offset}, {offset + size}) of key {version.key!r} (namespace {version.namespace!r}) "
                 f"in store {self.url} exceeds its {version.nbytes} bytes"
             )
-        self._backend()
-        with self._errors(version.key, f"read version {version.version} of", version.namespace):
+        backend = self.backend
+        with backend.errors(version.key, f"read version {version.version} of", version.namespace):
             try:
                 return zarr_io.read_bytes(
-                    self._zstore,
+                    backend.zstore,
                     version.data_path,
                     offset,
                     size,
-                    local_root=self._local_root,
-                    fs=self._fs,
-                    root=self._root_path,
+                    local_root=backend.local_root,
+                    fs=backend.fs,
+                    root=backend.root,
                 )
             except FileNotFoundError as e:
                 raise StoreKeyError(
@@ -808,14 +714,10 @@ class BufferStore:
         (['emb', 'mlp/w1', 'mlp/w2'], [])
         """
         ns = self._ns(namespace)
-        fs, root = self._backend()
-        self._fresh_listings()
-        base = f"{root}/{ns}/refs"
-        with self._errors("<all>", "list", ns):
-            try:
-                found = fs.find(base)
-            except FileNotFoundError:
-                return []
+        backend = self.backend
+        base = f"{backend.root}/{ns}/refs"
+        with backend.errors("<all>", "list", ns):
+            found = backend.find(base)
         out = []
         for path in found:
             rel = path[len(base) :].lstrip("/") if path.startswith(base) else path.split("/refs/", 1)[-1]
@@ -869,89 +771,6 @@ class BufferStore:
 
     def __len__(self) -> int:
         return len(self.keys())
-
-
-class NamespaceView:
-    """A :class:`BufferStore` with every call bound to one namespace.
-
-    Made by :meth:`BufferStore.namespace`, which checks the name. Each method is the store's
-    method of the same name with ``namespace=`` filled in, and raises what it raises.
-
-    Parameters
-    ----------
-    store : BufferStore
-        The store.
-    namespace : str
-        The namespace (not checked here).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import numpy as np
-    >>> from dask_kaas import BufferStore
-    >>> store = BufferStore(tempfile.mkdtemp())
-    >>> alice = store.namespace("alice")
-    >>> alice
-    BufferStore('file://...').namespace('alice')
-    >>> alice.put("w", np.arange(3, dtype=np.int16)).version
-    1
-    >>> alice.get("w"), alice.info("w")["nbytes"], alice.keys(), "w" in alice
-    (array([0, 1, 2], dtype=int16), 6, ['w'], True)
-    >>> alice.delete("w")
-    >>> alice.keys()
-    []
-    """
-
-    def __init__(self, store: BufferStore, namespace: str) -> None:
-        self.store = store
-        self.name = namespace
-
-    def __repr__(self):
-        return f"{self.store!r}.namespace({self.name!r})"
-
-    def put(self, key: str, array: np.ndarray | bytes | bytearray | memoryview, *, wait: bool = True) -> Version:
-        """:meth:`BufferStore.put` in this namespace."""
-        return self.store.put(key, array, namespace=self.name, wait=wait)
-
-    def get(self, key: str) -> np.ndarray:
-        """:meth:`BufferStore.get` in this namespace."""
-        return self.store.get(key, namespace=self.name)
-
-    def get_bytes(self, key: str, offset: int = 0, size: int | None = None) -> np.ndarray:
-        """:meth:`BufferStore.get_bytes` in this namespace."""
-        return self.store.get_bytes(key, offset, size, namespace=self.name)
-
-    def version(self, key: str) -> Version:
-        """:meth:`BufferStore.version` in this namespace."""
-        return self.store.version(key, namespace=self.name)
-
-    def info(self, key: str) -> dict[str, Any]:
-        """:meth:`BufferStore.info` in this namespace."""
-        return self.store.info(key, namespace=self.name)
-
-    def delete(self, key: str) -> None:
-        """:meth:`BufferStore.delete` in this namespace."""
-        self.store.delete(key, namespace=self.name)
-
-    def keys(self) -> list[str]:
-        """:meth:`BufferStore.keys` of this namespace."""
-        return self.store.keys(namespace=self.name)
-
-    def __contains__(self, key: str) -> bool:
-        """:meth:`BufferStore.exists` in this namespace."""
-        return self.store.exists(key, namespace=self.name)
-
-
-def _remove_stale_temporaries(directory: str, older_than: float) -> None:
-    """``.tmp-*`` pointers and zarr's ``*.partial`` files that a killed writer left behind."""
-    now = time.time()
-    for base, _, files in os.walk(directory):
-        for name in files:
-            if name.startswith(".tmp-") or name.endswith(".partial"):
-                path = os.path.join(base, name)
-                with contextlib.suppress(OSError):
-                    if now - os.path.getmtime(path) > older_than:
-                        os.unlink(path)
 
 
 def open_store(store: BufferStore | str | None = None) -> BufferStore:

@@ -25,14 +25,14 @@ def _path(store: BufferStore, namespace: str, kind: str, path: str) -> str:
     check_namespace(namespace)
     check_key(kind)
     check_key(path)
-    return f"{store._backend()[1]}/{namespace}/docs/{kind}/{path}"
+    return store.backend.doc_path(namespace, kind, path)
 
 
 def create_document(store: BufferStore, namespace: str, kind: str, path: str, data: bytes) -> bool:
     """Write ``data`` at ``path`` if nothing is there yet; False when another writer got there first."""
     full = _path(store, namespace, kind, path)
-    pointers = store._pointers()
-    with store._errors(f"{kind}/{path}", "create", namespace):
+    pointers = store.backend.pointers
+    with store.backend.errors(f"{kind}/{path}", "create", namespace):
         with pointers.lock(full):
             existing, token = pointers.read(full)
             if existing is not None:
@@ -43,8 +43,8 @@ def create_document(store: BufferStore, namespace: str, kind: str, path: str, da
 def read_document(store: BufferStore, namespace: str, kind: str, path: str) -> bytes:
     """The document's bytes; :class:`StoreKeyError` when there is none."""
     full = _path(store, namespace, kind, path)
-    with store._errors(f"{kind}/{path}", "read", namespace):
-        data, _ = store._pointers().read(full)
+    with store.backend.errors(f"{kind}/{path}", "read", namespace):
+        data, _ = store.backend.pointers.read(full)
     if data is None:
         raise StoreKeyError(f"no {kind} document {path!r} in namespace {namespace!r} of store {store.url}")
     return data
@@ -56,13 +56,8 @@ def list_documents(store: BufferStore, namespace: str, kind: str, prefix: str = 
     if prefix:
         check_key(prefix)
         base = f"{base}/{prefix}"
-    fs, _ = store._backend()
-    store._fresh_listings()
-    with store._errors(f"{kind}/{prefix}", "list", namespace):
-        try:
-            found = fs.find(base)
-        except FileNotFoundError:
-            return []
+    with store.backend.errors(f"{kind}/{prefix}", "list", namespace):
+        found = store.backend.find(base)
     root = _path(store, namespace, kind, "x")[: -len("x")]
     out = []
     for p in found:
@@ -75,8 +70,8 @@ def list_documents(store: BufferStore, namespace: str, kind: str, prefix: str = 
 def delete_document(store: BufferStore, namespace: str, kind: str, path: str) -> None:
     """Remove a document; :class:`StoreKeyError` when there is none."""
     full = _path(store, namespace, kind, path)
-    pointers = store._pointers()
-    with store._errors(f"{kind}/{path}", "delete", namespace):
+    pointers = store.backend.pointers
+    with store.backend.errors(f"{kind}/{path}", "delete", namespace):
         with pointers.lock(full):
             existing, _ = pointers.read(full)
             if existing is None:

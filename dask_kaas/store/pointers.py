@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..files import write_atomic
 
@@ -28,6 +31,9 @@ _memory_locks_guard = threading.Lock()
 
 
 MISSING = "missing"  # the signature of a pointer that does not exist
+
+T = TypeVar("T")
+Record = dict[str, Any]
 
 
 class Pointers:
@@ -63,6 +69,34 @@ class Pointers:
 
     def remove(self, path: str) -> None:
         self.fs.rm(path)
+
+    def record(self, path: str) -> Record | None:
+        """The pointer's record, None if there is none."""
+        text, _ = self.read(path)
+        return json.loads(text) if text else None
+
+    def commit(
+        self, path: str, make_record: Callable[[Record | None], tuple[Record, T]], attempts: int
+    ) -> tuple[Record, T] | None:
+        """Swap in ``make_record(current record)`` if nobody committed between the read and the
+        swap, reading again after each lost race; ``make_record`` returns the new record and
+        anything the caller wants back with it. None when all ``attempts`` lost."""
+        for _ in range(attempts):
+            with self.lock(path):
+                text, token = self.read(path)
+                record, extra = make_record(json.loads(text) if text else None)
+                if self.swap(path, json.dumps(record).encode(), token):
+                    return record, extra
+        return None
+
+    def take(self, path: str) -> Record | None:
+        """Remove the pointer and return its last record (None, and nothing removed, if absent)."""
+        with self.lock(path):
+            text, _ = self.read(path)
+            if text is None:
+                return None
+            self.remove(path)
+        return json.loads(text)
 
 
 class LocalPointers(Pointers):
