@@ -123,7 +123,8 @@ if TYPE_CHECKING:
     from .batching import Batcher
     from .cluster import LocalKaasCluster
     from .functions import Function, FunctionRepository
-    from .kernels import Library, builtin, register_library, resolve_library
+    from .kernels import Library, register_library, resolve_library
+    from .kernels.builtin import builtin  # the Library, not its module of the same name
     from .plugins.scheduler import KaasSchedulerPlugin
     from .plugins.worker import KaasWorkerPlugin
     from .request import BufferSpec, KernelSpec, Literal, Request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -141,8 +142,10 @@ class LocalKaasCluster(LocalCluster):
         resources = {**kwargs.pop("resources", {}), "GPU": 1}
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
         scheduler_kwargs["plugins"] = [*scheduler_kwargs.get("plugins", ()), KaasSchedulerPlugin(policy=policy)]
-        self._plugin_options = dict(device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy)
-        self._plugin = KaasWorkerPlugin(**self._plugin_options)  # checks the options here, before any process
+        self._worker_plugin = functools.partial(
+            KaasWorkerPlugin, device=kind, device_memory=device_memory, store=self.kaas_store, policy=policy
+        )
+        self._plugin = self._worker_plugin()  # checks the options here, before any process
         kwargs.setdefault("dashboard_address", ":8787")
         super().__init__(
             n_workers=0,
@@ -178,8 +181,8 @@ class LocalKaasCluster(LocalCluster):
             spec = copy.deepcopy(spec)
             if slot.visible is not None:
                 spec["options"]["env"] = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": slot.visible}
-            plugin = KaasWorkerPlugin(
-                **self._plugin_options, device_index=None if slot.visible is None else 0, workers_per_device=slot.share
+            plugin = self._worker_plugin(
+                device_index=None if slot.visible is None else 0, workers_per_device=slot.share
             )
             spec["options"]["plugins"] = {plugin}
             specs[name] = spec

@@ -229,17 +229,16 @@ def _guarded_handler(op: str, base: Callable, refusal) -> Callable:
         result = base(comm, **msg) if takes_comm else base(**msg)
         return await result if inspect.isawaitable(result) else result
 
-    if "serializers" in params:  # distributed passes a caller's serializers only to handlers that name them
+    async def guarded(comm, **msg):
+        return await call(comm, msg)
 
-        async def guarded(comm, serializers=None, **msg):
-            return await call(comm, {**msg, "serializers": serializers})
-    else:
+    async def guarded_serializers(comm, serializers=None, **msg):
+        return await call(comm, {**msg, "serializers": serializers})
 
-        async def guarded(comm, **msg):
-            return await call(comm, msg)
-
-    guarded.__name__ = getattr(base, "__name__", op)
-    return guarded
+    # distributed passes a caller's serializers only to handlers that name them
+    handler: Callable = guarded_serializers if "serializers" in params else guarded
+    handler.__name__ = getattr(base, "__name__", op)
+    return handler
 
 
 def guard_listeners(server, refusal: Callable[[dict | None], str | None]) -> None:
@@ -406,9 +405,10 @@ def graphs_arrive_as_expressions() -> bool:
     return "expr_ser" in inspect.signature(Scheduler.update_graph).parameters
 
 
-def update_graph_parts(msg: dict) -> tuple[dict, list, list]:
+def update_graph_parts(msg: dict) -> tuple[Any, list, list]:
     """``(header, frames, keys)`` of an ``update-graph`` message: its serialized graph (``expr_ser``;
-    ``graph_header``/``graph_frames`` in older distributed releases) and the keys it wants."""
+    ``graph_header``/``graph_frames`` in older distributed releases) and the keys it wants. The header
+    is what the message holds (a dict from distributed; None, or anything, from another sender)."""
     if "graph_header" in msg:
         return msg.get("graph_header"), list(msg.get("graph_frames") or ()), list(msg.get("keys") or ())
     expr = msg.get("expr_ser")

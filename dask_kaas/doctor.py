@@ -76,8 +76,9 @@ def check_versions() -> Check:
                 }
             )
         figures["gpus"] = gpus
+        described = ", ".join(f"{g['name']} {g['arch']}" for g in gpus)
         detail = (
-            f"{len(gpus)} GPU(s): {', '.join(g['name'] + ' ' + g['arch'] for g in gpus)}; driver CUDA "
+            f"{len(gpus)} GPU(s): {described}; driver CUDA "
             f"{figures['cuda_driver']}; CuPy {figures['cupy']}; RMM {figures['rmm']}; NVRTC {figures['nvrtc']}"
         )
     else:
@@ -221,7 +222,7 @@ def check_bandwidth(device, nbytes: int, repeats: int) -> Check:
     pageable = np.ones(nbytes, np.uint8)
     pinned = np.frombuffer(cp.cuda.alloc_pinned_memory(nbytes), np.uint8, nbytes)
     pinned[:] = 1
-    figures = {"bytes": nbytes}
+    figures: dict[str, float] = {"bytes": nbytes}
     for label, host in (("pinned", pinned), ("pageable", pageable)):
 
         def h2d(host=host):
@@ -278,7 +279,7 @@ def check_launch(runtime, launches: int, repeats: int) -> Check:
 
         def raw():
             for _ in range(launches):
-                lib.run_twin("empty", LaunchConfig(1, 1), [1], bufs)
+                lib.run_twin("empty", LaunchConfig((1, 1, 1), (1, 1, 1)), [1], bufs)
 
         baseline = "direct calls of the host twin"
     t_raw = _best(raw, repeats) / launches

@@ -50,7 +50,10 @@ def _dims(dims) -> str:
     return "x".join(str(d) for d in dims)
 
 
-def _table(caption: str, header: list[str], rows: list[list[tuple[str, bool] | str]]) -> str:
+_Cell = tuple[str, bool] | str  # escaped cell HTML, or (cell HTML, numeric)
+
+
+def _table(caption: str, header: list[str], rows: list[list[_Cell]]) -> str:
     """``rows`` hold already escaped cell HTML; a ``(html, True)`` cell is numeric (right aligned)."""
     out = [f"<table><caption>{_e(caption)}</caption><thead><tr>"]
     out += [f"<th>{_e(h)}</th>" for h in header]
@@ -88,7 +91,7 @@ def _request_role(request, name: str) -> str:
 
 def request_html(request) -> str:
     """The HTML a notebook shows for a :class:`~dask_kaas.Request`."""
-    kernel_rows = []
+    kernel_rows: list[list[_Cell]] = []
     for index, k in enumerate(request.kernels):
         literals = ", ".join(f"{lit.type}={lit.value!r}" for lit in k.literals) or "-"
         args = ", ".join(f"{buf.name} ({io})" for buf, io in k.arguments) or "-"
@@ -104,7 +107,7 @@ def request_html(request) -> str:
             ]
         )
     uses = _buffer_uses(request)
-    buffer_rows = []
+    buffer_rows: list[list[_Cell]] = []
     for name, spec in request.buffers.items():
         dtype = np.dtype(spec.dtype).name if spec.dtype is not None else "uint8"
         shape = spec.shape if spec.shape is not None else (spec.size // np.dtype(dtype).itemsize,)
@@ -366,7 +369,7 @@ class ClusterState(dict):
 
     def _repr_html_(self) -> str:
         workers = self.get("workers") or {}
-        worker_rows = []
+        worker_rows: list[list[_Cell]] = []
         for addr, w in workers.items():
             cache = w.get("cache") or []
             cached_bytes = sum(entry.get("bytes", 0) for entry in cache)
@@ -387,7 +390,7 @@ class ClusterState(dict):
                     (_e(_ms(w.get("queued_seconds"))), True),
                 ]
             )
-        tenant_rows = []
+        tenant_rows: list[list[_Cell]] = []
         for tenant, t in (self.get("tenants") or {}).items():
             tenant_rows.append(
                 [

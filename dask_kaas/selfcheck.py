@@ -38,7 +38,10 @@ def _one(kernel, grid, block, literals, arguments, n_iter=1) -> Request:
 
 def cases(n: int, rng: np.random.Generator) -> list[Case]:
     """A :class:`Case` for every built-in kernel at size ``n`` (n >= 1)."""
-    v = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+
+    def v(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
     rows, cols = max(1, n // 7), 7
     m, k, p = n // 3 + 1, n // 5 + 2, n // 4 + 3
     out = []

@@ -332,6 +332,26 @@ def test_a_tenant_cannot_take_another_clients_id_or_speak_as_a_worker(mallory, b
     assert "may not send 'task-erred'" in cluster.procs.log("scheduler")
 
 
+def test_a_stream_message_of_any_shape_is_dropped_and_the_tenants_stream_goes_on(mallory, bob):
+    secret = bobs_result(bob)
+    for op in (["update-graph"], {"op": 1}, None, 7, b"update-graph"):  # unhashable, missing, not a name
+        mallory._send_to_scheduler({"op": op, "keys": [secret.key]})
+    mallory._send_to_scheduler({"op": "client-releases-keys", "keys": [secret.key], "client": ["x"]})
+    handled(mallory)  # the stream was not closed: its next request still runs
+    still_fine(bob, secret)
+
+
+def test_a_certificate_without_a_common_name_submits_nothing(locked, bob):
+    cluster, clients = locked
+    secret = bobs_result(bob)
+    with Client(cluster.scheduler_address, security=clients["nameless"], timeout=60) as nameless:
+        with pytest.raises(TenantError, match="without a certificate name may not submit"):
+            nameless.submit(matvec_request("A", tenant="bob"), x=X, pure=False).result(timeout=60)
+        with pytest.raises(TenantError, match="without a certificate name may not submit"):
+            nameless.submit(operator.getitem, [1, 2], 0, pure=False).result(timeout=60)
+    still_fine(bob, secret)
+
+
 def test_a_tenant_certificate_does_not_join_as_a_worker(locked):
     from tls_cluster import BIN
 

@@ -17,7 +17,7 @@ from tlscerts import make_pki
 from dask_kaas import BufferStore
 
 BIN = Path(os.path.dirname(sys.executable))
-NAMES = ["cluster", "alice", "bob", "carol.example.org", "worker-2", "operator"]
+NAMES = ["cluster", "alice", "bob", "carol.example.org", "worker-2", "operator", "nameless"]
 
 
 def security(pki, name) -> Security:
@@ -94,7 +94,7 @@ def tls_cluster(directory: Path, store_directory: Path, settings: dict):
                 pki=pki,
                 operator=security(pki, "cluster"),
             ),
-            {name: security(pki, name) for name in ("alice", "bob", "carol.example.org", "operator")},
+            {name: security(pki, name) for name in ("alice", "bob", "carol.example.org", "operator", "nameless")},
         )
     except Exception:
         for name in ("scheduler", "worker"):

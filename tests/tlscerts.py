@@ -10,8 +10,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+NAMELESS = "nameless"  # a certificate of this stem carries no common name (an organization only)
+
 
 def _name(cn: str) -> x509.Name:
+    if cn == NAMELESS:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kaas-test")])
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
@@ -26,7 +30,7 @@ def _write(directory: Path, stem: str, cert, key) -> tuple[str, str]:
 
 def make_pki(directory: Path, names: list[str]) -> dict[str, tuple[str, str]]:
     """``{"ca": (ca.crt, ca.pem), name: (name.crt, name.pem), ...}``, each certificate's common name
-    its name, all signed by the CA; valid for a day from an hour ago."""
+    its name (``NAMELESS``: none), all signed by the CA; valid for a day from an hour ago."""
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
     ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterator
 
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -101,13 +101,13 @@ def labelled_tenants(tenants: dict, limit: int) -> list[tuple[str, list]]:
     return [(t, [s]) for t, s in kept] + [(OTHER, [s for _, s in ranked[max(limit - 1, 0) :]])]
 
 
-def families(plugin) -> list:
+def families(plugin) -> list[Metric]:
     """The metric families of one scheduler plugin's current state."""
     from .. import config
 
     tenants = labelled_tenants(dict(plugin.tenants), int(config.get("dashboard.metric-tenants")))
     workers = sorted(dict(plugin.workers).items())
-    out = []
+    out: list[Metric] = []
 
     for name, attr, doc in TENANT_COUNTERS:
         family = CounterMetricFamily(PREFIX + name, doc, labels=["tenant"])

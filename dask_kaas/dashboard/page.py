@@ -17,13 +17,13 @@ from bokeh.models import (
     BasicTicker,
     ColumnDataSource,
     DataRange1d,
-    DataTable,
-    Div,
+    FactorRange,
     HoverTool,
     NumeralTickFormatter,
     Range1d,
-    TableColumn,
 )
+from bokeh.models.widgets.markups import Div
+from bokeh.models.widgets.tables import DataTable, TableColumn
 from bokeh.palettes import Category10
 from bokeh.plotting import figure
 
@@ -46,9 +46,11 @@ class KaasPage:
         self.scheduler = scheduler
         self.header = Div(text="", sizing_mode="stretch_width", name="kaas-header")
         self.memory_source = ColumnDataSource(dict(worker=[], cached=[], pinned=[], free=[]))
+        self.memory_workers = FactorRange()  # the plots' ranges, kept to update them typed
         self.memory = figure(
             title="Device memory per worker (MiB)",
-            y_range=[],
+            x_range=DataRange1d(start=0),
+            y_range=self.memory_workers,
             height=260,
             sizing_mode="stretch_width",
             tools="",
@@ -65,7 +67,6 @@ class KaasPage:
         )
         self.memory.legend.orientation = "horizontal"
         self.memory.add_layout(self.memory.legend[0], "above")  # off the bars
-        self.memory.x_range.start = 0
         self.memory.add_tools(
             HoverTool(
                 tooltips=[
@@ -78,10 +79,12 @@ class KaasPage:
         )
 
         self.queue_source = ColumnDataSource(dict(worker=[], queue=[]))
+        self.queue_workers = FactorRange()
+        self.queue_requests = Range1d(start=0, end=2)
         self.queue = figure(
             title="Requests in flight per worker",
-            y_range=[],
-            x_range=Range1d(0, 2),
+            y_range=self.queue_workers,
+            x_range=self.queue_requests,
             height=260,
             sizing_mode="stretch_width",
             tools="",
@@ -96,7 +99,7 @@ class KaasPage:
             title="Cache hit rate",
             x_axis_type="datetime",
             height=220,
-            y_range=(0, 1.05),
+            y_range=Range1d(start=0, end=1.05),
             sizing_mode="stretch_width",
             tools="",
             toolbar_location=None,
@@ -124,16 +127,17 @@ class KaasPage:
             self.worker_lines,
             "hit_rate",
             "worker",
-            Range1d(0, 1.05),
+            Range1d(start=0, end=1.05),
             "0%",
         )
+        self.evictions_range = Range1d(start=0, end=1)
         self.worker_evictions = _lines(
             "Evictions per worker per interval",
             "kaas-worker-evictions",
             self.worker_lines,
             "evictions",
             "worker",
-            Range1d(0, 1),
+            self.evictions_range,
         )
         self.worker_loaded = _lines(
             "Bytes loaded from the store per worker per second",
@@ -168,7 +172,7 @@ class KaasPage:
             self.tenant_lines,
             "hit_rate",
             "tenant",
-            Range1d(0, 1.05),
+            Range1d(start=0, end=1.05),
             "0%",
         )
 
@@ -193,9 +197,10 @@ class KaasPage:
             ],
         )
         self.tenant_source = self.tenants.source
+        self.throughput_tenants = FactorRange()
         self.throughput = figure(
             title=f"Throughput per tenant (requests/s over {RATE_WINDOW:g} s)",
-            x_range=[],
+            x_range=self.throughput_tenants,
             height=240,
             sizing_mode="stretch_width",
             tools="",
@@ -282,8 +287,8 @@ class KaasPage:
             f"<code>{escape(state['policy'])}</code>, {len(plugin.dispatcher)} requests held for fair dispatch</h3>"
         )
         names = list(workers)
-        self.memory.y_range.factors = names
-        self.queue.y_range.factors = names
+        self.memory_workers.factors = names
+        self.queue_workers.factors = names
         self.memory_source.data = dict(
             worker=names,
             cached=[_mib(w["used"] - w["pinned"]) for w in workers.values()],
@@ -291,13 +296,13 @@ class KaasPage:
             free=[_mib(w["free"]) for w in workers.values()],
         )
         self.queue_source.data = dict(worker=names, queue=[w["queue"] for w in workers.values()])
-        self.queue.x_range.end = max([2, *(w["queue"] + 1 for w in workers.values())])
+        self.queue_requests.end = max([2, *(w["queue"] + 1 for w in workers.values())])
 
         self._draw_history(plugin.history)
         throughput = self._throughput(now, {t: s["completed"] for t, s in tenants.items()})
 
         tenant_names = sorted(tenants)
-        self.throughput.x_range.factors = tenant_names
+        self.throughput_tenants.factors = tenant_names
 
         def ms(v):
             return round(v * 1e3, 1) if v is not None else None
@@ -408,7 +413,7 @@ class KaasPage:
             loaded=[series["workers"][w]["loaded"] for w in workers],
         )
         top = max([1, *(v for w in workers for v in series["workers"][w]["evictions"] if v == v)])
-        self.worker_evictions.y_range.end = top * 1.1
+        self.evictions_range.end = top * 1.1
         tenants = sorted(series["tenants"])
         self.tenant_lines.data = dict(
             xs=[times] * len(tenants),
@@ -499,9 +504,12 @@ def _set_table(table: DataTable, data: dict) -> None:
     many rows leaves the indices equal, so the table would keep showing the old rows. Any change
     of the table model itself makes it rerender, so the rows' version goes into its ``tags``.
     """
-    if table.source.data == data:
+    source = table.source
+    if not isinstance(source, ColumnDataSource):  # _data_table's tables have one
+        raise TypeError(f"table {table.name!r} has a {type(source).__name__}, not a ColumnDataSource")
+    if source.data == data:
         return
-    table.source.data = data
+    source.data = data
     table.tags = [(table.tags[0] if table.tags else 0) + 1]
 
 

@@ -56,6 +56,6 @@ def worker_slots(devices: Sequence[str], n_workers: int | None) -> list[WorkerSl
     n = len(devices)
     shares = [len(range(g, n_workers, n)) for g in range(n)]  # workers on GPU g: g, g+n, g+2n, ...
     return [
-        WorkerSlot(",".join(devices[i % n :] + devices[: i % n]), devices[i % n], shares[i % n])
+        WorkerSlot(",".join([*devices[i % n :], *devices[: i % n]]), devices[i % n], shares[i % n])
         for i in range(n_workers)
     ]

@@ -42,7 +42,7 @@ from .oip import (
     read_infer,
 )
 from .openapi import openapi_document
-from .service import Gateway, GatewaySettings
+from .service import Gateway, GatewaySettings, ResolvedGatewaySettings
 from .tokens import PREFIX, hash_token
 
 __all__ = ["GatewaySettings", "create_app"]
@@ -83,7 +83,7 @@ class _Parsers:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _metrics_hash(settings: GatewaySettings) -> str | None:
+def _metrics_hash(settings: ResolvedGatewaySettings) -> str | None:
     token = settings.metrics_token  # the token itself, or its "sha256:..." hash
     return None if not token else token if token.startswith(PREFIX) else hash_token(token)
 

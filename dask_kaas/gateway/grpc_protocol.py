@@ -183,8 +183,8 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
                     field.type = getattr(F, "TYPE_" + kind.upper())
     for name, values in _ENUMS.items():
         enum = fdp.enum_type.add(name=name)
-        for number, value in enumerate(values):
-            enum.value.add(name=value, number=number)
+        for index, value in enumerate(values):
+            enum.value.add(name=value, number=index)
     service = fdp.service.add(name=SERVICE.rpartition(".")[2])
     for name, (request, response) in METHODS.items():
         service.method.add(name=name, input_type=f".{PACKAGE}.{request}", output_type=f".{PACKAGE}.{response}")

@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -312,7 +312,7 @@ def _values(data, spec: TensorSpec, where: str) -> np.ndarray:
     allowed = (bool,) if dtype.kind == "b" else (int, float)
     types = set(map(type, values))
 
-    def refuse(i: int, problem: str):
+    def refuse(i: int, problem: str) -> NoReturn:
         raise OipError(400, f"{where}: data is not {name}: {_element(i, spec.shape)} {problem}")
 
     if not types <= set(allowed):
@@ -334,9 +334,9 @@ def _values(data, spec: TensorSpec, where: str) -> np.ndarray:
             refuse(i, f"({show(value)}) is beyond {name}'s range (largest {np.finfo(dtype).max})")
     elif dtype.kind in "iu":
         if float in types:
-            i = next((i for i, v in enumerate(values) if type(v) is float and not v.is_integer()), None)
-            if i is not None:
-                refuse(i, f"({show(values[i])}) is not an integer")
+            fraction = next((i for i, v in enumerate(values) if type(v) is float and not v.is_integer()), None)
+            if fraction is not None:
+                refuse(fraction, f"({show(values[fraction])}) is not an integer")
         info = np.iinfo(dtype)
         if values and (min(values) < info.min or max(values) > info.max):
             i = next(i for i, v in enumerate(values) if not info.min <= v <= info.max)

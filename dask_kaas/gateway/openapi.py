@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["openapi_document"]
 
 _ERROR = {"$ref": "#/components/schemas/error"}
-_AUTH = [{"bearer": []}]
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _json(schema: dict, description: str) -> dict:

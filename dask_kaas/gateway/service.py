@@ -13,13 +13,22 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
 from .. import config
 from ..batching import Batcher
-from ..errors import AdmissionRejected, FunctionNotFound, FunctionStale, KaasError, RequestError, TenantError
+from ..errors import (
+    AdmissionRejected,
+    ConfigError,
+    FunctionNotFound,
+    FunctionStale,
+    KaasError,
+    RequestError,
+    TenantError,
+)
 from ..functions import FunctionRepository
 from ..store import BufferStore, open_store
 from .catalog import Catalog, Uncached
@@ -28,7 +37,10 @@ from .oip import InferCall, InferenceStats, OipError
 from .ratelimit import RateLimiter
 from .tokens import Tokens
 
-__all__ = ["Gateway", "GatewaySettings", "deadline", "retry_after"]
+if TYPE_CHECKING:
+    from .grpc_service import GrpcServer
+
+__all__ = ["Gateway", "GatewaySettings", "ResolvedGatewaySettings", "deadline", "retry_after"]
 
 logger = logging.getLogger("dask_kaas.gateway")
 
@@ -48,15 +60,21 @@ class GatewaySettings:
     metrics_token: str | None = None  # the bearer token /metrics needs (or its "sha256:" hash)
     metrics_public: bool | None = None  # /metrics for anyone
 
-    def resolved(self) -> GatewaySettings:
+    def resolve(self) -> ResolvedGatewaySettings:
+        """These settings with every default filled in from ``kaas.gateway.*`` and checked (a
+        :class:`~dask_kaas.errors.ConfigError` naming a bad one): what a :class:`Gateway` runs on."""
+
         def pick(value, key):
             return value if value is not None else config.get(f"gateway.{key}")
 
+        tokens = self.tokens or config.get("gateway.tokens")
+        if not isinstance(tokens, str):
+            raise ConfigError(f"kaas.gateway.tokens: expected the path of the tokens file, got {tokens!r}")
         token = pick(self.metrics_token, "metrics-token")
-        return GatewaySettings(
+        return ResolvedGatewaySettings(
             scheduler=self.scheduler,
             store=self.store,
-            tokens=self.tokens or config.get("gateway.tokens"),
+            tokens=tokens,
             max_body=config.parse_size(pick(self.max_body, "max-body"), name="kaas.gateway.max-body"),
             timeout=float(pick(self.timeout, "timeout")),
             function_ttl=float(pick(self.function_ttl, "function-ttl")),
@@ -68,15 +86,36 @@ class GatewaySettings:
             ),
         )
 
+    def resolved(self) -> GatewaySettings:
+        """:meth:`resolve`'s values as GatewaySettings (nothing left to default)."""
+        resolved = self.resolve()
+        return GatewaySettings(**{f.name: getattr(resolved, f.name) for f in fields(resolved)})
+
+
+@dataclass(frozen=True)
+class ResolvedGatewaySettings:
+    """:class:`GatewaySettings` resolved once (:meth:`GatewaySettings.resolve`): every value concrete."""
+
+    scheduler: str | None  # None: the client passed to create_app
+    store: str | BufferStore | None  # None: the kaas.store setting (open_store)
+    tokens: str
+    max_body: int
+    timeout: float
+    function_ttl: float
+    max_json: int
+    read_timeout: float
+    metrics_token: str | None  # None: /metrics has no token (403 unless public)
+    metrics_public: bool
+
 
 class Gateway:
     """State shared by the routes: the client, the catalog, tokens, limits, metrics."""
 
     def __init__(self, settings: GatewaySettings, client=None, grpc_address: tuple[str, int] | None = None):
-        self.settings = settings.resolved()
+        self.settings = settings.resolve()
         self.client = client
         self.grpc_address = grpc_address  # (host, port) to serve gRPC on from start(); None: no gRPC
-        self.grpc = None
+        self.grpc: GrpcServer | None = None
         self.statistics = InferenceStats()  # Triton's statistics extension, both transports' calls
         self.batcher: Batcher | None = None
         self._own_client = client is None
@@ -149,7 +188,7 @@ class Gateway:
         self.metrics.observe(
             tenant, fn.qualified_name if fn is not None else None, status, seconds, bytes_in, bytes_out
         )
-        if fn is not None:
+        if fn is not None and tenant is not None:  # a function is found only for a known tenant
             self.statistics.record(tenant, fn, status == 200, seconds)
 
     def admit(self, tenant: str) -> None:
@@ -177,6 +216,8 @@ class Gateway:
             kaas_request = fn.request_for(tenant, deadline(call.parameters))
         except RequestError as e:
             raise OipError(400, str(e)) from None
+        if self.batcher is None:
+            raise OipError(503, "the gateway is not started (no connection to the cluster yet)")
         # through the batcher: concurrent calls of one function run as one task, payloads skip the scheduler
         future = self.batcher.submit(kaas_request, **call.inputs)
         try:

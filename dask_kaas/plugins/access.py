@@ -132,7 +132,8 @@ def _who(role: Role) -> str:
     return "a connection without a certificate name" if role.name is None else f"the tenant certificate {role.name!r}"
 
 
-def foreign_keys(keys, owners: dict, tenant: str) -> list:
+def foreign_keys(keys, owners: dict, tenant: str | None) -> list:
     """The keys among ``keys`` that a task of another owner holds (``owners``: key -> tenant, or "" for
-    an operator's or a worker's task); keys no task holds yet are not foreign."""
+    an operator's or a worker's task; ``tenant`` None for a connection whose certificate names none);
+    keys no task holds yet are not foreign."""
     return [k for k in keys if k in owners and owners[k] != tenant]

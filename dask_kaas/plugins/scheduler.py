@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from distributed import SchedulerPlugin
 
@@ -39,6 +41,9 @@ from .graph_scan import SCAN_LIMIT, foreign_call, requests_within
 from .identity import worker_refusal
 from .tenant_pickle import MAX_DEPTH, restricted_loads, tenant_loads
 
+if TYPE_CHECKING:
+    from tornado.ioloop import PeriodicCallback
+
 logger = logging.getLogger(__name__)
 
 RESERVED_ANNOTATIONS = frozenset({REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION})
@@ -48,9 +53,9 @@ HELD = "kaas://held-for-fair-dispatch"  # a worker that never exists: held tasks
 REJECTED = "kaas://rejected"  # likewise, for tasks failed before any worker sees them
 
 
-def request_of_task(ts) -> tuple[Request | None, int]:
-    """The Request a scheduler-side task runs (None: no KaaS task) and how many calls of it: a
-    batch's count, else 1."""
+def request_of_task(ts) -> tuple[Request | InvalidRequest | None, int]:
+    """The Request a scheduler-side task runs (None: no KaaS task; an InvalidRequest: one that did not
+    validate when unpickled) and how many calls of it: a batch's count, else 1."""
     func = compat.task_function(ts)
     if isinstance(func, RequestBatch):
         return func.request, func.count
@@ -94,6 +99,10 @@ def _hashable(key) -> bool:
     return True
 
 
+@overload
+def _patterns(name: str, allow_null: Literal[False] = False) -> tuple[str, ...]: ...
+@overload
+def _patterns(name: str, allow_null: bool) -> tuple[str, ...] | None: ...
 def _patterns(name: str, allow_null: bool = False) -> tuple[str, ...] | None:
     """``kaas.<name>``: a list of shell patterns of certificate common names (null where allowed)."""
     value = config.get(name)
@@ -207,15 +216,15 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self.history = History(
             float(config.get("dashboard.history-seconds")), float(config.get("dashboard.history-interval"))
         )
-        self._history_callback = None
+        self._history_callback: PeriodicCallback | None = None
         settings = config.scheduler_settings()
         if weights is not None:
             settings["weights"] = dict(weights)
         self.core = SchedulingCore(policy=policy, **settings)
         self._args = (policy, weights)
-        self.scheduler = None
+        self.scheduler: Any | None = None  # the Scheduler, from start(): no hook or handler runs before it
         self._dispatch_pending = False
-        self._base_comm_cost = None
+        self._base_comm_cost: Callable[..., float] | None = None
         self._gpu_workers = 0  # GPU workers the scheduler knew at the last sync
         self._paused: set[str] = set()  # workers a dispatch found not running
         try:  # before the scheduler (and its dashboard) exists, where this plugin is created first
@@ -336,6 +345,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     # -- placement, as Dask's objective and work stealing ask for it ---------------------------
     def get_comm_cost(self, ts, ws) -> float:
         # Dask asks for every worker for each plain task too: those cost one dict lookup here
+        assert self._base_comm_cost is not None  # start() installs this method and keeps the one it replaced
         base = self._base_comm_cost(ts, ws)
         return base + self.core.comm_cost(ts.key, ws.address) if ts.key in self.core.tasks else base
 
@@ -379,6 +389,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 return
         if request is None:
             return
+        if isinstance(request, InvalidRequest):  # it did not validate when unpickled here
+            self._reject(scheduler, ts, request.error)
+            return
         error = self._refusal(scheduler, client, request)
         if error is not None:
             self._reject(scheduler, ts, error)
@@ -410,6 +423,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 [decision.admitted, f"{request!r} {decision.message}", decision.predicted, request.deadline],
             )
         if decision.action == "run":
+            assert decision.worker is not None  # the core names the worker of every "run"
             compat.restrict_to(ts, {decision.worker})  # Dask evaluates this one worker
             self._hint(ts, decision.worker)
         else:
@@ -422,7 +436,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
     def _tenant_only(self, scheduler, client: str, tasks: list, keys) -> dict:
         """Record who owns the tasks of this graph update; for a tenant's update, ``{key: tenant}`` of the
         tasks it made (each must be a request or plumbing), all of them refused when the update touched
-        a task of another owner (and that task stays out of the tenant's reach)."""
+        a task of another owner (and that task stays out of the tenant's reach), or made by a connection
+        whose certificate names no tenant."""
         role = self._client_role(scheduler, client)
         owner = "" if role.trusted else role.tenant
         if role.trusted:
@@ -441,6 +456,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             )
             wanted = [k for k in foreign if k in set(keys)]
             scheduler.loop.add_callback(self._turn_away, client, wanted, error)
+            return {key: error for key in made}
+        if owner is None:  # no certificate name, so no tenant: None would be no verdict, and its tasks unchecked
+            error = TenantError(
+                "a connection without a certificate name may not submit tasks (kaas.scheduler.tenant-clients: "
+                "requests-only)"
+            )
             return {key: error for key in made}
         return {key: owner for key in made}
 
@@ -479,6 +500,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 )
         elif op == "register-client":
             client = msg.get("client")
+            assert self.scheduler is not None  # start() guards the handlers, once it has the scheduler
             if not isinstance(client, str) or client in self.scheduler.clients:
                 return f"client id {show(repr(client), 80)} is taken or no name: a client registers under a new id"
         return None
@@ -489,7 +511,12 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         role = self.access.role(compat.peer_certificate(comm))
         if role.trusted:
             return msg
-        op, client = msg.get("op"), msg.get("client")
+        op, client = msg.get("op"), msg.get("client")  # client: the connection's id (bind_stream_identity)
+        if not isinstance(op, str) or not isinstance(client, str):  # an op of None, or one not even hashable
+            logger.warning(
+                "dask-kaas: dropped a message from %s: its op %s is not a name", comm.peer_address, show(repr(op), 80)
+            )
+            return None
         problem = self.access.stream_refusal(role, op)
         if problem is not None:
             logger.log(
@@ -509,11 +536,11 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 return None
             return compat.with_expression(msg, expr)
         if op in KEYED_STREAM:
-            keys = msg.get("keys")
-            if not isinstance(keys, (list, tuple)):
+            named = msg.get("keys")
+            if not isinstance(named, (list, tuple)):
                 return None
-            own = [k for k in keys if _hashable(k) and self._owners.get(k) == role.tenant]
-            if len(own) < len(keys):
+            own = [k for k in named if _hashable(k) and self._owners.get(k) == role.tenant]
+            if len(own) < len(named):
                 logger.warning(
                     "dask-kaas: %s from %s named tasks not its tenant's; those were left out", op, comm.peer_address
                 )
@@ -521,7 +548,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                     compat.refuse_keys(
                         self.scheduler,
                         client,
-                        [k for k in keys if _hashable(k) and k not in own],
+                        [k for k in named if _hashable(k) and k not in own],
                         TenantError("a tenant may want only its own tasks' results"),
                     )
             return {**msg, "keys": own} if own else None
@@ -569,6 +596,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         scheduler.loop.add_callback(self._fail, ts.key, error)
 
     def _fail(self, key, error: Exception) -> None:
+        assert self.scheduler is not None  # _reject schedules this on the scheduler's loop
         ts = self.scheduler.tasks.get(key)
         if ts is not None and ts.state == "no-worker":
             compat.fail_task(self.scheduler, key, error, f"kaas-rejected-{time.time()}")
@@ -583,6 +611,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         """Start what the core dispatches, each task on the one worker it names."""
         self._dispatch_pending = False
         scheduler = self.scheduler
+        assert scheduler is not None  # _schedule_dispatch schedules this only once there is a scheduler
         for address in list(self._paused):  # workers that could not take work: back?
             if compat.worker_is_running(scheduler, address) is not False:
                 self._paused.discard(address)
@@ -619,8 +648,10 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         task = core.tasks.get(key)
         if task is None:
             return
+        scheduler = self.scheduler  # the core has tasks only from update_graph, which Dask calls after start()
         if finish == "processing":
-            ts = self.scheduler.tasks[key]
+            assert scheduler is not None
+            ts = scheduler.tasks[key]
             worker = compat.processing_on(ts)
             if worker is not None:
                 core.placed(key, worker)
@@ -628,9 +659,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
                 compat.lift_restrictions(ts)  # the choice is made; stealing may still move it
         elif start == "processing":
             if finish == "memory":
-                report = compat.finished_metadata(kwargs)
-                if report is not None:
-                    core.report(kwargs.get("worker"), report, key=key)
+                report, worker = compat.finished_metadata(kwargs), kwargs.get("worker")
+                if report is not None and isinstance(worker, str):
+                    core.report(worker, report, key=key)
                 core.finished(
                     key,
                     True,
@@ -640,7 +671,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             elif finish == "erred":
                 core.finished(key, False)
             else:  # released (its worker is gone, say): Dask runs it again, through the fair queue
-                ts = self.scheduler.tasks.get(key)
+                assert scheduler is not None
+                ts = scheduler.tasks.get(key)
                 if ts is not None and finish in ("released", "waiting"):
                     compat.restrict_to(ts, {HELD})
                     core.unplaced(key, ready=False)
