@@ -11,9 +11,9 @@ the gateway looks there first on its event loop and goes to a thread (and the st
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 
+from ..bounded import BoundedDict
 from ..errors import FunctionNotFound, FunctionStale
 from ..functions import Function, FunctionRepository
 from ..names import show
@@ -37,9 +37,10 @@ class Catalog:
         self.repository = repository
         self.ttl = ttl
         self.clock = clock
-        self._versions: dict[tuple[str, str], tuple[float, list[int]]] = {}
-        self._loaded: OrderedDict[tuple[str, str, int], Function] = OrderedDict()
-        self._checked: dict[tuple[str, str, int], tuple[float, str | None]] = {}  # consts checked: when, problem
+        self._versions: BoundedDict[tuple[str, str], tuple[float, list[int]]] = BoundedDict(4 * LOADED_VERSIONS)
+        self._loaded: BoundedDict[tuple[str, str, int], Function] = BoundedDict(LOADED_VERSIONS)  # LRU
+        # consts checked: when, problem
+        self._checked: BoundedDict[tuple[str, str, int], tuple[float, str | None]] = BoundedDict(LOADED_VERSIONS)
         self._lock = threading.Lock()  # the event loop and the gateway's threads both look up; never held over I/O
 
     def versions(self, namespace: str, name: str, cached_only: bool = False) -> list[int]:
@@ -52,8 +53,6 @@ class Catalog:
             entry = (now, self.repository.versions(name, namespace=namespace))
             with self._lock:
                 self._versions[(namespace, name)] = entry
-                if len(self._versions) > 4 * LOADED_VERSIONS:
-                    self._versions.pop(next(iter(self._versions)))
         return entry[1]
 
     def _load(self, namespace: str, name: str, version: int, cached_only: bool = False) -> Function:
@@ -68,8 +67,6 @@ class Catalog:
         fn = self.repository.get(name, namespace=namespace, version=version)
         with self._lock:
             self._loaded[key] = fn
-            if len(self._loaded) > LOADED_VERSIONS:
-                self._loaded.popitem(last=False)
         return fn
 
     def find(
@@ -110,8 +107,6 @@ class Catalog:
             entry = (now, fn.const_mismatch(self.repository.consts_now(fn)))
             with self._lock:
                 self._checked[key] = entry
-                if len(self._checked) > LOADED_VERSIONS:
-                    self._checked.pop(next(iter(self._checked)))
         if entry[1] is not None:
             raise FunctionStale(entry[1])
 
