@@ -4,6 +4,7 @@ versions and the gateway's catalog, each bounded so that no stream of distinct k
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = ["BoundedDict"]
@@ -37,11 +38,12 @@ class BoundedDict(OrderedDict[K, V]):
         while len(self) > self.max_entries:
             self.popitem(last=False)
 
-    def __reduce__(self):  # pickled with its bound (OrderedDict's would call __init__ without it)
+    def __reduce__(self) -> tuple[Callable[[int, list[tuple[K, V]]], BoundedDict[K, V]], tuple[int, list[tuple[K, V]]]]:
+        # pickled with its bound (OrderedDict's would call __init__ without it)
         return (_rebuild, (self.max_entries, list(self.items())))
 
 
-def _rebuild(max_entries: int, items: list) -> BoundedDict:
-    d: BoundedDict = BoundedDict(max_entries)
+def _rebuild(max_entries: int, items: list[tuple[K, V]]) -> BoundedDict[K, V]:
+    d: BoundedDict[K, V] = BoundedDict(max_entries)
     d.update(items)
     return d

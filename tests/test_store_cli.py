@@ -71,7 +71,8 @@ def test_namespaces_prefix_and_all_namespaces(tmp_path, url):
     out = ok(kaas("store", "ls", "--store", url, "--namespace", "alice"))
     assert "w1" in out and "w2" in out and "other" not in out
     assert "2400 B (2.34 kiB)" in out  # bytes, human readable too
-    assert "w2" not in ok(kaas("store", "ls", "w1", "--store", url, "-n", "alice"))  # PREFIX
+    listed = ok(kaas("store", "ls", "w1", "--store", url, "-n", "alice")).splitlines()
+    assert [line.split()[0] for line in listed[1:-1]] == ["w1"]  # PREFIX (the last line names the store)
     out = ok(kaas("store", "ls", "--all-namespaces", "--store", url))
     rows = {tuple(line.split()[:2]) for line in out.splitlines()}
     assert {("alice", "w1"), ("alice", "w2"), ("bob", "other"), ("default", "w1")} <= rows

@@ -23,14 +23,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
 from distributed import SchedulerPlugin
 
 from .. import compat, config
 from ..errors import AdmissionRejected, ConfigError, KaasError, RequestError, TenantError
 from ..names import namespace_problem, show, split_key
-from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
+from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION, Report
 from ..request import Request
 from ..request.batch import RequestBatch
 from ..request.model import InvalidRequest
@@ -686,7 +686,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             core.forget(key)
 
     # -- reports -------------------------------------------------------------------------------
-    def handle_report(self, worker: str, **report) -> None:
+    def handle_report(self, worker: str, **report: Unpack[Report]) -> None:
         """A report sent over the worker's stream (a failed request's: successful ones ride in task-finished)."""
         self.core.report(worker, report)
 

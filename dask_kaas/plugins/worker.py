@@ -13,7 +13,7 @@ from ..device import KINDS, make_device
 from ..errors import AdmissionRejected, ConfigError, KaasError, TenantError
 from ..eviction import check_eviction
 from ..logs import setup_logging
-from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION
+from ..report import REJECTED_ANNOTATION, TENANT_ANNOTATION, WANTED_ANNOTATION, Report
 from ..runtime import Runtime
 from ..store import BufferStore, open_store
 from ..text import format_bytes
@@ -182,7 +182,7 @@ def sendable(value):
     return value
 
 
-def _send_report(worker, report: dict) -> None:
+def _send_report(worker, report: Report) -> None:
     """A successful request's report rides in its task-finished message (no message of its own:
     the worker's batched stream would hold task-finished back for its send interval); a failed
     one's goes over the stream now, ahead of the task-erred that carries no metadata."""

@@ -25,7 +25,7 @@ from ..bounded import BoundedDict
 from ..device import Device
 from ..errors import KaasError, KernelError
 from ..kernels import LaunchConfig, is_registered, resolve_library
-from ..report import ReportBuilder
+from ..report import Report, ReportBuilder, RequestFields
 from ..request import Request
 from ..store import BufferStore, open_store, plan_store_access
 from .cache import BufferCache, KernelCache
@@ -173,7 +173,7 @@ class Runtime:
         self.hints_received = 0  # the scheduler's queue hints (want), for tests and the curious
         self.last_request: dict | None = None
         self.on_device_lost: Callable[[KernelError], None] | None = None
-        self.on_report: Callable[[dict], None] | None = None  # called after every request with report()
+        self.on_report: Callable[[Report], None] | None = None  # called after every request with report()
         # (i, error): the calls of the batch about to run from the i-th on were rejected by the scheduler's
         # admission control; set by the worker's runtime resolver from the task's annotation
         self.task_rejection: tuple[int, KaasError] | None = None
@@ -576,7 +576,7 @@ class Runtime:
             if isinstance(cid := e["key"], ConstId)
         ]
 
-    def report(self, request: Request, seconds: float, ok: bool, *, count: int = 1, failed: int = 0) -> dict[str, Any]:
+    def report(self, request: Request, seconds: float, ok: bool, *, count: int = 1, failed: int = 0) -> Report:
         """What the scheduler learns after each request (:mod:`dask_kaas.report`): the request's cost,
         and what changed in the cache since the previous report.
 
@@ -632,7 +632,7 @@ class Runtime:
         (2, 1, [], 1)
         """
         last = self.last_request or {}
-        fields = {
+        fields: RequestFields = {
             "tenant": request.tenant,
             "kernels": list(request.kernel_names),
             "hits": last.get("hits", 0),
@@ -648,7 +648,7 @@ class Runtime:
             "phases": last.get("phases", {}),
         }
         if count != 1 or failed:
-            fields.update(count=count, failed=failed)
+            fields["count"], fields["failed"] = count, failed
         return self._reports.build(
             fields,
             consts=self.resident_consts(),

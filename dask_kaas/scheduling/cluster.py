@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..report import CachePicture
+from ..report import CachePicture, ConstRef, ConstState, Report
 
-ConstRef = tuple  # (namespace, key)
-Consts = tuple  # ((ConstRef, nbytes), ...)
+Consts = tuple[tuple[ConstRef, int], ...]  # ((ConstRef, nbytes), ...): the consts a task reads
 
 
 @dataclass
@@ -28,7 +29,7 @@ class WorkerView:
     address: str
     depth: int = 2
     picture: CachePicture = field(default_factory=CachePicture)
-    pending: Counter = field(default_factory=Counter)  # consts that tasks assigned here will load
+    pending: Counter[ConstRef] = field(default_factory=Counter)  # consts that tasks assigned here will load
     queued: int = 0  # KaaS tasks (what the slots bound)
     queued_calls: int = 0  # the calls in them (a batch is one task of several calls)
     queued_seconds: float = 0.0
@@ -42,9 +43,10 @@ class WorkerView:
     service_interval: float | None = None  # seconds per call served while busy, as observed
     service_deviation: float = 0.0
     last_completion: float = 0.0
-    last_used: dict = field(default_factory=dict)  # const -> when a request that read it here last finished
+    # const -> when a request that read it here last finished
+    last_used: dict[ConstRef, float] = field(default_factory=dict)
 
-    def used_now(self, consts, now: float) -> None:
+    def used_now(self, consts: Iterable[tuple[ConstRef, int]], now: float) -> None:
         """A request that read ``consts`` (``(ref, nbytes)`` pairs) finished here at ``now``."""
         for ref, _ in consts:
             self.last_used[ref] = now
@@ -52,11 +54,11 @@ class WorkerView:
             self.last_used = {ref: t for ref, t in self.last_used.items() if ref in self.resident}
 
     @property
-    def resident(self) -> dict:
+    def resident(self) -> dict[ConstRef, ConstState]:
         return self.picture.resident
 
     @property
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         return self.picture.counters
 
     @property
@@ -96,7 +98,7 @@ class WorkerView:
             self.service_interval = (1 - alpha) * self.service_interval + alpha * sample
         self.last_completion = now
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "cache": [
                 {
@@ -126,7 +128,7 @@ class WorkerView:
 class Cluster:
     """Every KaaS worker's view, the const index, the open workers and the cluster-wide sums."""
 
-    def __init__(self, depth: int = 2):
+    def __init__(self, depth: int = 2) -> None:
         self.depth = depth
         self.views: dict[str, WorkerView] = {}
         self.holders: dict[ConstRef, set[str]] = {}  # const -> workers holding it or about to load it
@@ -172,7 +174,7 @@ class Cluster:
         return len(self.views)
 
     # -- reports ----------------------------------------------------------------------------
-    def apply_report(self, address: str, report: dict) -> WorkerView:
+    def apply_report(self, address: str, report: Report) -> WorkerView:
         view = self.add(address)
         before = set(view.resident)
         view.picture.apply(report)
@@ -283,11 +285,11 @@ class Cluster:
                 self._open = [e for e in self._open if self._current(e)]
                 heapq.heapify(self._open)
 
-    def _current(self, entry) -> bool:
+    def _current(self, entry: tuple[float, int, str]) -> bool:
         view = self.views.get(entry[2])
         return view is not None and view.entry == entry[1] and view.free > 0
 
-    def _unhold(self, ref, address: str) -> None:
+    def _unhold(self, ref: ConstRef, address: str) -> None:
         workers = self.holders.get(ref)
         if workers is not None:
             workers.discard(address)

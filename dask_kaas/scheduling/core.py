@@ -23,10 +23,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
+from ..report import ConstRef, Report
 from .cluster import Cluster, Consts
 from .fair import MIN_COST, FairQueue
 from .model import RuntimeModel
@@ -62,6 +63,36 @@ class Decision(NamedTuple):
     message: str | None = None
     predicted: float | None = None
     admitted: int | None = None  # a batch admitted in part: its first calls this many; the rest rejected
+
+
+class Rejection(TypedDict):
+    """A request admission turned away (:attr:`SchedulingCore.rejections`)."""
+
+    time: float
+    tenant: str
+    key: Hashable
+    calls: int
+    predicted: float | None  # seconds, calibrated
+    deadline: float
+
+
+class RecentRequest(TypedDict):
+    """A finished request as its worker reported it (:attr:`SchedulingCore.recent`)."""
+
+    time: float
+    tenant: str
+    kernels: list[str]
+    key: Hashable | None
+    waited: float | None  # seconds in the fair queue before its worker was chosen
+    phases: dict[str, float]
+    worker: str
+    seconds: float
+    hits: int
+    misses: int
+    bytes_loaded: int
+    ok: bool
+    calls: int
+    failed: int
 
 
 def _ms(seconds: float) -> str:
@@ -106,14 +137,14 @@ class SchedulingCore:
         *,
         policy: str,
         depth: int,
-        weights: dict | None,
+        weights: dict[str, float] | None,
         margin: float,
         stickiness: float,
         load_bandwidth: float,
         slack_tasks: float = 1.0,
         replication: bool = False,
         clock: Callable[[], float] = time.time,
-    ):
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.policy = policy
@@ -128,14 +159,15 @@ class SchedulingCore:
         self.static = StaticAssignment()
         self.tasks: dict[Hashable, Task] = {}
         self.tenants: dict[str, TenantStats] = {}
-        self.rejections: deque = deque(maxlen=RECENT_REQUESTS)  # requests admission turned away: predicted vs deadline
-        self.recent: deque = deque(maxlen=RECENT_REQUESTS)
+        # requests admission turned away: predicted vs deadline
+        self.rejections: deque[Rejection] = deque(maxlen=RECENT_REQUESTS)
+        self.recent: deque[RecentRequest] = deque(maxlen=RECENT_REQUESTS)
         self._admitted: dict[Hashable, Task] = {}
-        self.pinned_backlog: dict[str, set] = {}  # static/exclusive: worker -> tenants with requests queued for it
-        self.wanted: Counter = Counter()  # const -> held requests (not yet on a worker) that need it
+        self.pinned_backlog: dict[str, set[str]] = {}  # static/exclusive: worker -> tenants with requests queued for it
+        self.wanted: Counter[ConstRef] = Counter()  # const -> held requests (not yet on a worker) that need it
         self.arrivals: dict[str, tuple[float, float]] = {}  # tenant -> (last arrival, mean interval), replication
         self.decisions = 0  # worker choices made, for the overhead benchmark
-        self.held_calls: Counter = Counter()  # tenant -> calls in its tasks waiting in the fair queue
+        self.held_calls: Counter[str] = Counter()  # tenant -> calls in its tasks waiting in the fair queue
         self.held_calls_total = 0
 
     # -- workers ----------------------------------------------------------------------------
@@ -226,7 +258,7 @@ class SchedulingCore:
 
     def dispatch(self) -> list[tuple[Hashable, str]]:
         """Tasks to start now, each with its worker: free slots filled from the fair queues."""
-        out = []
+        out: list[tuple[Hashable, str]] = []
         while len(self.queue):
             picked = self._pick()
             if picked is None:
@@ -303,7 +335,7 @@ class SchedulingCore:
                 self.queue.withdraw(key)
                 self._unqueued(task)
 
-    def report(self, worker: str, report: dict, key: Hashable | None = None) -> None:
+    def report(self, worker: str, report: Report, key: Hashable | None = None) -> None:
         """A worker's report of one request (``key``: its task, when known; its tenant is the task's)."""
         view = self.cluster.views.get(worker)
         loaded_before = view.counters.get("bytes_from_store", 0) if view else 0
@@ -346,14 +378,14 @@ class SchedulingCore:
             }
         )
 
-    def hints(self, worker: str) -> dict:
+    def hints(self, worker: str) -> dict[ConstRef, int]:
         """For each const cached on ``worker``, how many requests want it (held in the fair queue, or
         assigned to this worker and not finished): what queue-aware eviction keeps longest."""
         view = self.cluster.views.get(worker)
         if view is None:
             return {}
         wanted, pending = self.wanted, view.pending
-        out = {}
+        out: dict[ConstRef, int] = {}
         for ref in view.resident:
             n = wanted.get(ref, 0) + pending.get(ref, 0)
             if n:
@@ -601,10 +633,10 @@ class SchedulingCore:
         return float(np.quantile(ratios, 0.9))
 
     # -- state ------------------------------------------------------------------------------
-    def counters(self) -> tuple[dict, dict]:
+    def counters(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
         """The cumulative counters :class:`~dask_kaas.scheduling.history.History` samples:
         ``({worker: {hits, misses, evictions, bytes_loaded}}, {tenant: {completed, rejected, hits, ...}})``."""
-        workers = {}
+        workers: dict[str, dict[str, int]] = {}
         for address, view in self.cluster.views.items():
             c = view.counters
             workers[address] = {
@@ -626,7 +658,7 @@ class SchedulingCore:
         }
         return workers, tenants
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "policy": self.policy,
             "replication": self.replication,

@@ -19,15 +19,15 @@ MIN_COST = 1e-3  # seconds charged for a task before any runtime of its shape is
 
 
 class FairQueue:
-    def __init__(self, weights: dict[str, float] | None = None):
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = dict(weights or {})
-        self.queues: dict[str, deque] = {}
+        self.queues: dict[str, deque[Hashable]] = {}
         self.service: dict[str, float] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
-        self._gone: set = set()  # keys withdrawn while queued, skipped when they reach a head
+        self._gone: set[Hashable] = set()  # keys withdrawn while queued, skipped when they reach a head
         self._live: dict[str, int] = {}  # tenant -> keys queued and not withdrawn
-        self._where: dict = {}  # key -> tenant, while queued
+        self._where: dict[Hashable, str] = {}  # key -> tenant, while queued
         self._held = 0
         self._backlogged_weight = 0.0
         self._most = 0.0  # the largest service of any tenant (the floor when nobody is backlogged)
@@ -114,8 +114,8 @@ class FairQueue:
     def least_served(self, limit: int, within: float | None = None) -> list[str]:
         """Up to ``limit`` backlogged tenants in order of service, least first; with ``within``, only
         those within ``within`` of the least. The heap is left as it was."""
-        out: list = []
-        taken: list = []
+        out: list[str] = []
+        taken: list[tuple[float, int, str]] = []
         while self._heap and len(out) < limit:
             entry = heapq.heappop(self._heap)
             service, _, tenant = entry
@@ -131,7 +131,7 @@ class FairQueue:
         return out
 
     # -- internals --------------------------------------------------------------------------
-    def _count(self, tenant: str, key, n: int, keep_where: bool = False) -> None:
+    def _count(self, tenant: str, key: Hashable, n: int, keep_where: bool = False) -> None:
         self._held += n
         self._live[tenant] = self._live.get(tenant, 0) + n
         if n > 0:
@@ -152,7 +152,7 @@ class FairQueue:
             self._heap = [e for e in self._heap if self._valid(e)]
             heapq.heapify(self._heap)
 
-    def _valid(self, entry) -> bool:
+    def _valid(self, entry: tuple[float, int, str]) -> bool:
         service, _, tenant = entry
         return bool(self.queues.get(tenant)) and self.service.get(tenant) == service
 

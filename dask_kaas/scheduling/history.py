@@ -12,11 +12,27 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict
 
-__all__ = ["TENANT_FIELDS", "WORKER_FIELDS", "History"]
+__all__ = ["TENANT_FIELDS", "WORKER_FIELDS", "History", "Series"]
 
 WORKER_FIELDS = ("hits", "misses", "evictions", "bytes_loaded")
 TENANT_FIELDS = ("completed", "rejected", "hits", "misses", "bytes_loaded", "evictions_caused")
+
+Counts = dict[str, int]  # field -> cumulative count, of one worker or tenant
+Sample = tuple[float, dict[str, Counts], dict[str, Counts]]  # (time, {worker: counts}, {tenant: counts})
+Row = dict[str, list[float]]  # series name -> one value per interval, of one worker or tenant
+
+
+class Series(TypedDict):
+    """What :meth:`History.series` returns: one value per interval in every list."""
+
+    time: list[float]
+    hit_rate: list[float]
+    loaded: list[float]
+    workers: dict[str, Row]
+    tenants: dict[str, Row]
 
 
 class History:
@@ -26,15 +42,17 @@ class History:
         if interval <= 0 or seconds < interval:
             raise ValueError(f"history needs 0 < interval <= seconds, got interval={interval}, seconds={seconds}")
         self.interval = float(interval)
-        self.samples: deque = deque(maxlen=int(seconds / interval) + 1)
+        self.samples: deque[Sample] = deque(maxlen=int(seconds / interval) + 1)
 
-    def sample(self, now: float, workers: dict, tenants: dict) -> None:
+    def sample(
+        self, now: float, workers: Mapping[str, Mapping[str, int]], tenants: Mapping[str, Mapping[str, int]]
+    ) -> None:
         """Record the cumulative counters at time ``now`` (seconds)."""
         if self.samples and now <= self.samples[-1][0]:
             return  # a clock that did not move: nothing new to say
         self.samples.append((now, {w: dict(c) for w, c in workers.items()}, {t: dict(c) for t, c in tenants.items()}))
 
-    def series(self, since: float | None = None) -> dict:
+    def series(self, since: float | None = None) -> Series:
         """Per interval after ``since`` (all kept ones by default), ending at each sample's time:
 
         - ``time``; ``hit_rate`` and ``loaded`` (bytes/s) of the whole cluster;
@@ -44,13 +62,13 @@ class History:
         Every list has one value per ``time``; ``nan`` where there is nothing to say (no lookups, not
         there yet)."""
         samples = list(self.samples)
-        workers: dict[str, dict[str, list]] = {
+        workers: dict[str, Row] = {
             w: {k: [] for k in _WORKER_SERIES} for w in sorted({w for _, ws, _ in samples for w in ws})
         }
-        tenants: dict[str, dict[str, list]] = {
+        tenants: dict[str, Row] = {
             t: {k: [] for k in _TENANT_SERIES} for t in sorted({t for _, _, ts in samples for t in ts})
         }
-        out: dict = {"time": [], "hit_rate": [], "loaded": [], "workers": workers, "tenants": tenants}
+        out: Series = {"time": [], "hit_rate": [], "loaded": [], "workers": workers, "tenants": tenants}
         for (t0, w0, n0), (t1, w1, n1) in itertools.pairwise(samples):
             if since is not None and t1 <= since:
                 continue
@@ -67,11 +85,11 @@ _WORKER_SERIES = ("hit_rate", "evictions", "loaded")
 _TENANT_SERIES = ("throughput", "hit_rate", "rejected")
 
 
-def _worker_figures(d: dict, dt: float) -> dict:
+def _worker_figures(d: Counts, dt: float) -> dict[str, float]:
     return {"hit_rate": _rate(d["hits"], d["misses"]), "evictions": d["evictions"], "loaded": d["bytes_loaded"] / dt}
 
 
-def _tenant_figures(d: dict, dt: float) -> dict:
+def _tenant_figures(d: Counts, dt: float) -> dict[str, float]:
     return {
         "throughput": d["completed"] / dt,
         "hit_rate": _rate(d["hits"], d["misses"]),
@@ -79,10 +97,17 @@ def _tenant_figures(d: dict, dt: float) -> dict:
     }
 
 
-def _append(rows: dict, before: dict, after: dict, fields, figures, dt: float) -> list[dict]:
+def _append(
+    rows: dict[str, Row],
+    before: dict[str, Counts],
+    after: dict[str, Counts],
+    fields: Iterable[str],
+    figures: Callable[[Counts, float], dict[str, float]],
+    dt: float,
+) -> list[Counts]:
     """One interval's figures appended to each row (a gap where the worker or tenant is not there); what
     grew, for the rows that are."""
-    grown = []
+    grown: list[Counts] = []
     for name, row in rows.items():
         d = _delta(before.get(name), after.get(name), fields)
         if d is None:
@@ -94,7 +119,7 @@ def _append(rows: dict, before: dict, after: dict, fields, figures, dt: float) -
     return grown
 
 
-def _delta(before: dict | None, after: dict | None, fields) -> dict | None:
+def _delta(before: Counts | None, after: Counts | None, fields: Iterable[str]) -> Counts | None:
     """What grew between two samples of one worker or tenant (None: not there at the end; one that was
     not there at the start counts from zero)."""
     if after is None:
@@ -103,7 +128,7 @@ def _delta(before: dict | None, after: dict | None, fields) -> dict | None:
     return {f: max(0, after.get(f, 0) - before.get(f, 0)) for f in fields}
 
 
-def _gap(row: dict) -> None:
+def _gap(row: Row) -> None:
     """No figures for this interval (not there yet, or gone): a gap in each of the row's series."""
     for values in row.values():
         values.append(math.nan)

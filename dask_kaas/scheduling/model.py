@@ -23,14 +23,14 @@ class RuntimeModel:
     ``default_bandwidth``: store -> device bytes per second assumed until loads are observed.
     """
 
-    def __init__(self, default_bandwidth: float = 2**30):
+    def __init__(self, default_bandwidth: float = 2**30) -> None:
         self.default_bandwidth = float(default_bandwidth)
         self.runtime: dict[str, float] = {}
         self._runtime_sum = 0.0  # of runtime's values, kept as they change: the mean is O(1) with many shapes
         self.warm: dict[str, float] = {}  # the same, of requests that loaded nothing (their consts were cached)
         self.overhead: float = 0.0  # dispatch + result handling per task, seconds
         self.bandwidth: float | None = None  # store -> device bytes per second, as observed
-        self.ratios: deque = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
+        self.ratios: deque[float] = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
         self.calibration = CALIBRATION_PRIOR
 
     def observe(self, shape: str, seconds: float) -> None:

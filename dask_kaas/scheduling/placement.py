@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from .cluster import Cluster, Consts
 
 POLICIES = ("affinity", "balance", "static", "exclusive", "locality")
@@ -81,11 +83,11 @@ class StaticAssignment:
     """The paper's static baseline: each tenant pinned to one worker, round-robin in order of first
     appearance; a tenant whose worker went away gets its next one."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.order: dict[str, int] = {}
         self.homes: dict[str, str] = {}
 
-    def worker_for(self, tenant: str, workers) -> str:
+    def worker_for(self, tenant: str, workers: Collection[str]) -> str:
         home = self.homes.get(tenant)
         if home is None or home not in workers:
             index = self.order.setdefault(tenant, len(self.order))

@@ -27,9 +27,9 @@ class TenantStats:
     misses: int = 0
     bytes_loaded: int = 0
     evictions_caused: int = 0  # entries evicted on a worker while one of this tenant's requests ran there
-    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     # since the start, unlike the window above: completions per bucket (the last one: above LATENCY_BUCKETS)
-    latency_buckets: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
 
@@ -43,13 +43,14 @@ class TenantStats:
 
     def histogram(self) -> list[tuple[float, int]]:
         """``(upper bound, completions with latency <= it)`` per bucket, cumulative, ending with ``inf``."""
-        out, total = [], 0
+        out: list[tuple[float, int]] = []
+        total = 0
         for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.latency_buckets):
             total += n
             out.append((bound, total))
         return out
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, float | None]:
         lat = np.fromiter(self.latencies, dtype=float) if self.latencies else None
         return {
             "submitted": self.submitted,

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import config
 from ..eviction import check_eviction, eviction_order
+from ..report import Report
 from ..scheduling import SchedulingCore, Task
 from .costs import CostModel
 from .workloads import Workload
@@ -491,13 +492,13 @@ class Simulation:
         if worker.added.pop(ref, None) is None:
             worker.removed.add(ref)
 
-    def _report(self, worker: SimWorker, fn, seconds: float, loaded: int) -> dict:
+    def _report(self, worker: SimWorker, fn, seconds: float, loaded: int) -> Report:
         """The worker's report after a request, in the live reports' format (:mod:`dask_kaas.report`:
         the consts added and removed since the last one, counter increments). ``seconds``: the
         request's own time (loads and kernels, stretched by waits for a core), as the runtime
         reports it; Dask's handling of the task on the worker is not in it."""
         worker.seq += 1
-        report = {
+        report: Report = {
             "ok": True,
             "tenant": fn.tenant,
             "shape": fn.shape_token,

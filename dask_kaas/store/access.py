@@ -20,7 +20,7 @@ from .buffer_store import BufferStore
 from .versions import Version
 
 if TYPE_CHECKING:  # the request layer sits above the store
-    from ..request import Request
+    from ..request import BufferSpec, Request
 
 
 @dataclass
@@ -60,7 +60,7 @@ def plan_store_access(store: BufferStore, request: Request, passed: Collection[s
     return plan
 
 
-def _check_agrees(store: BufferStore, name: str, spec, version: Version) -> None:
+def _check_agrees(store: BufferStore, name: str, spec: BufferSpec, version: Version) -> None:
     where = (
         f"buffer {name!r}: key {version.key!r} (namespace {version.namespace!r}, version {version.version}) "
         f"in store {store.url}"

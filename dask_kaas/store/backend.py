@@ -110,6 +110,7 @@ class StoreBackend:
         """Every file below ``base`` (none if ``base`` is absent), listings fresh."""
         self.fresh_listings()
         try:
-            return self.fs.find(base)
+            found: list[str] = self.fs.find(base)  # fsspec is untyped
         except FileNotFoundError:
             return []
+        return found

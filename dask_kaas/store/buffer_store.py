@@ -131,22 +131,22 @@ class BufferStore:
         self._versions = VersionCache()
 
     # -- identity and pickling ------------------------------------------------
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "storage_options": self.storage_options, "shared": self.shared}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         shared = state.get("shared", ())
         BufferStore.__init__(self, state["url"], storage_options=state["storage_options"], shared=shared)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"BufferStore({self.url!r})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, BufferStore):
             return NotImplemented
         return self.url == other.url
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((BufferStore, self.url))
 
     # -- names -----------------------------------------------------------------------
@@ -645,7 +645,9 @@ class BufferStore:
         """
         return self._read_current(key, namespace, offset, size)[1]
 
-    def _read_current(self, key, namespace, offset, size, attempts: int = 5) -> tuple[Version, np.ndarray]:
+    def _read_current(
+        self, key: str, namespace: str | None, offset: int, size: int | None, attempts: int = 5
+    ) -> tuple[Version, np.ndarray]:
         """Read the current version; if writers replace it twice while we read, follow the pointer again."""
         for attempt in range(attempts):
             v = self.version(key, namespace=namespace)
@@ -726,7 +728,7 @@ class BufferStore:
                 out.append(rel[: -len(".json")])
         return sorted(out)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: str) -> bool:
         """Whether ``key`` is committed in the default namespace."""
         try:
             self.version(key)

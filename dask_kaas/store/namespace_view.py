@@ -50,7 +50,7 @@ class NamespaceView:
         self.store = store
         self.name = namespace
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{self.store!r}.namespace({self.name!r})"
 
     def put(self, key: str, array: np.ndarray | bytes | bytearray | memoryview, *, wait: bool = True) -> Version:

@@ -20,7 +20,7 @@ class StoreAccessError(StoreError):
     """A tenant named a key in a namespace it may not read (or write)."""
 
 
-def check_key(key) -> str:
+def check_key(key: str) -> str:
     """Return ``key`` if it is a valid store key (no ``namespace:`` prefix), else raise StoreError."""
     problem = key_problem(key)
     if problem is not None:
@@ -28,7 +28,7 @@ def check_key(key) -> str:
     return key
 
 
-def check_namespace(namespace) -> str:
+def check_namespace(namespace: str) -> str:
     """Return ``namespace`` if it is a valid namespace name, else raise StoreError."""
     problem = namespace_problem(namespace)
     if problem is not None:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ..files import write_atomic
@@ -33,7 +33,9 @@ _memory_locks_guard = threading.Lock()
 MISSING = "missing"  # the signature of a pointer that does not exist
 
 T = TypeVar("T")
-Record = dict[str, Any]
+Record = dict[str, Any]  # a pointer's JSON record (see dask_kaas.store.versions)
+# a pointer's fingerprint: (inode, mtime, size) of a local file, MISSING, or None where no cheap one exists
+Signature = tuple[int, int, int] | str | None
 
 
 class Pointers:
@@ -43,16 +45,16 @@ class Pointers:
     #: without asking again (remote stores); local files have :meth:`signature` instead.
     remote = True
 
-    def signature(self, path: str):
+    def signature(self, path: str) -> Signature:
         """A cheap fingerprint of the pointer that changes with every commit, or None where no
         cheap one exists (then callers fall back to reading the pointer, or to a time to live)."""
         return None
 
-    def __init__(self, fs):
+    def __init__(self, fs: Any) -> None:  # an fsspec filesystem (untyped)
         self.fs = fs
 
     @contextlib.contextmanager
-    def lock(self, path: str):
+    def lock(self, path: str) -> Iterator[None]:
         yield
 
     def read(self, path: str) -> tuple[bytes | None, object]:
@@ -62,7 +64,7 @@ class Pointers:
         except (FileNotFoundError, IsADirectoryError):
             return None, None
 
-    def swap(self, path: str, data: bytes, token) -> bool:
+    def swap(self, path: str, data: bytes, token: object) -> bool:
         """Write ``data`` if the pointer is still what :meth:`read` returned with ``token``; False if not."""
         self.fs.pipe_file(path, data)
         return True
@@ -96,7 +98,8 @@ class Pointers:
             if text is None:
                 return None
             self.remove(path)
-        return json.loads(text)
+        record: Record = json.loads(text)
+        return record
 
 
 class LocalPointers(Pointers):
@@ -104,7 +107,7 @@ class LocalPointers(Pointers):
 
     remote = False
 
-    def signature(self, path: str):
+    def signature(self, path: str) -> Signature:
         """``(inode, mtime, size)``: every commit renames a new file into place, so the inode changes."""
         try:
             st = os.stat(path)
@@ -112,12 +115,12 @@ class LocalPointers(Pointers):
             return MISSING
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def __init__(self, fs, root: str):
+    def __init__(self, fs: Any, root: str) -> None:
         super().__init__(fs)
         self.root = root
 
     @contextlib.contextmanager
-    def lock(self, path: str):
+    def lock(self, path: str) -> Iterator[None]:
         import fcntl
 
         rel = os.path.relpath(path, self.root)
@@ -139,7 +142,7 @@ class LocalPointers(Pointers):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None, None
 
-    def swap(self, path: str, data: bytes, token) -> bool:
+    def swap(self, path: str, data: bytes, token: object) -> bool:
         write_atomic(path, data)
         return True
 
@@ -153,7 +156,7 @@ class MemoryPointers(Pointers):
     remote = False  # reading the pointer is a dict lookup
 
     @contextlib.contextmanager
-    def lock(self, path: str):
+    def lock(self, path: str) -> Iterator[None]:
         with _memory_locks_guard:
             lock = _memory_locks.setdefault(path, threading.Lock())
         with lock:
@@ -168,7 +171,7 @@ class S3Pointers(Pointers):
 
         bucket, key, _ = self.fs.split_path(path)
 
-        async def get():
+        async def get() -> tuple[bytes | None, object]:
             try:
                 resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
             except FileNotFoundError:
@@ -178,9 +181,10 @@ class S3Pointers(Pointers):
             finally:
                 resp["Body"].close()
 
-        return sync(self.fs.loop, get)
+        got: tuple[bytes | None, object] = sync(self.fs.loop, get)  # fsspec is untyped
+        return got
 
-    def swap(self, path: str, data: bytes, token) -> bool:
+    def swap(self, path: str, data: bytes, token: object) -> bool:
         bucket, key, _ = self.fs.split_path(path)
         condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
         try:
@@ -197,7 +201,7 @@ class S3Pointers(Pointers):
         return True
 
 
-def pointers_for(fs, local_root: str | None) -> Pointers:
+def pointers_for(fs: Any, local_root: str | None) -> Pointers:
     """The compare-and-swap the backend offers."""
     if local_root is not None:
         return LocalPointers(fs, local_root)

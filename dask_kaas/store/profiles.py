@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any, TypedDict, overload
 
 import yaml
 
@@ -36,6 +37,7 @@ from .urls import is_location, normalize_url
 __all__ = [
     "BUILTIN_PROFILES",
     "DEFAULT_PROFILE",
+    "StoreProfile",
     "default_store_spec",
     "expand_env",
     "list_profiles",
@@ -44,11 +46,20 @@ __all__ = [
     "resolve_store",
 ]
 
+
+class StoreProfile(TypedDict):
+    """A validated store profile (what :func:`load_profile` returns)."""
+
+    url: str  # normalized (a built-in one: before its ${VAR} are expanded)
+    storage_options: dict[str, Any]  # fsspec's, passed through
+    shared: list[str]  # namespaces every tenant may read
+
+
 #: The profile used when neither ``--store`` nor ``kaas.store`` names one.
 DEFAULT_PROFILE = "local"
 
 #: Profiles that exist without a file (a file of the same name overrides them).
-BUILTIN_PROFILES = {
+BUILTIN_PROFILES: dict[str, StoreProfile] = {
     "local": {
         "url": "file://${XDG_DATA_HOME:-~/.local/share}/dask-kaas/store",
         "storage_options": {},
@@ -163,13 +174,19 @@ def _find(name: str) -> str | None:
     return None
 
 
-def expand_env(value, *, where: str = "value"):
+@overload
+def expand_env(value: str, *, where: str = "value") -> str: ...
+@overload
+def expand_env(value: dict[str, Any], *, where: str = "value") -> dict[str, Any]: ...
+@overload
+def expand_env(value: object, *, where: str = "value") -> object: ...
+def expand_env(value: object, *, where: str = "value") -> object:
     """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``
     (str, list or dict, recursively); dict entries that end up as empty
     strings are dropped. An unset ``${VAR}`` without default is a StoreError."""
     if isinstance(value, str):
 
-        def sub(m):
+        def sub(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
             var, default = m.group(1), m.group(2)
@@ -184,7 +201,7 @@ def expand_env(value, *, where: str = "value"):
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        out = {}
+        out: dict[Any, object] = {}
         for k, v in value.items():
             v = expand_env(v, where=f"{where}.{k}")
             if isinstance(v, str) and v == "":
@@ -200,7 +217,7 @@ def _default_shared() -> list[str]:
     return [str(s) for s in config.get_list("store-shared")]
 
 
-def _validate(doc, where: str) -> dict:
+def _validate(doc: object, where: str) -> StoreProfile:
     if not isinstance(doc, dict):
         raise StoreError(f"{where}: a store profile must be a mapping with a 'url', got {type(doc).__name__}")
     unknown = set(doc) - _FIELDS
@@ -234,7 +251,7 @@ def _validate(doc, where: str) -> dict:
     }
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str) -> StoreProfile:
     """``dict(url=, storage_options=, shared=)`` of the profile ``name``.
 
     ``file://`` URLs come back absolute (relative ones resolve against the
@@ -300,7 +317,7 @@ def load_profile(name: str) -> dict:
     return _validate(doc, f"store profile {name!r} ({path})")
 
 
-def resolve_store(spec: str) -> tuple[str, dict, tuple[str, ...]]:
+def resolve_store(spec: str) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     """``(url, storage_options, shared)`` for a store spec.
 
     A spec containing ``://`` is a URL (no storage options; ``shared`` from

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .pointers import Record
+
 __all__ = ["COMMIT_ATTEMPTS", "MAX_RETIRED", "Version", "new_uid", "next_record", "referenced", "uid_time"]
 
 COMMIT_ATTEMPTS = 64  # compare-and-swap retries before a put gives up on a key many writers race for
@@ -46,7 +48,7 @@ class Version:
     version: int
     uid: str
     dtype: np.dtype
-    shape: tuple
+    shape: tuple[int, ...]
     nbytes: int
     written: float
 
@@ -95,11 +97,11 @@ def uid_time(uid: str) -> float | None:
         return None
 
 
-def next_record(old: dict | None, uid: str, data: np.ndarray, now: float, retain: float) -> tuple[dict, list[str]]:
+def next_record(old: Record | None, uid: str, data: np.ndarray, now: float, retain: float) -> tuple[Record, list[str]]:
     """The pointer record that commits ``uid`` after ``old`` (None: a new key), and the uids of
     superseded versions whose data may now go: the one just replaced stays (one write longer), and
     older ones stay while retired for less than ``retain`` seconds (at most MAX_RETIRED of them)."""
-    record = {
+    record: Record = {
         "version": 1,
         "uid": uid,
         "dtype": data.dtype.str,
@@ -121,7 +123,7 @@ def next_record(old: dict | None, uid: str, data: np.ndarray, now: float, retain
     return record, [u for u, _ in retired if u not in kept]
 
 
-def referenced(record: dict, now: float, retain: float) -> set[str]:
+def referenced(record: Record, now: float, retain: float) -> set[str]:
     """The uids whose data a pointer record still needs."""
     uids = {record.get("uid"), record.get("previous")}
     uids.update(u for u, t in record.get("retired", ()) if now - t < retain)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 
 from ..errors import StoreError
@@ -27,7 +30,7 @@ WRITE_THREADS = 4
 _KINDS = frozenset("biufcmM")
 
 
-def as_storable(key: str, value) -> np.ndarray:
+def as_storable(key: str, value: np.ndarray | np.generic | bytes | bytearray | memoryview) -> np.ndarray:
     """The C-contiguous, native-byte-order numpy array that a write stores."""
     if isinstance(value, np.generic):
         value = np.asarray(value)
@@ -53,14 +56,14 @@ def chunks_for(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return (max(1, CHUNK_BYTES // row_bytes), *shape[1:])
 
 
-def open_zarr_store(url: str, local_root: str | None, storage_options: dict):
+def open_zarr_store(url: str, local_root: str | None, storage_options: dict[str, Any]) -> Store:
     if local_root is not None:
         return zarr.storage.LocalStore(local_root)
     # Sync filesystems (memory://) are wrapped by zarr in fsspec's AsyncFileSystemWrapper.
     return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or None)
 
 
-def write_array(zstore, path: str, data: np.ndarray, local_root: str | None = None) -> None:
+def write_array(zstore: Store, path: str, data: np.ndarray, local_root: str | None = None) -> None:
     """Write ``data`` as a new array at ``path`` (which must not exist yet).
 
     On a local store the chunk files are written straight from ``data``'s
@@ -81,19 +84,19 @@ def write_array(zstore, path: str, data: np.ndarray, local_root: str | None = No
         arr[...] = data
 
 
-def _raw_native_layout(meta, shape: tuple[int, ...], chunks: tuple[int, ...]) -> bool:
+def _raw_native_layout(meta: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> bool:
     """Whether chunk files hold the array's raw native-endian bytes, chunked along axis 0 only.
 
     That is the layout :func:`write_array` makes, and the one the local fast paths read and write.
     """
-    codecs: tuple = tuple(getattr(meta, "codecs", ()))
+    codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
     if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or chunks[1:] != shape[1:]:
         return False
     endian = codecs[0].endian  # an Endian enum up to zarr 3.2, a plain string from zarr 3.3
     return endian is None or getattr(endian, "value", endian) == sys.byteorder
 
 
-def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bool:
+def _write_local_chunks(arr: Any, local_root: str, path: str, data: np.ndarray) -> bool:
     """Write each chunk file of a freshly created local array from ``data``; False if the layout does not allow."""
     meta = arr.metadata
     shape = tuple(arr.shape)
@@ -125,7 +128,14 @@ def _write_local_chunks(arr, local_root: str, path: str, data: np.ndarray) -> bo
 
 
 def read_bytes(
-    zstore, path: str, offset: int, size: int, *, local_root: str | None = None, fs=None, root: str | None = None
+    zstore: Store,
+    path: str,
+    offset: int,
+    size: int,
+    *,
+    local_root: str | None = None,
+    fs: Any = None,
+    root: str | None = None,
 ) -> np.ndarray:
     """Bytes ``[offset, offset + size)`` of the array at ``path`` as a 1-D uint8 array.
 
@@ -155,7 +165,7 @@ def read_bytes(
     return flat[offset - start : offset - start + size]
 
 
-def _chunk_spans(arr, offset: int, size: int):
+def _chunk_spans(arr: Any, offset: int, size: int) -> Iterator[tuple[str, int, int]]:
     """``(chunk key, start, stop)`` byte ranges inside each chunk file that ``[offset, offset + size)``
     covers, for the :func:`_raw_native_layout` (edge chunks are stored padded to full size)."""
     meta, shape = arr.metadata, tuple(arr.shape)
@@ -169,7 +179,7 @@ def _chunk_spans(arr, offset: int, size: int):
         pos = stop
 
 
-def _read_remote_chunks(arr, fs, base: str, offset: int, size: int) -> np.ndarray:
+def _read_remote_chunks(arr: Any, fs: Any, base: str, offset: int, size: int) -> np.ndarray:
     """The bytes by range requests on the chunk objects (several at once where fsspec is async)."""
     spans = list(_chunk_spans(arr, offset, size))
     paths = [f"{base}/{key}" for key, _, _ in spans]
@@ -186,7 +196,7 @@ def _read_remote_chunks(arr, fs, base: str, offset: int, size: int) -> np.ndarra
     return out
 
 
-def _read_local_chunks(arr, local_root: str, path: str, offset: int, size: int) -> np.ndarray:
+def _read_local_chunks(arr: Any, local_root: str, path: str, offset: int, size: int) -> np.ndarray:
     """Read straight from a local store's chunk files into one buffer, skipping zarr's decode-and-copy;
     a missing chunk file raises FileNotFoundError."""
     out = np.empty(size, dtype=np.uint8)
