@@ -36,7 +36,8 @@ bytes / bandwidth, fitted over the four const sizes) as a live worker process at
 ``--resimulate FILE`` skips the live runs and simulates again against the live runs recorded in FILE
 (a model change judged against the same live data).
 
-    python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2] [--resimulate FILE]
+    python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2] [--scenarios S,..] [--configs C,..]
+                                [--resimulate FILE]
 """
 
 from __future__ import annotations
@@ -72,12 +73,21 @@ FULL = {
     "rate": 90.0,
     "workers": WORKERS,
     "scenarios": "all",
+    "configs": "all",
     "resimulate": "",
 }
 SIZES = {
     "full": FULL,
     "quick": {**FULL, "requests": 300},
-    "smoke": {**FULL, "requests": 24, "repeat": 1, "seeds": 1, "workers": 2, "scenarios": "zipf-closed,switch"},
+    "smoke": {
+        **FULL,
+        "requests": 24,
+        "repeat": 1,
+        "seeds": 1,
+        "workers": 2,
+        "scenarios": "zipf-closed,switch",
+        "configs": "balance,affinity+queue-aware",  # the machinery once with each kind of placement
+    },
 }
 
 
@@ -117,6 +127,9 @@ def scenarios(p: dict, kernel_of) -> list[dict]:
     out = []
 
     def add(name, workload, note, configs=CONFIGS, switches=()):
+        chosen = p.get("configs", "all")  # (results recorded before --configs existed ran them all)
+        if configs is CONFIGS and chosen != "all":
+            configs = [c for c in CONFIGS if c in chosen.split(",")]
         out.append(
             {"name": name, "workload": workload, "configs": list(configs), "switches": list(switches), "note": note}
         )
@@ -682,6 +695,9 @@ def validate(p: dict) -> str | None:
     unknown = sorted(set(p["scenarios"].split(",")) - set(SCENARIOS)) if p["scenarios"] != "all" else []
     if unknown:
         return f"unknown scenario(s) {', '.join(unknown)}; --scenarios takes all or some of {', '.join(SCENARIOS)}"
+    unknown = sorted(set(p["configs"].split(",")) - set(CONFIGS)) if p["configs"] != "all" else []
+    if unknown:
+        return f"unknown config(s) {', '.join(unknown)}; --configs takes all or some of {', '.join(CONFIGS)}"
     if p["resimulate"] and not os.path.isfile(p["resimulate"]):
         return f"--resimulate {p['resimulate']}: no such result file"
     return None
@@ -702,6 +718,7 @@ SUITE = Suite(
         Option("--seeds", int, "simulated runs of each (median)"),
         Option("--rate", float, "open-loop calls/s"),
         Option("--scenarios", str, "comma-separated scenario names, or all"),
+        Option("--configs", str, "comma-separated placement configs of the scenarios that run them all, or all"),
         Option("--resimulate", str, "simulate again against the live runs recorded in this result file"),
     ),
 )

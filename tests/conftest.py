@@ -1,6 +1,32 @@
+import contextlib
 import os
 
+import dask.config
 import pytest
+
+# The worker processes of the clusters tests start in this process fork from a server that has imported
+# distributed, numpy and dask-kaas's worker side once (distributed's own test suite does the same): a
+# worker starts in a fraction of the CPU a spawned one takes, and they are still separate processes.
+# Clusters started as commands (dask kaas scheduler/worker) keep Dask's default, as users run them.
+dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+FORKSERVER_PRELOAD = ["distributed", "numpy", "zarr", "fsspec", "dask_kaas.plugins.worker", "dask_kaas.runtime"]
+
+
+def pytest_configure(config):
+    from distributed.utils import get_mp_context
+
+    # distributed names its own preloads on first use and never again: extend them, once, before any worker
+    get_mp_context().set_forkserver_preload(FORKSERVER_PRELOAD)
+
+
+@contextlib.contextmanager
+def worker_environment(names):
+    """Hand the current values of the environment variables ``names`` to worker processes started in this
+    process: a forked worker has the environment of when the fork server started, not of now."""
+    environ = dict(dask.config.get("distributed.nanny.environ", default={}) or {})
+    environ.update({name: os.environ[name] for name in names if name in os.environ})
+    with dask.config.set({"distributed.nanny.environ": environ}):
+        yield
 
 
 def gpu_skip_reason() -> str | None:
@@ -30,7 +56,8 @@ def _default_store_in_tmp(tmp_path_factory):
     processes it starts is a session temporary directory, never the user's."""
     old = os.environ.get("XDG_DATA_HOME")
     os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
-    yield
+    with worker_environment(["XDG_DATA_HOME"]):
+        yield
     if old is None:
         os.environ.pop("XDG_DATA_HOME", None)
     else:
@@ -40,8 +67,6 @@ def _default_store_in_tmp(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _kernel_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Compiled kernels go to a per-session temporary directory, never to the user's cache."""
-    import dask.config
-
     directory = str(tmp_path_factory.getbasetemp() / "kernel-cache")
     os.makedirs(directory, exist_ok=True)
     with dask.config.set({"kaas.kernel-cache.directory": directory}):
@@ -59,12 +84,12 @@ def s3_server():
     """
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
-    import dask.config
     import s3server
 
     # puts wait kaas.store-version-ttl before they return on S3: short here, except where a test says otherwise
     with (
         s3server.aws_test_env(),
+        worker_environment(s3server.SET_NAMES),
         s3server.s3_server(buckets=("kaas-test", "dask-kaas")) as endpoint,
         dask.config.set({"kaas.store-version-ttl": 0.05}),
     ):

@@ -23,6 +23,8 @@ ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
+#: Every variable :func:`aws_test_env` sets.
+SET_NAMES = (*ENV, "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "NO_PROXY", "no_proxy")
 #: Variables that could point clients elsewhere (a user's profile, a proxy).
 UNSET = (
     "AWS_PROFILE",

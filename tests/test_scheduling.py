@@ -235,6 +235,8 @@ def test_fair_share_under_a_skewed_load(cluster, client):
             started = Counter(done)
         if t != "heavy" and done[t] == per_light and window is None:
             window = dict(done - started)
+            break
+    client.cancel([f for f in futures if not f.done()])  # the heavy tenant's rest: nothing left to measure
     assert window and sum(window.values()) >= 20, window
     shares = np.array([window.get(t, 0) for t in tenants], float)
     shares /= shares.sum()

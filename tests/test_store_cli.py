@@ -1,10 +1,12 @@
-"""`dask-kaas store ls|put|get|rm|profiles` through the installed command, on file stores."""
+"""`dask-kaas store ls|put|get|rm|profiles` on file stores: through the installed command where the working
+directory or environment matters, else the same command line in this process."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,14 +17,27 @@ BIN = os.path.dirname(sys.executable)
 
 
 def kaas(*args, cwd=None, env=None, timeout=120):
-    return subprocess.run(
-        [os.path.join(BIN, "dask-kaas"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
+    """``dask-kaas ARGS``: through the installed command where a working directory or environment is given,
+    else the same command line in this process (click's runner: the same code, without a process start)."""
+    if cwd is not None or env is not None:
+        return subprocess.run(
+            [os.path.join(BIN, "dask-kaas"), *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+        )
+    from click.testing import CliRunner
+
+    from dask_kaas.cli import main
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes them unless told
+    except TypeError:
+        runner = CliRunner()
+    result = runner.invoke(main, list(args), catch_exceptions=False)
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def ok(proc):
