@@ -9,7 +9,6 @@ so an invalid request never reaches a device; the inputs of a call are checked b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -27,6 +26,7 @@ from ..names import namespace_problem, show
 from ..validators import check, is_int
 from . import parse
 from .call import current_runtime
+from .identity import content_token, shape_token
 from .inputs import check_call_inputs
 from .specs import BufferSpec, KernelSpec
 
@@ -503,33 +503,13 @@ class Request:
     def shape_token(self) -> str:
         """Identifies requests that cost the same: same kernels, launch shapes, literals, buffer sizes and n_iter
         (not keys, names or tenant). The scheduler predicts runtimes per shape."""
-        parts: list[Any] = [self.n_iter]
-        for k in self.kernels:
-            lib = k.library if isinstance(k.library, str) else k.library.hash
-            parts.append(
-                [
-                    lib,
-                    k.kernel,
-                    k.grid,
-                    k.block,
-                    k.shared,
-                    [(lit.type, lit.value) for lit in k.literals],
-                    [(b.size, io) for b, io in k.arguments],
-                ]
-            )
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return shape_token(self)
 
     @cached_property
     def token(self) -> str:
         """A stable content hash (libraries by their own hash)."""
 
-        def lib_id(k):
-            return k.library if isinstance(k.library, str) else k.library.hash
-
-        payload = self.to_dict()
-        for kd, k in zip(payload["kernels"], self.kernels):
-            kd["library"] = lib_id(k)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+        return content_token(self)
 
     def __repr__(self):
         kernels = " -> ".join(self.kernel_names)

@@ -14,9 +14,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -24,69 +23,17 @@ from .. import config
 from ..bounded import BoundedDict
 from ..device import Device
 from ..errors import KaasError, KernelError
-from ..kernels import LaunchConfig, is_registered, resolve_library
+from ..kernels import LaunchConfig, resolve_library
 from ..report import Report, ReportBuilder, RequestFields
 from ..request import Request
 from ..store import BufferStore, open_store, plan_store_access
 from .cache import BufferCache, KernelCache
 from .counters import Counters
+from .keys import ConstId, ModuleKey, RunBufferId, const_ref, forget_locals, module_key
 
 REPORTED_PHASES = ("load", "h2d", "kernels", "d2h")  # what a report says a request spent its time on
 _ACCOUNTED = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store")
 PREPARED_LAUNCHES = 4096  # distinct launches (kernel, shape, literals) kept prepared per worker
-
-
-class ModuleKey(NamedTuple):
-    """Kernel-cache identity of a loaded library: ``owner`` None for a registered (shared) library,
-    else the tenant that brought it."""
-
-    owner: str | None
-    library: Any
-
-
-def module_key(library, tenant: str | None) -> ModuleKey:
-    """Kernel-cache key of a library: registered libraries are shared, a library a request brings
-    is loaded for its tenant alone (no tenant's request can reach another's loaded kernels)."""
-    return ModuleKey(None if is_registered(library) else (tenant or "default"), library)
-
-
-class ConstId(NamedTuple):
-    """Cache identity of a const buffer: which committed version of which key, and which bytes of it
-    (the uid alone identifies the version; its number is kept for reports)."""
-
-    namespace: str
-    key: str
-    uid: str
-    offset: int
-    size: int
-    version: int
-
-    @classmethod
-    def of(cls, spec, version) -> ConstId:
-        return cls(version.namespace, version.key, version.uid, spec.offset, spec.size, version.version)
-
-
-def _const_ref(key) -> tuple | None:
-    """The (namespace, key) the scheduler's eviction hints name a cached const by (None: not a const)."""
-    return (key.namespace, key.key) if isinstance(key, ConstId) else None
-
-
-def _forget_locals(exc: BaseException | None) -> None:
-    """Clear the locals of the finished frames in ``exc``'s traceback, and in those of the exceptions it
-    came from. Dask keeps a failed task's exception with its traceback; its frames' locals would keep
-    device buffers alive that the cache has counted as freed. File names and lines stay."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-
-
-class RunBufferId(NamedTuple):
-    """Cache identity of a buffer that lives for one run only (inputs, outputs, temporaries)."""
-
-    run: int
-    name: str
 
 
 class Runtime:
@@ -163,7 +110,7 @@ class Runtime:
             device.free,
             counters=self.counters,
             eviction=config.eviction(),
-            hint_key=_const_ref,
+            hint_key=const_ref,
         )
         if kernel_cache_entries is None:
             kernel_cache_entries = int(config.get("kernel-cache.modules"))
@@ -374,7 +321,7 @@ class Runtime:
             with counters.phase("total"):
                 return self._run(request, inputs, memo)
         except BaseException as e:
-            _forget_locals(e)
+            forget_locals(e)
             if isinstance(e, KaasError):
                 counters.add("errors")
                 counters.add_tenant(request.tenant, errors=1)
@@ -702,4 +649,4 @@ class Runtime:
             self.device.close()
 
 
-__all__ = ["ConstId", "ModuleKey", "RunBufferId", "Runtime", "module_key"]
+__all__ = ["Runtime"]
