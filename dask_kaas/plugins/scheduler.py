@@ -19,7 +19,6 @@ A task is a KaaS task when its function is a :class:`~dask_kaas.Request`, as wit
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -36,10 +35,10 @@ from ..request.batch import RequestBatch
 from ..request.model import InvalidRequest
 from ..scheduling import POLICIES, SchedulingCore, Task
 from ..scheduling.history import History
-from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
-from .graph_scan import SCAN_LIMIT, foreign_call, requests_within
+from .access import AccessRules
+from .graph_scan import SCAN_LIMIT, requests_within
 from .identity import worker_refusal
-from .tenant_pickle import MAX_DEPTH, restricted_loads, tenant_loads
+from .tenant_guard import TenantGuard
 
 if TYPE_CHECKING:
     from tornado.ioloop import PeriodicCallback
@@ -82,21 +81,6 @@ def _hidden_request(ts) -> TenantError | None:
             f"binds tenants to TLS certificates and looks through every task for Requests"
         )
     return None
-
-
-def _function_name(func) -> str:
-    qualname = getattr(func, "__qualname__", None)
-    if isinstance(qualname, str):
-        return show(f"{getattr(func, '__module__', None) or '?'}.{qualname}", 80).strip("'\"")
-    return f"a {type(func).__name__} object"
-
-
-def _hashable(key) -> bool:
-    try:
-        hash(key)
-    except TypeError:
-        return False
-    return True
 
 
 @overload
@@ -212,7 +196,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
             raise ConfigError(
                 f"kaas.scheduler.tenant-graph-objects must be a positive integer, got {self.graph_objects!r}"
             )
-        self._owners: dict = {}  # requests-only: key -> the tenant whose client made its task ("" an operator's)
+        self.guard = TenantGuard(self.access, self.graph_objects)  # requests-only: what a tenant may do
         self.history = History(
             float(config.get("dashboard.history-seconds")), float(config.get("dashboard.history-interval"))
         )
@@ -274,13 +258,9 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         scheduler.extensions["kaas"] = self
         compat.add_stream_handler(scheduler, "kaas-report", self.handle_report)
         # a message's "client" field never replaces its connection's; requests-only: tenants' messages checked
-        compat.bind_stream_identity(scheduler, self._guard_stream if self.access.locked else None)
+        compat.bind_stream_identity(scheduler, self.guard.guard_stream if self.access.locked else None)
         if self.access.locked:
-            compat.guard_handlers(scheduler, self._handler_refusal)
-            # a message's ToPickle parts are unpickled while it is read: a tenant's, with tenant_pickle's rules
-            compat.restrict_unpickling(
-                scheduler, lambda cert: None if self.access.role(cert).trusted else restricted_loads
-            )
+            self.guard.install(scheduler)
         scheduler.handlers["kaas_batch_info"] = self.batch_info
         scheduler.handlers["kaas_access"] = self.access_info
         if self.access.worker_names is not None:
@@ -354,7 +334,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         self._sync_workers()
         now = time.time()
         try:
-            tenant_only = self._tenant_only(scheduler, client, tasks, keys) if self.access.locked else {}
+            tenant_only = self.guard.graph_update(scheduler, client, tasks, keys) if self.access.locked else {}
         except Exception as e:
             logger.exception("dask-kaas: could not check a graph update; its tasks are refused")
             tenant_only = {
@@ -375,7 +355,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         """Check one new task; a KaaS task is restricted to GPU workers, approved for its tenant and
         handed to the core (run now, held, or rejected)."""
         if tenant_verdict is not None:
-            error = self._tenant_task_refusal(ts, tenant_verdict)
+            error = self.guard.task_refusal(ts, tenant_verdict)
             if error is not None:
                 self._reject(scheduler, ts, error)
                 return
@@ -429,131 +409,6 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         else:
             compat.restrict_to(ts, {HELD})  # parked in no-worker until dispatch releases it
 
-    # -- requests-only: what a tenant's connection may do ---------------------------------------
-    def _client_role(self, scheduler, client: str) -> Role:
-        return self.access.role(compat.client_certificate(scheduler, client))
-
-    def _tenant_only(self, scheduler, client: str, tasks: list, keys) -> dict:
-        """Record who owns the tasks of this graph update; for a tenant's update, ``{key: tenant}`` of the
-        tasks it made (each must be a request or plumbing), all of them refused when the update touched
-        a task of another owner (and that task stays out of the tenant's reach), or made by a connection
-        whose certificate names no tenant."""
-        role = self._client_role(scheduler, client)
-        owner = "" if role.trusted else role.tenant
-        if role.trusted:
-            for key in tasks:
-                self._owners.setdefault(key, "")
-            return {}
-        foreign = foreign_keys(tasks, self._owners, owner)
-        made = [key for key in tasks if key not in self._owners]
-        for key in made:
-            self._owners[key] = owner
-        if foreign:
-            error = TenantError(
-                f"task {show(str(foreign[0]), 80)} belongs to another tenant (or an operator): a "
-                f"tenant's graph may use only its own tasks (kaas.scheduler.tenant-clients: "
-                f"requests-only)"
-            )
-            wanted = [k for k in foreign if k in set(keys)]
-            scheduler.loop.add_callback(self._turn_away, client, wanted, error)
-            return {key: error for key in made}
-        if owner is None:  # no certificate name, so no tenant: None would be no verdict, and its tasks unchecked
-            error = TenantError(
-                "a connection without a certificate name may not submit tasks (kaas.scheduler.tenant-clients: "
-                "requests-only)"
-            )
-            return {key: error for key in made}
-        return {key: owner for key in made}
-
-    def _tenant_task_refusal(self, ts, verdict) -> Exception | None:
-        if isinstance(verdict, Exception):
-            return verdict
-        func = foreign_call(compat.task_spec(ts))
-        if func is not None:
-            name = "a task too large to look through" if func is ... else _function_name(func)
-            return TenantError(
-                f"a tenant's certificate may submit KaaS requests only, not {name} "
-                f"(kaas.scheduler.tenant-clients: requests-only)"
-            )
-        return None
-
-    def _turn_away(self, client: str, keys: list, error: Exception) -> None:
-        """The tenant no longer wants another owner's tasks it asked for; its futures of them fail."""
-        if keys:
-            compat.release_for_client(self.scheduler, client, keys, "kaas-foreign")
-            compat.refuse_keys(self.scheduler, client, keys, error)
-
-    def _handler_refusal(self, cert: dict | None, op: str, msg: dict) -> str | None:
-        role = self.access.role(cert)
-        problem = self.access.rpc_refusal(role, op)
-        if problem is not None or role.trusted:
-            return problem
-        if op == "gather":
-            keys = msg.get("keys")
-            if not isinstance(keys, (list, tuple)):
-                return "gather takes a list of keys"
-            theirs = [k for k in keys if not _hashable(k) or self._owners.get(k) != role.tenant]
-            if theirs:
-                return (
-                    f"the tenant certificate {role.name!r} may gather only its own tasks' results, not "
-                    f"{show(repr(theirs[0]), 80)}"
-                )
-        elif op == "register-client":
-            client = msg.get("client")
-            assert self.scheduler is not None  # start() guards the handlers, once it has the scheduler
-            if not isinstance(client, str) or client in self.scheduler.clients:
-                return f"client id {show(repr(client), 80)} is taken or no name: a client registers under a new id"
-        return None
-
-    async def _guard_stream(self, comm, msg: dict) -> dict | None:
-        """A message on a client's stream, for the requests-only mode: a tenant's passes (its graph
-        unpickled here, with :mod:`.tenant_pickle`; the keys it names cut to its own) or is dropped."""
-        role = self.access.role(compat.peer_certificate(comm))
-        if role.trusted:
-            return msg
-        op, client = msg.get("op"), msg.get("client")  # client: the connection's id (bind_stream_identity)
-        if not isinstance(op, str) or not isinstance(client, str):  # an op of None, or one not even hashable
-            logger.warning(
-                "dask-kaas: dropped a message from %s: its op %s is not a name", comm.peer_address, show(repr(op), 80)
-            )
-            return None
-        problem = self.access.stream_refusal(role, op)
-        if problem is not None:
-            logger.log(
-                logging.DEBUG if op in QUIET_STREAM else logging.WARNING,
-                "dask-kaas: dropped a message from %s: %s",
-                comm.peer_address,
-                problem,
-            )
-            return None
-        if op == "update-graph":
-            header, frames, keys = compat.update_graph_parts(msg)
-            try:
-                expr = await asyncio.to_thread(tenant_loads, header, frames, self.graph_objects, MAX_DEPTH)
-            except TenantError as e:
-                logger.warning("dask-kaas: refused a graph from %s: %s", comm.peer_address, e)
-                compat.refuse_keys(self.scheduler, client, [k for k in keys if _hashable(k)], e)
-                return None
-            return compat.with_expression(msg, expr)
-        if op in KEYED_STREAM:
-            named = msg.get("keys")
-            if not isinstance(named, (list, tuple)):
-                return None
-            own = [k for k in named if _hashable(k) and self._owners.get(k) == role.tenant]
-            if len(own) < len(named):
-                logger.warning(
-                    "dask-kaas: %s from %s named tasks not its tenant's; those were left out", op, comm.peer_address
-                )
-                if op == "client-desires-keys":
-                    compat.refuse_keys(
-                        self.scheduler,
-                        client,
-                        [k for k in named if _hashable(k) and k not in own],
-                        TenantError("a tenant may want only its own tasks' results"),
-                    )
-            return {**msg, "keys": own} if own else None
-        return msg
-
     def access_info(self) -> dict:
         """The access settings workers and nannies follow (the scheduler's ``kaas_access`` handler)."""
         return {**self.access.to_dict(), "tenant_identity": self.identity}
@@ -574,7 +429,7 @@ class KaasSchedulerPlugin(SchedulerPlugin):
         if problem:  # only a request built around its own validation gets here
             return RequestError(f"{request!r}: {problem}")
         if self.identity == "tls":
-            role = self._client_role(scheduler, client)
+            role = self.guard.client_role(scheduler, client)
             if role.trusted:  # a worker's or an operator's client (the gateway) acts for any tenant
                 return None
             bound = role.tenant
@@ -642,8 +497,8 @@ class KaasSchedulerPlugin(SchedulerPlugin):
 
     # -- transitions ---------------------------------------------------------------------------
     def transition(self, key, start, finish, *args, **kwargs) -> None:
-        if finish == "forgotten" and self._owners:
-            self._owners.pop(key, None)
+        if finish == "forgotten" and self.guard.owners:
+            self.guard.owners.pop(key, None)
         core = self.core
         task = core.tasks.get(key)
         if task is None:
