@@ -337,6 +337,8 @@ def test_a_stream_message_of_any_shape_is_dropped_and_the_tenants_stream_goes_on
     for op in (["update-graph"], {"op": 1}, None, 7, b"update-graph"):  # unhashable, missing, not a name
         mallory._send_to_scheduler({"op": op, "keys": [secret.key]})
     mallory._send_to_scheduler({"op": "client-releases-keys", "keys": [secret.key], "client": ["x"]})
+    mallory._send_to_scheduler({"op": "update-graph", "keys": 5, "expr_ser": None})  # keys no list
+    mallory._send_to_scheduler({"op": "update-graph", "keys": [], "graph_header": {}, "graph_frames": 7})
     handled(mallory)  # the stream was not closed: its next request still runs
     still_fine(bob, secret)
 

@@ -164,7 +164,11 @@ class TenantGuard:
             )
             return None
         if op == "update-graph":
-            header, frames, keys = compat.update_graph_parts(msg)
+            try:
+                header, frames, keys = compat.update_graph_parts(msg)
+            except TypeError:  # keys or frames that are not even iterable
+                logger.warning("dask-kaas: dropped a graph from %s: its keys or frames are no lists", comm.peer_address)
+                return None
             try:
                 expr = await asyncio.to_thread(tenant_loads, header, frames, self.graph_objects, MAX_DEPTH)
             except TenantError as e:
