@@ -50,6 +50,9 @@ BELOW_PLUGINS = (
     "gateway.tokens",
     "gateway.ratelimit",
     "gateway.oip",
+    "gateway.oip_error",
+    "gateway.body",
+    "gateway.inference_stats",
     "gateway.catalog",
     "sim",
 )

@@ -15,18 +15,17 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 
-from ..errors import KaasError
 from ..functions import Function, TensorSpec
 from ..names import show
-from .catalog import visible_name
+from .body import BodyBudget, JsonStructure, body_budget, check_structure, decode_body
+from .inference_stats import InferenceStats
+from .oip_error import OipError
 
 __all__ = [
     "BINARY_HEADER",
@@ -54,16 +53,6 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not a JSON value (JSON has no NaN or Infinity)")
 
 
-class OipError(KaasError):
-    """A call the protocol answers with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-
-
 @dataclass
 class InferCall:
     """A parsed infer request: inputs as NumPy arrays by buffer name, and how to answer."""
@@ -72,144 +61,6 @@ class InferCall:
     outputs: list[tuple[TensorSpec, bool]]  # (output, as binary)
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def decode_body(body: bytes, encoding: str | None, limit: int, feed=None) -> bytes:
-    """The body after its ``Content-Encoding`` (gzip, deflate or none), never more than ``limit`` bytes;
-    ``feed(piece)`` sees each piece as it is decompressed (the whole body when not compressed), so a
-    check can stop a bomb at its first bad piece, before the rest is inflated."""
-    if not encoding or encoding.lower() == "identity":
-        if len(body) > limit:
-            raise OipError(413, f"the body is {len(body)} bytes, more than the limit of {limit} for this call")
-        if feed is not None:
-            feed(body)
-        return body
-    encoding = encoding.lower()
-    if encoding not in ("gzip", "deflate"):
-        raise OipError(415, f"Content-Encoding {show(encoding)} is not supported (gzip, deflate or none)")
-    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    pieces, size, data = [], 0, body
-    while True:
-        try:
-            piece = d.decompress(data, _INFLATE_STEP)
-        except zlib.error as e:
-            raise OipError(400, f"the body is not valid {encoding} data ({e})") from None
-        data = d.unconsumed_tail
-        size += len(piece)
-        if size > limit:
-            raise OipError(413, f"the decompressed body is larger than the limit of {limit} bytes for this call")
-        if piece:
-            if feed is not None:
-                feed(piece)
-            pieces.append(piece)
-        if d.eof or (not data and len(piece) < _INFLATE_STEP):
-            return b"".join(pieces)
-
-
-JSON_OVERHEAD = 64 * 1024  # bytes of an infer body's JSON beyond its tensors' data: names, shapes, parameters
-CHARS_PER_ELEMENT = 48  # the longest number (24 characters), its separator, a pretty-printer's newline and indent
-NESTING_MARGIN = 6  # levels above a tensor's data: the body, inputs, the tensor; parameters inside those
-STRUCTURE_MARGIN = 64  # arrays and objects a body may hold beyond its tensors' (outputs, parameters)
-COMMA_MARGIN = 4096  # separators beyond one per element, array and field: parameters, outputs
-_SCAN_BLOCK = 1 << 18  # bytes of JSON scanned at a time (NumPy temporaries of a few MiB at most)
-_INFLATE_STEP = 1 << 18  # bytes decompressed at a time, each checked before the next is inflated
-
-
-@dataclass(frozen=True)
-class BodyBudget:
-    """What reading one infer body may cost, from the function's declared inputs (:func:`body_budget`).
-
-    ``json`` bytes of JSON (a whole JSON body, or the header before binary data), ``binary`` bytes
-    of raw tensor data after it, ``total`` bytes of both (within the gateway's ``max-body``); in the
-    JSON at most ``depth`` levels of nesting, ``arrays`` arrays, ``objects`` objects and ``commas``
-    separators, checked before ``json.loads`` builds anything.
-    """
-
-    json: int
-    binary: int
-    total: int
-    depth: int
-    arrays: int
-    objects: int
-    commas: int
-
-
-def body_budget(fn: Function, max_body: int, max_json: int) -> BodyBudget:
-    """The budget of an infer body of ``fn``: JSON of at most a fixed overhead plus ``CHARS_PER_ELEMENT``
-    characters per declared element (never more than ``max_json``), binary data of exactly the inputs'
-    bytes, and the arrays, objects and nesting that nested ``data`` of the declared shapes needs."""
-    elements = binary = deepest = 0
-    arrays = objects = STRUCTURE_MARGIN
-    for spec in fn.inputs:
-        elements += math.prod(spec.shape)
-        binary += spec.nbytes
-        deepest = max(deepest, len(spec.shape))
-        nested, rows = 0, 1  # lists nested as the shape: 1 + d0 + d0*d1 + ... (the innermost hold elements)
-        for d in spec.shape:
-            nested, rows = nested + rows, rows * d
-        arrays += 1 + max(1, nested)  # its shape and its data
-        objects += 2  # the tensor and its parameters
-    objects += 2 * len(fn.outputs)
-    json_bytes = min(max_json, max_body, JSON_OVERHEAD + elements * CHARS_PER_ELEMENT)
-    return BodyBudget(
-        json=json_bytes,
-        binary=binary,
-        total=min(max_body, json_bytes + binary),
-        depth=3 + deepest + NESTING_MARGIN,
-        arrays=arrays,
-        objects=objects,
-        commas=elements + arrays + 16 * objects + COMMA_MARGIN,
-    )
-
-
-class JsonStructure:
-    """Checks JSON, fed in pieces, against a :class:`BodyBudget` before ``json.loads`` builds anything
-    (which for ``[[],[],...]`` costs ~30 bytes of memory and ~0.2 us per byte): 400 at the first block
-    that nests deeper or holds more arrays, objects or separators than the budget. NumPy over the
-    bytes, in blocks, not counting what is inside strings."""
-
-    def __init__(self, budget: BodyBudget, what: str) -> None:
-        self.budget, self.what = budget, what
-        self.depth = self.deepest = self.arrays = self.objects = self.commas = self.inside = 0
-        self.held = b""  # backslashes ending the last piece: what they escape comes in the next
-
-    def feed(self, piece: bytes) -> None:
-        piece, self.held = self.held + piece, b""
-        if b"\\" in piece:  # escapes out of the way: every quote left starts or ends a string
-            run = len(piece) - len(piece.rstrip(b"\\"))
-            if run:
-                piece, self.held = piece[:-run], piece[-run:]
-            piece = piece.replace(b"\\\\", b"  ").replace(b'\\"', b"  ")
-        view = np.frombuffer(piece, np.uint8)
-        for start in range(0, len(view), _SCAN_BLOCK):
-            self._block(view[start : start + _SCAN_BLOCK])
-
-    def _block(self, block: np.ndarray) -> None:
-        quotes = block == 34
-        outside = ((np.cumsum(quotes, dtype=np.int32) + self.inside) & 1) == 0
-        self.inside = (self.inside + int(np.count_nonzero(quotes))) & 1
-        opens_a, opens_o = (block == 91) & outside, (block == 123) & outside
-        closes = ((block == 93) | (block == 125)) & outside
-        self.arrays += int(np.count_nonzero(opens_a))
-        self.objects += int(np.count_nonzero(opens_o))
-        self.commas += int(np.count_nonzero((block == 44) & outside))
-        level = np.cumsum(opens_a.view(np.int8) + opens_o.view(np.int8) - closes.view(np.int8), dtype=np.int32)
-        self.deepest = max(self.deepest, self.depth + int(level.max()))
-        self.depth += int(level[-1])
-        budget = self.budget
-        for problem, got, most in (
-            ("nests deeper than {} levels", self.deepest, budget.depth),
-            ("holds more than {} arrays", self.arrays, budget.arrays),
-            ("holds more than {} objects", self.objects, budget.objects),
-            ("holds more than {} commas", self.commas, budget.commas),
-        ):
-            if got > most:
-                raise OipError(400, f"{self.what} {problem.format(most)}: more than this model's inputs need")
-
-
-def check_structure(text: bytes, budget: BodyBudget, what: str) -> None:
-    """:class:`JsonStructure` of the whole ``text`` at once: 400 when it is over ``budget``."""
-    JsonStructure(budget, what).feed(text)
 
 
 def read_infer(
@@ -574,51 +425,3 @@ def model_config(fn: Function, versions: list[int]) -> dict[str, Any]:
         "input": tensors(fn.inputs),
         "output": tensors(fn.outputs),
     }
-
-
-_STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
-
-
-class InferenceStats:
-    """Infer calls per (tenant, function, version): counts, nanoseconds and the last call's time, reported as
-    Triton's statistics extension does (``GET /v2/models/{name}/stats``), each tenant its own calls only.
-
-    Only ``success`` and ``fail`` are measured (a call from arrival to answer, once its function is found);
-    Triton's other stages are reported as zero. The clock gives seconds since the epoch (``time.time``).
-    """
-
-    def __init__(self, clock=time.time) -> None:
-        self.clock = clock
-        self._calls: dict[tuple[str, str, int], list[int]] = {}  # [successes, their ns, failures, their ns, last ms]
-
-    def record(self, tenant: str, fn: Function, ok: bool, seconds: float) -> None:
-        entry = self._calls.setdefault((tenant, fn.qualified_name, fn.version), [0, 0, 0, 0, 0])
-        k = 0 if ok else 2
-        entry[k] += 1
-        entry[k + 1] += int(seconds * 1e9)
-        entry[4] = int(self.clock() * 1000)
-
-    def report(self, tenant: str, found) -> dict[str, Any]:
-        """``{"model_stats": [...]}`` for ``found``, ``(function, its versions)`` pairs, one entry a version;
-        a function of another namespace is named ``namespace:name``, as in the repository index."""
-        stats = []
-        for fn, versions in found:
-            name = visible_name(fn, tenant)
-            for version in versions:
-                ok, ok_ns, failed, failed_ns, last = self._calls.get(
-                    (tenant, fn.qualified_name, version), (0, 0, 0, 0, 0)
-                )
-                stages = {stage: {"count": 0, "ns": 0} for stage in _STAGES}
-                stages["success"], stages["fail"] = {"count": ok, "ns": ok_ns}, {"count": failed, "ns": failed_ns}
-                stats.append(
-                    {
-                        "name": name,
-                        "version": str(version),
-                        "last_inference": last,
-                        "inference_count": ok,
-                        "execution_count": ok,
-                        "inference_stats": stages,
-                        "batch_stats": [],
-                    }
-                )
-        return {"model_stats": stats}
