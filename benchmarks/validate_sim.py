@@ -36,8 +36,8 @@ bytes / bandwidth, fitted over the four const sizes) as a live worker process at
 ``--resimulate FILE`` skips the live runs and simulates again against the live runs recorded in FILE
 (a model change judged against the same live data).
 
-    python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2] [--scenarios S,..] [--configs C,..]
-                                [--resimulate FILE]
+    python -m benchmarks validate-sim [--quick | --smoke] [--requests 600] [--repeat 2]
+                                      [--scenarios S,..] [--configs C,..] [--resimulate FILE]
 """
 
 from __future__ import annotations
