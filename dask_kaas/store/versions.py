@@ -114,8 +114,6 @@ def next_record(old: Record | None, uid: str, data: np.ndarray, now: float, reta
     if old is None:
         return record, []
     retired: list[list[Any]] = [[str(u), float(t)] for u, t in old.get("retired", ()) if u]
-    if "retired" not in old and old.get("previous"):  # a pointer from before retirement times were kept
-        retired.append([old["previous"], 0.0])
     retired.append([old["uid"], now])
     keep = [e for e in retired if e[0] == old["uid"] or now - e[1] < retain][-MAX_RETIRED:]
     kept = {u for u, _ in keep}
