@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import given
 from hypothesis import strategies as st
 
