@@ -11,6 +11,52 @@ CALIBRATION_WINDOW = 200
 CALIBRATION_MIN = 5
 CALIBRATION_PRIOR = 1.5  # until it has seen how its predictions fare, admission assumes they are optimistic
 CALIBRATION_QUANTILE = 0.99
+LOAD_DECAY = 0.95  # weight of a load observation per later one: the fit follows about the last 20 loads
+SIZE_SPREAD = 0.1  # the squared coefficient of variation of load sizes from which their slope is used
+
+
+class LoadModel:
+    """Store -> device loads as a fixed latency plus bytes over a bandwidth, fitted by least squares to
+    the recent loads (each weighted ``LOAD_DECAY`` per later one).
+
+    A moving average of each load's bytes/seconds would be dragged down by small loads, which are mostly
+    latency: a few 4 KiB consts read in a millisecond each made 64 MiB weights look a thousand times
+    slower to load than they are, and placement far stickier than its policy says. The slope of seconds
+    over bytes is the bandwidth that large loads see; where the recent loads had much the same size a slope
+    would be noise, and bytes over seconds of them all is the answer.
+    """
+
+    def __init__(self, default_bandwidth: float) -> None:
+        self.default_bandwidth = float(default_bandwidth)
+        self._w = self._x = self._y = self._xx = self._xy = 0.0  # decayed sums: weight, bytes, seconds, ...
+
+    def observe(self, nbytes: float, seconds: float) -> None:
+        if not (nbytes > 0 and seconds > 0):
+            return
+        d = LOAD_DECAY
+        self._w = d * self._w + 1.0
+        self._x = d * self._x + nbytes
+        self._y = d * self._y + seconds
+        self._xx = d * self._xx + nbytes * nbytes
+        self._xy = d * self._xy + nbytes * seconds
+
+    def bandwidth(self) -> float:
+        """Bytes per second a large load sees (``default_bandwidth`` before any load)."""
+        if self._w == 0.0:
+            return self.default_bandwidth
+        overall = self._x / self._y  # bytes over seconds of them all
+        spread = self._w * self._xx - self._x * self._x
+        if spread >= SIZE_SPREAD * self._x * self._x:  # sizes that differ enough for a slope to mean something
+            slope = (self._w * self._xy - self._x * self._y) / spread
+            if slope > 0:
+                return max(1.0 / slope, overall)  # never below overall: that would be a negative latency
+        return overall
+
+    def latency(self) -> float:
+        """Seconds a load takes whatever its size (the fit's intercept; 0 without a slope)."""
+        if self._w == 0.0:
+            return 0.0
+        return max(0.0, (self._y - self._x / self.bandwidth()) / self._w)
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -29,7 +75,7 @@ class RuntimeModel:
         self._runtime_sum = 0.0  # of runtime's values, kept as they change: the mean is O(1) with many shapes
         self.warm: dict[str, float] = {}  # the same, of requests that loaded nothing (their consts were cached)
         self.overhead: float = 0.0  # dispatch + result handling per task, seconds
-        self.bandwidth: float | None = None  # store -> device bytes per second, as observed
+        self.loads = LoadModel(default_bandwidth)  # store -> device: latency and bandwidth, as observed
         self.ratios: deque[float] = deque(maxlen=CALIBRATION_WINDOW)  # observed / predicted latency, admitted requests
         self.calibration = CALIBRATION_PRIOR
 
@@ -61,8 +107,7 @@ class RuntimeModel:
             self.calibration = min(5.0, max(0.5, float(np.quantile(self.ratios, CALIBRATION_QUANTILE))))
 
     def observe_load(self, nbytes: int, seconds: float) -> None:
-        if nbytes > 0 and seconds > 0:
-            self.bandwidth = _ewma(self.bandwidth, nbytes / seconds)
+        self.loads.observe(nbytes, seconds)
 
     def estimate(self, shape: str) -> float | None:
         """Predicted seconds of one request of this shape, or None before one has been seen."""
@@ -76,4 +121,4 @@ class RuntimeModel:
         return (max(0.0, self._runtime_sum) / len(self.runtime) + self.overhead) if self.runtime else 0.0
 
     def load_bandwidth(self) -> float:
-        return self.bandwidth or self.default_bandwidth
+        return self.loads.bandwidth()
