@@ -6,7 +6,7 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from helpers import matvec_request
+from helpers import kaas_dict, matvec_request
 
 import dask_kaas
 from dask_kaas import (
@@ -102,25 +102,7 @@ def test_requests_in_a_dask_graph_between_host_tasks(client, store_url):
 
 
 def test_original_kaas_dict_runs(client):
-    d = {
-        "kernels": [
-            {
-                "library": "builtin",
-                "kernel": "axpy",
-                "arguments": [
-                    {"name": "x", "size": 40, "ephemeral": True},
-                    {"name": "y", "size": 40, "ephemeral": True},
-                ],
-                "type_list": ["i", "io"],
-                "gridDim": [1, 1, 1],
-                "blockDim": [32, 1, 1],
-                "sharedSize": 0,
-                "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
-            }
-        ],
-        "nIter": 2,
-    }
-    r = Request.from_dict(d)
+    r = Request.from_dict(kaas_dict())
     x = np.arange(10, dtype=np.float32)
     out = client.submit(r, x=x, y=np.ones(10, np.float32)).result()
     np.testing.assert_allclose(out["y"].view(np.float32), 1 + 2 * 3.0 * x)

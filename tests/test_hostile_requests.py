@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import kaas_dict
 
 pytest.importorskip("hypothesis")  # a test-only dependency: without it the module skips, never errors
 from hypothesis import HealthCheck, given, settings
@@ -31,27 +32,6 @@ def valid_dict():
         n_iter=2,
         tenant="alice",
     ).to_dict()
-
-
-def kaas_dict():
-    return {
-        "kernels": [
-            {
-                "library": "builtin",
-                "kernel": "axpy",
-                "arguments": [
-                    {"name": "x", "size": 40, "ephemeral": True},
-                    {"name": "y", "size": 40, "ephemeral": True},
-                ],
-                "type_list": ["i", "io"],
-                "gridDim": [1, 1, 1],
-                "blockDim": [32, 1, 1],
-                "sharedSize": 0,
-                "literals": [{"type": "i", "val": 10}, {"type": "f", "val": 3.0}],
-            }
-        ],
-        "nIter": 2,
-    }
 
 
 EVIL_SOURCE = 'extern "C" __global__ void k(int n, float* y) {}'

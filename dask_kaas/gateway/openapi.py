@@ -127,6 +127,17 @@ def _schemas() -> dict[str, Any]:
     }
     shape = {"type": "array", "items": {"type": "integer", "minimum": 0}}
     parameters = {"type": "object"}
+    tensor = {  # a request's input and a response's output have the same fields
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": shape,
+            "datatype": {"type": "string"},
+            "parameters": parameters,
+            "data": tensor_data,
+        },
+    }
     return {
         "error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
         "parameters": parameters,
@@ -187,17 +198,7 @@ def _schemas() -> dict[str, Any]:
                 "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "state": {"type": "string"}},
             },
         },
-        "request_input": {
-            "type": "object",
-            "required": ["name", "shape", "datatype"],
-            "properties": {
-                "name": {"type": "string"},
-                "shape": shape,
-                "datatype": {"type": "string"},
-                "parameters": parameters,
-                "data": tensor_data,
-            },
-        },
+        "request_input": tensor,
         "request_output": {
             "type": "object",
             "required": ["name"],
@@ -215,17 +216,7 @@ def _schemas() -> dict[str, Any]:
                 "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/request_output"}},
             },
         },
-        "response_output": {
-            "type": "object",
-            "required": ["name", "shape", "datatype"],
-            "properties": {
-                "name": {"type": "string"},
-                "shape": shape,
-                "datatype": {"type": "string"},
-                "parameters": parameters,
-                "data": tensor_data,
-            },
-        },
+        "response_output": tensor,
         "inference_response": {
             "type": "object",
             "required": ["model_name", "outputs"],

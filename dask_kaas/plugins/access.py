@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .identity import common_name, matches_any
 
-__all__ = ["QUIET_STREAM", "TENANT_CLIENT_MODES", "TENANT_RPC", "TENANT_STREAM", "AccessRules", "Role", "foreign_keys"]
+__all__ = [
+    "QUIET_STREAM",
+    "REQUESTS_ONLY",
+    "TENANT_CLIENT_MODES",
+    "TENANT_RPC",
+    "TENANT_STREAM",
+    "AccessRules",
+    "Role",
+    "foreign_keys",
+]
 
 TENANT_CLIENT_MODES = (None, "requests-only")
 
@@ -92,19 +101,21 @@ class AccessRules:
         """Why a connection of ``role`` may not call the scheduler's handler ``op`` (None: it may)."""
         if not self.locked or role.trusted or op in TENANT_RPC or op in CHECKED_ELSEWHERE:
             return None
-        return f"{_who(role)} may not call the scheduler's {op!r} ({_MODE})"
+        return f"{_who(role)} may not call the scheduler's {op!r} ({REQUESTS_ONLY})"
 
     def stream_refusal(self, role: Role, op: str) -> str | None:
         """Why a client stream of ``role`` may not send ``op`` (None: it may)."""
         if not self.locked or role.trusted or op in TENANT_STREAM:
             return None
-        return f"{_who(role)} may not send {op!r} to the scheduler ({_MODE})"
+        return f"{_who(role)} may not send {op!r} to the scheduler ({REQUESTS_ONLY})"
 
     def peer_refusal(self, role: Role) -> str | None:
         """Why a connection of ``role`` may not talk to a worker or nanny at all (None: it may)."""
         if not self.locked or role.trusted:
             return None
-        return f"{_who(role)} may not connect to a worker ({_MODE}: tenants reach workers through the scheduler)"
+        return (
+            f"{_who(role)} may not connect to a worker ({REQUESTS_ONLY}: tenants reach workers through the scheduler)"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -125,7 +136,7 @@ class AccessRules:
         )
 
 
-_MODE = "kaas.scheduler.tenant-clients: requests-only"
+REQUESTS_ONLY = "kaas.scheduler.tenant-clients: requests-only"  # named in every refusal
 
 
 def _who(role: Role) -> str:

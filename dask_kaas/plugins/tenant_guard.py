@@ -19,15 +19,13 @@ from typing import Any
 from .. import compat
 from ..errors import TenantError
 from ..names import show
-from .access import KEYED_STREAM, QUIET_STREAM, AccessRules, Role, foreign_keys
+from .access import KEYED_STREAM, QUIET_STREAM, REQUESTS_ONLY, AccessRules, Role, foreign_keys
 from .graph_scan import foreign_call
 from .tenant_pickle import MAX_DEPTH, restricted_loads, tenant_loads
 
 __all__ = ["TenantGuard"]
 
 logger = logging.getLogger("dask_kaas.plugins.scheduler")
-
-_MODE = "kaas.scheduler.tenant-clients: requests-only"
 
 
 def _function_name(func) -> str:
@@ -92,13 +90,13 @@ class TenantGuard:
         if foreign:
             error = TenantError(
                 f"task {show(str(foreign[0]), 80)} belongs to another tenant (or an operator): a "
-                f"tenant's graph may use only its own tasks ({_MODE})"
+                f"tenant's graph may use only its own tasks ({REQUESTS_ONLY})"
             )
             wanted = [k for k in foreign if k in set(keys)]
             scheduler.loop.add_callback(self._turn_away, client, wanted, error)
             return {key: error for key in made}
         if owner is None:  # no certificate name, so no tenant: None would be no verdict, and its tasks unchecked
-            error = TenantError(f"a connection without a certificate name may not submit tasks ({_MODE})")
+            error = TenantError(f"a connection without a certificate name may not submit tasks ({REQUESTS_ONLY})")
             return {key: error for key in made}
         return {key: owner for key in made}
 
@@ -109,7 +107,7 @@ class TenantGuard:
         func = foreign_call(compat.task_spec(ts))
         if func is not None:
             name = "a task too large to look through" if func is ... else _function_name(func)
-            return TenantError(f"a tenant's certificate may submit KaaS requests only, not {name} ({_MODE})")
+            return TenantError(f"a tenant's certificate may submit KaaS requests only, not {name} ({REQUESTS_ONLY})")
         return None
 
     def _turn_away(self, client: str, keys: list, error: Exception) -> None:

@@ -1,14 +1,13 @@
 """What the runtime's caches key things by: a loaded library (shared, or its tenant's own), a const's
-committed version and byte range, a buffer of one run; and the clean-up of a failed run's frames."""
+committed version and byte range, a buffer of one run."""
 
 from __future__ import annotations
 
-import traceback
 from typing import Any, NamedTuple
 
 from ..kernels import is_registered
 
-__all__ = ["ConstId", "ModuleKey", "RunBufferId", "const_ref", "forget_locals", "module_key"]
+__all__ = ["ConstId", "ModuleKey", "RunBufferId", "const_ref", "module_key"]
 
 
 class ModuleKey(NamedTuple):
@@ -44,17 +43,6 @@ class ConstId(NamedTuple):
 def const_ref(key) -> tuple | None:
     """The (namespace, key) the scheduler's eviction hints name a cached const by (None: not a const)."""
     return (key.namespace, key.key) if isinstance(key, ConstId) else None
-
-
-def forget_locals(exc: BaseException | None) -> None:
-    """Clear the locals of the finished frames in ``exc``'s traceback, and in those of the exceptions it
-    came from. Dask keeps a failed task's exception with its traceback; its frames' locals would keep
-    device buffers alive that the cache has counted as freed. File names and lines stay."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
 
 
 class RunBufferId(NamedTuple):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,11 +30,22 @@ from ..request import Request
 from ..store import BufferStore, open_store, plan_store_access
 from .cache import BufferCache, KernelCache
 from .counters import Counters
-from .keys import ConstId, ModuleKey, RunBufferId, const_ref, forget_locals, module_key
+from .keys import ConstId, ModuleKey, RunBufferId, const_ref, module_key
 
 REPORTED_PHASES = ("load", "h2d", "kernels", "d2h")  # what a report says a request spent its time on
 _ACCOUNTED = ("hits", "compulsory_misses", "capacity_misses", "bytes_from_store")
 PREPARED_LAUNCHES = 4096  # distinct launches (kernel, shape, literals) kept prepared per worker
+
+
+def _forget_locals(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in ``exc``'s traceback, and in those of the exceptions it
+    came from. Dask keeps a failed task's exception with its traceback; its frames' locals would keep
+    device buffers alive that the cache has counted as freed. File names and lines stay."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 class Runtime:
@@ -321,7 +333,7 @@ class Runtime:
             with counters.phase("total"):
                 return self._run(request, inputs, memo)
         except BaseException as e:
-            forget_locals(e)
+            _forget_locals(e)
             if isinstance(e, KaasError):
                 counters.add("errors")
                 counters.add_tenant(request.tenant, errors=1)

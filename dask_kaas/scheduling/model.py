@@ -29,6 +29,7 @@ class LoadModel:
     def __init__(self, default_bandwidth: float) -> None:
         self.default_bandwidth = float(default_bandwidth)
         self._w = self._x = self._y = self._xx = self._xy = 0.0  # decayed sums: weight, bytes, seconds, ...
+        self._bandwidth = self.default_bandwidth  # fitted at each load, read at every placement decision
 
     def observe(self, nbytes: float, seconds: float) -> None:
         if not (nbytes > 0 and seconds > 0):
@@ -39,11 +40,13 @@ class LoadModel:
         self._y = d * self._y + seconds
         self._xx = d * self._xx + nbytes * nbytes
         self._xy = d * self._xy + nbytes * seconds
+        self._bandwidth = self._fit()
 
     def bandwidth(self) -> float:
         """Bytes per second a large load sees (``default_bandwidth`` before any load)."""
-        if self._w == 0.0:
-            return self.default_bandwidth
+        return self._bandwidth
+
+    def _fit(self) -> float:
         overall = self._x / self._y  # bytes over seconds of them all
         spread = self._w * self._xx - self._x * self._x
         if spread >= SIZE_SPREAD * self._x * self._x:  # sizes that differ enough for a slope to mean something

@@ -329,13 +329,14 @@ class BufferStore:
         returned never sees the old bytes); ``memory://`` is read each time (a dict lookup).
         """
         ns = self._ns(namespace)
+        pointers = self.backend.pointers
         return self._versions.lookup(
-            self.backend.pointers,
+            pointers,
             self.backend.ref_path(ns, key),
             ns,
             key,
             lambda: self.version(key, namespace=ns),
-            float(config.get("store-version-ttl")),
+            float(config.get("store-version-ttl")) if pointers.remote else 0.0,  # local: the stat decides
         )
 
     # -- writing ----------------------------------------------------------------------
@@ -426,9 +427,8 @@ class BufferStore:
             backend.remove_data(ns, old_uid)
         version = Version.from_json(ns, key, json.dumps(record))
         self._versions.committed(version, backend.pointers)
-        ttl = float(config.get("store-version-ttl"))
-        if backend.pointers.remote and wait and ttl > 0:
-            time.sleep(ttl)
+        if backend.pointers.remote and wait:
+            time.sleep(max(0.0, float(config.get("store-version-ttl"))))
         return version
 
     def delete(self, key: str, *, namespace: str | None = None) -> None:
